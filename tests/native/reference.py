@@ -10,3 +10,59 @@ def quantize_rows_i8(x: np.ndarray):
     s = (np.float32(127.0) / np.maximum(amax, np.float32(1e-5))).astype(np.float32)
     q = np.clip(np.rint(x * s[..., None]), -128, 127).astype(np.int8)  # np.rint: ties to even
     return q, s
+
+
+# ======================================================================================
+# Float kernels (ops, attention, recurrent): float64 re-implementations of the formulas
+# transformers uses. Inputs are float32; angles/intermediates torch keeps in float32
+# are rounded to float32 here too where that changes results beyond the tolerances.
+# ======================================================================================
+
+
+def rmsnorm(x, w, eps):
+    """transformers RMSNorm: x * rsqrt(mean(x^2) + eps) * w."""
+    x = np.asarray(x, np.float64)
+    var = np.mean(x * x, axis=-1, keepdims=True)
+    return x / np.sqrt(var + eps) * np.asarray(w, np.float64)
+
+
+def rope_inv_freq(hd, theta):
+    """float32 as torch: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), with the power
+    rounded correctly (float64 pow, one rounding); torch's Sleef powf is within 1 ulp of it."""
+    expo = (np.arange(0, hd, 2, dtype=np.int64).astype(np.float32) / np.float32(hd)).astype(np.float32)
+    pw = (np.float64(np.float32(theta)) ** expo.astype(np.float64)).astype(np.float32)
+    return (np.float32(1.0) / pw).astype(np.float32)
+
+
+def rope(x, positions, theta):
+    """HF rotate_half RoPE on x [M, H, hd]; the angle float32(pos) * inv_freq is float32
+    like in transformers (it matters: at pos 4000 the angle's float32 rounding is ~2e-4)."""
+    x = np.asarray(x, np.float64)
+    hd = x.shape[-1]
+    ang = (np.asarray(positions).astype(np.float32)[:, None] * rope_inv_freq(hd, theta)[None, :]).astype(np.float32)
+    cos = np.cos(ang.astype(np.float64))[:, None, :]
+    sin = np.sin(ang.astype(np.float64))[:, None, :]
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def softmax(x):
+    """Row softmax; a row that is entirely -inf gives zeros (the kernels' documented rule)."""
+    x = np.asarray(x, np.float64)
+    out = np.zeros_like(x)
+    for i, row in enumerate(x):
+        if row.size == 0 or np.all(row == -np.inf):
+            continue
+        e = np.exp(row - row.max())
+        out[i] = e / e.sum()
+    return out
+
+
+def silu(x):
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore"):
+        return x / (1.0 + np.exp(-x))
+
+
+def relu2(x):
+    return np.maximum(np.asarray(x, np.float64), 0.0) ** 2
