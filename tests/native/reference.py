@@ -66,3 +66,23 @@ def silu(x):
 
 def relu2(x):
     return np.maximum(np.asarray(x, np.float64), 0.0) ** 2
+
+
+def attention(q, k, v, n_past, scale):
+    """transformers eager attention with repeat_kv and a causal mask, float64:
+    query row i sits at position n_past + i and sees cache rows 0..n_past+i."""
+    q = np.asarray(q, np.float64)
+    k = np.asarray(k, np.float64)
+    v = np.asarray(v, np.float64)
+    M, Hq, hd = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    out = np.zeros((M, Hq, hd))
+    for h in range(Hq):
+        kh, vh = k[:, h // G], v[:, h // G]
+        for i in range(M):
+            L = n_past + i + 1
+            s = kh[:L] @ q[i, h] * scale
+            p = np.exp(s - s.max())
+            out[i, h] = (p / p.sum()) @ vh[:L]
+    return out

@@ -27,7 +27,14 @@ def ops_cases():
     }
 
 
-CASE_BUILDERS = [ops_cases]
+def attention_cases():
+    return {
+        "attention": ([("out", _a(2, 4, 8)), ("q", _a(2, 4, 8)), ("k", _a(5, 2, 8)),
+                       ("v", _a(5, 2, 8))], [3, 0.35], {"out"}),
+    }
+
+
+CASE_BUILDERS = [ops_cases, attention_cases]
 
 
 def all_cases():
