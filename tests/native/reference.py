@@ -86,3 +86,61 @@ def attention(q, k, v, n_past, scale):
             p = np.exp(s - s.max())
             out[i, h] = (p / p.sum()) @ vh[:L]
     return out
+
+
+def mamba_conv1d(x, state, w, bias):
+    """Mamba causal depthwise conv + SiLU over x [T, D] continuing from state [D, K]
+    (the last K inputs, oldest first). Returns (out [T, D], new state [D, K])."""
+    x = np.asarray(x, np.float64)
+    state = np.asarray(state, np.float64)
+    w = np.asarray(w, np.float64)
+    T, D = x.shape
+    K = w.shape[1]
+    full = np.concatenate([state.T, x], axis=0)  # row f holds input s = f - K
+    out = np.zeros((T, D))
+    for t in range(T):
+        out[t] = np.sum(w * full[t + 1:t + 1 + K].T, axis=1)
+        if bias is not None:
+            out[t] += np.asarray(bias, np.float64)
+    return silu(out), full[-K:].T.copy()
+
+
+def softplus(x):
+    """torch.nn.functional.softplus(beta=1, threshold=20)."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore"):
+        return np.where(x > 20.0, x, np.log1p(np.exp(np.minimum(x, 20.0))))
+
+
+def mamba_scan(h, u, dt, A, B, C, D, z):
+    """transformers MambaMixer.slow_forward scan: u, dt, z [T, Di]; B, C [T, N];
+    h [Di, N]; A [Di, N]; D [Di]. Returns (y [T, Di], new h)."""
+    f = lambda a: np.asarray(a, np.float64)
+    h, u, dt, A, B, C, D = map(f, (h, u, dt, A, B, C, D))
+    d = softplus(dt)
+    ys = []
+    for t in range(u.shape[0]):
+        dA = np.exp(A * d[t][:, None])
+        h = dA * h + (d[t][:, None] * B[t][None, :]) * u[t][:, None]
+        ys.append(h @ C[t] + u[t] * D)
+    y = np.array(ys).reshape(u.shape)
+    if z is not None:
+        y = y * silu(z)
+    return y, h
+
+
+def rwkv4_wkv(aa, bb, pp, k, v, time_decay, time_first):
+    """transformers rwkv_linear_attention_cpu: k, v [T, A]; state aa, bb, pp [A].
+    Returns (out [T, A], aa, bb, pp)."""
+    f = lambda a: np.asarray(a, np.float64).copy()
+    aa, bb, pp, k, v, time_decay, u = map(f, (aa, bb, pp, k, v, time_decay, time_first))
+    w = -np.exp(time_decay)
+    out = np.zeros_like(k)
+    for t in range(k.shape[0]):
+        q = np.maximum(pp, u + k[t])
+        e1, e2 = np.exp(pp - q), np.exp(u + k[t] - q)
+        out[t] = (e1 * aa + e2 * v[t]) / (e1 * bb + e2)
+        q = np.maximum(pp + w, k[t])
+        e1, e2 = np.exp(pp + w - q), np.exp(k[t] - q)
+        aa, bb, pp = e1 * aa + e2 * v[t], e1 * bb + e2, q
+    return out, aa, bb, pp

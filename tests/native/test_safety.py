@@ -34,7 +34,29 @@ def attention_cases():
     }
 
 
-CASE_BUILDERS = [ops_cases, attention_cases]
+def recurrent_cases():
+    T, D, K, N, A = 3, 10, 4, 5, 9
+    return {
+        "mamba_conv1d": ([("out", _a(T, D)), ("state", _a(D, K)), ("x", _a(T, D)), ("w", _a(D, K)),
+                          ("bias", _a(D))], [], {"out", "state"}),
+        "mamba_conv1d_step": ([("out", _a(D)), ("state", _a(D, K)), ("x", _a(D)), ("w", _a(D, K)),
+                               ("bias", _a(D))], [], {"out", "state"}),
+        "mamba_scan": ([("y", _a(T, D)), ("h", _a(D, N)), ("u", _a(T, D)), ("dt", _a(T, D)),
+                        ("A", _a(D, N, fill=-1.0)), ("B", _a(T, N)), ("C", _a(T, N)), ("D", _a(D)),
+                        ("z", _a(T, D))], [], {"y", "h"}),
+        "mamba_scan_step": ([("y", _a(D)), ("h", _a(D, N)), ("u", _a(D)), ("dt", _a(D)),
+                             ("A", _a(D, N, fill=-1.0)), ("B", _a(N)), ("C", _a(N)), ("D", _a(D)),
+                             ("z", _a(D))], [], {"y", "h"}),
+        "rwkv4_wkv": ([("out", _a(T, A)), ("aa", _a(A)), ("bb", _a(A)), ("pp", _a(A)), ("k", _a(T, A)),
+                       ("v", _a(T, A)), ("time_decay", _a(A)), ("time_first", _a(A))], [],
+                      {"out", "aa", "bb", "pp"}),
+        "rwkv4_wkv_step": ([("out", _a(A)), ("aa", _a(A)), ("bb", _a(A)), ("pp", _a(A)), ("k", _a(A)),
+                            ("v", _a(A)), ("time_decay", _a(A)), ("time_first", _a(A))], [],
+                           {"out", "aa", "bb", "pp"}),
+    }
+
+
+CASE_BUILDERS = [ops_cases, attention_cases, recurrent_cases]
 
 
 def all_cases():
@@ -136,3 +158,26 @@ def test_bad_scalars():
     with pytest.raises(ValueError, match="positions must not share memory|positions"):
         buf = np.zeros(16, np.int64)
         _native.rope(buf.view(np.float32).reshape(2, 2, 8), buf[:2], 1e4)
+
+
+@pytest.mark.parametrize("fn", ["mamba_conv1d", "mamba_scan", "rwkv4_wkv"])
+def test_recurrent_state_must_not_alias_inputs(fn):
+    arrays, scalars, outputs = recurrent_cases()[fn]
+    names = [n for n, _ in arrays]
+    args = [a.copy() for _, a in arrays]
+    state_name = {"mamba_conv1d": "state", "mamba_scan": "h", "rwkv4_wkv": "aa"}[fn]
+    i = names.index(state_name)
+    # the state passed again as a same-shaped input: refused, naming both
+    j = next(j for j, a in enumerate(args) if j != i and a.shape == args[i].shape and names[j] not in outputs)
+    args[j] = args[i]
+    with pytest.raises(ValueError, match="must not share memory"):
+        getattr(_native, fn)(*args, *scalars)
+
+
+def test_conv_kernel_size_limits():
+    with pytest.raises(ValueError, match="kernel size"):
+        _native.mamba_conv1d(_a(2, 4), _a(4, 17), _a(2, 4), _a(4, 17), None)
+    with pytest.raises(ValueError, match="kernel size"):
+        _native.mamba_conv1d(_a(2, 4), _a(4, 0), _a(2, 4), _a(4, 0), None)
+    with pytest.raises(ValueError, match=r"w.shape\[1\]"):
+        _native.mamba_conv1d(_a(2, 4), _a(4, 4), _a(2, 4), _a(4, 3), None)
