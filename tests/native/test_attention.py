@@ -134,3 +134,30 @@ def test_argument_errors():
         _native.attention(out, q, np.zeros((5, 2, 9), np.float32), np.zeros((5, 2, 9), np.float32), 0, 1.0)
     with pytest.raises(ValueError, match=r"v.shape\[0\]"):
         _native.attention(out, q, k, np.zeros((6, 2, 8), np.float32), 0, 1.0)
+
+
+def test_long_prefill_is_interruptible():
+    """A long call releases the GIL in chunks and checks for Ctrl-C between them."""
+    import os
+    import signal
+    import threading
+    import time
+
+    M = T = 4096
+    q = np.ones((M, 4, 64), np.float32)
+    k = np.ones((T, 4, 64), np.float32)
+    out = np.full_like(q, np.nan)
+    prev = _native.info()["isa"]
+    _native.set_isa("scalar")  # the slowest variant: seconds of work for this shape
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+    t0 = time.perf_counter()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _native.attention(out, q, k, k, 0, 0.125)
+            time.sleep(5)  # only reached if the call ignored the signal; the sleep is interrupted
+    finally:
+        timer.cancel()
+        _native.set_isa(prev)
+    assert time.perf_counter() - t0 < 4
+    assert np.isnan(out[-1]).all()  # stopped between chunks: the last rows were never computed
