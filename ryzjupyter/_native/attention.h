@@ -18,10 +18,16 @@ typedef struct {
     float scale;
 } ryz_attn_shape;
 
-/* floats of scratch one unit needs: scores of the G heads over the longest row */
+/* floats of scratch one unit needs: scores of up to 4 heads over the longest row,
+ * then partial sums of 4 output rows (SIMD variants block the v pass over rows) */
 static inline int64_t ryz_attn_scratch_floats(const ryz_attn_shape *s) {
-    return (s->Hq / s->Hkv) * (s->n_past + s->M) + 16;
+    int64_t G = s->Hq / s->Hkv;
+    return (G > 4 ? G : 4) * (s->n_past + s->M) + 4 * s->hd + 16;
 }
+
+/* rows of v per block in the SIMD v pass: all column passes of a block run while its
+ * rows are still in L1/L2 (128 rows of hd 128 = 64 KiB) */
+#define RYZ_ATTN_VBLOCK 128
 
 typedef struct {
     const char *name;

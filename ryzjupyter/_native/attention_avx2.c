@@ -10,11 +10,6 @@
 #include "attention.h"
 #include "ops.h"
 
-static inline __m256i tail8(int64_t left) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(left < 8 ? (left < 0 ? 0 : left) : 8)),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 static void attend(float *RYZ_RESTRICT out, const float *RYZ_RESTRICT q, const float *RYZ_RESTRICT k,
                    const float *RYZ_RESTRICT v, const ryz_attn_shape *s, int64_t i, int64_t kvh,
                    float *RYZ_RESTRICT scratch) {
@@ -45,7 +40,7 @@ static void attend(float *RYZ_RESTRICT out, const float *RYZ_RESTRICT q, const f
                 a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[3] + j), kv, a3);
             }
             if (j < hd) {
-                __m256i m = tail8(hd - j);
+                __m256i m = ryz_tail8(hd - j);
                 __m256 kv = _mm256_maskload_ps(kt + j, m);
                 a0 = _mm256_fmadd_ps(_mm256_maskload_ps(qh[0] + j, m), kv, a0);
                 a1 = _mm256_fmadd_ps(_mm256_maskload_ps(qh[1] + j, m), kv, a1);
@@ -68,7 +63,7 @@ static void attend(float *RYZ_RESTRICT out, const float *RYZ_RESTRICT q, const f
             for (; t < L; t++) mxs = p[t] > mxs ? p[t] : mxs;
             __m256 mx = _mm256_set1_ps(mxs), sum = _mm256_setzero_ps();
             for (t = 0; t < L; t += 8) {
-                __m256i m = tail8(L - t);
+                __m256i m = ryz_tail8(L - t);
                 __m256 e = ryz_exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(p + t, m), mx));
                 e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
                 sum = _mm256_add_ps(sum, e);
@@ -79,7 +74,7 @@ static void attend(float *RYZ_RESTRICT out, const float *RYZ_RESTRICT q, const f
         for (int gg = gn; gg < 4; gg++) inv[gg] = inv[gn - 1];
         /* ---- out = inv * sum_t p[t] v[t], 16 columns (8 accumulators) at a time ---- */
         for (int64_t j = 0; j < hd; j += 16) {
-            __m256i m0 = tail8(hd - j), m1 = tail8(hd - j - 8);
+            __m256i m0 = ryz_tail8(hd - j), m1 = ryz_tail8(hd - j - 8);
             __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(),
                    c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(),
                    c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
