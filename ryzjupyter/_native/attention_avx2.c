@@ -10,20 +10,17 @@
 #include "attention.h"
 #include "ops.h"
 
-static void attend(float *RYZ_RESTRICT out, const float *RYZ_RESTRICT q, const float *RYZ_RESTRICT k,
-                   const float *RYZ_RESTRICT v, const ryz_attn_shape *s, int64_t i, int64_t kvh,
-                   float *RYZ_RESTRICT scratch) {
-    const int64_t G = s->Hq / s->Hkv, hd = s->hd, L = s->n_past + i + 1;
-    const int64_t kstride = s->Hkv * hd;
-    const float *kb = k + kvh * hd, *vb = v + kvh * hd;
+static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
+    const int64_t G = u->G, hd = u->hd, L = u->L, kstride = u->kstride;
+    const float *kb = u->k, *vb = u->v;
     for (int64_t g0 = 0; g0 < G; g0 += 4) {
         const int64_t gn = G - g0 < 4 ? G - g0 : 4;
         const float *qh[4];
         float *sc[4], *oh[4];
         for (int gg = 0; gg < 4; gg++) {
-            int64_t r = gg < gn ? gg : gn - 1, h = kvh * G + g0 + r;
-            qh[gg] = q + (i * s->Hq + h) * hd;
-            oh[gg] = out + (i * s->Hq + h) * hd;
+            int64_t r = gg < gn ? gg : gn - 1;
+            qh[gg] = u->q + (g0 + r) * hd;
+            oh[gg] = u->o + (g0 + r) * hd;
             sc[gg] = scratch + r * L;
         }
         /* ---- scores ---- */
@@ -47,10 +44,10 @@ static void attend(float *RYZ_RESTRICT out, const float *RYZ_RESTRICT q, const f
                 a2 = _mm256_fmadd_ps(_mm256_maskload_ps(qh[2] + j, m), kv, a2);
                 a3 = _mm256_fmadd_ps(_mm256_maskload_ps(qh[3] + j, m), kv, a3);
             }
-            sc[0][t] = ryz_hsum_avx2(a0) * s->scale;
-            sc[1][t] = ryz_hsum_avx2(a1) * s->scale;
-            sc[2][t] = ryz_hsum_avx2(a2) * s->scale;
-            sc[3][t] = ryz_hsum_avx2(a3) * s->scale;
+            sc[0][t] = ryz_hsum_avx2(a0) * u->scale;
+            sc[1][t] = ryz_hsum_avx2(a1) * u->scale;
+            sc[2][t] = ryz_hsum_avx2(a2) * u->scale;
+            sc[3][t] = ryz_hsum_avx2(a3) * u->scale;
         }
         /* ---- softmax numerators, in place ---- */
         float inv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -69,47 +66,61 @@ static void attend(float *RYZ_RESTRICT out, const float *RYZ_RESTRICT q, const f
                 sum = _mm256_add_ps(sum, e);
                 _mm256_maskstore_ps(p + t, m, e);
             }
-            inv[gg] = 1.0f / ryz_hsum_avx2(sum);
+            const float l = ryz_hsum_avx2(sum);
+            inv[gg] = 1.0f / l;
+            if (u->ml) u->ml[2 * (g0 + gg)] = mxs, u->ml[2 * (g0 + gg) + 1] = l;
         }
         for (int gg = gn; gg < 4; gg++) inv[gg] = inv[gn - 1];
-        /* ---- out = inv * sum_t p[t] v[t], 16 columns (8 accumulators) at a time ---- */
-        for (int64_t j = 0; j < hd; j += 16) {
-            __m256i m0 = ryz_tail8(hd - j), m1 = ryz_tail8(hd - j - 8);
-            __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(),
-                   c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(),
-                   c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-            const float *vt = vb + j;
-            if (hd - j >= 16) {
-                for (int64_t t = 0; t < L; t++, vt += kstride) {
-                    __m256 v0 = _mm256_loadu_ps(vt), v1 = _mm256_loadu_ps(vt + 8);
-                    __m256 p0 = _mm256_broadcast_ss(sc[0] + t), p1 = _mm256_broadcast_ss(sc[1] + t);
-                    __m256 p2 = _mm256_broadcast_ss(sc[2] + t), p3 = _mm256_broadcast_ss(sc[3] + t);
-                    c00 = _mm256_fmadd_ps(p0, v0, c00); c01 = _mm256_fmadd_ps(p0, v1, c01);
-                    c10 = _mm256_fmadd_ps(p1, v0, c10); c11 = _mm256_fmadd_ps(p1, v1, c11);
-                    c20 = _mm256_fmadd_ps(p2, v0, c20); c21 = _mm256_fmadd_ps(p2, v1, c21);
-                    c30 = _mm256_fmadd_ps(p3, v0, c30); c31 = _mm256_fmadd_ps(p3, v1, c31);
+        /* ---- out = inv * sum_t p[t] v[t]: 16 columns (8 accumulators) per pass, rows in
+         * blocks of RYZ_ATTN_VBLOCK so every column pass of a block finds its v rows in
+         * cache; partial sums between blocks live in acc (4 rows of hd) ---- */
+        float *acc = scratch + 4 * L;
+        for (int64_t tb = 0; tb < L; tb += RYZ_ATTN_VBLOCK) {
+            const int64_t te = L - tb < RYZ_ATTN_VBLOCK ? L : tb + RYZ_ATTN_VBLOCK;
+            for (int64_t j = 0; j < hd; j += 16) {
+                const int64_t l0 = hd - j, l1 = hd - j - 8;
+                __m256 c00, c01, c10, c11, c20, c21, c30, c31;
+                if (tb == 0) {
+                    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm256_setzero_ps();
+                } else {
+                    c00 = ryz_ld8(acc + j, l0), c01 = ryz_ld8(acc + j + 8, l1);
+                    c10 = ryz_ld8(acc + hd + j, l0), c11 = ryz_ld8(acc + hd + j + 8, l1);
+                    c20 = ryz_ld8(acc + 2 * hd + j, l0), c21 = ryz_ld8(acc + 2 * hd + j + 8, l1);
+                    c30 = ryz_ld8(acc + 3 * hd + j, l0), c31 = ryz_ld8(acc + 3 * hd + j + 8, l1);
                 }
-            } else {
-                for (int64_t t = 0; t < L; t++, vt += kstride) {
-                    __m256 v0 = _mm256_maskload_ps(vt, m0), v1 = _mm256_maskload_ps(vt + 8, m1);
-                    __m256 p0 = _mm256_broadcast_ss(sc[0] + t), p1 = _mm256_broadcast_ss(sc[1] + t);
-                    __m256 p2 = _mm256_broadcast_ss(sc[2] + t), p3 = _mm256_broadcast_ss(sc[3] + t);
-                    c00 = _mm256_fmadd_ps(p0, v0, c00); c01 = _mm256_fmadd_ps(p0, v1, c01);
-                    c10 = _mm256_fmadd_ps(p1, v0, c10); c11 = _mm256_fmadd_ps(p1, v1, c11);
-                    c20 = _mm256_fmadd_ps(p2, v0, c20); c21 = _mm256_fmadd_ps(p2, v1, c21);
-                    c30 = _mm256_fmadd_ps(p3, v0, c30); c31 = _mm256_fmadd_ps(p3, v1, c31);
+                const float *vt = vb + tb * kstride + j;
+#define RYZ_ATTN_V_ROWS(LOAD0, LOAD1)                                                          \
+                for (int64_t t = tb; t < te; t++, vt += kstride) {                             \
+                    __m256 v0 = LOAD0, v1 = LOAD1;                                             \
+                    __m256 p0 = _mm256_broadcast_ss(sc[0] + t), p1 = _mm256_broadcast_ss(sc[1] + t); \
+                    __m256 p2 = _mm256_broadcast_ss(sc[2] + t), p3 = _mm256_broadcast_ss(sc[3] + t); \
+                    c00 = _mm256_fmadd_ps(p0, v0, c00); c01 = _mm256_fmadd_ps(p0, v1, c01);    \
+                    c10 = _mm256_fmadd_ps(p1, v0, c10); c11 = _mm256_fmadd_ps(p1, v1, c11);    \
+                    c20 = _mm256_fmadd_ps(p2, v0, c20); c21 = _mm256_fmadd_ps(p2, v1, c21);    \
+                    c30 = _mm256_fmadd_ps(p3, v0, c30); c31 = _mm256_fmadd_ps(p3, v1, c31);    \
                 }
+                if (l0 >= 16) {
+                    RYZ_ATTN_V_ROWS(_mm256_loadu_ps(vt), _mm256_loadu_ps(vt + 8))
+                } else {
+                    __m256i m0 = ryz_tail8(l0), m1 = ryz_tail8(l1);
+                    RYZ_ATTN_V_ROWS(_mm256_maskload_ps(vt, m0), _mm256_maskload_ps(vt + 8, m1))
+                }
+#undef RYZ_ATTN_V_ROWS
+                if (te < L) {
+                    ryz_st8(acc + j, l0, c00), ryz_st8(acc + j + 8, l1, c01);
+                    ryz_st8(acc + hd + j, l0, c10), ryz_st8(acc + hd + j + 8, l1, c11);
+                    ryz_st8(acc + 2 * hd + j, l0, c20), ryz_st8(acc + 2 * hd + j + 8, l1, c21);
+                    ryz_st8(acc + 3 * hd + j, l0, c30), ryz_st8(acc + 3 * hd + j + 8, l1, c31);
+                    continue;
+                }
+                /* last block: scale and store (repeated heads store the same values twice) */
+                __m256 i0 = _mm256_set1_ps(inv[0]), i1 = _mm256_set1_ps(inv[1]);
+                __m256 i2 = _mm256_set1_ps(inv[2]), i3 = _mm256_set1_ps(inv[3]);
+                ryz_st8(oh[0] + j, l0, _mm256_mul_ps(c00, i0)), ryz_st8(oh[0] + j + 8, l1, _mm256_mul_ps(c01, i0));
+                ryz_st8(oh[1] + j, l0, _mm256_mul_ps(c10, i1)), ryz_st8(oh[1] + j + 8, l1, _mm256_mul_ps(c11, i1));
+                ryz_st8(oh[2] + j, l0, _mm256_mul_ps(c20, i2)), ryz_st8(oh[2] + j + 8, l1, _mm256_mul_ps(c21, i2));
+                ryz_st8(oh[3] + j, l0, _mm256_mul_ps(c30, i3)), ryz_st8(oh[3] + j + 8, l1, _mm256_mul_ps(c31, i3));
             }
-            __m256 i0 = _mm256_set1_ps(inv[0]), i1 = _mm256_set1_ps(inv[1]);
-            __m256 i2 = _mm256_set1_ps(inv[2]), i3 = _mm256_set1_ps(inv[3]);
-            _mm256_maskstore_ps(oh[0] + j, m0, _mm256_mul_ps(c00, i0));
-            _mm256_maskstore_ps(oh[0] + j + 8, m1, _mm256_mul_ps(c01, i0));
-            _mm256_maskstore_ps(oh[1] + j, m0, _mm256_mul_ps(c10, i1));
-            _mm256_maskstore_ps(oh[1] + j + 8, m1, _mm256_mul_ps(c11, i1));
-            _mm256_maskstore_ps(oh[2] + j, m0, _mm256_mul_ps(c20, i2));
-            _mm256_maskstore_ps(oh[2] + j + 8, m1, _mm256_mul_ps(c21, i2));
-            _mm256_maskstore_ps(oh[3] + j, m0, _mm256_mul_ps(c30, i3));
-            _mm256_maskstore_ps(oh[3] + j + 8, m1, _mm256_mul_ps(c31, i3));
         }
     }
 }

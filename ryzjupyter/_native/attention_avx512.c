@@ -11,19 +11,15 @@
 #include "attention.h"
 #include "ops.h"
 
-static void attend(float *RYZ_RESTRICT out, const float *RYZ_RESTRICT q, const float *RYZ_RESTRICT k,
-                   const float *RYZ_RESTRICT v, const ryz_attn_shape *s, int64_t i, int64_t kvh,
-                   float *RYZ_RESTRICT scratch) {
-    const int64_t G = s->Hq / s->Hkv, hd = s->hd, L = s->n_past + i + 1;
-    const int64_t kstride = s->Hkv * hd;
-    const float *kb = k + kvh * hd, *vb = v + kvh * hd;
+static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
+    const int64_t G = u->G, hd = u->hd, L = u->L, kstride = u->kstride;
+    const float *kb = u->k, *vb = u->v;
     for (int64_t g0 = 0; g0 < G; g0 += 4) {
         const int64_t gn = G - g0 < 4 ? G - g0 : 4;
         const float *qh[4];
         float *sc[4];
         for (int gg = 0; gg < 4; gg++) {
-            int64_t h = kvh * G + g0 + (gg < gn ? gg : gn - 1);
-            qh[gg] = q + (i * s->Hq + h) * hd;
+            qh[gg] = u->q + (g0 + (gg < gn ? gg : gn - 1)) * hd;
             sc[gg] = scratch + (gg < gn ? gg : gn - 1) * L;
         }
         /* ---- scores ---- */
@@ -50,10 +46,10 @@ static void attend(float *RYZ_RESTRICT out, const float *RYZ_RESTRICT q, const f
                 a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qh[3] + j), kv, a3);
             }
             /* the copies of a repeated head write the same value to the same place */
-            sc[0][t] = _mm512_reduce_add_ps(a0) * s->scale;
-            sc[1][t] = _mm512_reduce_add_ps(a1) * s->scale;
-            sc[2][t] = _mm512_reduce_add_ps(a2) * s->scale;
-            sc[3][t] = _mm512_reduce_add_ps(a3) * s->scale;
+            sc[0][t] = _mm512_reduce_add_ps(a0) * u->scale;
+            sc[1][t] = _mm512_reduce_add_ps(a1) * u->scale;
+            sc[2][t] = _mm512_reduce_add_ps(a2) * u->scale;
+            sc[3][t] = _mm512_reduce_add_ps(a3) * u->scale;
         }
         /* ---- softmax numerators, in place ---- */
         float inv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -62,14 +58,17 @@ static void attend(float *RYZ_RESTRICT out, const float *RYZ_RESTRICT q, const f
             __m512 vm = _mm512_set1_ps(-INFINITY);
             for (int64_t t = 0; t < L; t += 16)
                 vm = _mm512_max_ps(vm, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), ryz_tail16(L - t), p + t));
-            __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vm)), sum = _mm512_setzero_ps();
+            const float mxs = _mm512_reduce_max_ps(vm);
+            __m512 mx = _mm512_set1_ps(mxs), sum = _mm512_setzero_ps();
             for (int64_t t = 0; t < L; t += 16) {
                 __mmask16 m = ryz_tail16(L - t);
                 __m512 e = ryz_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + t), mx));
                 sum = _mm512_mask_add_ps(sum, m, sum, e);
                 _mm512_mask_storeu_ps(p + t, m, e);
             }
-            inv[gg] = 1.0f / _mm512_reduce_add_ps(sum);
+            const float l = _mm512_reduce_add_ps(sum);
+            inv[gg] = 1.0f / l;
+            if (u->ml) u->ml[2 * (g0 + gg)] = mxs, u->ml[2 * (g0 + gg) + 1] = l;
         }
         for (int gg = gn; gg < 4; gg++) inv[gg] = inv[gn - 1];
         /* ---- out = inv * sum_t p[t] v[t]: 32 columns (8 accumulators) per pass, rows in
@@ -77,7 +76,7 @@ static void attend(float *RYZ_RESTRICT out, const float *RYZ_RESTRICT q, const f
          * sums between blocks live in acc (4 rows of hd) ---- */
         float *oh[4], *acc = scratch + 4 * L;
         for (int gg = 0; gg < 4; gg++)
-            oh[gg] = out + (i * s->Hq + kvh * G + g0 + (gg < gn ? gg : gn - 1)) * hd;
+            oh[gg] = u->o + (g0 + (gg < gn ? gg : gn - 1)) * hd;
         for (int64_t tb = 0; tb < L; tb += RYZ_ATTN_VBLOCK) {
             const int64_t te = L - tb < RYZ_ATTN_VBLOCK ? L : tb + RYZ_ATTN_VBLOCK;
             for (int64_t j = 0; j < hd; j += 32) {

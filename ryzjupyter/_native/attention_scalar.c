@@ -3,22 +3,18 @@
 
 #include "attention.h"
 
-static void attend(float *RYZ_RESTRICT out, const float *RYZ_RESTRICT q, const float *RYZ_RESTRICT k,
-                   const float *RYZ_RESTRICT v, const ryz_attn_shape *s, int64_t i, int64_t kvh,
-                   float *RYZ_RESTRICT scratch) {
-    const int64_t G = s->Hq / s->Hkv, hd = s->hd, L = s->n_past + i + 1;
-    const int64_t kstride = s->Hkv * hd;
+static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
+    const int64_t G = u->G, hd = u->hd, L = u->L, kstride = u->kstride;
     for (int64_t g = 0; g < G; g++) {
-        const int64_t h = kvh * G + g;
-        const float *qh = q + (i * s->Hq + h) * hd;
-        float *o = out + (i * s->Hq + h) * hd;
+        const float *qh = u->q + g * hd;
+        float *o = u->o + g * hd;
         float *sc = scratch;
         float m = -INFINITY;
         for (int64_t t = 0; t < L; t++) {
-            const float *kt = k + t * kstride + kvh * hd;
+            const float *kt = u->k + t * kstride;
             float d = 0.0f;
             for (int64_t j = 0; j < hd; j++) d += qh[j] * kt[j];
-            sc[t] = d * s->scale;
+            sc[t] = d * u->scale;
             if (sc[t] > m) m = sc[t];
         }
         float sum = 0.0f;
@@ -28,10 +24,11 @@ static void attend(float *RYZ_RESTRICT out, const float *RYZ_RESTRICT q, const f
         }
         for (int64_t j = 0; j < hd; j++) o[j] = 0.0f;
         for (int64_t t = 0; t < L; t++) {
-            const float *vt = v + t * kstride + kvh * hd;
+            const float *vt = u->v + t * kstride;
             for (int64_t j = 0; j < hd; j++) o[j] += sc[t] * vt[j];
         }
         float inv = 1.0f / sum;
+        if (u->ml) u->ml[2 * g] = m, u->ml[2 * g + 1] = sum;
         for (int64_t j = 0; j < hd; j++) o[j] *= inv;
     }
 }

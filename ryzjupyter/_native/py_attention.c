@@ -17,22 +17,79 @@ void ryz_attention_select(ryz_isa isa) {
 typedef struct {
     float *out;
     const float *q, *k, *v;
-    ryz_attn_shape s;
-    int failed; /* scratch allocation failed */
+    int64_t M, Hq, Hkv, hd, G, n_past;
+    int64_t S;         /* parts the cache rows of each unit are split into (1: no split) */
+    float scale;
+    float *part, *ml;  /* S > 1: [units * S][G][hd] partial outputs, [units * S][G][2] (m, l) */
+    int failed;        /* scratch allocation failed */
 } attn_job;
 
-/* items are (query row i, kv head) pairs: item = i * Hkv + kvh */
+/* items are (query row i, kv head, part): item = (i * Hkv + kvh) * S + part */
 static void attn_task(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     attn_job *j = ctx;
-    float *scratch = malloc(sizeof(float) * (size_t)ryz_attn_scratch_floats(&j->s));
+    float *scratch = malloc(sizeof(float) * (size_t)ryz_attn_scratch_floats(j->hd, j->n_past + j->M));
     if (!scratch) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    for (int64_t it = b; it < e; it++)
-        ryz_attention->attend(j->out, j->q, j->k, j->v, &j->s, it / j->s.Hkv, it % j->s.Hkv, scratch);
+    const int64_t kstride = j->Hkv * j->hd;
+    for (int64_t it = b; it < e; it++) {
+        const int64_t unit = it / j->S, part = it % j->S;
+        const int64_t i = unit / j->Hkv, kvh = unit % j->Hkv, L = j->n_past + i + 1;
+        const int64_t t0 = L * part / j->S, t1 = L * (part + 1) / j->S;
+        ryz_attn_unit u = {
+            .q = j->q + (i * j->Hq + kvh * j->G) * j->hd,
+            .k = j->k + t0 * kstride + kvh * j->hd,
+            .v = j->v + t0 * kstride + kvh * j->hd,
+            .o = j->S == 1 ? j->out + (i * j->Hq + kvh * j->G) * j->hd : j->part + it * j->G * j->hd,
+            .ml = j->S == 1 ? NULL : j->ml + it * 2 * j->G,
+            .G = j->G, .hd = j->hd, .kstride = kstride, .L = t1 - t0, .scale = j->scale,
+        };
+        ryz_attention->attend(&u, scratch);
+    }
     free(scratch);
+}
+
+/* merge the S partial results of each unit (flash-decoding, see attention.h) */
+static void merge_task(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    attn_job *j = ctx;
+    const int64_t G = j->G, hd = j->hd, S = j->S;
+    for (int64_t unit = b; unit < e; unit++) {
+        const int64_t i = unit / j->Hkv, kvh = unit % j->Hkv;
+        for (int64_t g = 0; g < G; g++) {
+            float *o = j->out + (i * j->Hq + kvh * G + g) * hd;
+            float mx = -INFINITY, wsum = 0.0f;
+            for (int64_t p = 0; p < S; p++) {
+                float m = j->ml[((unit * S + p) * G + g) * 2];
+                mx = m > mx ? m : mx;
+            }
+            for (int64_t d = 0; d < hd; d++) o[d] = 0.0f;
+            for (int64_t p = 0; p < S; p++) {
+                const float *ml = j->ml + ((unit * S + p) * G + g) * 2;
+                const float w = ml[1] * expf(ml[0] - mx);
+                const float *po = j->part + ((unit * S + p) * G + g) * hd;
+                wsum += w;
+                for (int64_t d = 0; d < hd; d++) o[d] += w * po[d];
+            }
+            const float inv = 1.0f / wsum;
+            for (int64_t d = 0; d < hd; d++) o[d] *= inv;
+        }
+    }
+}
+
+/* Parts per unit: decode has few units (M * Hkv, e.g. 5), too few to keep every thread
+ * busy, so long rows are split. Depends on the shapes only, never on the thread count,
+ * so results do not change with the number of threads. */
+#define RYZ_ATTN_MIN_UNITS 16
+#define RYZ_ATTN_MIN_PART_ROWS 256
+static int64_t attn_parts(int64_t units, int64_t shortest_row) {
+    if (units >= RYZ_ATTN_MIN_UNITS) return 1;
+    int64_t S = (RYZ_ATTN_MIN_UNITS + units - 1) / units;
+    int64_t cap = shortest_row / RYZ_ATTN_MIN_PART_ROWS;
+    if (S > cap) S = cap;
+    return S < 1 ? 1 : S;
 }
 
 PyDoc_STRVAR(attention_doc,
@@ -79,14 +136,29 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
         goto fail;
     }
     if (M == 0 || hd == 0) goto done;
-    attn_job j = {ryz_data(out), ryz_data(q), ryz_data(k), ryz_data(v),
-                  {M, Hq, Hkv, hd, T, n_past, (float)scale}, 0};
+    const int64_t G = Hq / Hkv, units = M * Hkv, S = attn_parts(units, n_past + 1);
+    attn_job j = {ryz_data(out), ryz_data(q), ryz_data(k), ryz_data(v), M, Hq, Hkv, hd, G,
+                  n_past, S, (float)scale, NULL, NULL, 0};
+    if (S > 1) {
+        j.part = malloc(sizeof(float) * (size_t)(units * S * G * hd));
+        j.ml = malloc(sizeof(float) * (size_t)(units * S * G * 2));
+        if (!j.part || !j.ml) {
+            free(j.part);
+            free(j.ml);
+            PyErr_NoMemory();
+            goto fail;
+        }
+    }
     /* chunks of about 2^26 multiply-adds between Ctrl-C checks */
-    int64_t per_item = (n_past + M) * hd * (Hq / Hkv) * 2;
-    int64_t chunk = per_item > 0 ? ((int64_t)1 << 26) / per_item : M * Hkv;
+    int64_t per_item = (n_past + M) * hd * G * 2 / S;
+    int64_t chunk = per_item > 0 ? ((int64_t)1 << 26) / per_item : units * S;
     int64_t minchunk = 2 * (int64_t)ryz_num_threads();
     if (chunk < minchunk) chunk = minchunk;
-    if (ryz_run_chunked(attn_task, &j, M * Hkv, chunk, 1) != 0) goto fail;
+    int rc = ryz_run_chunked(attn_task, &j, units * S, chunk, 1);
+    if (rc == 0 && !j.failed && S > 1) rc = ryz_run_chunked(merge_task, &j, units, units, 1);
+    free(j.part);
+    free(j.ml);
+    if (rc != 0) goto fail;
     if (j.failed) {
         PyErr_NoMemory();
         goto fail;
