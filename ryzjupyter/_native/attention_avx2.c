@@ -60,11 +60,10 @@ static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
             for (; t < L; t++) mxs = p[t] > mxs ? p[t] : mxs;
             __m256 mx = _mm256_set1_ps(mxs), sum = _mm256_setzero_ps();
             for (t = 0; t < L; t += 8) {
-                __m256i m = ryz_tail8(L - t);
-                __m256 e = ryz_exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(p + t, m), mx));
-                e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
+                __m256 e = ryz_exp_avx2(_mm256_sub_ps(ryz_ld8(p + t, L - t), mx));
+                if (L - t < 8) e = _mm256_and_ps(e, _mm256_castsi256_ps(ryz_tail8(L - t)));
                 sum = _mm256_add_ps(sum, e);
-                _mm256_maskstore_ps(p + t, m, e);
+                ryz_st8(p + t, L - t, e);
             }
             const float l = ryz_hsum_avx2(sum);
             inv[gg] = 1.0f / l;
