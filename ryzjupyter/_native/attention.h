@@ -21,6 +21,11 @@
 typedef struct {
     const float *q;       /* G query rows of hd floats (consecutive heads) */
     const float *k, *v;   /* first cache row of the range, at the unit's kv head */
+    /* int8 cache (attend_i8 only): rows of int8 values, value = q8 * scale; the scales
+     * of consecutive rows are sstride floats apart */
+    const int8_t *k8, *v8;
+    const float *ks, *vs;
+    int64_t sstride;
     float *o;             /* G output rows of hd floats */
     float *ml;            /* NULL, or 2G floats: (max score, sum of exp) per head */
     int64_t G, hd, kstride, L; /* kstride: floats between cache rows; L: rows (>= 1) */
@@ -40,10 +45,17 @@ static inline int64_t ryz_attn_scratch_floats(int64_t hd, int64_t L) {
 typedef struct {
     const char *name;
     void (*attend)(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch);
+    /* the same over an int8 cache: k = k8 * ks, v = v8 * vs per (row, kv head) */
+    void (*attend_i8)(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch);
 } ryz_attention_kernels;
 
 extern const ryz_attention_kernels ryz_attention_scalar;
 extern const ryz_attention_kernels ryz_attention_avx2;
 extern const ryz_attention_kernels ryz_attention_avx512;
 extern const ryz_attention_kernels *ryz_attention;
+/* int8 KV cache rows (see py_attention.c quantize_kv_i8): symmetric per (row, head),
+ * d = max|x| / 127, q8 = clamp(rint(x * (127 / max|x|)), -127, 127); d = 0 and q8 = 0 for
+ * an all-zero row. Returns 1 if x holds NaN/inf. Plain C, shared by every ISA level. */
+int ryz_quantize_kv_row(int8_t *RYZ_RESTRICT q8, float *RYZ_RESTRICT d, const float *RYZ_RESTRICT x,
+                        int64_t n);
 #endif

@@ -144,3 +144,16 @@ def rwkv4_wkv(aa, bb, pp, k, v, time_decay, time_first):
         e1, e2 = np.exp(pp + w - q), np.exp(k[t] - q)
         aa, bb, pp = e1 * aa + e2 * v[t], e1 * bb + e2, q
     return out, aa, bb, pp
+
+
+def quantize_kv_i8(x):
+    """int8 KV cache rows: per (row, head) d = max|x|/127, q = clip(rint(x * (127/max|x|)), -127, 127)
+    in float32 (an all-zero row: d = 0, q = 0). Returns (q int8, d float32)."""
+    x = np.asarray(x, np.float32)
+    amax = np.max(np.abs(x), axis=-1)
+    safe = np.where(amax > 0, amax, np.float32(1)).astype(np.float32)
+    s = (np.float32(127.0) / safe).astype(np.float32)
+    q = np.clip(np.rint(x * s[..., None]), -127, 127).astype(np.int8)
+    q[amax == 0] = 0
+    d = np.where(amax > 0, (amax / np.float32(127.0)).astype(np.float32), np.float32(0)).astype(np.float32)
+    return q, d
