@@ -88,3 +88,19 @@ def absmean_ternary(w: np.ndarray):
     s = np.float32(1.0) / np.maximum(mean, np.float32(1e-5))
     t = np.clip(np.rint(w * s), -1, 1).astype(np.int8)
     return t, s
+
+
+# ---- dense matmul ----------------------------------------------------------------------------
+
+def matmul_i8(xq, xs, wq, ws):
+    """out = float32(exact int sum) / (xs[m] * ws[n]), in float32."""
+    acc = (np.asarray(xq, np.int64) @ np.asarray(wq, np.int64).T).astype(np.float32)
+    return acc / (np.asarray(xs, np.float32)[:, None] * np.asarray(ws, np.float32)[None, :])
+
+
+def matmul_f32_with_bound(x, w):
+    """x @ w.T in float64 and the float32 error bound K * 2^-24 * (|x| @ |w|.T) (Higham's
+    bound for any summation order, with FMA: every product is exact before rounding)."""
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    K = x64.shape[1]
+    return x64 @ w64.T, (K + 1) * 2.0**-24 * (np.abs(x64) @ np.abs(w64).T)
