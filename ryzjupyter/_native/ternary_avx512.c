@@ -15,6 +15,9 @@
 #include "ternary.h"
 
 #define TOK_BLOCK 64
+#ifndef PF_TILES
+#define PF_TILES 2
+#endif
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 static ALWAYS_INLINE void tile_i2(const ryz_ternary_job *j, int64_t n, int64_t m, const int NR,
@@ -35,7 +38,12 @@ static ALWAYS_INLINE void tile_i2(const ryz_ternary_job *j, int64_t n, int64_t m
     for (int64_t b = 0; b < nb; b++) {
         __m512i raw[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < NR; r++) raw[r] = _mm512_loadu_si512(w[r] + b * RYZ_I2_BLOCK_BYTES);
+        for (int r = 0; r < NR; r++) {
+            /* the rows of a tile are contiguous: fetch the same block of the tile PF_TILES
+             * tiles ahead, so DRAM streams in while this tile computes (decode) */
+            _mm_prefetch((const char *)(w[r] + b * RYZ_I2_BLOCK_BYTES + PF_TILES * 4 * j->rb), _MM_HINT_T0);
+            raw[r] = _mm512_loadu_si512(w[r] + b * RYZ_I2_BLOCK_BYTES);
+        }
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++) {
             __m512i wv[4];
