@@ -115,16 +115,22 @@ uint64_t ryz_probe_read_avx512(const void *p, int64_t bytes) {
 }
 
 int64_t ryz_probe_vnni_avx512(int64_t iters) {
-    __m512i a[16];
+    /* 16 named accumulators (an array would live on the stack): 16 independent chains
+     * hide the vpdpbusd latency; the empty asm keeps them in registers and the loop alive */
     const __m512i u = _mm512_set1_epi8(1), v = _mm512_set1_epi8(1);
-    for (int i = 0; i < 16; i++) a[i] = _mm512_set1_epi32(i);
+    __m512i a0 = _mm512_set1_epi32(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    __m512i a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
     for (int64_t it = 0; it < iters; it++) {
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++) a[i] = _mm512_dpbusd_epi32(a[i], u, v);
-        __asm__ volatile("" : "+v"(a[0]), "+v"(a[1]), "+v"(a[2]), "+v"(a[3]), "+v"(a[4]),
-                         "+v"(a[5]), "+v"(a[6]), "+v"(a[7]));
+#define D(a) a = _mm512_dpbusd_epi32(a, u, v)
+        D(a0); D(a1); D(a2); D(a3); D(a4); D(a5); D(a6); D(a7);
+        D(a8); D(a9); D(a10); D(a11); D(a12); D(a13); D(a14); D(a15);
+#undef D
+        __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6), "+v"(a7));
+        __asm__ volatile("" : "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11), "+v"(a12), "+v"(a13), "+v"(a14), "+v"(a15));
     }
-    __m512i s = a[0];
-    for (int i = 1; i < 16; i++) s = _mm512_add_epi32(s, a[i]);
+    __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
+                                 _mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7)));
+    s = _mm512_add_epi32(s, _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a8, a9), _mm512_add_epi32(a10, a11)),
+                                             _mm512_add_epi32(_mm512_add_epi32(a12, a13), _mm512_add_epi32(a14, a15))));
     return _mm512_reduce_add_epi32(s);
 }
