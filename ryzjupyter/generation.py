@@ -153,6 +153,9 @@ class Session:
     # -- prompts
     def _prompt_ids(self, prompt, add_special_tokens=True):
         if isinstance(prompt, str):
+            if self.model.tokenizer is None:
+                raise ValueError("this model has no tokenizer (tokenizer.json was not in its folder); "
+                                 "pass token ids instead of text, or add tokenizer.json")
             return self.model.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         if isinstance(prompt, np.ndarray):
             prompt = prompt.reshape(-1).tolist()
@@ -181,6 +184,9 @@ class Session:
         """Chat turn. `message` is a string (appended to this session's history as the user's turn;
         the reply is added when generation ends) or a full list of messages (history untouched)."""
         tok = self.model.tokenizer
+        if tok is None:
+            raise ValueError("chat needs a tokenizer with a chat template; this model folder has no "
+                             "tokenizer.json")
         if isinstance(message, str):
             msgs = list(self.history)
             if system is not None and not any(m.get("role") == "system" for m in msgs):
