@@ -144,6 +144,21 @@ def _scale_value(ck, name):
     return v
 
 
+def _check_scale_magnitude(name, scale, mode, warned: set):
+    """Trained latent weights have mean|W| ~ 0.01-0.1: a stored 1/absmean is >> 1 (divide), an
+    absmean << 1 (multiply). Warn once per model when config.json's linear_class disagrees."""
+    odd = (mode == "divide" and abs(scale) < 1) or (mode == "multiply" and abs(scale) > 1)
+    if odd and mode not in warned:
+        import warnings
+        warned.add(mode)
+        rule = "divides by" if mode == "divide" else "multiplies by"
+        warnings.warn(f"{name}: weight_scale={scale:.4g} looks like "
+                      f"{'an absmean' if mode == 'divide' else 'a reciprocal absmean'}, but linear_class "
+                      f"{'bitlinear' if mode == 'divide' else 'autobitlinear'} {rule} it; following "
+                      "config.json as transformers does (check the logits if the output looks wrong)",
+                      stacklevel=4)
+
+
 @dataclass
 class LayerWeights:
     attn_norm: np.ndarray     # input_layernorm           [dim]
@@ -171,6 +186,7 @@ class Weights:
         D, I, V = cfg.dim, cfg.hidden_dim, cfg.vocab_size
         Q, KV = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
         onebit = kind.variant == "1bitllm"
+        warned = set()
         sub_attn = "self_attn.inner_attn_ln" if onebit else "self_attn.attn_sub_norm"
         sub_ffn = "mlp.ffn_layernorm" if onebit else "mlp.ffn_sub_norm"
 
@@ -191,6 +207,7 @@ class Weights:
                     raise CheckpointError(f"{name}: {n} output rows cannot be packed 4 per byte")
                 scale = _scale_value(ck, prefix + ".weight_scale")
                 mult = scale if kind.scale_mode == "multiply" else 1.0 / scale
+                _check_scale_magnitude(name, scale, kind.scale_mode, warned)
                 return TernaryWeight.from_bitnet_packed(np.ascontiguousarray(ck.raw(name)), mult)
             ck.require(name, (n, k), F, what="linear weight")
             w = ck.f32(name)

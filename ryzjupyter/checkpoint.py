@@ -250,9 +250,14 @@ class Checkpoint:
             index_path = idx[0] if idx else None
         if index_path is not None:
             self._load_sharded(index_path)
+        elif (self.folder / "model.safetensors").is_file():   # the transformers convention
+            self._add_file(self.folder / "model.safetensors")
+        elif len(st) == 1:
+            self._add_file(st[0])
         elif st:
-            for p in st:
-                self._add_file(p)
+            raise CheckpointError(f"{str(self.folder)!r} holds several *.safetensors files "
+                                  f"({', '.join(p.name for p in st[:4])}) but no model.safetensors and no "
+                                  "model.safetensors.index.json saying which are the weights; add the index")
         else:
             pickles = sorted(p for p in self.folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
             if not pickles:
