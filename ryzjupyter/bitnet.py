@@ -159,6 +159,95 @@ def _check_scale_magnitude(name, scale, mode, warned: set):
                       stacklevel=4)
 
 
+class ConvertedCache:
+    """Latent (float) BitNet weights quantized to ternary once and kept on disk, so the next load
+    of the same files skips the conversion. One safetensors file per source checkpoint:
+
+        <prefix>.packed  uint8 [N/4, K]   trits + 1 in 2-bit fields, blocked along rows (2B-4T layout)
+        <prefix>.w_mult  float32 [1]      effective weight = trit * w_mult
+
+    The file name is a hash of the engine's conversion version and of every source file (its
+    content hash when it lives in the Hugging Face cache, whose blob names are sha256 digests;
+    otherwise name, size, mtime and a sha256 of its first and last MiB). A changed source file
+    gives a new key; a damaged cache file is ignored and rewritten."""
+
+    VERSION = "ryz-bitnet-ternary-1"
+
+    def __init__(self, directory, ck: Checkpoint, kind: ModelKind):
+        import hashlib
+        h = hashlib.sha256(f"{self.VERSION}|{kind.variant}|{kind.scale_mode}".encode())
+        for f in ck.source_files():
+            h.update(_file_fingerprint(f).encode())
+        self.path = Path(directory).expanduser() / f"{h.hexdigest()[:32]}.safetensors"
+        self.hit = False
+        self._new = {}
+        self._file = None
+        if self.path.is_file():
+            try:
+                from .checkpoint import SafetensorsFile
+                self._file = SafetensorsFile(self.path)
+                self.hit = True
+            except CheckpointError:
+                self._file = None
+
+    def get(self, prefix, shape):
+        n, k = shape
+        if prefix + ".packed" not in self._file.tensors:
+            return None                                    # not cached (rows not divisible by 4)
+        packed = np.ascontiguousarray(self._file.raw(prefix + ".packed"))
+        mult = float(self._file.raw(prefix + ".w_mult")[0])
+        if packed.shape != (n // 4, k):
+            raise CheckpointError(f"the converted-weights cache {self.path} does not match the model; "
+                                  "delete the file and load again")
+        return packed, mult
+
+    def put(self, prefix, trits, mult):
+        n = trits.shape[0]
+        if n % 4:
+            return                                         # only 4-divisible row counts are packable
+        r = n // 4
+        u = (trits.astype(np.int16) + 1).astype(np.uint8)  # {0, 1, 2}
+        packed = u[:r] | (u[r:2 * r] << 2) | (u[2 * r:3 * r] << 4) | (u[3 * r:] << 6)
+        self._new[prefix + ".packed"] = packed
+        self._new[prefix + ".w_mult"] = np.array([mult], np.float32)
+
+    def save(self):
+        import os
+        import tempfile
+        from safetensors.numpy import save_file
+        if not self._new:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+            os.close(fd)
+            save_file(self._new, tmp)
+            os.replace(tmp, self.path)                     # atomic: never a half-written cache file
+        except OSError as e:
+            import warnings
+            warnings.warn(f"could not write the converted-weights cache {self.path} ({e}); the next load "
+                          "converts again", stacklevel=3)
+        self._new = {}
+
+
+def _file_fingerprint(path) -> str:
+    import hashlib
+    import os
+    path = Path(path)
+    real = path.resolve()
+    name = real.name
+    if len(name) == 64 and all(c in "0123456789abcdef" for c in name):   # an HF cache blob: its sha256
+        return f"{path.name}:{name}"
+    st = os.stat(real)
+    h = hashlib.sha256()
+    with open(real, "rb") as f:
+        h.update(f.read(1 << 20))
+        if st.st_size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}:{h.hexdigest()}"
+
+
 @dataclass
 class LayerWeights:
     attn_norm: np.ndarray     # input_layernorm           [dim]
@@ -178,8 +267,10 @@ class Weights:
     """All weights in compute format. Ternary linears are ryzjupyter.ternary.TernaryWeight
     (packed 2-bit, converted once at load); norms and embeddings float32."""
 
-    def __init__(self, cfg: Config, ck: Checkpoint, *, lm_head="f32", progress=None):
+    def __init__(self, cfg: Config, ck: Checkpoint, *, lm_head="f32", progress=None, convert_cache=None):
         from .ternary import TernaryWeight
+        cache = convert_cache            # ConvertedCache or None: quantized latents saved on disk
+        self.from_cache = cache is not None and cache.hit
         self.cfg = cfg
         kind = cfg.kind
         F = ("F32", "BF16", "F16")
@@ -210,6 +301,10 @@ class Weights:
                 _check_scale_magnitude(name, scale, kind.scale_mode, warned)
                 return TernaryWeight.from_bitnet_packed(np.ascontiguousarray(ck.raw(name)), mult)
             ck.require(name, (n, k), F, what="linear weight")
+            if cache is not None and cache.hit:       # converted on an earlier load
+                hit = cache.get(prefix, (n, k))
+                if hit is not None:
+                    return TernaryWeight.from_bitnet_packed(*hit)
             w = ck.f32(name)
             if v == "float":
                 return FloatLinear(w)
@@ -222,6 +317,8 @@ class Weights:
                 mult = scale if kind.scale_mode == "multiply" else 1.0 / scale
                 return TernaryWeight.from_trits(t.astype(np.int8), mult)
             trits, mult = _absmean_trits(w)           # online / 1bitllm: quantize the latent weights once
+            if cache is not None:
+                cache.put(prefix, trits, mult)
             return TernaryWeight.from_trits(trits, mult)
 
         self.norm = None
@@ -244,6 +341,8 @@ class Weights:
             if progress is not None:
                 progress(l + 1, cfg.n_layers)
         self.norm = norm("model.norm.weight", D)
+        if cache is not None and not cache.hit:
+            cache.save()
 
         # embedding [V, D]: kept as stored (memory-mapped) and widened row by row at lookup
         info = ck.require("model.embed_tokens.weight", (V, D), F, what="token embedding")
@@ -261,7 +360,7 @@ class Weights:
                                   "false; the checkpoint is incomplete (or set tie_word_embeddings to true if "
                                   "the head is the embedding)")
         head = np.ascontiguousarray(head, dtype=np.float32)
-        if self.tied:                                  # the f32 copy serves the lookups too
+        if self.tied and lm_head == "f32":             # the f32 head serves the lookups too
             self._embed_raw, self._embed_dtype = head, "F32"
         # lm_head "f32": exact float matmul (as transformers); "int8": per-row int8 (4x less memory
         # traffic, logits differ by ~1e-3 relative)
@@ -271,7 +370,8 @@ class Weights:
             self.lm_head_q = np.empty(head.shape, np.int8)
             self.lm_head_s = np.empty(head.shape[0], np.float32)
             K.quantize_rows_i8(self.lm_head_q, self.lm_head_s, head)
-            self.lm_head_f32 = None if not self.tied else head
+            self.lm_head_f32 = None
+            del head
         else:
             raise ValueError(f"lm_head must be 'f32' or 'int8', got {lm_head!r}")
 
@@ -356,13 +456,20 @@ def ffn_block(cfg, lw: LayerWeights, s: State, x, m):
 # ----------------------------------------------------------------------------
 # the model
 
+def default_cache_dir() -> Path:
+    """Where converted weights are kept: $RYZ_CACHE_DIR, else ~/.cache/ryzjupyter/converted."""
+    import os
+    base = os.environ.get("RYZ_CACHE_DIR")
+    return Path(base) if base else Path.home() / ".cache" / "ryzjupyter" / "converted"
+
+
 class BitNetModel(LanguageModel):
     """A loaded BitNet b1.58 model. Use generate / stream / chat / logits (see generation.py)."""
 
     family = "bitnet"
 
     def __init__(self, folder, *, tokenizer=None, max_context=None, lm_head="f32", prefill_chunk=64,
-                 allow_pickle=False, progress=None, name=None):
+                 allow_pickle=False, progress=None, name=None, convert_cache=True):
         self.path = Path(folder)
         self.name = name or self.path.name
         ck = Checkpoint(self.path, allow_pickle=allow_pickle)
@@ -371,7 +478,10 @@ class BitNetModel(LanguageModel):
             if kind.family != "bitnet":
                 raise CheckpointError(f"{self.path.name} is a {kind.family} model, not BitNet")
             self.config = Config.from_dict(ck.config, kind)
-            self.weights = Weights(self.config, ck, lm_head=lm_head, progress=progress)
+            cache = None
+            if convert_cache and kind.variant in ("online", "1bitllm"):
+                cache = ConvertedCache(default_cache_dir() if convert_cache is True else convert_cache, ck, kind)
+            self.weights = Weights(self.config, ck, lm_head=lm_head, progress=progress, convert_cache=cache)
             ck.check_all_used(ignorable=(r".*rotary_emb\.inv_freq",))
         except Exception:
             ck.close()

@@ -58,3 +58,15 @@ class ToyLM(LanguageModel):
 @pytest.fixture
 def toy_lm(tiny_tokenizer):
     return ToyLM(tiny_tokenizer)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _converted_cache_in_tmp(tmp_path_factory):
+    """Converted-weight caches go to a temporary folder, never to ~/.cache."""
+    old = os.environ.get("RYZ_CACHE_DIR")
+    os.environ["RYZ_CACHE_DIR"] = str(tmp_path_factory.mktemp("ryz-cache"))
+    yield
+    if old is None:
+        os.environ.pop("RYZ_CACHE_DIR", None)
+    else:
+        os.environ["RYZ_CACHE_DIR"] = old

@@ -244,3 +244,21 @@ def test_cli_generate():
     bad = subprocess.run([sys.executable, "-m", "ryzjupyter", "generate", "--model", "/nonexistent/x", "hi"],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_converted_cache(tmp_path):
+    ref = _reference("online")
+    a = load(str(FIXTURES / "online"), convert_cache=tmp_path / "cc")
+    assert not a.weights.from_cache and len(list((tmp_path / "cc").glob("*.safetensors"))) == 1
+    b = load(str(FIXTURES / "online"), convert_cache=tmp_path / "cc")
+    assert b.weights.from_cache
+    np.testing.assert_array_equal(a.logits(ref["input_ids_0"]), b.logits(ref["input_ids_0"]))
+    c = load(str(FIXTURES / "online"), convert_cache=False)
+    assert not c.weights.from_cache
+    # a changed source file gets a new cache entry
+    d = _copy("online", tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["rms_norm_eps"] = 1e-6
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert not load(str(d), convert_cache=tmp_path / "cc").weights.from_cache
+    assert len(list((tmp_path / "cc").glob("*.safetensors"))) == 2
