@@ -75,7 +75,8 @@ def apply_repetition_penalty(logits, context_ids, penalty):
 
 
 def filter_logits(logits, top_k=0, top_p=1.0, min_p=0.0):
-    """Set excluded logits to -inf, in HF order top-k, top-p, min-p (always keeping one token)."""
+    """Set excluded logits to -inf, in HF order top-k, top-p, min-p (always keeping one token).
+    Full-vocabulary reference version; the sampler uses the faster `candidates`."""
     n = logits.shape[-1]
     if top_k and top_k < n:
         kth = np.partition(logits, n - top_k)[n - top_k]
@@ -100,6 +101,46 @@ def filter_logits(logits, top_k=0, top_p=1.0, min_p=0.0):
     return logits
 
 
+def candidates(x, top_k=0, top_p=1.0, min_p=0.0):
+    """The tokens that survive top-k, top-p and min-p (same rules as filter_logits) and their
+    probabilities, without sorting the whole vocabulary: returns (ids ascending, p float64 summing
+    to 1). x: float32 logits already divided by the temperature."""
+    n = x.shape[0]
+    if top_k and top_k < n:
+        kth = np.partition(x, n - top_k)[n - top_k]
+        idx = np.flatnonzero(x >= kth)                      # ties with the k-th are kept
+    else:
+        idx = np.arange(n)
+    z = x[idx].astype(np.float64)
+    z = np.exp(z - z.max())
+    p = z / z.sum()
+    if top_p < 1.0:
+        rest_mass = 0.0
+        for m in (1024, 16384):
+            # the removed set is the low tail whose mass is <= 1 - top_p: if the top m hold at
+            # least top_p of the mass, everything outside them is removed, so sort only those
+            if idx.size <= 2 * m:
+                break
+            top = np.sort(np.argpartition(p, idx.size - m)[idx.size - m:])
+            mass = p[top].sum()
+            if mass >= top_p:
+                rest_mass = max(0.0, 1.0 - mass)
+                idx, p = idx[top], p[top]
+                break
+        order = np.lexsort((idx, p))                        # ascending p, as HF TopPLogitsWarper
+        cum = rest_mass + np.cumsum(p[order])
+        remove = cum <= (1 - top_p)
+        remove[-1] = False                                  # min_tokens_to_keep = 1
+        keep = np.sort(order[~remove])
+        idx, p = idx[keep], p[keep]
+        p = p / p.sum()
+    if min_p > 0.0:
+        keep = p >= min_p * p.max()
+        idx, p = idx[keep], p[keep]
+        p = p / p.sum()
+    return idx, p
+
+
 def softmax(logits):
     x = np.asarray(logits, dtype=np.float64)
     e = np.exp(x - x.max())
@@ -115,34 +156,37 @@ class Sampler:
             self.settings.seed = int(np.random.SeedSequence().entropy % (2 ** 63))
         self.rng = np.random.Generator(np.random.PCG64(self.settings.seed))
 
-    def probs(self, logits, context_ids=()):
-        """The distribution the sampler draws from (after penalty and filters), float64."""
-        s = self.settings
-        x = np.array(logits, dtype=np.float32, copy=True).reshape(-1)
-        x = apply_repetition_penalty(x, context_ids, s.repetition_penalty)
-        if s.temperature == 0.0:
-            p = np.zeros(x.shape, np.float64)
-            p[int(np.argmax(x))] = 1.0
-            return p
-        x = x / np.float32(s.temperature)
-        x = filter_logits(x, s.top_k, s.top_p, s.min_p)
-        return softmax(x)
-
-    def sample(self, logits, context_ids=()) -> int:
+    def _prepare(self, logits, context_ids):
         s = self.settings
         x = np.asarray(logits).reshape(-1)
         if not np.all(np.isfinite(x)):
             raise FloatingPointError("the model produced non-finite logits (NaN or inf); the weights are "
                                      "damaged or the computation overflowed")
+        if s.repetition_penalty != 1.0:
+            x = apply_repetition_penalty(np.array(x, np.float32), context_ids, s.repetition_penalty)
+        return x
+
+    def candidates(self, logits, context_ids=()):
+        """(token ids, probabilities) the next draw chooses from."""
+        s = self.settings
+        x = self._prepare(logits, context_ids)
         if s.temperature == 0.0:
-            if s.repetition_penalty != 1.0:
-                x = apply_repetition_penalty(np.array(x, np.float32), context_ids, s.repetition_penalty)
-            return int(np.argmax(x))
-        p = self.probs(x, context_ids)
+            return np.array([int(np.argmax(x))]), np.ones(1)
+        x = np.asarray(x, np.float32) / np.float32(s.temperature)
+        return candidates(x, s.top_k, s.top_p, s.min_p)
+
+    def probs(self, logits, context_ids=()):
+        """The full distribution the sampler draws from (after penalty and filters), float64."""
+        idx, p = self.candidates(logits, context_ids)
+        out = np.zeros(np.asarray(logits).size, np.float64)
+        out[idx] = p
+        return out
+
+    def sample(self, logits, context_ids=()) -> int:
+        if self.settings.temperature == 0.0:
+            return int(np.argmax(self._prepare(logits, context_ids)))
+        idx, p = self.candidates(logits, context_ids)
         u = self.rng.random()                               # one coin per step
         cdf = np.cumsum(p)
-        i = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
-        i = min(i, len(p) - 1)
-        while p[i] == 0.0 and i > 0:                        # never land on a filtered token
-            i -= 1
-        return i
+        i = min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(p) - 1)
+        return int(idx[i])

@@ -86,3 +86,17 @@ def test_nan_logits_are_an_error():
 def test_seed_none_is_recorded():
     s = Sampler(settings(seed=None))
     assert isinstance(s.settings.seed, int)
+
+
+@pytest.mark.parametrize("top_k,top_p,min_p", [(0, 0.9, 0.0), (0, 0.999, 0.0), (40, 0.95, 0.05), (0, 0.5, 0.02),
+                                               (0, 1.0, 0.1), (3000, 0.99, 0.0)])
+def test_fast_candidates_equal_full_vocab_filters(top_k, top_p, min_p):
+    from ryzjupyter.sampling import candidates
+    rng = np.random.default_rng(2)
+    for scale in (0.3, 1.0, 4.0):                      # flat and peaked distributions, large vocab
+        x = (rng.standard_normal(50000) * scale).astype(np.float32)
+        idx, p = candidates(x.copy(), top_k, top_p, min_p)
+        want = np.flatnonzero(_ref_filters(x, top_k, top_p, min_p))
+        assert idx.tolist() == want.tolist()
+        ref = np.exp(x[want].astype(np.float64) - x[want].max())
+        np.testing.assert_allclose(p, ref / ref.sum(), rtol=1e-9)
