@@ -95,3 +95,23 @@ def test_damaged_tokenizer_file(tmp_path):
     (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "model": ')
     with pytest.raises(CheckpointError, match="tokenizer.json"):
         Tokenizer.from_pretrained(tmp_path)
+
+
+def test_fixture_tokenizer_matches_transformers():
+    """tests/fixtures/tokenizer/reference.json was written by transformers (tools/make_fixtures.py)."""
+    from .conftest import REPO
+    folder = REPO / "tests" / "fixtures" / "tokenizer"
+    ref = json.loads((folder / "reference.json").read_text())
+    tok = Tokenizer.from_pretrained(folder)
+    assert (tok.bos_token_id, tok.eos_token_id) == (ref["bos_token_id"], ref["eos_token_id"])
+    assert ref["eot_token_id"] in tok.stop_token_ids and tok.vocab_size == ref["vocab_size"]
+    for e in ref["encodings"]:
+        assert tok.encode(e["text"], add_special_tokens=False) == e["ids"]
+        assert tok.encode(e["text"]) == e["ids_add_special_tokens"]
+        assert tok.decode(e["ids_add_special_tokens"]) == e["decode_skip_special_tokens"]
+        dec = tok.decoder()
+        assert "".join([dec.push(i) for i in e["ids"]] + [dec.flush()]) == tok.decode(e["ids"])
+    for c in ref["chat"]:
+        assert tok.apply_chat_template(c["messages"], add_generation_prompt=c["add_generation_prompt"],
+                                       tokenize=False) == c["text"]
+        assert tok.apply_chat_template(c["messages"], add_generation_prompt=c["add_generation_prompt"]) == c["ids"]
