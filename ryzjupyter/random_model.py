@@ -135,6 +135,21 @@ def write_random_bitnet(folder, *, hidden_size=64, intermediate_size=128, num_hi
             else:
                 entries.append((p + name + ".weight", "BF16", (n, k), n * k * 2))
 
+    # a pool of bf16 normal values; big tensors are slices of it at random offsets (fast, and
+    # random enough for benchmarks; small tensors are drawn fresh)
+    pool = _bf16_bits(rng.standard_normal(1 << 21, dtype=np.float32))
+    pool = np.concatenate([pool, pool])
+    pool_small = _bf16_bits(0.03 * rng.standard_normal(1 << 21, dtype=np.float32))
+    pool_small = np.concatenate([pool_small, pool_small])
+
+    def from_pool(src, count):
+        out = np.empty(count, np.uint16)
+        for o in range(0, count, 1 << 20):
+            n = min(1 << 20, count - o)
+            start = int(rng.integers(0, 1 << 21))
+            out[o:o + n] = src[start:start + n]
+        return out
+
     w = _SafetensorsWriter(folder / "model.safetensors", entries)
     try:
         for name, dt, shape, _ in entries:
@@ -142,7 +157,7 @@ def write_random_bitnet(folder, *, hidden_size=64, intermediate_size=128, num_hi
                 rows = max(1, (1 << 22) // H)
                 for r0 in range(0, vocab_size, rows):
                     r1 = min(vocab_size, r0 + rows)
-                    w.write(_bf16_bits(rng.standard_normal((r1 - r0, H), dtype=np.float32)))
+                    w.write(from_pool(pool, (r1 - r0) * H))
             elif name.endswith("norm.weight"):
                 w.write(_bf16_bits(1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)))
             elif name.endswith(".weight_scale"):
@@ -159,7 +174,7 @@ def write_random_bitnet(folder, *, hidden_size=64, intermediate_size=128, num_hi
                 rows = max(1, (1 << 22) // k)
                 for r0 in range(0, n, rows):
                     r1 = min(n, r0 + rows)
-                    w.write(_bf16_bits(0.03 * rng.standard_normal((r1 - r0, k), dtype=np.float32)))
+                    w.write(from_pool(pool_small, (r1 - r0) * k))
     finally:
         w.close()
 
