@@ -311,6 +311,9 @@ class TextStream:
                     if len(session.cache.tokens) + 1 > session.max_context:
                         finish = "context"
                         break
+                    if self._interrupted:
+                        finish = "interrupted"
+                        break
                     logits = session.step(t)
             if finish != "stop" and decoder is not None:
                 pending += decoder.flush()
