@@ -1,0 +1,135 @@
+/* pyarg.c: argument checking for the bindings and the interruptible chunk runner. */
+#include "ryz_py.h"
+
+#include <string.h>
+
+static const char *dtype_name(ryz_dtype d) {
+    switch (d) {
+    case RYZ_F32: return "float32";
+    case RYZ_I8: return "int8";
+    case RYZ_U8: return "uint8";
+    case RYZ_I32: return "int32";
+    case RYZ_I64: return "int64";
+    case RYZ_U16: return "uint16";
+    }
+    return "?";
+}
+
+/* Does a struct-module format string describe `d`? Byte-order prefixes are
+ * accepted only when they mean native order. */
+static int format_matches(const char *fmt, Py_ssize_t itemsize, ryz_dtype d) {
+    if (!fmt) fmt = "B";
+    if (*fmt == '@' || *fmt == '=' || *fmt == '<') fmt++;
+    if (strlen(fmt) != 1) return 0;
+    char c = fmt[0];
+    switch (d) {
+    case RYZ_F32: return c == 'f' && itemsize == 4;
+    case RYZ_I8: return c == 'b' && itemsize == 1;
+    case RYZ_U8: return (c == 'B' || c == 'c') && itemsize == 1;
+    case RYZ_I32: return (c == 'i' || c == 'l') && itemsize == 4;
+    case RYZ_I64: return (c == 'l' || c == 'q') && itemsize == 8;
+    case RYZ_U16: return c == 'H' && itemsize == 2;
+    }
+    return 0;
+}
+
+ryz_arr *ryz_arr_get(ryz_args *args, PyObject *obj, const char *name, ryz_dtype dtype,
+                     int ndim, int writable) {
+    if (args->n >= RYZ_MAX_ARRS) {
+        PyErr_SetString(PyExc_RuntimeError, "ryzjupyter: too many array arguments (internal)");
+        return NULL;
+    }
+    ryz_arr *a = &args->a[args->n];
+    memset(a, 0, sizeof *a);
+    a->name = name;
+    if (!PyObject_CheckBuffer(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy array of %s, got %.80s", name,
+                     dtype_name(dtype), Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    int flags = PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, &a->view, flags) != 0) {
+        if (writable && (PyErr_ExceptionMatches(PyExc_BufferError) ||
+                         PyErr_ExceptionMatches(PyExc_ValueError))) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%s must be a writable array (it is read-only)", name);
+        } else if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%s: cannot read its memory as an array", name);
+        }
+        return NULL;
+    }
+    a->held = 1;
+    args->n++;
+    if (!format_matches(a->view.format, a->view.itemsize, dtype)) {
+        PyErr_Format(PyExc_TypeError, "%s must have dtype %s (got format '%s'); convert with "
+                     "np.ascontiguousarray(%s, dtype=np.%s)", name, dtype_name(dtype),
+                     a->view.format ? a->view.format : "B", name, dtype_name(dtype));
+        return NULL;
+    }
+    if (ndim >= 0 && a->view.ndim != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must have %d dimensions, got %d", name, ndim,
+                     a->view.ndim);
+        return NULL;
+    }
+    if (!PyBuffer_IsContiguous(&a->view, 'C')) {
+        PyErr_Format(PyExc_ValueError, "%s must be C-contiguous; pass np.ascontiguousarray(%s)",
+                     name, name);
+        return NULL;
+    }
+    return a;
+}
+
+void ryz_args_release(ryz_args *args) {
+    for (int i = 0; i < args->n; i++)
+        if (args->a[i].held) {
+            PyBuffer_Release(&args->a[i].view);
+            args->a[i].held = 0;
+        }
+    args->n = 0;
+}
+
+int ryz_check_dim(const ryz_arr *a, int i, int64_t expected, const char *what) {
+    if (ryz_dim(a, i) != expected) {
+        PyErr_Format(PyExc_ValueError, "%s.shape[%d] is %lld but must equal %s (%lld)", a->name, i,
+                     (long long)ryz_dim(a, i), what, (long long)expected);
+        return -1;
+    }
+    return 0;
+}
+
+int ryz_check_no_overlap(const ryz_arr *out, const ryz_arr *in) {
+    const char *o0 = out->view.buf, *o1 = o0 + out->view.len;
+    const char *i0 = in->view.buf, *i1 = i0 + in->view.len;
+    if (out->view.len > 0 && in->view.len > 0 && o0 < i1 && i0 < o1) {
+        PyErr_Format(PyExc_ValueError, "%s must not share memory with %s; pass a separate array",
+                     out->name, in->name);
+        return -1;
+    }
+    return 0;
+}
+
+/* A task whose range is shifted by `off` (one chunk of a chunked run). */
+typedef struct {
+    ryz_task_fn fn;
+    void *ctx;
+    int64_t off;
+} offset_task;
+
+static void offset_task_run(void *ctx, int64_t b, int64_t e, int tid) {
+    offset_task *t = ctx;
+    t->fn(t->ctx, b + t->off, e + t->off, tid);
+}
+
+int ryz_run_chunked(ryz_task_fn fn, void *ctx, int64_t n, int64_t chunk, int64_t grain) {
+    if (chunk < 1) chunk = n > 0 ? n : 1;
+    for (int64_t start = 0; start < n; start += chunk) {
+        int64_t len = n - start < chunk ? n - start : chunk;
+        offset_task t = {fn, ctx, start};
+        Py_BEGIN_ALLOW_THREADS
+        ryz_parallel_for(offset_task_run, &t, len, grain);
+        Py_END_ALLOW_THREADS
+        if (PyErr_CheckSignals() != 0) return -1;
+    }
+    return 0;
+}

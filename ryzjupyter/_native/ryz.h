@@ -1,0 +1,80 @@
+/* ryz.h: what every compilation unit of ryzjupyter._native shares.
+ *
+ * Layout (ggml-style): each kernel family <fam> has
+ *   <fam>.h            the dispatch table type and the per-ISA tables' declarations
+ *   <fam>_scalar.c     the reference implementation in plain C (the specification)
+ *   <fam>_avx2.c       AVX2+FMA variants, compiled with -mavx2 -mfma
+ *   <fam>_avx512.c     AVX-512 F/BW/VL/VNNI variants, compiled with -mavx512*
+ *   py_<fam>.c         the Python bindings: argument checks, GIL release, dispatch
+ * and a function ryz_<fam>_select(isa) that points the family's table at the
+ * variant for an ISA level and registers kernel name -> variant for native_info().
+ * Fallback happens only at table level: an ISA file never hides a scalar path.
+ */
+#ifndef RYZ_H
+#define RYZ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define RYZ_VERSION "0.1.0"
+
+#if defined(__GNUC__)
+#define RYZ_RESTRICT __restrict__
+#define RYZ_UNUSED(x) ((void)(x))
+#define RYZ_LIKELY(x) __builtin_expect(!!(x), 1)
+#define RYZ_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define RYZ_RESTRICT
+#define RYZ_UNUSED(x) ((void)(x))
+#define RYZ_LIKELY(x) (x)
+#define RYZ_UNLIKELY(x) (x)
+#endif
+
+#define RYZ_EXPORT __attribute__((visibility("hidden")))
+
+/* ---- ISA levels, lowest first --------------------------------------------- */
+typedef enum {
+    RYZ_ISA_SCALAR = 0,     /* plain C, any x86-64 */
+    RYZ_ISA_AVX2 = 1,       /* AVX2 + FMA */
+    RYZ_ISA_AVX512VNNI = 2, /* AVX-512 F/BW/VL + VNNI */
+    RYZ_ISA_COUNT = 3
+} ryz_isa;
+
+const char *ryz_isa_name(ryz_isa isa);
+int ryz_isa_from_name(const char *name, ryz_isa *out); /* 0 ok, -1 unknown name */
+
+/* ---- CPU features (cpu.c) -------------------------------------------------- */
+typedef struct {
+    int sse2, avx, avx2, fma, f16c;
+    int avx512f, avx512bw, avx512vl, avx512dq, avx512vnni, avx512bf16, avx512vbmi;
+    int avxvnni;
+    int os_ymm, os_zmm; /* XCR0 says the OS saves YMM / ZMM state */
+} ryz_cpu_features;
+
+const ryz_cpu_features *ryz_cpu(void);
+int ryz_isa_supported(ryz_isa isa); /* CPU has it and the OS enables it */
+ryz_isa ryz_best_isa(void);
+/* The selected level (what the dispatch tables point at). */
+ryz_isa ryz_active_isa(void);
+
+/* ---- kernel registry for native_info()["kernels"] ------------------------- */
+void ryz_register_kernel(const char *name, const char *variant);
+
+/* ---- persistent thread pool (threadpool.c) -------------------------------- */
+/* A task gets a half-open range [begin, end) of items and the worker's index. */
+typedef void (*ryz_task_fn)(void *ctx, int64_t begin, int64_t end, int tid);
+
+int ryz_num_threads(void);        /* threads the pool uses (caller included) */
+int ryz_physical_cores(void);     /* physical cores this process may run on */
+int ryz_set_num_threads(int n);   /* 0 ok, -1 bad value; call with no job running */
+
+/* Run fn over [0, n) split into one contiguous range per thread, each range a
+ * multiple of `grain` items (except the last). Blocks until all ranges are done.
+ * Must be called WITHOUT the GIL held (it never touches Python). The split
+ * depends only on n, grain and the thread count, and each item is computed by
+ * exactly one thread, so integer kernels give identical results for any count. */
+void ryz_parallel_for(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain);
+/* Same, with at most `max_threads` threads (>= 1). */
+void ryz_parallel_for_n(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int max_threads);
+
+#endif /* RYZ_H */

@@ -1,0 +1,240 @@
+/* threadpool.c: one persistent pool of pthreads, sized to the physical cores the
+ * process may use (RYZ_NUM_THREADS overrides). The calling thread is worker 0 and
+ * does a share of every job, so a pool of n threads starts n-1 pthreads.
+ *
+ * A job is published by bumping a generation counter. Workers spin briefly on it
+ * (decode issues hundreds of short jobs per token, and a futex wake costs more
+ * than the job), then sleep on a condition variable. Completion is an atomic
+ * countdown the caller spins on. Started lazily; after fork() the child starts a
+ * fresh pool on first use. */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ryz.h"
+
+#define SPIN_ITERS 20000 /* ~ tens of microseconds of pause before sleeping */
+
+static inline void cpu_relax(void) { __builtin_ia32_pause(); }
+
+typedef struct {
+    /* configuration */
+    int nthreads;        /* total, caller included */
+    int started;         /* workers running */
+    pthread_t *threads;  /* nthreads - 1 workers */
+    /* job */
+    ryz_task_fn fn;
+    void *ctx;
+    int64_t n, grain;
+    int nparts;          /* threads taking part in this job */
+    /* synchronisation */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_uint gen;     /* bumped to publish a job */
+    atomic_int pending;  /* workers still running the current job */
+    atomic_int stop;
+    int sleepers;        /* workers blocked on cv (under mu) */
+    unsigned start_gen;  /* generation when the workers were created */
+} pool_t;
+
+static pool_t g_pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+static int g_requested = 0; /* 0: not decided yet */
+/* One job at a time: Python threads that release the GIL may call in together. */
+static pthread_mutex_t g_job_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Contiguous range of part `i` out of `parts`, in units of `grain`. */
+static void part_range(int64_t n, int64_t grain, int parts, int i, int64_t *b, int64_t *e) {
+    int64_t blocks = (n + grain - 1) / grain;
+    int64_t per = blocks / parts, rem = blocks % parts;
+    int64_t bb = i * per + (i < rem ? i : rem);
+    int64_t eb = bb + per + (i < rem ? 1 : 0);
+    *b = bb * grain;
+    *e = eb * grain < n ? eb * grain : n;
+    if (*b > n) *b = n;
+}
+
+static void run_part(pool_t *p, int i) {
+    if (i >= p->nparts) return;
+    int64_t b, e;
+    part_range(p->n, p->grain, p->nparts, i, &b, &e);
+    if (b < e) p->fn(p->ctx, b, e, i);
+}
+
+static void *worker_main(void *arg) {
+    int id = (int)(intptr_t)arg;
+    pool_t *p = &g_pool;
+    /* Start from the generation at creation, not the current one: a job may be
+     * published before this thread first runs, and it must not be skipped. */
+    unsigned seen = p->start_gen;
+    for (;;) {
+        unsigned g;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
+               !atomic_load_explicit(&p->stop, memory_order_relaxed)) {
+            if (++spins < SPIN_ITERS) {
+                cpu_relax();
+                continue;
+            }
+            pthread_mutex_lock(&p->mu);
+            p->sleepers++;
+            while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
+                   !atomic_load_explicit(&p->stop, memory_order_relaxed))
+                pthread_cond_wait(&p->cv, &p->mu);
+            p->sleepers--;
+            pthread_mutex_unlock(&p->mu);
+            break;
+        }
+        if (atomic_load_explicit(&p->stop, memory_order_relaxed)) return NULL;
+        seen = g;
+        run_part(p, id);
+        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+    }
+}
+
+/* Physical cores among the CPUs this process may run on: count distinct
+ * (package, core) pairs from sysfs; fall back to the affinity count. */
+int ryz_physical_cores(void) {
+    cpu_set_t set;
+    int logical = 0;
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        logical = CPU_COUNT(&set);
+    else
+        logical = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (logical < 1) logical = 1;
+    long seen_keys[1024];
+    int nkeys = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && nkeys < 1024; cpu++) {
+        if (!CPU_ISSET(cpu, &set)) continue;
+        char path[128];
+        long core = -1, pkg = -1;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/core_id", cpu);
+        FILE *f = fopen(path, "r");
+        if (!f) return logical;
+        if (fscanf(f, "%ld", &core) != 1) core = -1;
+        fclose(f);
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/physical_package_id", cpu);
+        f = fopen(path, "r");
+        if (f) {
+            if (fscanf(f, "%ld", &pkg) != 1) pkg = 0;
+            fclose(f);
+        }
+        if (core < 0) return logical;
+        long key = pkg * 100000 + core;
+        int dup = 0;
+        for (int k = 0; k < nkeys; k++) dup |= seen_keys[k] == key;
+        if (!dup) seen_keys[nkeys++] = key;
+    }
+    return nkeys > 0 ? nkeys : logical;
+}
+
+static int default_threads(void) {
+    const char *env = getenv("RYZ_NUM_THREADS");
+    if (env && *env) {
+        char *end;
+        long v = strtol(env, &end, 10);
+        if (*end == 0 && v >= 1 && v <= 1024) return (int)v;
+        fprintf(stderr, "ryzjupyter: ignoring RYZ_NUM_THREADS=%s (want an integer 1..1024)\n", env);
+    }
+    return ryz_physical_cores();
+}
+
+static void pool_stop(pool_t *p) {
+    if (!p->started) return;
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->stop, 1);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->nthreads - 1; i++) pthread_join(p->threads[i], NULL);
+    free(p->threads);
+    p->threads = NULL;
+    p->started = 0;
+    atomic_store(&p->stop, 0);
+}
+
+static void pool_start(pool_t *p) {
+    if (g_requested == 0) g_requested = default_threads();
+    p->nthreads = g_requested;
+    p->started = 1;
+    if (p->nthreads <= 1) return;
+    p->start_gen = atomic_load(&p->gen);
+    p->threads = calloc((size_t)p->nthreads - 1, sizeof(pthread_t));
+    if (!p->threads) {
+        p->nthreads = 1;
+        return;
+    }
+    for (int i = 1; i < p->nthreads; i++) {
+        if (pthread_create(&p->threads[i - 1], NULL, worker_main, (void *)(intptr_t)i) != 0) {
+            /* could not start all: stop the ones we have and run single-threaded */
+            int started = i - 1;
+            p->nthreads = started + 1;
+            pool_stop(p);
+            p->nthreads = 1;
+            p->started = 1;
+            return;
+        }
+    }
+}
+
+static void atfork_child(void) {
+    /* The child has only the forking thread: forget the parent's workers. */
+    g_pool.started = 0;
+    g_pool.threads = NULL;
+    pthread_mutex_init(&g_job_mu, NULL);
+    pthread_mutex_init(&g_pool.mu, NULL);
+    pthread_cond_init(&g_pool.cv, NULL);
+}
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static void install_atfork(void) { pthread_atfork(NULL, NULL, atfork_child); }
+
+int ryz_num_threads(void) {
+    if (g_requested == 0) g_requested = default_threads();
+    return g_requested;
+}
+
+int ryz_set_num_threads(int n) {
+    if (n < 1 || n > 1024) return -1;
+    pthread_mutex_lock(&g_job_mu);
+    pool_stop(&g_pool);
+    g_requested = n;
+    pthread_mutex_unlock(&g_job_mu);
+    return 0;
+}
+
+void ryz_parallel_for_n(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int max_threads) {
+    pool_t *p = &g_pool;
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    pthread_once(&g_once, install_atfork);
+    if (!p->started) pool_start(p);
+    int64_t blocks = (n + grain - 1) / grain;
+    int parts = p->nthreads;
+    if (max_threads >= 1 && parts > max_threads) parts = max_threads;
+    if (parts > blocks) parts = (int)blocks;
+    if (parts <= 1) {
+        fn(ctx, 0, n, 0);
+        return;
+    }
+    pthread_mutex_lock(&g_job_mu);
+    p->fn = fn;
+    p->ctx = ctx;
+    p->n = n;
+    p->grain = grain;
+    p->nparts = parts;
+    atomic_store_explicit(&p->pending, p->nthreads - 1, memory_order_relaxed);
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    if (p->sleepers) pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    run_part(p, 0);
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) cpu_relax();
+    pthread_mutex_unlock(&g_job_mu);
+}
+
+void ryz_parallel_for(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain) {
+    ryz_parallel_for_n(fn, ctx, n, grain, 0);
+}

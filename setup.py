@@ -1,0 +1,68 @@
+"""Build ryzjupyter._native: one extension, one compilation unit per ISA.
+
+Sources in ryzjupyter/_native are compiled with flags chosen by their suffix:
+  *_avx2.c    -> -mavx2 -mfma -mf16c
+  *_avx512.c  -> -mavx512f -mavx512bw -mavx512vl -mavx512vnni (+ avx2/fma)
+  anything else -> baseline x86-64 (SSE2), so module code never executes an
+                   instruction the CPU lacks; kernels are chosen at run time.
+Never -march=native: the same build runs on every x86-64 CPU.
+RYZ_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer.
+"""
+import glob
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NATIVE = os.path.join("ryzjupyter", "_native")
+
+ISA_FLAGS = {
+    "_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+    "_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
+                  "-mavx2", "-mfma", "-mf16c"],
+}
+COMMON_FLAGS = ["-O3", "-std=c11", "-Wall", "-Wextra", "-fno-strict-aliasing",
+                "-fvisibility=hidden", "-pthread", "-D_GNU_SOURCE"]
+SANITIZE = os.environ.get("RYZ_SANITIZE") == "1"
+if SANITIZE:
+    COMMON_FLAGS += ["-O1", "-g", "-fsanitize=address,undefined",
+                     "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+LINK_FLAGS = ["-pthread", "-lm"] + (["-fsanitize=address,undefined"] if SANITIZE else [])
+
+
+def isa_flags(path):
+    for suffix, flags in ISA_FLAGS.items():
+        if path.endswith(suffix):
+            return flags
+    return []
+
+
+class BuildPerISA(build_ext):
+    """Compile each source with the flags of its ISA, then link them as one module."""
+
+    def build_extension(self, ext):
+        if sys.platform != "linux" or os.uname().machine not in ("x86_64", "AMD64"):
+            raise RuntimeError("ryzjupyter._native builds on x86-64 Linux only")
+        objects = []
+        for src in ext.sources:
+            objects += self.compiler.compile(
+                [src], output_dir=self.build_temp, include_dirs=ext.include_dirs,
+                extra_postargs=COMMON_FLAGS + isa_flags(src), depends=ext.depends)
+        ext_path = self.get_ext_fullpath(ext.name)
+        os.makedirs(os.path.dirname(ext_path), exist_ok=True)
+        self.compiler.link_shared_object(
+            objects, ext_path, libraries=self.get_libraries(ext),
+            extra_postargs=LINK_FLAGS, export_symbols=self.get_export_symbols(ext),
+            target_lang="c")
+
+
+sources = sorted(glob.glob(os.path.join(NATIVE, "*.c")))
+headers = sorted(glob.glob(os.path.join(NATIVE, "*.h")))
+
+setup(
+    ext_modules=[Extension("ryzjupyter._native", sources=sources, depends=headers,
+                           include_dirs=[NATIVE])],
+    cmdclass={"build_ext": BuildPerISA},
+)
