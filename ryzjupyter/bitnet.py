@@ -399,7 +399,6 @@ class State:
         f = np.float32
         self.chunk = C
         self.x = np.zeros((C, D), f)                                   # residual stream
-        self.x_alt = np.zeros((C, D), f)                               # residual after an add
         self.xb = np.zeros((C, D), f)                                  # normed input of a block
         self.an = np.zeros((C, Q), f)                                  # sub-normed attention output
         self.xb2 = np.zeros((C, D), f)                                 # block output before the add
@@ -518,15 +517,13 @@ class BitNetModel(LanguageModel):
             m = min(s.chunk, M - c0)
             pos = pos0 + c0
             s.pos[:m] = np.arange(pos, pos + m)
-            x, x_alt = s.x[:m], s.x_alt[:m]
+            x = s.x[:m]
             w.embed(x, tokens[c0:c0 + m])               # h = embed[ids]
             for l, lw in enumerate(w.layers):
                 attention_block(cfg, lw, s, x, cache.k[l], cache.v[l], pos, m)
-                K.add(x_alt, x, s.xb2[:m])              # h = h + attn
-                x, x_alt = x_alt, x
+                K.add(x, x, s.xb2[:m])                  # h = h + attn (in place)
                 ffn_block(cfg, lw, s, x, m)
-                K.add(x_alt, x, s.xb2[:m])              # h = h + ffn
-                x, x_alt = x_alt, x
+                K.add(x, x, s.xb2[:m])                  # h = h + ffn
             if all_logits:
                 rows, dst = slice(0, m), out[c0:c0 + m]
             elif c0 + m == M:
