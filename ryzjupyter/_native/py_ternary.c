@@ -177,10 +177,11 @@ static void gemm_rows(void *vctx, int64_t b, int64_t e, int tid) {
     else ryz_ternary->gemm_tl(&c->job, b, e);
 }
 
-/* int8 MACs one chunk should hold: ~5-20 ms, so Ctrl-C is seen quickly */
+/* int8 MACs one chunk should hold: ~2-5 ms of one core, so Ctrl-C is seen quickly even
+ * when the machine is oversubscribed and a chunk takes several times longer */
 static int64_t chunk_rows(int64_t M, int64_t Kp) {
-    double macs = ryz_active_isa() == RYZ_ISA_AVX512VNNI ? 1.5e9
-                : ryz_active_isa() == RYZ_ISA_AVX2 ? 5e8 : 2e7;
+    double macs = ryz_active_isa() == RYZ_ISA_AVX512VNNI ? 6e8
+                : ryz_active_isa() == RYZ_ISA_AVX2 ? 2e8 : 1e7;
     double per_row = (double)(M > 0 ? M : 1) * (double)(Kp > 0 ? Kp : 1);
     int64_t rows = (int64_t)(macs / per_row);
     rows = rows / 16 * 16;
