@@ -1,0 +1,395 @@
+"""`python -m ryzjupyter.bench model`: a whole model's decode and prefill against this machine.
+
+    python -m ryzjupyter.bench model --shape bitnet-2b4t [--threads 1,2] [--repeat 5]
+        [--json FILE] [--vs llamacpp] [--model PATH] [--lm-head int8|f32]
+
+What it does (docs/performance-model.md):
+1. Limits, measured here with the probes of ``bench kernels``: streaming read bandwidth and the
+   register-only int8 VNNI peak, for each thread count.
+2. A model: ``--model PATH`` (a real checkpoint), or a random-weight BitNet b1.58 of the chosen
+   shape written with ``ryzjupyter.random_model`` (no download; kept in ``--model-dir``).
+3. Per thread count, median of ``--repeat`` runs:
+   - decode tokens/s at context 0 and 2k (``--contexts``): ``--decode-tokens`` single-token
+     forward passes, each followed by a greedy pick (what generation does per token). The long
+     context is reached by filling the KV cache with random rows (the cost of attention does
+     not depend on the values), not by a 2k-token prefill.
+   - prefill tokens/s for 128 and 512 tokens (``--prefill``) into an empty cache; the time of
+     the pass including the greedy pick of the first new token is the time to first token.
+   - the roofline: decode bytes per token = packed ternary weights + norms + lm_head (+ its
+     scales) + the KV rows read at that context (average over the measured tokens); decode
+     roofline tokens/s = measured bandwidth / bytes per token. Prefill ops = 2 x (ternary MACs per
+     token x n + the lm_head row of the last token) int8 ops, as a fraction of the VNNI peak
+     (attention's float work is not counted: it is reported in the attention row).
+   - Python overhead per decode token: the same decode step with every native kernel replaced by
+     a no-op (so only the Python/numpy glue runs), as a fraction of the real step.
+   - peak RSS of the process (load, and the measurements after a reset of the high-water mark).
+4. ``--vs llamacpp``: the same weights written to a GGUF (TQ2_0 linears, Q8_0 embedding/lm_head),
+   timed by llama.cpp (llama-cpp-python, in a worker process) alternately with ours, one
+   measurement after the other; ratios printed (see ryzjupyter/bench/llamacpp.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ryzjupyter import _native
+from ryzjupyter.bench import rss
+
+SHAPES = {
+    "bitnet-2b4t": dict(hidden_size=2560, intermediate_size=6912, num_hidden_layers=30, num_attention_heads=20,
+                        num_key_value_heads=5, vocab_size=128256),
+    "bitnet-0.7b": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                        num_key_value_heads=16, vocab_size=32002),
+    "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1024),
+}
+_SHAPE_FLAGS = {"hidden_size": "dim", "intermediate_size": "ffn", "num_hidden_layers": "layers",
+                "num_attention_heads": "heads", "num_key_value_heads": "kv_heads", "vocab_size": "vocab"}
+
+
+def add_parser(sub):
+    p = sub.add_parser("model", help="whole-model decode/prefill vs bandwidth and VNNI peak (and llama.cpp)")
+    p.add_argument("--shape", default="bitnet-2b4t", choices=sorted(SHAPES), help="random-weight model shape")
+    for key, flag in _SHAPE_FLAGS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", type=int, default=None, help=f"override {key}")
+    p.add_argument("--model", metavar="PATH", help="a real checkpoint (folder or hub id) instead of random weights")
+    p.add_argument("--model-dir", metavar="DIR", help="where the random model is written and kept "
+                   "(default $RYZ_BENCH_DIR or ~/.cache/ryzjupyter/bench)")
+    p.add_argument("--lm-head", default="int8", choices=("int8", "f32"), help="lm_head format (default int8)")
+    p.add_argument("--threads", default="1,2", help="thread counts, comma separated")
+    p.add_argument("--repeat", type=int, default=5, help="runs per figure (median); default 5")
+    p.add_argument("--decode-tokens", type=int, default=32, help="tokens per decode run (default 32)")
+    p.add_argument("--contexts", default="0,2048", help="decode contexts (tokens already in the cache)")
+    p.add_argument("--prefill", default="128,512", help="prefill lengths")
+    p.add_argument("--prefill-chunk", type=int, default=None, help="engine prefill chunk (default: engine's)")
+    p.add_argument("--bw-mib", type=int, default=1024, help="bandwidth probe buffer (MiB)")
+    p.add_argument("--json", metavar="FILE", help="write one JSON record per measurement")
+    p.add_argument("--vs", choices=("llamacpp",), help="also time llama.cpp on the same weights, alternating")
+    p.add_argument("--vs-contexts", default="0", help="decode contexts timed on llama.cpp too (each needs a "
+                   "real prefill there); default 0")
+    p.add_argument("--llamacpp-python", metavar="EXE", help="python that has llama_cpp (default: "
+                   "$RYZ_LLAMACPP_PYTHON, else this one)")
+    p.add_argument("--gguf", metavar="FILE", help="GGUF path (default: next to the random model)")
+    p.add_argument("--no-overhead", action="store_true", help="skip the Python-overhead measurement")
+    p.add_argument("--quick", action="store_true", help="tiny model and sizes (for tests), not meaningful")
+    p.set_defaults(run=run)
+    return p
+
+
+# ---- the model ----------------------------------------------------------------------------------
+
+def shape_from_args(args) -> dict:
+    shape = dict(SHAPES["tiny" if args.quick and args.shape == "bitnet-2b4t" else args.shape])
+    for key, flag in _SHAPE_FLAGS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            shape[key] = v
+    return shape
+
+
+def shape_key(shape: dict, seed=0) -> str:
+    return "bitnet-" + "-".join(str(shape[k]) for k in _SHAPE_FLAGS) + f"-s{seed}"
+
+
+def random_model_folder(shape: dict, model_dir=None, seed=0) -> Path:
+    """A random BitNet folder of this shape, written once and reused (config.json written last)."""
+    from ryzjupyter.random_model import write_random_bitnet
+    base = Path(model_dir or os.environ.get("RYZ_BENCH_DIR") or Path.home() / ".cache" / "ryzjupyter" / "bench")
+    folder = base / shape_key(shape, seed)
+    if not (folder / "config.json").is_file():
+        tmp = folder.with_name(folder.name + ".tmp")
+        write_random_bitnet(tmp, seed=seed, max_position_embeddings=8192, **shape)
+        if folder.exists():
+            import shutil
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    return folder
+
+
+def load_model(folder, lm_head="int8", prefill_chunk=None, max_context=None):
+    from ryzjupyter.bitnet import BitNetModel
+    kw = {} if prefill_chunk is None else {"prefill_chunk": prefill_chunk}
+    return BitNetModel(folder, lm_head=lm_head, max_context=max_context, **kw)
+
+
+def ternary_params(model) -> int:
+    return sum(int(np.prod(getattr(lw, n).shape)) for lw in model.weights.layers
+               for n in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"))
+
+
+def decode_bytes(model, kv_rows: float) -> dict:
+    """Bytes one decode step reads: every packed weight, the norms, the lm_head (and its row
+    scales), one embedding row and kv_rows rows of keys and values in every layer."""
+    w, c = model.weights, model.config
+    lin = norm = 0
+    for lw in w.layers:
+        lin += sum(getattr(lw, n).nbytes for n in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"))
+        norm += sum(getattr(lw, n).nbytes for n in ("attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm"))
+    norm += w.norm.nbytes
+    head = sum(a.nbytes for a in (w.lm_head_f32, w.lm_head_q, w.lm_head_s) if a is not None)
+    kv_row = 2 * c.n_layers * c.n_kv_heads * c.head_dim * 4          # float32 K and V, all layers
+    kv = kv_row * kv_rows
+    embed = c.dim * 4
+    return {"linear": lin, "norms": norm, "lm_head": head, "embed_row": embed, "kv": kv,
+            "kv_per_token": kv_row, "total": lin + norm + head + embed + kv}
+
+
+def fill_cache(model, cache, ctx, rng):
+    """Make `cache` hold ctx tokens of random keys/values (timing only)."""
+    for l in range(cache.n_layers):
+        cache.k[l][:ctx] = rng.standard_normal(cache.k[l][:ctx].shape, dtype=np.float32)
+        cache.v[l][:ctx] = rng.standard_normal(cache.v[l][:ctx].shape, dtype=np.float32)
+    cache.truncate(0)
+    cache.append([1] * ctx)
+
+
+def decode_run(model, cache, ctx, n, greedy=True):
+    """n single-token steps after ctx cached tokens; returns seconds."""
+    cache.truncate(ctx)
+    tok = 1
+    t0 = time.perf_counter()
+    for _ in range(n):
+        logits = model.forward([tok], cache)
+        if greedy:
+            tok = int(np.argmax(logits[0]))
+    return time.perf_counter() - t0
+
+
+def prefill_run(model, cache, tokens):
+    """Prefill into an empty cache and pick the first new token; returns seconds (= TTFT)."""
+    cache.truncate(0)
+    t0 = time.perf_counter()
+    logits = model.forward(tokens, cache)
+    int(np.argmax(logits[0]))
+    return time.perf_counter() - t0
+
+
+class _Null:
+    """Stands in for the native module: every function is a no-op returning None."""
+
+    def __getattr__(self, name):
+        return _noop
+
+
+def _noop(*a, **k):
+    return None
+
+
+def python_overhead(model, n=16, repeat=5):
+    """Seconds per decode token spent outside the kernels: the decode step with every native
+    call of the engine (bitnet.py's and ternary.py's) replaced by a no-op."""
+    import ryzjupyter.bitnet as B
+    import ryzjupyter.ternary as T
+    cache = model.new_cache(n + 2)
+    saved = B.K, T._native
+    B.K, T._native = _Null(), _Null()
+    try:
+        runs = []
+        decode_run(model, cache, 0, 2, greedy=False)
+        for _ in range(repeat):
+            runs.append(decode_run(model, cache, 0, n, greedy=False) / n)
+    finally:
+        B.K, T._native = saved
+    return statistics.median(runs), runs
+
+
+# ---- the benchmark ------------------------------------------------------------------------------
+
+def _median(xs):
+    return statistics.median(xs)
+
+
+def run(args) -> int:
+    from ryzjupyter.bench.kernels import _cpu_model, measure_bandwidth, measure_vnni_peak
+    quick = args.quick
+    repeat = max(1, 1 if quick else args.repeat)
+    threads_list = [int(t) for t in args.threads.split(",") if t.strip()]
+    contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
+    prefills = [int(n) for n in args.prefill.split(",") if n.strip()]
+    ndec = args.decode_tokens
+    if quick:
+        contexts, prefills, ndec = [0, 64], [16], 4
+    info = _native.info()
+    has_vnni = "avx512vnni" in info["supported_isas"]
+    load0 = os.getloadavg()
+    print(f"machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, isa {info['isa']}, "
+          f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+    records = []
+    meta = {"machine": _cpu_model(), "native": {k: info[k] for k in ("isa", "threads", "version")},
+            "load_before": load0, "repeat": repeat}
+
+    def rec(**kw):
+        kw.setdefault("engine", "ryzjupyter")
+        kw.update(load_avg=os.getloadavg()[0])
+        records.append(kw)
+        return kw
+
+    # 1. machine limits
+    bw, peak = {}, {}
+    print("\n== machine limits ==")
+    for th in threads_list:
+        bw[th], runs = measure_bandwidth(32 if quick else args.bw_mib, th, repeat)
+        rec(phase="read_bandwidth", threads=th, gbps=bw[th], best=max(runs), runs=runs)
+        msg = f"  {th} thr: read bandwidth {bw[th]:6.1f} GB/s (best {max(runs):.1f})"
+        if has_vnni:
+            peak[th], runs = measure_vnni_peak(th, repeat, 20_000 if quick else 100_000)
+            rec(phase="vnni_peak", threads=th, gops=peak[th], best=max(runs))
+            msg += f", int8 VNNI peak {peak[th]:7.1f} GOPS (best {max(runs):.1f})"
+        print(msg)
+
+    # 2. the model
+    t0 = time.perf_counter()
+    rss.reset_peak()
+    if args.model:
+        import ryzjupyter
+        kw = {"lm_head": args.lm_head}
+        if args.prefill_chunk:
+            kw["prefill_chunk"] = args.prefill_chunk
+        model = ryzjupyter.load(args.model, **kw)
+        folder, shape = None, None
+    else:
+        shape = shape_from_args(args)
+        folder = random_model_folder(shape, args.model_dir)
+        load_s0 = time.perf_counter()
+        model = load_model(folder, args.lm_head, args.prefill_chunk)
+        t0 = load_s0
+    load_s = time.perf_counter() - t0
+    cfg = model.config
+    rss_load_peak, rss_loaded = rss.peak(), rss.current()
+    P = ternary_params(model)
+    print(f"\n== model: {model!r}\n  {P / 1e9:.3f} G ternary params, lm_head {args.lm_head}, loaded in "
+          f"{load_s:.1f} s, RSS {rss_loaded / 2**20:.0f} MiB (peak while loading {rss_load_peak / 2**20:.0f} MiB)")
+    rec(phase="memory", what="after_load", rss_bytes=rss_loaded, peak_rss_bytes=rss_load_peak, load_s=load_s)
+    b0 = decode_bytes(model, 0)
+    print(f"  decode bytes/token: linear {b0['linear'] / 1e6:.1f} MB + lm_head {b0['lm_head'] / 1e6:.1f} MB + "
+          f"norms {b0['norms'] / 1e6:.2f} MB + KV {b0['kv_per_token'] / 1e3:.1f} kB per context token")
+
+    vs = None
+    if args.vs == "llamacpp":
+        from ryzjupyter.bench import llamacpp
+        if folder is None:
+            raise SystemExit("--vs llamacpp needs the random model (no --model): the GGUF is written from it")
+        gguf = Path(args.gguf) if args.gguf else folder / "model-tq2_0.gguf"
+        vs = llamacpp.Worker.start(folder, gguf, python=args.llamacpp_python,
+                                   n_ctx=max(prefills + [c + ndec for c in contexts]) + 16)
+        print(f"  llama.cpp: {vs.describe()}")
+    vs_contexts = [int(c) for c in args.vs_contexts.split(",") if c.strip()]
+
+    rng = np.random.default_rng(0)
+    prev_threads = _native.get_num_threads()
+    rss.reset_peak()
+    results = []          # printed table rows
+    try:
+        # decode
+        caches = {}
+        for ctx in contexts:
+            cache = model.new_cache(ctx + ndec + 2)
+            if ctx:
+                fill_cache(model, cache, ctx, rng)
+            caches[ctx] = cache
+        for th in threads_list:
+            _native.set_num_threads(th)
+            if vs:
+                vs.set_threads(th)
+            for ctx in contexts:
+                cache = caches[ctx]
+                kv_rows = ctx + (ndec + 1) / 2
+                nbytes = decode_bytes(model, kv_rows)["total"]
+                roof = bw[th] * 1e9 / nbytes
+                decode_run(model, cache, ctx, 2)                     # warm-up
+                theirs = vs is not None and ctx in vs_contexts
+                if theirs:
+                    vs.decode(ctx, 2)
+                ours_t, their_t = [], []
+                for _ in range(repeat):                               # alternating: ours, theirs, ...
+                    ours_t.append(decode_run(model, cache, ctx, ndec))
+                    if theirs:
+                        their_t.append(vs.decode(ctx, ndec))
+                tok_s = ndec / _median(ours_t)
+                r = rec(threads=th, phase="decode", n_tokens=ndec, context=ctx, tok_s=tok_s,
+                        roofline_fraction=tok_s / roof, roofline_tok_s=roof, bytes_per_token=nbytes,
+                        bandwidth_gbps=bw[th], effective_gbps=tok_s * nbytes / 1e9,
+                        runs_tok_s=[ndec / t for t in ours_t])
+                row = {"th": th, "what": f"decode ctx {ctx}", "tok_s": tok_s, "frac": r["roofline_fraction"],
+                       "extra": f"roofline {roof:.1f} tok/s ({nbytes / 1e6:.0f} MB/token)"}
+                if theirs:
+                    lt = ndec / _median(their_t)
+                    rec(engine="llama.cpp", threads=th, phase="decode", n_tokens=ndec, context=ctx, tok_s=lt,
+                        roofline_fraction=None, runs_tok_s=[ndec / t for t in their_t])
+                    row["llama"] = lt
+                results.append(row)
+                print(_fmt_row(row))
+            # attention share at the longest context: decode without the KV rows
+            # prefill
+            for n in prefills:
+                tokens = rng.integers(0, cfg.vocab_size, n)
+                cache = model.new_cache(n + 2)
+                ops = 2 * (P * n + cfg.vocab_size * cfg.dim)
+                prefill_run(model, cache, tokens[: min(n, 16)])      # warm-up
+                if vs:
+                    vs.prefill(min(n, 16))
+                ours_t, their_t = [], []
+                for _ in range(repeat):
+                    ours_t.append(prefill_run(model, cache, tokens))
+                    if vs:
+                        their_t.append(vs.prefill(n))
+                sec = _median(ours_t)
+                tok_s = n / sec
+                frac = ops / sec / 1e9 / peak[th] if th in peak else None
+                rec(threads=th, phase="prefill", n_tokens=n, context=0, tok_s=tok_s, roofline_fraction=frac,
+                    ttft_s=sec, int8_gops=ops / sec / 1e9, peak_gops=peak.get(th),
+                    runs_tok_s=[n / t for t in ours_t])
+                row = {"th": th, "what": f"prefill {n}", "tok_s": tok_s, "frac": frac,
+                       "extra": f"TTFT {sec * 1e3:.0f} ms, {ops / sec / 1e9:.0f} int8 GOPS"}
+                if vs:
+                    lt = n / _median(their_t)
+                    rec(engine="llama.cpp", threads=th, phase="prefill", n_tokens=n, context=0, tok_s=lt,
+                        roofline_fraction=None, ttft_s=_median(their_t), runs_tok_s=[n / t for t in their_t])
+                    row["llama"] = lt
+                results.append(row)
+                print(_fmt_row(row))
+            # Python overhead of a decode step
+            if not args.no_overhead:
+                py_s, _ = python_overhead(model, n=8 if quick else 16, repeat=repeat)
+                step = 1 / next(r["tok_s"] for r in records if r.get("phase") == "decode" and r["threads"] == th
+                                and r["engine"] == "ryzjupyter")
+                rec(threads=th, phase="python_overhead", seconds_per_token=py_s, fraction_of_step=py_s / step)
+                print(f"  {th} thr: Python overhead per decode token {py_s * 1e3:.2f} ms = {py_s / step:.1%} "
+                      f"of a decode step ({step * 1e3:.1f} ms)")
+    finally:
+        _native.set_num_threads(prev_threads)
+        if vs:
+            vs.close()
+    peak_run = rss.peak()
+    rec(phase="memory", what="measurements", peak_rss_bytes=peak_run)
+    print(f"\npeak RSS: {max(peak_run, rss_load_peak) / 2**20:.0f} MiB (loading {rss_load_peak / 2**20:.0f} MiB, "
+          f"measurements {peak_run / 2**20:.0f} MiB)")
+    if vs:
+        print("\n== ratios ryzjupyter / llama.cpp (same run, alternating) ==")
+        for row in results:
+            if "llama" in row:
+                print(f"  {row['th']} thr {row['what']:16s} {row['tok_s']:8.1f} / {row['llama']:8.1f} tok/s = "
+                      f"{row['tok_s'] / row['llama']:.2f}x")
+    load1 = os.getloadavg()
+    meta["load_after"] = load1
+    print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    if args.json:
+        meta["model"] = {"path": str(args.model or folder), "shape": shape, "lm_head": args.lm_head,
+                         "ternary_params": P}
+        with open(args.json, "w") as f:
+            json.dump({**meta, "records": records}, f, indent=1)
+        print(f"wrote {len(records)} records to {args.json}")
+    return 0
+
+
+def _fmt_row(row):
+    frac = f"{row['frac']:6.0%}" if row.get("frac") is not None else "     -"
+    s = f"  {row['th']} thr {row['what']:16s} {row['tok_s']:8.1f} tok/s  {frac} of roofline  {row['extra']}"
+    if "llama" in row:
+        s += f"  | llama.cpp {row['llama']:.1f} tok/s ({row['tok_s'] / row['llama']:.2f}x)"
+    return s
