@@ -9,6 +9,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     from ryzjupyter.bench import kernels
     kernels.add_parser(sub)
+    __import__("ryzjupyter.bench.model", fromlist=["add_parser"]).add_parser(sub)
     args = parser.parse_args(argv)
     return args.run(args)
 
