@@ -1,0 +1,369 @@
+/* py_layer.c: one whole BitNet b1.58 decoder layer for ONE token (decode) in one C call.
+ *
+ * bitnet_decode_layer(x, kc, vc, pos, weights, mults, eps, theta, scale, act)
+ *
+ * The Python forward pass issues ~20 native calls per layer and token (rmsnorm, three
+ * ternary linears each quantizing the same input again, rope twice, attention, sub-norm,
+ * o_proj, add, norm, gate, up, relu2, mul, sub-norm, down, add), each with argument checks,
+ * a GIL release and a thread-pool job. Here the same layer is one call: the GIL is released
+ * once, the input of q/k/v (and of gate/up) is quantized once, and the GEMVs of q, k and v
+ * (and of gate and up) run as ONE thread-pool job over their concatenated rows. Five pool
+ * jobs per layer instead of ~20.
+ *
+ * There is no ISA code here: every step calls the dispatch tables of the other families
+ * (ryz_ops, ryz_quant, ryz_ternary, ryz_attention), so the selected ISA level runs and the
+ * result is bitwise identical to the Python path (the same kernels on the same data: integer
+ * GEMV sums are exact whatever the row split, the attention split S depends on shapes only,
+ * exactly as in py_attention.c, and the float ops are the same row/elementwise kernels).
+ * Weights must be in the I2 layout.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention.h"
+#include "ops.h"
+#include "quant.h"
+#include "ryz_py.h"
+#include "ternary.h"
+
+void ryz_layer_select(ryz_isa isa) {
+    RYZ_UNUSED(isa);
+    ryz_register_kernel("bitnet_decode_layer", ryz_ternary->name); /* composes the selected tables */
+}
+
+/* ---- quantized activations -------------------------------------------------------- */
+typedef struct {
+    int8_t *q;     /* [ldq], zero padded */
+    int32_t qsum;
+    float sx;
+    int64_t ldq;
+} qact;
+
+static int quantize_act(qact *a, const float *x, int64_t K) {
+    if (ryz_quant->quantize_row_i8(a->q, &a->sx, x, K)) return -1; /* NaN / inf */
+    memset(a->q + K, 0, (size_t)(a->ldq - K));
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; k++) s += a->q[k];
+    a->qsum = s;
+    return 0;
+}
+
+/* ---- GEMV over up to 3 matrices as one job (rows concatenated) ---------------------- */
+typedef struct {
+    ryz_ternary_job job[3];
+    int64_t start[4];   /* row offsets of each matrix in the concatenation */
+    int n;
+} gemv_multi;
+
+static void gemv_task(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    gemv_multi *g = ctx;
+    for (int i = 0; i < g->n; i++) {
+        int64_t lo = b > g->start[i] ? b : g->start[i];
+        int64_t hi = e < g->start[i + 1] ? e : g->start[i + 1];
+        if (lo < hi) ryz_ternary->gemm_i2(&g->job[i], lo - g->start[i], hi - g->start[i]);
+    }
+}
+
+static ryz_ternary_job make_job(float *out, const uint8_t *w, int64_t N, int64_t K, const qact *a,
+                                float w_mult) {
+    int64_t Kp = ryz_i2_padded_k(K);
+    return (ryz_ternary_job){.out_i = NULL, .out_f = out, .ldo = N, .w = w, .rb = ryz_i2_row_bytes(K),
+                             .q = a->q, .ldq = a->ldq, .qsum = &a->qsum, .sx = &a->sx,
+                             .w_mult = w_mult, .M = 1, .Kp = Kp, .N = N};
+}
+
+static void run_gemv(gemv_multi *g) {
+    /* grain 16 rows, as the ternary binding uses */
+    ryz_parallel_for(gemv_task, g, g->start[g->n], 16);
+}
+
+/* ---- attention for one query row (same split and merge as py_attention.c) ------------ */
+#define RYZ_ATTN_MIN_UNITS 16
+#define RYZ_ATTN_MIN_PART_ROWS 256
+static int64_t attn_parts(int64_t units, int64_t shortest_row) {
+    if (units >= RYZ_ATTN_MIN_UNITS) return 1;
+    int64_t S = (RYZ_ATTN_MIN_UNITS + units - 1) / units;
+    int64_t cap = shortest_row / RYZ_ATTN_MIN_PART_ROWS;
+    if (S > cap) S = cap;
+    return S < 1 ? 1 : S;
+}
+
+typedef struct {
+    float *out;
+    const float *q, *k, *v;
+    int64_t Hq, Hkv, hd, G, L, S;
+    float scale;
+    float *part, *ml;
+    int failed;
+} attn1_job;
+
+static void attn1_task(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    attn1_job *j = ctx;
+    float *scratch = malloc(sizeof(float) * (size_t)ryz_attn_scratch_floats(j->hd, j->L));
+    if (!scratch) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    const int64_t kstride = j->Hkv * j->hd;
+    for (int64_t it = b; it < e; it++) {
+        const int64_t kvh = it / j->S, part = it % j->S;
+        const int64_t t0 = j->L * part / j->S, t1 = j->L * (part + 1) / j->S;
+        const int64_t off = t0 * kstride + kvh * j->hd;
+        ryz_attn_unit u = {
+            .q = j->q + kvh * j->G * j->hd, .k = j->k + off, .v = j->v + off,
+            .k8 = NULL, .v8 = NULL, .ks = NULL, .vs = NULL, .sstride = j->Hkv,
+            .o = j->S == 1 ? j->out + kvh * j->G * j->hd : j->part + it * j->G * j->hd,
+            .ml = j->S == 1 ? NULL : j->ml + it * 2 * j->G,
+            .G = j->G, .hd = j->hd, .kstride = kstride, .L = t1 - t0, .scale = j->scale,
+        };
+        ryz_attention->attend(&u, scratch);
+    }
+    free(scratch);
+}
+
+static void attn1_merge(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    attn1_job *j = ctx;
+    const int64_t G = j->G, hd = j->hd, S = j->S;
+    for (int64_t unit = b; unit < e; unit++) {
+        for (int64_t g = 0; g < G; g++) {
+            float *o = j->out + (unit * G + g) * hd;
+            float mx = -INFINITY, wsum = 0.0f;
+            for (int64_t p = 0; p < S; p++) {
+                float m = j->ml[((unit * S + p) * G + g) * 2];
+                mx = m > mx ? m : mx;
+            }
+            for (int64_t d = 0; d < hd; d++) o[d] = 0.0f;
+            for (int64_t p = 0; p < S; p++) {
+                const float *ml = j->ml + ((unit * S + p) * G + g) * 2;
+                const float w = ml[1] * expf(ml[0] - mx);
+                const float *po = j->part + ((unit * S + p) * G + g) * hd;
+                wsum += w;
+                for (int64_t d = 0; d < hd; d++) o[d] += w * po[d];
+            }
+            const float inv = 1.0f / wsum;
+            for (int64_t d = 0; d < hd; d++) o[d] *= inv;
+        }
+    }
+}
+
+/* ---- the layer ------------------------------------------------------------------------ */
+typedef struct {
+    int64_t D, Q, KVD, I, Hq, Hkv, hd, pos;
+    float *x;                              /* [D] residual, updated in place */
+    float *kc, *vc;                        /* [T, Hkv, hd] */
+    const float *attn_norm, *attn_sub_norm, *ffn_norm, *ffn_sub_norm;
+    const uint8_t *wq, *wk, *wv, *wo, *wg, *wu, *wd;
+    float mult[7];
+    float eps, scale;
+    double theta;
+    int act;                               /* 0 relu2, 1 silu */
+} layer_args;
+
+/* returns 0, -1 out of memory, -2 NaN/inf activations */
+static int decode_layer(const layer_args *A) {
+    const int64_t D = A->D, Q = A->Q, KVD = A->KVD, I = A->I, hd = A->hd;
+    const int64_t Kmax = D > Q ? (D > I ? D : I) : (Q > I ? Q : I);
+    const int64_t ldq = (ryz_i2_padded_k(Kmax) + 63) / 64 * 64;
+    const int64_t Hkv = A->Hkv, G = A->Hq / Hkv, L = A->pos + 1, S = attn_parts(Hkv, L);
+    int rc = 0;
+    float *xb = aligned_alloc(64, sizeof(float) * (size_t)((D + 15) / 16 * 16));
+    float *qv = aligned_alloc(64, sizeof(float) * (size_t)((Q + 15) / 16 * 16));
+    float *att = aligned_alloc(64, sizeof(float) * (size_t)((Q + 15) / 16 * 16));
+    float *an = aligned_alloc(64, sizeof(float) * (size_t)((Q + 15) / 16 * 16));
+    float *xb2 = aligned_alloc(64, sizeof(float) * (size_t)((D + 15) / 16 * 16));
+    float *gate = aligned_alloc(64, sizeof(float) * (size_t)((I + 15) / 16 * 16));
+    float *up = aligned_alloc(64, sizeof(float) * (size_t)((I + 15) / 16 * 16));
+    float *tmp = aligned_alloc(64, sizeof(float) * (size_t)((I + 15) / 16 * 16));
+    int8_t *q8 = aligned_alloc(64, (size_t)ldq);
+    float *cs = malloc(sizeof(float) * (size_t)(hd + 1));
+    float *part = S > 1 ? malloc(sizeof(float) * (size_t)(Hkv * S * G * hd)) : NULL;
+    float *ml = S > 1 ? malloc(sizeof(float) * (size_t)(Hkv * S * G * 2)) : NULL;
+    if (!xb || !qv || !att || !an || !xb2 || !gate || !up || !tmp || !q8 || !cs || (S > 1 && (!part || !ml))) {
+        rc = -1;
+        goto out;
+    }
+    qact a = {q8, 0, 0.0f, ldq};
+    float *krow = A->kc + A->pos * KVD, *vrow = A->vc + A->pos * KVD;
+
+    /* attention block */
+    ryz_ops->rmsnorm_row(xb, A->x, A->attn_norm, D, A->eps);
+    if (quantize_act(&a, xb, D)) { rc = -2; goto out; }
+    gemv_multi g = {.n = 3, .start = {0, Q, Q + KVD, Q + 2 * KVD}};
+    g.job[0] = make_job(qv, A->wq, Q, D, &a, A->mult[0]);
+    g.job[1] = make_job(krow, A->wk, KVD, D, &a, A->mult[1]);
+    g.job[2] = make_job(vrow, A->wv, KVD, D, &a, A->mult[2]);
+    run_gemv(&g);
+    {   /* rope at position pos: as py_ops.c (inv_freq via double pow, cos/sin in double) */
+        const int64_t half = hd / 2;
+        const float p = (float)A->pos;
+        for (int64_t i = 0; i < half; i++) {
+            float expo = (float)(2 * i) / (float)hd;
+            float inv = 1.0f / (float)pow((double)(float)A->theta, (double)expo);
+            float f = p * inv;
+            cs[i] = (float)cos((double)f);
+            cs[half + i] = (float)sin((double)f);
+        }
+        ryz_ops->rope_row(qv, A->Hq, hd, cs);
+        ryz_ops->rope_row(krow, Hkv, hd, cs);
+    }
+    attn1_job aj = {att, qv, A->kc, A->vc, A->Hq, Hkv, hd, G, L, S, A->scale, part, ml, 0};
+    ryz_parallel_for(attn1_task, &aj, Hkv * S, 1);
+    if (aj.failed) { rc = -1; goto out; }
+    if (S > 1) ryz_parallel_for(attn1_merge, &aj, Hkv, Hkv);
+    ryz_ops->rmsnorm_row(an, att, A->attn_sub_norm, Q, A->eps);
+    if (quantize_act(&a, an, Q)) { rc = -2; goto out; }
+    g = (gemv_multi){.n = 1, .start = {0, D}};
+    g.job[0] = make_job(xb2, A->wo, D, Q, &a, A->mult[3]);
+    run_gemv(&g);
+    ryz_ops->add(A->x, A->x, xb2, D);
+
+    /* FFN block */
+    ryz_ops->rmsnorm_row(xb, A->x, A->ffn_norm, D, A->eps);
+    if (quantize_act(&a, xb, D)) { rc = -2; goto out; }
+    g = (gemv_multi){.n = 2, .start = {0, I, 2 * I}};
+    g.job[0] = make_job(gate, A->wg, I, D, &a, A->mult[4]);
+    g.job[1] = make_job(up, A->wu, I, D, &a, A->mult[5]);
+    run_gemv(&g);
+    if (A->act == 0) ryz_ops->relu2(tmp, gate, I);
+    else ryz_ops->silu(tmp, gate, I);
+    ryz_ops->mul(gate, tmp, up, I);
+    ryz_ops->rmsnorm_row(tmp, gate, A->ffn_sub_norm, I, A->eps);
+    if (quantize_act(&a, tmp, I)) { rc = -2; goto out; }
+    g = (gemv_multi){.n = 1, .start = {0, D}};
+    g.job[0] = make_job(xb2, A->wd, D, I, &a, A->mult[6]);
+    run_gemv(&g);
+    ryz_ops->add(A->x, A->x, xb2, D);
+out:
+    free(xb); free(qv); free(att); free(an); free(xb2); free(gate); free(up); free(tmp);
+    free(q8); free(cs); free(part); free(ml);
+    return rc;
+}
+
+PyDoc_STRVAR(decode_layer_doc,
+"bitnet_decode_layer(x, kc, vc, pos, weights, mults, eps, theta, scale, act) -> None\n\n"
+"One BitNet b1.58 decoder layer for one token at position pos, in one call (GIL released once):\n"
+"x float32 [D] residual stream, updated in place; kc, vc float32 [T, Hkv, hd] this layer's\n"
+"KV cache (row pos is written; rows 0..pos are attended; pos < T);\n"
+"weights = (attn_norm f32[D], wq u8[Q, i2_row_bytes(D)], wk u8[KVD, ..], wv u8[KVD, ..],\n"
+"           attn_sub_norm f32[Q], wo u8[D, i2_row_bytes(Q)], ffn_norm f32[D],\n"
+"           w_gate u8[I, i2_row_bytes(D)], w_up u8[I, ..], ffn_sub_norm f32[I], w_down u8[D, i2_row_bytes(I)])\n"
+"(I2 layout), mults = the 7 w_mult floats (q, k, v, o, gate, up, down), eps (rms_norm_eps),\n"
+"theta (rope_theta), scale (attention scale, head_dim**-0.5), act 0 = relu2, 1 = silu.\n"
+"Q = Hq * hd with Hq = Q / hd; bitwise the same result as bitnet.py's attention_block + ffn_block.");
+
+static PyObject *py_decode_layer(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    PyObject *ox, *okc, *ovc, *ow, *om;
+    long long pos;
+    double eps, theta, scale;
+    int act;
+    if (!PyArg_ParseTuple(args, "OOOLO!O!dddi:bitnet_decode_layer", &ox, &okc, &ovc, &pos, &PyTuple_Type, &ow,
+                          &PyTuple_Type, &om, &eps, &theta, &scale, &act))
+        return NULL;
+    if (PyTuple_GET_SIZE(ow) != 11) {
+        PyErr_Format(PyExc_ValueError, "weights must be a tuple of 11 arrays, got %zd", PyTuple_GET_SIZE(ow));
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(om) != 7) {
+        PyErr_Format(PyExc_ValueError, "mults must be a tuple of 7 floats, got %zd", PyTuple_GET_SIZE(om));
+        return NULL;
+    }
+    if (act != 0 && act != 1) {
+        PyErr_Format(PyExc_ValueError, "act must be 0 (relu2) or 1 (silu), got %d", act);
+        return NULL;
+    }
+    if (!(isfinite(eps) && eps >= 0) || !(isfinite(theta) && theta > 0) || !isfinite(scale)) {
+        PyErr_SetString(PyExc_ValueError, "eps must be finite >= 0, theta finite > 0, scale finite");
+        return NULL;
+    }
+    layer_args A;
+    memset(&A, 0, sizeof A);
+    for (int i = 0; i < 7; i++) {
+        double m = PyFloat_AsDouble(PyTuple_GET_ITEM(om, i));
+        if (m == -1.0 && PyErr_Occurred()) return NULL;
+        if (!isfinite(m)) {
+            PyErr_Format(PyExc_ValueError, "mults[%d] must be finite", i);
+            return NULL;
+        }
+        A.mult[i] = (float)m;
+    }
+    ryz_args a = {0}, b = {0};
+    ryz_arr *x, *kc, *vc, *w[11];
+    static const char *names[11] = {"attn_norm", "wq", "wk", "wv", "attn_sub_norm", "wo", "ffn_norm",
+                                    "w_gate", "w_up", "ffn_sub_norm", "w_down"};
+    static const int is_norm[11] = {1, 0, 0, 0, 1, 0, 1, 0, 0, 1, 0};
+    if (!(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 1, 1)) || !(kc = ryz_arr_get(&a, okc, "kc", RYZ_F32, 3, 1)) ||
+        !(vc = ryz_arr_get(&a, ovc, "vc", RYZ_F32, 3, 1)))
+        goto fail;
+    for (int i = 0; i < 11; i++) {
+        ryz_args *aa = i < 8 ? &a : &b;
+        if (!(w[i] = ryz_arr_get(aa, PyTuple_GET_ITEM(ow, i), names[i], is_norm[i] ? RYZ_F32 : RYZ_U8,
+                                 is_norm[i] ? 1 : 2, 0)))
+            goto fail;
+    }
+    int64_t D = ryz_dim(x, 0), T = ryz_dim(kc, 0), Hkv = ryz_dim(kc, 1), hd = ryz_dim(kc, 2);
+    int64_t Q = ryz_dim(w[1], 0), KVD = Hkv * hd, I = ryz_dim(w[7], 0);
+    if (ryz_check_dim(vc, 0, T, "kc.shape[0]") || ryz_check_dim(vc, 1, Hkv, "kc.shape[1]") ||
+        ryz_check_dim(vc, 2, hd, "kc.shape[2]") || ryz_check_dim(w[0], 0, D, "x.shape[0]") ||
+        ryz_check_dim(w[1], 1, ryz_i2_row_bytes(D), "i2_row_bytes(D)") ||
+        ryz_check_dim(w[2], 0, KVD, "Hkv * hd") || ryz_check_dim(w[2], 1, ryz_i2_row_bytes(D), "i2_row_bytes(D)") ||
+        ryz_check_dim(w[3], 0, KVD, "Hkv * hd") || ryz_check_dim(w[3], 1, ryz_i2_row_bytes(D), "i2_row_bytes(D)") ||
+        ryz_check_dim(w[4], 0, Q, "wq.shape[0]") || ryz_check_dim(w[5], 0, D, "x.shape[0]") ||
+        ryz_check_dim(w[5], 1, ryz_i2_row_bytes(Q), "i2_row_bytes(Q)") || ryz_check_dim(w[6], 0, D, "x.shape[0]") ||
+        ryz_check_dim(w[7], 1, ryz_i2_row_bytes(D), "i2_row_bytes(D)") || ryz_check_dim(w[8], 0, I, "w_gate.shape[0]") ||
+        ryz_check_dim(w[8], 1, ryz_i2_row_bytes(D), "i2_row_bytes(D)") || ryz_check_dim(w[9], 0, I, "w_gate.shape[0]") ||
+        ryz_check_dim(w[10], 0, D, "x.shape[0]") || ryz_check_dim(w[10], 1, ryz_i2_row_bytes(I), "i2_row_bytes(I)") ||
+        ryz_check_no_overlap(x, kc) || ryz_check_no_overlap(x, vc) || ryz_check_no_overlap(kc, vc))
+        goto fail;
+    for (int i = 0; i < 11; i++)
+        if (ryz_check_no_overlap(x, w[i]) || ryz_check_no_overlap(kc, w[i]) || ryz_check_no_overlap(vc, w[i]))
+            goto fail;
+    if (hd < 2 || hd % 2 || Q % hd || Q / hd % Hkv) {
+        PyErr_Format(PyExc_ValueError, "head_dim (kc.shape[2] = %lld) must be even and divide wq.shape[0] = %lld "
+                     "into a multiple of Hkv = %lld heads", (long long)hd, (long long)Q, (long long)Hkv);
+        goto fail;
+    }
+    if (pos < 0 || pos >= T) {
+        PyErr_Format(PyExc_ValueError, "pos is %lld but must be in 0..T-1 (kc.shape[0] = %lld)", pos, (long long)T);
+        goto fail;
+    }
+    if (D > RYZ_TERNARY_MAX_K || Q > RYZ_TERNARY_MAX_K || I > RYZ_TERNARY_MAX_K) {
+        PyErr_SetString(PyExc_ValueError, "a dimension exceeds the ternary kernels' K limit");
+        goto fail;
+    }
+    A.D = D; A.Q = Q; A.KVD = KVD; A.I = I; A.Hq = Q / hd; A.Hkv = Hkv; A.hd = hd; A.pos = pos;
+    A.x = ryz_data(x); A.kc = ryz_data(kc); A.vc = ryz_data(vc);
+    A.attn_norm = ryz_data(w[0]); A.wq = ryz_data(w[1]); A.wk = ryz_data(w[2]); A.wv = ryz_data(w[3]);
+    A.attn_sub_norm = ryz_data(w[4]); A.wo = ryz_data(w[5]); A.ffn_norm = ryz_data(w[6]);
+    A.wg = ryz_data(w[7]); A.wu = ryz_data(w[8]); A.ffn_sub_norm = ryz_data(w[9]); A.wd = ryz_data(w[10]);
+    A.eps = (float)eps; A.theta = theta; A.scale = (float)scale; A.act = act;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = decode_layer(&A);
+    Py_END_ALLOW_THREADS
+    if (rc == -1) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    if (rc == -2) {
+        PyErr_SetString(PyExc_ValueError, "the layer's activations hold NaN or inf; cannot quantize them");
+        goto fail;
+    }
+    ryz_args_release(&b);
+    ryz_args_release(&a);
+    if (PyErr_CheckSignals() != 0) return NULL;
+    Py_RETURN_NONE;
+fail:
+    ryz_args_release(&b);
+    ryz_args_release(&a);
+    return NULL;
+}
+
+PyMethodDef ryz_layer_methods[] = {
+    {"bitnet_decode_layer", py_decode_layer, METH_VARARGS, decode_layer_doc},
+    {NULL, NULL, 0, NULL},
+};

@@ -1,0 +1,129 @@
+"""Fused decode for BitNet b1.58: one C call per layer and token (``_native.bitnet_decode_layer``).
+
+``bitnet.BitNetModel.forward`` runs ~20 native calls per layer and token from Python; for a
+single token (decode) that glue is a few percent of a step. :func:`decode_step` runs the same
+layer in one call (rmsnorm, q/k/v GEMV as one thread-pool job, rope, attention, sub-norm,
+o_proj, residual, norm, gate/up as one job, relu^2 * up, sub-norm, down, residual), then the final
+norm and the lm_head as the engine does. The logits are bitwise the same as ``forward``'s
+(tests/perf/test_fused.py checks every fixture and every ISA level).
+
+Hook (the engine calls it for one-token passes)::
+
+    from ryzjupyter import bitnet_fused
+    if M == 1 and bitnet_fused.supported(self):
+        return bitnet_fused.forward_one(self, tokens, cache)
+
+``supported`` needs every ternary weight in the I2 layout (``ensure_i2`` repacks the others
+once; on AVX-512 machines the layout chooser picks I2 anyway).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ryzjupyter import _native as K
+
+_NAMES = ("attn_norm", "wq", "wk", "wv", "attn_sub_norm", "wo", "ffn_norm", "w_gate", "w_up",
+          "ffn_sub_norm", "w_down")
+_LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+
+def _plan(model):
+    """Per-layer argument tuples, built once per model (kept on the model)."""
+    plan = getattr(model, "_fused_plan", None)
+    if plan is not None:
+        return plan
+    layers = []
+    for lw in model.weights.layers:
+        ws = tuple(getattr(lw, n).packed if n in _LINEARS else getattr(lw, n) for n in _NAMES)
+        mults = tuple(float(getattr(lw, n).w_mult) for n in _LINEARS)
+        layers.append((ws, mults))
+    cfg = model.config
+    plan = (layers, float(cfg.norm_eps), float(cfg.rope_theta), float(cfg.head_dim ** -0.5),
+            0 if cfg.act == "relu2" else 1)
+    model._fused_plan = plan
+    return plan
+
+
+def supported(model) -> bool:
+    """True when every linear is a ternary I2 weight (not the float variant)."""
+    ok = getattr(model, "_fused_ok", None)
+    if ok is None:
+        ok = all(getattr(getattr(lw, n), "layout", None) == "i2"
+                 for lw in model.weights.layers for n in _LINEARS)
+        model._fused_ok = ok
+    return ok
+
+
+def ensure_i2(model) -> bool:
+    """Repack any TL-layout ternary weight to I2 (same trits); False for float linears."""
+    for lw in model.weights.layers:
+        for n in _LINEARS:
+            w = getattr(lw, n)
+            lay = getattr(w, "layout", None)
+            if lay is None:
+                return False
+            if lay != "i2":
+                t = w.trits()
+                w._packed.clear()
+                w._pack(t, "i2")
+                w.layout = "i2"
+    model._fused_ok = None
+    model._fused_plan = None
+    return supported(model)
+
+
+def forward_one(model, tokens, cache):
+    """model.forward(tokens, cache) for exactly one token, through the fused layer call.
+    Returns float32 logits [1, vocab]; appends the token to the cache."""
+    cfg, w, s = model.config, model.weights, model.state
+    tokens = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
+    if tokens.size != 1:
+        raise ValueError("forward_one takes exactly one token")
+    pos = len(cache)
+    if pos + 1 > cache.max_len:
+        raise ValueError(f"{pos} cached + 1 new token exceed the context of {cache.max_len}")
+    tok = int(tokens[0])
+    if not 0 <= tok < cfg.vocab_size:
+        raise ValueError(f"token ids must be in 0..{cfg.vocab_size - 1}")
+    layers, eps, theta, scale, act = _plan(model)
+    x = s.x[0]
+    w.embed(s.x[:1], tokens)
+    dec = K.bitnet_decode_layer
+    kk, vv = cache.k, cache.v
+    for l, (ws, mults) in enumerate(layers):
+        dec(x, kk[l], vv[l], pos, ws, mults, eps, theta, scale, act)
+    out = np.empty((1, cfg.vocab_size), np.float32)
+    xb = s.xb[:1]
+    K.rmsnorm(xb, s.x[:1], w.norm, cfg.norm_eps)
+    model._classifier(out, xb)
+    cache.append([tok])
+    model.tokens_processed += 1
+    return out
+
+
+def install(model) -> bool:
+    """Route the model's one-token forward passes through :func:`forward_one` (an instance
+    attribute wrapping ``forward``; the bitnet.py hook makes this unnecessary). Returns False
+    (and changes nothing) when the model cannot use the fused path."""
+    if not ensure_i2(model):
+        return False
+    if getattr(model, "_fused_installed", False):
+        return True
+    plain = model.forward
+
+    def forward(tokens, cache, all_logits=False):
+        t = np.asarray(tokens).reshape(-1)
+        if t.size == 1 and not all_logits:
+            return forward_one(model, t, cache)
+        return plain(tokens, cache, all_logits)
+
+    model.forward = forward
+    model._fused_installed = True
+    model._forward_unfused = plain
+    return True
+
+
+def uninstall(model) -> None:
+    if getattr(model, "_fused_installed", False):
+        del model.forward
+        model._fused_installed = False

@@ -1,0 +1,100 @@
+"""The fused one-token decode (``_native.bitnet_decode_layer`` via ryzjupyter.bitnet_fused)
+gives bitwise the same logits and KV cache as the engine's Python forward pass, on every
+fixture checkpoint and every ISA level, with 1 and 2 threads, also past the attention split
+(long context: the cache is filled with random rows)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ryzjupyter import _native, bitnet_fused
+from ryzjupyter.bitnet import BitNetModel
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "bitnet"
+FORMATS = ["packed", "autobitlinear_offline", "online", "onebitllm", "untied", "rope_parameters"]
+
+
+def _load(name, **kw):
+    return BitNetModel(FIX / name, **kw)
+
+
+def _seq():
+    man = json.loads((FIX / "manifest.json").read_text())
+    return [int(t) for t in man["sequences"][0]]
+
+
+def _check_same(model, prompt, steps, n_prefill=4):
+    assert bitnet_fused.ensure_i2(model)
+    ca, cb = model.new_cache(), model.new_cache()
+    model.forward(prompt[:n_prefill], ca)
+    model.forward(prompt[:n_prefill], cb)
+    for t in prompt[n_prefill:n_prefill + steps]:
+        ref = model.forward([t], ca)
+        got = bitnet_fused.forward_one(model, [t], cb)
+        np.testing.assert_array_equal(got, ref)
+    n = len(ca)
+    assert len(cb) == n and ca.tokens == cb.tokens
+    for l in range(model.config.n_layers):
+        np.testing.assert_array_equal(cb.k[l][:n], ca.k[l][:n])
+        np.testing.assert_array_equal(cb.v[l][:n], ca.v[l][:n])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_fused_logits_equal_forward(fmt, isa, threads):
+    if not (FIX / fmt / "config.json").is_file():
+        pytest.skip(f"fixture {fmt} missing")
+    model = _load(fmt, lm_head="f32")
+    _check_same(model, _seq(), steps=6)
+
+
+def test_fused_int8_head_and_long_context(isa):
+    """Past RYZ_ATTN_MIN_PART_ROWS rows the attention splits each kv head's rows (and merges)."""
+    model = _load("packed", lm_head="int8")
+    assert bitnet_fused.ensure_i2(model)
+    ca, cb = model.new_cache(1200), model.new_cache(1200)
+    ctx = 1100
+    for c in (ca, cb):
+        for l in range(c.n_layers):
+            rng2 = np.random.default_rng(l)
+            c.k[l][:ctx] = rng2.standard_normal(c.k[l][:ctx].shape, dtype=np.float32)
+            c.v[l][:ctx] = rng2.standard_normal(c.v[l][:ctx].shape, dtype=np.float32)
+        c.append([1] * ctx)
+    for t in (5, 17, 3):
+        np.testing.assert_array_equal(bitnet_fused.forward_one(model, [t], cb), model.forward([t], ca))
+
+
+def test_install_routes_single_tokens_only():
+    model = _load("packed")
+    seq = _seq()
+    ref = model.forward(seq[:5], model.new_cache(), all_logits=True)
+    assert bitnet_fused.install(model)
+    c = model.new_cache()
+    out = model.forward(seq[:4], c, all_logits=True)          # prefill: the Python path
+    np.testing.assert_array_equal(out, ref[:4])
+    np.testing.assert_array_equal(model.forward(seq[4:5], c), ref[4:5])
+    bitnet_fused.uninstall(model)
+    assert "forward" not in model.__dict__
+
+
+def test_bad_arguments():
+    model = _load("packed")
+    assert bitnet_fused.ensure_i2(model)
+    layers, eps, theta, scale, act = bitnet_fused._plan(model)
+    ws, mults = layers[0]
+    c = model.new_cache()
+    x = np.zeros(model.config.dim, np.float32)
+    with pytest.raises(ValueError, match="pos"):
+        _native.bitnet_decode_layer(x, c.k[0], c.v[0], c.max_len, ws, mults, eps, theta, scale, act)
+    with pytest.raises(ValueError, match="11"):
+        _native.bitnet_decode_layer(x, c.k[0], c.v[0], 0, ws[:5], mults, eps, theta, scale, act)
+    with pytest.raises(TypeError):
+        _native.bitnet_decode_layer(x.astype(np.float64), c.k[0], c.v[0], 0, ws, mults, eps, theta, scale, act)
+    with pytest.raises(ValueError, match="act"):
+        _native.bitnet_decode_layer(x, c.k[0], c.v[0], 0, ws, mults, eps, theta, scale, 7)
+    bad = list(ws)
+    bad[1] = ws[2]                                              # wq with the wrong rows
+    with pytest.raises(ValueError):
+        _native.bitnet_decode_layer(x, c.k[0], c.v[0], 0, tuple(bad), mults, eps, theta, scale, act)
+    with pytest.raises(ValueError, match="NaN"):
+        _native.bitnet_decode_layer(np.full_like(x, np.nan), c.k[0], c.v[0], 0, ws, mults, eps, theta, scale, act)
