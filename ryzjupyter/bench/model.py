@@ -75,6 +75,8 @@ def add_parser(sub):
     p.add_argument("--llamacpp-python", metavar="EXE", help="python that has llama_cpp (default: "
                    "$RYZ_LLAMACPP_PYTHON, else this one)")
     p.add_argument("--gguf", metavar="FILE", help="GGUF path (default: next to the random model)")
+    p.add_argument("--paths", default="python,fused", help="decode paths: 'python' (bitnet.forward, a "
+                   "native call per op) and/or 'fused' (bitnet_fused: one C call per layer)")
     p.add_argument("--no-overhead", action="store_true", help="skip the Python-overhead measurement")
     p.add_argument("--quick", action="store_true", help="tiny model and sizes (for tests), not meaningful")
     p.set_defaults(run=run)
@@ -184,18 +186,37 @@ def python_overhead(model, n=16, repeat=5):
     """Seconds per decode token spent outside the kernels: the decode step with every native
     call of the engine (bitnet.py's and ternary.py's) replaced by a no-op."""
     import ryzjupyter.bitnet as B
+    import ryzjupyter.bitnet_fused as F
     import ryzjupyter.ternary as T
     cache = model.new_cache(n + 2)
-    saved = B.K, T._native
-    B.K, T._native = _Null(), _Null()
+    saved = B.K, T._native, F.K
+    B.K, T._native, F.K = _Null(), _Null(), _Null()
     try:
         runs = []
         decode_run(model, cache, 0, 2, greedy=False)
         for _ in range(repeat):
             runs.append(decode_run(model, cache, 0, n, greedy=False) / n)
     finally:
-        B.K, T._native = saved
+        B.K, T._native, F.K = saved
     return statistics.median(runs), runs
+
+
+class _path:
+    """with _path(model, "fused"|"python"): one-token passes go through that path."""
+
+    def __init__(self, model, path):
+        self.model, self.path = model, path
+
+    def __enter__(self):
+        from ryzjupyter import bitnet_fused
+        if self.path == "fused":
+            bitnet_fused.install(self.model)
+        else:
+            bitnet_fused.uninstall(self.model)
+
+    def __exit__(self, *exc):
+        from ryzjupyter import bitnet_fused
+        bitnet_fused.uninstall(self.model)
 
 
 # ---- the benchmark ------------------------------------------------------------------------------
@@ -280,6 +301,11 @@ def run(args) -> int:
         print(f"  llama.cpp: {vs.describe()}")
     vs_contexts = [int(c) for c in args.vs_contexts.split(",") if c.strip()]
 
+    from ryzjupyter import bitnet_fused
+    paths = [p for p in args.paths.split(",") if p]
+    if "fused" in paths and not bitnet_fused.ensure_i2(model):
+        print("  (the fused decode needs ternary I2 weights: measuring the Python path only)")
+        paths = [p for p in paths if p != "fused"] or ["python"]
     rng = np.random.default_rng(0)
     prev_threads = _native.get_num_threads()
     rss.reset_peak()
@@ -301,30 +327,37 @@ def run(args) -> int:
                 kv_rows = ctx + (ndec + 1) / 2
                 nbytes = decode_bytes(model, kv_rows)["total"]
                 roof = bw[th] * 1e9 / nbytes
-                decode_run(model, cache, ctx, 2)                     # warm-up
                 theirs = vs is not None and ctx in vs_contexts
                 if theirs:
                     vs.decode(ctx, 2)
-                ours_t, their_t = [], []
+                runs = {p: [] for p in paths}
+                their_t = []
+                for p in paths:                                       # warm-up
+                    with _path(model, p):
+                        decode_run(model, cache, ctx, 2)
                 for _ in range(repeat):                               # alternating: ours, theirs, ...
-                    ours_t.append(decode_run(model, cache, ctx, ndec))
+                    for p in paths:
+                        with _path(model, p):
+                            runs[p].append(decode_run(model, cache, ctx, ndec))
                     if theirs:
                         their_t.append(vs.decode(ctx, ndec))
-                tok_s = ndec / _median(ours_t)
-                r = rec(threads=th, phase="decode", n_tokens=ndec, context=ctx, tok_s=tok_s,
-                        roofline_fraction=tok_s / roof, roofline_tok_s=roof, bytes_per_token=nbytes,
-                        bandwidth_gbps=bw[th], effective_gbps=tok_s * nbytes / 1e9,
-                        runs_tok_s=[ndec / t for t in ours_t])
-                row = {"th": th, "what": f"decode ctx {ctx}", "tok_s": tok_s, "frac": r["roofline_fraction"],
-                       "extra": f"roofline {roof:.1f} tok/s ({nbytes / 1e6:.0f} MB/token)"}
+                lt = ndec / _median(their_t) if theirs else None
                 if theirs:
-                    lt = ndec / _median(their_t)
                     rec(engine="llama.cpp", threads=th, phase="decode", n_tokens=ndec, context=ctx, tok_s=lt,
-                        roofline_fraction=None, runs_tok_s=[ndec / t for t in their_t])
-                    row["llama"] = lt
-                results.append(row)
-                print(_fmt_row(row))
-            # attention share at the longest context: decode without the KV rows
+                        roofline_fraction=lt / roof, roofline_tok_s=roof,
+                        runs_tok_s=[ndec / t for t in their_t])
+                for p in paths:
+                    tok_s = ndec / _median(runs[p])
+                    r = rec(threads=th, phase="decode", path=p, n_tokens=ndec, context=ctx, tok_s=tok_s,
+                            roofline_fraction=tok_s / roof, roofline_tok_s=roof, bytes_per_token=nbytes,
+                            bandwidth_gbps=bw[th], effective_gbps=tok_s * nbytes / 1e9,
+                            runs_tok_s=[ndec / t for t in runs[p]])
+                    row = {"th": th, "what": f"decode ctx {ctx} {p}", "tok_s": tok_s, "frac": r["roofline_fraction"],
+                           "extra": f"roofline {roof:.1f} tok/s ({nbytes / 1e6:.0f} MB/token)"}
+                    if theirs:
+                        row["llama"] = lt
+                    results.append(row)
+                    print(_fmt_row(row))
             # prefill
             for n in prefills:
                 tokens = rng.integers(0, cfg.vocab_size, n)
@@ -353,14 +386,17 @@ def run(args) -> int:
                     row["llama"] = lt
                 results.append(row)
                 print(_fmt_row(row))
-            # Python overhead of a decode step
+            # Python overhead of a decode step, per path
             if not args.no_overhead:
-                py_s, _ = python_overhead(model, n=8 if quick else 16, repeat=repeat)
-                step = 1 / next(r["tok_s"] for r in records if r.get("phase") == "decode" and r["threads"] == th
-                                and r["engine"] == "ryzjupyter")
-                rec(threads=th, phase="python_overhead", seconds_per_token=py_s, fraction_of_step=py_s / step)
-                print(f"  {th} thr: Python overhead per decode token {py_s * 1e3:.2f} ms = {py_s / step:.1%} "
-                      f"of a decode step ({step * 1e3:.1f} ms)")
+                for p in paths:
+                    with _path(model, p):
+                        py_s, _ = python_overhead(model, n=8 if quick else 16, repeat=repeat)
+                    step = 1 / next(r["tok_s"] for r in records if r.get("phase") == "decode" and r["threads"] == th
+                                    and r["engine"] == "ryzjupyter" and r.get("path") == p)
+                    rec(threads=th, phase="python_overhead", path=p, seconds_per_token=py_s,
+                        fraction_of_step=py_s / step)
+                    print(f"  {th} thr: Python overhead per decode token ({p} path) {py_s * 1e3:.2f} ms = "
+                          f"{py_s / step:.1%} of a decode step ({step * 1e3:.1f} ms)")
     finally:
         _native.set_num_threads(prev_threads)
         if vs:

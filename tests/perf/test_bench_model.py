@@ -1,0 +1,110 @@
+"""`python -m ryzjupyter.bench model`: roofline maths, records, GGUF layout (small shapes, fast)."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ryzjupyter import _native
+from ryzjupyter.bench import llamacpp, rss
+from ryzjupyter.bench import model as bm
+from ryzjupyter.bench.__main__ import main
+
+TINY = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=1024)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return bm.random_model_folder(TINY, tmp_path_factory.mktemp("bench"))
+
+
+def test_decode_bytes_is_weights_head_and_kv(tiny_folder):
+    m = bm.load_model(tiny_folder, "int8")
+    D, I, L, V = 256, 512, 2, 1024
+    hd, kvd = 64, 2 * 64
+    rb = _native.i2_row_bytes
+    lin = L * (D * rb(D) + 2 * kvd * rb(D) + D * rb(D) + 2 * I * rb(D) + D * rb(I))
+    b = bm.decode_bytes(m, kv_rows=10)
+    assert b["linear"] == lin == L * (D * D + 2 * kvd * D + D * D + 3 * I * D) // 4   # 2 bits per weight
+    assert b["lm_head"] == V * D + 4 * V                     # int8 rows + one f32 scale per row
+    assert b["kv_per_token"] == 2 * L * 2 * hd * 4           # K and V, float32, every layer
+    assert b["kv"] == 10 * b["kv_per_token"]
+    assert b["total"] == b["linear"] + b["norms"] + b["lm_head"] + b["embed_row"] + b["kv"]
+    assert bm.ternary_params(m) == L * (2 * D * D + 2 * kvd * D + 3 * I * D)
+    m32 = bm.load_model(tiny_folder, "f32")
+    assert bm.decode_bytes(m32, 0)["lm_head"] == 4 * V * D
+
+
+def test_python_overhead_restores_the_kernels(tiny_folder):
+    import ryzjupyter.bitnet as B
+    import ryzjupyter.ternary as T
+    m = bm.load_model(tiny_folder, "int8")
+    before = (B.K, T._native)
+    s, runs = bm.python_overhead(m, n=2, repeat=2)
+    assert s > 0 and len(runs) == 2
+    assert (B.K, T._native) == before
+    c = m.new_cache()
+    assert np.isfinite(m.forward([1, 2], c)).all()
+
+
+def test_quick_run_writes_records(tmp_path, tiny_folder, capsys):
+    out = tmp_path / "r.json"
+    rc = main(["model", "--quick", "--threads", "1", "--model-dir", str(tiny_folder.parent), "--json", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    recs = doc["records"]
+    dec = [r for r in recs if r["phase"] == "decode"]
+    pre = [r for r in recs if r["phase"] == "prefill"]
+    assert {r["path"] for r in dec} == {"python", "fused"}
+    assert {r["context"] for r in dec} == {0, 64}
+    for r in dec + pre:
+        for key in ("threads", "phase", "n_tokens", "context", "tok_s", "roofline_fraction"):
+            assert key in r
+        assert r["threads"] == 1 and r["tok_s"] > 0
+    for r in dec:   # roofline = bandwidth / bytes per token
+        assert r["roofline_fraction"] == pytest.approx(r["tok_s"] * r["bytes_per_token"] / (r["bandwidth_gbps"] * 1e9))
+    assert any(r["phase"] == "python_overhead" for r in recs)
+    assert any(r["phase"] == "memory" and r.get("peak_rss_bytes") for r in recs)
+    assert "decode ctx 0 fused" in capsys.readouterr().out
+
+
+def test_rss():
+    assert rss.current() > 0 and rss.peak() >= rss.current() * 0.5
+    rss.reset_peak()
+    assert rss.peak() > 0
+
+
+def test_tq2_0_blocks_layout():
+    rng = np.random.default_rng(0)
+    t = rng.integers(-1, 2, (3, 512), dtype=np.int8)
+    b = llamacpp.tq2_0_blocks(t, 0.25)
+    assert b.shape == (3, 2 * 66)
+    np.testing.assert_array_equal(llamacpp.tq2_0_dequant(b, 512), t.astype(np.float32) * 0.25)
+    # ggml's block_tq2_0: qs[j*32 + m] bits 2n hold element j*128 + n*32 + m of the block
+    assert (b[0, 5] >> 2) & 3 == t[0, 32 + 5] + 1
+    assert (b[0, 32 + 7] >> 6) & 3 == t[0, 128 + 96 + 7] + 1
+    assert b[0, 64:66].view(np.float16)[0] == np.float16(0.25)
+
+
+def test_tq2_0_matches_gguf():
+    gguf = pytest.importorskip("gguf")
+    rng = np.random.default_rng(1)
+    t = rng.integers(-1, 2, (4, 256), dtype=np.int8)
+    ours = llamacpp.tq2_0_blocks(t, 0.5)
+    theirs = gguf.quants.quantize(t.astype(np.float32) * 0.5, gguf.GGMLQuantizationType.TQ2_0)
+    np.testing.assert_array_equal(ours, theirs)
+    back = gguf.quants.dequantize(ours, gguf.GGMLQuantizationType.TQ2_0)
+    np.testing.assert_array_equal(back.reshape(4, 256), t.astype(np.float32) * 0.5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None and not os.environ.get("RYZ_LLAMACPP_PYTHON"),
+                    reason="llama-cpp-python not installed (or set RYZ_LLAMACPP_PYTHON to a python that has it)")
+def test_vs_llamacpp_quick(tmp_path, tiny_folder):
+    pytest.importorskip("gguf")
+    out = tmp_path / "r.json"
+    main(["model", "--quick", "--threads", "1", "--model-dir", str(tiny_folder.parent), "--json", str(out),
+          "--vs", "llamacpp", "--gguf", str(tmp_path / "m.gguf"), "--no-overhead"])
+    recs = json.loads(out.read_text())["records"]
+    assert any(r["engine"] == "llama.cpp" and r["phase"] == "prefill" and r["tok_s"] > 0 for r in recs)
