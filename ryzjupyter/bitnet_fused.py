@@ -101,29 +101,37 @@ def forward_one(model, tokens, cache):
     return out
 
 
+def _engine_has_hook(model) -> bool:
+    fwd = type(model).forward
+    return "fused_decode" in getattr(fwd, "__code__", None).co_names
+
+
 def install(model) -> bool:
-    """Route the model's one-token forward passes through :func:`forward_one` (an instance
-    attribute wrapping ``forward``; the bitnet.py hook makes this unnecessary). Returns False
-    (and changes nothing) when the model cannot use the fused path."""
+    """Send the model's one-token forward passes through :func:`forward_one`. With the
+    bitnet.py hook this sets ``model.fused_decode = True``; without it, ``forward`` is wrapped
+    (an instance attribute). Returns False (and changes nothing) when the model cannot use the
+    fused path (float linears)."""
     if not ensure_i2(model):
         return False
-    if getattr(model, "_fused_installed", False):
+    model.fused_decode = True
+    if _engine_has_hook(model) or getattr(model, "_fused_installed", False):
         return True
     plain = model.forward
 
     def forward(tokens, cache, all_logits=False):
         t = np.asarray(tokens).reshape(-1)
-        if t.size == 1 and not all_logits:
+        if t.size == 1 and not all_logits and model.fused_decode:
             return forward_one(model, t, cache)
         return plain(tokens, cache, all_logits)
 
     model.forward = forward
     model._fused_installed = True
-    model._forward_unfused = plain
     return True
 
 
 def uninstall(model) -> None:
+    """One-token passes go through the Python forward pass again."""
+    model.fused_decode = False
     if getattr(model, "_fused_installed", False):
         del model.forward
         model._fused_installed = False

@@ -26,6 +26,7 @@ def _seq():
 
 def _check_same(model, prompt, steps, n_prefill=4):
     assert bitnet_fused.ensure_i2(model)
+    model.fused_decode = False                                  # the reference: the Python path
     ca, cb = model.new_cache(), model.new_cache()
     model.forward(prompt[:n_prefill], ca)
     model.forward(prompt[:n_prefill], cb)
@@ -52,6 +53,7 @@ def test_fused_int8_head_and_long_context(isa):
     """Past RYZ_ATTN_MIN_PART_ROWS rows the attention splits each kv head's rows (and merges)."""
     model = _load("packed", lm_head="int8")
     assert bitnet_fused.ensure_i2(model)
+    model.fused_decode = False
     ca, cb = model.new_cache(1200), model.new_cache(1200)
     ctx = 1100
     for c in (ca, cb):
@@ -67,6 +69,7 @@ def test_fused_int8_head_and_long_context(isa):
 def test_install_routes_single_tokens_only():
     model = _load("packed")
     seq = _seq()
+    bitnet_fused.uninstall(model)
     ref = model.forward(seq[:5], model.new_cache(), all_logits=True)
     assert bitnet_fused.install(model)
     c = model.new_cache()
@@ -74,7 +77,8 @@ def test_install_routes_single_tokens_only():
     np.testing.assert_array_equal(out, ref[:4])
     np.testing.assert_array_equal(model.forward(seq[4:5], c), ref[4:5])
     bitnet_fused.uninstall(model)
-    assert "forward" not in model.__dict__
+    assert "forward" not in model.__dict__ and model.fused_decode is False
+    np.testing.assert_array_equal(model.forward(seq[:1], model.new_cache()), ref[:1])
 
 
 def test_bad_arguments():
