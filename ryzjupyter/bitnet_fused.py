@@ -4,7 +4,8 @@
 single token (decode) that glue is a few percent of a step. :func:`decode_step` runs the same
 layer in one call (rmsnorm, q/k/v GEMV as one thread-pool job, rope, attention, sub-norm,
 o_proj, residual, norm, gate/up as one job, relu^2 * up, sub-norm, down, residual), then the final
-norm and the lm_head as the engine does. The logits are bitwise the same as ``forward``'s
+norm and the lm_head (the int8 head through ``lm_head_i8``, a streaming one-token GEMV that
+gives bitwise matmul_i8's result at about twice its speed). The logits are bitwise the same as ``forward``'s
 (tests/perf/test_fused.py checks every fixture and every ISA level).
 
 Hook (the engine calls it for one-token passes)::
@@ -95,7 +96,12 @@ def forward_one(model, tokens, cache):
     out = np.empty((1, cfg.vocab_size), np.float32)
     xb = s.xb[:1]
     K.rmsnorm(xb, s.x[:1], w.norm, cfg.norm_eps)
-    model._classifier(out, xb)
+    if w.lm_head_q is not None:                       # int8 head: the streaming one-token GEMV
+        xq, xs = s.xq[:1], s.xs[:1]
+        K.quantize_rows_i8(xq, xs, xb)
+        K.lm_head_i8(out, xq, xs, w.lm_head_q, w.lm_head_s)   # == matmul_i8, bitwise
+    else:
+        model._classifier(out, xb)
     cache.append([tok])
     model.tokens_processed += 1
     return out

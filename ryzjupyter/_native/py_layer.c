@@ -22,14 +22,21 @@
 #include <string.h>
 
 #include "attention.h"
+#include "layer.h"
+#include "matmul.h"
 #include "ops.h"
 #include "quant.h"
 #include "ryz_py.h"
 #include "ternary.h"
 
+const ryz_layer_kernels *ryz_layer = &ryz_layer_scalar;
+
 void ryz_layer_select(ryz_isa isa) {
-    RYZ_UNUSED(isa);
-    ryz_register_kernel("bitnet_decode_layer", ryz_ternary->name); /* composes the selected tables */
+    static const ryz_layer_kernels *const by_isa[RYZ_ISA_COUNT] = {
+        &ryz_layer_scalar, &ryz_layer_avx2, &ryz_layer_avx512};
+    ryz_layer = by_isa[isa];
+    ryz_register_kernel("lm_head_i8", ryz_layer->name);
+    ryz_register_kernel("bitnet_decode_layer", ryz_layer->name); /* composes the selected tables */
 }
 
 /* ---- quantized activations -------------------------------------------------------- */
@@ -363,7 +370,66 @@ fail:
     return NULL;
 }
 
+/* ---- int8 lm_head, one token ------------------------------------------------------------ */
+typedef struct {
+    float *out;
+    const int8_t *w, *x;
+    const float *ws;
+    int64_t K;
+    int32_t xsum;
+    float xs;
+} head_job;
+
+static void head_task(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    head_job *j = ctx;
+    ryz_layer->gemv_i8(j->out, j->w, j->ws, j->K, j->x, j->xsum, j->xs, b, e);
+}
+
+PyDoc_STRVAR(lm_head_i8_doc,
+"lm_head_i8(out, xq, xs, wq, ws) -> None\n\n"
+"matmul_i8 for one token: out float32 [1, N] = float(sum_k xq[0, k] wq[n, k]) / (xs[0] * ws[n]),\n"
+"xq int8 [1, K], xs float32 [1], wq int8 [N, K], ws float32 [N]; bitwise the same as matmul_i8\n"
+"(exact integer sum, same epilogue), with a streaming loop for the decode lm_head.\n"
+"Threads split N; GIL released; Ctrl-C checked between chunks.");
+static PyObject *py_lm_head_i8(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    PyObject *oo, *oq, *os, *ow, *ows;
+    if (!PyArg_ParseTuple(args, "OOOOO:lm_head_i8", &oo, &oq, &os, &ow, &ows)) return NULL;
+    ryz_args a = {0};
+    ryz_arr *out, *xq, *xs, *wq, *ws;
+    if (!(out = ryz_arr_get(&a, oo, "out", RYZ_F32, 2, 1)) || !(xq = ryz_arr_get(&a, oq, "xq", RYZ_I8, 2, 0)) ||
+        !(xs = ryz_arr_get(&a, os, "xs", RYZ_F32, 1, 0)) || !(wq = ryz_arr_get(&a, ow, "wq", RYZ_I8, 2, 0)) ||
+        !(ws = ryz_arr_get(&a, ows, "ws", RYZ_F32, 1, 0)))
+        goto fail;
+    int64_t N = ryz_dim(wq, 0), K = ryz_dim(wq, 1);
+    if (ryz_check_dim(xq, 0, 1, "1 (one token)") || ryz_check_dim(xq, 1, K, "wq.shape[1]") ||
+        ryz_check_dim(xs, 0, 1, "1 (one token)") || ryz_check_dim(ws, 0, N, "wq.shape[0]") ||
+        ryz_check_dim(out, 0, 1, "1 (one token)") || ryz_check_dim(out, 1, N, "wq.shape[0]") ||
+        ryz_check_no_overlap(out, xq) || ryz_check_no_overlap(out, xs) || ryz_check_no_overlap(out, wq) ||
+        ryz_check_no_overlap(out, ws))
+        goto fail;
+    if (K > RYZ_MATMUL_I8_MAX_K) {
+        PyErr_Format(PyExc_ValueError, "wq.shape[1] (K=%lld) exceeds %d", (long long)K, RYZ_MATMUL_I8_MAX_K);
+        goto fail;
+    }
+    const int8_t *x = ryz_data(xq);
+    int32_t xsum = 0;
+    for (int64_t k = 0; k < K; k++) xsum += x[k];
+    head_job j = {ryz_data(out), ryz_data(wq), x, ryz_data(ws), K, xsum, *(const float *)ryz_data(xs)};
+    /* ~10 ms of streaming per chunk at ~25 GB/s */
+    int64_t chunk = K > 0 ? ((int64_t)250000000 / K) / 16 * 16 : N;
+    if (chunk < 64) chunk = 64;
+    if (N > 0 && ryz_run_chunked(head_task, &j, N, chunk, 16) != 0) goto fail;
+    ryz_args_release(&a);
+    Py_RETURN_NONE;
+fail:
+    ryz_args_release(&a);
+    return NULL;
+}
+
 PyMethodDef ryz_layer_methods[] = {
+    {"lm_head_i8", py_lm_head_i8, METH_VARARGS, lm_head_i8_doc},
     {"bitnet_decode_layer", py_decode_layer, METH_VARARGS, decode_layer_doc},
     {NULL, NULL, 0, NULL},
 };

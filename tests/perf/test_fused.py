@@ -102,3 +102,36 @@ def test_bad_arguments():
         _native.bitnet_decode_layer(x, c.k[0], c.v[0], 0, tuple(bad), mults, eps, theta, scale, act)
     with pytest.raises(ValueError, match="NaN"):
         _native.bitnet_decode_layer(np.full_like(x, np.nan), c.k[0], c.v[0], 0, ws, mults, eps, theta, scale, act)
+
+
+@pytest.mark.parametrize("shape", [(37, 300), (128, 2560), (1000, 64), (5, 1), (16, 4096)])
+def test_lm_head_i8_equals_matmul_i8(isa, threads, shape, rng):
+    N, Kd = shape
+    w = rng.integers(-128, 128, (N, Kd), dtype=np.int8)
+    ws = rng.uniform(0.5, 2, N).astype(np.float32)
+    x = rng.standard_normal((1, Kd)).astype(np.float32)
+    xq, xs = np.empty((1, Kd), np.int8), np.empty(1, np.float32)
+    _native.quantize_rows_i8(xq, xs, x)
+    a, b = np.empty((1, N), np.float32), np.empty((1, N), np.float32)
+    _native.matmul_i8(a, xq, xs, w, ws)
+    _native.lm_head_i8(b, xq, xs, w, ws)
+    np.testing.assert_array_equal(a, b)
+    xq[:] = -128                                                 # extremes: exact, no overflow
+    w[:] = -128
+    _native.matmul_i8(a, xq, xs, w, ws)
+    _native.lm_head_i8(b, xq, xs, w, ws)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_lm_head_i8_checks_arguments():
+    w = np.zeros((8, 64), np.int8)
+    ws = np.ones(8, np.float32)
+    xq, xs, out = np.zeros((1, 64), np.int8), np.ones(1, np.float32), np.zeros((1, 8), np.float32)
+    with pytest.raises(ValueError):
+        _native.lm_head_i8(np.zeros((2, 8), np.float32), xq, xs, w, ws)
+    with pytest.raises(ValueError):
+        _native.lm_head_i8(out, np.zeros((1, 32), np.int8), xs, w, ws)
+    with pytest.raises(TypeError):
+        _native.lm_head_i8(out, xq, xs, w.astype(np.uint8), ws)
+    with pytest.raises(ValueError):
+        _native.lm_head_i8(out, xq, xs, w, np.ones(7, np.float32))
