@@ -76,8 +76,9 @@ def _check_trits(trits) -> np.ndarray:
         raise ValueError(f"trits must be 2-D [N, K], got shape {t.shape}")
     if not np.issubdtype(t.dtype, np.integer) and not np.issubdtype(t.dtype, np.floating):
         raise TypeError(f"trits must be numeric, got {t.dtype}")
-    if t.size and (t.min() < -1 or t.max() > 1 or not np.array_equal(t, np.rint(t))):
-        raise ValueError("trits must hold only -1, 0 and +1")
+    if t.size and (t.min() < -1 or t.max() > 1 or
+                   (not np.issubdtype(t.dtype, np.integer) and not np.array_equal(t, np.rint(t)))):
+        raise ValueError("trits must hold only -1, 0 and +1")  # integers in [-1, 1] need no rint check
     return np.ascontiguousarray(t, dtype=np.int8)
 
 
