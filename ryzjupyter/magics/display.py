@@ -45,7 +45,7 @@ class Reply:
         return self.text
 
     def __repr__(self):
-        t = self.text if len(self.text) <= 50 else self.text[:47] + "..."
+        t = self.text if len(self.text) <= 40 else self.text[:37] + "..."
         n = getattr(self.stats, "n_generated", len(self.tokens))
         tps = getattr(self.stats, "decode_tok_s", 0.0) or 0.0
         flag = ", interrupted" if self.interrupted else ""
