@@ -85,8 +85,12 @@ class ModelRegistry:
         from ryzjupyter.loading import load
         if progress is not None:
             options["progress"] = progress
+        if name is None and spec is not None:
+            name = Path(spec).name if Path(spec).is_dir() else spec
+        if name is not None:
+            options["name"] = name
         model = load(spec, **options)
-        name = name or getattr(model, "name", None) or (Path(spec).name if spec else "demo")
+        name = name or getattr(model, "name", None) or "demo"
         self.add(name, model, source=spec or "bundled")
         return name, model
 

@@ -111,10 +111,13 @@ def test_streaming_messages(kernel):
     updates = [(m, t) for m, t in rest if m["msg_type"] == "update_display_data"]
     assert all(m["content"]["transient"]["display_id"] == did for m, _ in updates)
     assert len(updates) >= 3, "the reply did not stream"
-    # at most ~15 per second: gaps between live updates (all but the final one) >= 1/15 s, minus jitter
-    live_times = [t for _, t in updates[:-1]]
-    gaps = [b - a for a, b in zip(live_times, live_times[1:])]
-    assert min(gaps) > 1 / 15 - 0.02, gaps
+    # at most ~15 per second, judged by the kernel's send times (header dates) of the live updates
+    # (all but the final one): the throttle spaces them >= 1/15 s apart; a message can be built a
+    # little later than the throttle decided to send it, so single gaps get some slack
+    sent = [m["header"]["date"].timestamp() for m, _ in updates[:-1]]
+    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    assert len(sent) - 1 <= 15 * (sent[-1] - sent[0]) + 1, gaps
+    assert min(gaps) >= 0.5 / 15, gaps
     final = updates[-1][0]["content"]["data"]
     text = kernel.value("_.text")
     assert final["text/markdown"] == eval(text)
@@ -139,10 +142,12 @@ def test_usage_errors_are_short_and_fail_the_cell(kernel):
                        ("%ryz load /no/such/folder", "does not exist"),
                        ("%ryz frobnicate", "unknown command")]:
         content, msgs, _ = kernel.execute(cell)
-        assert content["status"] == "error"
-        (err,) = errors(msgs)
-        assert err["ename"] == "UsageError" and text in err["evalue"]
-        assert len("".join(err["traceback"]).splitlines()) <= 2       # no wall of traceback
+        assert content["status"] == "error"                            # the cell fails ("Run All" stops)
+        assert content["ename"] == "UsageError" and text in content["evalue"]
+        shown = "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream")
+        shown += "".join("".join(e["traceback"]) for e in errors(msgs))
+        assert text in shown and "Traceback" not in shown             # one line, no wall of traceback
+        assert len(shown.strip().splitlines()) <= 2, shown
 
 
 def _interrupt_latency(kernel, code, started):

@@ -73,6 +73,7 @@ def test_config_traits_are_the_defaults(ip, tiny):
 
 
 def test_streamed_and_unstreamed_final_outputs_are_identical(ip, tiny):
+    old = list(ip.display_formatter.active_types)
     ip.display_formatter.active_types = ["text/plain", "text/markdown"]
     try:
         outs = {}
@@ -82,7 +83,7 @@ def test_streamed_and_unstreamed_final_outputs_are_identical(ip, tiny):
                 run(ip, f"-n 20 -f markdown {mode}", "The train left the station")
             outs[mode] = cap.outputs
     finally:
-        del ip.display_formatter.active_types
+        ip.display_formatter.active_types = old
     streamed, plain = outs["--stream"], outs["--no-stream"]
     assert len(plain) == 1 and not plain[0].update
     assert streamed[0].transient["display_id"] and not streamed[0].update     # the live display ...
