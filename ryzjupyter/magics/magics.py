@@ -126,10 +126,16 @@ class RyzMagics(Magics):
         stream = args.stream if args.stream is not None else (self.stream and os.environ.get("RYZ_STREAM", "1") != "0")
         name, model = self._model_for_cell(args.model)
 
+        messages = None
         if chat or system:
             messages = list(self.history) if chat else []
-            if system:
+            has_system = bool(messages) and messages[0]["role"] == "system"
+            if system and has_system:
+                messages[0] = {"role": "system", "content": system}     # a new system prompt replaces it
+            elif system:
                 messages.insert(0, {"role": "system", "content": system})
+            elif has_system:
+                system = messages[0]["content"]                         # the conversation keeps its own
             messages.append({"role": "user", "content": prompt})
             ts = self._open(lambda: model.chat(messages, stream=True, **gen), chat=True)
         else:
@@ -153,7 +159,7 @@ class RyzMagics(Magics):
         reply = Reply.from_result(result, model=name, format=fmt, prompt=prompt,
                                   extra_settings={"model": name, "chat": bool(chat), "system": system,
                                                   "format": fmt})
-        self._finish(reply, live, chat=chat, prompt=prompt, output=args.output)
+        self._finish(reply, live, history=messages if chat else None, output=args.output)
         if interrupted:
             _raise_interrupt()                  # "Run All" stops here
         return None
@@ -184,7 +190,7 @@ class RyzMagics(Magics):
                                                                      "%ryz reset" if chat else ""))
         return ts
 
-    def _finish(self, reply, live, *, chat, prompt, output):
+    def _finish(self, reply, live, *, history, output):
         meta = {"ryzjupyter": {"model": reply.model, "finish_reason": reply.finish_reason}}
         if live is not None:
             live.finish(reply, metadata=meta)
@@ -192,11 +198,11 @@ class RyzMagics(Magics):
             display(reply, metadata=meta)
         if self.show_stats:
             display(StatsFooter(reply))
-        if chat:
+        if history is not None:                     # chat: the conversation so far + this answer
             turn = {"role": "assistant", "content": reply.text}
             if reply.interrupted:
                 turn["interrupted"] = True
-            self.history += [{"role": "user", "content": prompt}, turn]
+            self.history[:] = history + [turn]
         self.last_reply = reply
         self.shell.displayhook.update_user_ns(reply)
         if output:
@@ -285,7 +291,7 @@ class RyzMagics(Magics):
                 f"no loaded model called {spec!r}; no model is loaded (%ryz load MODEL)")
 
     def _cmd_reset(self, cmd):
-        n = len(self.history) // 2
+        n = sum(1 for m in self.history if m["role"] == "assistant")
         self.history.clear()
         model = self.registry.current()
         if model is not None and hasattr(model, "reset"):
