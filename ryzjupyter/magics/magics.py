@@ -229,7 +229,13 @@ class RyzMagics(Magics):
         try:
             name, model = self.registry.load(spec, name=name, progress=bar, **options)
         except _checkpoint_error() as e:
-            raise UsageError(f"{e}" + ("" if "pass" in str(e) or "give" in str(e) else f"; {MODEL_HINT}")) from None
+            msg = str(e)
+            if spec is None:
+                msg += ("; in a notebook: %ryz load FOLDER_OR_HUB_ID, or "
+                        "%config RyzMagics.default_model = 'FOLDER_OR_HUB_ID'")
+            elif "pass" not in msg and "download" not in msg:
+                msg += f"; {MODEL_HINT}"
+            raise UsageError(msg) from None
         except TypeError as e:
             if "load option" in str(e):
                 raise UsageError(str(e)) from None
