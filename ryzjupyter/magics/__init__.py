@@ -8,8 +8,17 @@ from .display import Reply
 from .magics import RyzMagics
 from .registry import REGISTRY, ModelRegistry
 
-__all__ = ["RyzMagics", "Reply", "ModelRegistry", "REGISTRY", "load_ipython_extension",
+__all__ = ["RyzMagics", "Reply", "ModelRegistry", "REGISTRY", "get_magics", "load_ipython_extension",
            "unload_ipython_extension"]
+
+
+def get_magics(shell=None):
+    """The kernel's RyzMagics (its settings are shared by the magics, widgets and sidebar), or None
+    when the extension is not loaded."""
+    if shell is None:
+        from IPython import get_ipython
+        shell = get_ipython()
+    return getattr(shell, "_ryz_magics", None) if shell is not None else None
 
 
 def load_ipython_extension(ipython):

@@ -108,3 +108,16 @@ def test_format_bytes():
     assert format_bytes(512) == "512 B"
     assert format_bytes(3 * 2**20) == "3.0 MiB"
     assert format_bytes(5 * 2**30) == "5.0 GiB"
+
+
+def test_get_magics_and_unload(shell):
+    from ryzjupyter.magics import RyzMagics, get_magics, unload_ipython_extension, load_ipython_extension
+    m = get_magics(shell)
+    assert isinstance(m, RyzMagics) and m in shell.configurables
+    load_ipython_extension(shell)                       # loading twice registers once
+    assert get_magics(shell) is m and shell.configurables.count(m) == 1
+    unload_ipython_extension(shell)
+    assert get_magics(shell) is None and "ryz" not in shell.magics_manager.magics["cell"]
+    shell.extension_manager.loaded.discard("ryzjupyter")
+    shell.extension_manager.load_extension("ryzjupyter")
+    assert isinstance(get_magics(shell), RyzMagics) and "ryz" in shell.magics_manager.magics["line"]
