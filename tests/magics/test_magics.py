@@ -278,3 +278,12 @@ def test_interrupt_keeps_the_partial_reply_and_reraises(ip, slow_model_path):
     assert m.history[-1] == {"role": "assistant", "content": r.text, "interrupted": True}
     r2 = run(ip, "--no-chat -n 3 -t 0 --no-stream", "Next")         # the next cell works normally
     assert not r2.interrupted and r2.stats.n_generated == 3
+
+
+def test_model_option_loads_a_model_for_one_cell(ip, tiny):
+    r = run(ip, f"-m {UNTIED} -n 3 --no-stream", "Hi")
+    assert r.model == "untied"
+    reg = ip._ryz_magics.registry
+    assert reg.current_name == "tiny" and sorted(reg.names()) == ["tiny", "untied"]
+    ref = reg.get("untied").new_session().generate("Hi", 3, temperature=0.0)
+    assert r.tokens == ref.tokens
