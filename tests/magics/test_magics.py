@@ -287,3 +287,12 @@ def test_model_option_loads_a_model_for_one_cell(ip, tiny):
     assert reg.current_name == "tiny" and sorted(reg.names()) == ["tiny", "untied"]
     ref = reg.get("untied").new_session().generate("Hi", 3, temperature=0.0)
     assert r.tokens == ref.tokens
+
+
+def test_default_model_is_loaded_by_the_first_cell(ip):
+    ip.run_line_magic("config", f"RyzMagics.default_model = {str(TINY)!r}")
+    ip.run_line_magic("config", "RyzMagics.temperature = 0")
+    with capture_output() as cap:
+        r = run(ip, "-n 2 --no-stream", "Hi")
+    assert "loaded packed" in cap.stdout and r.model == "packed"
+    assert ip._ryz_magics.registry.current_name == "packed"
