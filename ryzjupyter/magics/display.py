@@ -135,6 +135,36 @@ class LiveOutput:
         self._dirty = False
 
 
+class TerminalStream:
+    """Streaming in terminal IPython, whose display prints every update in full: print the new
+    pieces as they come, then only a newline (the reply is not shown a second time)."""
+
+    def __init__(self):
+        import sys
+        self._out = sys.stdout
+        self.parts: list[str] = []
+
+    @property
+    def text(self):
+        return "".join(self.parts)
+
+    def push(self, piece: str):
+        self.parts.append(piece)
+        self._out.write(piece)
+        self._out.flush()
+
+    def finish(self, final, metadata=None):
+        tail = f"\n\n{INTERRUPTED_MARK}" if getattr(final, "interrupted", False) else ""
+        self._out.write(tail + "\n")
+        self._out.flush()
+
+
+def is_plain_terminal(shell) -> bool:
+    """True in terminal IPython (the display publisher prints text/plain; no display updates)."""
+    from IPython.core.displaypub import DisplayPublisher
+    return type(getattr(shell, "display_pub", None)) is DisplayPublisher
+
+
 class StatsFooter:
     """The one-line footer after a reply: tokens, speeds, time to first token, model."""
 

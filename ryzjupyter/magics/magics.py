@@ -20,7 +20,7 @@ from IPython.display import display
 from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 
 from . import parsers
-from .display import LiveOutput, Reply, StatsFooter, format_bytes
+from .display import LiveOutput, Reply, StatsFooter, TerminalStream, format_bytes, is_plain_terminal
 from .parsers import FORMATS, full_help, interpolate, line_help, parse_cell_line, parse_line_command
 from .registry import REGISTRY
 
@@ -141,7 +141,9 @@ class RyzMagics(Magics):
         else:
             ts = self._open(lambda: model.stream(prompt, **gen), chat=False)
 
-        live = LiveOutput(self.max_updates_per_s) if stream else None
+        live = None
+        if stream:
+            live = TerminalStream() if is_plain_terminal(self.shell) else LiveOutput(self.max_updates_per_s)
         interrupted = False
         try:
             for piece in ts:

@@ -254,14 +254,19 @@ def test_interrupt_keeps_the_partial_reply_and_reraises(ip, slow_model_path):
     m = ip._ryz_magics
     ip.run_line_magic("ryz", f"load {slow_model_path} --name slow")
     ip.run_line_magic("config", "RyzMagics.show_stats = False")
-    sent = {}
+    cache = m.registry.get("slow").session.cache
+    sent, done = {}, threading.Event()
 
-    def interrupt():
-        sent["t"] = time.monotonic()
-        os.kill(os.getpid(), signal.SIGINT)
+    def interrupt_when_decoding():                      # SIGINT once 10 tokens have been decoded
+        while not done.is_set():
+            if len(cache.tokens) > 60:                  # the chat prompt is ~40 tokens
+                sent["t"] = time.monotonic()
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.002)
 
-    timer = threading.Timer(0.8, interrupt)
-    timer.start()
+    watcher = threading.Thread(target=interrupt_when_decoding, daemon=True)
+    watcher.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             try:
@@ -269,7 +274,8 @@ def test_interrupt_keeps_the_partial_reply_and_reraises(ip, slow_model_path):
             finally:
                 sent["caught"] = time.monotonic()
     finally:
-        timer.cancel()
+        done.set()
+        watcher.join()
     latency = sent["caught"] - sent["t"]
     assert latency < 0.2, f"stopped {latency:.3f} s after SIGINT"
     r = m.last_reply
@@ -296,3 +302,14 @@ def test_default_model_is_loaded_by_the_first_cell(ip):
         r = run(ip, "-n 2 --no-stream", "Hi")
     assert "loaded packed" in cap.stdout and r.model == "packed"
     assert ip._ryz_magics.registry.current_name == "packed"
+
+
+def test_terminal_ipython_streams_pieces_once(ip, tiny, capsys):
+    """In terminal IPython (display prints every update in full) the pieces are printed as they
+    come and the reply is not printed again."""
+    from ryzjupyter.magics.display import is_plain_terminal
+    assert is_plain_terminal(ip)
+    capsys.readouterr()
+    r = run(ip, "-n 12 --stream", "The train left the station")
+    out = capsys.readouterr().out
+    assert out == r.text + "\n"
