@@ -7,8 +7,7 @@
 CI runs the notebooks with nbval and compares every output with what is stored (numbers that
 depend on the machine, such as tok/s and times, are sanitised by notebooks/nbval_sanitize.cfg):
 
-    RYZ_STREAM=0 python -m pytest --nbval --nbval-current-env \
-        --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks/
+    python -m pytest --nbval notebooks/      # notebooks/conftest.py: RYZ_STREAM=0, sanitiser, current env
 
 Re-run this script whenever the model a notebook uses changes (e.g. when the bundled demo model
 replaces the test fixture): the stored outputs are the model's greedy / seeded output.
