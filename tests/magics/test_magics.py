@@ -313,3 +313,19 @@ def test_terminal_ipython_streams_pieces_once(ip, tiny, capsys):
     r = run(ip, "-n 12 --stream", "The train left the station")
     out = capsys.readouterr().out
     assert out == r.text + "\n"
+
+
+def test_chat_without_a_chat_template_is_a_usage_error(ip, tmp_path):
+    import json
+    import shutil
+    folder = tmp_path / "notemplate"
+    shutil.copytree(TINY, folder)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template")
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    ip.run_line_magic("ryz", f"load {folder}")
+    r = ip.run_cell("%%ryz --chat -n 2\nHi")
+    assert isinstance(r.error_in_exec, UsageError)
+    assert "no chat template" in str(r.error_in_exec) and "--no-chat" in str(r.error_in_exec)
+    assert ip._ryz_magics.history == []
+    assert run(ip, "--no-chat -n 2", "Hi").finish_reason in ("length", "stop")   # plain completion works
