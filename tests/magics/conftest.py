@@ -50,3 +50,16 @@ def tiny(ip):
     ip.run_line_magic("config", "RyzMagics.show_stats = False")
     from ryzjupyter.magics import REGISTRY
     return REGISTRY.get("tiny")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _converted_cache_in_tmp(tmp_path_factory):
+    """Converted-weight caches (and the kernels started by the tests, which inherit the
+    environment) write to a temporary folder, never to ~/.cache."""
+    old = os.environ.get("RYZ_CACHE_DIR")
+    os.environ["RYZ_CACHE_DIR"] = str(tmp_path_factory.mktemp("ryz-cache"))
+    yield
+    if old is None:
+        os.environ.pop("RYZ_CACHE_DIR", None)
+    else:
+        os.environ["RYZ_CACHE_DIR"] = old
