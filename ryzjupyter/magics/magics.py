@@ -136,8 +136,15 @@ class RyzMagics(Magics):
                 messages.insert(0, {"role": "system", "content": system})
             elif has_system:
                 system = messages[0]["content"]                         # the conversation keeps its own
+            if chat:
+                # the engine's string form of chat continues its session's history and keeps the
+                # previous reply's own token ids, so the whole previous turn stays in the KV cache
+                model.session.history[:] = messages
+                ts = self._open(lambda: model.chat(prompt, stream=True, **gen), chat=True)
+            else:
+                ts = self._open(lambda: model.chat(messages + [{"role": "user", "content": prompt}],
+                                                   stream=True, **gen), chat=True)
             messages.append({"role": "user", "content": prompt})
-            ts = self._open(lambda: model.chat(messages, stream=True, **gen), chat=True)
         else:
             ts = self._open(lambda: model.stream(prompt, **gen), chat=False)
 
