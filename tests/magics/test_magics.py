@@ -265,6 +265,13 @@ def test_interrupt_keeps_the_partial_reply_and_reraises(ip, slow_model_path):
                 return
             time.sleep(0.002)
 
+    armed = [True]
+
+    def on_sigint(signum, frame):                       # Python's default, but only while armed, so a
+        if armed[0]:                                     # late signal cannot hit pytest itself
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     watcher = threading.Thread(target=interrupt_when_decoding, daemon=True)
     watcher.start()
     try:
@@ -273,9 +280,11 @@ def test_interrupt_keeps_the_partial_reply_and_reraises(ip, slow_model_path):
                 ip.run_cell_magic("ryz", "--chat -n 1900 -t 0 --no-stream", "Tell me a long story")
             finally:
                 sent["caught"] = time.monotonic()
+                armed[0] = False
     finally:
         done.set()
         watcher.join()
+        signal.signal(signal.SIGINT, previous)
     latency = sent["caught"] - sent["t"]
     assert latency < 0.2, f"stopped {latency:.3f} s after SIGINT"
     r = m.last_reply
