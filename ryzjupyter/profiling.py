@@ -224,6 +224,7 @@ class Profiler:
         self.last: Profile | None = None    # the last finished generation
         self.generations = 0
         self.listeners: list = []           # callables(profile) run by end(); errors are swallowed
+        self.token_hooks: list = []         # callables() run by token(), between tokens (live charts)
         self._lock = threading.Lock()
         self._reset()
 
@@ -274,12 +275,21 @@ class Profiler:
         return p
 
     def token(self, n: int = 1) -> None:
-        """Mark `n` tokens sampled now (recorded even when phases are disabled: the chart needs it)."""
+        """Mark `n` tokens sampled now (recorded even when phases are disabled: the chart needs it).
+        Then runs the `token_hooks` (e.g. a live chart's poll), their time booked to "display"."""
         t = _now()
         if n == 1:
             self.token_ns.append(t)
         else:
             self.token_ns.extend([t] * n)
+        if self.token_hooks:
+            for fn in list(self.token_hooks):
+                try:
+                    fn()
+                except Exception:              # a broken hook must not break generation
+                    self.token_hooks.remove(fn)
+            if self._on:
+                self.toc("display", t)
 
     def stage(self, name: str) -> None:
         """Book the following phases to stage `name` ("prefill", "decode", ...)."""

@@ -203,6 +203,18 @@ class ThroughputRecorder:
     def flush(self):
         self._maybe_send(force=True)
 
+    def attach(self):
+        """Poll the profiler after every token (Profiler.token_hooks), for loops this code does not
+        run itself (e.g. a %%ryz cell run by the controls panel)."""
+        if self.profiler is not None and self.poll not in self.profiler.token_hooks:
+            self.profiler.token_hooks.append(self.poll)
+        return self
+
+    def detach(self):
+        if self.profiler is not None:
+            while self.poll in self.profiler.token_hooks:
+                self.profiler.token_hooks.remove(self.poll)
+
     # ------------------------------------------------------------------ the end
     def finish(self, stats=None, profile=None, *, freeze=False):
         """Send the last points and the summary; set the chart's persisted series. With a Profile

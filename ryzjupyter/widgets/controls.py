@@ -61,7 +61,7 @@ CONTROLS = [
     ("top_p", "top-p", _float_slider(0.05, 1.0, 0.01), None),
     ("min_p", "min-p", _float_slider(0.0, 1.0, 0.01), None),
     ("repetition_penalty", "repetition penalty", _float_slider(1.0, 2.0, 0.01), None),
-    ("seed", "seed (empty = random)",
+    ("seed", "seed",
      lambda v: W.Text(value=_none_to_text(v), placeholder="random", continuous_update=False, style=_STYLE,
                       layout=W.Layout(width="300px")),
      (_none_to_text, _text_to_seed)),
@@ -203,12 +203,15 @@ class ControlsPanel(W.VBox):
         self.output.add_class("ryz-controls-output")
         self.runner = runner if runner is not None else self._default_runner
         self.generations = 0
+        self.chart = None                   # the panel's own live chart, created on first use
+        self.chart_box = W.VBox([])
+        self.chart_box.add_class("ryz-controls-chart")
 
         title = W.HTML("<b>ryzjupyter</b> &mdash; sampling settings (shared with <code>%%ryz</code> "
                        "and <code>%config RyzMagics</code>)")
         gen_title = W.HTML("<b>Generate</b> with these settings")
         settings_box = W.VBox(rows)
-        gen_box = W.VBox([gen_title, self.prompt, W.HBox([self.generate_button]), self.output])
+        gen_box = W.VBox([gen_title, self.prompt, W.HBox([self.generate_button]), self.chart_box, self.output])
         super().__init__([title, settings_box, self.status, gen_box], **kw)
         self.add_class("ryz-controls")
 
@@ -289,7 +292,24 @@ class ControlsPanel(W.VBox):
         if shell is None:
             raise RuntimeError("no IPython shell: controls_panel needs the RyzMagics of a running kernel "
                                "(or pass runner=)")
-        return shell.run_cell_magic("ryz", "", prompt)
+        # --no-stream: an Output widget drops display updates, so the reply is shown once, complete;
+        # the panel's own chart shows the progress
+        return shell.run_cell_magic("ryz", "--no-stream", prompt)
+
+    def _recorder(self):
+        """A recorder on the panel's chart, following the engine's token timestamps, or None."""
+        if not getattr(self.magics, "live_chart", True):
+            return None
+        try:
+            from ryzjupyter.profiling import PROFILER
+            from .chart import ThroughputChart, ThroughputRecorder
+            if self.chart is None:
+                self.chart = ThroughputChart(height=140)
+                self.chart_box.children = (self.chart,)
+            rec = ThroughputRecorder(self.chart, profiler=PROFILER, title=str(self._current_model() or ""))
+        except ImportError:
+            return None
+        return rec.start().attach()
 
     def generate(self, prompt=None):
         """Run one generation with the current settings; output goes to the panel's output area."""
@@ -302,8 +322,11 @@ class ControlsPanel(W.VBox):
             return None
         self._report("generate", None)
         self.generate_button.disabled = True
+        rec = None
         try:
             self.output.clear_output()
+            rec = self._recorder()
+            before = getattr(self.magics, "last_reply", None)
             with self.output:
                 try:
                     result = self.runner(text)
@@ -313,9 +336,17 @@ class ControlsPanel(W.VBox):
                 except Exception as e:       # one line in the output, not a traceback wall
                     result = None
                     self._report("generate", f"{type(e).__name__}: {e}")
+            if rec is not None:
+                rec.detach()
+                last = getattr(self.magics, "last_reply", None)
+                if last is before:          # no new reply (an error): what the recorder saw
+                    last = None
+                rec.finish(getattr(last, "stats", None), getattr(last, "profile", None))
             self.generations += 1
             return result
         finally:
+            if rec is not None:
+                rec.detach()
             self.generate_button.disabled = False
             _GENERATE_LOCK.release()
             try:

@@ -128,3 +128,28 @@ def test_svg_final_figure_and_downsampling():
     assert svg.count(",") > 400 and "prefill 40.0 tok/s" in svg and "5000 tokens" in svg
     bundle = StaticChart(small, {"n_generated": 1}, "t")._repr_mimebundle_()
     assert "image/svg+xml" in bundle and "text/plain" in bundle
+
+
+def test_attach_polls_after_every_token_and_books_display_time():
+    prof = Profiler(enabled=True)
+    chart = ThroughputChart()
+    rec = ThroughputRecorder(chart, profiler=prof, max_rate=1e9).start(n_prefill=2).attach()
+    prof.begin()
+    prof.stage("decode")
+    for _ in range(4):
+        prof.token()
+    assert len(rec._tok_t) == 4 and len([p for p in rec.points if p[2] == "decode"]) == 3
+    rec.detach()
+    prof.token()
+    assert len(rec._tok_t) == 4 and prof.token_hooks == []
+    profile = prof.end()
+    assert profile.counts["display"] == 4
+
+
+def test_broken_token_hook_is_dropped():
+    prof = Profiler(enabled=True)
+    prof.token_hooks.append(lambda: 1 / 0)
+    prof.begin()
+    prof.token()
+    prof.token()
+    assert prof.token_hooks == [] and len(prof.token_ns) == 2

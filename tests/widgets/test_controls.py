@@ -152,3 +152,21 @@ def test_real_ryzmagics_if_available(update):
     shell.run_line_magic("config", "RyzMagics.temperature = 0.3") if m in shell.configurables else None
     m.top_p = 0.5
     assert p.controls["top_p"].value == pytest.approx(0.5)
+
+
+def test_generate_shows_the_panel_chart(magics):
+    from ryzjupyter.profiling import PROFILER
+
+    def runner(prompt):                       # stands in for the engine: marks tokens on the profiler
+        PROFILER.begin()
+        PROFILER.stage("decode")
+        for _ in range(5):
+            PROFILER.token()
+        PROFILER.end(n_prompt=3)
+
+    p = controls_panel(magics, registry=FakeRegistry(), runner=runner)
+    p.generate("Hi")
+    assert p.chart is not None and p.chart_box.children == (p.chart,)
+    kinds = [m["type"] for m in p.chart.sent]
+    assert kinds[0] == "reset" and "points" in kinds and kinds[-1] == "done"
+    assert p.chart.summary["n_generated"] == 5 and PROFILER.token_hooks == []

@@ -30,8 +30,9 @@ def test_phases_stages_and_python_overhead():
     p.add("lm_head", 1_000_000)
     prof = p.end(n_prompt=12, n_prefill=10)
     assert prof.counts["sampling"] == 3 and prof.counts["matmul"] == 1
-    assert prof.phases["matmul"] == pytest.approx(0.02, abs=0.01)
-    assert prof.phases["attention"] == pytest.approx(0.01, abs=0.008)
+    # at least the time spent inside (more if the machine preempted us; never less)
+    assert 0.02 <= prof.phases["matmul"] < 0.5
+    assert 0.01 <= prof.phases["attention"] < 0.5
     assert prof.phases["lm_head"] == pytest.approx(0.001)
     assert prof.stages["prefill"].phases["matmul"] > 0 and "matmul" not in prof.stages["decode"].phases
     assert prof.stages["decode"].phases["sampling"] == pytest.approx(prof.phases["sampling"])

@@ -13,7 +13,7 @@ function storeFor(model) {
   const uid = model.get("uid");
   let s = STORES.get(uid);
   if (!s) {
-    s = { points: (model.get("points") || []).slice(), summary: model.get("summary") || {},
+    s = { uid, points: (model.get("points") || []).slice(), summary: model.get("summary") || {},
           title: model.get("title") || "", views: new Set(), messages: 0 };
     STORES.set(uid, s);
   }
@@ -153,6 +153,17 @@ function draw(view, s) {
   el.dataset.done = sm.n_generated !== undefined ? "1" : "0";
   view.frames += 1;
   el.dataset.frames = String(view.frames);
+  // test hook: when a page sets globalThis.__ryz_charts = {}, record what each chart drew
+  // (frames, points, and a PNG of the last frame with a decode line); off otherwise
+  const dbg = globalThis.__ryz_charts;
+  if (dbg && typeof dbg === "object") {
+    const e = dbg[s.uid] || (dbg[s.uid] = { frames: 0, maxPoints: 0, maxDecode: 0, done: false });
+    e.frames += 1;
+    e.maxPoints = Math.max(e.maxPoints, pts.length);
+    e.maxDecode = Math.max(e.maxDecode, dec.length);
+    e.done = e.done || sm.n_generated !== undefined;
+    if (dec.length >= 2) e.png = canvas.toDataURL("image/png");
+  }
 }
 
 function render({ model, el }) {
