@@ -292,7 +292,7 @@ def render_svg(points, summary=None, *, title="", width=640, height=160) -> str:
     dec = [p for p in points if p[2] != "prefill"]
     pf = [p for p in points if p[2] == "prefill"]
     tmax = max([p[0] for p in points] + [0.5]) * 1.02
-    ymax = max([p[1] for p in dec] or [p[1] for p in pf] or [1.0]) * 1.1
+    ymax = (robust_max([p[1] for p in dec]) or max([p[1] for p in pf] or [1.0])) * 1.1
     ymax = _nice(ymax)
 
     def X(t):
@@ -325,6 +325,17 @@ def render_svg(points, summary=None, *, title="", width=640, height=160) -> str:
     out.append(f'<text x="{L}" y="{H + 12}" fill="#666">{html.escape(label)}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def robust_max(vals):
+    """The largest value, or with 20+ values 1.25 x the 95th percentile when that is smaller (the
+    chart's scale: a few spikes are drawn at the top edge instead of flattening the line)."""
+    if not vals:
+        return 0.0
+    v = sorted(vals)
+    if len(v) < 20:
+        return v[-1]
+    return min(v[-1], 1.25 * v[int(0.95 * (len(v) - 1))])
 
 
 def summary_line(sm, title="") -> str:

@@ -118,6 +118,7 @@ def test_chart_and_controls_in_jupyterlab(lab):
         f"%load_ext ryzjupyter\n%ryz load {TINY} --name tiny\n%config RyzMagics.temperature = 0",
         "%ryz controls",
         "%%ryz -n 200 --stream\nOnce upon a time",
+        "%ryz stats",
         "print('settings:', get_ipython()._ryz_magics.temperature, get_ipython()._ryz_magics.max_new_tokens)",
     ]
     (lab["root"] / "ryz.ipynb").write_text(json.dumps(_notebook(cells)))
@@ -163,6 +164,12 @@ def test_chart_and_controls_in_jupyterlab(lab):
                 "() => [...document.querySelectorAll('.jp-Cell')].some(c => c.querySelector('.jp-InputArea')"
                 " && c.textContent.includes('settings:'))", timeout=60000)
             _shot(page, "notebook")
+            # %ryz stats: the profile breakdown from the engine's counters
+            prof = page.locator(".ryz-profile").first
+            prof.wait_for(timeout=30000)
+            for phase in ("matmul", "attention", "lm_head", "sampling", "python"):
+                assert prof.locator(f"tr[data-phase='{phase}']").count() == 1, phase
+            _shot(page, "profile", prof)
 
             # the controls panel: move the temperature setting from the browser, see it in the kernel
             panel = page.locator(".ryz-controls")
@@ -178,9 +185,13 @@ def test_chart_and_controls_in_jupyterlab(lab):
             n_box.press("Enter")
             page.locator(".ryz-controls-prompt textarea").fill("Hello there")
             page.locator(".ryz-controls-generate").click()
-            # the Generate area shows the reply's stats footer (tok/s) with the new max tokens
+            # the Generate area shows the reply and its stats footer, and the panel's own chart drew
             out = panel.locator(".ryz-controls-output")
             out.get_by_text("tok/s").first.wait_for(timeout=60000)
+            assert out.locator(".jp-RenderedMarkdown").count() >= 1          # the reply, complete
+            page.wait_for_function(
+                "() => Object.values(window.__ryz_charts).filter(e => e.done).length >= 2", timeout=30000)
+            assert panel.locator(".ryz-controls-chart canvas").count() == 1
             _shot(page, "controls-after-generate", panel)
             # re-run the last cell: the kernel sees the settings the browser set
             page.evaluate("() => { const nb = window.jupyterapp.shell.currentWidget.content;"

@@ -153,3 +153,10 @@ def test_broken_token_hook_is_dropped():
     prof.token()
     prof.token()
     assert prof.token_hooks == [] and len(prof.token_ns) == 2
+
+
+def test_scale_ignores_a_few_spikes():
+    from ryzjupyter.widgets.chart import robust_max
+    assert robust_max([]) == 0.0 and robust_max([1.0, 5.0]) == 5.0
+    vals = [8000.0, 5000.0] + [30.0 + i % 5 for i in range(198)]
+    assert robust_max(vals) < 60

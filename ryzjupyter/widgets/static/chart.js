@@ -63,6 +63,15 @@ function fmt(x) {
   return x.toFixed(2);
 }
 
+function robustMax(vals) {
+  // the largest value, or with 20+ values 1.25 x the 95th percentile when that is smaller
+  if (!vals.length) return 0;
+  const sorted = vals.slice().sort((a, b) => a - b);
+  const top = sorted[sorted.length - 1];
+  if (sorted.length < 20) return top;
+  return Math.min(top, 1.25 * sorted[Math.floor(0.95 * (sorted.length - 1))]);
+}
+
 function niceMax(v) {
   if (!(v > 0)) return 1;
   const e = Math.pow(10, Math.floor(Math.log10(v)));
@@ -96,7 +105,7 @@ function draw(view, s) {
   const pf = pts.filter((p) => p[2] === "prefill");
   let tmax = 0, ymax = 0;
   for (const p of pts) tmax = Math.max(tmax, p[0]);
-  for (const p of dec) ymax = Math.max(ymax, p[1]);
+  ymax = robustMax(dec.map((p) => p[1]));          // spikes above the scale are drawn at the top
   if (!dec.length) for (const p of pf) ymax = Math.max(ymax, p[1]);
   tmax = Math.max(tmax, 0.5) * 1.02;
   ymax = niceMax(ymax * 1.1);
