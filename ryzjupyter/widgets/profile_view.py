@@ -40,7 +40,7 @@ def profile_html(profile: Profile, title: str = "") -> str:
         cells = "".join(f"<td>{profile.stages[s].phases.get(n, 0.0) * 1e3:.2f}</td>" for s in stage_names)
         body.append(
             f"<tr class='ryz-profile-row' data-phase='{html.escape(n)}'>"
-            f"<td style='text-align:left'><span style='display:inline-block;width:9px;height:9px;"
+            f"<td style='text-align:left;white-space:nowrap'><span style='display:inline-block;width:9px;height:9px;"
             f"background:{_color(n, i)};margin-right:4px'></span>{html.escape(n)}</td>"
             f"<td>{sec * 1e3:.2f}</td><td>{f * 100:.1f}</td><td>{profile.counts.get(n, '')}</td>{cells}"
             f"<td style='text-align:left;opacity:.7'>{html.escape(PHASE_HELP.get(n, ''))}</td></tr>")
