@@ -72,8 +72,8 @@ class Config:
             return typ(v)
 
         dim, n_heads = need("hidden_size"), need("num_attention_heads")
-        n_kv = cfg.get("num_key_value_heads") or n_heads
-        head_dim = cfg.get("head_dim") or dim // n_heads
+        n_kv = need("num_key_value_heads") if cfg.get("num_key_value_heads") is not None else n_heads
+        head_dim = need("head_dim") if cfg.get("head_dim") is not None else dim // n_heads
         if n_heads % n_kv:
             raise CheckpointError(f"config.json: num_attention_heads={n_heads} is not a multiple of "
                                   f"num_key_value_heads={n_kv}")
@@ -94,6 +94,8 @@ class Config:
             raise CheckpointError("quantization_config.use_rms_norm=true (an RMSNorm inside every BitLinear) "
                                   "is not supported")
         eps = cfg.get("rms_norm_eps", 1e-5 if not onebit else 1e-6)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
+            raise CheckpointError(f"config.json: rms_norm_eps must be a small non-negative number, got {eps!r}")
         return cls(dim=dim, hidden_dim=need("intermediate_size"), n_layers=need("num_hidden_layers"),
                    n_heads=n_heads, n_kv_heads=int(n_kv), head_dim=int(head_dim), vocab_size=need("vocab_size"),
                    max_seq_len=int(cfg.get("max_position_embeddings") or 2048), norm_eps=float(eps),

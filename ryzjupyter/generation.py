@@ -118,6 +118,7 @@ class Session:
         self.tokens_processed = 0      # tokens run through forward() in this session
         self.tokens_reused = 0         # prompt tokens served from the cache instead
         self.last_result: GenerationResult | None = None
+        self._chat_tail = ("", [])     # (rendered chat text incl. the last reply, its token ids)
 
     # -- running tokens
     def prefill(self, token_ids):
@@ -149,6 +150,7 @@ class Session:
     def reset(self):
         self.cache.truncate(0)
         self.history.clear()
+        self._chat_tail = ("", [])
 
     # -- prompts
     def _prompt_ids(self, prompt, add_special_tokens=True):
@@ -198,13 +200,28 @@ class Session:
             if system is not None:
                 msgs.insert(0, {"role": "system", "content": system})
             keep = False
-        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        prev_text, prev_ids = self._chat_tail
+        if prev_text and text.startswith(prev_text):
+            # the conversation so far, as the model produced it: keep its own token ids for the
+            # previous reply (re-tokenizing the text may split it differently and miss the cache)
+            ids = prev_ids + tok.encode(text[len(prev_text):], add_special_tokens=False)
+        else:
+            ids = tok.encode(text, add_special_tokens=False)
         stops = _split_stop(kw.pop("stop", None))
         stop = stops[0] + stops[1] + list(tok.stop_token_ids)
 
         def on_done(result):
-            if keep and result.finish_reason != "interrupted":
-                self.history[:] = msgs + [{"role": "assistant", "content": result.text}]
+            if not keep or result.finish_reason == "interrupted":
+                return
+            self.history[:] = msgs + [{"role": "assistant", "content": result.text}]
+            toks = list(result.tokens)
+            if toks and toks[-1] in ts.stop_ids:
+                toks = toks[:-1]                       # the template writes the end of turn itself
+            elif result.finish_reason == "stop":       # cut by a stop string: text and ids differ
+                self._chat_tail = ("", [])
+                return
+            self._chat_tail = (text + result.text, list(ids) + toks)
 
         ts = TextStream(self, ids, max_new_tokens, stop=stop, on_done=on_done, **kw)
         if stream:

@@ -11,10 +11,6 @@
 #include "ops.h"
 #include "recurrent.h"
 
-static inline __m256i tail8(int64_t left) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(left < 8 ? (left < 0 ? 0 : left) : 8)),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 
 static inline __m256 silu8(__m256 x) {
     return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), ryz_exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x))));
@@ -25,25 +21,25 @@ static void conv1d(float *RYZ_RESTRICT out, float *RYZ_RESTRICT state, const flo
                    int64_t K, int64_t c0, int64_t c1) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int64_t c = c0; c < c1; c += 8) {
-        __m256i m = tail8(c1 - c);
-        __m256 mf = _mm256_castsi256_ps(m);
+        const int64_t m = c1 - c;
+        __m256 mf = _mm256_castsi256_ps(ryz_tail8(m));
         __m256i rowidx = _mm256_mullo_epi32(_mm256_add_epi32(lane, _mm256_set1_epi32((int)c)),
                                             _mm256_set1_epi32((int)K));
         __m256 wv[RYZ_CONV_MAX_K];
         for (int64_t j = 0; j < K; j++)
             wv[j] = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), w,
                                              _mm256_add_epi32(rowidx, _mm256_set1_epi32((int)j)), mf, 4);
-        __m256 bv = bias ? _mm256_maskload_ps(bias + c, m) : _mm256_setzero_ps();
+        __m256 bv = bias ? ryz_ld8(bias + c, m) : _mm256_setzero_ps();
         for (int64_t t = 0; t < T; t++) {
             __m256 acc = _mm256_setzero_ps();
             for (int64_t j = 0; j < K; j++) {
                 int64_t s = t - (K - 1) + j;
-                __m256 xv = s >= 0 ? _mm256_maskload_ps(x + s * D + c, m)
+                __m256 xv = s >= 0 ? ryz_ld8(x + s * D + c, m)
                                    : _mm256_mask_i32gather_ps(_mm256_setzero_ps(), state,
                                          _mm256_add_epi32(rowidx, _mm256_set1_epi32((int)(K + s))), mf, 4);
                 acc = _mm256_fmadd_ps(wv[j], xv, acc);
             }
-            _mm256_maskstore_ps(out + t * D + c, m, silu8(_mm256_add_ps(acc, bv)));
+            ryz_st8(out + t * D + c, m, silu8(_mm256_add_ps(acc, bv)));
         }
         int64_t ce = c + 8 < c1 ? c + 8 : c1;
         for (int64_t cc = c; cc < ce; cc++) ryz_conv_state_update(state + cc * K, x, T, D, K, cc);
@@ -61,12 +57,12 @@ static void scan(float *RYZ_RESTRICT y, float *RYZ_RESTRICT h, const float *RYZ_
             float d = ryz_softplus(dt[t * D + c]), uc = u[t * D + c];
             __m256 dv = _mm256_set1_ps(d), uv = _mm256_set1_ps(uc), acc = _mm256_setzero_ps();
             for (int64_t n = 0; n < N; n += 8) {
-                __m256i m = tail8(N - n);
-                __m256 dA = ryz_exp_avx2(_mm256_mul_ps(_mm256_maskload_ps(Ac + n, m), dv));
-                __m256 dBu = _mm256_mul_ps(_mm256_mul_ps(dv, _mm256_maskload_ps(B + t * N + n, m)), uv);
-                __m256 hv = _mm256_add_ps(_mm256_mul_ps(dA, _mm256_maskload_ps(hc + n, m)), dBu);
-                _mm256_maskstore_ps(hc + n, m, hv);
-                acc = _mm256_fmadd_ps(hv, _mm256_maskload_ps(C + t * N + n, m), acc);
+                const int64_t m = N - n;
+                __m256 dA = ryz_exp_avx2(_mm256_mul_ps(ryz_ld8(Ac + n, m), dv));
+                __m256 dBu = _mm256_mul_ps(_mm256_mul_ps(dv, ryz_ld8(B + t * N + n, m)), uv);
+                __m256 hv = _mm256_add_ps(_mm256_mul_ps(dA, ryz_ld8(hc + n, m)), dBu);
+                ryz_st8(hc + n, m, hv);
+                acc = _mm256_fmadd_ps(hv, ryz_ld8(C + t * N + n, m), acc);
             }
             float out = ryz_hsum_avx2(acc) + uc * Dskip[c];
             if (z) out *= z[t * D + c] / (1.0f + expf(-z[t * D + c]));
@@ -80,18 +76,18 @@ static void wkv(float *RYZ_RESTRICT out, float *RYZ_RESTRICT aa, float *RYZ_REST
                 const float *RYZ_RESTRICT time_decay, const float *RYZ_RESTRICT time_first, int64_t T,
                 int64_t A, int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; c += 8) {
-        __m256i m = tail8(c1 - c);
-        __m256 a = _mm256_maskload_ps(aa + c, m), b = _mm256_maskload_ps(bb + c, m);
-        __m256 p = _mm256_maskload_ps(pp + c, m), u = _mm256_maskload_ps(time_first + c, m);
-        __m256 w = _mm256_sub_ps(_mm256_setzero_ps(), ryz_exp_avx2(_mm256_maskload_ps(time_decay + c, m)));
+        const int64_t m = c1 - c;
+        __m256 a = ryz_ld8(aa + c, m), b = ryz_ld8(bb + c, m);
+        __m256 p = ryz_ld8(pp + c, m), u = ryz_ld8(time_first + c, m);
+        __m256 w = _mm256_sub_ps(_mm256_setzero_ps(), ryz_exp_avx2(ryz_ld8(time_decay + c, m)));
         for (int64_t t = 0; t < T; t++) {
-            __m256 kt = _mm256_maskload_ps(k + t * A + c, m), vt = _mm256_maskload_ps(v + t * A + c, m);
+            __m256 kt = ryz_ld8(k + t * A + c, m), vt = ryz_ld8(v + t * A + c, m);
             __m256 uk = _mm256_add_ps(u, kt);
             __m256 q = _mm256_max_ps(p, uk);
             __m256 e1 = ryz_exp_avx2(_mm256_sub_ps(p, q)), e2 = ryz_exp_avx2(_mm256_sub_ps(uk, q));
             __m256 num = _mm256_add_ps(_mm256_mul_ps(e1, a), _mm256_mul_ps(e2, vt));
             __m256 den = _mm256_add_ps(_mm256_mul_ps(e1, b), e2);
-            _mm256_maskstore_ps(out + t * A + c, m, _mm256_div_ps(num, den));
+            ryz_st8(out + t * A + c, m, _mm256_div_ps(num, den));
             __m256 pw = _mm256_add_ps(p, w);
             __m256 q2 = _mm256_max_ps(pw, kt);
             e1 = ryz_exp_avx2(_mm256_sub_ps(pw, q2));
@@ -100,9 +96,9 @@ static void wkv(float *RYZ_RESTRICT out, float *RYZ_RESTRICT aa, float *RYZ_REST
             b = _mm256_add_ps(_mm256_mul_ps(e1, b), e2);
             p = q2;
         }
-        _mm256_maskstore_ps(aa + c, m, a);
-        _mm256_maskstore_ps(bb + c, m, b);
-        _mm256_maskstore_ps(pp + c, m, p);
+        ryz_st8(aa + c, m, a);
+        ryz_st8(bb + c, m, b);
+        ryz_st8(pp + c, m, p);
     }
 }
 

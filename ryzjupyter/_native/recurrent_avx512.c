@@ -29,17 +29,17 @@ static void conv1d(float *RYZ_RESTRICT out, float *RYZ_RESTRICT state, const flo
         for (int64_t j = 0; j < K; j++)
             wv[j] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m,
                                              _mm512_add_epi32(rowidx, _mm512_set1_epi32((int)j)), w, 4);
-        __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias + c) : _mm512_setzero_ps();
+        __m512 bv = bias ? ryz_ld16(bias + c, m) : _mm512_setzero_ps();
         for (int64_t t = 0; t < T; t++) {
             __m512 acc = _mm512_setzero_ps();
             for (int64_t j = 0; j < K; j++) {
                 int64_t s = t - (K - 1) + j;
-                __m512 xv = s >= 0 ? _mm512_maskz_loadu_ps(m, x + s * D + c)
+                __m512 xv = s >= 0 ? ryz_ld16(x + s * D + c, m)
                                    : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m,
                                          _mm512_add_epi32(rowidx, _mm512_set1_epi32((int)(K + s))), state, 4);
                 acc = _mm512_fmadd_ps(wv[j], xv, acc);
             }
-            _mm512_mask_storeu_ps(out + t * D + c, m, silu16(_mm512_add_ps(acc, bv)));
+            ryz_st16(out + t * D + c, m, silu16(_mm512_add_ps(acc, bv)));
         }
         int64_t ce = c + 16 < c1 ? c + 16 : c1;
         for (int64_t cc = c; cc < ce; cc++) ryz_conv_state_update(state + cc * K, x, T, D, K, cc);
@@ -55,31 +55,31 @@ static void scan(float *RYZ_RESTRICT y, float *RYZ_RESTRICT h, const float *RYZ_
         const float *Ac = A + c * N;
         if (N <= 16) { /* Mamba's N = 16: the state lives in one register over all T */
             __mmask16 m = ryz_tail16(N);
-            __m512 hv = _mm512_maskz_loadu_ps(m, hc), av = _mm512_maskz_loadu_ps(m, Ac);
+            __m512 hv = ryz_ld16(hc, m), av = ryz_ld16(Ac, m);
             for (int64_t t = 0; t < T; t++) {
                 float d = ryz_softplus(dt[t * D + c]), uc = u[t * D + c];
                 __m512 dv = _mm512_set1_ps(d);
                 __m512 dA = ryz_exp_avx512(_mm512_mul_ps(av, dv));
-                __m512 dBu = _mm512_mul_ps(_mm512_mul_ps(dv, _mm512_maskz_loadu_ps(m, B + t * N)),
+                __m512 dBu = _mm512_mul_ps(_mm512_mul_ps(dv, ryz_ld16(B + t * N, m)),
                                            _mm512_set1_ps(uc));
                 hv = _mm512_add_ps(_mm512_mul_ps(dA, hv), dBu);
-                float out = _mm512_reduce_add_ps(_mm512_mul_ps(hv, _mm512_maskz_loadu_ps(m, C + t * N)));
+                float out = _mm512_reduce_add_ps(_mm512_mul_ps(hv, ryz_ld16(C + t * N, m)));
                 out += uc * Dskip[c];
                 if (z) out *= z[t * D + c] / (1.0f + expf(-z[t * D + c]));
                 y[t * D + c] = out;
             }
-            _mm512_mask_storeu_ps(hc, m, hv);
+            ryz_st16(hc, m, hv);
         } else {
             for (int64_t t = 0; t < T; t++) {
                 float d = ryz_softplus(dt[t * D + c]), uc = u[t * D + c];
                 __m512 dv = _mm512_set1_ps(d), uv = _mm512_set1_ps(uc), acc = _mm512_setzero_ps();
                 for (int64_t n = 0; n < N; n += 16) {
                     __mmask16 m = ryz_tail16(N - n);
-                    __m512 dA = ryz_exp_avx512(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, Ac + n), dv));
-                    __m512 dBu = _mm512_mul_ps(_mm512_mul_ps(dv, _mm512_maskz_loadu_ps(m, B + t * N + n)), uv);
-                    __m512 hv = _mm512_add_ps(_mm512_mul_ps(dA, _mm512_maskz_loadu_ps(m, hc + n)), dBu);
-                    _mm512_mask_storeu_ps(hc + n, m, hv);
-                    acc = _mm512_fmadd_ps(hv, _mm512_maskz_loadu_ps(m, C + t * N + n), acc);
+                    __m512 dA = ryz_exp_avx512(_mm512_mul_ps(ryz_ld16(Ac + n, m), dv));
+                    __m512 dBu = _mm512_mul_ps(_mm512_mul_ps(dv, ryz_ld16(B + t * N + n, m)), uv);
+                    __m512 hv = _mm512_add_ps(_mm512_mul_ps(dA, ryz_ld16(hc + n, m)), dBu);
+                    ryz_st16(hc + n, m, hv);
+                    acc = _mm512_fmadd_ps(hv, ryz_ld16(C + t * N + n, m), acc);
                 }
                 float out = _mm512_reduce_add_ps(acc) + uc * Dskip[c];
                 if (z) out *= z[t * D + c] / (1.0f + expf(-z[t * D + c]));
@@ -95,18 +95,18 @@ static void wkv(float *RYZ_RESTRICT out, float *RYZ_RESTRICT aa, float *RYZ_REST
                 int64_t A, int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; c += 16) {
         __mmask16 m = ryz_tail16(c1 - c);
-        __m512 a = _mm512_maskz_loadu_ps(m, aa + c), b = _mm512_maskz_loadu_ps(m, bb + c);
-        __m512 p = _mm512_maskz_loadu_ps(m, pp + c), u = _mm512_maskz_loadu_ps(m, time_first + c);
-        __m512 w = _mm512_sub_ps(_mm512_setzero_ps(), ryz_exp_avx512(_mm512_maskz_loadu_ps(m, time_decay + c)));
+        __m512 a = ryz_ld16(aa + c, m), b = ryz_ld16(bb + c, m);
+        __m512 p = ryz_ld16(pp + c, m), u = ryz_ld16(time_first + c, m);
+        __m512 w = _mm512_sub_ps(_mm512_setzero_ps(), ryz_exp_avx512(ryz_ld16(time_decay + c, m)));
         for (int64_t t = 0; t < T; t++) {
-            __m512 kt = _mm512_maskz_loadu_ps(m, k + t * A + c), vt = _mm512_maskz_loadu_ps(m, v + t * A + c);
+            __m512 kt = ryz_ld16(k + t * A + c, m), vt = ryz_ld16(v + t * A + c, m);
             __m512 uk = _mm512_add_ps(u, kt);
             __m512 q = _mm512_max_ps(p, uk);
             __m512 e1 = ryz_exp_avx512(_mm512_sub_ps(p, q)), e2 = ryz_exp_avx512(_mm512_sub_ps(uk, q));
             __m512 num = _mm512_add_ps(_mm512_mul_ps(e1, a), _mm512_mul_ps(e2, vt));
             __m512 den = _mm512_add_ps(_mm512_mul_ps(e1, b), e2);
             /* masked lanes: den = 1*0 + exp(0) = 1, so no 0/0 there */
-            _mm512_mask_storeu_ps(out + t * A + c, m, _mm512_div_ps(num, den));
+            ryz_st16(out + t * A + c, m, _mm512_div_ps(num, den));
             __m512 pw = _mm512_add_ps(p, w);
             __m512 q2 = _mm512_max_ps(pw, kt);
             e1 = ryz_exp_avx512(_mm512_sub_ps(pw, q2));
@@ -115,9 +115,9 @@ static void wkv(float *RYZ_RESTRICT out, float *RYZ_RESTRICT aa, float *RYZ_REST
             b = _mm512_add_ps(_mm512_mul_ps(e1, b), e2);
             p = q2;
         }
-        _mm512_mask_storeu_ps(aa + c, m, a);
-        _mm512_mask_storeu_ps(bb + c, m, b);
-        _mm512_mask_storeu_ps(pp + c, m, p);
+        ryz_st16(aa + c, m, a);
+        ryz_st16(bb + c, m, b);
+        ryz_st16(pp + c, m, p);
     }
 }
 
