@@ -107,7 +107,9 @@ def test_reply_profile_and_stats(kernel):
         assert name in phases
     wall = float(kernel.value("_.profile.wall_s"))
     total = float(kernel.value("_.stats.total_s"))
-    assert wall == pytest.approx(total, rel=0.05, abs=2e-3)          # the same generation, measured twice
+    # the same generation measured twice: the profile's clock starts a bit before the stats' clock
+    # and stops a bit after it (slack for a preempted process on a busy machine)
+    assert total - 1e-6 <= wall <= total * 1.1 + 0.05
     assert float(kernel.value("sum(_.profile.phases.values())")) == pytest.approx(wall, rel=1e-6)
     assert int(kernel.value("_.profile.counts['sampling']")) == int(kernel.value("_.stats.n_generated"))
     content, msgs, _ = kernel.execute("%ryz stats")
