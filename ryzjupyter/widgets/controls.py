@@ -178,6 +178,11 @@ class ControlsPanel(W.VBox):
         rows.append(W.HBox([self.model, self.refresh_button]))
         if isinstance(magics, traitlets.HasTraits) and magics.has_trait("default_model"):
             magics.observe(lambda _c: self.refresh_models(), names="default_model")
+        # after every generation (a %%ryz cell may have loaded or switched models) re-read the list
+        from ryzjupyter.profiling import PROFILER
+        self._profiler = PROFILER
+        self._listener = lambda _profile: self.refresh_models(quiet=True)
+        PROFILER.listeners.append(self._listener)
 
         for name, label, make, conv in CONTROLS:
             if not (isinstance(magics, traitlets.HasTraits) and magics.has_trait(name)):
@@ -250,15 +255,21 @@ class ControlsPanel(W.VBox):
         cur = reg.current_name if reg is not None else None
         return cur or getattr(self.magics, "default_model", "") or ""
 
-    def refresh_models(self):
-        """Re-read the loaded and bundled models (also run after each Generate)."""
+    def refresh_models(self, quiet=False):
+        """Re-read the loaded and bundled models (also run after each generation)."""
         self._model_busy = True
         try:
             opts = self._model_options()
-            self.model.options = opts
             cur = self._current_model()
             values = [v for _, v in opts]
-            self.model.value = cur if cur in values else values[0]
+            value = cur if cur in values else values[0]
+            if quiet and tuple(opts) == tuple(self.model.options) and self.model.value == value:
+                return
+            self.model.options = opts
+            self.model.value = value
+        except Exception:                     # never raise into a generation's listener call
+            if not quiet:
+                raise
         finally:
             self._model_busy = False
 
@@ -358,6 +369,8 @@ class ControlsPanel(W.VBox):
     def close(self):
         for link in self.links.values():
             link.unlink()
+        if self._listener in self._profiler.listeners:
+            self._profiler.listeners.remove(self._listener)
         super().close()
 
 

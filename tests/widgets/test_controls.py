@@ -170,3 +170,16 @@ def test_generate_shows_the_panel_chart(magics):
     kinds = [m["type"] for m in p.chart.sent]
     assert kinds[0] == "reset" and "points" in kinds and kinds[-1] == "done"
     assert p.chart.summary["n_generated"] == 5 and PROFILER.token_hooks == []
+
+
+def test_model_list_follows_generations_elsewhere(magics):
+    from ryzjupyter.profiling import PROFILER
+    reg = FakeRegistry(["a"])
+    p = controls_panel(magics, registry=reg)
+    reg._names.append("b")                   # a %%ryz -m b cell loaded and used another model
+    reg.current_name = "b"
+    PROFILER.begin()
+    PROFILER.end()
+    assert "b" in [v for _, v in p.model.options] and p.model.value == "b"
+    p.close()
+    assert p._listener not in PROFILER.listeners
