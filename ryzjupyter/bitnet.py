@@ -37,10 +37,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _native as K
+from . import _native
 from .checkpoint import Checkpoint, CheckpointError, ModelKind, detect_kind, rope_theta, to_f32
 from .generation import LanguageModel
 from .kv_cache import KVCache
+from .profiling import PROFILER, InstrumentedKernels
+
+# The kernels as the forward pass calls them: each call is booked to a profile phase
+# (ryzjupyter/profiling.py; RYZ_PROFILE=0 turns the counting off). Ternary linears book
+# themselves to "matmul" (ternary.py); the classifier books its calls to "lm_head".
+K = InstrumentedKernels(_native, {
+    "rmsnorm": "norm", "add": "norm", "mul": "norm", "relu2": "norm", "silu": "norm",
+    "rope": "attention", "attention": "attention", "quantize_kv_i8": "attention",
+    "attention_i8kv": "attention", "matmul_f32": "matmul",
+})
 
 
 # ----------------------------------------------------------------------------
@@ -549,8 +559,9 @@ class BitNetModel(LanguageModel):
             else:
                 continue
             xb = s.xb[rows]
-            K.rmsnorm(xb, x[rows], w.norm, cfg.norm_eps)  # final norm
-            self._classifier(dst, xb)                   # logits = norm(h) @ lm_head^T
+            with PROFILER.phase("lm_head"):
+                _native.rmsnorm(xb, x[rows], w.norm, cfg.norm_eps)  # final norm
+                self._classifier(dst, xb)               # logits = norm(h) @ lm_head^T
         cache.append(tokens.tolist())                   # only now: an interrupted pass leaves no trace
         self.tokens_processed += M
         return out
@@ -558,12 +569,12 @@ class BitNetModel(LanguageModel):
     def _classifier(self, out, xb):
         w = self.weights
         if w.lm_head_q is None:
-            K.matmul_f32(out, xb, w.lm_head_f32)
+            _native.matmul_f32(out, xb, w.lm_head_f32)
         else:
             n = xb.shape[0]
             xq, xs = self.state.xq[:n], self.state.xs[:n]
-            K.quantize_rows_i8(xq, xs, xb)
-            K.matmul_i8(out, xq, xs, w.lm_head_q, w.lm_head_s)
+            _native.quantize_rows_i8(xq, xs, xb)
+            _native.matmul_i8(out, xq, xs, w.lm_head_q, w.lm_head_s)
 
     @property
     def nbytes(self):

@@ -408,3 +408,38 @@ PROFILER = Profiler()
 
 def get_profiler() -> Profiler:
     return PROFILER
+
+
+class _TimedKernel:
+    """A kernel function whose calls are booked to a profiler phase (~0.5 us per call)."""
+
+    __slots__ = ("fn", "name", "prof")
+
+    def __init__(self, fn, name, prof):
+        self.fn, self.name, self.prof = fn, name, prof
+
+    def __call__(self, *args):
+        prof = self.prof
+        if not prof._on:
+            return self.fn(*args)
+        t = _now()
+        try:
+            return self.fn(*args)
+        finally:
+            prof.add(self.name, _now() - t)
+
+
+class InstrumentedKernels:
+    """The native module seen through the profiler: the functions named in `phase_of` are booked
+    to their phase, every other attribute is the module's own. An engine module writes
+    ``K = InstrumentedKernels(_native, {...})`` once and its forward pass stays a plain list of
+    kernel calls, with no timing code between them."""
+
+    def __init__(self, module, phase_of: dict, prof: "Profiler | None" = None):
+        self._module = module
+        prof = prof or PROFILER
+        for fn_name, phase in phase_of.items():
+            setattr(self, fn_name, _TimedKernel(getattr(module, fn_name), phase, prof))
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)

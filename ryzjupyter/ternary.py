@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from ryzjupyter import _native
+from ryzjupyter.profiling import PROFILER
 
 __all__ = ["TernaryWeight", "trits_from_bitnet_packed", "bitnet_packed_from_trits",
            "absmean_quantize", "LAYOUTS"]
@@ -213,5 +214,7 @@ class TernaryWeight:
                                  f"got {out.dtype} {out.shape}")
             out2 = out.reshape(M, N)
             result = out
+        t = PROFILER.tic()
         getattr(_native, f"ternary_linear_{self.layout}")(out2, self.packed, x2, self.w_mult)
+        PROFILER.toc("matmul", t)
         return result[0] if (squeeze and out is None) else result

@@ -23,6 +23,7 @@ from . import parsers
 from .display import LiveOutput, Reply, StatsFooter, TerminalStream, format_bytes, is_plain_terminal
 from .parsers import FORMATS, full_help, interpolate, line_help, parse_cell_line, parse_line_command
 from .registry import REGISTRY
+from ryzjupyter.profiling import PROFILER
 
 MODEL_HINT = ("give a folder with config.json + model.safetensors + tokenizer.json, a Hugging Face id "
               "(e.g. microsoft/bitnet-b1.58-2B-4T, downloaded once with network access), or nothing for "
@@ -57,6 +58,7 @@ class RyzMagics(Magics):
     stream = Bool(True, help="Stream tokens into the cell (the env var RYZ_STREAM=0 turns it off).").tag(config=True)
     show_stats = Bool(True, help="Show a one-line stats footer (tokens, tok/s) after each reply.").tag(config=True)
     max_updates_per_s = Float(15.0, help="Streaming display updates per second, at most.").tag(config=True)
+    live_chart = Bool(True, help="Show a live tokens/s chart while a reply streams (Jupyter only).").tag(config=True)
 
     # -- trait checks (bad %config values fail with a clear message)
     @validate("max_new_tokens", "top_k")
@@ -151,11 +153,16 @@ class RyzMagics(Magics):
         live = None
         if stream:
             live = TerminalStream() if is_plain_terminal(self.shell) else LiveOutput(self.max_updates_per_s)
+        chart = self._chart(name, ts) if stream else None
+        display_phase = PROFILER.phase("display")     # time spent showing output, in the profile
         interrupted = False
         try:
             for piece in ts:
-                if live is not None:
-                    live.push(piece)
+                with display_phase:
+                    if chart is not None:
+                        chart.poll()
+                    if live is not None:
+                        live.push(piece)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -168,10 +175,25 @@ class RyzMagics(Magics):
         reply = Reply.from_result(result, model=name, format=fmt, prompt=prompt,
                                   extra_settings={"model": name, "chat": bool(chat), "system": system,
                                                   "format": fmt})
+        reply.profile = getattr(result, "profile", None)
+        if chart is not None:
+            chart.finish(result.stats, reply.profile, freeze=True)
         self._finish(reply, live, history=messages if chat else None, output=args.output)
         if interrupted:
             _raise_interrupt()                  # "Run All" stops here
         return None
+
+    def _chart(self, name, ts):
+        """The live tokens/s chart (only in a Jupyter kernel, with live_chart on), else None."""
+        if not self.live_chart or getattr(self.shell, "kernel", None) is None:
+            return None
+        try:
+            from ryzjupyter.widgets import live_chart
+        except ImportError:                  # anywidget missing: stream text only
+            return None
+        rec = live_chart(str(name), profiler=PROFILER)
+        rec.start(n_prefill=len(getattr(ts, "prompt_ids", ())))
+        return rec
 
     def _generation_options(self, args) -> dict:
         def pick(key):
@@ -330,6 +352,14 @@ class RyzMagics(Magics):
         w = max(len(k) for k, _ in rows)
         for k, v in rows:
             print(f"{k:<{w}}  {v}")
+        profile = getattr(r, "profile", None)
+        if profile is not None:
+            from ryzjupyter.widgets.profile_view import ProfileDisplay
+            display(ProfileDisplay(profile, title=f"where the time went ({r.model})"))
+
+    def _cmd_controls(self, cmd):
+        from ryzjupyter.widgets import controls_panel
+        display(controls_panel(self))
 
     def _cmd_bench(self, cmd):
         name, model = self._model_for_cell(None)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from IPython.core.error import UsageError
 
 FORMATS = ("text", "markdown", "code")
-LINE_COMMANDS = ("list", "load", "unload", "use", "stats", "reset", "help", "bench")
+LINE_COMMANDS = ("list", "load", "unload", "use", "stats", "controls", "reset", "help", "bench")
 
 # names of the sampling settings, as the engine spells them (model.generate keywords)
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
@@ -220,7 +220,8 @@ def _line_parsers():
                    metavar="N", help="tokens to decode (default 32)")
     sub["bench"] = p
     for cmd, what in (("list", "List loaded models and their memory."),
-                      ("stats", "Statistics of the last reply."),
+                      ("stats", "Statistics and the profile (where the time went) of the last reply."),
+                      ("controls", "Sampling controls bound to these settings, and a Generate box."),
                       ("reset", "Clear the chat history and the current model's cache."),
                       ("help", "Show this help.")):
         sub[cmd] = _Parser(prog=f"%ryz {cmd}", hint=LINE_USAGE_HINT, description=what)

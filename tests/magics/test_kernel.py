@@ -75,7 +75,8 @@ def kernel(big_model):
     k = Kernel(km, kc)
     try:
         content, _, _ = k.execute(f"%ryz load {TINY} --name tiny\n%ryz load {big_model} --name big\n"
-                                  "%ryz use tiny\n%config RyzMagics.temperature = 0")
+                                  "%ryz use tiny\n%config RyzMagics.temperature = 0\n"
+                                  "%config RyzMagics.live_chart = False")
         assert content["status"] == "ok", content
         yield k
     finally:
