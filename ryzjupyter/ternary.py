@@ -81,6 +81,54 @@ def _check_trits(trits) -> np.ndarray:
     return np.ascontiguousarray(t, dtype=np.int8)
 
 
+# ---- packed weight memory: an arena of huge-page-backed chunks -----------------------------
+
+class _Arena:
+    """Packed weights are carved from 64 MiB numpy chunks instead of one array each.
+
+    Decode streams every weight from DRAM once per token, and with 4 KiB pages the
+    hardware prefetchers stop at every page boundary: measured on the project machine,
+    2560x2560 GEMVs over separate 1.6 MB arrays ran at ~10 GB/s, the same matrices in one
+    huge-page-backed block at ~18 GB/s (1 thread). numpy asks the kernel for transparent
+    huge pages (madvise) on allocations of 4 MB and more, so large chunks get 2 MiB pages
+    even where THP is in "madvise" mode. A chunk lives as long as any weight carved from it
+    (the weights are views), which suits model weights: loaded together, freed together."""
+
+    CHUNK = 64 << 20
+    ALIGN = 4096
+    MIN_BYTES = 256 << 10  # smaller weights get their own array
+
+    def __init__(self):
+        self._chunk = None
+        self._used = 0
+
+    def empty(self, shape, dtype=np.uint8) -> np.ndarray:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if nbytes < self.MIN_BYTES:
+            return np.empty(shape, dtype)
+        if nbytes > self.CHUNK // 2:
+            return self._aligned(nbytes).view(dtype).reshape(shape)
+        if self._chunk is None or self._used + nbytes > self._chunk.nbytes:
+            self._chunk = self._aligned(self.CHUNK)
+            self._used = 0
+        view = self._chunk[self._used:self._used + nbytes]
+        self._used += -(-nbytes // self.ALIGN) * self.ALIGN
+        return view.view(dtype).reshape(shape)
+
+    def _aligned(self, nbytes: int) -> np.ndarray:
+        raw = np.empty(nbytes + (2 << 20), np.uint8)
+        off = (-raw.ctypes.data) % (2 << 20)  # start on a 2 MiB boundary
+        return raw[off:off + nbytes]
+
+
+_ARENA = _Arena()
+
+
+def packed_empty(N: int, row_bytes: int) -> np.ndarray:
+    """An uninitialised uint8 [N, row_bytes] array for packed weights, from the arena."""
+    return _ARENA.empty((N, row_bytes), np.uint8)
+
+
 # ---- layout choice: measured, cached ---------------------------------------------------------
 
 _CHOICE: dict = {}
@@ -150,7 +198,7 @@ class TernaryWeight:
 
     def _pack(self, t: np.ndarray, layout: str) -> None:
         N, K = t.shape
-        packed = np.empty((N, getattr(_native, f"{layout}_row_bytes")(K)), np.uint8)
+        packed = packed_empty(N, getattr(_native, f"{layout}_row_bytes")(K))
         getattr(_native, f"pack_{layout}")(packed, t)
         self._packed[layout] = packed
 
