@@ -340,3 +340,20 @@ def test_packed_weights_come_from_the_arena(rng):
     t = rand_trits(rng, 1024, 640)
     tw = T.TernaryWeight.from_trits(t, 1.0, layout="i2")
     np.testing.assert_array_equal(tw.trits(), t)
+
+
+def test_arena_chunks_are_freed_with_their_weights():
+    import gc
+    import weakref
+    T.new_arena_chunk()
+    a = T.packed_empty(1024, 640)
+    base = weakref.ref(a.base)
+    b = T.packed_empty(1024, 640)
+    assert b.base is a.base  # same chunk
+    del a, b
+    gc.collect()
+    assert base() is None  # the arena did not keep the chunk alive
+    c = T.packed_empty(1024, 640)
+    T.new_arena_chunk()
+    d = T.packed_empty(1024, 640)
+    assert c.base is not d.base
