@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .profiling import PROFILER
 from .sampling import Sampler, SamplingSettings
 
 
@@ -51,6 +52,7 @@ class GenerationResult:
     settings: dict
     finish_reason: str = "length"   # "length", "stop" (stop token or string), "context", "interrupted"
     prompt_tokens: list = field(default_factory=list, repr=False)
+    profile: object = field(default=None, repr=False)   # ryzjupyter.profiling.Profile: where the time went
 
     def __str__(self):
         return self.text
@@ -286,12 +288,16 @@ class TextStream:
         text_parts: list[str] = []
         pending = ""
         finish = "length"
+        prof = PROFILER
+        prof.begin()
         t0 = time.perf_counter()
         t_first = None
         decoder = tok.decoder(context_ids=self.prompt_ids) if tok is not None else None
         try:
             if self.max_new_tokens > 0 and not self._interrupted:
+                prof.stage("prefill")
                 logits, kept = session.prefill(self.prompt_ids)
+                prof.stage("decode")
                 stats.n_cached, stats.n_prefill = kept, len(self.prompt_ids) - kept
                 stats.prefill_s = time.perf_counter() - t0
                 ctx = list(self.prompt_ids)
@@ -299,7 +305,10 @@ class TextStream:
                     if self._interrupted:
                         finish = "interrupted"
                         break
+                    pt = prof.tic()
                     t = self.sampler.sample(logits, ctx)
+                    prof.toc("sampling", pt)
+                    prof.token()
                     out.append(t)
                     ctx.append(t)
                     if t_first is None:
@@ -307,8 +316,10 @@ class TextStream:
                     if t in self.stop_ids:
                         finish = "stop"
                         break
+                    pt = prof.tic()
                     if decoder is not None:
                         pending += decoder.push(t)
+                    prof.toc("detokenize", pt)
                     if self.stop_strings and pending:
                         hit = min(((pending.find(s), s) for s in self.stop_strings if s in pending),
                                   default=None)
@@ -353,6 +364,10 @@ class TextStream:
                 stats.decode_tok_s = (len(out) - 1) / stats.decode_s
             self.result = GenerationResult("".join(text_parts), out, stats, self.settings, finish,
                                            list(self.prompt_ids))
+            self.result.profile = prof.end(
+                n_prompt=stats.n_prompt, n_prefill=stats.n_prefill, n_generated=len(out),
+                memory={"model_bytes": int(getattr(model, "nbytes", 0) or 0),
+                        "kv_cache_bytes": int(getattr(session.cache, "nbytes", 0) or 0)})
             session.last_result = self.result
             if self.on_done is not None:
                 self.on_done(self.result)

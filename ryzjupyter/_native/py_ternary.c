@@ -170,18 +170,24 @@ static void prep_rows(void *vctx, int64_t b, int64_t e, int tid) {
     }
 }
 
+/* I2: items are rows. TL: items are 64-row tiles, so every chunk and every thread's
+ * range starts on a tile boundary whatever sizes the chunked runner picks. */
 static void gemm_rows(void *vctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     gemm_ctx *c = vctx;
-    if (c->layout == LAYOUT_I2) ryz_ternary->gemm_i2(&c->job, b, e);
-    else ryz_ternary->gemm_tl(&c->job, b, e);
+    if (c->layout == LAYOUT_I2) {
+        ryz_ternary->gemm_i2(&c->job, b, e);
+    } else {
+        int64_t n1 = e * RYZ_TL_ROWS < c->job.N ? e * RYZ_TL_ROWS : c->job.N;
+        ryz_ternary->gemm_tl(&c->job, b * RYZ_TL_ROWS, n1);
+    }
 }
 
-/* int8 MACs one chunk should hold: ~2-5 ms of one core, so Ctrl-C is seen quickly even
- * when the machine is oversubscribed and a chunk takes several times longer */
+/* int8 MACs of the largest chunk: ~5 ms of one idle core (ryz_run_chunked shrinks
+ * chunks further when the machine is loaded), so Ctrl-C is seen quickly */
 static int64_t chunk_rows(int64_t M, int64_t Kp) {
-    double macs = ryz_active_isa() == RYZ_ISA_AVX512VNNI ? 6e8
-                : ryz_active_isa() == RYZ_ISA_AVX2 ? 2e8 : 1e7;
+    double macs = ryz_active_isa() == RYZ_ISA_AVX512VNNI ? 2e9
+                : ryz_active_isa() == RYZ_ISA_AVX2 ? 5e8 : 1e7;
     double per_row = (double)(M > 0 ? M : 1) * (double)(Kp > 0 ? Kp : 1);
     int64_t rows = (int64_t)(macs / per_row);
     rows = rows / 16 * 16;
@@ -251,10 +257,13 @@ static PyObject *do_gemm(PyObject *args, layout_t l, int linear, const char *fmt
                      (long long)c.bad_row);
         goto fail;
     }
-    /* TL: whole 64-row tiles per thread, so SIMD variants see full tiles */
-    int64_t grain = l == LAYOUT_TL ? RYZ_TL_ROWS : 16;
-    int64_t chunk = (chunk_rows(M, Kp) + grain - 1) / grain * grain;
-    if (ryz_run_chunked(gemm_rows, &c, N, chunk, grain) != 0) goto fail;
+    if (l == LAYOUT_I2) {
+        if (ryz_run_chunked(gemm_rows, &c, N, chunk_rows(M, Kp), 16) != 0) goto fail;
+    } else {
+        int64_t tiles = (N + RYZ_TL_ROWS - 1) / RYZ_TL_ROWS;
+        int64_t chunk = (chunk_rows(M, Kp) + RYZ_TL_ROWS - 1) / RYZ_TL_ROWS;
+        if (ryz_run_chunked(gemm_rows, &c, tiles, chunk, 1) != 0) goto fail;
+    }
 done:
     free(buf);
     ryz_args_release(&a);

@@ -15,9 +15,10 @@
 #include "ternary.h"
 
 #define TOK_BLOCK 64
-#ifndef PF_TILES
-#define PF_TILES 2
-#endif
+/* software prefetch distance; 8 KiB measured best among 2-32 KiB for decode (M = 1) */
+#define PF_BYTES 8192
+/* rows per decode tile: 4 beat 1 and 2 (the 4 row streams are one contiguous range) */
+#define GEMV_NR 4
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* Reduce the 16 accumulators of a full 4 x 4 tile at once (45 vector ops instead of 16
@@ -79,9 +80,9 @@ static ALWAYS_INLINE void tile_i2(const ryz_ternary_job *j, int64_t n, int64_t m
         __m512i raw[4];
 #pragma GCC unroll 4
         for (int r = 0; r < NR; r++) {
-            /* the rows of a tile are contiguous: fetch the same block of the tile PF_TILES
-             * tiles ahead, so DRAM streams in while this tile computes (decode) */
-            _mm_prefetch((const char *)(w[r] + b * RYZ_I2_BLOCK_BYTES + PF_TILES * 4 * j->rb), _MM_HINT_T0);
+            /* the rows of a tile are contiguous, so over the tile these prefetches cover
+             * the PF_BYTES that follow it: DRAM streams in while the tile computes */
+            _mm_prefetch((const char *)(w[r] + b * RYZ_I2_BLOCK_BYTES + PF_BYTES), _MM_HINT_T0);
             raw[r] = _mm512_loadu_si512(w[r] + b * RYZ_I2_BLOCK_BYTES);
         }
 #pragma GCC unroll 4
@@ -119,6 +120,13 @@ static const tile_fn tiles[4][4] = {
     {tile_3x1, tile_3x2, tile_3x3, tile_3x4}, {tile_4x1, tile_4x2, tile_4x3, tile_4x4}};
 
 static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+    if (j->M == 1) { /* decode: 4 x 1 tiles straight through the rows */
+        for (int64_t n = n0; n < n1; n += GEMV_NR) {
+            int nr = n1 - n < GEMV_NR ? (int)(n1 - n) : GEMV_NR;
+            tiles[nr - 1][0](j, n, 0);
+        }
+        return;
+    }
     for (int64_t m0 = 0; m0 < j->M; m0 += TOK_BLOCK) {
         int64_t m1 = m0 + TOK_BLOCK < j->M ? m0 + TOK_BLOCK : j->M;
         for (int64_t n = n0; n < n1; n += 4) {

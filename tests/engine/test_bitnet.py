@@ -283,3 +283,20 @@ def test_converted_cache(tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     assert not load(str(d), convert_cache=tmp_path / "cc").weights.from_cache
     assert len(list((tmp_path / "cc").glob("*.safetensors"))) == 2
+
+
+def test_int8_kv_cache_option(models):
+    ref = _reference("packed")
+    m = models("packed", kv_cache="int8")
+    got = m.logits(ref["input_ids_0"])
+    rel = np.abs(got - ref["logits_0"]).max() / np.abs(ref["logits_0"]).max()
+    assert 0 < rel < 0.1          # close, not exact: int8 rows (4.8e-2 on this tiny head_dim-16 model)
+    s = m.new_session()
+    assert s.cache.k[0].dtype == np.int8
+    r = s.generate(ref["input_ids_1"].tolist(), max_new_tokens=8, temperature=0, ignore_eos=True)
+    full = m.logits(r.prompt_tokens + r.tokens[:-1])
+    n = len(r.prompt_tokens)
+    # the cached decode path and the batched path quantize the same rows the same way
+    assert r.tokens == [int(np.argmax(full[n - 1 + j])) for j in range(8)]
+    with pytest.raises(ValueError, match="kv_cache"):
+        load(str(FIXTURES / "packed"), kv_cache="fp8")

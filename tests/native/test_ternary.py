@@ -326,3 +326,34 @@ def test_ternary_weight_from_bitnet_and_auto_layout(rng):
         T.TernaryWeight.from_trits(t, 1.0, layout="q4")
     with pytest.raises(ValueError, match="finite"):
         T.TernaryWeight.from_trits(t, float("nan"))
+
+
+def test_packed_weights_come_from_the_arena(rng):
+    a, b = T.packed_empty(2560, 640), T.packed_empty(2560, 640)
+    assert a.shape == (2560, 640) and a.dtype == np.uint8 and a.flags.c_contiguous
+    assert a.ctypes.data % 4096 == 0 and b.ctypes.data % 4096 == 0
+    assert not np.shares_memory(a, b)
+    small = T.packed_empty(3, 64)  # small weights get their own array
+    assert small.shape == (3, 64) and small.base is None
+    big = T.packed_empty(60000, 640)  # larger than half a chunk: its own 2 MiB-aligned block
+    assert big.ctypes.data % (2 << 20) == 0
+    t = rand_trits(rng, 1024, 640)
+    tw = T.TernaryWeight.from_trits(t, 1.0, layout="i2")
+    np.testing.assert_array_equal(tw.trits(), t)
+
+
+def test_arena_chunks_are_freed_with_their_weights():
+    import gc
+    import weakref
+    T.new_arena_chunk()
+    a = T.packed_empty(1024, 640)
+    base = weakref.ref(a.base)
+    b = T.packed_empty(1024, 640)
+    assert b.base is a.base  # same chunk
+    del a, b
+    gc.collect()
+    assert base() is None  # the arena did not keep the chunk alive
+    c = T.packed_empty(1024, 640)
+    T.new_arena_chunk()
+    d = T.packed_empty(1024, 640)
+    assert c.base is not d.base
