@@ -269,10 +269,11 @@ def run(args) -> int:
         return kw
 
     # 1. machine limits
-    bw, peak = {}, {}
+    bw, peak, bw_all = {}, {}, {}
     print("\n== machine limits ==")
     for th in threads_list:
         bw[th], runs = measure_bandwidth(32 if quick else args.bw_mib, th, repeat)
+        bw_all[th] = list(runs)
         rec(phase="read_bandwidth", threads=th, gbps=bw[th], best=max(runs), runs=runs)
         msg = f"  {th} thr: read bandwidth {bw[th]:6.1f} GB/s (best {max(runs):.1f})"
         if has_vnni:
@@ -326,6 +327,7 @@ def run(args) -> int:
         paths = [p for p in paths if p != "fused"] or ["python"]
     rng = np.random.default_rng(0)
     prev_threads = _native.get_num_threads()
+    pbuf = np.ones((8 if quick else 256) << 20, np.uint8)    # bandwidth probes between decode runs
     rss.reset_peak()
     results = []          # printed table rows
     try:
@@ -344,7 +346,6 @@ def run(args) -> int:
                 cache = caches[ctx]
                 kv_rows = ctx + (ndec + 1) / 2
                 nbytes = decode_bytes(model, kv_rows)["total"]
-                roof = bw[th] * 1e9 / nbytes
                 theirs = vs is not None and ctx in vs_contexts
                 if theirs:
                     vs.decode(ctx, 2)
@@ -353,12 +354,19 @@ def run(args) -> int:
                 for p in paths:                                       # warm-up
                     with _path(model, p):
                         decode_run(model, cache, ctx, 2)
+                bw_runs = []
                 for _ in range(repeat):                               # alternating: ours, theirs, ...
+                    dt, nb = _native.probe_read(pbuf, th)             # the bandwidth, now
+                    bw_runs.append(nb / dt / 1e9)
                     for p in paths:
                         with _path(model, p):
                             runs[p].append(decode_run(model, cache, ctx, ndec))
                     if theirs:
                         their_t.append(vs.decode(ctx, ndec))
+                # roofline bandwidth: the median of the limits-phase runs and of the probes
+                # interleaved with these runs (a shared machine's bandwidth drifts)
+                bw_dec = _median(bw_all[th] + bw_runs)
+                roof = bw_dec * 1e9 / nbytes
                 lt = ndec / _median(their_t) if theirs else None
                 if theirs:
                     rec(engine="llama.cpp", threads=th, phase="decode", n_tokens=ndec, context=ctx, tok_s=lt,
@@ -368,7 +376,7 @@ def run(args) -> int:
                     tok_s = ndec / _median(runs[p])
                     r = rec(threads=th, phase="decode", path=p, n_tokens=ndec, context=ctx, tok_s=tok_s,
                             roofline_fraction=tok_s / roof, roofline_tok_s=roof, bytes_per_token=nbytes,
-                            bandwidth_gbps=bw[th], effective_gbps=tok_s * nbytes / 1e9,
+                            bandwidth_gbps=bw_dec, bandwidth_runs=bw_runs, effective_gbps=tok_s * nbytes / 1e9,
                             runs_tok_s=[ndec / t for t in runs[p]])
                     row = {"th": th, "what": f"decode ctx {ctx} {p}", "tok_s": tok_s, "frac": r["roofline_fraction"],
                            "extra": f"roofline {roof:.1f} tok/s ({nbytes / 1e6:.0f} MB/token)"}
@@ -419,7 +427,8 @@ def run(args) -> int:
         _native.set_num_threads(prev_threads)
         if vs:
             vs.close()
-    peak_run = rss.peak()
+    peak_run = rss.peak() - pbuf.nbytes                       # not the probe buffer
+    del pbuf
     rec(phase="memory", what="measurements", peak_rss_bytes=peak_run)
     print(f"\npeak RSS: {max(peak_run, rss_load_peak) / 2**20:.0f} MiB (loading {rss_load_peak / 2**20:.0f} MiB, "
           f"measurements {peak_run / 2**20:.0f} MiB)")
