@@ -372,6 +372,19 @@ def run(args) -> int:
                     rec(engine="llama.cpp", threads=th, phase="decode", n_tokens=ndec, context=ctx, tok_s=lt,
                         roofline_fraction=lt / roof, roofline_tok_s=roof,
                         runs_tok_s=[ndec / t for t in their_t])
+                # attention's share: the attention kernel alone over this cache, every layer
+                qa = rng.standard_normal((1, cfg.n_heads, cfg.head_dim), dtype=np.float32)
+                oa = np.empty_like(qa)
+                at = []
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    for l in range(cfg.n_layers):
+                        _native.attention(oa, qa, cache.k[l][:ctx + 1], cache.v[l][:ctx + 1], ctx, cfg.head_dim ** -0.5)
+                    at.append(time.perf_counter() - t0)
+                att_s = _median(at)
+                kv_b = 2 * cfg.n_layers * (ctx + 1) * cfg.n_kv_heads * cfg.head_dim * 4
+                rec(threads=th, phase="attention", context=ctx, seconds_per_token=att_s, kv_bytes=kv_b,
+                    gbps=kv_b / att_s / 1e9)
                 for p in paths:
                     tok_s = ndec / _median(runs[p])
                     r = rec(threads=th, phase="decode", path=p, n_tokens=ndec, context=ctx, tok_s=tok_s,
@@ -379,7 +392,8 @@ def run(args) -> int:
                             bandwidth_gbps=bw_dec, bandwidth_runs=bw_runs, effective_gbps=tok_s * nbytes / 1e9,
                             runs_tok_s=[ndec / t for t in runs[p]])
                     row = {"th": th, "what": f"decode ctx {ctx} {p}", "tok_s": tok_s, "frac": r["roofline_fraction"],
-                           "extra": f"roofline {roof:.1f} tok/s ({nbytes / 1e6:.0f} MB/token)"}
+                           "extra": f"roofline {roof:.1f} tok/s ({nbytes / 1e6:.0f} MB/token at {bw_dec:.1f} GB/s); "
+                                    f"attention {att_s * 1e3:.1f} ms = {att_s * tok_s:.0%} of a step"}
                     if theirs:
                         row["llama"] = lt
                     results.append(row)
