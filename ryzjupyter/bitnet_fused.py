@@ -11,7 +11,7 @@ gives bitwise matmul_i8's result at about twice its speed). The logits are bitwi
 Hook (the engine calls it for one-token passes)::
 
     from ryzjupyter import bitnet_fused
-    if M == 1 and bitnet_fused.supported(self):
+    if M == 1 and self.fused_decode and bitnet_fused.supported(self, cache):
         return bitnet_fused.forward_one(self, tokens, cache)
 
 ``supported`` needs every ternary weight in the I2 layout (``ensure_i2`` repacks the others
@@ -45,8 +45,11 @@ def _plan(model):
     return plan
 
 
-def supported(model) -> bool:
-    """True when every linear is a ternary I2 weight (not the float variant)."""
+def supported(model, cache=None) -> bool:
+    """True when every linear is a ternary I2 weight (not the float variant) and the KV cache
+    (if given) is float32 or int8."""
+    if cache is not None and getattr(cache, "dtype", "f32") not in ("f32", "int8"):
+        return False
     ok = getattr(model, "_fused_ok", None)
     if ok is None:
         ok = all(getattr(getattr(lw, n), "layout", None) == "i2"
@@ -78,6 +81,7 @@ def forward_one(model, tokens, cache):
     Returns float32 logits [1, vocab]; appends the token to the cache."""
     cfg, w, s = model.config, model.weights, model.state
     tokens = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
+    i8 = getattr(cache, "dtype", "f32") == "int8"
     if tokens.size != 1:
         raise ValueError("forward_one takes exactly one token")
     pos = len(cache)
@@ -91,8 +95,13 @@ def forward_one(model, tokens, cache):
     w.embed(s.x[:1], tokens)
     dec = K.bitnet_decode_layer
     kk, vv = cache.k, cache.v
-    for l, (ws, mults) in enumerate(layers):
-        dec(x, kk[l], vv[l], pos, ws, mults, eps, theta, scale, act)
+    if i8:
+        ks, vs = cache.ks, cache.vs
+        for l, (ws, mults) in enumerate(layers):
+            dec(x, kk[l], vv[l], pos, ws, mults, eps, theta, scale, act, ks[l], vs[l])
+    else:
+        for l, (ws, mults) in enumerate(layers):
+            dec(x, kk[l], vv[l], pos, ws, mults, eps, theta, scale, act)
     out = np.empty((1, cfg.vocab_size), np.float32)
     xb = s.xb[:1]
     K.rmsnorm(xb, s.x[:1], w.norm, cfg.norm_eps)
@@ -126,7 +135,7 @@ def install(model) -> bool:
 
     def forward(tokens, cache, all_logits=False):
         t = np.asarray(tokens).reshape(-1)
-        if t.size == 1 and not all_logits and model.fused_decode:
+        if t.size == 1 and not all_logits and model.fused_decode and supported(model, cache):
             return forward_one(model, t, cache)
         return plain(tokens, cache, all_logits)
 

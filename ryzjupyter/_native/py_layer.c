@@ -100,6 +100,8 @@ static int64_t attn_parts(int64_t units, int64_t shortest_row) {
 typedef struct {
     float *out;
     const float *q, *k, *v;
+    const int8_t *k8, *v8;   /* int8 cache, else NULL */
+    const float *ks, *vs;    /* its scales [T, Hkv] */
     int64_t Hq, Hkv, hd, G, L, S;
     float scale;
     float *part, *ml;
@@ -118,15 +120,19 @@ static void attn1_task(void *ctx, int64_t b, int64_t e, int tid) {
     for (int64_t it = b; it < e; it++) {
         const int64_t kvh = it / j->S, part = it % j->S;
         const int64_t t0 = j->L * part / j->S, t1 = j->L * (part + 1) / j->S;
-        const int64_t off = t0 * kstride + kvh * j->hd;
+        const int64_t off = t0 * kstride + kvh * j->hd, soff = t0 * j->Hkv + kvh;
         ryz_attn_unit u = {
-            .q = j->q + kvh * j->G * j->hd, .k = j->k + off, .v = j->v + off,
-            .k8 = NULL, .v8 = NULL, .ks = NULL, .vs = NULL, .sstride = j->Hkv,
+            .q = j->q + kvh * j->G * j->hd, .k = j->k8 ? NULL : j->k + off, .v = j->k8 ? NULL : j->v + off,
+            .k8 = j->k8 ? j->k8 + off : NULL, .v8 = j->k8 ? j->v8 + off : NULL,
+            .ks = j->k8 ? j->ks + soff : NULL, .vs = j->k8 ? j->vs + soff : NULL, .sstride = j->Hkv,
             .o = j->S == 1 ? j->out + kvh * j->G * j->hd : j->part + it * j->G * j->hd,
             .ml = j->S == 1 ? NULL : j->ml + it * 2 * j->G,
             .G = j->G, .hd = j->hd, .kstride = kstride, .L = t1 - t0, .scale = j->scale,
         };
-        ryz_attention->attend(&u, scratch);
+        if (j->k8)
+            ryz_attention->attend_i8(&u, scratch);
+        else
+            ryz_attention->attend(&u, scratch);
     }
     free(scratch);
 }
@@ -161,7 +167,9 @@ static void attn1_merge(void *ctx, int64_t b, int64_t e, int tid) {
 typedef struct {
     int64_t D, Q, KVD, I, Hq, Hkv, hd, pos;
     float *x;                              /* [D] residual, updated in place */
-    float *kc, *vc;                        /* [T, Hkv, hd] */
+    float *kc, *vc;                        /* [T, Hkv, hd] float32 cache, or NULL */
+    int8_t *kc8, *vc8;                     /* [T, Hkv, hd] int8 cache, or NULL */
+    float *ks, *vs;                        /* [T, Hkv] its scales */
     const float *attn_norm, *attn_sub_norm, *ffn_norm, *ffn_sub_norm;
     const uint8_t *wq, *wk, *wv, *wo, *wg, *wu, *wd;
     float mult[7];
@@ -187,14 +195,18 @@ static int decode_layer(const layer_args *A) {
     float *tmp = aligned_alloc(64, sizeof(float) * (size_t)((I + 15) / 16 * 16));
     int8_t *q8 = aligned_alloc(64, (size_t)ldq);
     float *cs = malloc(sizeof(float) * (size_t)(hd + 1));
+    const int i8 = A->kc8 != NULL;
+    float *kf = i8 ? aligned_alloc(64, sizeof(float) * (size_t)((KVD + 15) / 16 * 16)) : NULL;
+    float *vf = i8 ? aligned_alloc(64, sizeof(float) * (size_t)((KVD + 15) / 16 * 16)) : NULL;
     float *part = S > 1 ? malloc(sizeof(float) * (size_t)(Hkv * S * G * hd)) : NULL;
     float *ml = S > 1 ? malloc(sizeof(float) * (size_t)(Hkv * S * G * 2)) : NULL;
-    if (!xb || !qv || !att || !an || !xb2 || !gate || !up || !tmp || !q8 || !cs || (S > 1 && (!part || !ml))) {
+    if (!xb || !qv || !att || !an || !xb2 || !gate || !up || !tmp || !q8 || !cs || (S > 1 && (!part || !ml)) ||
+        (i8 && (!kf || !vf))) {
         rc = -1;
         goto out;
     }
     qact a = {q8, 0, 0.0f, ldq};
-    float *krow = A->kc + A->pos * KVD, *vrow = A->vc + A->pos * KVD;
+    float *krow = i8 ? kf : A->kc + A->pos * KVD, *vrow = i8 ? vf : A->vc + A->pos * KVD;
 
     /* attention block */
     ryz_ops->rmsnorm_row(xb, A->x, A->attn_norm, D, A->eps);
@@ -217,7 +229,15 @@ static int decode_layer(const layer_args *A) {
         ryz_ops->rope_row(qv, A->Hq, hd, cs);
         ryz_ops->rope_row(krow, Hkv, hd, cs);
     }
-    attn1_job aj = {att, qv, A->kc, A->vc, A->Hq, Hkv, hd, G, L, S, A->scale, part, ml, 0};
+    if (i8)  /* the new row into the int8 cache, per (row, head), as quantize_kv_i8 */
+        for (int64_t h = 0; h < Hkv; h++)
+            if (ryz_quantize_kv_row(A->kc8 + A->pos * KVD + h * hd, A->ks + A->pos * Hkv + h, kf + h * hd, hd) ||
+                ryz_quantize_kv_row(A->vc8 + A->pos * KVD + h * hd, A->vs + A->pos * Hkv + h, vf + h * hd, hd)) {
+                rc = -2;
+                goto out;
+            }
+    attn1_job aj = {att, qv, A->kc, A->vc, A->kc8, A->vc8, A->ks, A->vs, A->Hq, Hkv, hd, G, L, S, A->scale,
+                    part, ml, 0};
     ryz_parallel_for(attn1_task, &aj, Hkv * S, 1);
     if (aj.failed) { rc = -1; goto out; }
     if (S > 1) ryz_parallel_for(attn1_merge, &aj, Hkv, Hkv);
@@ -246,15 +266,16 @@ static int decode_layer(const layer_args *A) {
     ryz_ops->add(A->x, A->x, xb2, D);
 out:
     free(xb); free(qv); free(att); free(an); free(xb2); free(gate); free(up); free(tmp);
-    free(q8); free(cs); free(part); free(ml);
+    free(q8); free(cs); free(part); free(ml); free(kf); free(vf);
     return rc;
 }
 
 PyDoc_STRVAR(decode_layer_doc,
-"bitnet_decode_layer(x, kc, vc, pos, weights, mults, eps, theta, scale, act) -> None\n\n"
+"bitnet_decode_layer(x, kc, vc, pos, weights, mults, eps, theta, scale, act[, k_scales, v_scales]) -> None\n\n"
 "One BitNet b1.58 decoder layer for one token at position pos, in one call (GIL released once):\n"
 "x float32 [D] residual stream, updated in place; kc, vc float32 [T, Hkv, hd] this layer's\n"
-"KV cache (row pos is written; rows 0..pos are attended; pos < T);\n"
+"KV cache (row pos is written; rows 0..pos are attended; pos < T); with k_scales, v_scales float32\n"
+"[T, Hkv] the cache is int8 [T, Hkv, hd] (as attention_i8kv / quantize_kv_i8);\n"
 "weights = (attn_norm f32[D], wq u8[Q, i2_row_bytes(D)], wk u8[KVD, ..], wv u8[KVD, ..],\n"
 "           attn_sub_norm f32[Q], wo u8[D, i2_row_bytes(Q)], ffn_norm f32[D],\n"
 "           w_gate u8[I, i2_row_bytes(D)], w_up u8[I, ..], ffn_sub_norm f32[I], w_down u8[D, i2_row_bytes(I)])\n"
@@ -264,13 +285,18 @@ PyDoc_STRVAR(decode_layer_doc,
 
 static PyObject *py_decode_layer(PyObject *self, PyObject *args) {
     RYZ_UNUSED(self);
-    PyObject *ox, *okc, *ovc, *ow, *om;
+    PyObject *ox, *okc, *ovc, *ow, *om, *oks = Py_None, *ovs = Py_None;
     long long pos;
     double eps, theta, scale;
     int act;
-    if (!PyArg_ParseTuple(args, "OOOLO!O!dddi:bitnet_decode_layer", &ox, &okc, &ovc, &pos, &PyTuple_Type, &ow,
-                          &PyTuple_Type, &om, &eps, &theta, &scale, &act))
+    if (!PyArg_ParseTuple(args, "OOOLO!O!dddi|OO:bitnet_decode_layer", &ox, &okc, &ovc, &pos, &PyTuple_Type, &ow,
+                          &PyTuple_Type, &om, &eps, &theta, &scale, &act, &oks, &ovs))
         return NULL;
+    const int i8 = oks != Py_None || ovs != Py_None;
+    if (i8 && (oks == Py_None || ovs == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "the int8 KV cache needs both k_scales and v_scales");
+        return NULL;
+    }
     if (PyTuple_GET_SIZE(ow) != 11) {
         PyErr_Format(PyExc_ValueError, "weights must be a tuple of 11 arrays, got %zd", PyTuple_GET_SIZE(ow));
         return NULL;
@@ -299,12 +325,16 @@ static PyObject *py_decode_layer(PyObject *self, PyObject *args) {
         A.mult[i] = (float)m;
     }
     ryz_args a = {0}, b = {0};
-    ryz_arr *x, *kc, *vc, *w[11];
+    ryz_arr *x, *kc, *vc, *w[11], *ks = NULL, *vs = NULL;
     static const char *names[11] = {"attn_norm", "wq", "wk", "wv", "attn_sub_norm", "wo", "ffn_norm",
                                     "w_gate", "w_up", "ffn_sub_norm", "w_down"};
     static const int is_norm[11] = {1, 0, 0, 0, 1, 0, 1, 0, 0, 1, 0};
-    if (!(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 1, 1)) || !(kc = ryz_arr_get(&a, okc, "kc", RYZ_F32, 3, 1)) ||
-        !(vc = ryz_arr_get(&a, ovc, "vc", RYZ_F32, 3, 1)))
+    if (!(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 1, 1)) ||
+        !(kc = ryz_arr_get(&a, okc, "kc", i8 ? RYZ_I8 : RYZ_F32, 3, 1)) ||
+        !(vc = ryz_arr_get(&a, ovc, "vc", i8 ? RYZ_I8 : RYZ_F32, 3, 1)))
+        goto fail;
+    if (i8 && (!(ks = ryz_arr_get(&b, oks, "k_scales", RYZ_F32, 2, 1)) ||
+               !(vs = ryz_arr_get(&b, ovs, "v_scales", RYZ_F32, 2, 1))))
         goto fail;
     for (int i = 0; i < 11; i++) {
         ryz_args *aa = i < 8 ? &a : &b;
@@ -326,6 +356,12 @@ static PyObject *py_decode_layer(PyObject *self, PyObject *args) {
         ryz_check_dim(w[10], 0, D, "x.shape[0]") || ryz_check_dim(w[10], 1, ryz_i2_row_bytes(I), "i2_row_bytes(I)") ||
         ryz_check_no_overlap(x, kc) || ryz_check_no_overlap(x, vc) || ryz_check_no_overlap(kc, vc))
         goto fail;
+    if (i8 && (ryz_check_dim(ks, 0, T, "kc.shape[0]") || ryz_check_dim(ks, 1, Hkv, "kc.shape[1]") ||
+               ryz_check_dim(vs, 0, T, "kc.shape[0]") || ryz_check_dim(vs, 1, Hkv, "kc.shape[1]") ||
+               ryz_check_no_overlap(ks, vs) || ryz_check_no_overlap(x, ks) || ryz_check_no_overlap(x, vs) ||
+               ryz_check_no_overlap(kc, ks) || ryz_check_no_overlap(vc, vs) || ryz_check_no_overlap(kc, vs) ||
+               ryz_check_no_overlap(vc, ks)))
+        goto fail;
     for (int i = 0; i < 11; i++)
         if (ryz_check_no_overlap(x, w[i]) || ryz_check_no_overlap(kc, w[i]) || ryz_check_no_overlap(vc, w[i]))
             goto fail;
@@ -343,7 +379,12 @@ static PyObject *py_decode_layer(PyObject *self, PyObject *args) {
         goto fail;
     }
     A.D = D; A.Q = Q; A.KVD = KVD; A.I = I; A.Hq = Q / hd; A.Hkv = Hkv; A.hd = hd; A.pos = pos;
-    A.x = ryz_data(x); A.kc = ryz_data(kc); A.vc = ryz_data(vc);
+    A.x = ryz_data(x);
+    if (i8) {
+        A.kc8 = ryz_data(kc); A.vc8 = ryz_data(vc); A.ks = ryz_data(ks); A.vs = ryz_data(vs);
+    } else {
+        A.kc = ryz_data(kc); A.vc = ryz_data(vc);
+    }
     A.attn_norm = ryz_data(w[0]); A.wq = ryz_data(w[1]); A.wk = ryz_data(w[2]); A.wv = ryz_data(w[3]);
     A.attn_sub_norm = ryz_data(w[4]); A.wo = ryz_data(w[5]); A.ffn_norm = ryz_data(w[6]);
     A.wg = ryz_data(w[7]); A.wu = ryz_data(w[8]); A.ffn_sub_norm = ryz_data(w[9]); A.wd = ryz_data(w[10]);

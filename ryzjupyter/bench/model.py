@@ -61,6 +61,8 @@ def add_parser(sub):
     p.add_argument("--model-dir", metavar="DIR", help="where the random model is written and kept "
                    "(default $RYZ_BENCH_DIR or ~/.cache/ryzjupyter/bench)")
     p.add_argument("--lm-head", default="int8", choices=("int8", "f32"), help="lm_head format (default int8)")
+    p.add_argument("--kv-cache", default="f32", choices=("f32", "int8"), help="KV cache format (default f32, "
+                   "exact; int8: 4x less cache traffic)")
     p.add_argument("--threads", default="1,2", help="thread counts, comma separated")
     p.add_argument("--repeat", type=int, default=5, help="runs per figure (median); default 5")
     p.add_argument("--decode-tokens", type=int, default=32, help="tokens per decode run (default 32)")
@@ -113,9 +115,11 @@ def random_model_folder(shape: dict, model_dir=None, seed=0) -> Path:
     return folder
 
 
-def load_model(folder, lm_head="int8", prefill_chunk=None, max_context=None):
+def load_model(folder, lm_head="int8", prefill_chunk=None, max_context=None, kv_cache="f32"):
     from ryzjupyter.bitnet import BitNetModel
     kw = {} if prefill_chunk is None else {"prefill_chunk": prefill_chunk}
+    if kv_cache != "f32":
+        kw["kv_cache"] = kv_cache
     return BitNetModel(folder, lm_head=lm_head, max_context=max_context, **kw)
 
 
@@ -134,7 +138,10 @@ def decode_bytes(model, kv_rows: float) -> dict:
         norm += sum(getattr(lw, n).nbytes for n in ("attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm"))
     norm += w.norm.nbytes
     head = sum(a.nbytes for a in (w.lm_head_f32, w.lm_head_q, w.lm_head_s) if a is not None)
-    kv_row = 2 * c.n_layers * c.n_kv_heads * c.head_dim * 4          # float32 K and V, all layers
+    if getattr(model, "kv_dtype", "f32") == "int8":                   # int8 values + f32 (row, head) scale
+        kv_row = 2 * c.n_layers * c.n_kv_heads * (c.head_dim + 4)
+    else:                                                             # float32 K and V, all layers
+        kv_row = 2 * c.n_layers * c.n_kv_heads * c.head_dim * 4
     kv = kv_row * kv_rows
     embed = c.dim * 4
     return {"linear": lin, "norms": norm, "lm_head": head, "embed_row": embed, "kv": kv,
@@ -144,6 +151,12 @@ def decode_bytes(model, kv_rows: float) -> dict:
 def fill_cache(model, cache, ctx, rng):
     """Make `cache` hold ctx tokens of random keys/values (timing only)."""
     for l in range(cache.n_layers):
+        if getattr(cache, "dtype", "f32") == "int8":
+            cache.k[l][:ctx] = rng.integers(-127, 128, cache.k[l][:ctx].shape, dtype=np.int8)
+            cache.v[l][:ctx] = rng.integers(-127, 128, cache.v[l][:ctx].shape, dtype=np.int8)
+            cache.ks[l][:ctx] = 0.01
+            cache.vs[l][:ctx] = 0.01
+            continue
         cache.k[l][:ctx] = rng.standard_normal(cache.k[l][:ctx].shape, dtype=np.float32)
         cache.v[l][:ctx] = rng.standard_normal(cache.v[l][:ctx].shape, dtype=np.float32)
     cache.truncate(0)
@@ -189,16 +202,16 @@ def python_overhead(model, n=16, repeat=5):
     import ryzjupyter.bitnet_fused as F
     import ryzjupyter.ternary as T
     cache = model.new_cache(n + 2)
-    saved = B.K, T._native, F.K
-    B.K, T._native, F.K = _Null(), _Null(), _Null()
+    saved = B.K, getattr(B, "_native", None), T._native, F.K
+    B.K, B._native, T._native, F.K = _Null(), _Null(), _Null(), _Null()
     try:
         runs = []
         decode_run(model, cache, 0, 2, greedy=False)
         for _ in range(repeat):
             runs.append(decode_run(model, cache, 0, n, greedy=False) / n)
     finally:
-        B.K, T._native, F.K = saved
-    if getattr(model, "fused_decode", False) and F.supported(model):
+        B.K, B._native, T._native, F.K = saved
+    if getattr(model, "fused_decode", False) and F.supported(model, cache):
         # the fused call checks its ~14 arrays in C before computing: time that part with a
         # call that passes every check but the last (pos out of range) and add it per layer
         layers, eps, theta, scale, act = F._plan(model)
@@ -288,6 +301,8 @@ def run(args) -> int:
     if args.model:
         import ryzjupyter
         kw = {"lm_head": args.lm_head}
+        if args.kv_cache != "f32":
+            kw["kv_cache"] = args.kv_cache
         if args.prefill_chunk:
             kw["prefill_chunk"] = args.prefill_chunk
         model = ryzjupyter.load(args.model, **kw)
@@ -296,7 +311,7 @@ def run(args) -> int:
         shape = shape_from_args(args)
         folder = random_model_folder(shape, args.model_dir)
         load_s0 = time.perf_counter()
-        model = load_model(folder, args.lm_head, args.prefill_chunk)
+        model = load_model(folder, args.lm_head, args.prefill_chunk, kv_cache=args.kv_cache)
         t0 = load_s0
     load_s = time.perf_counter() - t0
     cfg = model.config
@@ -306,7 +321,7 @@ def run(args) -> int:
           f"{load_s:.1f} s, RSS {rss_loaded / 2**20:.0f} MiB (peak while loading {rss_load_peak / 2**20:.0f} MiB)")
     rec(phase="memory", what="after_load", rss_bytes=rss_loaded, peak_rss_bytes=rss_load_peak, load_s=load_s)
     b0 = decode_bytes(model, 0)
-    print(f"  decode bytes/token: linear {b0['linear'] / 1e6:.1f} MB + lm_head {b0['lm_head'] / 1e6:.1f} MB + "
+    print(f"  KV cache {getattr(model, 'kv_dtype', 'f32')}; decode bytes/token: linear {b0['linear'] / 1e6:.1f} MB + lm_head {b0['lm_head'] / 1e6:.1f} MB + "
           f"norms {b0['norms'] / 1e6:.2f} MB + KV {b0['kv_per_token'] / 1e3:.1f} kB per context token")
 
     vs = None
@@ -379,10 +394,16 @@ def run(args) -> int:
                 for _ in range(repeat):
                     t0 = time.perf_counter()
                     for l in range(cfg.n_layers):
-                        _native.attention(oa, qa, cache.k[l][:ctx + 1], cache.v[l][:ctx + 1], ctx, cfg.head_dim ** -0.5)
+                        if getattr(cache, "dtype", "f32") == "int8":
+                            _native.attention_i8kv(oa, qa, cache.k[l][:ctx + 1], cache.ks[l][:ctx + 1],
+                                                   cache.v[l][:ctx + 1], cache.vs[l][:ctx + 1], ctx,
+                                                   cfg.head_dim ** -0.5)
+                        else:
+                            _native.attention(oa, qa, cache.k[l][:ctx + 1], cache.v[l][:ctx + 1], ctx,
+                                              cfg.head_dim ** -0.5)
                     at.append(time.perf_counter() - t0)
                 att_s = _median(at)
-                kv_b = 2 * cfg.n_layers * (ctx + 1) * cfg.n_kv_heads * cfg.head_dim * 4
+                kv_b = decode_bytes(model, ctx + 1)["kv"]
                 rec(threads=th, phase="attention", context=ctx, seconds_per_token=att_s, kv_bytes=kv_b,
                     gbps=kv_b / att_s / 1e9)
                 for p in paths:

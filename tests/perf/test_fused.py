@@ -39,6 +39,9 @@ def _check_same(model, prompt, steps, n_prefill=4):
     for l in range(model.config.n_layers):
         np.testing.assert_array_equal(cb.k[l][:n], ca.k[l][:n])
         np.testing.assert_array_equal(cb.v[l][:n], ca.v[l][:n])
+        if getattr(ca, "dtype", "f32") == "int8":
+            np.testing.assert_array_equal(cb.ks[l][:n], ca.ks[l][:n])
+            np.testing.assert_array_equal(cb.vs[l][:n], ca.vs[l][:n])
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -46,6 +49,12 @@ def test_fused_logits_equal_forward(fmt, isa, threads):
     if not (FIX / fmt / "config.json").is_file():
         pytest.skip(f"fixture {fmt} missing")
     model = _load(fmt, lm_head="f32")
+    _check_same(model, _seq(), steps=6)
+
+
+@pytest.mark.parametrize("fmt", ["packed", "onebitllm"])
+def test_fused_int8_kv_cache_equals_forward(fmt, isa, threads):
+    model = _load(fmt, lm_head="int8", kv_cache="int8")
     _check_same(model, _seq(), steps=6)
 
 
