@@ -80,6 +80,7 @@ def add_parser(sub):
     p.add_argument("--paths", default="python,fused", help="decode paths: 'python' (bitnet.forward, a "
                    "native call per op) and/or 'fused' (bitnet_fused: one C call per layer)")
     p.add_argument("--no-overhead", action="store_true", help="skip the Python-overhead measurement")
+    p.add_argument("--tables", metavar="JSON", help="only print the markdown tables of an earlier --json file")
     p.add_argument("--quick", action="store_true", help="tiny model and sizes (for tests), not meaningful")
     p.set_defaults(run=run)
     return p
@@ -258,6 +259,10 @@ def _median(xs):
 
 def run(args) -> int:
     from ryzjupyter.bench.kernels import _cpu_model, measure_bandwidth, measure_vnni_peak
+    if args.tables:
+        with open(args.tables) as f:
+            print(markdown_tables(json.load(f)))
+        return 0
     quick = args.quick
     repeat = max(1, 1 if quick else args.repeat)
     threads_list = [int(t) for t in args.threads.split(",") if t.strip()]
@@ -491,3 +496,52 @@ def _fmt_row(row):
     if "llama" in row:
         s += f"  | llama.cpp {row['llama']:.1f} tok/s ({row['tok_s'] / row['llama']:.2f}x)"
     return s
+
+
+def markdown_tables(d: dict) -> str:
+    """The tables of docs/performance-model.md from a --json document."""
+    import io
+    import contextlib
+    R = d["records"]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        print(f"Machine: {d['machine']}, ISA {d['native']['isa']}; load average before {d['load_before'][0]:.2f} / after {d['load_after'][0]:.2f}; repeats {d['repeat']} (medians).\n")
+        lim = {}
+        for r in R:
+            if r["phase"] == "read_bandwidth": lim.setdefault(r["threads"], {})["bw"] = (r["gbps"], r["best"])
+            if r["phase"] == "vnni_peak": lim.setdefault(r["threads"], {})["vnni"] = (r["gops"], r["best"])
+        print("| threads | read bandwidth GB/s (median / best) | int8 VNNI peak GOPS (median / best) |\n|---|---|---|")
+        for th, v in sorted(lim.items()):
+            print(f"| {th} | {v['bw'][0]:.1f} / {v['bw'][1]:.1f} | {v.get('vnni', (0, 0))[0]:.0f} / {v.get('vnni', (0, 0))[1]:.0f} |")
+        print()
+        llama = {(r["threads"], r["phase"], r["n_tokens"], r["context"]): r for r in R if r.get("engine") == "llama.cpp"}
+        att = {(r["threads"], r["context"]): r for r in R if r["phase"] == "attention"}
+        print("Decode (32 tokens per run, greedy):\n")
+        print("| threads | context | path | tok/s | roofline tok/s (MB/token @ GB/s) | of roofline | attention share | llama.cpp TQ2_0 tok/s | ratio |\n|---|---|---|---|---|---|---|---|---|")
+        for r in R:
+            if r["phase"] == "decode" and r.get("engine") == "ryzjupyter":
+                l = llama.get((r["threads"], "decode", r["n_tokens"], r["context"]))
+                a = att.get((r["threads"], r["context"]))
+                ash = f"{a['seconds_per_token'] * r['tok_s']:.0%}" if a else "-"
+                print(f"| {r['threads']} | {r['context']} | {r['path']} | **{r['tok_s']:.1f}** | {r['roofline_tok_s']:.1f} ({r['bytes_per_token']/1e6:.0f} @ {r['bandwidth_gbps']:.1f}) | **{r['roofline_fraction']:.0%}** | {ash} | "
+                      + (f"{l['tok_s']:.1f} | **{r['tok_s']/l['tok_s']:.2f}x** |" if l else "- | - |"))
+        print("\nPrefill (empty cache; TTFT = the pass + the greedy pick):\n")
+        print("| threads | tokens | tok/s | TTFT ms | int8 GOPS | of VNNI peak | llama.cpp TQ2_0 tok/s | ratio |\n|---|---|---|---|---|---|---|---|")
+        for r in R:
+            if r["phase"] == "prefill" and r.get("engine") == "ryzjupyter":
+                l = llama.get((r["threads"], "prefill", r["n_tokens"], 0))
+                print(f"| {r['threads']} | {r['n_tokens']} | **{r['tok_s']:.1f}** | {r['ttft_s']*1e3:.0f} | {r['int8_gops']:.0f} | **{r['roofline_fraction']:.0%}** | "
+                      + (f"{l['tok_s']:.1f} | **{r['tok_s']/l['tok_s']:.2f}x** |" if l else "- | - |"))
+        print("\nPython overhead per decode token:\n")
+        print("| threads | path | ms / token | of a decode step |\n|---|---|---|---|")
+        for r in R:
+            if r["phase"] == "python_overhead":
+                print(f"| {r['threads']} | {r['path']} | {r['seconds_per_token']*1e3:.3f} | {r['fraction_of_step']:.2%} |")
+        print()
+        for r in R:
+            if r["phase"] == "memory":
+                if r["what"] == "after_load":
+                    print(f"Memory: RSS after load {r['rss_bytes']/2**20:.0f} MiB, peak while loading {r['peak_rss_bytes']/2**20:.0f} MiB (load {r['load_s']:.1f} s); ", end="")
+                else:
+                    print(f"peak during the measurements {r['peak_rss_bytes']/2**20:.0f} MiB.")
+    return buf.getvalue()

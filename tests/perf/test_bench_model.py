@@ -68,6 +68,9 @@ def test_quick_run_writes_records(tmp_path, tiny_folder, capsys):
     assert any(r["phase"] == "python_overhead" for r in recs)
     assert any(r["phase"] == "memory" and r.get("peak_rss_bytes") for r in recs)
     assert "decode ctx 0 fused" in capsys.readouterr().out
+    assert main(["model", "--tables", str(out)]) == 0
+    tables = capsys.readouterr().out
+    assert "| 1 | 0 | fused |" in tables and "Prefill" in tables and "Python overhead" in tables
 
 
 def test_rss():
