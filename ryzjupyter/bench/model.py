@@ -219,12 +219,14 @@ def python_overhead(model, n=16, repeat=5):
         ws, mults = layers[0]
         x = np.zeros(model.config.dim, np.float32)
         bad = cache.max_len
+        extra = (cache.ks[0], cache.vs[0]) if getattr(cache, "dtype", "f32") == "int8" else ()
         t = []
         for _ in range(5):
             t0 = time.perf_counter()
             for _ in range(100):
                 try:
-                    _native.bitnet_decode_layer(x, cache.k[0], cache.v[0], bad, ws, mults, eps, theta, scale, act)
+                    _native.bitnet_decode_layer(x, cache.k[0], cache.v[0], bad, ws, mults, eps, theta, scale, act,
+                                                *extra)
                 except ValueError:
                     pass
             t.append((time.perf_counter() - t0) / 100)

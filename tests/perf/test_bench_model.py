@@ -111,3 +111,13 @@ def test_vs_llamacpp_quick(tmp_path, tiny_folder):
           "--vs", "llamacpp", "--gguf", str(tmp_path / "m.gguf"), "--no-overhead"])
     recs = json.loads(out.read_text())["records"]
     assert any(r["engine"] == "llama.cpp" and r["phase"] == "prefill" and r["tok_s"] > 0 for r in recs)
+
+
+def test_quick_run_int8_kv_cache(tmp_path, tiny_folder):
+    out = tmp_path / "r.json"
+    assert main(["model", "--quick", "--threads", "1", "--kv-cache", "int8", "--model-dir", str(tiny_folder.parent),
+                 "--json", str(out)]) == 0
+    recs = json.loads(out.read_text())["records"]
+    dec = [r for r in recs if r["phase"] == "decode"]
+    assert {r["path"] for r in dec} == {"python", "fused"}
+    assert all(r["bytes_per_token"] > 0 for r in dec)
