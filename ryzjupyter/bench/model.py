@@ -519,20 +519,24 @@ def markdown_tables(d: dict) -> str:
         llama = {(r["threads"], r["phase"], r["n_tokens"], r["context"]): r for r in R if r.get("engine") == "llama.cpp"}
         att = {(r["threads"], r["context"]): r for r in R if r["phase"] == "attention"}
         print("Decode (32 tokens per run, greedy):\n")
-        print("| threads | context | path | tok/s median (best) | roofline tok/s (MB/token @ GB/s) | of roofline | attention share | llama.cpp TQ2_0 tok/s median (best) | ratio of medians |\n|---|---|---|---|---|---|---|---|---|")
+        print("| threads | context | path | tok/s median (best) | roofline tok/s (MB/token @ GB/s) | of roofline (of the roofline at the best probe) | attention share | llama.cpp TQ2_0 tok/s median (best) | ratio of medians |\n|---|---|---|---|---|---|---|---|---|")
         for r in R:
             if r["phase"] == "decode" and r.get("engine") == "ryzjupyter":
                 l = llama.get((r["threads"], "decode", r["n_tokens"], r["context"]))
                 a = att.get((r["threads"], r["context"]))
                 ash = f"{a['seconds_per_token'] * r['tok_s']:.0%}" if a else "-"
-                print(f"| {r['threads']} | {r['context']} | {r['path']} | **{r['tok_s']:.1f}** ({max(r['runs_tok_s']):.1f}) | {r['roofline_tok_s']:.1f} ({r['bytes_per_token']/1e6:.0f} @ {r['bandwidth_gbps']:.1f}) | **{r['roofline_fraction']:.0%}** | {ash} | "
+                bwb = max([lim[r['threads']]['bw'][1]] + list(r.get('bandwidth_runs', [])))
+                cons = r['tok_s'] * r['bytes_per_token'] / (bwb * 1e9)
+                print(f"| {r['threads']} | {r['context']} | {r['path']} | **{r['tok_s']:.1f}** ({max(r['runs_tok_s']):.1f}) | {r['roofline_tok_s']:.1f} ({r['bytes_per_token']/1e6:.0f} @ {r['bandwidth_gbps']:.1f}) | **{r['roofline_fraction']:.0%}** ({cons:.0%} @ {bwb:.1f}) | {ash} | "
                       + (f"{l['tok_s']:.1f} ({max(l['runs_tok_s']):.1f}) | **{r['tok_s']/l['tok_s']:.2f}x** |" if l else "- | - |"))
         print("\nPrefill (empty cache; TTFT = the pass + the greedy pick):\n")
-        print("| threads | tokens | tok/s median (best) | TTFT ms | int8 GOPS | of VNNI peak | llama.cpp TQ2_0 tok/s median (best) | ratio of medians |\n|---|---|---|---|---|---|---|---|")
+        print("| threads | tokens | tok/s median (best) | TTFT ms | int8 GOPS | of VNNI peak, median (best) probe | llama.cpp TQ2_0 tok/s median (best) | ratio of medians |\n|---|---|---|---|---|---|---|---|")
         for r in R:
             if r["phase"] == "prefill" and r.get("engine") == "ryzjupyter":
                 l = llama.get((r["threads"], "prefill", r["n_tokens"], 0))
-                print(f"| {r['threads']} | {r['n_tokens']} | **{r['tok_s']:.1f}** ({max(r['runs_tok_s']):.1f}) | {r['ttft_s']*1e3:.0f} | {r['int8_gops']:.0f} | **{r['roofline_fraction']:.0%}** | "
+                pb = lim[r['threads']].get('vnni', (0, 0))[1]
+                cons = f" ({r['int8_gops'] / pb:.0%})" if pb else ""
+                print(f"| {r['threads']} | {r['n_tokens']} | **{r['tok_s']:.1f}** ({max(r['runs_tok_s']):.1f}) | {r['ttft_s']*1e3:.0f} | {r['int8_gops']:.0f} | **{r['roofline_fraction']:.0%}**{cons} | "
                       + (f"{l['tok_s']:.1f} ({max(l['runs_tok_s']):.1f}) | **{r['tok_s']/l['tok_s']:.2f}x** |" if l else "- | - |"))
         print("\nPython overhead per decode token:\n")
         print("| threads | path | ms / token | of a decode step |\n|---|---|---|---|")
