@@ -42,6 +42,7 @@ _LOAD_OPTIONS = {"max_context": int, "lm_head": str, "prefill_chunk": int, "conv
                  "local_files_only": bool, "revision": str}
 
 _comms: dict[str, object] = {}
+_routes: dict[str, object] = {}       # comm id -> the subshell the frontend talks to us on
 _comms_lock = threading.Lock()
 _registered_on = None
 _unsubscribe = None
@@ -97,9 +98,12 @@ def _comm_manager():
 def _on_open(comm, open_msg):
     with _comms_lock:
         _comms[comm.comm_id] = comm
+        _routes[comm.comm_id] = _subshell_of(open_msg)
 
     @comm.on_msg
     def _recv(msg):
+        with _comms_lock:
+            _routes[comm.comm_id] = _subshell_of(msg)
         data = msg.get("content", {}).get("data")
         for reply in handle(data, reply_later=lambda r: _send(comm, r)):
             _send(comm, reply)
@@ -108,19 +112,44 @@ def _on_open(comm, open_msg):
     def _closed(msg):
         with _comms_lock:
             _comms.pop(comm.comm_id, None)
+            _routes.pop(comm.comm_id, None)
 
     _send(comm, {"push": "hello", "protocol": PROTOCOL, "version": _version(), "ops": list(OPS),
                  "state": _state()})
 
 
+def _subshell_of(msg):
+    try:
+        return (msg.get("header") or {}).get("subshell_id")
+    except AttributeError:
+        return None
+
+
 def _send(comm, data):
     try:
         comm.send(data)
-        return True
     except Exception:
         with _comms_lock:
             _comms.pop(getattr(comm, "comm_id", None), None)
         return False
+    _keep_route(comm)
+    return True
+
+
+def _keep_route(comm):
+    """ipykernel >= 7 routes a comm's incoming messages to the subshell that last *sent* on it. A push
+    sent from the main thread while a cell generates would route the sidebar's next requests (stop,
+    status) to the busy main shell, where they wait for the cell to end. Put the route back to the
+    subshell the frontend uses."""
+    lock = getattr(comm, "_reply_subshell_lock", None)
+    if lock is None:
+        return
+    with _comms_lock:
+        if comm.comm_id not in _routes:
+            return
+        route = _routes[comm.comm_id]
+    with lock:
+        comm._reply_subshell_id = route
 
 
 def _broadcast(data):

@@ -156,15 +156,17 @@ export class RyzSidebar extends Widget {
     if (!link) {
       return;
     }
-    const r = await link.request('stop', {}, 5000);
+    // ask the generation to stop over the comm (answered at once when comms run on a subshell);
+    // if it is still running after stopInterruptsAfterMs, interrupt the kernel like the toolbar's stop
     const wait = this._options.stopInterruptsAfterMs;
-    if ((!r.ok || r.stopped) && wait > 0) {
+    if (wait > 0) {
       window.setTimeout(() => {
         if (this._link === link && this._isGenerating()) {
-          void link.interrupt(); // the comm stop was not honoured in time: interrupt, like ■
+          void link.interrupt();
         }
       }, wait);
     }
+    const r = await link.request('stop', {}, 10000);
     if (!r.ok && wait === 0) {
       this._error = r.error ?? 'stop failed';
       this._render();
@@ -348,7 +350,9 @@ export class RyzSidebar extends Widget {
       live.append(el('span', 'ryz-idle', 'No generation running.'));
     }
     gen.append(live);
-    gen.append(this._sparkline());
+    if (this._spark.length > 1) {
+      gen.append(this._sparkline());
+    }
     const stop = el('button', 'ryz-button ryz-stop jp-mod-styled', 'Stop');
     stop.disabled = !running;
     stop.title = 'Stop the running generation (keeps the partial answer)';

@@ -164,7 +164,7 @@ def test_stop_and_stats_during_generation_over_a_subshell(kernel, big_model):
             out += m["content"]["text"]
         if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
             break
-    assert time.monotonic() - t_stop < 5
+    assert time.monotonic() - t_stop < 2.0          # stopped at the next token, not at the end
     assert "FINISH interrupted" in out, out
     n = int(out.split()[-1])
     assert 0 < n < 3000
