@@ -137,12 +137,12 @@ def _weight_files(folder: Path):
 def estimate_model_bytes(folder, *, lm_head="f32", max_context=None) -> dict:
     """What loading `folder` will take, without loading it.
 
-    BitNet: ternary linears at 2 bits per weight (packed, online and 1bitLLM formats all run
-    ternary), float linears ("float" format) at 4 bytes, the lm_head as float32 (or int8 + scales),
-    an untied embedding as stored (memory-mapped), and a KV-cache reserve of
+    BitNet: ternary linears at 2 bits per weight in up to two layouts (packed, online and 1bitLLM
+    formats all run ternary), float linears ("float" format) at 4 bytes, the lm_head as float32 (or int8 + scales),
+    an untied embedding as stored (memory-mapped: "mapped"), and a KV-cache reserve of
     2 * layers * min(context, 2048) * kv_heads * head_dim * 4 bytes. Other families: the weight
-    files' size plus the same kind of reserve. Returns {"weights", "kv", "total", "family",
-    "variant", "params"}.
+    files' size plus the same kind of reserve. Returns {"weights" (comparable to model.nbytes),
+    "mapped", "kv", "total", "files", "family", "variant", "params"}.
     """
     folder = Path(folder)
     files_bytes = sum(p.stat().st_size for p in _weight_files(folder))
@@ -168,16 +168,19 @@ def estimate_model_bytes(folder, *, lm_head="f32", max_context=None) -> dict:
     if family == "bitnet":
         q, kvd = nh * hd, nkv * hd
         linear = L * (q * D + 2 * kvd * D + D * q + 3 * I * D)
-        lin_bytes = linear * 4 if variant == "float" else linear // 4 + L * 7 * 64
+        # ternary: 2 bits a weight, in up to two layouts (I2 and lookup-table: ryzjupyter.ternary
+        # keeps the one measured fastest per shape and batch size, often both)
+        lin_bytes = linear * 4 if variant == "float" else 2 * (linear // 4) + linear // 16 + L * 7 * 64
         head = V * D * (4 if lm_head == "f32" else 1) + (0 if lm_head == "f32" else V * 4)
         tied = cfg.get("tie_word_embeddings", True)
         embed = 0 if (tied and lm_head == "f32") else V * D * 2
         norms = L * (2 * D + q + I) * 4 + D * 4
-        weights = lin_bytes + head + embed + norms
+        weights = lin_bytes + head + norms
+        mapped = embed
         out["params"] = linear + V * D * (1 if tied else 2)
     else:
-        weights = files_bytes
-    out.update(weights=int(weights), kv=int(kv), total=int(weights + kv))
+        weights, mapped = files_bytes, 0
+    out.update(weights=int(weights), mapped=int(mapped), kv=int(kv), total=int(weights + mapped + kv))
     return out
 
 
