@@ -267,7 +267,11 @@ export class KernelLink {
   }
 
   private _onStatus(_: ISessionContext, status: Kernel.Status): void {
-    if (status === 'restarting' || status === 'autorestarting') {
+    if (
+      status === 'restarting' ||
+      status === 'autorestarting' ||
+      (status === 'starting' && this._state === 'ready')
+    ) {
       this._generation++;
       this._closeComm();
       this._setState('restarting');

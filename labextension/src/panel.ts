@@ -196,7 +196,11 @@ export class RyzSidebar extends Widget {
   // -- events
   private _onLinkState(_: KernelLink, state: LinkState): void {
     if (state === 'ready' && this._lastLinkState !== 'ready') {
+      this._connections++;
       void this.refresh();
+    }
+    if (state === 'restarting' && this._lastLinkState !== 'restarting') {
+      this._restarts++;
     }
     if (state === 'restarting' || state === 'dead') {
       this._models = [];
@@ -292,6 +296,8 @@ export class RyzSidebar extends Widget {
       }
     }
     this.node.dataset.state = stateKind;
+    this.node.dataset.connections = String(this._connections); // how often the comm was (re)opened
+    this.node.dataset.restarts = String(this._restarts); // kernel restarts seen
     this._stateBox.textContent = stateText;
     this._stateBox.dataset.kind = stateKind;
     this._stateBox.style.display = stateText ? '' : 'none';
@@ -509,6 +515,8 @@ export class RyzSidebar extends Widget {
   private _error = '';
   private _pendingOp = '';
   private _refreshTimer = 0;
+  private _connections = 0;
+  private _restarts = 0;
   private _kernelBadge: HTMLSpanElement;
   private _notebookLabel: HTMLDivElement;
   private _stateBox: HTMLDivElement;

@@ -180,8 +180,8 @@ def test_sidebar_loads_and_swaps_models(lab, page):
     # no notebook open yet
     page.locator("#ryzjupyter-sidebar .ryz-state").filter(has_text="Open a notebook").wait_for()
 
-    page.goto(f"{base}/lab/tree/models.ipynb?token={token}")
-    page.locator(".jp-NotebookPanel").wait_for()
+    page.goto(f"{base}/lab/tree/models.ipynb?token={token}&reset")
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").wait_for()
     side = _open_sidebar(page)
     page.locator('#ryzjupyter-sidebar[data-state="ready"]').wait_for(timeout=60000)
     page.locator(".ryz-available .ryz-model-row[data-name='packed']").wait_for()
@@ -229,6 +229,8 @@ def test_sidebar_loads_and_swaps_models(lab, page):
     page.keyboard.press("Shift+Enter")
     page.locator("#ryzjupyter-sidebar .ryz-tps").wait_for(timeout=30000)
     page.locator("#ryzjupyter-sidebar .ryz-stop:not([disabled])").wait_for()
+    busy = page.locator('#ryzjupyter-sidebar[data-state="busy"] .ryz-state')
+    busy.filter(has_text="generating").wait_for(timeout=10000)
     page.wait_for_timeout(1500)
     _shot(page, "sidebar-generating.png")
     t0 = time.monotonic()
@@ -251,10 +253,39 @@ def test_sidebar_loads_and_swaps_models(lab, page):
 
 def test_package_missing_state(lab, page):
     base, token = lab["base"], lab["token"]
-    page.goto(f"{base}/lab/tree/nopkg.ipynb?token={token}")
-    page.locator(".jp-NotebookPanel").wait_for()
+    page.goto(f"{base}/lab/tree/nopkg.ipynb?token={token}&reset")
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").wait_for()
     _open_sidebar(page)
     state = page.locator('#ryzjupyter-sidebar[data-state="missing"] .ryz-state')
     state.wait_for(timeout=60000)
     assert "not installed in this kernel" in state.inner_text()
     _shot(page, "sidebar-missing.png")
+
+
+def test_kernel_restart_state_and_reconnect(lab, page):
+    base, token = lab["base"], lab["token"]
+    page.goto(f"{base}/lab/tree/models.ipynb?token={token}&reset")
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").wait_for()
+    _open_sidebar(page)
+    page.locator('#ryzjupyter-sidebar[data-state="ready"]').wait_for(timeout=60000)
+    page.locator(".ryz-model-row[data-name='packed']").wait_for()
+    if page.locator(".ryz-loaded .ryz-model-row[data-name='packed']").count() == 0:
+        page.locator(".ryz-available .ryz-model-row[data-name='packed'] .ryz-load").click()
+    page.locator(".ryz-loaded .ryz-model-row[data-name='packed']").wait_for(timeout=60000)
+    # restart the notebook's kernel as a user does: Kernel > Restart Kernel…, then confirm
+    page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").click()
+    page.locator(".lm-Menu-itemLabel", has_text="Restart Kernel…").first.click()
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    side = page.locator("#ryzjupyter-sidebar")
+    page.wait_for_function("() => document.querySelector('#ryzjupyter-sidebar').dataset.restarts >= '1'",
+                           timeout=30000)
+    state = page.locator("#ryzjupyter-sidebar .ryz-state")
+    # the sidebar says the kernel restarted, then reconnects (re-importing the package silently)
+    try:
+        page.locator('#ryzjupyter-sidebar[data-state="ready"]').wait_for(timeout=60000)
+        page.locator(".ryz-available .ryz-model-row[data-name='packed']").wait_for(timeout=30000)
+    finally:
+        _shot(page, "sidebar-after-restart.png")
+    assert page.locator(".ryz-loaded .ryz-model-row").count() == 0
+    assert state.is_hidden() or "restarting" not in state.inner_text()
+    assert int(side.get_attribute("data-connections")) >= 2      # reconnected after the restart
