@@ -1,9 +1,217 @@
-/* py_matmul.c: Python bindings of the matmul family (placeholder until the family lands:
- * it registers no kernel and exposes no function). */
+/* py_matmul.c: Python bindings of the matmul family and the benchmark's machine probes. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "matmul.h"
 #include "ryz_py.h"
 
-void ryz_matmul_select(ryz_isa isa) { RYZ_UNUSED(isa); }
+const ryz_matmul_kernels *ryz_matmul = &ryz_matmul_scalar;
+
+void ryz_matmul_select(ryz_isa isa) {
+    static const ryz_matmul_kernels *const by_isa[RYZ_ISA_COUNT] = {
+        &ryz_matmul_scalar, &ryz_matmul_avx2, &ryz_matmul_avx512};
+    ryz_matmul = by_isa[isa];
+    ryz_register_kernel("matmul_i8", ryz_matmul->name);
+    ryz_register_kernel("matmul_f32", ryz_matmul->name);
+}
+
+typedef struct {
+    ryz_matmul_job job;
+    int is_i8;
+} mm_ctx;
+
+static void mm_rows(void *vctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    mm_ctx *c = vctx;
+    if (c->is_i8) ryz_matmul->i8(&c->job, b, e);
+    else ryz_matmul->f32(&c->job, b, e);
+}
+
+static int64_t chunk_rows(int64_t M, int64_t K, int is_i8) {
+    double macs = ryz_active_isa() == RYZ_ISA_AVX512VNNI ? (is_i8 ? 1e9 : 2e8)
+                : ryz_active_isa() == RYZ_ISA_AVX2 ? (is_i8 ? 2e8 : 1e8) : 2e7;
+    double per_row = (double)(M > 0 ? M : 1) * (double)(K > 0 ? K : 1);
+    int64_t rows = (int64_t)(macs / per_row) / 16 * 16;
+    return rows < 16 ? 16 : rows;
+}
+
+PyDoc_STRVAR(matmul_i8_doc,
+"matmul_i8(out, xq, xs, wq, ws) -> None\n\n"
+"out float32 [M, N] = float(sum_k xq[m, k] * wq[n, k]) / (xs[m] * ws[n]) with xq int8 [M, K],\n"
+"xs float32 [M], wq int8 [N, K], ws float32 [N] (scales = 127/absmax style). The integer sum\n"
+"is exact (K <= 131071). Threads split N; GIL released; Ctrl-C checked between chunks.");
+
+static PyObject *py_matmul_i8(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    PyObject *oo, *oxq, *oxs, *owq, *ows;
+    if (!PyArg_ParseTuple(args, "OOOOO:matmul_i8", &oo, &oxq, &oxs, &owq, &ows)) return NULL;
+    ryz_args a = {0};
+    ryz_arr *out, *xq, *xs, *wq, *ws;
+    int32_t *xsum = NULL;
+    if (!(out = ryz_arr_get(&a, oo, "out", RYZ_F32, 2, 1)) ||
+        !(xq = ryz_arr_get(&a, oxq, "xq", RYZ_I8, 2, 0)) ||
+        !(xs = ryz_arr_get(&a, oxs, "xs", RYZ_F32, 1, 0)) ||
+        !(wq = ryz_arr_get(&a, owq, "wq", RYZ_I8, 2, 0)) ||
+        !(ws = ryz_arr_get(&a, ows, "ws", RYZ_F32, 1, 0)))
+        goto fail;
+    int64_t M = ryz_dim(xq, 0), K = ryz_dim(xq, 1), N = ryz_dim(wq, 0);
+    if (ryz_check_dim(wq, 1, K, "xq.shape[1]") || ryz_check_dim(xs, 0, M, "xq.shape[0]") ||
+        ryz_check_dim(ws, 0, N, "wq.shape[0]") || ryz_check_dim(out, 0, M, "xq.shape[0]") ||
+        ryz_check_dim(out, 1, N, "wq.shape[0]") || ryz_check_no_overlap(out, xq) ||
+        ryz_check_no_overlap(out, xs) || ryz_check_no_overlap(out, wq) || ryz_check_no_overlap(out, ws))
+        goto fail;
+    if (K > RYZ_MATMUL_I8_MAX_K) {
+        PyErr_Format(PyExc_ValueError, "xq.shape[1] (K=%lld) exceeds %d (int32 sums would overflow)",
+                     (long long)K, RYZ_MATMUL_I8_MAX_K);
+        goto fail;
+    }
+    if (M == 0 || N == 0) goto done;
+    xsum = malloc((size_t)M * sizeof(int32_t));
+    if (!xsum) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    const int8_t *x = ryz_data(xq);
+    for (int64_t m = 0; m < M; m++) {
+        int32_t s = 0;
+        for (int64_t k = 0; k < K; k++) s += x[m * K + k];
+        xsum[m] = s;
+    }
+    mm_ctx c = {.is_i8 = 1};
+    c.job = (ryz_matmul_job){.out = ryz_data(out), .ldo = N, .xq = x, .xs = ryz_data(xs),
+                             .wq = ryz_data(wq), .ws = ryz_data(ws), .xsum = xsum, .M = M, .K = K};
+    if (ryz_run_chunked(mm_rows, &c, N, chunk_rows(M, K, 1), 16) != 0) goto fail;
+done:
+    free(xsum);
+    ryz_args_release(&a);
+    Py_RETURN_NONE;
+fail:
+    free(xsum);
+    ryz_args_release(&a);
+    return NULL;
+}
+
+PyDoc_STRVAR(matmul_f32_doc,
+"matmul_f32(out, x, w) -> None\n\n"
+"out float32 [M, N] = x [M, K] @ w[N, K].T in float32 (FMA; the order of the additions\n"
+"depends on the ISA: |error| <= K * 2^-24 * sum_k |x w|). Threads split N.");
+
+static PyObject *py_matmul_f32(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    PyObject *oo, *ox, *ow;
+    if (!PyArg_ParseTuple(args, "OOO:matmul_f32", &oo, &ox, &ow)) return NULL;
+    ryz_args a = {0};
+    ryz_arr *out, *x, *w;
+    if (!(out = ryz_arr_get(&a, oo, "out", RYZ_F32, 2, 1)) ||
+        !(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 2, 0)) ||
+        !(w = ryz_arr_get(&a, ow, "w", RYZ_F32, 2, 0)))
+        goto fail;
+    int64_t M = ryz_dim(x, 0), K = ryz_dim(x, 1), N = ryz_dim(w, 0);
+    if (ryz_check_dim(w, 1, K, "x.shape[1]") || ryz_check_dim(out, 0, M, "x.shape[0]") ||
+        ryz_check_dim(out, 1, N, "w.shape[0]") || ryz_check_no_overlap(out, x) ||
+        ryz_check_no_overlap(out, w))
+        goto fail;
+    if (M > 0 && N > 0) {
+        mm_ctx c = {.is_i8 = 0};
+        c.job = (ryz_matmul_job){.out = ryz_data(out), .ldo = N, .x = ryz_data(x), .w = ryz_data(w),
+                                 .M = M, .K = K};
+        if (ryz_run_chunked(mm_rows, &c, N, chunk_rows(M, K, 0), 16) != 0) goto fail;
+    }
+    ryz_args_release(&a);
+    Py_RETURN_NONE;
+fail:
+    ryz_args_release(&a);
+    return NULL;
+}
+
+/* ---- probes ------------------------------------------------------------------------ */
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct {
+    const char *base;
+    int use512;
+    uint64_t sink[64];
+    int64_t iters;
+} probe_ctx;
+
+static void read_part(void *vctx, int64_t b, int64_t e, int tid) {
+    probe_ctx *c = vctx;
+    /* items are 4 KiB pages */
+    uint64_t s = c->use512 ? ryz_probe_read_avx512(c->base + b * 4096, (e - b) * 4096)
+                           : ryz_probe_read_scalar(c->base + b * 4096, (e - b) * 4096);
+    c->sink[tid & 63] += s;
+}
+
+static void vnni_part(void *vctx, int64_t b, int64_t e, int tid) {
+    probe_ctx *c = vctx;
+    for (int64_t i = b; i < e; i++) c->sink[tid & 63] += (uint64_t)ryz_probe_vnni_avx512(c->iters);
+}
+
+PyDoc_STRVAR(probe_read_doc,
+"probe_read(buf, threads) -> float\n\nSeconds to stream-read the 4 KiB-aligned part of uint8 "
+"array buf once,\nsplit over `threads` threads (AVX-512 loads where the CPU has them).");
+static PyObject *py_probe_read(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    PyObject *ob;
+    int threads;
+    if (!PyArg_ParseTuple(args, "Oi:probe_read", &ob, &threads)) return NULL;
+    ryz_args a = {0};
+    ryz_arr *buf;
+    if (!(buf = ryz_arr_get(&a, ob, "buf", RYZ_U8, 1, 0))) goto fail;
+    uintptr_t p = (uintptr_t)ryz_data(buf), p0 = (p + 4095) & ~(uintptr_t)4095;
+    int64_t len = ryz_dim(buf, 0) - (int64_t)(p0 - p);
+    probe_ctx c;
+    memset(&c, 0, sizeof c);
+    c.base = (const char *)p0;
+    c.use512 = ryz_isa_supported(RYZ_ISA_AVX512VNNI);
+    int64_t pages = len > 0 ? len / 4096 : 0;
+    double t0, t1;
+    Py_BEGIN_ALLOW_THREADS
+    t0 = now_s();
+    ryz_parallel_for_n(read_part, &c, pages, 256, threads < 1 ? 1 : threads);
+    t1 = now_s();
+    Py_END_ALLOW_THREADS
+    ryz_args_release(&a);
+    return Py_BuildValue("(dL)", t1 - t0, (long long)(pages * 4096));
+fail:
+    ryz_args_release(&a);
+    return NULL;
+}
+
+PyDoc_STRVAR(probe_vnni_doc,
+"probe_vnni(iters, threads) -> float\n\nSeconds for each of `threads` threads to run `iters` x 16 "
+"independent\nregister-only vpdpbusd zmm (64 int8 MACs each). RuntimeError without AVX-512 VNNI.");
+static PyObject *py_probe_vnni(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    long long iters;
+    int threads;
+    if (!PyArg_ParseTuple(args, "Li:probe_vnni", &iters, &threads)) return NULL;
+    if (!ryz_isa_supported(RYZ_ISA_AVX512VNNI)) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU has no AVX-512 VNNI");
+        return NULL;
+    }
+    if (threads < 1) threads = 1;
+    probe_ctx c;
+    memset(&c, 0, sizeof c);
+    c.iters = iters;
+    double t0, t1;
+    Py_BEGIN_ALLOW_THREADS
+    t0 = now_s();
+    ryz_parallel_for_n(vnni_part, &c, threads, 1, threads);
+    t1 = now_s();
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(t1 - t0);
+}
 
 PyMethodDef ryz_matmul_methods[] = {
+    {"matmul_i8", py_matmul_i8, METH_VARARGS, matmul_i8_doc},
+    {"matmul_f32", py_matmul_f32, METH_VARARGS, matmul_f32_doc},
+    {"probe_read", py_probe_read, METH_VARARGS, probe_read_doc},
+    {"probe_vnni", py_probe_vnni, METH_VARARGS, probe_vnni_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -2,6 +2,7 @@
 #include "ryz_py.h"
 
 #include <string.h>
+#include <time.h>
 
 static const char *dtype_name(ryz_dtype d) {
     switch (d) {
@@ -121,15 +122,42 @@ static void offset_task_run(void *ctx, int64_t b, int64_t e, int tid) {
     t->fn(t->ctx, b + t->off, e + t->off, tid);
 }
 
+/* Wall time one chunk should take: the longest a Ctrl-C waits. */
+#define CHUNK_TARGET_NS 10000000.0 /* 10 ms */
+
+static double now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
 int ryz_run_chunked(ryz_task_fn fn, void *ctx, int64_t n, int64_t chunk, int64_t grain) {
+    if (grain < 1) grain = 1;
     if (chunk < 1) chunk = n > 0 ? n : 1;
-    for (int64_t start = 0; start < n; start += chunk) {
-        int64_t len = n - start < chunk ? n - start : chunk;
+    /* `chunk` is the caller's estimate of ~10 ms of work on an idle machine, and the
+     * largest chunk used. Chunks then follow the measured wall time: a loaded machine
+     * (or a slow ISA level) gets smaller chunks, so the interrupt latency stays near
+     * CHUNK_TARGET_NS whatever else runs. Chunk boundaries never change results:
+     * every item is computed by exactly one task, independently of the others. */
+    /* A call of at most one chunk runs in one piece (decode's small calls pay no
+     * overhead); a longer one starts with an eighth of a chunk to learn the speed. */
+    int64_t cur = n <= chunk ? n : (chunk / 8 > grain ? chunk / 8 : grain);
+    for (int64_t start = 0; start < n;) {
+        int64_t len = n - start < cur ? n - start : cur;
         offset_task t = {fn, ctx, start};
+        double t0 = now_ns(), dt;
         Py_BEGIN_ALLOW_THREADS
         ryz_parallel_for(offset_task_run, &t, len, grain);
         Py_END_ALLOW_THREADS
+        dt = now_ns() - t0;
+        start += len;
         if (PyErr_CheckSignals() != 0) return -1;
+        if (start >= n) break;
+        double want = dt > 0 ? (double)len * CHUNK_TARGET_NS / dt : (double)chunk;
+        if (want > 2.0 * (double)len) want = 2.0 * (double)len; /* grow gently */
+        if (want > (double)chunk) want = (double)chunk;
+        cur = (int64_t)want;
+        if (cur < grain) cur = grain;
     }
     return 0;
 }

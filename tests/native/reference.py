@@ -10,3 +10,230 @@ def quantize_rows_i8(x: np.ndarray):
     s = (np.float32(127.0) / np.maximum(amax, np.float32(1e-5))).astype(np.float32)
     q = np.clip(np.rint(x * s[..., None]), -128, 127).astype(np.int8)  # np.rint: ties to even
     return q, s
+
+
+# ======================================================================================
+# Float kernels (ops, attention, recurrent): float64 re-implementations of the formulas
+# transformers uses. Inputs are float32; angles/intermediates torch keeps in float32
+# are rounded to float32 here too where that changes results beyond the tolerances.
+# ======================================================================================
+
+
+def rmsnorm(x, w, eps):
+    """transformers RMSNorm: x * rsqrt(mean(x^2) + eps) * w."""
+    x = np.asarray(x, np.float64)
+    var = np.mean(x * x, axis=-1, keepdims=True)
+    return x / np.sqrt(var + eps) * np.asarray(w, np.float64)
+
+
+def rope_inv_freq(hd, theta):
+    """float32 as torch: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), with the power
+    rounded correctly (float64 pow, one rounding); torch's Sleef powf is within 1 ulp of it."""
+    expo = (np.arange(0, hd, 2, dtype=np.int64).astype(np.float32) / np.float32(hd)).astype(np.float32)
+    pw = (np.float64(np.float32(theta)) ** expo.astype(np.float64)).astype(np.float32)
+    return (np.float32(1.0) / pw).astype(np.float32)
+
+
+def rope(x, positions, theta):
+    """HF rotate_half RoPE on x [M, H, hd]; the angle float32(pos) * inv_freq is float32
+    like in transformers (it matters: at pos 4000 the angle's float32 rounding is ~2e-4)."""
+    x = np.asarray(x, np.float64)
+    hd = x.shape[-1]
+    ang = (np.asarray(positions).astype(np.float32)[:, None] * rope_inv_freq(hd, theta)[None, :]).astype(np.float32)
+    cos = np.cos(ang.astype(np.float64))[:, None, :]
+    sin = np.sin(ang.astype(np.float64))[:, None, :]
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def softmax(x):
+    """Row softmax; a row that is entirely -inf gives zeros (the kernels' documented rule)."""
+    x = np.asarray(x, np.float64)
+    out = np.zeros_like(x)
+    for i, row in enumerate(x):
+        if row.size == 0 or np.all(row == -np.inf):
+            continue
+        e = np.exp(row - row.max())
+        out[i] = e / e.sum()
+    return out
+
+
+def silu(x):
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore"):
+        return x / (1.0 + np.exp(-x))
+
+
+def relu2(x):
+    return np.maximum(np.asarray(x, np.float64), 0.0) ** 2
+
+
+def attention(q, k, v, n_past, scale):
+    """transformers eager attention with repeat_kv and a causal mask, float64:
+    query row i sits at position n_past + i and sees cache rows 0..n_past+i."""
+    q = np.asarray(q, np.float64)
+    k = np.asarray(k, np.float64)
+    v = np.asarray(v, np.float64)
+    M, Hq, hd = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    out = np.zeros((M, Hq, hd))
+    for h in range(Hq):
+        kh, vh = k[:, h // G], v[:, h // G]
+        for i in range(M):
+            L = n_past + i + 1
+            s = kh[:L] @ q[i, h] * scale
+            p = np.exp(s - s.max())
+            out[i, h] = (p / p.sum()) @ vh[:L]
+    return out
+
+
+def mamba_conv1d(x, state, w, bias):
+    """Mamba causal depthwise conv + SiLU over x [T, D] continuing from state [D, K]
+    (the last K inputs, oldest first). Returns (out [T, D], new state [D, K])."""
+    x = np.asarray(x, np.float64)
+    state = np.asarray(state, np.float64)
+    w = np.asarray(w, np.float64)
+    T, D = x.shape
+    K = w.shape[1]
+    full = np.concatenate([state.T, x], axis=0)  # row f holds input s = f - K
+    out = np.zeros((T, D))
+    for t in range(T):
+        out[t] = np.sum(w * full[t + 1:t + 1 + K].T, axis=1)
+        if bias is not None:
+            out[t] += np.asarray(bias, np.float64)
+    return silu(out), full[-K:].T.copy()
+
+
+def softplus(x):
+    """torch.nn.functional.softplus(beta=1, threshold=20)."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore"):
+        return np.where(x > 20.0, x, np.log1p(np.exp(np.minimum(x, 20.0))))
+
+
+def mamba_scan(h, u, dt, A, B, C, D, z):
+    """transformers MambaMixer.slow_forward scan: u, dt, z [T, Di]; B, C [T, N];
+    h [Di, N]; A [Di, N]; D [Di]. Returns (y [T, Di], new h)."""
+    f = lambda a: np.asarray(a, np.float64)
+    h, u, dt, A, B, C, D = map(f, (h, u, dt, A, B, C, D))
+    d = softplus(dt)
+    ys = []
+    for t in range(u.shape[0]):
+        dA = np.exp(A * d[t][:, None])
+        h = dA * h + (d[t][:, None] * B[t][None, :]) * u[t][:, None]
+        ys.append(h @ C[t] + u[t] * D)
+    y = np.array(ys).reshape(u.shape)
+    if z is not None:
+        y = y * silu(z)
+    return y, h
+
+
+def rwkv4_wkv(aa, bb, pp, k, v, time_decay, time_first):
+    """transformers rwkv_linear_attention_cpu: k, v [T, A]; state aa, bb, pp [A].
+    Returns (out [T, A], aa, bb, pp)."""
+    f = lambda a: np.asarray(a, np.float64).copy()
+    aa, bb, pp, k, v, time_decay, u = map(f, (aa, bb, pp, k, v, time_decay, time_first))
+    w = -np.exp(time_decay)
+    out = np.zeros_like(k)
+    for t in range(k.shape[0]):
+        q = np.maximum(pp, u + k[t])
+        e1, e2 = np.exp(pp - q), np.exp(u + k[t] - q)
+        out[t] = (e1 * aa + e2 * v[t]) / (e1 * bb + e2)
+        q = np.maximum(pp + w, k[t])
+        e1, e2 = np.exp(pp + w - q), np.exp(k[t] - q)
+        aa, bb, pp = e1 * aa + e2 * v[t], e1 * bb + e2, q
+    return out, aa, bb, pp
+
+# ---- ternary (BitNet b1.58) -------------------------------------------------------------
+
+def i2_row_bytes(K: int) -> int:
+    """I2 layout: K padded to a multiple of 256, four 2-bit codes a byte."""
+    return -(-K // 256) * 64
+
+
+def pack_i2(trits: np.ndarray) -> np.ndarray:
+    """I2 layout written from its definition: byte j of block b, bits 2i..2i+1 hold
+    code t[256 b + 64 i + j] + 1 (padding trits are 0, code 1)."""
+    trits = np.asarray(trits, np.int8)
+    N, K = trits.shape
+    Kp = -(-K // 256) * 256
+    codes = np.ones((N, Kp), np.uint8)
+    codes[:, :K] = trits + 1
+    c = codes.reshape(N, Kp // 256, 4, 64)  # [n, block, i, j]
+    packed = c[:, :, 0] | (c[:, :, 1] << 2) | (c[:, :, 2] << 4) | (c[:, :, 3] << 6)
+    return packed.reshape(N, Kp // 4).astype(np.uint8)
+
+
+def tl_row_bytes(K: int) -> int:
+    return -(-K // 4)
+
+
+def pack_tl(trits: np.ndarray) -> np.ndarray:
+    """TL layout: pair g = (t[2g], t[2g+1]) -> index 3 (t0 + 1) + (t1 + 1); byte j holds
+    pair 2j in the low nibble and pair 2j+1 in the high nibble; K padded with zeros to 4."""
+    trits = np.asarray(trits, np.int8)
+    N, K = trits.shape
+    Kp = -(-K // 4) * 4
+    t = np.zeros((N, Kp), np.int16)
+    t[:, :K] = trits
+    idx = 3 * (t[:, 0::2] + 1) + (t[:, 1::2] + 1)  # [N, Kp/2]
+    return (idx[:, 0::2] | (idx[:, 1::2] << 4)).astype(np.uint8)
+
+
+def ternary_matmul(trits: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Exact sum_k t[n, k] q[m, k] as int32 [M, N] (computed in int64)."""
+    acc = np.asarray(q, np.int64) @ np.asarray(trits, np.int64).T
+    return acc.astype(np.int32)
+
+
+def ternary_linear(trits: np.ndarray, x: np.ndarray, w_mult: float) -> np.ndarray:
+    """BitNet linear: q, s = quantize_rows_i8(x); out = float32(acc) / s[m] * w_mult (fp32)."""
+    q, s = quantize_rows_i8(x)
+    acc = ternary_matmul(trits, q).astype(np.float32)
+    return (acc / s[:, None]) * np.float32(w_mult)
+
+
+def unpack_bitnet_packed(packed: np.ndarray) -> np.ndarray:
+    """transformers' unpack_weights, element by element: W[i*R + r, c] = ((p[r, c] >> 2i) & 3) - 1."""
+    R, K = packed.shape
+    W = np.empty((4 * R, K), np.int8)
+    for i in range(4):
+        for r in range(R):
+            W[i * R + r] = ((packed[r].astype(np.int16) >> (2 * i)) & 3) - 1
+    return W
+
+
+def pack_bitnet(trits: np.ndarray) -> np.ndarray:
+    """transformers' pack_weights: inverse of unpack_bitnet_packed (out rows divisible by 4)."""
+    N, K = trits.shape
+    R = N // 4
+    p = np.zeros((R, K), np.uint8)
+    for i in range(4):
+        p |= ((trits[i * R:(i + 1) * R].astype(np.int16) + 1) << (2 * i)).astype(np.uint8)
+    return p
+
+
+def absmean_ternary(w: np.ndarray):
+    """transformers WeightQuant in float32: s = 1 / clamp(mean|W|, 1e-5); t = clamp(round(W s), -1, 1)."""
+    w = np.asarray(w, np.float32)
+    mean = np.float32(np.mean(np.abs(w), dtype=np.float64))
+    s = np.float32(1.0) / np.maximum(mean, np.float32(1e-5))
+    t = np.clip(np.rint(w * s), -1, 1).astype(np.int8)
+    return t, s
+
+
+# ---- dense matmul ----------------------------------------------------------------------------
+
+def matmul_i8(xq, xs, wq, ws):
+    """out = float32(exact int sum) / (xs[m] * ws[n]), in float32."""
+    acc = (np.asarray(xq, np.int64) @ np.asarray(wq, np.int64).T).astype(np.float32)
+    return acc / (np.asarray(xs, np.float32)[:, None] * np.asarray(ws, np.float32)[None, :])
+
+
+def matmul_f32_with_bound(x, w):
+    """x @ w.T in float64 and the float32 error bound K * 2^-24 * (|x| @ |w|.T) (Higham's
+    bound for any summation order, with FMA: every product is exact before rounding)."""
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    K = x64.shape[1]
+    return x64 @ w64.T, (K + 1) * 2.0**-24 * (np.abs(x64) @ np.abs(w64).T)

@@ -1,0 +1,103 @@
+"""Command line: `python -m ryzjupyter generate --model PATH "prompt"` and `python -m ryzjupyter chat`.
+
+    python -m ryzjupyter generate --model microsoft/bitnet-b1.58-2B-4T -n 64 "The KV cache is"
+    python -m ryzjupyter chat --model PATH --system "Be brief."
+
+Without --model the bundled demo model is used. Text streams to stdout; stats go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _sampling_args(p):
+    g = p.add_argument_group("sampling")
+    g.add_argument("-n", "--max-new-tokens", type=int, default=128, help="tokens to generate (default 128)")
+    g.add_argument("-t", "--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    g.add_argument("--top-k", type=int, default=40, help="0 = off (default 40)")
+    g.add_argument("--top-p", type=float, default=0.95, help="1 = off (default 0.95)")
+    g.add_argument("--min-p", type=float, default=0.05, help="0 = off (default 0.05)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off (default 1.0)")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: fresh, printed in stats)")
+    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def _model_args(p):
+    p.add_argument("--model", "-m", default=None, help="model folder or hub id (default: the bundled model)")
+    p.add_argument("--max-context", type=int, default=None, help="limit the context (smaller KV cache)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading .bin pickle weights")
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="python -m ryzjupyter", description="ryzjupyter: LLMs on the CPU.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="continue a prompt")
+    _model_args(g)
+    _sampling_args(g)
+    g.add_argument("--stats", action="store_true", help="print token and timing stats to stderr")
+    g.add_argument("prompt", help="the prompt text ('-' reads stdin)")
+    c = sub.add_parser("chat", help="interactive chat with the model's chat template")
+    _model_args(c)
+    _sampling_args(c)
+    c.add_argument("--system", default=None, help="system prompt")
+    c.add_argument("--stats", action="store_true", help="print stats after each reply")
+    return ap
+
+
+def _options(a):
+    return dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
+                repetition_penalty=a.repetition_penalty, seed=a.seed, stop=a.stop)
+
+
+def _print_stats(r):
+    s = r.stats
+    print(f"[{s.n_prompt} prompt tokens ({s.n_cached} cached), {s.n_generated} generated, "
+          f"ttft {s.ttft_s * 1000:.0f} ms, prefill {s.prefill_tok_s:.1f} tok/s, decode {s.decode_tok_s:.1f} tok/s, "
+          f"seed {r.settings['seed']}, finish: {r.finish_reason}]", file=sys.stderr)
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .loading import load
+    try:
+        model = load(a.model, max_context=a.max_context, allow_pickle=a.allow_pickle)
+        if a.command == "generate":
+            prompt = sys.stdin.read() if a.prompt == "-" else a.prompt
+            s = model.stream(prompt, a.max_new_tokens, **_options(a))
+            for piece in s:
+                print(piece, end="", flush=True)
+            print()
+            if a.stats:
+                _print_stats(s.result)
+            return 0
+        print("chat: an empty line or Ctrl-D ends; /reset clears the history", file=sys.stderr)
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                print()
+                return 0
+            if not line.strip():
+                return 0
+            if line.strip() == "/reset":
+                model.reset()
+                continue
+            s = model.chat(line, a.max_new_tokens, system=a.system, stream=True, **_options(a))
+            for piece in s:
+                print(piece, end="", flush=True)
+            print()
+            if a.stats:
+                _print_stats(s.result)
+    except (CheckpointError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

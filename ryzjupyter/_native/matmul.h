@@ -1,0 +1,55 @@
+/* matmul.h: dense int8 x int8 and float32 matrix products (out = x @ w.T).
+ *
+ * matmul_i8:  out[m, n] = (float)sum_k xq[m, k] wq[n, k] / (xs[m] * ws[n])   (fp32)
+ *   The integer sum is exact. xs, ws are "127/absmax" style scales (quantized value =
+ *   real value * scale), so dividing by their product dequantizes. The AVX-512 variant
+ *   uses vpdpbusd (u8 x s8) on w + 128 (w ^ 0x80) and subtracts 128 * sum_k xq[m, k];
+ *   vpdpbusd wraps modulo 2^32 and the true sum fits int32 for K <= RYZ_MATMUL_I8_MAX_K,
+ *   so the result is exact. AVX2 widens to int16 and uses vpmaddwd (exact).
+ * matmul_f32: out[m, n] = sum_k x[m, k] w[n, k] in fp32 with FMA; per ISA the order of
+ *   the additions differs (reference: sequential), so results agree within the usual
+ *   bound |err| <= K * 2^-24 * sum_k |x w| (tests use it).
+ * Both are register-blocked (tiles of rows x tokens) and threaded over N (rows of w). */
+#ifndef RYZ_MATMUL_H
+#define RYZ_MATMUL_H
+#include "ryz.h"
+
+#define RYZ_MATMUL_I8_MAX_K 131071 /* 128 * 128 * K < 2^31 */
+
+typedef struct {
+    float *out;
+    int64_t ldo;
+    /* matmul_i8 */
+    const int8_t *xq;
+    const float *xs;
+    const int8_t *wq;
+    const float *ws;
+    const int32_t *xsum; /* [M] sum_k xq[m, k] */
+    /* matmul_f32 */
+    const float *x;
+    const float *w;
+    int64_t M, K;
+} ryz_matmul_job;
+
+typedef struct {
+    const char *name;
+    void (*i8)(const ryz_matmul_job *j, int64_t n0, int64_t n1);
+    void (*f32)(const ryz_matmul_job *j, int64_t n0, int64_t n1);
+} ryz_matmul_kernels;
+
+static inline float ryz_i8_epilogue(int32_t acc, float xs, float ws) {
+    return (float)acc / (xs * ws);
+}
+
+extern const ryz_matmul_kernels ryz_matmul_scalar;
+extern const ryz_matmul_kernels ryz_matmul_avx2;
+extern const ryz_matmul_kernels ryz_matmul_avx512;
+extern const ryz_matmul_kernels *ryz_matmul;
+
+/* ---- probes for `python -m ryzjupyter.bench kernels` (matmul_avx512.c / _scalar.c) ---- */
+/* Stream-read `bytes` bytes (multiple of 256) from p, return a checksum. */
+uint64_t ryz_probe_read_scalar(const void *p, int64_t bytes);
+uint64_t ryz_probe_read_avx512(const void *p, int64_t bytes);
+/* Register-only vpdpbusd loop: `iters` iterations of 16 independent vpdpbusd zmm. */
+int64_t ryz_probe_vnni_avx512(int64_t iters);
+#endif

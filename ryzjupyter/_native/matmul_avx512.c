@@ -1,0 +1,136 @@
+/* matmul_avx512.c: AVX-512 VNNI int8 and AVX-512F float32 products, plus the machine
+ * probes of the benchmark (streaming read, register-only vpdpbusd). Tiles of up to
+ * 4 rows x 4 tokens keep 16 accumulators in registers; the K tail uses masked loads. */
+#if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VNNI__)
+#error "matmul_avx512.c must be compiled with -mavx512f -mavx512bw -mavx512vnni"
+#endif
+#include <immintrin.h>
+
+#include "matmul.h"
+
+#define TOK_BLOCK 64
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+static ALWAYS_INLINE void tile_i8(const ryz_matmul_job *j, int64_t n, int64_t m, const int NR,
+                                  const int NT) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const int64_t K = j->K;
+    __m512i acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; k += 64) {
+        __mmask64 mk = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
+        __m512i wv[4], xv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)  /* w + 128 as u8; masked-off lanes meet x = 0 */
+            wv[r] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, j->wq + (n + r) * K + k), flip);
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) xv[t] = _mm512_maskz_loadu_epi8(mk, j->xq + (m + t) * K + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], xv[t]);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) {
+            /* modulo 2^32, then exact: the true sum fits int32 */
+            uint32_t s = (uint32_t)_mm512_reduce_add_epi32(acc[r][t]) - 128u * (uint32_t)j->xsum[m + t];
+            j->out[(m + t) * j->ldo + n + r] = ryz_i8_epilogue((int32_t)s, j->xs[m + t], j->ws[n + r]);
+        }
+}
+
+static ALWAYS_INLINE void tile_f32(const ryz_matmul_job *j, int64_t n, int64_t m, const int NR,
+                                   const int NT) {
+    const int64_t K = j->K;
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) {
+        __mmask16 mk = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+        __m512 wv[4], xv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) wv[r] = _mm512_maskz_loadu_ps(mk, j->w + (n + r) * K + k);
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) xv[t] = _mm512_maskz_loadu_ps(mk, j->x + (m + t) * K + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv[t], acc[r][t]);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) j->out[(m + t) * j->ldo + n + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+#define TILE(KIND, NR, NT) static void KIND##_##NR##x##NT(const ryz_matmul_job *j, int64_t n, int64_t m) \
+    { tile_##KIND(j, n, m, NR, NT); }
+#define TILES(KIND, NR) TILE(KIND, NR, 1) TILE(KIND, NR, 2) TILE(KIND, NR, 3) TILE(KIND, NR, 4)
+TILES(i8, 1) TILES(i8, 2) TILES(i8, 3) TILES(i8, 4)
+TILES(f32, 1) TILES(f32, 2) TILES(f32, 3) TILES(f32, 4)
+typedef void (*tile_fn)(const ryz_matmul_job *, int64_t, int64_t);
+static const tile_fn tiles_i8[4][4] = {
+    {i8_1x1, i8_1x2, i8_1x3, i8_1x4}, {i8_2x1, i8_2x2, i8_2x3, i8_2x4},
+    {i8_3x1, i8_3x2, i8_3x3, i8_3x4}, {i8_4x1, i8_4x2, i8_4x3, i8_4x4}};
+static const tile_fn tiles_f32[4][4] = {
+    {f32_1x1, f32_1x2, f32_1x3, f32_1x4}, {f32_2x1, f32_2x2, f32_2x3, f32_2x4},
+    {f32_3x1, f32_3x2, f32_3x3, f32_3x4}, {f32_4x1, f32_4x2, f32_4x3, f32_4x4}};
+
+static void run_tiles(const tile_fn tiles[4][4], const ryz_matmul_job *j, int64_t n0, int64_t n1) {
+    for (int64_t m0 = 0; m0 < j->M; m0 += TOK_BLOCK) {
+        int64_t m1 = m0 + TOK_BLOCK < j->M ? m0 + TOK_BLOCK : j->M;
+        for (int64_t n = n0; n < n1; n += 4) {
+            int nr = n1 - n < 4 ? (int)(n1 - n) : 4;
+            for (int64_t m = m0; m < m1; m += 4) {
+                int nt = m1 - m < 4 ? (int)(m1 - m) : 4;
+                tiles[nr - 1][nt - 1](j, n, m);
+            }
+        }
+    }
+}
+
+static void i8(const ryz_matmul_job *j, int64_t n0, int64_t n1) { run_tiles(tiles_i8, j, n0, n1); }
+static void f32(const ryz_matmul_job *j, int64_t n0, int64_t n1) { run_tiles(tiles_f32, j, n0, n1); }
+
+const ryz_matmul_kernels ryz_matmul_avx512 = {.name = "avx512vnni", .i8 = i8, .f32 = f32};
+
+/* ---- probes ------------------------------------------------------------------- */
+uint64_t ryz_probe_read_avx512(const void *p, int64_t bytes) {
+    const char *c = p;
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+    for (int64_t i = 0; i < bytes; i += 256) {
+        s0 = _mm512_add_epi64(s0, _mm512_load_si512(c + i));
+        s1 = _mm512_add_epi64(s1, _mm512_load_si512(c + i + 64));
+        s2 = _mm512_add_epi64(s2, _mm512_load_si512(c + i + 128));
+        s3 = _mm512_add_epi64(s3, _mm512_load_si512(c + i + 192));
+    }
+    return (uint64_t)_mm512_reduce_add_epi64(
+        _mm512_add_epi64(_mm512_add_epi64(s0, s1), _mm512_add_epi64(s2, s3)));
+}
+
+int64_t ryz_probe_vnni_avx512(int64_t iters) {
+    /* 16 named accumulators (an array would live on the stack): 16 independent chains
+     * hide the vpdpbusd latency; the empty asm keeps them in registers and the loop alive */
+    const __m512i u = _mm512_set1_epi8(1), v = _mm512_set1_epi8(1);
+    __m512i a0 = _mm512_set1_epi32(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    __m512i a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
+    for (int64_t it = 0; it < iters; it++) {
+#define D(a) a = _mm512_dpbusd_epi32(a, u, v)
+        D(a0); D(a1); D(a2); D(a3); D(a4); D(a5); D(a6); D(a7);
+        D(a8); D(a9); D(a10); D(a11); D(a12); D(a13); D(a14); D(a15);
+#undef D
+        __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6), "+v"(a7));
+        __asm__ volatile("" : "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11), "+v"(a12), "+v"(a13), "+v"(a14), "+v"(a15));
+    }
+    __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
+                                 _mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7)));
+    s = _mm512_add_epi32(s, _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a8, a9), _mm512_add_epi32(a10, a11)),
+                                             _mm512_add_epi32(_mm512_add_epi32(a12, a13), _mm512_add_epi32(a14, a15))));
+    return _mm512_reduce_add_epi32(s);
+}

@@ -1,0 +1,137 @@
+/* ops_avx2.c: AVX2+FMA float ops (see ops.h). Tails use masked loads/stores, so a
+ * row is computed by one code path whatever its length. */
+#if !defined(__AVX2__) || !defined(__FMA__)
+#error "ops_avx2.c must be compiled with -mavx2 -mfma"
+#endif
+#include <immintrin.h>
+#include <math.h>
+
+#include "ops.h"
+
+static inline __m256i tail8(int64_t left) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(left < 8 ? left : 8)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static void rmsnorm_row(float *out, const float *x, const float *RYZ_RESTRICT w, int64_t D,
+                        float eps) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= D; i += 16) {
+        __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
+        a0 = _mm256_fmadd_ps(v0, v0, a0);
+        a1 = _mm256_fmadd_ps(v1, v1, a1);
+    }
+    for (; i < D; i += 8) {
+        __m256 v = _mm256_maskload_ps(x + i, tail8(D - i));
+        a0 = _mm256_fmadd_ps(v, v, a0);
+    }
+    float ss = ryz_hsum_avx2(_mm256_add_ps(a0, a1));
+    __m256 r = _mm256_set1_ps(1.0f / sqrtf(ss / (float)D + eps));
+    for (i = 0; i + 8 <= D; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), r),
+                                                _mm256_loadu_ps(w + i)));
+    if (i < D) {
+        __m256i m = tail8(D - i);
+        _mm256_maskstore_ps(out + i, m, _mm256_mul_ps(_mm256_mul_ps(_mm256_maskload_ps(x + i, m), r),
+                                                      _mm256_maskload_ps(w + i, m)));
+    }
+}
+
+static void rope_row(float *RYZ_RESTRICT x, int64_t H, int64_t hd, const float *RYZ_RESTRICT cs) {
+    int64_t half = hd / 2;
+    const float *c = cs, *s = cs + half;
+    for (int64_t h = 0; h < H; h++) {
+        float *x1 = x + h * hd, *x2 = x1 + half;
+        for (int64_t j = 0; j < half; j += 8) {
+            __m256i m = tail8(half - j);
+            __m256 a = _mm256_maskload_ps(x1 + j, m), b = _mm256_maskload_ps(x2 + j, m);
+            __m256 vc = _mm256_maskload_ps(c + j, m), vs = _mm256_maskload_ps(s + j, m);
+            /* separate multiplies and add, as torch computes q*cos + rotate_half(q)*sin */
+            _mm256_maskstore_ps(x1 + j, m, _mm256_sub_ps(_mm256_mul_ps(a, vc), _mm256_mul_ps(b, vs)));
+            _mm256_maskstore_ps(x2 + j, m, _mm256_add_ps(_mm256_mul_ps(b, vc), _mm256_mul_ps(a, vs)));
+        }
+    }
+}
+
+static void softmax_row(float *RYZ_RESTRICT x, int64_t N) {
+    if (N <= 0) return;
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    __m256 vm = ninf, vnan = _mm256_setzero_ps();
+    for (int64_t i = 0; i < N; i += 8) {
+        __m256i m = tail8(N - i);
+        __m256 v = _mm256_blendv_ps(ninf, _mm256_maskload_ps(x + i, m), _mm256_castsi256_ps(m));
+        vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        vm = _mm256_max_ps(vm, v);
+    }
+    float mx = _mm256_movemask_ps(vnan) ? NAN : ryz_hmax_avx2(vm);
+    if (mx == -INFINITY) {
+        for (int64_t i = 0; i < N; i++) x[i] = 0.0f;
+        return;
+    }
+    __m256 vmx = _mm256_set1_ps(mx), vs = _mm256_setzero_ps();
+    for (int64_t i = 0; i < N; i += 8) {
+        __m256i m = tail8(N - i);
+        __m256 e = ryz_exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), vmx));
+        e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
+        vs = _mm256_add_ps(vs, e);
+        _mm256_maskstore_ps(x + i, m, e);
+    }
+    __m256 inv = _mm256_set1_ps(1.0f / ryz_hsum_avx2(vs));
+    for (int64_t i = 0; i < N; i += 8) {
+        __m256i m = tail8(N - i);
+        _mm256_maskstore_ps(x + i, m, _mm256_mul_ps(_mm256_maskload_ps(x + i, m), inv));
+    }
+}
+
+static void silu(float *out, const float *x, int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256i m = tail8(n - i);
+        __m256 v = _mm256_maskload_ps(x + i, m);
+        __m256 e = ryz_exp_avx2(_mm256_xor_ps(v, sign));
+        _mm256_maskstore_ps(out + i, m, _mm256_div_ps(v, _mm256_add_ps(one, e)));
+    }
+}
+
+static void relu2(float *out, const float *x, int64_t n) {
+    const __m256 zero = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256i m = tail8(n - i);
+        __m256 r = _mm256_max_ps(zero, _mm256_maskload_ps(x + i, m)); /* NaN passes (2nd operand) */
+        _mm256_maskstore_ps(out + i, m, _mm256_mul_ps(r, r));
+    }
+}
+
+static void mul(float *out, const float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+    if (i < n) {
+        __m256i m = tail8(n - i);
+        _mm256_maskstore_ps(out + i, m, _mm256_mul_ps(_mm256_maskload_ps(a + i, m),
+                                                      _mm256_maskload_ps(b + i, m)));
+    }
+}
+
+static void add(float *out, const float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+    if (i < n) {
+        __m256i m = tail8(n - i);
+        _mm256_maskstore_ps(out + i, m, _mm256_add_ps(_mm256_maskload_ps(a + i, m),
+                                                      _mm256_maskload_ps(b + i, m)));
+    }
+}
+
+const ryz_ops_kernels ryz_ops_avx2 = {
+    .name = "avx2",
+    .rmsnorm_row = rmsnorm_row,
+    .rope_row = rope_row,
+    .softmax_row = softmax_row,
+    .silu = silu,
+    .relu2 = relu2,
+    .mul = mul,
+    .add = add,
+};

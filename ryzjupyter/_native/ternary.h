@@ -1,0 +1,106 @@
+/* ternary.h: BitNet b1.58 ternary x int8 kernels, two weight layouts.
+ *
+ * ---- I2: 2 bits per weight, laid out for vpdpbusd ---------------------------
+ * A row of K trits t in {-1,0,+1} is stored as codes c = t + 1 in {0,1,2}
+ * (code 3 never occurs), K padded with t = 0 (code 1) up to a multiple of
+ * RYZ_I2_BLOCK = 256 weights. Each block is RYZ_I2_BLOCK_BYTES = 64 bytes:
+ *
+ *     byte j of block b (j = 0..63), bits 2i..2i+1 (i = 0..3)  =  c[256 b + 64 i + j]
+ *
+ * so one 64-byte load gives, after (v >> 2i) & 3, four vectors of 64 consecutive
+ * u8 codes, each lining up with 64 consecutive int8 activations: exactly the
+ * operands of vpdpbusd (u8 x s8, 4 products summed into each int32 lane).
+ * AVX2 uses the two 32-byte halves the same way with vpmaddubsw + vpmaddwd.
+ * Rows follow each other (packed is uint8 [N, i2_row_bytes(K)], 2.0 bpw).
+ *
+ * Math: sum_k t[k] q[k] = sum_k c[k] q[k] - sum_k q[k]. Kernels compute the first
+ * sum on the padded row (activations are zero-padded to Kp, so padding adds
+ * nothing) and subtract the activation sum qsum[m] computed once per token.
+ * |sum c q| <= 2 * 128 * Kp, so int32 never overflows for Kp <= RYZ_TERNARY_MAX_K.
+ *
+ * ---- TL: lookup tables over pairs of activations -----------------------------
+ * A row is split into pairs (t[2g], t[2g+1]); each pair is one 4-bit index
+ * idx = 3 (t[2g] + 1) + (t[2g+1] + 1) in 0..8, K padded with t = 0 to a multiple
+ * of RYZ_TL_GROUP_K = 4 (index 4 means (0, 0)). Byte j of a row holds the index of
+ * pair 2j in its low nibble and pair 2j+1 in its high nibble (uint8 [N, Kp/4],
+ * 2.0 bpw). Per token the kernel builds, for every pair g, the 9 sums
+ * T[g][idx] = a0 (idx/3 - 1) + a1 (idx%3 - 1) (int16, |T| <= 256), and a row's dot
+ * product is sum_g T[g][idx_g]: one table lookup and one add per two weights.
+ * Exact: integer sums only, same result as I2.
+ */
+#ifndef RYZ_TERNARY_H
+#define RYZ_TERNARY_H
+#include "ryz.h"
+
+#define RYZ_I2_BLOCK 256        /* weights per block */
+#define RYZ_I2_BLOCK_BYTES 64   /* bytes per block: 4 weights a byte */
+_Static_assert(RYZ_I2_BLOCK == 4 * RYZ_I2_BLOCK_BYTES, "I2 block: 4 codes per byte");
+_Static_assert(RYZ_I2_BLOCK_BYTES == 64, "I2 block must be one zmm register (vpdpbusd)");
+
+#define RYZ_TL_GROUP_K 4        /* weights per byte (two 4-bit pair indices) */
+_Static_assert(RYZ_TL_GROUP_K == 4, "TL: a byte holds two pairs");
+
+/* Kp <= this keeps every int32 partial sum exact (2 * 128 * Kp < 2^31). */
+#define RYZ_TERNARY_MAX_K (1 << 22)
+
+static inline int64_t ryz_i2_padded_k(int64_t K) {
+    return (K + RYZ_I2_BLOCK - 1) / RYZ_I2_BLOCK * RYZ_I2_BLOCK;
+}
+static inline int64_t ryz_i2_row_bytes(int64_t K) { return ryz_i2_padded_k(K) / 4; }
+static inline int64_t ryz_tl_padded_k(int64_t K) {
+    return (K + RYZ_TL_GROUP_K - 1) / RYZ_TL_GROUP_K * RYZ_TL_GROUP_K;
+}
+static inline int64_t ryz_tl_row_bytes(int64_t K) { return ryz_tl_padded_k(K) / 4; }
+
+/* One ternary GEMM: rows n in [n0, n1) of
+ *     acc[m, n] = sum_k t[n, k] q[m, k]                   (m in [0, M))
+ * written as int32 to out_i[m * ldo + n], or, when out_i is NULL, as
+ *     out_f[m * ldo + n] = (float)acc / sx[m] * w_mult    (fp32, left to right).
+ * q is [M, ldq] int8 zero-padded to the layout's Kp (ldq >= Kp, multiple of 64);
+ * qsum[m] = sum_k q[m, k]. w is the packed weight (I2 or TL), rb bytes a row. */
+typedef struct {
+    int32_t *out_i;
+    float *out_f;
+    int64_t ldo;
+    const uint8_t *w;
+    int64_t rb;
+    const int8_t *q;
+    int64_t ldq;
+    const int32_t *qsum;
+    const float *sx;
+    float w_mult;
+    int64_t M, Kp;
+} ryz_ternary_job;
+
+static inline void ryz_ternary_store(const ryz_ternary_job *j, int64_t m, int64_t n, int32_t acc) {
+    if (j->out_i)
+        j->out_i[m * j->ldo + n] = acc;
+    else
+        j->out_f[m * j->ldo + n] = (float)acc / j->sx[m] * j->w_mult;
+}
+
+typedef struct {
+    const char *name;
+    const char *tl_name;
+    void (*gemm_i2)(const ryz_ternary_job *j, int64_t n0, int64_t n1);
+    void (*gemm_tl)(const ryz_ternary_job *j, int64_t n0, int64_t n1);
+} ryz_ternary_kernels;
+
+extern const ryz_ternary_kernels ryz_ternary_scalar;
+extern const ryz_ternary_kernels ryz_ternary_avx2;
+extern const ryz_ternary_kernels ryz_ternary_avx512;
+extern const ryz_ternary_kernels *ryz_ternary;
+
+/* reference kernels, shared by the ISA tables where they have no own variant */
+void ryz_gemm_i2_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1);
+void ryz_gemm_tl_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1);
+/* TL table of one token: T[g * 16 + idx] for pairs g in [0, Kp/2), idx 0..15 (9..15 zero) */
+void ryz_tl_build_table(int16_t *T, const int8_t *q, int64_t Kp);
+
+/* layout conversions (scalar, exact); trits must hold only -1, 0, +1 */
+void ryz_pack_i2(uint8_t *out, const int8_t *trits, int64_t K);   /* one row */
+void ryz_unpack_i2(int8_t *trits, const uint8_t *in, int64_t K);  /* one row */
+void ryz_pack_tl(uint8_t *out, const int8_t *trits, int64_t K);
+void ryz_unpack_tl(int8_t *trits, const uint8_t *in, int64_t K);
+
+#endif

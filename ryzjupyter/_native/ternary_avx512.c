@@ -1,0 +1,139 @@
+/* ternary_avx512.c: AVX-512 VNNI ternary kernels (same integers as the reference).
+ *
+ * I2: one 64-byte block of a row gives four zmm of u8 codes ((v >> 2i) & 3), each
+ * multiplied with 64 int8 activations by vpdpbusd into int32 lanes. The GEMM is
+ * register-blocked: a tile of up to 4 rows x 4 tokens keeps 16 accumulators in
+ * registers, unpacks each weight vector once and uses it for every token of the
+ * tile (GEMV is the 4 x 1 tile). Tokens are walked in blocks of TOK_BLOCK so the
+ * activations a tile reads stay in L2 while the rows of a chunk go by. */
+#if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VNNI__)
+#error "ternary_avx512.c must be compiled with -mavx512f -mavx512bw -mavx512vnni"
+#endif
+#include <immintrin.h>
+#include <stdlib.h>
+
+#include "ternary.h"
+
+#define TOK_BLOCK 64
+#ifndef PF_TILES
+#define PF_TILES 2
+#endif
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+/* Reduce the 16 accumulators of a full 4 x 4 tile at once (45 vector ops instead of 16
+ * horizontal sums) into one zmm whose 128-bit lane t holds rows n..n+3 of token m+t, then
+ * store each lane with the same epilogue as ryz_ternary_store (same fp32 operations). */
+static ALWAYS_INLINE __m512i sum4_lanes(__m512i a, __m512i b, __m512i c, __m512i d) {
+    __m512i x1 = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    __m512i x2 = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+    /* per 128-bit lane: [sum a, sum b, sum c, sum d] of that lane */
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(x1, x2), _mm512_unpackhi_epi64(x1, x2));
+}
+
+static ALWAYS_INLINE __m512i fold_lanes(__m512i y0, __m512i y1) {
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(y0, y1, 0x88), _mm512_shuffle_i32x4(y0, y1, 0xdd));
+}
+
+static ALWAYS_INLINE void store_4x4(const ryz_ternary_job *j, int64_t n, int64_t m, __m512i acc[4][4]) {
+    __m512i y[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; t++) y[t] = sum4_lanes(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
+    __m512i w = fold_lanes(fold_lanes(y[0], y[1]), fold_lanes(y[2], y[3]));
+    const int32_t *qs = j->qsum + m;
+    w = _mm512_sub_epi32(w, _mm512_setr_epi32(qs[0], qs[0], qs[0], qs[0], qs[1], qs[1], qs[1], qs[1],
+                                              qs[2], qs[2], qs[2], qs[2], qs[3], qs[3], qs[3], qs[3]));
+    if (j->out_i) {
+        _mm_storeu_si128((__m128i *)(j->out_i + (m + 0) * j->ldo + n), _mm512_extracti32x4_epi32(w, 0));
+        _mm_storeu_si128((__m128i *)(j->out_i + (m + 1) * j->ldo + n), _mm512_extracti32x4_epi32(w, 1));
+        _mm_storeu_si128((__m128i *)(j->out_i + (m + 2) * j->ldo + n), _mm512_extracti32x4_epi32(w, 2));
+        _mm_storeu_si128((__m128i *)(j->out_i + (m + 3) * j->ldo + n), _mm512_extracti32x4_epi32(w, 3));
+    } else {
+        const float *sx = j->sx + m;
+        __m512 f = _mm512_div_ps(_mm512_cvtepi32_ps(w),
+                                 _mm512_setr_ps(sx[0], sx[0], sx[0], sx[0], sx[1], sx[1], sx[1], sx[1],
+                                                sx[2], sx[2], sx[2], sx[2], sx[3], sx[3], sx[3], sx[3]));
+        f = _mm512_mul_ps(f, _mm512_set1_ps(j->w_mult));
+        _mm_storeu_ps(j->out_f + (m + 0) * j->ldo + n, _mm512_extractf32x4_ps(f, 0));
+        _mm_storeu_ps(j->out_f + (m + 1) * j->ldo + n, _mm512_extractf32x4_ps(f, 1));
+        _mm_storeu_ps(j->out_f + (m + 2) * j->ldo + n, _mm512_extractf32x4_ps(f, 2));
+        _mm_storeu_ps(j->out_f + (m + 3) * j->ldo + n, _mm512_extractf32x4_ps(f, 3));
+    }
+}
+
+static ALWAYS_INLINE void tile_i2(const ryz_ternary_job *j, int64_t n, int64_t m, const int NR,
+                                  const int NT) {
+    const __m512i mask3 = _mm512_set1_epi8(3);
+    const int64_t nb = j->Kp / RYZ_I2_BLOCK;
+    __m512i acc[4][4];
+    const uint8_t *w[4];
+    const int8_t *q[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++) w[r] = j->w + (n + r) * j->rb;
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) q[t] = j->q + (m + t) * j->ldq;
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_si512();
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i raw[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            /* the rows of a tile are contiguous: fetch the same block of the tile PF_TILES
+             * tiles ahead, so DRAM streams in while this tile computes (decode) */
+            _mm_prefetch((const char *)(w[r] + b * RYZ_I2_BLOCK_BYTES + PF_TILES * 4 * j->rb), _MM_HINT_T0);
+            raw[r] = _mm512_loadu_si512(w[r] + b * RYZ_I2_BLOCK_BYTES);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            __m512i wv[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                wv[r] = _mm512_and_si512(i ? _mm512_srli_epi16(raw[r], 2 * i) : raw[r], mask3);
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                __m512i a = _mm512_loadu_si512(q[t] + b * RYZ_I2_BLOCK + 64 * i);
+#pragma GCC unroll 4
+                for (int r = 0; r < NR; r++) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], a);
+            }
+        }
+    }
+    if (NR == 4 && NT == 4) {
+        store_4x4(j, n, m, acc);
+        return;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++)
+            ryz_ternary_store(j, m + t, n + r, _mm512_reduce_add_epi32(acc[r][t]) - j->qsum[m + t]);
+}
+
+#define TILE(NR, NT) static void tile_##NR##x##NT(const ryz_ternary_job *j, int64_t n, int64_t m) \
+    { tile_i2(j, n, m, NR, NT); }
+#define TILES(NR) TILE(NR, 1) TILE(NR, 2) TILE(NR, 3) TILE(NR, 4)
+TILES(1) TILES(2) TILES(3) TILES(4)
+typedef void (*tile_fn)(const ryz_ternary_job *, int64_t, int64_t);
+static const tile_fn tiles[4][4] = {
+    {tile_1x1, tile_1x2, tile_1x3, tile_1x4}, {tile_2x1, tile_2x2, tile_2x3, tile_2x4},
+    {tile_3x1, tile_3x2, tile_3x3, tile_3x4}, {tile_4x1, tile_4x2, tile_4x3, tile_4x4}};
+
+static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+    for (int64_t m0 = 0; m0 < j->M; m0 += TOK_BLOCK) {
+        int64_t m1 = m0 + TOK_BLOCK < j->M ? m0 + TOK_BLOCK : j->M;
+        for (int64_t n = n0; n < n1; n += 4) {
+            int nr = n1 - n < 4 ? (int)(n1 - n) : 4;
+            for (int64_t m = m0; m < m1; m += 4) {
+                int nt = m1 - m < 4 ? (int)(m1 - m) : 4;
+                tiles[nr - 1][nt - 1](j, n, m);
+            }
+        }
+    }
+}
+
+const ryz_ternary_kernels ryz_ternary_avx512 = {
+    .name = "avx512vnni",
+    .tl_name = "scalar",
+    .gemm_i2 = gemm_i2,
+    .gemm_tl = ryz_gemm_tl_scalar,
+};

@@ -1,0 +1,111 @@
+/* ternary_scalar.c: reference ternary kernels and the layout conversions (see ternary.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ternary.h"
+
+/* ---- I2 layout ------------------------------------------------------------- */
+void ryz_pack_i2(uint8_t *out, const int8_t *trits, int64_t K) {
+    int64_t Kp = ryz_i2_padded_k(K);
+    for (int64_t b = 0; b < Kp / RYZ_I2_BLOCK; b++)
+        for (int j = 0; j < RYZ_I2_BLOCK_BYTES; j++) {
+            unsigned v = 0;
+            for (int i = 0; i < 4; i++) {
+                int64_t k = b * RYZ_I2_BLOCK + 64 * i + j;
+                unsigned c = k < K ? (unsigned)(trits[k] + 1) : 1u;
+                v |= c << (2 * i);
+            }
+            out[b * RYZ_I2_BLOCK_BYTES + j] = (uint8_t)v;
+        }
+}
+
+void ryz_unpack_i2(int8_t *trits, const uint8_t *in, int64_t K) {
+    for (int64_t k = 0; k < K; k++) {
+        int64_t b = k / RYZ_I2_BLOCK, r = k % RYZ_I2_BLOCK;
+        unsigned byte = in[b * RYZ_I2_BLOCK_BYTES + r % 64];
+        trits[k] = (int8_t)((int)((byte >> (2 * (r / 64))) & 3u) - 1);
+    }
+}
+
+/* acc = sum_k code[k] q[k] over the padded row, minus the activation sum */
+void ryz_gemm_i2_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+    const int64_t nb = j->Kp / RYZ_I2_BLOCK;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *w = j->w + n * j->rb;
+        for (int64_t m = 0; m < j->M; m++) {
+            const int8_t *q = j->q + m * j->ldq;
+            int32_t acc = 0;
+            for (int64_t b = 0; b < nb; b++)
+                for (int i = 0; i < 4; i++)
+                    for (int jj = 0; jj < RYZ_I2_BLOCK_BYTES; jj++)
+                        acc += (int32_t)((w[b * 64 + jj] >> (2 * i)) & 3) *
+                               q[b * RYZ_I2_BLOCK + 64 * i + jj];
+            ryz_ternary_store(j, m, n, acc - j->qsum[m]);
+        }
+    }
+}
+
+/* ---- TL layout ------------------------------------------------------------- */
+static inline unsigned tl_index(int64_t k, const int8_t *trits, int64_t K) {
+    int a = k < K ? trits[k] : 0, b = k + 1 < K ? trits[k + 1] : 0;
+    return (unsigned)(3 * (a + 1) + (b + 1));
+}
+
+void ryz_pack_tl(uint8_t *out, const int8_t *trits, int64_t K) {
+    int64_t Kp = ryz_tl_padded_k(K);
+    for (int64_t c = 0; c < Kp / 4; c++)
+        out[c] = (uint8_t)(tl_index(4 * c, trits, K) | tl_index(4 * c + 2, trits, K) << 4);
+}
+
+void ryz_unpack_tl(int8_t *trits, const uint8_t *in, int64_t K) {
+    for (int64_t k = 0; k < K; k++) {
+        unsigned idx = (in[k / 4] >> (4 * ((k / 2) & 1))) & 15u;
+        trits[k] = (int8_t)((k & 1) ? (int)(idx % 3) - 1 : (int)(idx / 3) - 1);
+    }
+}
+
+/* Table of one token: T[g * 16 + idx] = a0 (idx/3 - 1) + a1 (idx%3 - 1), idx 0..8
+ * (16 slots so a SIMD variant can use the same table with vpshufb). */
+void ryz_tl_build_table(int16_t *T, const int8_t *q, int64_t Kp) {
+    for (int64_t g = 0; g < Kp / 2; g++) {
+        int a0 = q[2 * g], a1 = q[2 * g + 1];
+        int16_t *t = T + g * 16;
+        for (int idx = 0; idx < 16; idx++)
+            t[idx] = idx < 9 ? (int16_t)(a0 * (idx / 3 - 1) + a1 * (idx % 3 - 1)) : 0;
+    }
+}
+
+void ryz_gemm_tl_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+    const int64_t G = j->Kp / 2;
+    int16_t *T = malloc((size_t)G * 16 * sizeof(int16_t));
+    for (int64_t m = 0; m < j->M; m++) {
+        const int8_t *q = j->q + m * j->ldq;
+        if (T) ryz_tl_build_table(T, q, j->Kp);
+        for (int64_t n = n0; n < n1; n++) {
+            const uint8_t *w = j->w + n * j->rb;
+            int32_t acc = 0;
+            if (T) {
+                for (int64_t c = 0; c < j->Kp / 4; c++) {
+                    acc += T[(2 * c) * 16 + (w[c] & 15)];
+                    acc += T[(2 * c + 1) * 16 + (w[c] >> 4)];
+                }
+            } else { /* no memory for the table: same sums without it */
+                for (int64_t c = 0; c < j->Kp / 4; c++)
+                    for (int h = 0; h < 2; h++) {
+                        unsigned idx = (w[c] >> (4 * h)) & 15u;
+                        acc += q[4 * c + 2 * h] * ((int)(idx / 3) - 1) +
+                               q[4 * c + 2 * h + 1] * ((int)(idx % 3) - 1);
+                    }
+            }
+            ryz_ternary_store(j, m, n, acc);
+        }
+    }
+    free(T);
+}
+
+const ryz_ternary_kernels ryz_ternary_scalar = {
+    .name = "scalar",
+    .tl_name = "scalar",
+    .gemm_i2 = ryz_gemm_i2_scalar,
+    .gemm_tl = ryz_gemm_tl_scalar,
+};

@@ -1,0 +1,235 @@
+"""`python -m ryzjupyter.bench kernels`: the ternary kernels against this machine's limits.
+
+1. Limits, measured here: streaming read bandwidth (C loop of AVX-512 loads over a
+   buffer >= 1 GiB, 1 and 2 threads) and the int8 VNNI peak (register-only loop of
+   independent vpdpbusd; GOPS = 2 x MACs).
+2. Decode (GEMV, M = 1): ``ternary_linear_i2`` called the way a model calls it, one pass
+   over a set of BitNet-2B-4T-shaped packed matrices far larger than L3 (copies of each
+   shape totalling ``--gemv-mib``, and the 30-layer mix of q,k,v,o,gate,up,down = one
+   token of the 2B-4T ternary weights), so every byte comes from DRAM. GB/s = packed
+   bytes / time, as a fraction of the measured read bandwidth.
+3. Prefill (GEMM, M = 128 and 512): GOPS = 2 M N K / time, as a fraction of the VNNI peak.
+Each figure is the median of ``--repeat`` runs; the best run is recorded too (``best``),
+because on a shared machine a run that lost its core to another process says nothing
+about the kernel. The report prints the load average before and after.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from ryzjupyter import _native
+
+# BitNet-b1.58-2B-4T linear shapes (N x K) and how often each occurs in a layer
+SHAPES_2B4T = [("attn q/o 2560x2560", 2560, 2560, 2), ("attn k/v 640x2560", 640, 2560, 2),
+               ("ffn gate/up 6912x2560", 6912, 2560, 2), ("ffn down 2560x6912", 2560, 6912, 1)]
+LAYERS_2B4T = 30
+
+
+def add_parser(sub):
+    p = sub.add_parser("kernels", help="ternary kernels vs measured bandwidth and VNNI peak")
+    p.add_argument("--json", metavar="FILE", help="write one JSON record per measurement")
+    p.add_argument("--repeat", type=int, default=7, help="runs per figure (median); default 7")
+    p.add_argument("--threads", default="1,2", help="thread counts, comma separated")
+    p.add_argument("--bw-mib", type=int, default=1024, help="bandwidth probe buffer (MiB)")
+    p.add_argument("--gemv-mib", type=int, default=512, help="GEMV weight set per shape (MiB)")
+    p.add_argument("--gemm-m", default="128,512", help="GEMM token counts")
+    p.add_argument("--no-model-pass", action="store_true", help="skip the 30-layer 2B-4T pass")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (for tests), not meaningful")
+    p.set_defaults(run=run)
+    return p
+
+
+def _median_time(fn, repeat):
+    fn()  # warm up (page faults, thread start)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def measure_bandwidth(mib, threads, repeat):
+    buf = np.ones(mib << 20, np.uint8)  # touched: every page is real memory
+    runs = []
+    for _ in range(repeat + 1):
+        dt, nbytes = _native.probe_read(buf, threads)
+        runs.append(nbytes / dt / 1e9)
+    del buf
+    return statistics.median(runs[1:]), runs[1:]
+
+
+def measure_vnni_peak(threads, repeat, iters=100_000):
+    # many short runs (~2 ms each): on a shared machine a long run is mostly preemption
+    runs = []
+    for _ in range(20 * repeat + 1):
+        dt = _native.probe_vnni(iters, threads)
+        runs.append(2 * 64 * 16 * iters * threads / dt / 1e9)
+    return statistics.median(runs[1:]), runs[1:]
+
+
+def _random_packed(rng, N, K):
+    rb = _native.i2_row_bytes(K)
+    codes = rng.integers(0, 3, (4, N, rb), dtype=np.uint8)
+    return (codes[0] | codes[1] << 2 | codes[2] << 4 | codes[3] << 6).astype(np.uint8)
+
+
+def run(args) -> int:
+    quick = args.quick
+    repeat = max(1, 1 if quick else args.repeat)
+    threads_list = [int(t) for t in args.threads.split(",") if t.strip()]
+    gemm_ms = [int(m) for m in args.gemm_m.split(",") if m.strip()]
+    bw_mib = 32 if quick else args.bw_mib
+    gemv_mib = 8 if quick else args.gemv_mib
+    shapes = [(n, 256 if quick else N, 256 if quick else K, c) for n, N, K, c in SHAPES_2B4T]
+    if quick:
+        gemm_ms = [4]
+    info = _native.info()
+    has_vnni = "avx512vnni" in info["supported_isas"]
+    records = []
+    prev_threads = _native.get_num_threads()
+    load = os.getloadavg()
+    print(f"machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, isa {info['isa']}, "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"repeats: {repeat} (median)  threads: {threads_list}")
+    rng = np.random.default_rng(0)
+
+    def rec(**kw):
+        kw.update(isa=info["isa"], repeat=repeat)
+        records.append(kw)
+        return kw
+
+    try:
+        bw, bwbest, peak = {}, {}, {}
+        print("\n== machine limits ==")
+        for th in threads_list:
+            bw[th], runs = measure_bandwidth(bw_mib, th, repeat)
+            bwbest[th] = max(runs)
+            rec(kind="read_bandwidth", threads=th, bytes=bw_mib << 20, gbps=bw[th], best=max(runs),
+                runs=runs)
+            print(f"  read bandwidth, {th} thr, {bw_mib} MiB buffer: {bw[th]:6.1f} GB/s "
+                  f"(best {max(runs):.1f})")
+            if has_vnni:
+                peak[th], runs = measure_vnni_peak(th, repeat, 20_000 if quick else 100_000)
+                rec(kind="vnni_peak", threads=th, gops=peak[th], best=max(runs), runs=runs)
+                print(f"  VNNI int8 peak, {th} thr: {peak[th]:7.1f} GOPS (2 ops per MAC; "
+                      f"best {max(runs):.1f})")
+
+        print("\n== decode: ternary GEMV (M=1, ternary_linear_i2), weights streamed from DRAM ==")
+        print(f"  {'shape (N x K)':24s} {'thr':>3s} {'GB/s':>7s} {'of BW':>6s} {'us/mat':>8s}"
+              f" {'best GB/s':>9s} {'of best BW':>10s}")
+        for name, N, K, _ in shapes:
+            one = _random_packed(rng, N, K)
+            copies = max(2, (gemv_mib << 20) // one.nbytes)
+            mats = [one.copy() for _ in range(copies)]
+            x = rng.standard_normal((1, K)).astype(np.float32)
+            out = np.empty((1, N), np.float32)
+            lin = _native.ternary_linear_i2
+
+            def gemv_pass():
+                for p in mats:
+                    lin(out, p, x, 1.0)
+            total = one.nbytes * copies
+            for th in threads_list:
+                _native.set_num_threads(th)
+                med, runs = _median_time(gemv_pass, repeat)
+                gbps = total / med / 1e9
+                best = total / min(runs) / 1e9
+                r = rec(kind="gemv", shape=name, N=N, K=K, M=1, threads=th, layout="i2", copies=copies,
+                        bytes=total, seconds=med, gbps=gbps, frac_bw=gbps / bw[th], best=best,
+                        frac_best_bw=best / bwbest[th], runs=[total / t / 1e9 for t in runs])
+                print(f"  {name:24s} {th:3d} {gbps:7.1f} {r['frac_bw']:6.0%} {med / copies * 1e6:8.1f}"
+                      f" {best:9.1f} {r['frac_best_bw']:10.0%}")
+            del mats
+
+        if not args.no_model_pass:
+            layer = [s for s in shapes for _ in range(s[3])]
+            mats = [(_random_packed(rng, N, K), N, K) for _ in range(1 if quick else LAYERS_2B4T)
+                    for _, N, K, _ in layer]
+            xs = {K: rng.standard_normal((1, K)).astype(np.float32) for _, _, K, _ in shapes}
+            outs = {N: np.empty((1, N), np.float32) for _, N, _, _ in shapes}
+            total = sum(p.nbytes for p, _, _ in mats)
+            lin = _native.ternary_linear_i2
+
+            def model_pass():
+                for p, N, K in mats:
+                    lin(outs[N], p, xs[K], 1.0)
+            for th in threads_list:
+                _native.set_num_threads(th)
+                med, runs = _median_time(model_pass, repeat)
+                gbps = total / med / 1e9
+                best = total / min(runs) / 1e9
+                r = rec(kind="gemv_model_pass", shape="2B-4T 30 layers x (q,k,v,o,gate,up,down)",
+                        M=1, threads=th, layout="i2", matrices=len(mats), bytes=total, seconds=med,
+                        gbps=gbps, frac_bw=gbps / bw[th], best=best, frac_best_bw=best / bwbest[th],
+                        runs=[total / t / 1e9 for t in runs])
+                print(f"  {'2B-4T model pass':24s} {th:3d} {gbps:7.1f} {r['frac_bw']:6.0%} "
+                      f"{med * 1e3:7.2f} ms/token ({total / 2**20:.0f} MiB), best {best:.1f} GB/s "
+                      f"= {r['frac_best_bw']:.0%} of best BW")
+            del mats
+
+        print("\n== prefill: ternary GEMM (ternary_linear_i2) ==")
+        print(f"  {'shape (N x K)':24s} {'M':>4s} {'thr':>3s} {'GOPS':>7s} {'of peak':>7s} {'ms':>8s}"
+              f" {'best GOPS':>9s} {'of peak':>7s}")
+        for name, N, K, _ in shapes:
+            p = _random_packed(rng, N, K)
+            for M in gemm_ms:
+                x = rng.standard_normal((M, K)).astype(np.float32)
+                out = np.empty((M, N), np.float32)
+                for th in threads_list:
+                    _native.set_num_threads(th)
+                    med, runs = _median_time(lambda: _native.ternary_linear_i2(out, p, x, 1.0), repeat)
+                    gops = 2 * M * N * K / med / 1e9
+                    frac = gops / peak[th] if th in peak else None
+                    best = 2 * M * N * K / min(runs) / 1e9
+                    bfrac = best / peak[th] if th in peak else None
+                    rec(kind="gemm", shape=name, N=N, K=K, M=M, threads=th, layout="i2", seconds=med,
+                        gops=gops, frac_peak=frac, best=best, frac_best_peak=bfrac,
+                        runs=[2 * M * N * K / t / 1e9 for t in runs])
+                    fs = f"{frac:7.0%}" if frac is not None else "      -"
+                    bfs = f"{bfrac:7.0%}" if bfrac is not None else "      -"
+                    print(f"  {name:24s} {M:4d} {th:3d} {gops:7.1f} {fs} {med * 1e3:8.2f} {best:9.1f} {bfs}")
+
+        print("\n== layouts: I2 vs TL (lookup table), L3-resident, M=1 ==")
+        name, N, K, _ = shapes[0]
+        t = rng.integers(-1, 2, (N, K), dtype=np.int8)
+        x = rng.standard_normal((1, K)).astype(np.float32)
+        out = np.empty((1, N), np.float32)
+        for lay in ("i2", "tl"):
+            p = np.empty((N, getattr(_native, f"{lay}_row_bytes")(K)), np.uint8)
+            getattr(_native, f"pack_{lay}")(p, t)
+            fn = getattr(_native, f"ternary_linear_{lay}")
+            for th in threads_list:
+                _native.set_num_threads(th)
+                med, runs = _median_time(lambda: fn(out, p, x, 1.0), repeat)
+                rec(kind="layout_gemv", shape=name, N=N, K=K, M=1, threads=th, layout=lay,
+                    seconds=med, gbps=p.nbytes / med / 1e9)
+                print(f"  {lay:3s} {name:24s} {th:3d} thr {med * 1e6:9.1f} us")
+    finally:
+        _native.set_num_threads(prev_threads)
+
+    load = os.getloadavg()
+    print(f"\nload average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": _cpu_model(), "native": {k: info[k] for k in ("isa", "threads", "version")},
+                       "records": records}, f, indent=1)
+        print(f"wrote {len(records)} records to {args.json}")
+    return 0

@@ -1,0 +1,392 @@
+"""Generation: sessions with a KV cache, the decode loop, streaming, stop rules, chat, stats.
+
+A model engine (bitnet.py, ...) provides four things and inherits the rest from LanguageModel:
+
+    vocab_size, max_context, tokenizer
+    new_cache(max_len)                    -> a cache with .tokens, .reuse(ids), .truncate(n), .max_len
+    forward(token_ids, cache, all_logits) -> float32 logits [M, vocab] (or [1, vocab] for the last
+                                             token only); runs the tokens at positions len(cache)...,
+                                             writes their keys/values and appends them to cache.tokens
+
+A Session owns one cache. Feeding it a token sequence keeps the longest cached prefix and runs
+only the rest (`tokens_processed` counts what really ran), so a follow-up prompt that extends the
+previous prompt + answer costs only its new tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .sampling import Sampler, SamplingSettings
+
+
+# ----------------------------------------------------------------------------
+# results
+
+@dataclass
+class GenerationStats:
+    n_prompt: int = 0          # prompt tokens
+    n_cached: int = 0          # prompt tokens reused from the KV cache (not recomputed)
+    n_prefill: int = 0         # prompt tokens actually run
+    n_generated: int = 0       # tokens produced (a final stop token included)
+    ttft_s: float = 0.0        # time to first token: call -> first token sampled
+    prefill_s: float = 0.0
+    decode_s: float = 0.0      # first token -> last token
+    total_s: float = 0.0
+    prefill_tok_s: float = 0.0
+    decode_tok_s: float = 0.0  # (n_generated - 1) / decode_s
+
+    def as_dict(self):
+        return dict(self.__dict__)
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    tokens: list
+    stats: GenerationStats
+    settings: dict
+    finish_reason: str = "length"   # "length", "stop" (stop token or string), "context", "interrupted"
+    prompt_tokens: list = field(default_factory=list, repr=False)
+
+    def __str__(self):
+        return self.text
+
+    def __repr__(self):
+        t = self.text if len(self.text) <= 60 else self.text[:57] + "..."
+        return (f"GenerationResult({t!r}, n_generated={self.stats.n_generated}, "
+                f"finish_reason={self.finish_reason!r}, decode={self.stats.decode_tok_s:.1f} tok/s)")
+
+
+# ----------------------------------------------------------------------------
+# options
+
+def _check_max_new_tokens(n):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {n!r}")
+    return int(n)
+
+
+def _split_stop(stop):
+    """`stop` may hold strings (stop strings) and ints (stop token ids)."""
+    if stop is None:
+        return [], []
+    if isinstance(stop, (str, int)):
+        stop = [stop]
+    strings, ids = [], []
+    for s in stop:
+        if isinstance(s, str):
+            if s == "":
+                raise ValueError("stop strings must not be empty")
+            strings.append(s)
+        elif isinstance(s, (int, np.integer)) and not isinstance(s, bool):
+            ids.append(int(s))
+        else:
+            raise ValueError(f"stop entries must be strings or token ids, got {s!r}")
+    return strings, ids
+
+
+def _held_suffix(text, stop_strings):
+    """Length of the longest suffix of text that is a proper prefix of a stop string
+    (that text must wait: the next token may complete the stop string)."""
+    best = 0
+    for s in stop_strings:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+# ----------------------------------------------------------------------------
+# the session
+
+class Session:
+    """A conversation with one model: its KV cache, its chat history, its counters."""
+
+    def __init__(self, model, max_context=None):
+        self.model = model
+        n = model.max_context if max_context is None else int(max_context)
+        if n < 1 or n > model.max_context:
+            raise ValueError(f"max_context must be in 1..{model.max_context} (the model's context), got {n}")
+        self.max_context = n
+        self.cache = model.new_cache(n)
+        self.history: list[dict] = []
+        self.tokens_processed = 0      # tokens run through forward() in this session
+        self.tokens_reused = 0         # prompt tokens served from the cache instead
+        self.last_result: GenerationResult | None = None
+
+    # -- running tokens
+    def prefill(self, token_ids):
+        """Make the cache hold exactly `token_ids`, running only what is not cached; returns the
+        logits after the last token (float32 [vocab]) and the number of reused tokens."""
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise ValueError("the prompt is empty; give at least one token (most models want a BOS token)")
+        if len(ids) > self.max_context:
+            raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {self.max_context}; "
+                             "shorten the prompt (or load the model with a larger max_context)")
+        vocab = self.model.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        kept = self.cache.reuse(ids)
+        new = ids[kept:]
+        logits = self.model.forward(np.asarray(new, dtype=np.int64), self.cache, all_logits=False)
+        self.tokens_processed += len(new)
+        self.tokens_reused += kept
+        return logits[-1], kept
+
+    def step(self, token_id):
+        """Run one token after the cached ones; returns its logits [vocab]."""
+        logits = self.model.forward(np.asarray([int(token_id)], dtype=np.int64), self.cache, all_logits=False)
+        self.tokens_processed += 1
+        return logits[-1]
+
+    def reset(self):
+        self.cache.truncate(0)
+        self.history.clear()
+
+    # -- prompts
+    def _prompt_ids(self, prompt, add_special_tokens=True):
+        if isinstance(prompt, str):
+            if self.model.tokenizer is None:
+                raise ValueError("this model has no tokenizer (tokenizer.json was not in its folder); "
+                                 "pass token ids instead of text, or add tokenizer.json")
+            return self.model.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+        if isinstance(prompt, np.ndarray):
+            prompt = prompt.reshape(-1).tolist()
+        if isinstance(prompt, (list, tuple)) and all(isinstance(t, (int, np.integer)) and
+                                                     not isinstance(t, bool) for t in prompt):
+            return [int(t) for t in prompt]
+        raise TypeError("the prompt must be a string or a list of token ids")
+
+    # -- generation
+    def stream(self, prompt, max_new_tokens=128, *, stop=None, ignore_eos=False, add_special_tokens=True,
+               **sampling):
+        """An iterator of text pieces; after it is exhausted `.result` holds the GenerationResult."""
+        return TextStream(self, prompt, max_new_tokens, stop=stop, ignore_eos=ignore_eos,
+                          add_special_tokens=add_special_tokens, **sampling)
+
+    def generate(self, prompt, max_new_tokens=128, **kw) -> GenerationResult:
+        s = self.stream(prompt, max_new_tokens, **kw)
+        try:
+            for _ in s:
+                pass
+        except KeyboardInterrupt:
+            s.interrupt()
+        return s.result
+
+    def chat(self, message, max_new_tokens=256, *, system=None, stream=False, **kw):
+        """Chat turn. `message` is a string (appended to this session's history as the user's turn;
+        the reply is added when generation ends) or a full list of messages (history untouched)."""
+        tok = self.model.tokenizer
+        if tok is None:
+            raise ValueError("chat needs a tokenizer with a chat template; this model folder has no "
+                             "tokenizer.json")
+        if isinstance(message, str):
+            msgs = list(self.history)
+            if system is not None and not any(m.get("role") == "system" for m in msgs):
+                msgs.insert(0, {"role": "system", "content": system})
+            msgs.append({"role": "user", "content": message})
+            keep = True
+        else:
+            msgs = list(message)
+            if system is not None:
+                msgs.insert(0, {"role": "system", "content": system})
+            keep = False
+        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        stops = _split_stop(kw.pop("stop", None))
+        stop = stops[0] + stops[1] + list(tok.stop_token_ids)
+
+        def on_done(result):
+            if keep and result.finish_reason != "interrupted":
+                self.history[:] = msgs + [{"role": "assistant", "content": result.text}]
+
+        ts = TextStream(self, ids, max_new_tokens, stop=stop, on_done=on_done, **kw)
+        if stream:
+            return ts
+        try:
+            for _ in ts:
+                pass
+        except KeyboardInterrupt:
+            ts.interrupt()
+        return ts.result
+
+
+class TextStream:
+    """Iterator over the text pieces of one generation (see Session.stream)."""
+
+    def __init__(self, session, prompt, max_new_tokens, *, stop=None, ignore_eos=False, add_special_tokens=True,
+                 on_done=None, **sampling):
+        unknown = set(sampling) - set(SamplingSettings.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown generation option(s): {', '.join(sorted(unknown))}; valid: "
+                            f"max_new_tokens, stop, ignore_eos, {', '.join(SamplingSettings.__dataclass_fields__)}")
+        self.session = session
+        self.max_new_tokens = _check_max_new_tokens(max_new_tokens)
+        self.stop_strings, stop_ids = _split_stop(stop)
+        tok = session.model.tokenizer
+        self.stop_ids = set(stop_ids)
+        if not ignore_eos and tok is not None:
+            self.stop_ids |= set(tok.stop_token_ids)
+        self.sampler = Sampler(SamplingSettings(**sampling))      # validates the options
+        self.prompt_ids = session._prompt_ids(prompt, add_special_tokens)
+        self.on_done = on_done
+        self.result: GenerationResult | None = None
+        self._gen = self._run()
+        self._interrupted = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._gen)
+
+    def interrupt(self):
+        """Stop now and keep what was generated (finish_reason 'interrupted')."""
+        self._interrupted = True
+        for _ in self._gen:
+            pass
+
+    def close(self):
+        self.interrupt()
+
+    @property
+    def settings(self):
+        d = self.sampler.settings.as_dict()
+        d.update(max_new_tokens=self.max_new_tokens, stop=self.stop_strings + sorted(self.stop_ids))
+        return d
+
+    def _run(self):
+        session, model = self.session, self.session.model
+        tok = model.tokenizer
+        stats = GenerationStats(n_prompt=len(self.prompt_ids))
+        out: list[int] = []
+        text_parts: list[str] = []
+        pending = ""
+        finish = "length"
+        t0 = time.perf_counter()
+        t_first = None
+        decoder = tok.decoder(context_ids=self.prompt_ids) if tok is not None else None
+        try:
+            if self.max_new_tokens > 0 and not self._interrupted:
+                logits, kept = session.prefill(self.prompt_ids)
+                stats.n_cached, stats.n_prefill = kept, len(self.prompt_ids) - kept
+                stats.prefill_s = time.perf_counter() - t0
+                ctx = list(self.prompt_ids)
+                while True:
+                    if self._interrupted:
+                        finish = "interrupted"
+                        break
+                    t = self.sampler.sample(logits, ctx)
+                    out.append(t)
+                    ctx.append(t)
+                    if t_first is None:
+                        t_first = time.perf_counter()
+                    if t in self.stop_ids:
+                        finish = "stop"
+                        break
+                    if decoder is not None:
+                        pending += decoder.push(t)
+                    if self.stop_strings and pending:
+                        hit = min(((pending.find(s), s) for s in self.stop_strings if s in pending),
+                                  default=None)
+                        if hit is not None:
+                            pending = pending[:hit[0]]
+                            finish = "stop"
+                            break
+                        hold = _held_suffix(pending, self.stop_strings)
+                    else:
+                        hold = 0
+                    if len(pending) > hold:
+                        piece, pending = pending[:len(pending) - hold], pending[len(pending) - hold:]
+                        text_parts.append(piece)
+                        yield piece
+                    if len(out) >= self.max_new_tokens:
+                        break
+                    if len(session.cache.tokens) + 1 > session.max_context:
+                        finish = "context"
+                        break
+                    if self._interrupted:
+                        finish = "interrupted"
+                        break
+                    logits = session.step(t)
+            if finish != "stop" and decoder is not None:
+                pending += decoder.flush()
+            if pending:
+                text_parts.append(pending)
+                if not self._interrupted:
+                    yield pending
+        except KeyboardInterrupt:
+            finish = "interrupted"
+        finally:
+            end = time.perf_counter()
+            stats.n_generated = len(out)
+            stats.total_s = end - t0
+            if t_first is not None:
+                stats.ttft_s = t_first - t0
+                stats.decode_s = end - t_first
+            if stats.prefill_s > 0:
+                stats.prefill_tok_s = stats.n_prefill / stats.prefill_s
+            if stats.decode_s > 0 and len(out) > 1:
+                stats.decode_tok_s = (len(out) - 1) / stats.decode_s
+            self.result = GenerationResult("".join(text_parts), out, stats, self.settings, finish,
+                                           list(self.prompt_ids))
+            session.last_result = self.result
+            if self.on_done is not None:
+                self.on_done(self.result)
+
+
+# ----------------------------------------------------------------------------
+# what every engine's model class inherits
+
+class LanguageModel:
+    """generate / stream / chat / logits on top of an engine's forward()."""
+
+    _default_session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        """The model's default session (its KV cache persists across calls)."""
+        if self._default_session is None:
+            self._default_session = Session(self)
+        return self._default_session
+
+    def new_session(self, max_context=None) -> Session:
+        return Session(self, max_context)
+
+    def reset(self):
+        """Forget the default session's cache and chat history."""
+        if self._default_session is not None:
+            self._default_session.reset()
+
+    def generate(self, prompt, max_new_tokens=128, **kw) -> GenerationResult:
+        """Generate a continuation of `prompt` (text or token ids). Options: temperature, top_k, top_p,
+        min_p, repetition_penalty, seed, stop=[strings or ids], ignore_eos."""
+        return self.session.generate(prompt, max_new_tokens, **kw)
+
+    def stream(self, prompt, max_new_tokens=128, **kw) -> TextStream:
+        """Like generate() but yields text pieces as they are decoded; `.result` at the end."""
+        return self.session.stream(prompt, max_new_tokens, **kw)
+
+    def chat(self, messages, max_new_tokens=256, **kw):
+        """Chat with the checkpoint's template; a string continues the default session's history."""
+        return self.session.chat(messages, max_new_tokens, **kw)
+
+    def logits(self, token_ids) -> np.ndarray:
+        """float32 logits [len(token_ids), vocab] for a whole sequence (one batched prefill)."""
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("logits() needs at least one token id")
+        if ids.size > self.max_context:
+            raise ValueError(f"{ids.size} tokens exceed the model's context of {self.max_context}; "
+                             "pass a shorter sequence")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            bad = int(ids[(ids < 0) | (ids >= self.vocab_size)][0])
+            raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
+        cache = self.new_cache(int(ids.size))
+        return self.forward(ids, cache, all_logits=True)

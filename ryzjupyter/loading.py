@@ -1,0 +1,83 @@
+"""`ryzjupyter.load(path_or_hub_id, **options)`: find a checkpoint, pick its engine, load it.
+
+    model = ryzjupyter.load("microsoft/bitnet-b1.58-2B-4T")     # hub id (cache first, offline ok)
+    model = ryzjupyter.load("/models/my-bitnet")                 # a local folder
+    model = ryzjupyter.load()                                     # the bundled demo model
+
+Options: revision, local_files_only, allow_pickle (refused by default: pickle files can run
+code), max_context (a smaller KV cache), lm_head ("f32" exact, or "int8"), prefill_chunk,
+progress (callable(done, total) while layers load), name, convert_cache (True: keep latent
+weights quantized to ternary on disk, in $RYZ_CACHE_DIR or ~/.cache/ryzjupyter/converted, so the
+next load skips the conversion; False: never; or a folder).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from .checkpoint import CheckpointError, detect_kind, read_config, resolve_model_path
+
+MODELS_DIR = Path(__file__).parent / "models"
+_ENGINE_OPTIONS = {"max_context", "lm_head", "prefill_chunk", "progress", "name", "convert_cache"}
+_FIND_OPTIONS = {"revision", "local_files_only", "allow_pickle", "cache_dir"}
+
+
+def bundled_model_path() -> Path:
+    """The bundled demo model folder (ryzjupyter/models/demo, else the only model there)."""
+    demo = MODELS_DIR / "demo"
+    if (demo / "config.json").is_file():
+        return demo
+    found = sorted(p for p in MODELS_DIR.glob("*") if (p / "config.json").is_file()) if MODELS_DIR.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise CheckpointError("no model given and this ryzjupyter has no bundled model (ryzjupyter/models/ "
+                              "is empty); pass a folder or a hub id, e.g. "
+                              "ryzjupyter.load('microsoft/bitnet-b1.58-2B-4T')")
+    raise CheckpointError(f"no model given and several bundled models exist "
+                          f"({', '.join(p.name for p in found)}); pass one of their names")
+
+
+def load(path_or_id=None, **options):
+    """Load a model from a folder, a hub id or (no argument) the bundled demo model."""
+    unknown = set(options) - _ENGINE_OPTIONS - _FIND_OPTIONS
+    if unknown:
+        raise TypeError(f"unknown load option(s): {', '.join(sorted(unknown))}; valid: "
+                        f"{', '.join(sorted(_ENGINE_OPTIONS | _FIND_OPTIONS))}")
+    if path_or_id is None:
+        folder = bundled_model_path()
+    elif isinstance(path_or_id, str) and (MODELS_DIR / path_or_id / "config.json").is_file():
+        folder = MODELS_DIR / path_or_id                       # a bundled model by name
+    else:
+        folder = resolve_model_path(path_or_id, revision=options.get("revision"),
+                                    allow_pickle=options.get("allow_pickle", False),
+                                    local_files_only=options.get("local_files_only"),
+                                    cache_dir=options.get("cache_dir"))
+    cfg = read_config(folder)
+    kind = detect_kind(cfg)
+    tokenizer = _load_tokenizer(folder)
+    engine_opts = {k: v for k, v in options.items() if k in _ENGINE_OPTIONS}
+    engine_opts.setdefault("name", str(path_or_id) if path_or_id is not None else folder.name)
+    if kind.family == "bitnet":
+        from .bitnet import BitNetModel
+        return BitNetModel(folder, tokenizer=tokenizer, allow_pickle=options.get("allow_pickle", False),
+                           **engine_opts)
+    # other families live in their own engine modules: ryzjupyter/<family>.py with from_pretrained()
+    module = {"mamba": "mamba", "mamba2": "mamba", "rwkv": "rwkv"}[kind.family]
+    try:
+        mod = importlib.import_module(f"ryzjupyter.{module}")
+    except ModuleNotFoundError as e:
+        if e.name != f"ryzjupyter.{module}":
+            raise
+        raise CheckpointError(f"{folder.name} is a {kind.family} model, and this build of ryzjupyter has no "
+                              f"{kind.family} engine") from None
+    return mod.from_pretrained(folder, tokenizer=tokenizer, allow_pickle=options.get("allow_pickle", False),
+                               **engine_opts)
+
+
+def _load_tokenizer(folder):
+    from .tokenizer import Tokenizer
+    if not (Path(folder) / "tokenizer.json").is_file():
+        return None                                            # logits() still works; text prompts do not
+    return Tokenizer.from_pretrained(folder)

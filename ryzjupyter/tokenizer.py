@@ -1,0 +1,305 @@
+"""Tokenizer: the `tokenizers` library plus the pieces transformers adds around it.
+
+- encode / decode over tokenizer.json (BPE, byte-level, SentencePiece-style: whatever the file says);
+- an incremental decoder for streaming that never emits half a UTF-8 character;
+- chat templates: the checkpoint's Jinja template rendered in a sandbox exactly as transformers'
+  `apply_chat_template` renders it (same environment, filters and globals, the special tokens passed
+  as variables), then encoded without adding special tokens, so there is no double BOS;
+- stop ids: eos (from tokenizer_config, config.json and generation_config.json) plus the template's
+  end-of-turn token (e.g. <|eot_id|>).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+
+_NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# Tokens that end an assistant turn in common chat templates.
+_END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>",
+                "<|end_of_text|>", "<|eom_id|>")
+
+
+def _token_text(v):
+    """tokenizer_config stores special tokens as a string or as an AddedToken dict."""
+    if isinstance(v, dict):
+        return v.get("content")
+    return v if isinstance(v, str) else None
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{str(path)!r} is not valid JSON ({e}); the file is damaged, download it "
+                              "again") from e
+
+
+# ----------------------------------------------------------------------------
+# chat templates (the environment transformers builds in utils/chat_template_utils.py)
+
+_TEMPLATE_CACHE: dict[str, object] = {}
+
+
+def compile_chat_template(source: str):
+    if source in _TEMPLATE_CACHE:
+        return _TEMPLATE_CACHE[source]
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        # jinja's own tojson escapes HTML characters; transformers overrides it with plain json.dumps
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(fmt):
+        return datetime.now().strftime(fmt)
+
+    class TemplateDict:
+        def __call__(self, *args, **kwargs):
+            return dict(*args, **kwargs)
+
+        def fromkeys(self, *args, **kwargs):
+            return dict.fromkeys(*args, **kwargs)
+
+    class TemplateNamespace(jinja2.utils.Namespace):
+        # namespaces reject underscore attributes (no reaching CPython internals)
+        def __init__(*args, **kwargs):
+            self, args = args[0], args[1:]
+            attrs = dict(*args, **kwargs)
+            for name in attrs:
+                TemplateNamespace._check_name(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name, value):
+            TemplateNamespace._check_name(name)
+            jinja2.utils.Namespace.__setitem__(self, name, value)
+
+        @staticmethod
+        def _check_name(name):
+            if isinstance(name, str) and name.startswith("_"):
+                raise jinja2.exceptions.SecurityError(f"chat templates cannot set attribute {name!r}")
+
+    class GenerationTag(jinja2.ext.Extension):
+        # `{% generation %}...{% endgeneration %}` marks assistant text for training masks; it renders its body
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller):
+            return caller()
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    env.globals["dict"] = TemplateDict()
+    env.globals["namespace"] = TemplateNamespace
+    try:
+        tmpl = env.from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise CheckpointError(f"the chat template does not parse (line {e.lineno}: {e.message}); fix "
+                              "chat_template in tokenizer_config.json") from e
+    _TEMPLATE_CACHE[source] = tmpl
+    return tmpl
+
+
+def _plain(value):
+    """Only plain JSON data reaches the template (as transformers' _plain_template_data)."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if hasattr(value, "item") and callable(value.item):
+        return _plain(value.item())
+    return f"<{type(value).__name__}>"
+
+
+# ----------------------------------------------------------------------------
+# incremental decoding for streaming
+
+class IncrementalDecoder:
+    """Turns a stream of token ids into text pieces whose concatenation is the decoded text.
+
+    A piece is released only when the decoded text grew and does not end in U+FFFD, i.e. a token
+    that holds the first bytes of a multi-byte character waits for the rest. Decoding always
+    restarts a few tokens back (prefix_offset) so that decoders which treat the first token
+    specially (SentencePiece's leading space) see it in context."""
+
+    def __init__(self, tokenizer, context_ids=(), skip_special_tokens=True):
+        self.tok = tokenizer
+        self.skip = skip_special_tokens
+        ctx = list(context_ids)[-6:]
+        self.ids = list(ctx)
+        self.prefix_offset = 0
+        self.read_offset = len(ctx)
+
+    def _decode(self, ids):
+        return self.tok.decode(ids, skip_special_tokens=self.skip)
+
+    def push(self, token_id) -> str:
+        self.ids.append(int(token_id))
+        prefix_text = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        new_text = self._decode(self.ids[self.prefix_offset:])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            piece = new_text[len(prefix_text):]
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(self.ids)
+            return piece
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character decodes to U+FFFD)."""
+        if self.read_offset >= len(self.ids):
+            return ""
+        prefix_text = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        new_text = self._decode(self.ids[self.prefix_offset:])
+        self.prefix_offset = self.read_offset
+        self.read_offset = len(self.ids)
+        return new_text[len(prefix_text):]
+
+
+# ----------------------------------------------------------------------------
+# the tokenizer
+
+class Tokenizer:
+    """A checkpoint's tokenizer (tokenizer.json + tokenizer_config.json)."""
+
+    def __init__(self, tokenizer_json, tokenizer_config=None, *, model_config=None, generation_config=None,
+                 chat_template=None):
+        from tokenizers import Tokenizer as _HFTokenizer
+        path = Path(tokenizer_json)
+        if not path.is_file():
+            raise CheckpointError(f"{str(path.parent)!r} has no tokenizer.json; ryzjupyter needs the fast "
+                                  "tokenizer file (save one with transformers: "
+                                  "AutoTokenizer.from_pretrained(...).save_pretrained(folder))")
+        try:
+            self._tok = _HFTokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - the Rust error text is informative
+            raise CheckpointError(f"{str(path)!r} could not be read by the tokenizers library ({e}); "
+                                  "the file is damaged or from a newer tokenizers version") from e
+        self.path = path
+        self.config = dict(tokenizer_config or {})
+        self.special_tokens = {}
+        for k in _NAMED_SPECIAL:
+            t = _token_text(self.config.get(k))
+            if t is not None:
+                self.special_tokens[k] = t
+        tmpl = chat_template if chat_template is not None else self.config.get("chat_template")
+        if isinstance(tmpl, list):  # several named templates: use "default"
+            named = {d.get("name"): d.get("template") for d in tmpl if isinstance(d, dict)}
+            tmpl = named.get("default") or next(iter(named.values()), None)
+        self.chat_template = tmpl if isinstance(tmpl, str) and tmpl.strip() else None
+        self.bos_token_id = self.token_to_id(self.special_tokens.get("bos_token"))
+        self.eos_token_id = self.token_to_id(self.special_tokens.get("eos_token"))
+        # eos ids from every place a checkpoint may state them
+        eos = set()
+        for src in (model_config or {}, generation_config or {}):
+            v = src.get("eos_token_id")
+            for x in (v if isinstance(v, list) else [v]):
+                if isinstance(x, int):
+                    eos.add(x)
+        if self.eos_token_id is not None:
+            eos.add(self.eos_token_id)
+        self.eos_token_ids = sorted(eos)
+        # the template's end-of-turn token (a special token the template writes after each message)
+        eot = set()
+        if self.chat_template:
+            for t in _END_OF_TURN:
+                tid = self.token_to_id(t)
+                if tid is not None and t in self.chat_template:
+                    eot.add(tid)
+        self.end_of_turn_ids = sorted(eot)
+        self.stop_token_ids = sorted(eos | eot)
+
+    @classmethod
+    def from_pretrained(cls, folder):
+        """Load from a model folder (or hub id) holding tokenizer.json [+ tokenizer_config.json]."""
+        from .checkpoint import resolve_model_path
+        folder = resolve_model_path(folder)
+        cfg = {}
+        if (folder / "tokenizer_config.json").is_file():
+            cfg = _read_json(folder / "tokenizer_config.json")
+        model_cfg = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+        gen_cfg = (_read_json(folder / "generation_config.json")
+                   if (folder / "generation_config.json").is_file() else {})
+        template = None
+        if (folder / "chat_template.jinja").is_file():  # transformers >= 4.43 saves it separately
+            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        elif (folder / "chat_template.json").is_file():
+            template = _read_json(folder / "chat_template.json").get("chat_template")
+        return cls(folder / "tokenizer.json", cfg, model_config=model_cfg, generation_config=gen_cfg,
+                   chat_template=template)
+
+    # -- basic
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token):
+        return None if token is None else self._tok.token_to_id(token)
+
+    def id_to_token(self, i):
+        return self._tok.id_to_token(int(i))
+
+    def encode(self, text: str, add_special_tokens=True) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"encode() takes a str, got {type(text).__name__}")
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids, skip_special_tokens=True) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def decoder(self, context_ids=(), skip_special_tokens=True) -> IncrementalDecoder:
+        return IncrementalDecoder(self, context_ids, skip_special_tokens)
+
+    # -- chat
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True, **kwargs):
+        """Render `messages` ([{"role": ..., "content": ...}, ...]) with the checkpoint's template,
+        as transformers does. tokenize=True returns token ids (encoded without added special
+        tokens, as transformers does), tokenize=False the text."""
+        if self.chat_template is None:
+            raise ValueError("this tokenizer has no chat template (tokenizer_config.json has no "
+                             "'chat_template'); use generate() with a plain prompt instead of chat")
+        if not isinstance(messages, (list, tuple)) or not all(isinstance(m, dict) for m in messages):
+            raise TypeError("messages must be a list of dicts like {'role': 'user', 'content': 'Hi'}")
+        for i, m in enumerate(messages):
+            if "role" not in m:
+                raise ValueError(f"message {i} has no 'role' (expected 'system', 'user' or 'assistant')")
+        import jinja2
+        tmpl = compile_chat_template(self.chat_template)
+        variables = {**self.special_tokens, **kwargs}
+        try:
+            text = tmpl.render(messages=_plain(list(messages)), tools=None, documents=None,
+                               add_generation_prompt=add_generation_prompt, **_plain(variables))
+        except jinja2.exceptions.TemplateError as e:
+            raise ValueError(f"the chat template rejected these messages: {e}") from e
+        if not tokenize:
+            return text
+        return self.encode(text, add_special_tokens=False)
+
+    def __repr__(self):
+        return (f"Tokenizer(vocab={self.vocab_size}, bos={self.bos_token_id}, stop={self.stop_token_ids}, "
+                f"chat_template={'yes' if self.chat_template else 'no'})")

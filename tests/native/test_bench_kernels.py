@@ -1,0 +1,32 @@
+"""`python -m ryzjupyter.bench kernels` runs end to end (tiny --quick sizes) and writes one
+JSON record per measurement with the fields docs/performance.md reads."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_kernels_quick(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "kernels", "--quick",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={"PYTHONPATH": str(ROOT), "RYZ_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stderr
+    assert "read bandwidth" in proc.stdout and "ternary GEMV" in proc.stdout
+    data = json.loads(out.read_text())
+    kinds = {r["kind"] for r in data["records"]}
+    assert {"read_bandwidth", "gemv", "gemv_model_pass", "gemm", "layout_gemv"} <= kinds
+    for r in data["records"]:
+        assert r["threads"] in (1, 2) and r["repeat"] >= 1 and r["isa"]
+        if r["kind"] == "gemv":
+            assert r["gbps"] > 0 and 0 < r["frac_bw"] and r["M"] == 1
+        if r["kind"] == "gemm":
+            assert r["gops"] > 0 and r["M"] >= 1
+
+
+def test_bench_help():
+    proc = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "kernels", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)}, timeout=60)
+    assert proc.returncode == 0 and "--repeat" in proc.stdout and "--json" in proc.stdout

@@ -1,0 +1,157 @@
+"""Dense int8 and float32 products: every ISA variant vs numpy (int8 bit-exact, float32
+within the documented bound), threads, and bad inputs for both entry points."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ryzjupyter import _native
+
+from . import reference as ref
+
+SHAPES = [(1, 1, 1), (1, 7, 300), (1, 3, 2560), (2, 5, 17), (3, 9, 64), (4, 4, 65),
+          (5, 13, 1000), (7, 33, 100), (9, 6, 513), (17, 5, 127), (66, 19, 130), (0, 4, 8), (3, 0, 8)]
+
+
+def i8(xq, xs, wq, ws):
+    out = np.empty((xq.shape[0], wq.shape[0]), np.float32)
+    _native.matmul_i8(out, xq, xs, wq, ws)
+    return out
+
+
+def f32(x, w):
+    out = np.empty((x.shape[0], w.shape[0]), np.float32)
+    _native.matmul_f32(out, x, w)
+    return out
+
+
+def rand_i8(rng, M, N, K):
+    xq = rng.integers(-128, 128, (M, K), dtype=np.int8)
+    wq = rng.integers(-128, 128, (N, K), dtype=np.int8)
+    xs = rng.uniform(0.5, 200, M).astype(np.float32)
+    ws = rng.uniform(0.5, 200, N).astype(np.float32)
+    return xq, xs, wq, ws
+
+
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_i8_matches_reference(isa, rng, M, N, K):
+    args = rand_i8(rng, M, N, K)
+    np.testing.assert_array_equal(i8(*args), ref.matmul_i8(*args))
+
+
+@pytest.mark.parametrize("a,b", [(-128, -128), (-128, 127), (127, 127), (127, -128)])
+def test_i8_extremes(isa, a, b):
+    K = 20000 + 33
+    xq, wq = np.full((3, K), a, np.int8), np.full((5, K), b, np.int8)
+    xs, ws = np.ones(3, np.float32), np.ones(5, np.float32)
+    out = i8(xq, xs, wq, ws)
+    np.testing.assert_array_equal(out, ref.matmul_i8(xq, xs, wq, ws))
+    assert out[0, 0] == np.float32(a * b * K)
+
+
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_f32_within_bound(isa, rng, M, N, K):
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    exact, bound = ref.matmul_f32_with_bound(x, w)
+    assert np.all(np.abs(f32(x, w) - exact) <= bound)
+
+
+def test_f32_exact_on_integers(isa, rng):
+    # small integers: every partial sum is exact in float32, whatever the order
+    x = rng.integers(-8, 9, (6, 301)).astype(np.float32)
+    w = rng.integers(-8, 9, (10, 301)).astype(np.float32)
+    np.testing.assert_array_equal(f32(x, w), (x.astype(np.int64) @ w.T.astype(np.int64)).astype(np.float32))
+
+
+@settings(max_examples=30, deadline=None)
+@given(M=st.integers(0, 9), N=st.integers(0, 30), K=st.integers(1, 600), seed=st.integers(0, 2**32 - 1))
+def test_hypothesis_all_isas(M, N, K, seed):
+    rng = np.random.default_rng(seed)
+    args = rand_i8(rng, M, N, K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    expected = ref.matmul_i8(*args)
+    exact, bound = ref.matmul_f32_with_bound(x, w)
+    best = _native.info()["best_isa"]
+    try:
+        for name in _native.info()["supported_isas"]:
+            _native.set_isa(name)
+            np.testing.assert_array_equal(i8(*args), expected, err_msg=name)
+            assert np.all(np.abs(f32(x, w) - exact) <= bound), name
+    finally:
+        _native.set_isa(best)
+
+
+def test_threads_give_identical_results(rng):
+    args = rand_i8(rng, 37, 301, 777)
+    x = rng.standard_normal((37, 777)).astype(np.float32)
+    w = rng.standard_normal((301, 777)).astype(np.float32)
+    prev = _native.get_num_threads()
+    try:
+        _native.set_num_threads(1)
+        a, af = i8(*args), f32(x, w)
+        _native.set_num_threads(2)
+        b, bf = i8(*args), f32(x, w)
+    finally:
+        _native.set_num_threads(prev)
+    assert a.tobytes() == b.tobytes() and af.tobytes() == bf.tobytes()
+
+
+def test_kernels_registered():
+    kernels = _native.info()["kernels"]
+    for name in ("matmul_i8", "matmul_f32", "ternary_gemm_i2", "ternary_gemm_tl"):
+        assert name in kernels
+
+
+def test_i8_bad_arguments():
+    xq, xs = np.zeros((2, 8), np.int8), np.ones(2, np.float32)
+    wq, ws = np.zeros((3, 8), np.int8), np.ones(3, np.float32)
+    out = np.empty((2, 3), np.float32)
+    with pytest.raises(TypeError, match="xq must have dtype int8"):
+        _native.matmul_i8(out, xq.astype(np.uint8), xs, wq, ws)
+    with pytest.raises(TypeError, match="ws must have dtype float32"):
+        _native.matmul_i8(out, xq, xs, wq, ws.astype(np.float64))
+    with pytest.raises(TypeError, match="out must have dtype float32"):
+        _native.matmul_i8(out.astype(np.int32), xq, xs, wq, ws)
+    with pytest.raises(ValueError, match=r"wq.shape\[1\]"):
+        _native.matmul_i8(out, xq, xs, np.zeros((3, 9), np.int8), ws)
+    with pytest.raises(ValueError, match=r"xs.shape\[0\]"):
+        _native.matmul_i8(out, xq, np.ones(3, np.float32), wq, ws)
+    with pytest.raises(ValueError, match=r"ws.shape\[0\]"):
+        _native.matmul_i8(out, xq, xs, wq, np.ones(2, np.float32))
+    with pytest.raises(ValueError, match=r"out.shape\[1\]"):
+        _native.matmul_i8(np.empty((2, 4), np.float32), xq, xs, wq, ws)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _native.matmul_i8(out, np.zeros((8, 2), np.int8).T, xs, wq, ws)
+    ro = np.empty((2, 3), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        _native.matmul_i8(ro, xq, xs, wq, ws)
+    buf = np.zeros(64, np.float32)
+    with pytest.raises(ValueError, match="share memory"):
+        _native.matmul_i8(buf[:6].reshape(2, 3), xq, buf[4:6], wq, ws)
+    with pytest.raises(ValueError, match="exceeds"):
+        big = np.zeros((1, 131072), np.int8)
+        _native.matmul_i8(np.empty((1, 1), np.float32), big, xs[:1], big, ws[:1])
+
+
+def test_f32_bad_arguments():
+    x, w = np.zeros((2, 8), np.float32), np.zeros((3, 8), np.float32)
+    out = np.empty((2, 3), np.float32)
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        _native.matmul_f32(out, x.astype(np.float64), w)
+    with pytest.raises(ValueError, match=r"w.shape\[1\]"):
+        _native.matmul_f32(out, x, np.zeros((3, 7), np.float32))
+    with pytest.raises(ValueError, match=r"out.shape\[0\]"):
+        _native.matmul_f32(np.empty((3, 3), np.float32), x, w)
+    with pytest.raises(ValueError, match="2 dimensions"):
+        _native.matmul_f32(out, x.ravel(), w)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _native.matmul_f32(out, x, np.zeros((8, 3), np.float32).T)
+    with pytest.raises(ValueError, match="share memory"):
+        _native.matmul_f32(x.reshape(-1)[:6].reshape(2, 3), x, w)
+    ro = np.empty((2, 3), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        _native.matmul_f32(ro, x, w)

@@ -1,0 +1,327 @@
+"""Ternary kernels (I2 and TL layouts): every ISA variant equals the numpy reference
+bit for bit; converters equal transformers' formulas; every entry point refuses bad input."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ryzjupyter import _native
+from ryzjupyter import ternary as T
+
+from . import reference as ref
+
+LAYOUTS = ("i2", "tl")
+KS = [1, 3, 4, 5, 63, 64, 65, 255, 256, 257, 511, 640, 1000, 2560]
+SHAPES = [(1, 1, 1), (1, 7, 300), (1, 1, 2560), (2, 5, 17), (3, 9, 256), (4, 4, 257),
+          (5, 13, 1000), (7, 33, 100), (9, 6, 513), (17, 5, 64), (66, 19, 130)]
+
+
+def packed_of(lay, t):
+    p = np.empty((t.shape[0], getattr(_native, f"{lay}_row_bytes")(t.shape[1])), np.uint8)
+    getattr(_native, f"pack_{lay}")(p, t)
+    return p
+
+
+def matmul(lay, p, q):
+    out = np.empty((q.shape[0], p.shape[0]), np.int32)
+    getattr(_native, f"ternary_matmul_{lay}")(out, p, q)
+    return out
+
+
+def linear(lay, p, x, w_mult):
+    out = np.empty((x.shape[0], p.shape[0]), np.float32)
+    getattr(_native, f"ternary_linear_{lay}")(out, p, x, w_mult)
+    return out
+
+
+def rand_trits(rng, N, K):
+    return rng.integers(-1, 2, (N, K), dtype=np.int8)
+
+
+# ---- layouts -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("K", KS)
+def test_pack_matches_layout_definition(rng, K):
+    t = rand_trits(rng, 3, K)
+    assert _native.i2_row_bytes(K) == ref.i2_row_bytes(K)
+    assert _native.tl_row_bytes(K) == ref.tl_row_bytes(K)
+    np.testing.assert_array_equal(packed_of("i2", t), ref.pack_i2(t))
+    np.testing.assert_array_equal(packed_of("tl", t), ref.pack_tl(t))
+    for lay in LAYOUTS:
+        u = np.empty_like(t)
+        getattr(_native, f"unpack_{lay}")(u, packed_of(lay, t))
+        np.testing.assert_array_equal(u, t)
+
+
+def test_row_bytes_values():
+    assert _native.i2_row_bytes(0) == 0 and _native.i2_row_bytes(2560) == 640
+    assert _native.i2_row_bytes(6912) == 1728 and _native.i2_row_bytes(257) == 128
+    assert _native.tl_row_bytes(2560) == 640 and _native.tl_row_bytes(5) == 2
+    with pytest.raises(ValueError, match="K must be"):
+        _native.i2_row_bytes(-1)
+
+
+def test_unpack_refuses_invalid_codes():
+    p = np.full((1, 64), 0x55, np.uint8)
+    p[0, 7] = 0b11000101
+    with pytest.raises(ValueError, match=r"packed\[0, 7\]"):
+        _native.unpack_i2(np.empty((1, 256), np.int8), p)
+    p = np.full((1, 2), 0x44, np.uint8)
+    p[0, 1] = 0x9A
+    with pytest.raises(ValueError, match=r"packed\[0, 1\]"):
+        _native.unpack_tl(np.empty((1, 8), np.int8), p)
+
+
+# ---- kernels vs reference ------------------------------------------------------------------
+
+@pytest.mark.parametrize("lay", LAYOUTS)
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_matmul_matches_reference(isa, rng, lay, M, N, K):
+    t = rand_trits(rng, N, K)
+    q = rng.integers(-128, 128, (M, K), dtype=np.int8)
+    np.testing.assert_array_equal(matmul(lay, packed_of(lay, t), q), ref.ternary_matmul(t, q))
+
+
+@pytest.mark.parametrize("lay", LAYOUTS)
+@pytest.mark.parametrize("M,N,K", SHAPES[::2])
+def test_linear_matches_reference(isa, rng, lay, M, N, K):
+    t = rand_trits(rng, N, K)
+    x = (rng.standard_normal((M, K)) * rng.uniform(0.01, 50, (M, 1))).astype(np.float32)
+    w_mult = 0.0371
+    np.testing.assert_array_equal(linear(lay, packed_of(lay, t), x, w_mult),
+                                  ref.ternary_linear(t, x, w_mult))
+
+
+@pytest.mark.parametrize("lay", LAYOUTS)
+def test_empty_and_zero_rows(isa, rng, lay):
+    t = rand_trits(rng, 6, 70)
+    p = packed_of(lay, t)
+    assert matmul(lay, p, np.zeros((0, 70), np.int8)).shape == (0, 6)
+    assert linear(lay, p, np.zeros((0, 70), np.float32), 1.0).shape == (0, 6)
+    empty = np.zeros((0, _native.__dict__[f"{lay}_row_bytes"](70)), np.uint8)
+    assert matmul(lay, empty, np.ones((3, 70), np.int8)).shape == (3, 0)
+    x = np.zeros((3, 70), np.float32)
+    x[1] = rng.standard_normal(70)
+    out = linear(lay, p, x, 2.0)
+    np.testing.assert_array_equal(out, ref.ternary_linear(t, x, 2.0))
+    assert not out[0].any() and not out[2].any()
+    # K = 0: every sum is empty
+    z = np.zeros((2, 0), np.int8)
+    np.testing.assert_array_equal(matmul(lay, packed_of(lay, np.zeros((4, 0), np.int8)), z), 0)
+
+
+@pytest.mark.parametrize("lay", LAYOUTS)
+@pytest.mark.parametrize("wval", [-1, 1])
+@pytest.mark.parametrize("qval", [-128, 127])
+def test_extremes_do_not_overflow(isa, lay, wval, qval):
+    # all-(+-1) weights against saturated activations: the largest sums the kernels can see
+    # (the AVX2 int16 partial sums are flushed before they can overflow)
+    K = 8192 + 37
+    t = np.full((5, K), wval, np.int8)
+    q = np.full((6, K), qval, np.int8)
+    q[3, ::2] = -128 if qval == 127 else 127
+    out = matmul(lay, packed_of(lay, t), q)
+    np.testing.assert_array_equal(out, ref.ternary_matmul(t, q))
+    assert out[0, 0] == wval * qval * K
+
+
+@pytest.mark.parametrize("lay", LAYOUTS)
+def test_non_finite_input_rows_are_refused(isa, lay):
+    x = np.ones((3, 40), np.float32)
+    x[1, 5] = np.nan
+    with pytest.raises(ValueError, match="row 1 contains NaN or inf"):
+        linear(lay, packed_of(lay, np.ones((2, 40), np.int8)), x, 1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(M=st.integers(0, 9), N=st.integers(1, 40), K=st.integers(1, 700), seed=st.integers(0, 2**32 - 1))
+def test_hypothesis_all_isas_both_layouts(M, N, K, seed):
+    rng = np.random.default_rng(seed)
+    t = rand_trits(rng, N, K)
+    q = rng.integers(-128, 128, (M, K), dtype=np.int8)
+    expected = ref.ternary_matmul(t, q)
+    best = _native.info()["best_isa"]
+    try:
+        for name in _native.info()["supported_isas"]:
+            _native.set_isa(name)
+            for lay in LAYOUTS:
+                np.testing.assert_array_equal(matmul(lay, packed_of(lay, t), q), expected,
+                                              err_msg=f"{name} {lay}")
+    finally:
+        _native.set_isa(best)
+
+
+def test_tl_equals_i2(isa, rng):
+    t = rand_trits(rng, 50, 999)
+    x = rng.standard_normal((6, 999)).astype(np.float32)
+    np.testing.assert_array_equal(linear("tl", packed_of("tl", t), x, 0.5),
+                                  linear("i2", packed_of("i2", t), x, 0.5))
+
+
+@pytest.mark.parametrize("lay", LAYOUTS)
+def test_threads_give_identical_results(rng, lay):
+    t = rand_trits(rng, 301, 1111)
+    x = rng.standard_normal((37, 1111)).astype(np.float32)
+    q = rng.integers(-128, 128, (37, 1111), dtype=np.int8)
+    p = packed_of(lay, t)
+    prev = _native.get_num_threads()
+    try:
+        _native.set_num_threads(1)
+        a, af = matmul(lay, p, q), linear(lay, p, x, 0.25)
+        _native.set_num_threads(2)
+        b, bf = matmul(lay, p, q), linear(lay, p, x, 0.25)
+    finally:
+        _native.set_num_threads(prev)
+    np.testing.assert_array_equal(a, b)
+    assert af.tobytes() == bf.tobytes()
+
+
+# ---- wrong inputs --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lay", LAYOUTS)
+def test_pack_unpack_bad_arguments(lay):
+    pack, unpack = getattr(_native, f"pack_{lay}"), getattr(_native, f"unpack_{lay}")
+    rb = getattr(_native, f"{lay}_row_bytes")(10)
+    t = np.zeros((2, 10), np.int8)
+    out = np.empty((2, rb), np.uint8)
+    with pytest.raises(TypeError, match="trits must have dtype int8"):
+        pack(out, t.astype(np.int16))
+    with pytest.raises(TypeError, match="out must have dtype uint8"):
+        pack(out.astype(np.int8), t)
+    with pytest.raises(ValueError, match=r"out.shape\[1\]"):
+        pack(np.empty((2, rb + 1), np.uint8), t)
+    with pytest.raises(ValueError, match=r"out.shape\[0\]"):
+        pack(np.empty((3, rb), np.uint8), t)
+    with pytest.raises(ValueError, match="must be -1, 0 or \\+1"):
+        pack(out, np.full((2, 10), 2, np.int8))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        pack(out, np.zeros((10, 2), np.int8).T)
+    ro = np.empty((2, rb), np.uint8)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        pack(ro, t)
+    with pytest.raises(ValueError, match="share memory"):
+        big = np.zeros(256, np.uint8)
+        pack(big[:2 * rb].reshape(2, rb), big[:20].view(np.int8).reshape(2, 10))
+    with pytest.raises(ValueError, match=r"packed.shape\[1\]"):
+        unpack(np.empty((2, 10), np.int8), np.zeros((2, rb + 1), np.uint8))
+    with pytest.raises(TypeError, match="trits_out must have dtype int8"):
+        unpack(np.empty((2, 10), np.float32), np.zeros((2, rb), np.uint8))
+
+
+@pytest.mark.parametrize("lay", LAYOUTS)
+def test_matmul_and_linear_bad_arguments(lay):
+    mm, lin = getattr(_native, f"ternary_matmul_{lay}"), getattr(_native, f"ternary_linear_{lay}")
+    rb = getattr(_native, f"{lay}_row_bytes")(300)
+    p = np.zeros((4, rb), np.uint8)
+    q = np.zeros((2, 300), np.int8)
+    x = np.zeros((2, 300), np.float32)
+    oi = np.empty((2, 4), np.int32)
+    of = np.empty((2, 4), np.float32)
+    with pytest.raises(TypeError, match="out must have dtype int32"):
+        mm(of, p, q)
+    with pytest.raises(TypeError, match="q must have dtype int8"):
+        mm(oi, p, x)
+    with pytest.raises(TypeError, match="packed must have dtype uint8"):
+        mm(oi, p.view(np.int8), q)
+    with pytest.raises(ValueError, match=r"packed.shape\[1\]"):
+        mm(oi, p, np.zeros((2, 301 if lay == "tl" else 1000), np.int8))
+    with pytest.raises(ValueError, match=r"out.shape\[1\]"):
+        mm(np.empty((2, 5), np.int32), p, q)
+    with pytest.raises(ValueError, match=r"out.shape\[0\]"):
+        mm(np.empty((3, 4), np.int32), p, q)
+    with pytest.raises(ValueError, match="2 dimensions"):
+        mm(oi, p, q.ravel())
+    with pytest.raises(ValueError, match="C-contiguous"):
+        mm(oi, p, np.zeros((300, 2), np.int8).T)
+    ro = np.empty((2, 4), np.int32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        mm(ro, p, q)
+    buf = np.zeros(4096, np.uint8)
+    with pytest.raises(ValueError, match="share memory"):
+        mm(buf[:32].view(np.int32).reshape(2, 4), buf[:4 * rb].reshape(4, rb), q)
+    with pytest.raises(ValueError, match="share memory"):
+        lin(x.reshape(-1)[:8].reshape(2, 4), p, x, 1.0)
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        lin(of, p, q, 1.0)
+    with pytest.raises(TypeError, match="out must have dtype float32"):
+        lin(oi, p, x, 1.0)
+    with pytest.raises(ValueError, match="w_mult must be a finite"):
+        lin(of, p, x, float("inf"))
+    with pytest.raises(TypeError):
+        lin(of, p, x)
+    with pytest.raises(TypeError, match="numpy array"):
+        mm(oi, p, [[0] * 300] * 2)
+
+
+# ---- converters and TernaryWeight ------------------------------------------------------------
+
+def test_bitnet_packed_round_trip(rng):
+    t = rand_trits(rng, 64, 96)
+    packed = ref.pack_bitnet(t)
+    np.testing.assert_array_equal(T.bitnet_packed_from_trits(t), packed)
+    np.testing.assert_array_equal(T.trits_from_bitnet_packed(packed), t)
+    np.testing.assert_array_equal(ref.unpack_bitnet_packed(packed), t)
+    # a random byte array in the 2B-4T layout: only fields 0..2 are valid
+    codes = rng.integers(0, 3, (4, 16, 40))
+    p = (codes[0] | codes[1] << 2 | codes[2] << 4 | codes[3] << 6).astype(np.uint8)
+    np.testing.assert_array_equal(T.trits_from_bitnet_packed(p), ref.unpack_bitnet_packed(p))
+    with pytest.raises(ValueError, match="equal to 3"):
+        T.trits_from_bitnet_packed(np.full((1, 2), 0xFF, np.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        T.trits_from_bitnet_packed(np.zeros((1, 2), np.int8))
+
+
+def test_absmean_matches_formula(rng):
+    w = (rng.standard_normal((40, 70)) * 0.02).astype(np.float32)
+    w[0, :4] = [0.5, -0.5, 0.0, 1e-9]
+    t, w_mult = T.absmean_quantize(w)
+    rt, rs = ref.absmean_ternary(w)
+    np.testing.assert_array_equal(t, rt)
+    assert w_mult == float(np.float32(1) / rs)
+    # all-zero weights: the 1e-5 clamp
+    t0, m0 = T.absmean_quantize(np.zeros((3, 3), np.float32))
+    assert not t0.any() and m0 == float(np.float32(1) / (np.float32(1) / np.float32(1e-5)))
+    # round half to even at exactly +-0.5 * (1/s)
+    w2 = np.array([[1.0, -1.0, 0.5, -0.5, 1.5, -1.5, 0.0, 0.0]], np.float32)  # mean |w| = 0.75
+    t2, _ = T.absmean_quantize(w2)
+    np.testing.assert_array_equal(t2, ref.absmean_ternary(w2)[0])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_ternary_weight_linear(isa, rng, layout):
+    w = (rng.standard_normal((48, 200)) * 0.03).astype(np.float32)
+    tw = T.TernaryWeight.from_float(w, layout=layout)
+    t, w_mult = T.absmean_quantize(w)
+    assert tw.shape == (48, 200) and tw.layout == layout
+    assert tw.nbytes == tw.packed.nbytes
+    np.testing.assert_array_equal(tw.trits(), t)
+    x = rng.standard_normal((5, 200)).astype(np.float32)
+    expected = ref.ternary_linear(t, x, w_mult)
+    np.testing.assert_array_equal(tw.linear(x), expected)
+    np.testing.assert_array_equal(tw.linear(x[2]), expected[2])
+    out = np.empty((5, 48), np.float32)
+    assert tw.linear(x, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match="x must have shape"):
+        tw.linear(x[:, :10])
+    with pytest.raises(TypeError, match="float32"):
+        tw.linear(x.astype(np.float64))
+    with pytest.raises(ValueError, match="out must be"):
+        tw.linear(x, out=np.empty((5, 47), np.float32))
+
+
+def test_ternary_weight_from_bitnet_and_auto_layout(rng):
+    t = rand_trits(rng, 32, 130)
+    tw = T.TernaryWeight.from_bitnet_packed(ref.pack_bitnet(t), w_mult=0.5)
+    assert tw.layout in LAYOUTS
+    np.testing.assert_array_equal(tw.trits(), t)
+    x = rng.standard_normal(130).astype(np.float32)
+    np.testing.assert_array_equal(tw.linear(x), ref.ternary_linear(t, x[None], 0.5)[0])
+    with pytest.raises(ValueError, match="-1, 0 and \\+1"):
+        T.TernaryWeight.from_trits(np.full((2, 2), 3, np.int8))
+    with pytest.raises(ValueError, match="layout"):
+        T.TernaryWeight.from_trits(t, 1.0, layout="q4")
+    with pytest.raises(ValueError, match="finite"):
+        T.TernaryWeight.from_trits(t, float("nan"))
