@@ -37,6 +37,7 @@ from .manager import MANAGER, MemoryBudgetError, ModelBusyError, format_bytes
 TARGET = "ryzjupyter"
 PROTOCOL = 1
 MAX_MESSAGE_BYTES = 64 * 1024
+MAX_OPEN_COMMS = 16        # a reloaded page leaves its comm open in the kernel; keep the newest ones
 OPS = ("status", "list", "load", "unload", "use", "stop", "stats", "budget", "register")
 _LOAD_OPTIONS = {"max_context": int, "lm_head": str, "prefill_chunk": int, "convert_cache": bool,
                  "local_files_only": bool, "revision": str}
@@ -99,6 +100,15 @@ def _on_open(comm, open_msg):
     with _comms_lock:
         _comms[comm.comm_id] = comm
         _routes[comm.comm_id] = _subshell_of(open_msg)
+        stale = list(_comms.values())[:-MAX_OPEN_COMMS]
+    for old in stale:                       # pushes go to every open comm: bound the fan-out
+        with _comms_lock:
+            _comms.pop(old.comm_id, None)
+            _routes.pop(old.comm_id, None)
+        try:
+            old.close()
+        except Exception:
+            pass
 
     @comm.on_msg
     def _recv(msg):
