@@ -273,8 +273,11 @@ export class RyzSidebar extends Widget {
     const link = this._link;
     const nb = this._notebook;
     this._notebookLabel.textContent = nb ? `Notebook: ${nb.context.path}` : '';
-    const ks = link ? link.kernelStatus : '';
-    this._kernelBadge.textContent = nb ? `kernel ${ks}` : '';
+    // with comms on subshells, a subshell's idle status can hide the main shell's busy one:
+    // a running generation counts as busy whatever the last status message said
+    const generating = this._isGenerating();
+    const ks = link ? (generating && link.state === 'ready' ? 'busy' : link.kernelStatus) : '';
+    this._kernelBadge.textContent = nb ? (generating ? 'kernel generating' : `kernel ${ks}`) : '';
     this._kernelBadge.dataset.status = ks;
 
     let stateText: string;
