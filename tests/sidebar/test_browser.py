@@ -8,6 +8,7 @@ unless RYZ_REQUIRE_BROWSER=1 (CI), which turns those into failures.
 """
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -211,7 +212,7 @@ def test_sidebar_loads_and_swaps_models(lab, page):
         out2 = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea-output")
         out2.first.wait_for(timeout=30000)
         text = out2.first.inner_text()
-        assert "packed" in text and "online" in text, text
+        assert "online" in text and re.search(r"^\*\s+packed", text, re.M), text   # * = current
 
     _shot(page, "sidebar-loaded.png")
 
