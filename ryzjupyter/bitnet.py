@@ -37,10 +37,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _native as K
+from . import _native
 from .checkpoint import Checkpoint, CheckpointError, ModelKind, detect_kind, rope_theta, to_f32
 from .generation import LanguageModel
 from .kv_cache import KVCache
+from .profiling import PROFILER, InstrumentedKernels
+
+# The kernels as the forward pass calls them: each call is booked to a profile phase
+# (ryzjupyter/profiling.py; RYZ_PROFILE=0 turns the counting off). Ternary linears book
+# themselves to "matmul" (ternary.py); the classifier books its calls to "lm_head".
+K = InstrumentedKernels(_native, {
+    "rmsnorm": "norm", "add": "norm", "mul": "norm", "relu2": "norm", "silu": "norm",
+    "rope": "attention", "attention": "attention", "quantize_kv_i8": "attention",
+    "attention_i8kv": "attention", "matmul_f32": "matmul",
+})
 
 
 # ----------------------------------------------------------------------------
@@ -72,8 +82,8 @@ class Config:
             return typ(v)
 
         dim, n_heads = need("hidden_size"), need("num_attention_heads")
-        n_kv = cfg.get("num_key_value_heads") or n_heads
-        head_dim = cfg.get("head_dim") or dim // n_heads
+        n_kv = need("num_key_value_heads") if cfg.get("num_key_value_heads") is not None else n_heads
+        head_dim = need("head_dim") if cfg.get("head_dim") is not None else dim // n_heads
         if n_heads % n_kv:
             raise CheckpointError(f"config.json: num_attention_heads={n_heads} is not a multiple of "
                                   f"num_key_value_heads={n_kv}")
@@ -94,6 +104,8 @@ class Config:
             raise CheckpointError("quantization_config.use_rms_norm=true (an RMSNorm inside every BitLinear) "
                                   "is not supported")
         eps = cfg.get("rms_norm_eps", 1e-5 if not onebit else 1e-6)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
+            raise CheckpointError(f"config.json: rms_norm_eps must be a small non-negative number, got {eps!r}")
         return cls(dim=dim, hidden_dim=need("intermediate_size"), n_layers=need("num_hidden_layers"),
                    n_heads=n_heads, n_kv_heads=int(n_kv), head_dim=int(head_dim), vocab_size=need("vocab_size"),
                    max_seq_len=int(cfg.get("max_position_embeddings") or 2048), norm_eps=float(eps),
@@ -404,6 +416,8 @@ class State:
         self.xb2 = np.zeros((C, D), f)                                 # block output before the add
         self.q = np.zeros((C, cfg.n_heads, cfg.head_dim), f)           # queries
         self.att = np.zeros((C, cfg.n_heads, cfg.head_dim), f)         # attention output
+        self.k = np.zeros((C, cfg.n_kv_heads, cfg.head_dim), f)        # new keys/values before int8
+        self.v = np.zeros((C, cfg.n_kv_heads, cfg.head_dim), f)        # quantization (int8 KV cache)
         self.hb = np.zeros((C, I), f)                                  # gate, then act(gate)*up
         self.hb2 = np.zeros((C, I), f)                                 # up
         self.hb3 = np.zeros((C, I), f)                                 # act(gate), then sub-normed
@@ -415,22 +429,33 @@ class State:
 # ----------------------------------------------------------------------------
 # the blocks
 
-def attention_block(cfg, lw: LayerWeights, s: State, x, kc, vc, pos, m):
+def attention_block(cfg, lw: LayerWeights, s: State, x, cache: KVCache, l, pos, m):
     """x [m, dim] (read), returns the attention branch output in s.xb2[:m].
-    kc, vc: this layer's cache [max_len, n_kv_heads, head_dim]; rows pos..pos+m-1 are written."""
+    cache.k[l], cache.v[l]: this layer's cache [max_len, n_kv_heads, head_dim]; rows
+    pos..pos+m-1 are written (float32, or int8 + per-(row, head) scales)."""
     Q, KVD = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    kc, vc = cache.k[l], cache.v[l]
+    f32 = cache.dtype == "f32"
     xb = s.xb[:m]
     K.rmsnorm(xb, x, lw.attn_norm, cfg.norm_eps)                          # x = rmsnorm(h)
     q = s.q[:m]
     lw.wq.linear(xb, out=q.reshape(m, Q))                               # q = Wq x
-    k_new, v_new = kc[pos:pos + m], vc[pos:pos + m]
-    lw.wk.linear(xb, out=k_new.reshape(m, KVD))                         # k, v straight into the cache
+    k_new = kc[pos:pos + m] if f32 else s.k[:m]                         # f32 cache: k, v written in place
+    v_new = vc[pos:pos + m] if f32 else s.v[:m]
+    lw.wk.linear(xb, out=k_new.reshape(m, KVD))
     lw.wv.linear(xb, out=v_new.reshape(m, KVD))
     positions = s.pos[:m]
     K.rope(q, positions, cfg.rope_theta)                                 # rotate_half RoPE on q and k
     K.rope(k_new, positions, cfg.rope_theta)
     att = s.att[:m]                                                      # softmax(q k^T / sqrt(hd)) v, causal,
-    K.attention(att, q, kc[:pos + m], vc[:pos + m], pos, cfg.head_dim ** -0.5)   # GQA
+    if f32:                                                              # GQA
+        K.attention(att, q, kc[:pos + m], vc[:pos + m], pos, cfg.head_dim ** -0.5)
+    else:
+        ks, vs = cache.ks[l], cache.vs[l]
+        K.quantize_kv_i8(kc[pos:pos + m], ks[pos:pos + m], k_new)
+        K.quantize_kv_i8(vc[pos:pos + m], vs[pos:pos + m], v_new)
+        K.attention_i8kv(att, q, kc[:pos + m], ks[:pos + m], vc[:pos + m], vs[:pos + m], pos,
+                         cfg.head_dim ** -0.5)
     an = s.an[:m]
     K.rmsnorm(an, att.reshape(m, Q), lw.attn_sub_norm, cfg.norm_eps)     # attn_sub_norm before o_proj
     lw.wo.linear(an, out=s.xb2[:m])                                      # Wo
@@ -468,7 +493,7 @@ class BitNetModel(LanguageModel):
     family = "bitnet"
 
     def __init__(self, folder, *, tokenizer=None, max_context=None, lm_head="f32", prefill_chunk=64,
-                 allow_pickle=False, progress=None, name=None, convert_cache=True):
+                 allow_pickle=False, progress=None, name=None, convert_cache=True, kv_cache="f32"):
         self.path = Path(folder)
         self.name = name or self.path.name
         ck = Checkpoint(self.path, allow_pickle=allow_pickle)
@@ -492,13 +517,16 @@ class BitNetModel(LanguageModel):
         self.vocab_size = self.config.vocab_size
         if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
+        if kv_cache not in ("f32", "int8"):
+            raise ValueError(f"kv_cache must be 'f32' (exact) or 'int8' (4x less cache traffic), got {kv_cache!r}")
+        self.kv_dtype = kv_cache
         self.state = State(self.config, prefill_chunk)
         self.tokenizer = tokenizer
         self.tokens_processed = 0
 
     def new_cache(self, max_len=None) -> KVCache:
         c = self.config
-        return KVCache(c.n_layers, max_len or self.max_context, c.n_kv_heads, c.head_dim)
+        return KVCache(c.n_layers, max_len or self.max_context, c.n_kv_heads, c.head_dim, self.kv_dtype)
 
     def forward(self, tokens, cache: KVCache, all_logits=False):
         """Run `tokens` at positions len(cache).. ; write their keys/values; return float32 logits
@@ -520,7 +548,7 @@ class BitNetModel(LanguageModel):
             x = s.x[:m]
             w.embed(x, tokens[c0:c0 + m])               # h = embed[ids]
             for l, lw in enumerate(w.layers):
-                attention_block(cfg, lw, s, x, cache.k[l], cache.v[l], pos, m)
+                attention_block(cfg, lw, s, x, cache, l, pos, m)
                 K.add(x, x, s.xb2[:m])                  # h = h + attn (in place)
                 ffn_block(cfg, lw, s, x, m)
                 K.add(x, x, s.xb2[:m])                  # h = h + ffn
@@ -531,8 +559,9 @@ class BitNetModel(LanguageModel):
             else:
                 continue
             xb = s.xb[rows]
-            K.rmsnorm(xb, x[rows], w.norm, cfg.norm_eps)  # final norm
-            self._classifier(dst, xb)                   # logits = norm(h) @ lm_head^T
+            with PROFILER.phase("lm_head"):
+                _native.rmsnorm(xb, x[rows], w.norm, cfg.norm_eps)  # final norm
+                self._classifier(dst, xb)               # logits = norm(h) @ lm_head^T
         cache.append(tokens.tolist())                   # only now: an interrupted pass leaves no trace
         self.tokens_processed += M
         return out
@@ -540,12 +569,12 @@ class BitNetModel(LanguageModel):
     def _classifier(self, out, xb):
         w = self.weights
         if w.lm_head_q is None:
-            K.matmul_f32(out, xb, w.lm_head_f32)
+            _native.matmul_f32(out, xb, w.lm_head_f32)
         else:
             n = xb.shape[0]
             xq, xs = self.state.xq[:n], self.state.xs[:n]
-            K.quantize_rows_i8(xq, xs, xb)
-            K.matmul_i8(out, xq, xs, w.lm_head_q, w.lm_head_s)
+            _native.quantize_rows_i8(xq, xs, xb)
+            _native.matmul_i8(out, xq, xs, w.lm_head_q, w.lm_head_s)
 
     @property
     def nbytes(self):

@@ -213,7 +213,10 @@ class SafetensorsFile:
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) -> float32: the top half of the f32 word."""
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    bits = np.asarray(bits, dtype=np.uint16)
+    pair = np.zeros(bits.shape + (2,), np.uint16)     # little-endian f32 = (low half 0, high half bits)
+    pair[..., 1] = bits                               # one pass, no uint32 temporaries
+    return pair.view(np.float32).reshape(bits.shape)
 
 
 def to_f32(arr: np.ndarray, dtype: str) -> np.ndarray:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .profiling import PROFILER
 from .sampling import Sampler, SamplingSettings
 
 
@@ -51,6 +52,7 @@ class GenerationResult:
     settings: dict
     finish_reason: str = "length"   # "length", "stop" (stop token or string), "context", "interrupted"
     prompt_tokens: list = field(default_factory=list, repr=False)
+    profile: object = field(default=None, repr=False)   # ryzjupyter.profiling.Profile: where the time went
 
     def __str__(self):
         return self.text
@@ -118,6 +120,7 @@ class Session:
         self.tokens_processed = 0      # tokens run through forward() in this session
         self.tokens_reused = 0         # prompt tokens served from the cache instead
         self.last_result: GenerationResult | None = None
+        self._chat_tail = ("", [])     # (rendered chat text incl. the last reply, its token ids)
 
     # -- running tokens
     def prefill(self, token_ids):
@@ -149,6 +152,7 @@ class Session:
     def reset(self):
         self.cache.truncate(0)
         self.history.clear()
+        self._chat_tail = ("", [])
 
     # -- prompts
     def _prompt_ids(self, prompt, add_special_tokens=True):
@@ -198,13 +202,28 @@ class Session:
             if system is not None:
                 msgs.insert(0, {"role": "system", "content": system})
             keep = False
-        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        prev_text, prev_ids = self._chat_tail
+        if prev_text and text.startswith(prev_text):
+            # the conversation so far, as the model produced it: keep its own token ids for the
+            # previous reply (re-tokenizing the text may split it differently and miss the cache)
+            ids = prev_ids + tok.encode(text[len(prev_text):], add_special_tokens=False)
+        else:
+            ids = tok.encode(text, add_special_tokens=False)
         stops = _split_stop(kw.pop("stop", None))
         stop = stops[0] + stops[1] + list(tok.stop_token_ids)
 
         def on_done(result):
-            if keep and result.finish_reason != "interrupted":
-                self.history[:] = msgs + [{"role": "assistant", "content": result.text}]
+            if not keep or result.finish_reason == "interrupted":
+                return
+            self.history[:] = msgs + [{"role": "assistant", "content": result.text}]
+            toks = list(result.tokens)
+            if toks and toks[-1] in ts.stop_ids:
+                toks = toks[:-1]                       # the template writes the end of turn itself
+            elif result.finish_reason == "stop":       # cut by a stop string: text and ids differ
+                self._chat_tail = ("", [])
+                return
+            self._chat_tail = (text + result.text, list(ids) + toks)
 
         ts = TextStream(self, ids, max_new_tokens, stop=stop, on_done=on_done, **kw)
         if stream:
@@ -269,12 +288,16 @@ class TextStream:
         text_parts: list[str] = []
         pending = ""
         finish = "length"
+        prof = PROFILER
+        prof.begin()
         t0 = time.perf_counter()
         t_first = None
         decoder = tok.decoder(context_ids=self.prompt_ids) if tok is not None else None
         try:
             if self.max_new_tokens > 0 and not self._interrupted:
+                prof.stage("prefill")
                 logits, kept = session.prefill(self.prompt_ids)
+                prof.stage("decode")
                 stats.n_cached, stats.n_prefill = kept, len(self.prompt_ids) - kept
                 stats.prefill_s = time.perf_counter() - t0
                 ctx = list(self.prompt_ids)
@@ -282,7 +305,10 @@ class TextStream:
                     if self._interrupted:
                         finish = "interrupted"
                         break
+                    pt = prof.tic()
                     t = self.sampler.sample(logits, ctx)
+                    prof.toc("sampling", pt)
+                    prof.token()
                     out.append(t)
                     ctx.append(t)
                     if t_first is None:
@@ -290,8 +316,10 @@ class TextStream:
                     if t in self.stop_ids:
                         finish = "stop"
                         break
+                    pt = prof.tic()
                     if decoder is not None:
                         pending += decoder.push(t)
+                    prof.toc("detokenize", pt)
                     if self.stop_strings and pending:
                         hit = min(((pending.find(s), s) for s in self.stop_strings if s in pending),
                                   default=None)
@@ -336,6 +364,10 @@ class TextStream:
                 stats.decode_tok_s = (len(out) - 1) / stats.decode_s
             self.result = GenerationResult("".join(text_parts), out, stats, self.settings, finish,
                                            list(self.prompt_ids))
+            self.result.profile = prof.end(
+                n_prompt=stats.n_prompt, n_prefill=stats.n_prefill, n_generated=len(out),
+                memory={"model_bytes": int(getattr(model, "nbytes", 0) or 0),
+                        "kv_cache_bytes": int(getattr(session.cache, "nbytes", 0) or 0)})
             session.last_result = self.result
             if self.on_done is not None:
                 self.on_done(self.result)

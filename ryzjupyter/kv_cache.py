@@ -1,6 +1,8 @@
 """KV cache: per-layer keys and values of the tokens already processed, and those tokens' ids.
 
     k[l], v[l] : float32 [max_len, n_kv_heads, head_dim], rows 0..n-1 valid
+                 (dtype="int8": int8 rows, with ks[l], vs[l] float32 [max_len, n_kv_heads] scales:
+                  a quarter of the memory traffic, not exact; see attention_i8kv)
     tokens     : the n token ids whose keys/values are stored, in order
 
 Rows are written by the forward pass at positions pos..pos+M-1. Because position p's keys
@@ -15,14 +17,21 @@ import numpy as np
 
 
 class KVCache:
-    def __init__(self, n_layers, max_len, n_kv_heads, head_dim):
+    def __init__(self, n_layers, max_len, n_kv_heads, head_dim, dtype="f32"):
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
+        if dtype not in ("f32", "int8"):
+            raise ValueError(f"kv cache dtype must be 'f32' or 'int8', got {dtype!r}")
         self.n_layers, self.max_len = int(n_layers), int(max_len)
         self.n_kv_heads, self.head_dim = int(n_kv_heads), int(head_dim)
+        self.dtype = dtype
         shape = (self.max_len, self.n_kv_heads, self.head_dim)
-        self.k = [np.zeros(shape, np.float32) for _ in range(self.n_layers)]
-        self.v = [np.zeros(shape, np.float32) for _ in range(self.n_layers)]
+        t = np.float32 if dtype == "f32" else np.int8
+        self.k = [np.zeros(shape, t) for _ in range(self.n_layers)]
+        self.v = [np.zeros(shape, t) for _ in range(self.n_layers)]
+        if dtype == "int8":
+            self.ks = [np.zeros(shape[:2], np.float32) for _ in range(self.n_layers)]
+            self.vs = [np.zeros(shape[:2], np.float32) for _ in range(self.n_layers)]
         self.tokens: list[int] = []
 
     def __len__(self):
@@ -31,7 +40,8 @@ class KVCache:
     @property
     def nbytes(self):
         """Bytes in use (the valid rows), not the reserved address space."""
-        return 2 * self.n_layers * len(self.tokens) * self.n_kv_heads * self.head_dim * 4
+        per_row = self.head_dim * 4 if self.dtype == "f32" else self.head_dim + 4
+        return 2 * self.n_layers * len(self.tokens) * self.n_kv_heads * per_row
 
     def common_prefix(self, token_ids) -> int:
         """Length of the longest common prefix of the cached tokens and `token_ids`."""
@@ -68,5 +78,5 @@ class KVCache:
         self.tokens.clear()
 
     def __repr__(self):
-        return (f"KVCache({len(self.tokens)}/{self.max_len} tokens, {self.n_layers} layers, "
+        return (f"KVCache({len(self.tokens)}/{self.max_len} tokens, {self.dtype}, {self.n_layers} layers, "
                 f"{self.n_kv_heads}x{self.head_dim}, {self.nbytes / 2**20:.1f} MiB used)")

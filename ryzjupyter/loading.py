@@ -8,7 +8,8 @@ Options: revision, local_files_only, allow_pickle (refused by default: pickle fi
 code), max_context (a smaller KV cache), lm_head ("f32" exact, or "int8"), prefill_chunk,
 progress (callable(done, total) while layers load), name, convert_cache (True: keep latent
 weights quantized to ternary on disk, in $RYZ_CACHE_DIR or ~/.cache/ryzjupyter/converted, so the
-next load skips the conversion; False: never; or a folder).
+next load skips the conversion; False: never; or a folder), kv_cache ("f32" exact, or "int8":
+a quarter of the cache memory and traffic, not exact).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from .checkpoint import CheckpointError, detect_kind, read_config, resolve_model_path
 
 MODELS_DIR = Path(__file__).parent / "models"
-_ENGINE_OPTIONS = {"max_context", "lm_head", "prefill_chunk", "progress", "name", "convert_cache"}
+_ENGINE_OPTIONS = {"max_context", "lm_head", "prefill_chunk", "progress", "name", "convert_cache", "kv_cache"}
 _FIND_OPTIONS = {"revision", "local_files_only", "allow_pickle", "cache_dir"}
 
 

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from ryzjupyter import _native
+from ryzjupyter.profiling import PROFILER
 
 __all__ = ["TernaryWeight", "trits_from_bitnet_packed", "bitnet_packed_from_trits",
            "absmean_quantize", "LAYOUTS"]
@@ -76,8 +77,9 @@ def _check_trits(trits) -> np.ndarray:
         raise ValueError(f"trits must be 2-D [N, K], got shape {t.shape}")
     if not np.issubdtype(t.dtype, np.integer) and not np.issubdtype(t.dtype, np.floating):
         raise TypeError(f"trits must be numeric, got {t.dtype}")
-    if t.size and (t.min() < -1 or t.max() > 1 or not np.array_equal(t, np.rint(t))):
-        raise ValueError("trits must hold only -1, 0 and +1")
+    if t.size and (t.min() < -1 or t.max() > 1 or
+                   (not np.issubdtype(t.dtype, np.integer) and not np.array_equal(t, np.rint(t)))):
+        raise ValueError("trits must hold only -1, 0 and +1")  # integers in [-1, 1] need no rint check
     return np.ascontiguousarray(t, dtype=np.int8)
 
 
@@ -86,40 +88,40 @@ def _check_trits(trits) -> np.ndarray:
 _CHOICE: dict = {}
 
 
-def _m_bucket(M: int) -> int:
-    return 1 if M <= 1 else (8 if M <= 8 else 64)
-
-
-def choose_layout(N: int, K: int, M: int = 1) -> str:
-    """The faster layout for an [M, K] x [N, K]^T call on this machine's selected ISA and
-    thread count, measured once per (isa, threads, N, K, M bucket) on random data."""
-    key = (_native.info()["isa"], _native.get_num_threads(), N, K, _m_bucket(M))
+def choose_layout(N: int, K: int) -> str:
+    """The faster layout for an [N, K] weight on this machine's selected ISA and thread
+    count, measured once per (isa, threads, N, K) on random data. A weight serves decode
+    (M = 1) and prefill (M > 1), so the cost compared is the time of one decode call plus
+    the per-token time of a 16-token prefill call."""
+    key = (_native.info()["isa"], _native.get_num_threads(), N, K)
     if key not in _CHOICE:
-        _CHOICE[key] = _measure(N, K, _m_bucket(M))
+        _CHOICE[key] = _measure(N, K)
     return _CHOICE[key]
 
 
-def _measure(N: int, K: int, M: int) -> str:
+def _measure(N: int, K: int) -> str:
     if N == 0 or K == 0:
         return "i2"
     rng = np.random.default_rng(0)
     n = min(N, 1024)  # time on a slice of rows: the per-row cost is what differs
     t = rng.integers(-1, 2, (n, K), dtype=np.int8)
-    x = rng.standard_normal((M, K)).astype(np.float32)
-    out = np.empty((M, n), np.float32)
-    best = {}
+    cost = {}
     for lay in LAYOUTS:
         packed = np.empty((n, getattr(_native, f"{lay}_row_bytes")(K)), np.uint8)
         getattr(_native, f"pack_{lay}")(packed, t)
         fn = getattr(_native, f"ternary_linear_{lay}")
-        fn(out, packed, x, 1.0)
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
+        cost[lay] = 0.0
+        for M in (1, 16):
+            x = rng.standard_normal((M, K)).astype(np.float32)
+            out = np.empty((M, n), np.float32)
             fn(out, packed, x, 1.0)
-            times.append(time.perf_counter() - t0)
-        best[lay] = min(times)
-    return min(LAYOUTS, key=lambda lay: best[lay])
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                fn(out, packed, x, 1.0)
+                times.append(time.perf_counter() - t0)
+            cost[lay] += min(times) / M
+    return min(LAYOUTS, key=lambda lay: cost[lay])
 
 
 # ---- the weight --------------------------------------------------------------------------
@@ -140,7 +142,7 @@ class TernaryWeight:
         self.w_mult = w_mult
         N, K = t.shape
         if layout is None:
-            layout = choose_layout(N, K, 1)
+            layout = choose_layout(N, K)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self._packed = {}
@@ -212,5 +214,7 @@ class TernaryWeight:
                                  f"got {out.dtype} {out.shape}")
             out2 = out.reshape(M, N)
             result = out
+        t = PROFILER.tic()
         getattr(_native, f"ternary_linear_{self.layout}")(out2, self.packed, x2, self.w_mult)
+        PROFILER.toc("matmul", t)
         return result[0] if (squeeze and out is None) else result

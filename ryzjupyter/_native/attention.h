@@ -7,31 +7,55 @@
  *   s[t] = (q . k[t]) * scale;  p = softmax(s);  out = sum_t p[t] v[t]
  * computed as out = (sum_t exp(s[t] - max) v[t]) * (1 / sum_t exp(s[t] - max)).
  *
- * The unit of work is one (query row i, kv head): the G query heads sharing that kv
- * head are computed together so each cached k/v row is loaded once for all of them. */
+ * The unit of work is one (query row i, kv head) over a range of cache rows: the G
+ * query heads sharing that kv head are computed together so each cached k/v row is
+ * loaded once for all of them. For decode (few units) the binding splits the rows of a
+ * unit into parts and merges their partial softmax results (flash-decoding):
+ *   out = sum_s w_s o_s / sum_s w_s,  w_s = l_s exp(m_s - max_s m_s)
+ * where part s returns o_s (its own normalised output), m_s (its max score) and l_s
+ * (its sum of exp(score - m_s)). */
 #ifndef RYZ_ATTENTION_H
 #define RYZ_ATTENTION_H
 #include "ryz.h"
 
 typedef struct {
-    int64_t M, Hq, Hkv, hd, T, n_past;
+    const float *q;       /* G query rows of hd floats (consecutive heads) */
+    const float *k, *v;   /* first cache row of the range, at the unit's kv head */
+    /* int8 cache (attend_i8 only): rows of int8 values, value = q8 * scale; the scales
+     * of consecutive rows are sstride floats apart */
+    const int8_t *k8, *v8;
+    const float *ks, *vs;
+    int64_t sstride;
+    float *o;             /* G output rows of hd floats */
+    float *ml;            /* NULL, or 2G floats: (max score, sum of exp) per head */
+    int64_t G, hd, kstride, L; /* kstride: floats between cache rows; L: rows (>= 1) */
     float scale;
-} ryz_attn_shape;
+} ryz_attn_unit;
 
-/* floats of scratch one unit needs: scores of the G heads over the longest row */
-static inline int64_t ryz_attn_scratch_floats(const ryz_attn_shape *s) {
-    return (s->Hq / s->Hkv) * (s->n_past + s->M) + 16;
+/* floats of scratch a unit of at most L rows needs: scores of up to 4 heads, then
+ * partial sums of 4 output rows (the SIMD v pass is blocked over rows) */
+static inline int64_t ryz_attn_scratch_floats(int64_t hd, int64_t L) {
+    return 4 * L + 4 * hd + 16;
 }
+
+/* rows of v per block in the SIMD v pass: all column passes of a block run while its
+ * rows are still in L1/L2 (128 rows of hd 128 = 64 KiB) */
+#define RYZ_ATTN_VBLOCK 128
 
 typedef struct {
     const char *name;
-    void (*attend)(float *RYZ_RESTRICT out, const float *RYZ_RESTRICT q, const float *RYZ_RESTRICT k,
-                   const float *RYZ_RESTRICT v, const ryz_attn_shape *s, int64_t i, int64_t kvh,
-                   float *RYZ_RESTRICT scratch);
+    void (*attend)(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch);
+    /* the same over an int8 cache: k = k8 * ks, v = v8 * vs per (row, kv head) */
+    void (*attend_i8)(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch);
 } ryz_attention_kernels;
 
 extern const ryz_attention_kernels ryz_attention_scalar;
 extern const ryz_attention_kernels ryz_attention_avx2;
 extern const ryz_attention_kernels ryz_attention_avx512;
 extern const ryz_attention_kernels *ryz_attention;
+/* int8 KV cache rows (see py_attention.c quantize_kv_i8): symmetric per (row, head),
+ * d = max|x| / 127, q8 = clamp(rint(x * (127 / max|x|)), -127, 127); d = 0 and q8 = 0 for
+ * an all-zero row. Returns 1 if x holds NaN/inf. Plain C, shared by every ISA level. */
+int ryz_quantize_kv_row(int8_t *RYZ_RESTRICT q8, float *RYZ_RESTRICT d, const float *RYZ_RESTRICT x,
+                        int64_t n);
 #endif

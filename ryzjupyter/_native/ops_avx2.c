@@ -1,5 +1,5 @@
-/* ops_avx2.c: AVX2+FMA float ops (see ops.h). Tails use masked loads/stores, so a
- * row is computed by one code path whatever its length. */
+/* ops_avx2.c: AVX2+FMA float ops (see ops.h). Tails use masked loads/stores (ryz_ld8/
+ * ryz_st8 in ops.h: plain ones for whole vectors). */
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "ops_avx2.c must be compiled with -mavx2 -mfma"
 #endif
@@ -7,11 +7,6 @@
 #include <math.h>
 
 #include "ops.h"
-
-static inline __m256i tail8(int64_t left) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(left < 8 ? left : 8)),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 
 static void rmsnorm_row(float *out, const float *x, const float *RYZ_RESTRICT w, int64_t D,
                         float eps) {
@@ -23,7 +18,7 @@ static void rmsnorm_row(float *out, const float *x, const float *RYZ_RESTRICT w,
         a1 = _mm256_fmadd_ps(v1, v1, a1);
     }
     for (; i < D; i += 8) {
-        __m256 v = _mm256_maskload_ps(x + i, tail8(D - i));
+        __m256 v = _mm256_maskload_ps(x + i, ryz_tail8(D - i));
         a0 = _mm256_fmadd_ps(v, v, a0);
     }
     float ss = ryz_hsum_avx2(_mm256_add_ps(a0, a1));
@@ -32,7 +27,7 @@ static void rmsnorm_row(float *out, const float *x, const float *RYZ_RESTRICT w,
         _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), r),
                                                 _mm256_loadu_ps(w + i)));
     if (i < D) {
-        __m256i m = tail8(D - i);
+        __m256i m = ryz_tail8(D - i);
         _mm256_maskstore_ps(out + i, m, _mm256_mul_ps(_mm256_mul_ps(_mm256_maskload_ps(x + i, m), r),
                                                       _mm256_maskload_ps(w + i, m)));
     }
@@ -44,12 +39,12 @@ static void rope_row(float *RYZ_RESTRICT x, int64_t H, int64_t hd, const float *
     for (int64_t h = 0; h < H; h++) {
         float *x1 = x + h * hd, *x2 = x1 + half;
         for (int64_t j = 0; j < half; j += 8) {
-            __m256i m = tail8(half - j);
-            __m256 a = _mm256_maskload_ps(x1 + j, m), b = _mm256_maskload_ps(x2 + j, m);
-            __m256 vc = _mm256_maskload_ps(c + j, m), vs = _mm256_maskload_ps(s + j, m);
+            const int64_t m = half - j;
+            __m256 a = ryz_ld8(x1 + j, m), b = ryz_ld8(x2 + j, m);
+            __m256 vc = ryz_ld8(c + j, m), vs = ryz_ld8(s + j, m);
             /* separate multiplies and add, as torch computes q*cos + rotate_half(q)*sin */
-            _mm256_maskstore_ps(x1 + j, m, _mm256_sub_ps(_mm256_mul_ps(a, vc), _mm256_mul_ps(b, vs)));
-            _mm256_maskstore_ps(x2 + j, m, _mm256_add_ps(_mm256_mul_ps(b, vc), _mm256_mul_ps(a, vs)));
+            ryz_st8(x1 + j, m, _mm256_sub_ps(_mm256_mul_ps(a, vc), _mm256_mul_ps(b, vs)));
+            ryz_st8(x2 + j, m, _mm256_add_ps(_mm256_mul_ps(b, vc), _mm256_mul_ps(a, vs)));
         }
     }
 }
@@ -59,8 +54,9 @@ static void softmax_row(float *RYZ_RESTRICT x, int64_t N) {
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     __m256 vm = ninf, vnan = _mm256_setzero_ps();
     for (int64_t i = 0; i < N; i += 8) {
-        __m256i m = tail8(N - i);
-        __m256 v = _mm256_blendv_ps(ninf, _mm256_maskload_ps(x + i, m), _mm256_castsi256_ps(m));
+        __m256 v = N - i >= 8 ? _mm256_loadu_ps(x + i)
+                              : _mm256_blendv_ps(ninf, _mm256_maskload_ps(x + i, ryz_tail8(N - i)),
+                                                 _mm256_castsi256_ps(ryz_tail8(N - i)));
         vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
         vm = _mm256_max_ps(vm, v);
     }
@@ -71,35 +67,35 @@ static void softmax_row(float *RYZ_RESTRICT x, int64_t N) {
     }
     __m256 vmx = _mm256_set1_ps(mx), vs = _mm256_setzero_ps();
     for (int64_t i = 0; i < N; i += 8) {
-        __m256i m = tail8(N - i);
-        __m256 e = ryz_exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), vmx));
-        e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
+        const int64_t m = N - i;
+        __m256 e = ryz_exp_avx2(_mm256_sub_ps(ryz_ld8(x + i, m), vmx));
+        if (m < 8) e = _mm256_and_ps(e, _mm256_castsi256_ps(ryz_tail8(m)));
         vs = _mm256_add_ps(vs, e);
-        _mm256_maskstore_ps(x + i, m, e);
+        ryz_st8(x + i, m, e);
     }
     __m256 inv = _mm256_set1_ps(1.0f / ryz_hsum_avx2(vs));
     for (int64_t i = 0; i < N; i += 8) {
-        __m256i m = tail8(N - i);
-        _mm256_maskstore_ps(x + i, m, _mm256_mul_ps(_mm256_maskload_ps(x + i, m), inv));
+        const int64_t m = N - i;
+        ryz_st8(x + i, m, _mm256_mul_ps(ryz_ld8(x + i, m), inv));
     }
 }
 
 static void silu(float *out, const float *x, int64_t n) {
     const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
     for (int64_t i = 0; i < n; i += 8) {
-        __m256i m = tail8(n - i);
-        __m256 v = _mm256_maskload_ps(x + i, m);
+        const int64_t m = n - i;
+        __m256 v = ryz_ld8(x + i, m);
         __m256 e = ryz_exp_avx2(_mm256_xor_ps(v, sign));
-        _mm256_maskstore_ps(out + i, m, _mm256_div_ps(v, _mm256_add_ps(one, e)));
+        ryz_st8(out + i, m, _mm256_div_ps(v, _mm256_add_ps(one, e)));
     }
 }
 
 static void relu2(float *out, const float *x, int64_t n) {
     const __m256 zero = _mm256_setzero_ps();
     for (int64_t i = 0; i < n; i += 8) {
-        __m256i m = tail8(n - i);
-        __m256 r = _mm256_max_ps(zero, _mm256_maskload_ps(x + i, m)); /* NaN passes (2nd operand) */
-        _mm256_maskstore_ps(out + i, m, _mm256_mul_ps(r, r));
+        const int64_t m = n - i;
+        __m256 r = _mm256_max_ps(zero, ryz_ld8(x + i, m)); /* NaN passes (2nd operand) */
+        ryz_st8(out + i, m, _mm256_mul_ps(r, r));
     }
 }
 
@@ -108,9 +104,9 @@ static void mul(float *out, const float *a, const float *b, int64_t n) {
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
     if (i < n) {
-        __m256i m = tail8(n - i);
-        _mm256_maskstore_ps(out + i, m, _mm256_mul_ps(_mm256_maskload_ps(a + i, m),
-                                                      _mm256_maskload_ps(b + i, m)));
+        const int64_t m = n - i;
+        ryz_st8(out + i, m, _mm256_mul_ps(ryz_ld8(a + i, m),
+                                                      ryz_ld8(b + i, m)));
     }
 }
 
@@ -119,9 +115,9 @@ static void add(float *out, const float *a, const float *b, int64_t n) {
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
     if (i < n) {
-        __m256i m = tail8(n - i);
-        _mm256_maskstore_ps(out + i, m, _mm256_add_ps(_mm256_maskload_ps(a + i, m),
-                                                      _mm256_maskload_ps(b + i, m)));
+        const int64_t m = n - i;
+        ryz_st8(out + i, m, _mm256_add_ps(ryz_ld8(a + i, m),
+                                                      ryz_ld8(b + i, m)));
     }
 }
 

@@ -1,5 +1,6 @@
 /* ops_avx512.c: AVX-512F float ops (see ops.h). Tails use masked loads/stores, so
- * a row is computed by one code path whatever its length. */
+ * a row is computed by one code path whatever its length; whole vectors use plain
+ * loads and stores (ryz_ld16/ryz_st16 in ops.h). */
 #if !defined(__AVX512F__)
 #error "ops_avx512.c must be compiled with -mavx512f"
 #endif
@@ -18,15 +19,15 @@ static void rmsnorm_row(float *out, const float *x, const float *RYZ_RESTRICT w,
         a1 = _mm512_fmadd_ps(v1, v1, a1);
     }
     for (; i < D; i += 16) {
-        __m512 v = _mm512_maskz_loadu_ps(ryz_tail16(D - i), x + i);
+        __m512 v = ryz_ld16(x + i, ryz_tail16(D - i));
         a0 = _mm512_fmadd_ps(v, v, a0);
     }
     float ss = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
     __m512 r = _mm512_set1_ps(1.0f / sqrtf(ss / (float)D + eps));
     for (i = 0; i < D; i += 16) {
         __mmask16 m = ryz_tail16(D - i);
-        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), r),
-                                                        _mm512_maskz_loadu_ps(m, w + i)));
+        ryz_st16(out + i, m, _mm512_mul_ps(_mm512_mul_ps(ryz_ld16(x + i, m), r),
+                                                        ryz_ld16(w + i, m)));
     }
 }
 
@@ -37,11 +38,11 @@ static void rope_row(float *RYZ_RESTRICT x, int64_t H, int64_t hd, const float *
         float *x1 = x + h * hd, *x2 = x1 + half;
         for (int64_t j = 0; j < half; j += 16) {
             __mmask16 m = ryz_tail16(half - j);
-            __m512 a = _mm512_maskz_loadu_ps(m, x1 + j), b = _mm512_maskz_loadu_ps(m, x2 + j);
-            __m512 vc = _mm512_maskz_loadu_ps(m, c + j), vs = _mm512_maskz_loadu_ps(m, s + j);
+            __m512 a = ryz_ld16(x1 + j, m), b = ryz_ld16(x2 + j, m);
+            __m512 vc = ryz_ld16(c + j, m), vs = ryz_ld16(s + j, m);
             /* separate multiplies and add, as torch computes q*cos + rotate_half(q)*sin */
-            _mm512_mask_storeu_ps(x1 + j, m, _mm512_sub_ps(_mm512_mul_ps(a, vc), _mm512_mul_ps(b, vs)));
-            _mm512_mask_storeu_ps(x2 + j, m, _mm512_add_ps(_mm512_mul_ps(b, vc), _mm512_mul_ps(a, vs)));
+            ryz_st16(x1 + j, m, _mm512_sub_ps(_mm512_mul_ps(a, vc), _mm512_mul_ps(b, vs)));
+            ryz_st16(x2 + j, m, _mm512_add_ps(_mm512_mul_ps(b, vc), _mm512_mul_ps(a, vs)));
         }
     }
 }
@@ -53,7 +54,7 @@ static void softmax_row(float *RYZ_RESTRICT x, int64_t N) {
     __mmask16 nan = 0;
     for (int64_t i = 0; i < N; i += 16) {
         __mmask16 m = ryz_tail16(N - i);
-        __m512 v = _mm512_mask_loadu_ps(ninf, m, x + i);
+        __m512 v = m == 0xffff ? _mm512_loadu_ps(x + i) : _mm512_mask_loadu_ps(ninf, m, x + i);
         nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
         vm = _mm512_max_ps(vm, v);
     }
@@ -65,14 +66,14 @@ static void softmax_row(float *RYZ_RESTRICT x, int64_t N) {
     __m512 vmx = _mm512_set1_ps(mx), vs = _mm512_setzero_ps();
     for (int64_t i = 0; i < N; i += 16) {
         __mmask16 m = ryz_tail16(N - i);
-        __m512 e = ryz_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vmx));
+        __m512 e = ryz_exp_avx512(_mm512_sub_ps(ryz_ld16(x + i, m), vmx));
         vs = _mm512_mask_add_ps(vs, m, vs, e);
-        _mm512_mask_storeu_ps(x + i, m, e);
+        ryz_st16(x + i, m, e);
     }
     __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vs));
     for (int64_t i = 0; i < N; i += 16) {
         __mmask16 m = ryz_tail16(N - i);
-        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
+        ryz_st16(x + i, m, _mm512_mul_ps(ryz_ld16(x + i, m), inv));
     }
 }
 
@@ -80,9 +81,9 @@ static void silu(float *out, const float *x, int64_t n) {
     const __m512 one = _mm512_set1_ps(1.0f);
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 m = ryz_tail16(n - i);
-        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        __m512 v = ryz_ld16(x + i, m);
         __m512 e = ryz_exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), v));
-        _mm512_mask_storeu_ps(out + i, m, _mm512_div_ps(v, _mm512_add_ps(one, e)));
+        ryz_st16(out + i, m, _mm512_div_ps(v, _mm512_add_ps(one, e)));
     }
 }
 
@@ -90,24 +91,24 @@ static void relu2(float *out, const float *x, int64_t n) {
     const __m512 zero = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 m = ryz_tail16(n - i);
-        __m512 r = _mm512_max_ps(zero, _mm512_maskz_loadu_ps(m, x + i)); /* NaN passes (2nd operand) */
-        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(r, r));
+        __m512 r = _mm512_max_ps(zero, ryz_ld16(x + i, m)); /* NaN passes (2nd operand) */
+        ryz_st16(out + i, m, _mm512_mul_ps(r, r));
     }
 }
 
 static void mul(float *out, const float *a, const float *b, int64_t n) {
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 m = ryz_tail16(n - i);
-        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + i),
-                                                        _mm512_maskz_loadu_ps(m, b + i)));
+        ryz_st16(out + i, m, _mm512_mul_ps(ryz_ld16(a + i, m),
+                                                        ryz_ld16(b + i, m)));
     }
 }
 
 static void add(float *out, const float *a, const float *b, int64_t n) {
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 m = ryz_tail16(n - i);
-        _mm512_mask_storeu_ps(out + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, a + i),
-                                                        _mm512_maskz_loadu_ps(m, b + i)));
+        ryz_st16(out + i, m, _mm512_add_ps(ryz_ld16(a + i, m),
+                                                        ryz_ld16(b + i, m)));
     }
 }
 

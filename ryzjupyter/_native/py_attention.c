@@ -12,27 +12,97 @@ void ryz_attention_select(ryz_isa isa) {
         &ryz_attention_scalar, &ryz_attention_avx2, &ryz_attention_avx512};
     ryz_attention = by_isa[isa];
     ryz_register_kernel("attention", ryz_attention->name);
+    ryz_register_kernel("attention_i8kv", ryz_attention->name);
+    ryz_register_kernel("quantize_kv_i8", "scalar"); /* one plain C version for every level */
 }
 
 typedef struct {
     float *out;
     const float *q, *k, *v;
-    ryz_attn_shape s;
-    int failed; /* scratch allocation failed */
+    const int8_t *k8, *v8;   /* int8 cache (attention_i8kv), else NULL */
+    const float *ks, *vs;    /* its scales [T, Hkv] */
+    int64_t M, Hq, Hkv, hd, G, n_past;
+    int64_t S;         /* parts the cache rows of each unit are split into (1: no split) */
+    float scale;
+    float *part, *ml;  /* S > 1: [units * S][G][hd] partial outputs, [units * S][G][2] (m, l) */
+    int failed;        /* scratch allocation failed */
 } attn_job;
 
-/* items are (query row i, kv head) pairs: item = i * Hkv + kvh */
+/* items are (query row i, kv head, part): item = (i * Hkv + kvh) * S + part */
 static void attn_task(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     attn_job *j = ctx;
-    float *scratch = malloc(sizeof(float) * (size_t)ryz_attn_scratch_floats(&j->s));
+    float *scratch = malloc(sizeof(float) * (size_t)ryz_attn_scratch_floats(j->hd, j->n_past + j->M));
     if (!scratch) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    for (int64_t it = b; it < e; it++)
-        ryz_attention->attend(j->out, j->q, j->k, j->v, &j->s, it / j->s.Hkv, it % j->s.Hkv, scratch);
+    const int64_t kstride = j->Hkv * j->hd;
+    for (int64_t it = b; it < e; it++) {
+        const int64_t unit = it / j->S, part = it % j->S;
+        const int64_t i = unit / j->Hkv, kvh = unit % j->Hkv, L = j->n_past + i + 1;
+        const int64_t t0 = L * part / j->S, t1 = L * (part + 1) / j->S;
+        const int64_t off = t0 * kstride + kvh * j->hd, soff = t0 * j->Hkv + kvh;
+        ryz_attn_unit u = {
+            .q = j->q + (i * j->Hq + kvh * j->G) * j->hd,
+            .k = j->k8 ? NULL : j->k + off,
+            .v = j->k8 ? NULL : j->v + off,
+            .k8 = j->k8 ? j->k8 + off : NULL,
+            .v8 = j->k8 ? j->v8 + off : NULL,
+            .ks = j->k8 ? j->ks + soff : NULL,
+            .vs = j->k8 ? j->vs + soff : NULL,
+            .sstride = j->Hkv,
+            .o = j->S == 1 ? j->out + (i * j->Hq + kvh * j->G) * j->hd : j->part + it * j->G * j->hd,
+            .ml = j->S == 1 ? NULL : j->ml + it * 2 * j->G,
+            .G = j->G, .hd = j->hd, .kstride = kstride, .L = t1 - t0, .scale = j->scale,
+        };
+        if (j->k8)
+            ryz_attention->attend_i8(&u, scratch);
+        else
+            ryz_attention->attend(&u, scratch);
+    }
     free(scratch);
+}
+
+/* merge the S partial results of each unit (flash-decoding, see attention.h) */
+static void merge_task(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    attn_job *j = ctx;
+    const int64_t G = j->G, hd = j->hd, S = j->S;
+    for (int64_t unit = b; unit < e; unit++) {
+        const int64_t i = unit / j->Hkv, kvh = unit % j->Hkv;
+        for (int64_t g = 0; g < G; g++) {
+            float *o = j->out + (i * j->Hq + kvh * G + g) * hd;
+            float mx = -INFINITY, wsum = 0.0f;
+            for (int64_t p = 0; p < S; p++) {
+                float m = j->ml[((unit * S + p) * G + g) * 2];
+                mx = m > mx ? m : mx;
+            }
+            for (int64_t d = 0; d < hd; d++) o[d] = 0.0f;
+            for (int64_t p = 0; p < S; p++) {
+                const float *ml = j->ml + ((unit * S + p) * G + g) * 2;
+                const float w = ml[1] * expf(ml[0] - mx);
+                const float *po = j->part + ((unit * S + p) * G + g) * hd;
+                wsum += w;
+                for (int64_t d = 0; d < hd; d++) o[d] += w * po[d];
+            }
+            const float inv = 1.0f / wsum;
+            for (int64_t d = 0; d < hd; d++) o[d] *= inv;
+        }
+    }
+}
+
+/* Parts per unit: decode has few units (M * Hkv, e.g. 5), too few to keep every thread
+ * busy, so long rows are split. Depends on the shapes only, never on the thread count,
+ * so results do not change with the number of threads. */
+#define RYZ_ATTN_MIN_UNITS 16
+#define RYZ_ATTN_MIN_PART_ROWS 256
+static int64_t attn_parts(int64_t units, int64_t shortest_row) {
+    if (units >= RYZ_ATTN_MIN_UNITS) return 1;
+    int64_t S = (RYZ_ATTN_MIN_UNITS + units - 1) / units;
+    int64_t cap = shortest_row / RYZ_ATTN_MIN_PART_ROWS;
+    if (S > cap) S = cap;
+    return S < 1 ? 1 : S;
 }
 
 PyDoc_STRVAR(attention_doc,
@@ -43,18 +113,27 @@ PyDoc_STRVAR(attention_doc,
 "0 .. n_past + i; query head h uses kv head h // (Hq // Hkv).\n"
 "out[i, h] = softmax(scale * k[:L, h'] @ q[i, h]) @ v[:L, h'], L = n_past + i + 1.\n"
 "out must not overlap q, k or v. Interruptible (Ctrl-C) between chunks of work.");
-static PyObject *py_attention(PyObject *self, PyObject *args) {
-    RYZ_UNUSED(self);
-    PyObject *oo, *oq, *ok, *ov;
+static PyObject *attention_common(PyObject *args, int i8) {
+    PyObject *oo, *oq, *ok, *ov, *oks = NULL, *ovs = NULL;
     long long n_past;
     double scale;
-    if (!PyArg_ParseTuple(args, "OOOOLd:attention", &oo, &oq, &ok, &ov, &n_past, &scale)) return NULL;
+    if (i8 ? !PyArg_ParseTuple(args, "OOOOOOLd:attention_i8kv", &oo, &oq, &ok, &oks, &ov, &ovs, &n_past, &scale)
+           : !PyArg_ParseTuple(args, "OOOOLd:attention", &oo, &oq, &ok, &ov, &n_past, &scale))
+        return NULL;
     ryz_args a = {0};
-    ryz_arr *out, *q, *k, *v;
+    ryz_arr *out, *q, *k, *v, *ks = NULL, *vs = NULL;
     if (!(out = ryz_arr_get(&a, oo, "out", RYZ_F32, 3, 1)) ||
         !(q = ryz_arr_get(&a, oq, "q", RYZ_F32, 3, 0)) ||
-        !(k = ryz_arr_get(&a, ok, "k", RYZ_F32, 3, 0)) ||
-        !(v = ryz_arr_get(&a, ov, "v", RYZ_F32, 3, 0)))
+        !(k = ryz_arr_get(&a, ok, "k", i8 ? RYZ_I8 : RYZ_F32, 3, 0)) ||
+        !(v = ryz_arr_get(&a, ov, "v", i8 ? RYZ_I8 : RYZ_F32, 3, 0)))
+        goto fail;
+    if (i8 && (!(ks = ryz_arr_get(&a, oks, "k_scales", RYZ_F32, 2, 0)) ||
+               !(vs = ryz_arr_get(&a, ovs, "v_scales", RYZ_F32, 2, 0)) ||
+               ryz_check_dim(ks, 0, ryz_dim(k, 0), "k.shape[0]") ||
+               ryz_check_dim(ks, 1, ryz_dim(k, 1), "k.shape[1]") ||
+               ryz_check_dim(vs, 0, ryz_dim(k, 0), "k.shape[0]") ||
+               ryz_check_dim(vs, 1, ryz_dim(k, 1), "k.shape[1]") || ryz_check_no_overlap(out, ks) ||
+               ryz_check_no_overlap(out, vs)))
         goto fail;
     int64_t M = ryz_dim(q, 0), Hq = ryz_dim(q, 1), hd = ryz_dim(q, 2);
     int64_t T = ryz_dim(k, 0), Hkv = ryz_dim(k, 1);
@@ -79,14 +158,30 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
         goto fail;
     }
     if (M == 0 || hd == 0) goto done;
-    attn_job j = {ryz_data(out), ryz_data(q), ryz_data(k), ryz_data(v),
-                  {M, Hq, Hkv, hd, T, n_past, (float)scale}, 0};
+    const int64_t G = Hq / Hkv, units = M * Hkv, S = attn_parts(units, n_past + 1);
+    attn_job j = {ryz_data(out), ryz_data(q), i8 ? NULL : ryz_data(k), i8 ? NULL : ryz_data(v),
+                  i8 ? ryz_data(k) : NULL, i8 ? ryz_data(v) : NULL, i8 ? ryz_data(ks) : NULL,
+                  i8 ? ryz_data(vs) : NULL, M, Hq, Hkv, hd, G, n_past, S, (float)scale, NULL, NULL, 0};
+    if (S > 1) {
+        j.part = malloc(sizeof(float) * (size_t)(units * S * G * hd));
+        j.ml = malloc(sizeof(float) * (size_t)(units * S * G * 2));
+        if (!j.part || !j.ml) {
+            free(j.part);
+            free(j.ml);
+            PyErr_NoMemory();
+            goto fail;
+        }
+    }
     /* chunks of about 2^26 multiply-adds between Ctrl-C checks */
-    int64_t per_item = (n_past + M) * hd * (Hq / Hkv) * 2;
-    int64_t chunk = per_item > 0 ? ((int64_t)1 << 26) / per_item : M * Hkv;
+    int64_t per_item = (n_past + M) * hd * G * 2 / S;
+    int64_t chunk = per_item > 0 ? ((int64_t)1 << 26) / per_item : units * S;
     int64_t minchunk = 2 * (int64_t)ryz_num_threads();
     if (chunk < minchunk) chunk = minchunk;
-    if (ryz_run_chunked(attn_task, &j, M * Hkv, chunk, 1) != 0) goto fail;
+    int rc = ryz_run_chunked(attn_task, &j, units * S, chunk, 1);
+    if (rc == 0 && !j.failed && S > 1) rc = ryz_run_chunked(merge_task, &j, units, units, 1);
+    free(j.part);
+    free(j.ml);
+    if (rc != 0) goto fail;
     if (j.failed) {
         PyErr_NoMemory();
         goto fail;
@@ -99,7 +194,81 @@ fail:
     return NULL;
 }
 
+static PyObject *py_attention(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    return attention_common(args, 0);
+}
+
+PyDoc_STRVAR(attention_i8kv_doc,
+"attention_i8kv(out, q, k, k_scales, v, v_scales, n_past, scale) -> None\n\n"
+"attention() over an int8 KV cache: k, v int8 [T, Hkv, hd] with float32 scales\n"
+"k_scales, v_scales [T, Hkv]; the cache holds k[t, h] * k_scales[t, h] (the same for v),\n"
+"as written by quantize_kv_i8. A quarter of the float cache's memory traffic; NOT exact:\n"
+"each cached value carries a rounding error of up to max|row| / 254.");
+static PyObject *py_attention_i8kv(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    return attention_common(args, 1);
+}
+
+typedef struct {
+    int8_t *q8;
+    float *d;
+    const float *x;
+    int64_t hd;
+    int64_t bad; /* first (row*H + head) holding NaN/inf, or -1 */
+} kvq_job;
+
+static void kvq_task(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    kvq_job *j = ctx;
+    for (int64_t r = b; r < e; r++)
+        if (ryz_quantize_kv_row(j->q8 + r * j->hd, j->d + r, j->x + r * j->hd, j->hd)) {
+            int64_t cur = __atomic_load_n(&j->bad, __ATOMIC_RELAXED);
+            if (cur < 0 || r < cur) __atomic_store_n(&j->bad, r, __ATOMIC_RELAXED);
+        }
+}
+
+PyDoc_STRVAR(quantize_kv_i8_doc,
+"quantize_kv_i8(q8, scales, x) -> None\n\n"
+"Quantize new KV-cache rows for attention_i8kv: x float32 [M, H, hd] -> q8 int8 [M, H, hd]\n"
+"and scales float32 [M, H], symmetric per (row, head): scales = max|x| / 127,\n"
+"q8 = clamp(round_half_even(x * (127 / max|x|)), -127, 127); an all-zero row gives\n"
+"scale 0. Write into the cache's rows n_past .. n_past+M-1 (pass those slices, which are\n"
+"contiguous). Raises ValueError if x holds NaN or inf.");
+static PyObject *py_quantize_kv_i8(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    PyObject *oq, *os, *ox;
+    if (!PyArg_ParseTuple(args, "OOO:quantize_kv_i8", &oq, &os, &ox)) return NULL;
+    ryz_args a = {0};
+    ryz_arr *q8, *sc, *x;
+    if (!(q8 = ryz_arr_get(&a, oq, "q8", RYZ_I8, 3, 1)) ||
+        !(sc = ryz_arr_get(&a, os, "scales", RYZ_F32, 2, 1)) ||
+        !(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 3, 0)) ||
+        ryz_check_dim(q8, 0, ryz_dim(x, 0), "x.shape[0]") ||
+        ryz_check_dim(q8, 1, ryz_dim(x, 1), "x.shape[1]") ||
+        ryz_check_dim(q8, 2, ryz_dim(x, 2), "x.shape[2]") ||
+        ryz_check_dim(sc, 0, ryz_dim(x, 0), "x.shape[0]") ||
+        ryz_check_dim(sc, 1, ryz_dim(x, 1), "x.shape[1]") || ryz_check_no_overlap(q8, x) ||
+        ryz_check_no_overlap(sc, x) || ryz_check_no_overlap(q8, sc))
+        goto fail;
+    kvq_job j = {ryz_data(q8), ryz_data(sc), ryz_data(x), ryz_dim(x, 2), -1};
+    int64_t rows = ryz_dim(x, 0) * ryz_dim(x, 1);
+    if (ryz_run_chunked(kvq_task, &j, rows, 1 << 16, 64) != 0) goto fail;
+    if (j.bad >= 0) {
+        PyErr_Format(PyExc_ValueError, "x[%lld, %lld] contains NaN or inf; cannot quantize it",
+                     (long long)(j.bad / ryz_dim(x, 1)), (long long)(j.bad % ryz_dim(x, 1)));
+        goto fail;
+    }
+    ryz_args_release(&a);
+    Py_RETURN_NONE;
+fail:
+    ryz_args_release(&a);
+    return NULL;
+}
+
 PyMethodDef ryz_attention_methods[] = {
     {"attention", py_attention, METH_VARARGS, attention_doc},
+    {"attention_i8kv", py_attention_i8kv, METH_VARARGS, attention_i8kv_doc},
+    {"quantize_kv_i8", py_quantize_kv_i8, METH_VARARGS, quantize_kv_i8_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -41,7 +41,8 @@ static int64_t channel_grain(int64_t T, int64_t per) {
     return g < 16 ? 16 : (g + 15) / 16 * 16;
 }
 static int64_t channel_chunk(int64_t T, int64_t per) {
-    int64_t c = ((int64_t)1 << 24) / ((T > 0 ? T : 1) * (per > 0 ? per : 1));
+    /* ~10 ms of work on an idle core (ryz_run_chunked shrinks it when the machine is slower) */
+    int64_t c = ((int64_t)1 << 22) / ((T > 0 ? T : 1) * (per > 0 ? per : 1));
     return c < 64 ? 64 : (c + 15) / 16 * 16;
 }
 

@@ -76,10 +76,10 @@ static PyObject *do_pack(PyObject *args, layout_t l, const char *fmt) {
     uint8_t *o = ryz_data(out);
     int64_t rb = layout_row_bytes(l, K);
     Py_BEGIN_ALLOW_THREADS
-    for (int64_t n = 0; n < N; n++) {
-        if (l == LAYOUT_I2) ryz_pack_i2(o + n * rb, t + n * K, K);
-        else ryz_pack_tl(o + n * rb, t + n * K, K);
-    }
+    if (l == LAYOUT_I2)
+        for (int64_t n = 0; n < N; n++) ryz_pack_i2(o + n * rb, t + n * K, K);
+    else
+        ryz_pack_tl(o, t, N, K);
     Py_END_ALLOW_THREADS
     ryz_args_release(&a);
     Py_RETURN_NONE;
@@ -119,10 +119,10 @@ static PyObject *do_unpack(PyObject *args, layout_t l, const char *fmt) {
     }
     int8_t *t = ryz_data(out);
     Py_BEGIN_ALLOW_THREADS
-    for (int64_t n = 0; n < N; n++) {
-        if (l == LAYOUT_I2) ryz_unpack_i2(t + n * K, p + n * rb, K);
-        else ryz_unpack_tl(t + n * K, p + n * rb, K);
-    }
+    if (l == LAYOUT_I2)
+        for (int64_t n = 0; n < N; n++) ryz_unpack_i2(t + n * K, p + n * rb, K);
+    else
+        ryz_unpack_tl(t, p, N, K);
     Py_END_ALLOW_THREADS
     ryz_args_release(&a);
     Py_RETURN_NONE;
@@ -177,10 +177,11 @@ static void gemm_rows(void *vctx, int64_t b, int64_t e, int tid) {
     else ryz_ternary->gemm_tl(&c->job, b, e);
 }
 
-/* int8 MACs one chunk should hold: ~5-20 ms, so Ctrl-C is seen quickly */
+/* int8 MACs one chunk should hold: ~2-5 ms of one core, so Ctrl-C is seen quickly even
+ * when the machine is oversubscribed and a chunk takes several times longer */
 static int64_t chunk_rows(int64_t M, int64_t Kp) {
-    double macs = ryz_active_isa() == RYZ_ISA_AVX512VNNI ? 1.5e9
-                : ryz_active_isa() == RYZ_ISA_AVX2 ? 5e8 : 2e7;
+    double macs = ryz_active_isa() == RYZ_ISA_AVX512VNNI ? 6e8
+                : ryz_active_isa() == RYZ_ISA_AVX2 ? 2e8 : 1e7;
     double per_row = (double)(M > 0 ? M : 1) * (double)(Kp > 0 ? Kp : 1);
     int64_t rows = (int64_t)(macs / per_row);
     rows = rows / 16 * 16;
@@ -243,14 +244,17 @@ static PyObject *do_gemm(PyObject *args, layout_t l, int linear, const char *fmt
     c.job = (ryz_ternary_job){
         .out_i = linear ? NULL : ryz_data(out), .out_f = linear ? ryz_data(out) : NULL, .ldo = N,
         .w = ryz_data(pk), .rb = layout_row_bytes(l, K), .q = c.q, .ldq = ldq, .qsum = c.qsum,
-        .sx = c.sx, .w_mult = (float)w_mult, .M = M, .Kp = Kp};
+        .sx = c.sx, .w_mult = (float)w_mult, .M = M, .Kp = Kp, .N = N};
     if (ryz_run_chunked(prep_rows, &c, M, 4096, 8) != 0) goto fail;
     if (c.bad_row >= 0) {
         PyErr_Format(PyExc_ValueError, "x row %lld contains NaN or inf; cannot quantize it",
                      (long long)c.bad_row);
         goto fail;
     }
-    if (ryz_run_chunked(gemm_rows, &c, N, chunk_rows(M, Kp), 16) != 0) goto fail;
+    /* TL: whole 64-row tiles per thread, so SIMD variants see full tiles */
+    int64_t grain = l == LAYOUT_TL ? RYZ_TL_ROWS : 16;
+    int64_t chunk = (chunk_rows(M, Kp) + grain - 1) / grain * grain;
+    if (ryz_run_chunked(gemm_rows, &c, N, chunk, grain) != 0) goto fail;
 done:
     free(buf);
     ryz_args_release(&a);

@@ -1,7 +1,6 @@
 /* recurrent_avx2.c: AVX2+FMA Mamba conv1d / selective scan and RWKV-4 WKV (see
- * recurrent.h). conv1d and wkv run 8 channels per vector; the scan runs one channel
- * at a time with its N state entries in vectors of 8. The scalar softplus of dt and
- * the final silu(z) of each (token, channel) use the shared libm helpers. */
+ * recurrent.h). conv1d, wkv and the scan run 8 channels at a time (vector softplus and
+ * silu across channels; the scan's state rows in vectors of 8). */
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "recurrent_avx2.c must be compiled with -mavx2 -mfma"
 #endif
@@ -11,10 +10,6 @@
 #include "ops.h"
 #include "recurrent.h"
 
-static inline __m256i tail8(int64_t left) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(left < 8 ? (left < 0 ? 0 : left) : 8)),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 
 static inline __m256 silu8(__m256 x) {
     return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), ryz_exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x))));
@@ -25,52 +20,101 @@ static void conv1d(float *RYZ_RESTRICT out, float *RYZ_RESTRICT state, const flo
                    int64_t K, int64_t c0, int64_t c1) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int64_t c = c0; c < c1; c += 8) {
-        __m256i m = tail8(c1 - c);
-        __m256 mf = _mm256_castsi256_ps(m);
+        const int64_t m = c1 - c;
+        __m256 mf = _mm256_castsi256_ps(ryz_tail8(m));
         __m256i rowidx = _mm256_mullo_epi32(_mm256_add_epi32(lane, _mm256_set1_epi32((int)c)),
                                             _mm256_set1_epi32((int)K));
         __m256 wv[RYZ_CONV_MAX_K];
         for (int64_t j = 0; j < K; j++)
             wv[j] = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), w,
                                              _mm256_add_epi32(rowidx, _mm256_set1_epi32((int)j)), mf, 4);
-        __m256 bv = bias ? _mm256_maskload_ps(bias + c, m) : _mm256_setzero_ps();
+        __m256 bv = bias ? ryz_ld8(bias + c, m) : _mm256_setzero_ps();
         for (int64_t t = 0; t < T; t++) {
             __m256 acc = _mm256_setzero_ps();
             for (int64_t j = 0; j < K; j++) {
                 int64_t s = t - (K - 1) + j;
-                __m256 xv = s >= 0 ? _mm256_maskload_ps(x + s * D + c, m)
+                __m256 xv = s >= 0 ? ryz_ld8(x + s * D + c, m)
                                    : _mm256_mask_i32gather_ps(_mm256_setzero_ps(), state,
                                          _mm256_add_epi32(rowidx, _mm256_set1_epi32((int)(K + s))), mf, 4);
                 acc = _mm256_fmadd_ps(wv[j], xv, acc);
             }
-            _mm256_maskstore_ps(out + t * D + c, m, silu8(_mm256_add_ps(acc, bv)));
+            ryz_st8(out + t * D + c, m, silu8(_mm256_add_ps(acc, bv)));
         }
         int64_t ce = c + 8 < c1 ? c + 8 : c1;
         for (int64_t cc = c; cc < ce; cc++) ryz_conv_state_update(state + cc * K, x, T, D, K, cc);
     }
 }
 
+/* log(y) for y >= 1 (finite): Cephes logf with the mantissa in [sqrt(1/2), sqrt(2)) */
+static inline __m256 log8_ge1(__m256 y) {
+    __m256i bits = _mm256_castps_si256(y);
+    __m256 k = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
+    __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)),
+                                                   _mm256_set1_epi32(0x3f800000))); /* [1, 2) */
+    __m256 big = _mm256_cmp_ps(m, _mm256_set1_ps(1.41421356237f), _CMP_GT_OQ);
+    m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), big);
+    k = _mm256_add_ps(k, _mm256_and_ps(big, _mm256_set1_ps(1.0f)));
+    __m256 f = _mm256_sub_ps(m, _mm256_set1_ps(1.0f)), z = _mm256_mul_ps(f, f);
+    __m256 p = _mm256_set1_ps(7.0376836292e-2f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(-1.1514610310e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.1676998740e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(-1.2420140846e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.4249322787e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(-1.6668057665e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.0000714765e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(-2.4999993993e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(3.3333331174e-1f));
+    __m256 r = _mm256_mul_ps(_mm256_mul_ps(p, f), z);
+    r = _mm256_fmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+    r = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), r);
+    r = _mm256_add_ps(f, r);
+    return _mm256_fmadd_ps(k, _mm256_set1_ps(0.693359375f), r);
+}
+
+/* torch softplus (threshold 20): x > 20 ? x : log1p(exp(x)), log1p(e) computed as
+ * log(1+e) - ((1+e)-1-e)/(1+e) so that tiny e keep full relative precision */
+static inline __m256 softplus8(__m256 x) {
+    const __m256 one = _mm256_set1_ps(1.0f), lim = _mm256_set1_ps(20.0f);
+    __m256 e = ryz_exp_avx2(_mm256_min_ps(x, lim));
+    __m256 y = _mm256_add_ps(one, e);
+    __m256 r = _mm256_sub_ps(log8_ge1(y), _mm256_div_ps(_mm256_sub_ps(_mm256_sub_ps(y, one), e), y));
+    __m256 keep = _mm256_or_ps(_mm256_cmp_ps(x, lim, _CMP_GT_OQ), _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    return _mm256_blendv_ps(r, x, keep);
+}
+
+/* 8 channels at a time: softplus(dt), u and silu(z) are vector operations across
+ * channels; each channel's state row (N floats, in L1) is updated in vectors of 8, with
+ * B[t] and C[t] shared by the 8 channels. */
 static void scan(float *RYZ_RESTRICT y, float *RYZ_RESTRICT h, const float *RYZ_RESTRICT u,
                  const float *RYZ_RESTRICT dt, const float *RYZ_RESTRICT A, const float *RYZ_RESTRICT B,
                  const float *RYZ_RESTRICT C, const float *RYZ_RESTRICT Dskip,
                  const float *RYZ_RESTRICT z, int64_t T, int64_t D, int64_t N, int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; c++) {
-        float *hc = h + c * N;
-        const float *Ac = A + c * N;
+    for (int64_t c = c0; c < c1; c += 8) {
+        const int64_t cb = c1 - c < 8 ? c1 - c : 8;
+        const __m256 dsk = ryz_ld8(Dskip + c, cb);
+        float dd[8], uu[8], yy[8];
         for (int64_t t = 0; t < T; t++) {
-            float d = ryz_softplus(dt[t * D + c]), uc = u[t * D + c];
-            __m256 dv = _mm256_set1_ps(d), uv = _mm256_set1_ps(uc), acc = _mm256_setzero_ps();
-            for (int64_t n = 0; n < N; n += 8) {
-                __m256i m = tail8(N - n);
-                __m256 dA = ryz_exp_avx2(_mm256_mul_ps(_mm256_maskload_ps(Ac + n, m), dv));
-                __m256 dBu = _mm256_mul_ps(_mm256_mul_ps(dv, _mm256_maskload_ps(B + t * N + n, m)), uv);
-                __m256 hv = _mm256_add_ps(_mm256_mul_ps(dA, _mm256_maskload_ps(hc + n, m)), dBu);
-                _mm256_maskstore_ps(hc + n, m, hv);
-                acc = _mm256_fmadd_ps(hv, _mm256_maskload_ps(C + t * N + n, m), acc);
+            __m256 uv = ryz_ld8(u + t * D + c, cb);
+            _mm256_storeu_ps(dd, softplus8(ryz_ld8(dt + t * D + c, cb)));
+            _mm256_storeu_ps(uu, uv);
+            for (int64_t cc = 0; cc < cb; cc++) {
+                float *hc = h + (c + cc) * N;
+                const float *Ac = A + (c + cc) * N;
+                __m256 dv = _mm256_set1_ps(dd[cc]), ucv = _mm256_set1_ps(uu[cc]), acc = _mm256_setzero_ps();
+                for (int64_t n = 0; n < N; n += 8) {
+                    const int64_t m = N - n;
+                    __m256 dA = ryz_exp_avx2(_mm256_mul_ps(ryz_ld8(Ac + n, m), dv));
+                    __m256 dBu = _mm256_mul_ps(_mm256_mul_ps(dv, ryz_ld8(B + t * N + n, m)), ucv);
+                    __m256 hv = _mm256_add_ps(_mm256_mul_ps(dA, ryz_ld8(hc + n, m)), dBu);
+                    ryz_st8(hc + n, m, hv);
+                    acc = _mm256_fmadd_ps(hv, ryz_ld8(C + t * N + n, m), acc);
+                }
+                yy[cc] = ryz_hsum_avx2(acc);
             }
-            float out = ryz_hsum_avx2(acc) + uc * Dskip[c];
-            if (z) out *= z[t * D + c] / (1.0f + expf(-z[t * D + c]));
-            y[t * D + c] = out;
+            /* y = (h @ C + u * D) * silu(z), as the slow path: the add, then the gate */
+            __m256 yv = _mm256_add_ps(ryz_ld8(yy, cb), _mm256_mul_ps(uv, dsk));
+            if (z) yv = _mm256_mul_ps(yv, silu8(ryz_ld8(z + t * D + c, cb)));
+            ryz_st8(y + t * D + c, cb, yv);
         }
     }
 }
@@ -80,18 +124,18 @@ static void wkv(float *RYZ_RESTRICT out, float *RYZ_RESTRICT aa, float *RYZ_REST
                 const float *RYZ_RESTRICT time_decay, const float *RYZ_RESTRICT time_first, int64_t T,
                 int64_t A, int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; c += 8) {
-        __m256i m = tail8(c1 - c);
-        __m256 a = _mm256_maskload_ps(aa + c, m), b = _mm256_maskload_ps(bb + c, m);
-        __m256 p = _mm256_maskload_ps(pp + c, m), u = _mm256_maskload_ps(time_first + c, m);
-        __m256 w = _mm256_sub_ps(_mm256_setzero_ps(), ryz_exp_avx2(_mm256_maskload_ps(time_decay + c, m)));
+        const int64_t m = c1 - c;
+        __m256 a = ryz_ld8(aa + c, m), b = ryz_ld8(bb + c, m);
+        __m256 p = ryz_ld8(pp + c, m), u = ryz_ld8(time_first + c, m);
+        __m256 w = _mm256_sub_ps(_mm256_setzero_ps(), ryz_exp_avx2(ryz_ld8(time_decay + c, m)));
         for (int64_t t = 0; t < T; t++) {
-            __m256 kt = _mm256_maskload_ps(k + t * A + c, m), vt = _mm256_maskload_ps(v + t * A + c, m);
+            __m256 kt = ryz_ld8(k + t * A + c, m), vt = ryz_ld8(v + t * A + c, m);
             __m256 uk = _mm256_add_ps(u, kt);
             __m256 q = _mm256_max_ps(p, uk);
             __m256 e1 = ryz_exp_avx2(_mm256_sub_ps(p, q)), e2 = ryz_exp_avx2(_mm256_sub_ps(uk, q));
             __m256 num = _mm256_add_ps(_mm256_mul_ps(e1, a), _mm256_mul_ps(e2, vt));
             __m256 den = _mm256_add_ps(_mm256_mul_ps(e1, b), e2);
-            _mm256_maskstore_ps(out + t * A + c, m, _mm256_div_ps(num, den));
+            ryz_st8(out + t * A + c, m, _mm256_div_ps(num, den));
             __m256 pw = _mm256_add_ps(p, w);
             __m256 q2 = _mm256_max_ps(pw, kt);
             e1 = ryz_exp_avx2(_mm256_sub_ps(pw, q2));
@@ -100,9 +144,9 @@ static void wkv(float *RYZ_RESTRICT out, float *RYZ_RESTRICT aa, float *RYZ_REST
             b = _mm256_add_ps(_mm256_mul_ps(e1, b), e2);
             p = q2;
         }
-        _mm256_maskstore_ps(aa + c, m, a);
-        _mm256_maskstore_ps(bb + c, m, b);
-        _mm256_maskstore_ps(pp + c, m, p);
+        ryz_st8(aa + c, m, a);
+        ryz_st8(bb + c, m, b);
+        ryz_st8(pp + c, m, p);
     }
 }
 

@@ -21,9 +21,13 @@
  * ---- TL: lookup tables over pairs of activations -----------------------------
  * A row is split into pairs (t[2g], t[2g+1]); each pair is one 4-bit index
  * idx = 3 (t[2g] + 1) + (t[2g+1] + 1) in 0..8, K padded with t = 0 to a multiple
- * of RYZ_TL_GROUP_K = 4 (index 4 means (0, 0)). Byte j of a row holds the index of
- * pair 2j in its low nibble and pair 2j+1 in its high nibble (uint8 [N, Kp/4],
- * 2.0 bpw). Per token the kernel builds, for every pair g, the 9 sums
+ * of RYZ_TL_GROUP_K = 4 (index 4 means (0, 0)). Byte c of a row holds the index of
+ * pair 2c in its low nibble and pair 2c+1 in its high nibble (rb = Kp/4 bytes a row,
+ * 2.0 bpw). Rows are interleaved in tiles of RYZ_TL_ROWS = 64 (the last tile has
+ * h = N % 64 rows if that is not 0): byte c of row n of a tile starting at row n0
+ * with h rows lives at  n0 * rb + c * h + (n - n0),  so one 64-byte load gives byte c
+ * of 64 rows, the lanes of a vpshufb lookup. The packed array is still [N, rb].
+ * Per token the kernel builds, for every pair g, the table
  * T[g][idx] = a0 (idx/3 - 1) + a1 (idx%3 - 1) (int16, |T| <= 256), and a row's dot
  * product is sum_g T[g][idx_g]: one table lookup and one add per two weights.
  * Exact: integer sums only, same result as I2.
@@ -38,7 +42,9 @@ _Static_assert(RYZ_I2_BLOCK == 4 * RYZ_I2_BLOCK_BYTES, "I2 block: 4 codes per by
 _Static_assert(RYZ_I2_BLOCK_BYTES == 64, "I2 block must be one zmm register (vpdpbusd)");
 
 #define RYZ_TL_GROUP_K 4        /* weights per byte (two 4-bit pair indices) */
+#define RYZ_TL_ROWS 64          /* rows interleaved per tile: one zmm of bytes */
 _Static_assert(RYZ_TL_GROUP_K == 4, "TL: a byte holds two pairs");
+_Static_assert(RYZ_TL_ROWS == 64, "TL tile must be one zmm of row bytes");
 
 /* Kp <= this keeps every int32 partial sum exact (2 * 128 * Kp < 2^31). */
 #define RYZ_TERNARY_MAX_K (1 << 22)
@@ -51,6 +57,12 @@ static inline int64_t ryz_tl_padded_k(int64_t K) {
     return (K + RYZ_TL_GROUP_K - 1) / RYZ_TL_GROUP_K * RYZ_TL_GROUP_K;
 }
 static inline int64_t ryz_tl_row_bytes(int64_t K) { return ryz_tl_padded_k(K) / 4; }
+/* byte offset of byte c of row n in a TL-packed [N, rb] matrix */
+static inline int64_t ryz_tl_offset(int64_t n, int64_t c, int64_t N, int64_t rb) {
+    int64_t n0 = n / RYZ_TL_ROWS * RYZ_TL_ROWS;
+    int64_t h = N - n0 < RYZ_TL_ROWS ? N - n0 : RYZ_TL_ROWS;
+    return n0 * rb + c * h + (n - n0);
+}
 
 /* One ternary GEMM: rows n in [n0, n1) of
  *     acc[m, n] = sum_k t[n, k] q[m, k]                   (m in [0, M))
@@ -70,6 +82,7 @@ typedef struct {
     const float *sx;
     float w_mult;
     int64_t M, Kp;
+    int64_t N;            /* rows of the whole matrix (TL tiles depend on it) */
 } ryz_ternary_job;
 
 static inline void ryz_ternary_store(const ryz_ternary_job *j, int64_t m, int64_t n, int32_t acc) {
@@ -96,11 +109,14 @@ void ryz_gemm_i2_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1);
 void ryz_gemm_tl_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1);
 /* TL table of one token: T[g * 16 + idx] for pairs g in [0, Kp/2), idx 0..15 (9..15 zero) */
 void ryz_tl_build_table(int16_t *T, const int8_t *q, int64_t Kp);
+/* TL rows [n0, n1) of token m with its table T (NULL: compute without a table) */
+void ryz_tl_rows_scalar(const ryz_ternary_job *j, int64_t m, const int16_t *T, int64_t n0, int64_t n1);
 
 /* layout conversions (scalar, exact); trits must hold only -1, 0, +1 */
 void ryz_pack_i2(uint8_t *out, const int8_t *trits, int64_t K);   /* one row */
 void ryz_unpack_i2(int8_t *trits, const uint8_t *in, int64_t K);  /* one row */
-void ryz_pack_tl(uint8_t *out, const int8_t *trits, int64_t K);
-void ryz_unpack_tl(int8_t *trits, const uint8_t *in, int64_t K);
+/* TL interleaves rows: whole matrices [N, K] */
+void ryz_pack_tl(uint8_t *out, const int8_t *trits, int64_t N, int64_t K);
+void ryz_unpack_tl(int8_t *trits, const uint8_t *in, int64_t N, int64_t K);
 
 #endif

@@ -9,6 +9,7 @@
 #error "ternary_avx2.c must be compiled with -mavx2"
 #endif
 #include <immintrin.h>
+#include <stdlib.h>
 
 #include "ternary.h"
 
@@ -98,9 +99,93 @@ static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
     }
 }
 
+
+/* ---- TL: vpshufb lookups over 64 interleaved rows (two ymm halves) ---------------
+ * Same scheme as ternary_avx512.c: 32-byte split tables per pair (low bytes of the 16
+ * int16 entries, then high bytes), vpshufb on the nibbles of byte c of 32 rows at a
+ * time, unpacklo/hi_epi8 back to int16, widened to int32 every 32 bytes (each byte
+ * adds at most 2 * 256 to an int16 lane, 32 * 512 < 32768). */
+static void tl_build_split(uint8_t *TB, const int8_t *q, int64_t Kp) {
+    const __m256i A = _mm256_setr_epi16(-1, -1, -1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0);
+    const __m256i B = _mm256_setr_epi16(-1, 0, 1, -1, 0, 1, -1, 0, 1, 0, 0, 0, 0, 0, 0, 0);
+    const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                           0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    for (int64_t g = 0; g < Kp / 2; g++) {
+        __m256i t = _mm256_add_epi16(_mm256_mullo_epi16(_mm256_set1_epi16(q[2 * g]), A),
+                                     _mm256_mullo_epi16(_mm256_set1_epi16(q[2 * g + 1]), B));
+        t = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(t, split), 0xd8);
+        _mm256_storeu_si256((__m256i *)(TB + g * 32), t);
+    }
+}
+
+static void tl_tile64(const ryz_ternary_job *j, int64_t m, const uint8_t *TB, int64_t n0t) {
+    const int64_t rb = j->rb;
+    const uint8_t *w = j->w + n0t * rb;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    int32_t acc[64] = {0};
+    for (int64_t c0 = 0; c0 < rb; c0 += 32) {
+        int64_t c1 = c0 + 32 < rb ? c0 + 32 : rb;
+        __m256i s0[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        __m256i s1[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int64_t c = c0; c < c1; c++) {
+            const uint8_t *t0 = TB + (2 * c) * 32, *t1 = t0 + 32;
+            const __m256i tl0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)t0));
+            const __m256i th0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(t0 + 16)));
+            const __m256i tl1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)t1));
+            const __m256i th1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(t1 + 16)));
+            for (int h = 0; h < 2; h++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(w + 64 * c + 32 * h));
+                __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                __m256i bl0 = _mm256_shuffle_epi8(tl0, lo), bh0 = _mm256_shuffle_epi8(th0, lo);
+                __m256i bl1 = _mm256_shuffle_epi8(tl1, hi), bh1 = _mm256_shuffle_epi8(th1, hi);
+                s0[h] = _mm256_add_epi16(s0[h], _mm256_add_epi16(_mm256_unpacklo_epi8(bl0, bh0),
+                                                                 _mm256_unpacklo_epi8(bl1, bh1)));
+                s1[h] = _mm256_add_epi16(s1[h], _mm256_add_epi16(_mm256_unpackhi_epi8(bl0, bh0),
+                                                                 _mm256_unpackhi_epi8(bl1, bh1)));
+            }
+        }
+        /* int16 lane 8L + i of s0[h] is row 32h + 16L + i; of s1[h], row 32h + 16L + 8 + i */
+        for (int h = 0; h < 2; h++) {
+            int16_t a[16], b[16];
+            _mm256_storeu_si256((__m256i *)a, s0[h]);
+            _mm256_storeu_si256((__m256i *)b, s1[h]);
+            for (int lane = 0; lane < 16; lane++) {
+                int row = 32 * h + 16 * (lane / 8) + (lane % 8);
+                acc[row] += a[lane];
+                acc[row + 8] += b[lane];
+            }
+        }
+    }
+    for (int r = 0; r < 64; r++) ryz_ternary_store(j, m, n0t + r, acc[r]);
+}
+
+static void gemm_tl(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+    uint8_t *TB = aligned_alloc(64, (size_t)((j->Kp / 2) * 32 + 64));
+    if (!TB) {
+        ryz_gemm_tl_scalar(j, n0, n1);
+        return;
+    }
+    for (int64_t m = 0; m < j->M; m++) {
+        tl_build_split(TB, j->q + m * j->ldq, j->Kp);
+        int64_t n = n0;
+        while (n < n1) {
+            int64_t n0t = n / RYZ_TL_ROWS * RYZ_TL_ROWS;
+            if (n == n0t && n + RYZ_TL_ROWS <= n1 && n + RYZ_TL_ROWS <= j->N) {
+                tl_tile64(j, m, TB, n);
+                n += RYZ_TL_ROWS;
+            } else {
+                int64_t e = n0t + RYZ_TL_ROWS < n1 ? n0t + RYZ_TL_ROWS : n1;
+                ryz_tl_rows_scalar(j, m, NULL, n, e);
+                n = e;
+            }
+        }
+    }
+    free(TB);
+}
+
 const ryz_ternary_kernels ryz_ternary_avx2 = {
     .name = "avx2",
-    .tl_name = "scalar",
+    .tl_name = "avx2",
     .gemm_i2 = gemm_i2,
-    .gemm_tl = ryz_gemm_tl_scalar,
+    .gemm_tl = gemm_tl,
 };

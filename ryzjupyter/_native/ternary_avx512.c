@@ -131,9 +131,92 @@ static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
     }
 }
 
+
+/* ---- TL: vpshufb lookups over 64 interleaved rows ------------------------------
+ * Per token, every pair g gets a 32-byte table: the low bytes of its 16 int16 entries,
+ * then the high bytes. Byte c of the tile's 64 rows is one zmm; its low / high nibbles
+ * index the tables of pairs 2c / 2c+1 (vpshufb on the broadcast table), and the low and
+ * high result bytes are interleaved back into int16 (unpacklo/hi_epi8). Each c adds at
+ * most 2 * 256 to an int16 lane, so the int16 sums are widened to int32 every 32 bytes. */
+static void tl_build_split(uint8_t *TB, const int8_t *q, int64_t Kp) {
+    const __m256i A = _mm256_setr_epi16(-1, -1, -1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0);
+    const __m256i B = _mm256_setr_epi16(-1, 0, 1, -1, 0, 1, -1, 0, 1, 0, 0, 0, 0, 0, 0, 0);
+    /* gather the low bytes of the 8 int16 of each 128-bit lane, then the high bytes */
+    const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                           0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    for (int64_t g = 0; g < Kp / 2; g++) {
+        __m256i t = _mm256_add_epi16(_mm256_mullo_epi16(_mm256_set1_epi16(q[2 * g]), A),
+                                     _mm256_mullo_epi16(_mm256_set1_epi16(q[2 * g + 1]), B));
+        t = _mm256_shuffle_epi8(t, split);              /* [lo0-7 hi0-7 | lo8-15 hi8-15] */
+        t = _mm256_permute4x64_epi64(t, 0xd8);          /* [lo0-7 lo8-15 | hi0-7 hi8-15] */
+        _mm256_storeu_si256((__m256i *)(TB + g * 32), t);
+    }
+}
+
+static void tl_tile64(const ryz_ternary_job *j, int64_t m, const uint8_t *TB, int64_t n0t) {
+    const int64_t rb = j->rb;
+    const uint8_t *w = j->w + n0t * rb; /* byte c of the 64 rows at w + 64 c */
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m512i a32[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                      _mm512_setzero_si512()};
+    for (int64_t c0 = 0; c0 < rb; c0 += 32) {
+        int64_t c1 = c0 + 32 < rb ? c0 + 32 : rb;
+        __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+        for (int64_t c = c0; c < c1; c++) {
+            __m512i v = _mm512_loadu_si512(w + 64 * c);
+            __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            const uint8_t *t0 = TB + (2 * c) * 32, *t1 = t0 + 32;
+            __m512i bl0 = _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)t0)), lo);
+            __m512i bh0 = _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(t0 + 16))), lo);
+            __m512i bl1 = _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)t1)), hi);
+            __m512i bh1 = _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(t1 + 16))), hi);
+            s0 = _mm512_add_epi16(s0, _mm512_add_epi16(_mm512_unpacklo_epi8(bl0, bh0), _mm512_unpacklo_epi8(bl1, bh1)));
+            s1 = _mm512_add_epi16(s1, _mm512_add_epi16(_mm512_unpackhi_epi8(bl0, bh0), _mm512_unpackhi_epi8(bl1, bh1)));
+        }
+        a32[0] = _mm512_add_epi32(a32[0], _mm512_cvtepi16_epi32(_mm512_castsi512_si256(s0)));
+        a32[1] = _mm512_add_epi32(a32[1], _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(s0, 1)));
+        a32[2] = _mm512_add_epi32(a32[2], _mm512_cvtepi16_epi32(_mm512_castsi512_si256(s1)));
+        a32[3] = _mm512_add_epi32(a32[3], _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(s1, 1)));
+    }
+    int32_t acc[4][16];
+    for (int i = 0; i < 4; i++) _mm512_storeu_si512(acc[i], a32[i]);
+    /* s0 int16 lane 8L + i holds row 16L + i, s1 lane 8L + i holds row 16L + 8 + i;
+     * a32[0] / a32[1] are s0 lanes 0-15 / 16-31, a32[2] / a32[3] the same for s1 */
+    for (int v = 0; v < 4; v++)
+        for (int e = 0; e < 16; e++) {
+            int lane = (v & 1) * 16 + e; /* int16 lane in s0 or s1 */
+            int row = 16 * (lane / 8) + (lane % 8) + (v >= 2 ? 8 : 0);
+            ryz_ternary_store(j, m, n0t + row, acc[v][e]);
+        }
+}
+
+static void gemm_tl(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+    uint8_t *TB = aligned_alloc(64, (size_t)((j->Kp / 2) * 32 + 64));
+    if (!TB) {
+        ryz_gemm_tl_scalar(j, n0, n1);
+        return;
+    }
+    for (int64_t m = 0; m < j->M; m++) {
+        tl_build_split(TB, j->q + m * j->ldq, j->Kp);
+        int64_t n = n0;
+        while (n < n1) {
+            int64_t n0t = n / RYZ_TL_ROWS * RYZ_TL_ROWS;
+            if (n == n0t && n + RYZ_TL_ROWS <= n1 && n + RYZ_TL_ROWS <= j->N) {
+                tl_tile64(j, m, TB, n);
+                n += RYZ_TL_ROWS;
+            } else { /* partial tile: the reference, row by row (it builds no table) */
+                int64_t e = n0t + RYZ_TL_ROWS < n1 ? n0t + RYZ_TL_ROWS : n1;
+                ryz_tl_rows_scalar(j, m, NULL, n, e);
+                n = e;
+            }
+        }
+    }
+    free(TB);
+}
+
 const ryz_ternary_kernels ryz_ternary_avx512 = {
     .name = "avx512vnni",
-    .tl_name = "scalar",
+    .tl_name = "avx512vnni",
     .gemm_i2 = gemm_i2,
-    .gemm_tl = ryz_gemm_tl_scalar,
+    .gemm_tl = gemm_tl,
 };

@@ -51,17 +51,21 @@ static inline unsigned tl_index(int64_t k, const int8_t *trits, int64_t K) {
     return (unsigned)(3 * (a + 1) + (b + 1));
 }
 
-void ryz_pack_tl(uint8_t *out, const int8_t *trits, int64_t K) {
-    int64_t Kp = ryz_tl_padded_k(K);
-    for (int64_t c = 0; c < Kp / 4; c++)
-        out[c] = (uint8_t)(tl_index(4 * c, trits, K) | tl_index(4 * c + 2, trits, K) << 4);
+void ryz_pack_tl(uint8_t *out, const int8_t *trits, int64_t N, int64_t K) {
+    int64_t rb = ryz_tl_row_bytes(K);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < rb; c++)
+            out[ryz_tl_offset(n, c, N, rb)] = (uint8_t)(tl_index(4 * c, trits + n * K, K) |
+                                                        tl_index(4 * c + 2, trits + n * K, K) << 4);
 }
 
-void ryz_unpack_tl(int8_t *trits, const uint8_t *in, int64_t K) {
-    for (int64_t k = 0; k < K; k++) {
-        unsigned idx = (in[k / 4] >> (4 * ((k / 2) & 1))) & 15u;
-        trits[k] = (int8_t)((k & 1) ? (int)(idx % 3) - 1 : (int)(idx / 3) - 1);
-    }
+void ryz_unpack_tl(int8_t *trits, const uint8_t *in, int64_t N, int64_t K) {
+    int64_t rb = ryz_tl_row_bytes(K);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k++) {
+            unsigned idx = (in[ryz_tl_offset(n, k / 4, N, rb)] >> (4 * ((k / 2) & 1))) & 15u;
+            trits[n * K + k] = (int8_t)((k & 1) ? (int)(idx % 3) - 1 : (int)(idx / 3) - 1);
+        }
 }
 
 /* Table of one token: T[g * 16 + idx] = a0 (idx/3 - 1) + a1 (idx%3 - 1), idx 0..8
@@ -75,30 +79,38 @@ void ryz_tl_build_table(int16_t *T, const int8_t *q, int64_t Kp) {
     }
 }
 
-void ryz_gemm_tl_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
-    const int64_t G = j->Kp / 2;
-    int16_t *T = malloc((size_t)G * 16 * sizeof(int16_t));
-    for (int64_t m = 0; m < j->M; m++) {
-        const int8_t *q = j->q + m * j->ldq;
-        if (T) ryz_tl_build_table(T, q, j->Kp);
-        for (int64_t n = n0; n < n1; n++) {
-            const uint8_t *w = j->w + n * j->rb;
-            int32_t acc = 0;
-            if (T) {
-                for (int64_t c = 0; c < j->Kp / 4; c++) {
-                    acc += T[(2 * c) * 16 + (w[c] & 15)];
-                    acc += T[(2 * c + 1) * 16 + (w[c] >> 4)];
-                }
-            } else { /* no memory for the table: same sums without it */
-                for (int64_t c = 0; c < j->Kp / 4; c++)
-                    for (int h = 0; h < 2; h++) {
-                        unsigned idx = (w[c] >> (4 * h)) & 15u;
-                        acc += q[4 * c + 2 * h] * ((int)(idx / 3) - 1) +
-                               q[4 * c + 2 * h + 1] * ((int)(idx % 3) - 1);
-                    }
+/* the TL dot products of rows [n0, n1) with one token (T: its table, or NULL) */
+void ryz_tl_rows_scalar(const ryz_ternary_job *j, int64_t m, const int16_t *T, int64_t n0, int64_t n1) {
+    const int8_t *q = j->q + m * j->ldq;
+    const int64_t rb = j->rb;
+    for (int64_t n = n0; n < n1; n++) {
+        int64_t n0t = n / RYZ_TL_ROWS * RYZ_TL_ROWS;
+        int64_t h = j->N - n0t < RYZ_TL_ROWS ? j->N - n0t : RYZ_TL_ROWS;
+        const uint8_t *w = j->w + n0t * rb + (n - n0t); /* byte c at w[c * h] */
+        int32_t acc = 0;
+        if (T) {
+            for (int64_t c = 0; c < rb; c++) {
+                unsigned b = w[c * h];
+                acc += T[(2 * c) * 16 + (b & 15)];
+                acc += T[(2 * c + 1) * 16 + (b >> 4)];
             }
-            ryz_ternary_store(j, m, n, acc);
+        } else { /* no memory for the table: same sums without it */
+            for (int64_t c = 0; c < rb; c++)
+                for (int hh = 0; hh < 2; hh++) {
+                    unsigned idx = (w[c * h] >> (4 * hh)) & 15u;
+                    acc += q[4 * c + 2 * hh] * ((int)(idx / 3) - 1) +
+                           q[4 * c + 2 * hh + 1] * ((int)(idx % 3) - 1);
+                }
         }
+        ryz_ternary_store(j, m, n, acc);
+    }
+}
+
+void ryz_gemm_tl_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+    int16_t *T = malloc((size_t)(j->Kp / 2) * 16 * sizeof(int16_t));
+    for (int64_t m = 0; m < j->M; m++) {
+        if (T) ryz_tl_build_table(T, j->q + m * j->ldq, j->Kp);
+        ryz_tl_rows_scalar(j, m, T, n0, n1);
     }
     free(T);
 }

@@ -152,3 +152,14 @@ def test_hub_id_from_cache(tmp_path, tiny_folder):
         (snap / fn).write_bytes((tiny_folder / fn).read_bytes())
     p = resolve_model_path("me/tiny", local_files_only=True, cache_dir=tmp_path / "hub")
     assert (p / "config.json").is_file()
+
+
+@pytest.mark.parametrize("key,value", [("hidden_size", "64"), ("num_key_value_heads", 3), ("head_dim", 0),
+                                       ("rms_norm_eps", "tiny"), ("hidden_act", "gelu"), ("num_hidden_layers", -1)])
+def test_bad_config_values(key, value):
+    from ryzjupyter.bitnet import Config
+    cfg = {"model_type": "bitnet", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100}
+    cfg[key] = value
+    with pytest.raises(CheckpointError, match=key if key != "num_key_value_heads" else "multiple"):
+        Config.from_dict(cfg, detect_kind(cfg))

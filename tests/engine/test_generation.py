@@ -145,3 +145,20 @@ def test_interrupt_keeps_partial(toy_lm):
     s.interrupt()
     assert s.result.finish_reason == "interrupted" and s.result.text.startswith(got)
     assert 1 <= s.result.stats.n_generated < 30
+
+
+def test_chat_follow_up_reuses_the_reply_tokens(tiny_tokenizer):
+    from ryzjupyter.tokenizer import Tokenizer
+
+    from .conftest import TINY_TOK
+    tok = Tokenizer.from_pretrained(TINY_TOK)
+    tok.chat_template = ("{% for m in messages %}{{ m.role }}: {{ m.content }}<|eot_id|>{% endfor %}"
+                         "{% if add_generation_prompt %}assistant: {% endif %}")
+    lm = ToyLM(tok, max_context=256)
+    sess = lm.new_session()
+    r1 = sess.chat("Hi", max_new_tokens=6, temperature=0)
+    r2 = sess.chat("More", max_new_tokens=2, temperature=0)
+    n_reply = len(r1.tokens) - (1 if r1.finish_reason == "stop" else 0)
+    # everything up to the end of the reply was cached (the last reply token itself never ran)
+    assert r2.stats.n_cached >= len(r1.prompt_tokens) + n_reply - 1
+    assert r2.prompt_tokens[:len(r1.prompt_tokens) + n_reply] == r1.prompt_tokens + r1.tokens[:n_reply]

@@ -145,6 +145,20 @@ def rwkv4_wkv(aa, bb, pp, k, v, time_decay, time_first):
         aa, bb, pp = e1 * aa + e2 * v[t], e1 * bb + e2, q
     return out, aa, bb, pp
 
+
+def quantize_kv_i8(x):
+    """int8 KV cache rows: per (row, head) d = max|x|/127, q = clip(rint(x * (127/max|x|)), -127, 127)
+    in float32 (an all-zero row: d = 0, q = 0). Returns (q int8, d float32)."""
+    x = np.asarray(x, np.float32)
+    amax = np.max(np.abs(x), axis=-1)
+    safe = np.where(amax > 0, amax, np.float32(1)).astype(np.float32)
+    s = (np.float32(127.0) / safe).astype(np.float32)
+    q = np.clip(np.rint(x * s[..., None]), -127, 127).astype(np.int8)
+    q[amax == 0] = 0
+    d = np.where(amax > 0, (amax / np.float32(127.0)).astype(np.float32), np.float32(0)).astype(np.float32)
+    return q, d
+
+
 # ---- ternary (BitNet b1.58) -------------------------------------------------------------
 
 def i2_row_bytes(K: int) -> int:
@@ -170,15 +184,22 @@ def tl_row_bytes(K: int) -> int:
 
 
 def pack_tl(trits: np.ndarray) -> np.ndarray:
-    """TL layout: pair g = (t[2g], t[2g+1]) -> index 3 (t0 + 1) + (t1 + 1); byte j holds
-    pair 2j in the low nibble and pair 2j+1 in the high nibble; K padded with zeros to 4."""
+    """TL layout: pair g = (t[2g], t[2g+1]) -> index 3 (t0 + 1) + (t1 + 1); byte c of a row
+    holds pair 2c in the low nibble and pair 2c+1 in the high nibble; K padded with zeros to
+    4. Rows are interleaved in tiles of 64 (last tile: the remaining h rows): within a tile,
+    the bytes are stored column by column, byte c of the tile's rows side by side."""
     trits = np.asarray(trits, np.int8)
     N, K = trits.shape
     Kp = -(-K // 4) * 4
     t = np.zeros((N, Kp), np.int16)
     t[:, :K] = trits
     idx = 3 * (t[:, 0::2] + 1) + (t[:, 1::2] + 1)  # [N, Kp/2]
-    return (idx[:, 0::2] | (idx[:, 1::2] << 4)).astype(np.uint8)
+    rows = (idx[:, 0::2] | (idx[:, 1::2] << 4)).astype(np.uint8)  # [N, rb] row-major
+    out = np.empty(N * rows.shape[1], np.uint8)
+    for n0 in range(0, N, 64):
+        tile = rows[n0:n0 + 64]  # [h, rb]
+        out[n0 * rows.shape[1]:(n0 + tile.shape[0]) * rows.shape[1]] = tile.T.ravel()
+    return out.reshape(N, rows.shape[1])
 
 
 def ternary_matmul(trits: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -161,3 +161,72 @@ def test_long_prefill_is_interruptible():
         _native.set_isa(prev)
     assert time.perf_counter() - t0 < 4
     assert np.isnan(out[-1]).all()  # stopped between chunks: the last rows were never computed
+
+
+@pytest.mark.parametrize("M,Hq,Hkv,hd,n_past", [(1, 20, 5, 128, 1999), (2, 4, 4, 37, 1030),
+                                                (1, 2, 1, 16, 4000)])
+def test_split_decode_matches_reference(isa, rng, M, Hq, Hkv, hd, n_past):
+    """Few (query, kv head) units over long rows: the rows are split into parts whose
+    partial softmax results are merged; the result must not depend on the split."""
+    q, k, v = make(rng, M, Hq, Hkv, hd, n_past + M, qscale=2.0)
+    scale = hd ** -0.5
+    out = run(q, k, v, n_past, scale)
+    np.testing.assert_allclose(out, ref.attention(q, k, v, n_past, scale), rtol=0, atol=ATT_ATOL)
+    prev = _native.get_num_threads()
+    try:
+        _native.set_num_threads(1)
+        np.testing.assert_array_equal(run(q, k, v, n_past, scale), out)  # thread count never matters
+    finally:
+        _native.set_num_threads(prev)
+
+
+# ---- int8 KV cache -----------------------------------------------------------------------
+def quantize_kv(x):
+    q8 = np.empty(x.shape, np.int8)
+    d = np.empty(x.shape[:2], np.float32)
+    _native.quantize_kv_i8(q8, d, x)
+    return q8, d
+
+
+@pytest.mark.parametrize("hd", [1, 7, 16, 37, 128])
+def test_quantize_kv_i8_matches_reference(isa, rng, hd):
+    x = (rng.standard_normal((5, 3, hd)) * rng.uniform(0.01, 30, (5, 3, 1))).astype(np.float32)
+    x[1, 2] = 0.0
+    q8, d = quantize_kv(x)
+    rq, rd = ref.quantize_kv_i8(x)
+    np.testing.assert_array_equal(q8, rq)
+    np.testing.assert_array_equal(d, rd)
+    assert d[1, 2] == 0 and not q8[1, 2].any()
+    bad = x.copy()
+    bad[3, 1, hd - 1] = np.inf
+    with pytest.raises(ValueError, match=r"x\[3, 1\] contains NaN or inf"):
+        quantize_kv(bad)
+
+
+@pytest.mark.parametrize("M,Hq,Hkv,hd,n_past", [(1, 4, 1, 8, 8), (3, 6, 2, 20, 7), (2, 10, 2, 33, 30),
+                                                (4, 20, 5, 128, 296), (1, 20, 5, 128, 1999),
+                                                (2, 4, 4, 37, 1030)])
+def test_attention_i8kv_equals_float_attention_on_the_dequantized_cache(isa, rng, M, Hq, Hkv, hd, n_past):
+    q, k, v = make(rng, M, Hq, Hkv, hd, n_past + M, qscale=2.0)
+    k8, ks = quantize_kv(k)
+    v8, vs = quantize_kv(v)
+    out = np.full(q.shape, np.nan, np.float32)
+    _native.attention_i8kv(out, q, k8, ks, v8, vs, n_past, hd ** -0.5)
+    kd = k8.astype(np.float64) * ks[..., None]
+    vd = v8.astype(np.float64) * vs[..., None]
+    np.testing.assert_allclose(out, ref.attention(q, kd, vd, n_past, hd ** -0.5), rtol=0, atol=ATT_ATOL)
+    # and close to exact attention: int8 rounding (<= max|row|/254 per value) moves it a little
+    np.testing.assert_allclose(out, ref.attention(q, k, v, n_past, hd ** -0.5), rtol=0, atol=0.05)
+
+
+def test_attention_i8kv_argument_errors():
+    q = np.zeros((2, 4, 8), np.float32)
+    k8 = np.zeros((5, 2, 8), np.int8)
+    s = np.ones((5, 2), np.float32)
+    out = np.zeros_like(q)
+    with pytest.raises(TypeError, match="k must have dtype int8"):
+        _native.attention_i8kv(out, q, k8.astype(np.float32), s, k8, s, 0, 1.0)
+    with pytest.raises(ValueError, match=r"k_scales.shape\[1\]"):
+        _native.attention_i8kv(out, q, k8, np.ones((5, 3), np.float32), k8, s, 0, 1.0)
+    with pytest.raises(ValueError, match="n_past is 4"):
+        _native.attention_i8kv(out, q, k8, s, k8, s, 4, 1.0)

@@ -250,3 +250,20 @@ def test_hypothesis_all_isas(T, D, N, K, seed):
             close(o, want_w, WKV_RTOL)
         finally:
             _native.set_isa(_native.info()["best_isa"])
+
+
+def test_scan_softplus_over_the_whole_range(isa):
+    """With A = 0, B = C = u = 1, D = 0 and a fresh state, y = softplus(dt): checks the
+    (vector) softplus against torch's rule, threshold 20 included, down to exp underflow."""
+    x = np.concatenate([np.linspace(-100, 30, 2001), [19.99, 20.0, 20.01, -88, -103, 0, 1e-8]]).astype(np.float32)
+    n = x.size
+    y = np.empty(n, np.float32)
+    h = np.zeros((n, 1), np.float32)
+    one = np.ones(1, np.float32)
+    _native.mamba_scan_step(y, h, np.ones(n, np.float32), x, np.zeros((n, 1), np.float32), one, one,
+                            np.zeros(n, np.float32), None)
+    want = ref.softplus(x)
+    normal = want > 1e-37  # below that, float32 results are denormal: compare absolutely
+    np.testing.assert_allclose(y[normal], want[normal], rtol=3e-7)
+    np.testing.assert_allclose(y[~normal], want[~normal], rtol=0, atol=1e-38)
+    assert (y[x > 20] == x[x > 20]).all()

@@ -31,6 +31,11 @@ def attention_cases():
     return {
         "attention": ([("out", _a(2, 4, 8)), ("q", _a(2, 4, 8)), ("k", _a(5, 2, 8)),
                        ("v", _a(5, 2, 8))], [3, 0.35], {"out"}),
+        "attention_i8kv": ([("out", _a(2, 4, 8)), ("q", _a(2, 4, 8)), ("k", _a(5, 2, 8, dtype=np.int8, fill=1)),
+                            ("k_scales", _a(5, 2)), ("v", _a(5, 2, 8, dtype=np.int8, fill=1)),
+                            ("v_scales", _a(5, 2))], [3, 0.35], {"out"}),
+        "quantize_kv_i8": ([("q8", _a(3, 2, 8, dtype=np.int8, fill=0)), ("scales", _a(3, 2)),
+                            ("x", _a(3, 2, 8))], [], {"q8", "scales"}),
     }
 
 
@@ -80,7 +85,7 @@ def test_valid_call_works(fn):
 
 
 def _mutations(name, arr, alone=False):
-    bad_dtype = np.float64 if arr.dtype == f32 else np.int32
+    bad_dtype = np.float64 if arr.dtype == f32 else (np.uint8 if arr.dtype == np.int8 else np.int32)
     yield "dtype", arr.astype(bad_dtype), TypeError, f"{name} must have dtype"
     if arr.size > 1:
         wide = np.repeat(arr, 2, axis=-1)

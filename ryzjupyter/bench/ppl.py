@@ -1,0 +1,88 @@
+"""`python -m ryzjupyter.bench ppl`: perplexity of a model over a text file, computed by the engine.
+
+The windowing is the one the bundled models' trainer documents (ryzjupyter/train/train.py), so
+the figure can be compared with the trainer's own validation perplexity:
+
+    ids = tokenizer.encode(text, add_special_tokens=False)        (no BOS, no EOS)
+    windows ids[i*n : (i+1)*n] for i = 0, 1, ...  (n = --ctx, default the model's context);
+    the last window keeps the remainder and is dropped if it has fewer than 2 tokens;
+    each window runs on its own from position 0 (one batched prefill, fresh cache);
+    in a window of length L, tokens 1..L-1 are predicted from the tokens before them;
+    ppl = exp(sum of -log p / number of predicted tokens)   (log-softmax in float64)
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def windows(ids: list[int], n_ctx: int) -> list[list[int]]:
+    wins = [ids[i:i + n_ctx] for i in range(0, len(ids), n_ctx)]
+    return [w for w in wins if len(w) >= 2]
+
+
+def window_nll(model, window: list[int]) -> float:
+    """Sum of -log p(token j+1 | tokens 0..j) over one window, from the engine's logits."""
+    logits = model.logits(window[:-1]).astype(np.float64)          # [L-1, vocab]
+    m = logits.max(axis=1, keepdims=True)
+    logz = (m[:, 0] + np.log(np.exp(logits - m).sum(axis=1)))
+    target = logits[np.arange(len(window) - 1), window[1:]]
+    return float(np.sum(logz - target))
+
+
+def perplexity(model, text: str, n_ctx: int | None = None, max_windows: int | None = None) -> dict:
+    if model.tokenizer is None:
+        raise ValueError("the model has no tokenizer.json: perplexity over text needs one")
+    n_ctx = int(n_ctx or model.max_context)
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
+    wins = windows(ids, n_ctx)[:max_windows] if max_windows else windows(ids, n_ctx)
+    if not wins:
+        raise ValueError("the text is too short: it needs at least 2 tokens")
+    t0 = time.perf_counter()
+    nlls = [window_nll(model, w) for w in wins]
+    dt = time.perf_counter() - t0
+    count = sum(len(w) - 1 for w in wins)
+    total = math.fsum(nlls)
+    return {"ppl": math.exp(total / count), "nll_sum": total, "predicted_tokens": count,
+            "tokens": len(ids), "windows": len(wins), "n_ctx": n_ctx, "seconds": dt,
+            "tok_s": sum(len(w) - 1 for w in wins) / dt}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("ppl", help="perplexity of a model over a text file (engine forward)")
+    p.add_argument("--model", default=None, help="model folder or hub id (default: the bundled model)")
+    p.add_argument("--file", default=None,
+                   help="text file (default: the model folder's validation.txt, if it has one)")
+    p.add_argument("--ctx", type=int, default=None, help="window length (default: the model's context)")
+    p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
+    p.add_argument("--json", default=None, help="write the result as JSON to this file")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import ryzjupyter
+
+    model = ryzjupyter.load(args.model)
+    folder = Path(getattr(model, "path", "") or "")
+    path = Path(args.file) if args.file else folder / "validation.txt"
+    if not path.is_file():
+        raise SystemExit(f"no text file: {path} (pass --file PATH)")
+    res = perplexity(model, path.read_text(encoding="utf-8"), args.ctx, args.max_windows)
+    res["file"] = str(path)
+    print(f"perplexity {res['ppl']:.4f} over {res['predicted_tokens']:,} predicted tokens "
+          f"({res['windows']} windows of <= {res['n_ctx']}) in {res['seconds']:.1f} s "
+          f"({res['tok_s']:.0f} tok/s)")
+    ref = folder / "validation_ppl.json"
+    if args.file is None and ref.is_file() and not args.max_windows:
+        trainer = json.loads(ref.read_text())["val_ppl"]
+        res["trainer_ppl"] = trainer
+        res["relative_difference"] = res["ppl"] / trainer - 1
+        print(f"trainer's validation perplexity {trainer:.4f}: engine/trainer - 1 = "
+              f"{res['relative_difference']:+.2e}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0

@@ -1,0 +1,420 @@
+"""`RyzMagics`: the `%%ryz` cell magic, the `%ryz` line commands and the `%config RyzMagics.*`
+settings shared by everything in the kernel.
+
+Flow of a `%%ryz` cell: parse the options (parsers.py) -> interpolate {names} -> pick the model
+(registry.py, loading it with a progress bar if needed) -> open the engine's token stream -> show
+the pieces in one throttled display (display.py) -> final display, stats footer, `_` / `-o NAME`,
+chat history. Ctrl-C / the stop button: the partial reply is kept (output, `_`, chat history,
+marked interrupted) and KeyboardInterrupt is re-raised so "Run All" stops.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.display import display
+from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
+
+from . import parsers
+from .display import LiveOutput, Reply, StatsFooter, TerminalStream, format_bytes, is_plain_terminal
+from .parsers import FORMATS, full_help, interpolate, line_help, parse_cell_line, parse_line_command
+from .registry import REGISTRY
+from ryzjupyter.profiling import PROFILER
+
+MODEL_HINT = ("give a folder with config.json + model.safetensors + tokenizer.json, a Hugging Face id "
+              "(e.g. microsoft/bitnet-b1.58-2B-4T, downloaded once with network access), or nothing for "
+              "the bundled demo model")
+
+
+def _checkpoint_error():
+    try:
+        from ryzjupyter.checkpoint import CheckpointError
+        return CheckpointError
+    except ImportError:                 # engine not built in: nothing is a checkpoint error
+        return ()
+
+
+@magics_class
+class RyzMagics(Magics):
+    """%%ryz / %ryz. Settings: %config RyzMagics (list), %config RyzMagics.temperature = 0.7 (set)."""
+
+    default_model = Unicode("", help="Model the first %%ryz loads when none is loaded: a folder, a hub id "
+                                     "or a bundled model name. Empty: the bundled demo model.").tag(config=True)
+    max_new_tokens = Int(128, help="Maximum tokens per reply (-n).").tag(config=True)
+    temperature = Float(0.8, help="Sampling temperature; 0 = greedy (-t).").tag(config=True)
+    top_k = Int(40, help="Keep the k most likely tokens; 0 = off (--top-k).").tag(config=True)
+    top_p = Float(0.95, help="Nucleus sampling mass; 1 = off (--top-p).").tag(config=True)
+    min_p = Float(0.05, help="Drop tokens below min_p x the top probability; 0 = off (--min-p).").tag(config=True)
+    repetition_penalty = Float(1.0, help="> 1 discourages repeats; 1 = off.").tag(config=True)
+    seed = Int(None, allow_none=True, help="Random seed; None = a fresh seed per reply (recorded in "
+                                           "reply.settings).").tag(config=True)
+    system = Unicode(None, allow_none=True, help="Default system prompt (uses the chat template).").tag(config=True)
+    chat = Bool(False, help="Multi-turn chat by default: keep the conversation across cells.").tag(config=True)
+    format = Enum(FORMATS, default_value="markdown", help="Reply format: text, markdown or code.").tag(config=True)
+    stream = Bool(True, help="Stream tokens into the cell (the env var RYZ_STREAM=0 turns it off).").tag(config=True)
+    show_stats = Bool(True, help="Show a one-line stats footer (tokens, tok/s) after each reply.").tag(config=True)
+    max_updates_per_s = Float(15.0, help="Streaming display updates per second, at most.").tag(config=True)
+    live_chart = Bool(True, help="Show a live tokens/s chart while a reply streams (Jupyter only).").tag(config=True)
+
+    # -- trait checks (bad %config values fail with a clear message)
+    @validate("max_new_tokens", "top_k")
+    def _non_negative(self, proposal):
+        if proposal.value < 0:
+            raise TraitError(f"RyzMagics.{proposal.trait.name} must be >= 0, got {proposal.value}")
+        return proposal.value
+
+    @validate("temperature")
+    def _check_temperature(self, proposal):
+        if not proposal.value >= 0:
+            raise TraitError(f"RyzMagics.temperature must be >= 0 (0 = greedy), got {proposal.value}")
+        return proposal.value
+
+    @validate("top_p")
+    def _check_top_p(self, proposal):
+        if not 0 < proposal.value <= 1:
+            raise TraitError(f"RyzMagics.top_p must be in (0, 1], got {proposal.value}")
+        return proposal.value
+
+    @validate("min_p")
+    def _check_min_p(self, proposal):
+        if not 0 <= proposal.value <= 1:
+            raise TraitError(f"RyzMagics.min_p must be in [0, 1], got {proposal.value}")
+        return proposal.value
+
+    @validate("repetition_penalty", "max_updates_per_s")
+    def _positive(self, proposal):
+        if not proposal.value > 0:
+            raise TraitError(f"RyzMagics.{proposal.trait.name} must be > 0, got {proposal.value}")
+        return proposal.value
+
+    @validate("seed")
+    def _check_seed(self, proposal):
+        if proposal.value is not None and proposal.value < 0:
+            raise TraitError(f"RyzMagics.seed must be >= 0 or None, got {proposal.value}")
+        return proposal.value
+
+    def __init__(self, shell=None, registry=None, **kwargs):
+        super().__init__(shell=shell, **kwargs)
+        self.registry = registry if registry is not None else REGISTRY
+        self.history: list[dict] = []          # chat turns (role/content[/interrupted])
+        self.last_reply: Reply | None = None
+
+    # ------------------------------------------------------------------ entry point
+    @line_cell_magic
+    def ryz(self, line, cell=None):
+        __tracebackhide__ = True          # an interrupt's traceback shows the cell, not our frames
+        if cell is None:
+            return self._line(line)
+        return self._cell(line, cell)
+
+    # ------------------------------------------------------------------ %%ryz
+    def _cell(self, line, cell):
+        __tracebackhide__ = True
+        args = parse_cell_line(line)
+        if args.help:
+            print(full_help())
+            return None
+        prompt = interpolate(cell, self.shell.user_ns).strip()
+        if not prompt:
+            raise UsageError("the cell is empty: write the prompt below the %%ryz line")
+        gen = self._generation_options(args)
+        fmt = args.format or self.format
+        chat = self.chat if args.chat is None else args.chat
+        system = args.system if args.system is not None else self.system
+        stream = args.stream if args.stream is not None else (self.stream and os.environ.get("RYZ_STREAM", "1") != "0")
+        name, model = self._model_for_cell(args.model)
+
+        messages = None
+        if chat or system:
+            messages = list(self.history) if chat else []
+            has_system = bool(messages) and messages[0]["role"] == "system"
+            if system and has_system:
+                messages[0] = {"role": "system", "content": system}     # a new system prompt replaces it
+            elif system:
+                messages.insert(0, {"role": "system", "content": system})
+            elif has_system:
+                system = messages[0]["content"]                         # the conversation keeps its own
+            if chat:
+                # the engine's string form of chat continues its session's history and keeps the
+                # previous reply's own token ids, so the whole previous turn stays in the KV cache
+                model.session.history[:] = messages
+                ts = self._open(lambda: model.chat(prompt, stream=True, **gen), chat=True)
+            else:
+                ts = self._open(lambda: model.chat(messages + [{"role": "user", "content": prompt}],
+                                                   stream=True, **gen), chat=True)
+            messages.append({"role": "user", "content": prompt})
+        else:
+            ts = self._open(lambda: model.stream(prompt, **gen), chat=False)
+
+        live = None
+        if stream:
+            live = TerminalStream() if is_plain_terminal(self.shell) else LiveOutput(self.max_updates_per_s)
+        chart = self._chart(name, ts) if stream else None
+        display_phase = PROFILER.phase("display")     # time spent showing output, in the profile
+        interrupted = False
+        try:
+            for piece in ts:
+                with display_phase:
+                    if chart is not None:
+                        chart.poll()
+                    if live is not None:
+                        live.push(piece)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if ts.result is None:               # stopped between pieces: finish and keep the text
+                ts.interrupt()
+        result = ts.result
+        interrupted = interrupted or result.finish_reason == "interrupted"
+        if interrupted:
+            result.finish_reason = "interrupted"
+        reply = Reply.from_result(result, model=name, format=fmt, prompt=prompt,
+                                  extra_settings={"model": name, "chat": bool(chat), "system": system,
+                                                  "format": fmt})
+        reply.profile = getattr(result, "profile", None)
+        if chart is not None:
+            chart.finish(result.stats, reply.profile, freeze=True)
+        self._finish(reply, live, history=messages if chat else None, output=args.output)
+        if interrupted:
+            _raise_interrupt()                  # "Run All" stops here
+        return None
+
+    def _chart(self, name, ts):
+        """The live tokens/s chart (only in a Jupyter kernel, with live_chart on), else None."""
+        if not self.live_chart or getattr(self.shell, "kernel", None) is None:
+            return None
+        try:
+            from ryzjupyter.widgets import live_chart
+        except ImportError:                  # anywidget missing: stream text only
+            return None
+        rec = live_chart(str(name), profiler=PROFILER)
+        rec.start(n_prefill=len(getattr(ts, "prompt_ids", ())))
+        return rec
+
+    def _generation_options(self, args) -> dict:
+        def pick(key):
+            v = getattr(args, key)
+            return getattr(self, key) if v is None else v
+        gen = {k: pick(k) for k in ("max_new_tokens",) + parsers.SAMPLING_KEYS}
+        if args.stop:
+            gen["stop"] = list(args.stop)
+        return gen
+
+    def _open(self, make, chat):
+        """Create the engine's stream; option and template problems become one-line UsageErrors."""
+        try:
+            ts = make()
+        except ValueError as e:
+            msg = str(e)
+            if chat and "chat template" in msg:
+                msg += "; use --no-chat (and no --system) for a plain completion"
+            raise UsageError(msg) from None
+        session = getattr(ts, "session", None)
+        n_prompt = len(getattr(ts, "prompt_ids", ()))
+        if session is not None and n_prompt > session.max_context:
+            raise UsageError(f"the prompt has {n_prompt} tokens but the model's context holds "
+                             f"{session.max_context}; shorten it" + (", or clear the chat history with "
+                                                                     "%ryz reset" if chat else ""))
+        return ts
+
+    def _finish(self, reply, live, *, history, output):
+        meta = {"ryzjupyter": {"model": reply.model, "finish_reason": reply.finish_reason}}
+        if live is not None:
+            live.finish(reply, metadata=meta)
+        else:
+            display(reply, metadata=meta)
+        if self.show_stats:
+            display(StatsFooter(reply))
+        if history is not None:                     # chat: the conversation so far + this answer
+            turn = {"role": "assistant", "content": reply.text}
+            if reply.interrupted:
+                turn["interrupted"] = True
+            self.history[:] = history + [turn]
+        self.last_reply = reply
+        self.shell.displayhook.update_user_ns(reply)
+        if output:
+            self.shell.user_ns[output] = reply
+        if reply.format == "code" and not reply.interrupted:
+            self.shell.set_next_input(reply.code(), replace=False)
+
+    # ------------------------------------------------------------------ models
+    def _model_for_cell(self, spec):
+        if spec:
+            found = self.registry.find(spec)
+            if found is not None:
+                return found, self.registry.get(found)
+            return self._load(spec, make_current=False)
+        current = self.registry.current()
+        if current is not None:
+            return self.registry.current_name, current
+        return self._load(self.default_model or None)
+
+    def _load(self, spec, name=None, make_current=True, **options):
+        previous = self.registry.current_name
+        bar = _ProgressBar(f"loading {spec or 'the bundled demo model'}")
+        t0 = time.perf_counter()
+        try:
+            name, model = self.registry.load(spec, name=name, progress=bar, **options)
+        except _checkpoint_error() as e:
+            msg = str(e)
+            if spec is None:
+                msg += ("; in a notebook: %ryz load FOLDER_OR_HUB_ID, or "
+                        "%config RyzMagics.default_model = 'FOLDER_OR_HUB_ID'")
+            elif "pass" not in msg and "download" not in msg:
+                msg += f"; {MODEL_HINT}"
+            raise UsageError(msg) from None
+        except TypeError as e:
+            if "load option" in str(e):
+                raise UsageError(str(e)) from None
+            raise
+        finally:
+            bar.close()
+        if not make_current and previous is not None:
+            self.registry.use(previous)
+        _warm_traceback_formatter(self.shell)
+        dt = time.perf_counter() - t0
+        print(f"loaded {name} ({format_bytes(getattr(model, 'nbytes', 0))}) in {dt:.2f} s")
+        return name, model
+
+    # ------------------------------------------------------------------ %ryz
+    def _line(self, line):
+        cmd = parse_line_command(line)
+        return getattr(self, f"_cmd_{cmd.command}")(cmd)
+
+    def _cmd_help(self, cmd):
+        if cmd.model:                               # %ryz load --help
+            print(line_help(cmd.model))
+        else:
+            print(full_help())
+
+    def _cmd_list(self, cmd):
+        models = self.registry.list()
+        if not models:
+            print("no model loaded; %ryz load [MODEL] loads one (a %%ryz cell loads "
+                  "RyzMagics.default_model or the bundled demo model)")
+            return
+        w = max(len(m.name) for m in models)
+        for m in models:
+            mark = "*" if m.current else " "
+            print(f"{mark} {m.name:<{w}}  {m.family:<8} {format_bytes(m.nbytes):>10}  {m.source}")
+
+    def _cmd_load(self, cmd):
+        opts = {}
+        if cmd.options.get("max_context"):
+            opts["max_context"] = cmd.options["max_context"]
+        self._load(cmd.model, name=cmd.name, **opts)
+
+    def _cmd_unload(self, cmd):
+        try:
+            name = self.registry.unload(cmd.model)
+        except KeyError:
+            raise UsageError(self._not_loaded(cmd.model)) from None
+        print(f"unloaded {name}")
+
+    def _cmd_use(self, cmd):
+        try:
+            name, _ = self.registry.use(cmd.model)
+        except KeyError:
+            name, _ = self._load(cmd.model)
+        print(f"using {name}")
+
+    def _not_loaded(self, spec):
+        names = self.registry.names()
+        return (f"no loaded model called {spec!r}; loaded: {', '.join(names)}" if names else
+                f"no loaded model called {spec!r}; no model is loaded (%ryz load MODEL)")
+
+    def _cmd_reset(self, cmd):
+        n = sum(1 for m in self.history if m["role"] == "assistant")
+        self.history.clear()
+        model = self.registry.current()
+        if model is not None and hasattr(model, "reset"):
+            model.reset()
+        print(f"chat history cleared ({n} turn{'s' if n != 1 else ''})")
+
+    def _cmd_stats(self, cmd):
+        r = self.last_reply
+        if r is None:
+            print("no reply yet: run a %%ryz cell first")
+            return
+        s = r.stats
+        rows = [("model", r.model), ("finish", r.finish_reason),
+                ("prompt tokens", f"{s.n_prompt} ({getattr(s, 'n_cached', 0)} from the cache)"),
+                ("generated tokens", s.n_generated),
+                ("time to first token", f"{s.ttft_s:.3f} s"),
+                ("prefill", f"{s.prefill_tok_s:.1f} tok/s"),
+                ("decode", f"{s.decode_tok_s:.1f} tok/s"),
+                ("total", f"{getattr(s, 'total_s', 0.0):.3f} s")]
+        rows += [(k, v) for k, v in r.settings.items()]
+        w = max(len(k) for k, _ in rows)
+        for k, v in rows:
+            print(f"{k:<{w}}  {v}")
+        profile = getattr(r, "profile", None)
+        if profile is not None:
+            from ryzjupyter.widgets.profile_view import ProfileDisplay
+            display(ProfileDisplay(profile, title=f"where the time went ({r.model})"))
+
+    def _cmd_controls(self, cmd):
+        from ryzjupyter.widgets import controls_panel
+        display(controls_panel(self))
+
+    def _cmd_bench(self, cmd):
+        name, model = self._model_for_cell(None)
+        from .bench import quick_bench
+        res = quick_bench(model, cmd.options["prompt_tokens"], cmd.options["new_tokens"])
+        print(f"{name}: prefill {res['n_prompt']} tokens at {res['prefill_tok_s']:.1f} tok/s, "
+              f"decode {res['n_generated']} tokens at {res['decode_tok_s']:.1f} tok/s "
+              f"(first token {res['ttft_s']:.3f} s)")
+        self.last_bench = res
+
+
+RyzMagics.ryz.__doc__ = ("%%ryz [options]  (prompt in the cell)  /  %ryz COMMAND\n\n" + full_help())
+
+
+def _raise_interrupt():
+    raise KeyboardInterrupt
+
+
+def _warm_traceback_formatter(shell):
+    """The first traceback IPython formats in a process costs ~0.1 s (pygments and stack_data set
+    up, this file parsed). Pay it once while a model loads, so that the first press of the stop
+    button is reported as fast as the later ones (the latency the tests measure)."""
+    if getattr(shell, "_ryz_tb_warm", False) or not hasattr(shell, "InteractiveTB"):
+        return
+    shell._ryz_tb_warm = True
+    try:
+        _raise_interrupt()
+    except KeyboardInterrupt:
+        etype, value, tb = sys.exc_info()
+        try:
+            shell.InteractiveTB.structured_traceback(etype, value, tb)
+        except Exception:               # noqa: BLE001 - a warm-up must never break a load
+            pass
+
+
+class _ProgressBar:
+    """A tqdm.auto bar (a widget in a notebook, text elsewhere) fed by the loader's
+    progress(done, total) callback; created on the first call so instant loads show nothing odd."""
+
+    def __init__(self, desc):
+        self.desc = desc
+        self.bar = None
+
+    def __call__(self, done, total):
+        if self.bar is None:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:          # tqdm is optional: no bar
+                self.bar = False
+                return
+            self.bar = tqdm(total=total, desc=self.desc, unit="layer", leave=False)
+        if self.bar:
+            self.bar.n = done
+            self.bar.refresh()
+
+    def close(self):
+        if self.bar:
+            self.bar.close()

@@ -1,0 +1,209 @@
+// ryzjupyter live throughput chart (anywidget ESM; no imports, works offline).
+//
+// Messages from the kernel (model.send on the Python side, "msg:custom" here):
+//   {type: "reset", title?}                         a new generation starts
+//   {type: "points", points: [[t, tok_s, phase], ...]}   phase: "prefill" | "decode"
+//   {type: "done", summary: {...}}                  final numbers (tok/s, tokens, seconds)
+// Synced traits: uid (keys the buffer shared by initialize and render), points (the whole
+// series, set at the end so a re-rendered view shows the final figure), summary, title, height.
+
+const STORES = new Map();   // uid -> {points, summary, title, views:Set}
+
+function storeFor(model) {
+  const uid = model.get("uid");
+  let s = STORES.get(uid);
+  if (!s) {
+    s = { uid, points: (model.get("points") || []).slice(), summary: model.get("summary") || {},
+          title: model.get("title") || "", views: new Set(), messages: 0 };
+    STORES.set(uid, s);
+  }
+  return s;
+}
+
+function redrawAll(s) {
+  for (const v of s.views) v.schedule();
+}
+
+function initialize({ model }) {
+  // Runs when the model is created, before any view: messages sent right after display()
+  // are kept here, so no point is lost.
+  const s = storeFor(model);
+  const onMsg = (msg) => {
+    if (!msg || typeof msg !== "object") return;
+    s.messages += 1;
+    if (msg.type === "reset") {
+      s.points = []; s.summary = {}; if (msg.title !== undefined) s.title = msg.title;
+    } else if (msg.type === "points" && Array.isArray(msg.points)) {
+      for (const p of msg.points) if (Array.isArray(p) && p.length >= 2) s.points.push(p);
+    } else if (msg.type === "done") {
+      s.summary = msg.summary || {};
+    }
+    redrawAll(s);
+  };
+  const onPoints = () => { s.points = (model.get("points") || []).slice(); redrawAll(s); };
+  const onSummary = () => { s.summary = model.get("summary") || {}; redrawAll(s); };
+  const onTitle = () => { s.title = model.get("title") || ""; redrawAll(s); };
+  model.on("msg:custom", onMsg);
+  model.on("change:points", onPoints);
+  model.on("change:summary", onSummary);
+  model.on("change:title", onTitle);
+  return () => {
+    model.off("msg:custom", onMsg);
+    model.off("change:points", onPoints);
+    model.off("change:summary", onSummary);
+    model.off("change:title", onTitle);
+    STORES.delete(model.get("uid"));
+  };
+}
+
+function fmt(x) {
+  if (!isFinite(x)) return "-";
+  if (x >= 100) return x.toFixed(0);
+  if (x >= 10) return x.toFixed(1);
+  return x.toFixed(2);
+}
+
+function robustMax(vals) {
+  // the largest value, or with 20+ values 1.25 x the 95th percentile when that is smaller
+  if (!vals.length) return 0;
+  const sorted = vals.slice().sort((a, b) => a - b);
+  const top = sorted[sorted.length - 1];
+  if (sorted.length < 20) return top;
+  return Math.min(top, 1.25 * sorted[Math.floor(0.95 * (sorted.length - 1))]);
+}
+
+function niceMax(v) {
+  if (!(v > 0)) return 1;
+  const e = Math.pow(10, Math.floor(Math.log10(v)));
+  for (const m of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * e >= v) return m * e;
+  return 10 * e;
+}
+
+function draw(view, s) {
+  const { canvas, label, el } = view;
+  const dpr = window.devicePixelRatio || 1;
+  const w = Math.max(200, el.clientWidth || 480);
+  const h = view.height;
+  if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+    canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr);
+    canvas.style.width = w + "px"; canvas.style.height = h + "px";
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, w, h);
+  const style = getComputedStyle(el);
+  const fg = style.getPropertyValue("--jp-ui-font-color1").trim() || "#333";
+  const muted = style.getPropertyValue("--jp-ui-font-color2").trim() || "#888";
+  const grid = style.getPropertyValue("--jp-border-color2").trim() || "#ddd";
+  const line = style.getPropertyValue("--jp-brand-color1").trim() || "#1976d2";
+  const pre = style.getPropertyValue("--jp-warn-color2").trim() || "#f5b041";
+
+  const L = 44, R = 8, T = 8, B = 20;
+  const pw = w - L - R, ph = h - T - B;
+  const pts = s.points;
+  const dec = pts.filter((p) => p[2] !== "prefill");
+  const pf = pts.filter((p) => p[2] === "prefill");
+  let tmax = 0, ymax = 0;
+  for (const p of pts) tmax = Math.max(tmax, p[0]);
+  ymax = robustMax(dec.map((p) => p[1]));          // spikes above the scale are drawn at the top
+  if (!dec.length) for (const p of pf) ymax = Math.max(ymax, p[1]);
+  tmax = Math.max(tmax, 0.5) * 1.02;
+  ymax = niceMax(ymax * 1.1);
+  const X = (t) => L + (t / tmax) * pw;
+  const Y = (v) => T + ph - (Math.min(v, ymax) / ymax) * ph;
+
+  ctx.font = "10px var(--jp-ui-font-family, sans-serif)";
+  ctx.lineWidth = 1;
+  ctx.strokeStyle = grid; ctx.fillStyle = muted;
+  ctx.textAlign = "right"; ctx.textBaseline = "middle";
+  for (let i = 0; i <= 4; i++) {
+    const v = (ymax * i) / 4, y = Y(v);
+    ctx.beginPath(); ctx.moveTo(L, y + 0.5); ctx.lineTo(L + pw, y + 0.5); ctx.stroke();
+    ctx.fillText(fmt(v), L - 4, y);
+  }
+  ctx.textAlign = "center"; ctx.textBaseline = "top";
+  for (let i = 0; i <= 4; i++) {
+    const t = (tmax * i) / 4;
+    ctx.fillText(fmt(t) + " s", X(t), T + ph + 4);
+  }
+  ctx.save(); ctx.translate(10, T + ph / 2); ctx.rotate(-Math.PI / 2);
+  ctx.textAlign = "center"; ctx.textBaseline = "middle"; ctx.fillText("tok/s", 0, 0); ctx.restore();
+
+  // prefill: a shaded band from 0 to the end of the prompt pass, its speed written on it
+  if (pf.length) {
+    const p = pf[pf.length - 1];
+    ctx.globalAlpha = 0.25; ctx.fillStyle = pre;
+    ctx.fillRect(X(0), T, Math.max(2, X(p[0]) - X(0)), ph);
+    ctx.globalAlpha = 1; ctx.fillStyle = fg; ctx.textAlign = "left"; ctx.textBaseline = "top";
+    ctx.fillText("prefill " + fmt(p[1]) + " tok/s", X(0) + 3, T + 2);
+  }
+  // decode: the tokens/s line
+  if (dec.length) {
+    ctx.strokeStyle = line; ctx.lineWidth = 1.5; ctx.beginPath();
+    dec.forEach((p, i) => { const x = X(p[0]), y = Y(p[1]); if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y); });
+    ctx.stroke();
+    ctx.fillStyle = line;
+    if (dec.length < 80) for (const p of dec) { ctx.beginPath(); ctx.arc(X(p[0]), Y(p[1]), 1.8, 0, 2 * Math.PI); ctx.fill(); }
+  }
+  const sm = s.summary || {};
+  let text = s.title ? s.title + " \u00b7 " : "";
+  if (sm.n_generated !== undefined) {
+    text += `${sm.n_generated} tokens \u00b7 decode ${fmt(sm.decode_tok_s || 0)} tok/s`;
+    if (sm.prefill_tok_s) text += ` \u00b7 prefill ${fmt(sm.prefill_tok_s)} tok/s`;
+    if (sm.total_s !== undefined) text += ` \u00b7 ${fmt(sm.total_s)} s`;
+  } else if (dec.length) {
+    text += `generating\u2026 ${fmt(dec[dec.length - 1][1])} tok/s`;
+  } else {
+    text += pts.length ? "prefill\u2026" : "waiting for tokens\u2026";
+  }
+  label.textContent = text;
+  el.dataset.points = String(pts.length);
+  el.dataset.decodePoints = String(dec.length);
+  el.dataset.done = sm.n_generated !== undefined ? "1" : "0";
+  view.frames += 1;
+  el.dataset.frames = String(view.frames);
+  // test hook: when a page sets globalThis.__ryz_charts = {}, record what each chart drew
+  // (frames, points, and a PNG of the last frame with a decode line); off otherwise
+  const dbg = globalThis.__ryz_charts;
+  if (dbg && typeof dbg === "object") {
+    const e = dbg[s.uid] || (dbg[s.uid] = { frames: 0, maxPoints: 0, maxDecode: 0, done: false });
+    e.frames += 1;
+    e.maxPoints = Math.max(e.maxPoints, pts.length);
+    e.maxDecode = Math.max(e.maxDecode, dec.length);
+    e.done = e.done || sm.n_generated !== undefined;
+    if (dec.length >= 2) e.png = canvas.toDataURL("image/png");
+  }
+}
+
+function render({ model, el }) {
+  const s = storeFor(model);
+  el.classList.add("ryz-chart");
+  const canvas = document.createElement("canvas");
+  canvas.className = "ryz-chart-canvas";
+  const label = document.createElement("div");
+  label.className = "ryz-chart-label";
+  el.appendChild(canvas);
+  el.appendChild(label);
+  let pending = false;
+  const view = {
+    canvas, label, el, frames: 0, height: model.get("height") || 160,
+    schedule() {
+      if (pending) return;
+      pending = true;
+      requestAnimationFrame(() => { pending = false; draw(view, s); });
+    },
+  };
+  const onHeight = () => { view.height = model.get("height") || 160; view.schedule(); };
+  model.on("change:height", onHeight);
+  s.views.add(view);
+  const ro = typeof ResizeObserver !== "undefined" ? new ResizeObserver(() => view.schedule()) : null;
+  if (ro) ro.observe(el);
+  view.schedule();
+  return () => {
+    s.views.delete(view);
+    model.off("change:height", onHeight);
+    if (ro) ro.disconnect();
+  };
+}
+
+export default { initialize, render };

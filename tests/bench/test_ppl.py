@@ -1,0 +1,58 @@
+"""`bench ppl`: the engine's perplexity equals the trainer's on the bundled models' validation text.
+
+The trainer records the NLL of every validation window (validation_ppl.json, `val_window_nll`,
+computed in torch with the exported weights); the engine recomputes the first windows with its
+own tokenizer and forward pass and must agree to well within the 1 % the issue allows."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ryzjupyter
+from ryzjupyter.bench import ppl
+
+MODELS = Path(ryzjupyter.__file__).parent / "models"
+
+
+def bundled(name):
+    folder = MODELS / name
+    if not (folder / "validation_ppl.json").is_file():
+        pytest.fail(f"bundled model {name} is missing from the package ({folder})")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["demo", "demo-draft"])
+def test_engine_window_nll_matches_trainer(name):
+    folder = bundled(name)
+    ref = json.loads((folder / "validation_ppl.json").read_text())
+    model = ryzjupyter.load(str(folder))
+    text = (folder / "validation.txt").read_text(encoding="utf-8")
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) == ref["val_tokens"]
+    wins = ppl.windows(ids, ref["n_ctx"])
+    assert len(wins) == ref["val_windows"]
+    for i in range(3):
+        ours = ppl.window_nll(model, wins[i])
+        assert ours == pytest.approx(ref["val_window_nll"][i], rel=1e-4), f"window {i}"
+    res = ppl.perplexity(model, text, max_windows=3)
+    expect = math.exp(math.fsum(ref["val_window_nll"][:3]) / sum(len(w) - 1 for w in wins[:3]))
+    assert res["ppl"] == pytest.approx(expect, rel=1e-4)
+
+
+def test_cli_reports_trainer_comparison(tmp_path):
+    folder = bundled("demo-draft")
+    out = tmp_path / "ppl.json"
+    r = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "ppl", "--model", str(folder),
+                        "--max-windows", "2", "--json", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["windows"] == 2 and res["ppl"] > 1
+
+
+def test_too_short_text_is_a_clear_error():
+    model = ryzjupyter.load(str(bundled("demo-draft")))
+    with pytest.raises(ValueError, match="too short"):
+        ppl.perplexity(model, "a")

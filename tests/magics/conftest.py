@@ -1,0 +1,65 @@
+"""Fixtures for the magics tests: an in-process IPython shell with the extension loaded, and the
+real tiny BitNet fixture model (tests/fixtures/bitnet/packed) run by the real engine."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "tests" / "fixtures" / "bitnet" / "packed"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")      # tests never reach the network
+
+
+@pytest.fixture(scope="session")
+def shell():
+    from IPython.testing.globalipapp import get_ipython
+    ip = get_ipython()
+    ip.extension_manager.load_extension("ryzjupyter")
+    return ip
+
+
+@pytest.fixture
+def ip(shell):
+    """The shell with fresh magics state: no models, default settings, empty history."""
+    from ryzjupyter.magics import REGISTRY
+    m = shell._ryz_magics
+    REGISTRY.clear()
+    m.history.clear()
+    m.last_reply = None
+    defaults = {name: trait.default_value for name, trait in m.traits(config=True).items()}
+    yield shell
+    REGISTRY.clear()
+    m.history.clear()
+    for name, value in defaults.items():
+        setattr(m, name, value)
+    for k in ("ans", "x"):
+        shell.user_ns.pop(k, None)
+
+
+@pytest.fixture
+def magics(ip):
+    return ip._ryz_magics
+
+
+@pytest.fixture
+def tiny(ip):
+    """The tiny fixture model loaded as 'tiny' and current, greedy settings, no streaming."""
+    ip.run_line_magic("ryz", f"load {TINY} --name tiny")
+    ip.run_line_magic("config", "RyzMagics.temperature = 0")
+    ip.run_line_magic("config", "RyzMagics.show_stats = False")
+    from ryzjupyter.magics import REGISTRY
+    return REGISTRY.get("tiny")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _converted_cache_in_tmp(tmp_path_factory):
+    """Converted-weight caches (and the kernels started by the tests, which inherit the
+    environment) write to a temporary folder, never to ~/.cache."""
+    old = os.environ.get("RYZ_CACHE_DIR")
+    os.environ["RYZ_CACHE_DIR"] = str(tmp_path_factory.mktemp("ryz-cache"))
+    yield
+    if old is None:
+        os.environ.pop("RYZ_CACHE_DIR", None)
+    else:
+        os.environ["RYZ_CACHE_DIR"] = old

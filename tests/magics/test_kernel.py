@@ -1,0 +1,221 @@
+"""The magics in a real IPython kernel (jupyter_client), the path JupyterLab uses: streaming
+messages, the stop button (interrupt latency during prefill and decode), errors and %config.
+
+One kernel serves the module; it starts with `c.InteractiveShellApp.extensions = ['ryzjupyter']`
+(what a user puts in ipython_config.py), so no %load_ext is needed. Models: the tiny fixture and a
+random BitNet model big enough that prefill and decode take seconds (written with the engine's
+random_model helper)."""
+import os
+import queue
+import time
+
+import pytest
+
+from .conftest import REPO, TINY
+
+pytestmark = pytest.mark.slow
+
+LATENCY_LIMIT_S = 0.2
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory):
+    from ryzjupyter.random_model import write_random_bitnet
+    return write_random_bitnet(tmp_path_factory.mktemp("big"), hidden_size=1024, intermediate_size=2816,
+                               num_hidden_layers=6, num_attention_heads=16, num_key_value_heads=4,
+                               vocab_size=1024, max_position_embeddings=4096)
+
+
+class Kernel:
+    def __init__(self, km, kc):
+        self.km, self.kc = km, kc
+
+    def execute(self, code, timeout=60):
+        """Run code; return (reply content, iopub messages of this request, arrival times)."""
+        msg_id = self.kc.execute(code)
+        return self.collect(msg_id, timeout)
+
+    def collect(self, msg_id, timeout=60, stop_on=None):
+        msgs, times = [], []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no idle after {timeout} s; got {[m['msg_type'] for m in msgs]}")
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            now = time.monotonic()
+            msgs.append(msg)
+            times.append(now)
+            if stop_on is not None and stop_on(msg):
+                return None, msgs, times
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        reply = self.kc.get_shell_msg(timeout=timeout)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = self.kc.get_shell_msg(timeout=timeout)
+        return reply["content"], msgs, times
+
+    def value(self, expr):
+        content, msgs, _ = self.execute(f"print(repr({expr}))")
+        assert content["status"] == "ok", content
+        return "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream").strip()
+
+
+@pytest.fixture(scope="module")
+def kernel(big_model):
+    from jupyter_client.manager import start_new_kernel
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("RYZ_STREAM", None)
+    env["HF_HUB_OFFLINE"] = "1"
+    km, kc = start_new_kernel(kernel_name="python3", env=env, startup_timeout=60,
+                              extra_arguments=["--InteractiveShellApp.extensions=ryzjupyter"])
+    k = Kernel(km, kc)
+    try:
+        content, _, _ = k.execute(f"%ryz load {TINY} --name tiny\n%ryz load {big_model} --name big\n"
+                                  "%ryz use tiny\n%config RyzMagics.temperature = 0\n"
+                                  "%config RyzMagics.live_chart = False")
+        assert content["status"] == "ok", content
+        yield k
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def errors(msgs):
+    return [m["content"] for m in msgs if m["msg_type"] == "error"]
+
+
+def test_extension_loaded_by_config_and_config_magic(kernel):
+    assert kernel.value("get_ipython()._ryz_magics.temperature") == "0.0"
+    content, msgs, _ = kernel.execute("%config RyzMagics.max_new_tokens = 5")
+    assert content["status"] == "ok"
+    try:
+        content, msgs, _ = kernel.execute("%%ryz --no-stream\nHello")
+        assert content["status"] == "ok", errors(msgs)
+        assert int(kernel.value("_.stats.n_generated")) <= 5
+        assert kernel.value("_.settings['max_new_tokens']") == "5"
+    finally:
+        kernel.execute("%config RyzMagics.max_new_tokens = 128")
+
+
+def test_streaming_messages(kernel):
+    """Tokens arrive through one display updated <= ~15 times a second; the final update is the reply."""
+    content, msgs, times = kernel.execute("%%ryz -m big -n 60 -t 0 -f markdown\nOnce upon a time", timeout=120)
+    assert content["status"] == "ok", errors(msgs)
+    displays = [(m, t) for m, t in zip(msgs, times) if m["msg_type"] in ("display_data", "update_display_data")]
+    first, rest = displays[0][0], displays[1:]
+    assert first["msg_type"] == "display_data"
+    did = first["content"]["transient"]["display_id"]
+    updates = [(m, t) for m, t in rest if m["msg_type"] == "update_display_data"]
+    assert all(m["content"]["transient"]["display_id"] == did for m, _ in updates)
+    assert len(updates) >= 3, "the reply did not stream"
+    # at most ~15 per second, judged by the kernel's send times (header dates) of the live updates
+    # (all but the final one): the throttle spaces them >= 1/15 s apart; a message can be built a
+    # little later than the throttle decided to send it, so single gaps get some slack
+    sent = [m["header"]["date"].timestamp() for m, _ in updates[:-1]]
+    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    assert len(sent) - 1 <= 15 * (sent[-1] - sent[0]) + 1, gaps
+    assert min(gaps) >= 0.5 / 15, gaps
+    final = updates[-1][0]["content"]["data"]
+    text = kernel.value("_.text")
+    assert final["text/markdown"] == eval(text)
+    assert "text/markdown" not in updates[0][0]["content"]["data"]     # partial text is plain
+    footer = [m for m, _ in rest if m["msg_type"] == "display_data"]
+    assert footer and "tok/s" in footer[-1]["content"]["data"]["text/plain"]
+
+
+def test_stream_off_gives_the_same_final_bundle(kernel):
+    bundles = []
+    for opt in ("--stream", "--no-stream"):
+        kernel.execute("get_ipython()._ryz_magics.registry.current().reset()")
+        content, msgs, _ = kernel.execute(f"%%ryz {opt} -n 20 -f markdown\nThe train left the station")
+        assert content["status"] == "ok", errors(msgs)
+        shown = [m["content"]["data"] for m in msgs if m["msg_type"] in ("display_data", "update_display_data")]
+        bundles.append(shown[-2])                        # the reply (the last one is the stats footer)
+    assert bundles[0] == bundles[1]
+
+
+def test_usage_errors_are_short_and_fail_the_cell(kernel):
+    for cell, text in [("%%ryz --temprature 2\nhi", "did you mean --temperature?"),
+                       ("%ryz load /no/such/folder", "does not exist"),
+                       ("%ryz frobnicate", "unknown command")]:
+        content, msgs, _ = kernel.execute(cell)
+        assert content["status"] == "error"                            # the cell fails ("Run All" stops)
+        assert content["ename"] == "UsageError" and text in content["evalue"]
+        shown = "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream")
+        shown += "".join("".join(e["traceback"]) for e in errors(msgs))
+        assert text in shown and "Traceback" not in shown             # one line, no wall of traceback
+        assert len(shown.strip().splitlines()) <= 2, shown
+
+
+def _interrupt_latency(kernel, code, started):
+    """Execute code, wait until `started(msg)` sees it running, interrupt; return the seconds from
+    the interrupt request to the KeyboardInterrupt error message, and the request's messages."""
+    msg_id = kernel.kc.execute(code)
+    _, before, _ = kernel.collect(msg_id, timeout=60, stop_on=started)
+    t0 = time.monotonic()
+    kernel.km.interrupt_kernel()
+    _, after, times = kernel.collect(msg_id, timeout=30, stop_on=lambda m: m["msg_type"] == "error")
+    err = after[-1]["content"]
+    assert err["ename"] == "KeyboardInterrupt", err
+    latency = times[-1] - t0
+    kernel.collect(msg_id, timeout=30)                   # drain to idle
+    return latency, before + after
+
+
+def test_stop_button_during_prefill(kernel):
+    # size the prompt to ~3 s of prefill on this machine (measured with %ryz bench)
+    kernel.execute("%ryz use big")
+    content, msgs, _ = kernel.execute("%ryz bench -p 64 -n 2")
+    assert content["status"] == "ok", errors(msgs)
+    tok_s = float(kernel.value("get_ipython()._ryz_magics.last_bench['prefill_tok_s']"))
+    n = int(min(4000, max(256, 3.0 * tok_s)))
+    kernel.execute(f"long_prompt = 'a' * {n}")            # the byte tokenizer: one token per character
+    t_start = {}
+
+    def started(msg):                                    # the cell is running; give it 0.7 s of prefill
+        if msg["msg_type"] == "execute_input":
+            t_start["t"] = time.monotonic()
+        return False
+
+    msg_id = kernel.kc.execute("%%ryz -n 50 --no-stream\n{long_prompt}")
+    kernel.collect(msg_id, timeout=30, stop_on=lambda m: m["msg_type"] == "execute_input")
+    time.sleep(0.7)
+    t0 = time.monotonic()
+    kernel.km.interrupt_kernel()
+    _, after, times = kernel.collect(msg_id, timeout=30, stop_on=lambda m: m["msg_type"] == "error")
+    latency = times[-1] - t0
+    assert after[-1]["content"]["ename"] == "KeyboardInterrupt"
+    kernel.collect(msg_id, timeout=30)
+    print(f"\ninterrupt latency during prefill ({n} prompt tokens at {tok_s:.0f} tok/s): {latency * 1000:.0f} ms")
+    assert kernel.value("_.interrupted") == "True"
+    assert kernel.value("_.stats.n_generated") == "0", "the interrupt landed after the prefill"
+    assert latency < LATENCY_LIMIT_S, f"{latency:.3f} s"
+    content, msgs, _ = kernel.execute("%%ryz -n 3 --no-stream\nagain")     # works normally afterwards
+    assert content["status"] == "ok", errors(msgs)
+    assert kernel.value("_.interrupted") == "False"
+    kernel.execute("%ryz use tiny")
+
+
+def test_stop_button_during_decode_keeps_partial_text(kernel):
+    kernel.execute("%ryz reset")
+
+    def decoding(msg):                                   # a live update with text: decode is under way
+        return (msg["msg_type"] == "update_display_data" and
+                len(msg["content"]["data"]["text/plain"]) > 20)
+
+    latency, msgs = _interrupt_latency(kernel, "%%ryz -m big --chat -n 3000 -t 0\nTell me a story", decoding)
+    print(f"\ninterrupt latency during decode: {latency * 1000:.0f} ms")
+    assert latency < LATENCY_LIMIT_S, f"{latency:.3f} s"
+    shown = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "update_display_data"]
+    assert shown[-1].endswith("[interrupted]")           # the partial answer stays in the cell
+    text = eval(kernel.value("_.text"))
+    assert text and shown[-1].startswith(text)
+    assert kernel.value("get_ipython()._ryz_magics.history[-1]['interrupted']") == "True"
+    assert eval(kernel.value("get_ipython()._ryz_magics.history[-1]['content']")) == text
+    content, msgs, _ = kernel.execute("%%ryz --chat -n 3 --no-stream\nGo on")
+    assert content["status"] == "ok", errors(msgs)
+    kernel.execute("%ryz reset")

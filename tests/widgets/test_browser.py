@@ -1,0 +1,204 @@
+"""A real browser (Debian chromium driven by Playwright) against a real JupyterLab started on
+localhost by the test: open a notebook, run `%ryz controls` and a streamed `%%ryz` on the tiny
+fixture model, and check that the live chart drew points on its canvas, the final figure stayed in
+the output, and the controls panel changes the settings and generates.
+
+Skipped when chromium, playwright, jupyterlab, the engine or the magics are missing, unless
+RYZ_REQUIRE_BROWSER=1 (then it fails). Screenshots go to $RYZ_SCREENSHOTS (if set).
+"""
+import base64
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "tests" / "fixtures" / "bitnet" / "packed"
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+REQUIRED = os.environ.get("RYZ_REQUIRE_BROWSER") == "1"
+
+
+def _need(cond, why):
+    if not cond:
+        if REQUIRED:
+            pytest.fail(f"browser test required (RYZ_REQUIRE_BROWSER=1) but {why}")
+        pytest.skip(why)
+
+
+def _importable(name):
+    import importlib.util
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    _need(os.path.exists(CHROMIUM), f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    for mod in ("playwright", "jupyterlab", "anywidget", "ryzjupyter.magics", "ryzjupyter.generation"):
+        _need(_importable(mod), f"{mod} is not installed")
+    root = tmp_path_factory.mktemp("lab")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["HF_HUB_OFFLINE"] = "1"
+    env.pop("RYZ_STREAM", None)
+    env["JUPYTER_CONFIG_DIR"] = str(root / ".jupyter")          # no user settings leak in
+    env["JUPYTERLAB_SETTINGS_DIR"] = str(root / ".lab-settings")
+    env["JUPYTERLAB_WORKSPACES_DIR"] = str(root / ".lab-workspaces")
+    log = open(root / "lab.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--ServerApp.token={token}", "--ServerApp.password=", "--ServerApp.allow_root=True",
+         f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
+         "--ServerApp.disable_check_xsrf=True", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
+         "jupyterlab.NeverCheckForUpdate"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise AssertionError("jupyter lab did not start:\n" + (root / "lab.log").read_text()[-3000:])
+            time.sleep(0.3)
+        yield {"base": base, "token": token, "root": root}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def _notebook(cells):
+    return {"nbformat": 4, "nbformat_minor": 5,
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            "cells": [{"cell_type": "code", "metadata": {}, "source": c, "outputs": [],
+                       "execution_count": None, "id": f"c{i}"} for i, c in enumerate(cells)]}
+
+
+def _shot(page, name, locator=None):
+    d = os.environ.get("RYZ_SCREENSHOTS")
+    if d:
+        Path(d).mkdir(parents=True, exist_ok=True)
+        (locator or page).screenshot(path=str(Path(d) / f"{name}.png"))
+
+
+def test_chart_and_controls_in_jupyterlab(lab):
+    from playwright.sync_api import sync_playwright
+
+    cells = [
+        f"%load_ext ryzjupyter\n%ryz load {TINY} --name tiny\n%config RyzMagics.temperature = 0",
+        "%ryz controls",
+        "%%ryz -n 200 --stream\nOnce upon a time",
+        "%ryz stats",
+        "print('settings:', get_ipython()._ryz_magics.temperature, get_ipython()._ryz_magics.max_new_tokens)",
+    ]
+    (lab["root"] / "ryz.ipynb").write_text(json.dumps(_notebook(cells)))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1400})
+            external = []
+            page.on("request", lambda r: external.append(r.url)
+                    if not r.url.startswith(("http://127.0.0.1", "data:", "blob:", "about:")) else None)
+            page.add_init_script("window.__ryz_charts = {};")
+            page.goto(f"{lab['base']}/lab/tree/ryz.ipynb?token={lab['token']}")
+            page.wait_for_selector(".jp-NotebookPanel", timeout=60000)
+            # the kernel is up when the toolbar's status says idle
+            page.wait_for_function(
+                "() => { const a = window.jupyterapp; const w = a && a.shell.currentWidget;"
+                " const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
+                " return k && k.status === 'idle'; }", timeout=60000)
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+            # the live chart: the browser drew frames with decode points on its canvas
+            page.wait_for_function(
+                "() => Object.values(window.__ryz_charts).some(e => e.done && e.maxDecode >= 20)",
+                timeout=90000)
+            charts = page.evaluate("() => window.__ryz_charts")
+            (entry,) = [e for e in charts.values() if e["done"]]
+            assert entry["frames"] >= 2 and entry["maxPoints"] >= 21
+            png = base64.b64decode(entry["png"].split(",", 1)[1])
+            assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000          # not a blank canvas
+            d = os.environ.get("RYZ_SCREENSHOTS")
+            if d:
+                Path(d).mkdir(parents=True, exist_ok=True)
+                (Path(d) / "live-chart-canvas.png").write_bytes(png)
+
+            # the final figure stays in the output (static SVG with the decode line)
+            svg = page.locator(".jp-OutputArea-output img[src^='data:image/svg'], .jp-RenderedSVG svg")
+            svg.first.wait_for(timeout=30000)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.jp-Cell')].some(c => c.querySelector('.jp-InputArea')"
+                " && c.textContent.includes('settings:'))", timeout=60000)
+            _shot(page, "notebook")
+            # %ryz stats: the profile breakdown from the engine's counters
+            prof = page.locator(".ryz-profile").first
+            prof.wait_for(timeout=30000)
+            for phase in ("matmul", "attention", "lm_head", "sampling", "python"):
+                assert prof.locator(f"tr[data-phase='{phase}']").count() == 1, phase
+            _shot(page, "profile", prof)
+
+            # the controls panel: move the temperature setting from the browser, see it in the kernel
+            panel = page.locator(".ryz-controls")
+            panel.wait_for(timeout=30000)
+            _shot(page, "controls", panel)
+            temp = panel.locator(".ryz-control-temperature .widget-readout")
+            temp.click()
+            temp.fill("0.45")
+            temp.press("Enter")
+            n_box = panel.locator(".ryz-control-max-new-tokens .widget-readout")
+            n_box.click()
+            n_box.fill("8")
+            n_box.press("Enter")
+            page.locator(".ryz-controls-prompt textarea").fill("Hello there")
+            page.locator(".ryz-controls-generate").click()
+            # the Generate area shows the reply and its stats footer, and the panel's own chart drew
+            out = panel.locator(".ryz-controls-output")
+            out.get_by_text("tok/s").first.wait_for(timeout=60000)
+            assert out.locator(".jp-RenderedMarkdown").count() >= 1          # the reply, complete
+            page.wait_for_function(
+                "() => Object.values(window.__ryz_charts).filter(e => e.done).length >= 2", timeout=30000)
+            assert panel.locator(".ryz-controls-chart canvas").count() == 1
+            _shot(page, "controls-after-generate", panel)
+            # re-run the last cell: the kernel sees the settings the browser set
+            page.evaluate("() => { const nb = window.jupyterapp.shell.currentWidget.content;"
+                          " nb.activeCellIndex = nb.widgets.length - 1; }")
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-cell')")
+            page.wait_for_function(
+                "() => document.body.textContent.includes('settings: 0.45 8')", timeout=30000)
+            assert not external, f"requests left localhost: {external[:5]}"
+        finally:
+            browser.close()

@@ -1,0 +1,162 @@
+"""The live chart's message protocol and throttling, checked on the messages the kernel sends."""
+import re
+
+import pytest
+
+from ryzjupyter.profiling import Profiler
+from ryzjupyter.widgets import ThroughputChart, ThroughputRecorder, render_svg
+from ryzjupyter.widgets.chart import MAX_RATE, StaticChart, downsample
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_chart_ships_its_js_and_css_and_no_network_imports():
+    c = ThroughputChart()
+    assert "export default" in c._esm and "initialize" in c._esm and "render" in c._esm
+    # no CDN: no import statements, no URLs fetched
+    assert not re.search(r"^\s*import\s", c._esm, re.M)
+    assert "http://" not in c._esm and "https://" not in c._esm
+    assert "https://" not in c._css
+    state = c.get_state()
+    assert state["uid"] and state["points"] == [] and "_esm" in state
+
+
+def test_protocol_reset_points_done():
+    clock = FakeClock()
+    chart = ThroughputChart()
+    rec = ThroughputRecorder(chart, clock=clock, title="tiny")
+    rec.start(n_prefill=10)
+    assert chart.sent[-1] == {"type": "reset", "title": "tiny"}
+    for i in range(1, 6):                    # first token at 0.5 s, then one every 0.1 s
+        clock.t = 100.0 + 0.4 + 0.1 * i
+        rec.token()
+    rec.finish()
+    kinds = [m["type"] for m in chart.sent]
+    assert kinds[0] == "reset" and kinds[-1] == "done" and "points" in kinds
+    pts = [p for m in chart.sent if m["type"] == "points" for p in m["points"]]
+    assert pts[0] == [pytest.approx(0.5), pytest.approx(20.0), "prefill"]      # 10 prompt tokens in 0.5 s
+    dec = [p for p in pts if p[2] == "decode"]
+    assert len(dec) == 4 and all(p[1] == pytest.approx(10.0) for p in dec)     # 10 tok/s
+    for p in pts:                            # the wire format: [t, tok_s, phase]
+        assert isinstance(p[0], float) and isinstance(p[1], float) and p[2] in ("prefill", "decode")
+    done = chart.sent[-1]["summary"]
+    assert done["n_generated"] == 5 and done["decode_tok_s"] == pytest.approx(10.0)
+    assert chart.points == pts               # the persisted series = what was streamed
+    assert chart.summary == done
+
+
+def test_at_most_max_rate_messages_per_second():
+    clock = FakeClock()
+    chart = ThroughputChart()
+    rec = ThroughputRecorder(chart, clock=clock)
+    rec.start(n_prefill=4)
+    n = 1000
+    for i in range(n):                       # 1000 tokens over 2 s (500 tok/s)
+        clock.t = 100.0 + 0.002 * (i + 1)
+        rec.token()
+    rec.finish()
+    point_msgs = [m for m in chart.sent if m["type"] == "points"]
+    assert len(point_msgs) <= 2 * MAX_RATE + 2
+    assert sum(len(m["points"]) for m in point_msgs) == n     # batched, nothing dropped (1 prefill + 999)
+    # times between consecutive sends >= 1/max_rate (the clock values at send time)
+    assert rec.messages == len(point_msgs)
+
+
+def test_poll_reads_profiler_token_timestamps():
+    prof = Profiler(enabled=True)
+    chart = ThroughputChart()
+    rec = ThroughputRecorder(chart, profiler=prof, max_rate=1e9)
+    rec.start(n_prefill=3)
+    prof.begin()
+    t0 = prof.t0_ns
+    prof.token_ns.extend([t0 + 300_000_000, t0 + 400_000_000, t0 + 500_000_000])
+    rec.poll()
+    pts = [p for m in chart.sent if m["type"] == "points" for p in m["points"]]
+    assert pts[0] == [pytest.approx(0.3), pytest.approx(10.0), "prefill"]
+    assert [p[2] for p in pts[1:]] == ["decode", "decode"]
+    assert pts[-1][1] == pytest.approx(10.0)
+    # a new generation (begin makes a new token list) starts a new series
+    prof.begin()
+    rec2 = ThroughputRecorder(chart, profiler=prof)
+    rec2.poll()
+    assert rec2.points == []
+
+
+def test_finish_with_profile_rebuilds_exact_series_and_summary():
+    prof = Profiler(enabled=True)
+    prof.begin()
+    prof.stage("prefill")
+    t0 = prof.t0_ns
+    prof.stage("decode")
+    prof._stage_wall["prefill"] = 200_000_000              # as if the prompt pass took 0.2 s
+    prof.token_ns.extend([t0 + 200_000_000 + k * 50_000_000 for k in range(5)])
+    profile = prof.end(n_prompt=8, n_prefill=8)
+    chart = ThroughputChart()
+    rec = ThroughputRecorder(chart)          # fed nothing live (e.g. streaming off)
+    rec.start()
+    sm = rec.finish(stats={"n_generated": 5, "decode_tok_s": 20.0, "prefill_tok_s": 40.0, "total_s": 0.4},
+                    profile=profile)
+    assert sm["n_generated"] == 5 and sm["decode_tok_s"] == 20.0
+    assert chart.points[0] == [pytest.approx(0.2), pytest.approx(40.0), "prefill"]
+    assert len([p for p in chart.points if p[2] == "decode"]) == 4
+    assert chart.sent[-1] == {"type": "done", "summary": sm}
+
+
+def test_recorder_without_chart_only_records():
+    clock = FakeClock()
+    rec = ThroughputRecorder(None, clock=clock)
+    rec.start()
+    for i in range(3):
+        clock.t += 0.1
+        rec.token()
+    sm = rec.finish()
+    assert sm["n_generated"] == 3 and len(rec.points) == 2
+
+
+def test_svg_final_figure_and_downsampling():
+    pts = [[0.2, 40.0, "prefill"]] + [[0.2 + 0.01 * i, 100.0 + i % 7, "decode"] for i in range(5000)]
+    small = downsample(pts, 500)
+    assert len(small) == 500 and small[0][2] == "prefill" and small[-1] == pts[-1]
+    svg = render_svg(small, {"n_generated": 5000, "decode_tok_s": 103.0, "prefill_tok_s": 40.0, "total_s": 50.2})
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert svg.count(",") > 400 and "prefill 40.0 tok/s" in svg and "5000 tokens" in svg
+    bundle = StaticChart(small, {"n_generated": 1}, "t")._repr_mimebundle_()
+    assert "image/svg+xml" in bundle and "text/plain" in bundle
+
+
+def test_attach_polls_after_every_token_and_books_display_time():
+    prof = Profiler(enabled=True)
+    chart = ThroughputChart()
+    rec = ThroughputRecorder(chart, profiler=prof, max_rate=1e9).start(n_prefill=2).attach()
+    prof.begin()
+    prof.stage("decode")
+    for _ in range(4):
+        prof.token()
+    assert len(rec._tok_t) == 4 and len([p for p in rec.points if p[2] == "decode"]) == 3
+    rec.detach()
+    prof.token()
+    assert len(rec._tok_t) == 4 and prof.token_hooks == []
+    profile = prof.end()
+    assert profile.counts["display"] == 4
+
+
+def test_broken_token_hook_is_dropped():
+    prof = Profiler(enabled=True)
+    prof.token_hooks.append(lambda: 1 / 0)
+    prof.begin()
+    prof.token()
+    prof.token()
+    assert prof.token_hooks == [] and len(prof.token_ns) == 2
+
+
+def test_scale_ignores_a_few_spikes():
+    from ryzjupyter.widgets.chart import robust_max
+    assert robust_max([]) == 0.0 and robust_max([1.0, 5.0]) == 5.0
+    vals = [8000.0, 5000.0] + [30.0 + i % 5 for i in range(198)]
+    assert robust_max(vals) < 60
