@@ -280,9 +280,16 @@ def generation_report(result, name=None) -> dict:
     stats = getattr(result, "stats", None)
     s = stats.as_dict() if hasattr(stats, "as_dict") else dict(getattr(stats, "__dict__", {}) or {})
     prof = getattr(result, "profile", None) or getattr(stats, "profile", None)
-    if isinstance(prof, dict) and prof:
+    profile = None
+    if prof is not None and hasattr(prof, "phases"):           # ryzjupyter.profiling.Profile
+        try:
+            items = [(k, v) for k, v, _ in prof.ordered()]
+        except Exception:
+            items = list(prof.phases.items())
+        profile = {str(k): float(v) for k, v in items if v}
+    elif isinstance(prof, dict) and prof:
         profile = {str(k): float(v) for k, v in prof.items()}
-    else:
+    if not profile:
         total = float(s.get("total_s", 0.0))
         prefill = float(s.get("prefill_s", 0.0))
         decode = float(s.get("decode_s", 0.0))

@@ -170,7 +170,7 @@ def test_stop_and_stats_during_generation_over_a_subshell(kernel, big_model):
     assert 0 < n < 3000
     r = sub.request("stats", timeout=10)
     assert r["last"]["finish_reason"] == "interrupted" and r["last"]["tokens"] == n
-    assert set(r["last"]["profile"]) >= {"prefill", "decode"}
+    assert "matmul" in r["last"]["profile"] and "attention" in r["last"]["profile"]
     assert sub.request("unload", model="slow")["ok"]
     assert sub.stray == []
 

@@ -63,7 +63,8 @@ def test_registry_interface_and_hot_swap(mgr):
     r = mgr.generate("Hello", 4)
     assert r.stats.n_generated == 4
     assert mgr.last_generation["model"] == "packed" and mgr.last_generation["tokens"] == 4
-    assert set(mgr.last_generation["profile"]) >= {"prefill", "decode"}
+    prof = mgr.last_generation["profile"]            # the engine's profile: where the time went
+    assert "matmul" in prof and "python" in prof and all(v >= 0 for v in prof.values())
 
 
 def test_refusal_names_the_size_and_unloads_nothing(mgr):
