@@ -248,6 +248,8 @@ def _run(rid, fn, data):
     except ModelBusyError as e:
         return {"id": rid, "ok": False, "error": str(e), "reason": "busy", "state": _state()}
     except KeyError as e:
+        if fn not in (_op_use, _op_unload):
+            return {"id": rid, "ok": False, "error": f"KeyError: {e}"}
         name = e.args[0] if e.args else "?"
         return {"id": rid, "ok": False, "error": f"no loaded model called {name!r}; loaded: "
                 f"{', '.join(MANAGER.names()) or 'none'}", "reason": "not-loaded"}
