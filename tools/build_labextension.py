@@ -12,7 +12,6 @@ only to build; a checkout without node uses an existing build (with a warning if
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys

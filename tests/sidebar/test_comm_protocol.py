@@ -3,7 +3,6 @@
 Real tiny BitNet models (tests/fixtures/bitnet) and, for the stop test, a random BitNet model big
 enough that a generation runs for seconds. No mocks: the kernel runs the real manager and engine.
 """
-import threading
 import time
 
 import pytest
@@ -130,7 +129,7 @@ def test_stop_and_stats_during_generation_over_a_subshell(kernel, big_model):
     """Like JupyterLab (commsOverSubshells): the comm runs on a subshell, so status, stats and
     stop are answered while a cell generates, and stop ends the generation with the partial text."""
     km, kc = kernel
-    reply = kc.control_channel.send(kc.session.msg("create_subshell_request", {}))
+    kc.control_channel.send(kc.session.msg("create_subshell_request", {}))
     msg = kc.get_control_msg(timeout=10)
     assert msg["content"]["status"] == "ok", msg["content"]
     sub = CommClient(kc, subshell_id=msg["content"]["subshell_id"])
@@ -141,7 +140,6 @@ def test_stop_and_stats_during_generation_over_a_subshell(kernel, big_model):
             "res = MANAGER.generate('Once upon a time', 3000, ignore_eos=True)\n"
             "print('FINISH', res.finish_reason, res.stats.n_generated)")
     msg_id = kc.execute(code)
-    t0 = time.monotonic()
     # live stats pushes arrive while the cell runs
     sub.wait_push("stats", timeout=60)
     live = [p for p in sub.pushes if p["push"] == "stats"][-1]["live"]
