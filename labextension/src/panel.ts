@@ -217,6 +217,7 @@ export class RyzSidebar extends Widget {
       case 'hello':
       case 'state':
         this._state = p.state;
+        this._applyState(p.state);
         this._scheduleRefresh();
         break;
       case 'progress':
@@ -239,6 +240,7 @@ export class RyzSidebar extends Widget {
         break;
       case 'generation':
         this._state = p.state;
+        this._applyState(p.state);
         if (p.running) {
           this._spark = [];
           this._live = { model: p.model, running: true, tokens: 0, tok_s: 0 };
@@ -252,6 +254,21 @@ export class RyzSidebar extends Widget {
         break;
     }
     this._render();
+  }
+
+  /** Apply a pushed state snapshot to the model rows at once (the full list follows). */
+  private _applyState(state: any): void {
+    if (!state || !Array.isArray(state.loaded)) {
+      return;
+    }
+    const byName = new Map<string, any>(state.loaded.map((m: any) => [m.name, m]));
+    for (const m of this._models) {
+      const s = byName.get(m.name);
+      if (m.loaded && s) {
+        m.busy = !!s.busy;
+        m.current = !!s.current;
+      }
+    }
   }
 
   private _scheduleRefresh(): void {

@@ -247,6 +247,7 @@ def test_sidebar_loads_and_swaps_models(lab, page):
     last.filter(has_text="interrupted").wait_for(timeout=15000)
     assert last.locator(".ryz-profile-row").count() >= 2
     assert "tok/s" in last.inner_text() and "matmul" in last.inner_text()   # the engine's profile
+    page.locator(".ryz-loaded .ryz-model-row[data-name='slow']:not(.ryz-mod-busy)").wait_for(timeout=5000)
     _shot(page, "sidebar-stopped.png")
     print(f"stopped {n} tokens in, {stop_s:.2f} s after the click")
     assert not [e for e in page.errors if "ryz" in e.lower()], page.errors
