@@ -137,5 +137,6 @@ def _same_path(a: str, b: str) -> bool:
         return False
 
 
-# one registry per kernel process, shared by the magics (and later the widgets and the sidebar)
-REGISTRY = ModelRegistry()
+# one registry per kernel process, shared by the magics, the widgets and the sidebar: the model
+# manager (memory budget, LRU, hot-swap, generation lock) offers this same interface
+from ryzjupyter.manager import MANAGER as REGISTRY  # noqa: E402

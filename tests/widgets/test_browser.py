@@ -114,8 +114,13 @@ def _shot(page, name, locator=None):
 def test_chart_and_controls_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright
 
+    # A mid-sized random model: its decode takes long enough (a few ms a token) for the chart to
+    # draw several frames at its 20 updates/s, however fast the machine is on the tiny fixture.
+    from ryzjupyter.random_model import write_random_bitnet
+    model = write_random_bitnet(lab["root"] / "medium", hidden_size=512, intermediate_size=1408,
+                                num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4)
     cells = [
-        f"%load_ext ryzjupyter\n%ryz load {TINY} --name tiny\n%config RyzMagics.temperature = 0",
+        f"%load_ext ryzjupyter\n%ryz load {model} --name tiny\n%config RyzMagics.temperature = 0",
         "%ryz controls",
         "%%ryz -n 200 --stream\nOnce upon a time",
         "%ryz stats",
