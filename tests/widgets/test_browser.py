@@ -170,7 +170,7 @@ def test_chart_and_controls_in_jupyterlab(lab):
                 " && c.textContent.includes('settings:'))", timeout=60000)
             _shot(page, "notebook")
             # %ryz stats: the profile breakdown from the engine's counters
-            prof = page.locator(".ryz-profile").first
+            prof = page.locator(".jp-OutputArea-output .ryz-profile").first   # not the sidebar's
             prof.wait_for(timeout=30000)
             for phase in ("matmul", "attention", "lm_head", "sampling", "python"):
                 assert prof.locator(f"tr[data-phase='{phase}']").count() == 1, phase
