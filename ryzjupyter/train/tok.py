@@ -64,3 +64,24 @@ def save_tokenizer(tok: Tokenizer, out_dir: str, model_max_length: int):
     with open(f"{out_dir}/special_tokens_map.json", "w") as f:
         json.dump({"bos_token": BOS, "eos_token": EOT, "pad_token": EOS}, f, indent=2)
         f.write("\n")
+
+
+def main(argv=None):
+    """python -m ryzjupyter.train.tok --corpus kjv-train.txt --vocab 4096 --out tokenizer.json"""
+    import argparse
+
+    from .corpus import text_to_chapters
+
+    ap = argparse.ArgumentParser(description="train the byte-level BPE tokenizer on the training corpus")
+    ap.add_argument("--corpus", required=True)
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    chapters = text_to_chapters(open(a.corpus, encoding="utf-8").read())
+    tok = train_tokenizer((v for ch in chapters for v in ch), a.vocab)
+    tok.save(a.out)
+    print(f"{a.out}: vocab {tok.get_vocab_size()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,8 +7,8 @@ Example (the exact commands used for the shipped models are in ryzjupyter/models
         --out ryzjupyter/models/demo --hidden 256 --layers 4 --cpu-minutes 40
 
 Training length is a CPU-time budget (``--cpu-minutes``, measured with time.process_time so a SIGSTOP/SIGCONT or
-a busy machine does not shorten it) or a fixed ``--steps``; the learning-rate schedule follows the progress
-fraction. Runs with ``--threads 1`` by default.
+a busy machine does not shorten it), optionally capped by ``--wall-minutes``, or a fixed ``--steps``; the
+learning-rate schedule (linear warmup, cosine decay) follows the progress fraction. Runs with ``--threads 1`` by default.
 
 Validation perplexity (written to ``validation_ppl.json`` and reproduced by ``python -m ryzjupyter.bench ppl``):
   ids = tokenizer.encode(valid_text, add_special_tokens=False)   (no BOS, no EOS)
@@ -156,6 +156,9 @@ def main(argv=None):
     ap.add_argument("--chat-per-chapter", type=int, default=2)
     ap.add_argument("--steps", type=int, default=0, help="fixed number of steps (overrides --cpu-minutes)")
     ap.add_argument("--cpu-minutes", type=float, default=5.0)
+    ap.add_argument("--wall-minutes", type=float, default=0.0,
+                    help="also cap the training by wall-clock time (schedule progress = max of the two fractions), "
+                         "so that a run on a busy machine still completes its learning-rate schedule in time")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--eval-windows", type=int, default=48, help="windows used for the periodic (partial) eval")
     ap.add_argument("--threads", type=int, default=1)
@@ -203,13 +206,15 @@ def main(argv=None):
                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
     budget = a.cpu_minutes * 60.0
     log = open(a.log, "a") if a.log else None
-    step, t_train0 = 0, time.process_time()
+    step, t_train0, w_train0 = 0, time.process_time(), time.time()
     tokens_seen = 0
     loss_ema = None
     history = []
     while True:
         used = time.process_time() - t_train0
         progress = step / a.steps if a.steps else used / budget
+        if a.wall_minutes and not a.steps:
+            progress = max(progress, (time.time() - w_train0) / (a.wall_minutes * 60.0))
         if progress >= 1.0:
             break
         lr = lr_at(progress, a.lr, a.warmup_frac, a.min_lr_frac)
@@ -247,7 +252,7 @@ def main(argv=None):
         "val_file": "validation.txt", "val_file_sha256": hashlib.sha256(valid_text.encode()).hexdigest(),
         "windowing": WINDOWING, "val_window_nll": per_win,
         "val_windows": len(vwin), "n_ctx": a.ctx, "steps": step, "tokens_seen": tokens_seen,
-        "train_cpu_minutes": train_cpu / 60, "wall_minutes": (time.time() - t_wall0) / 60,
+        "train_cpu_minutes": train_cpu / 60, "train_wall_minutes": (time.time() - w_train0) / 60, "wall_minutes": (time.time() - t_wall0) / 60,
         "threads": a.threads, "params": model.num_params(), "config": cfg.__dict__, "args": vars(a),
         "train_stream_tokens": int(len(stream)), "history": history,
     }
