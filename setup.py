@@ -7,9 +7,16 @@ Sources in ryzjupyter/_native are compiled with flags chosen by their suffix:
                    instruction the CPU lacks; kernels are chosen at run time.
 Never -march=native: the same build runs on every x86-64 CPU.
 RYZ_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer.
+
+The JupyterLab sidebar (labextension/, TypeScript) ships prebuilt in
+share/jupyter/labextensions/ryzjupyter: building a wheel or installing runs
+tools/build_labextension.py first (npm ci from the committed lockfile + npm run
+build:prod, only when ryzjupyter/labextension/ is missing or older than its sources).
+RYZJUPYTER_SKIP_LABEXTENSION=1 installs without the sidebar (no node needed).
 """
 import glob
 import os
+import subprocess
 import sys
 
 from setuptools import Extension, setup
@@ -58,6 +65,33 @@ class BuildPerISA(build_ext):
             target_lang="c")
 
 
+# ---- the JupyterLab sidebar: a prebuilt labextension installed as data files
+
+LABEXT_BUILT = os.path.join("ryzjupyter", "labextension")      # output of `npm run build:prod`
+LABEXT_DEST = "share/jupyter/labextensions/ryzjupyter"          # directory name = npm package name
+INSTALLING = {"bdist_wheel", "editable_wheel", "install", "develop", "build", "build_py", "sdist"}
+
+
+def labextension_data_files():
+    if os.environ.get("RYZJUPYTER_SKIP_LABEXTENSION") == "1":
+        return []
+    if INSTALLING & set(sys.argv[1:]) and os.path.isdir(os.path.join(HERE, "labextension", "src")):
+        subprocess.run([sys.executable, os.path.join(HERE, "tools", "build_labextension.py")],
+                       cwd=HERE, check=True)
+    if not os.path.isfile(os.path.join(HERE, LABEXT_BUILT, "package.json")):
+        if INSTALLING & set(sys.argv[1:]):
+            raise SystemExit("the JupyterLab sidebar is not built and could not be built (it needs Node.js "
+                             ">= 20.19 and npm): install them, or set RYZJUPYTER_SKIP_LABEXTENSION=1 to "
+                             "install without the sidebar")
+        return []                              # metadata-only commands (egg_info, build_ext ...)
+    files = {LABEXT_DEST: [os.path.join("labextension", "install.json")]}
+    for path in sorted(glob.glob(os.path.join(LABEXT_BUILT, "**", "*"), recursive=True)):
+        if os.path.isfile(path):
+            rel = os.path.relpath(os.path.dirname(path), LABEXT_BUILT)
+            files.setdefault(os.path.normpath(os.path.join(LABEXT_DEST, rel)), []).append(path)
+    return sorted(files.items())
+
+
 sources = sorted(glob.glob(os.path.join(NATIVE, "*.c")))
 headers = sorted(glob.glob(os.path.join(NATIVE, "*.h")))
 
@@ -65,4 +99,5 @@ setup(
     ext_modules=[Extension("ryzjupyter._native", sources=sources, depends=headers,
                            include_dirs=[NATIVE])],
     cmdclass={"build_ext": BuildPerISA},
+    data_files=labextension_data_files(),
 )

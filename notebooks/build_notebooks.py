@@ -25,10 +25,10 @@ from nbclient import NotebookClient
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-# The model the notebooks run. The tiny BitNet fixture (random weights, so its text is gibberish,
-# but every code path is real and the output is deterministic) until the bundled demo model exists.
+# The model the notebooks run: the bundled demo model (a small BitNet b1.58 trained by the project on
+# the King James Bible, ryzjupyter/models/demo/MODEL_CARD.md); greedy and seeded outputs are deterministic.
 MODEL_CELL = '''# the model: a folder, a hub id, or "demo" for the bundled model (ryzjupyter/models/demo)
-MODEL = "../tests/fixtures/bitnet/packed"   # a tiny BitNet b1.58 test model (random weights: gibberish)'''
+MODEL = "demo"   # the bundled BitNet b1.58 demo model (4.9 MB of packed ternary weights, KJV-trained)'''
 
 
 def md(text, tags=()):
@@ -49,7 +49,8 @@ QUICKSTART = [
 `%%ryz` sends a cell to a language model that runs **on this machine's CPU**, inside the kernel, and
 streams the answer into the cell. No GPU, no server, no API key.
 
-This notebook runs offline on a tiny model. Every cell also works with a real checkpoint, e.g.
+This notebook runs offline on the bundled demo model, a small BitNet b1.58 the project trained on the
+King James Bible (so it writes in that style). Every cell also works with a real checkpoint, e.g.
 `MODEL = "microsoft/bitnet-b1.58-2B-4T"` (downloaded once into the Hugging Face cache).
 """),
     code("%load_ext ryzjupyter"),
@@ -61,7 +62,7 @@ with no model loaded loads `RyzMagics.default_model` by itself. `{MODEL}` in a l
 Python variable.
 """),
     code(MODEL_CELL),
-    code("%ryz load {MODEL} --name tiny", IGNORE),
+    code("%ryz load {MODEL} --name demo", IGNORE),
     code("%ryz list"),
     md("""
 ## Ask
@@ -73,7 +74,7 @@ tokens and speeds.
 """),
     code("""
 %%ryz -n 24 -t 0
-The train left the station
+And it came to pass
 """),
     md("""
 ## The reply object
@@ -110,7 +111,7 @@ explained* notebook). With `--seed` a sampled answer is reproducible:
 """),
     code("""
 %%ryz -n 16 -t 0.9 --top-k 40 --top-p 0.95 --seed 7
-Once upon a time
+In the beginning
 """),
     md("""
 ## Settings for the whole kernel
@@ -125,7 +126,7 @@ following cell (or put `c.RyzMagics.NAME = value` in `ipython_config.py`).
 """),
     code("""
 %%ryz
-The city
+The LORD is my shepherd
 """),
     md("""
 ## Chat
@@ -150,7 +151,7 @@ And what can you do?
 `%ryz stats` details the last reply; `%ryz bench` measures prefill and decode speed of the current
 model (numbers depend on the machine).
 """),
-    code("%ryz stats"),
+    code("%ryz stats", IGNORE),
     code("%ryz bench -p 32 -n 16"),
     md("""
 ## Mistakes get a one-line message
@@ -182,20 +183,20 @@ softmax turns the scores into probabilities, and **sampling** picks the next tok
 This notebook shows what each sampling setting of `%%ryz` does to those probabilities, on one
 prompt, then the text each setting produces.
 
-The model is a tiny test model with random weights, so its "words" are gibberish, but the
-arithmetic is exactly what happens with a real model.
+The model is the bundled demo model, a small BitNet b1.58 trained on the King James Bible: the
+arithmetic is exactly what happens with a big model.
 """),
     code("%load_ext ryzjupyter"),
     code(MODEL_CELL),
-    code("%ryz load {MODEL} --name tiny", IGNORE),
+    code("%ryz load {MODEL} --name demo", IGNORE),
     code("""
 import numpy as np
 from ryzjupyter.magics import REGISTRY
 from ryzjupyter.sampling import filter_logits
 
-model = REGISTRY.get("tiny")
+model = REGISTRY.get("demo")
 tok = model.tokenizer
-prompt = "The train left the station"
+prompt = "And it came to pass"
 ids = tok.encode(prompt)
 logits = model.logits(ids)[-1].astype(np.float64)      # the scores for the next token
 print(len(ids), "prompt tokens; vocabulary of", logits.size, "tokens")
@@ -276,31 +277,31 @@ reproducible.
     code("%config RyzMagics.show_stats = False"),
     code("""
 %%ryz -n 16 -t 0
-The train left the station
+And it came to pass
 """),
     code("""
 %%ryz -n 16 -t 1.0 --top-k 0 --top-p 1 --min-p 0 --seed 3
-The train left the station
+And it came to pass
 """),
     code("""
 %%ryz -n 16 -t 1.0 --top-k 3 --top-p 1 --min-p 0 --seed 3
-The train left the station
+And it came to pass
 """),
     code("""
 %%ryz -n 16 -t 1.0 --top-k 0 --top-p 0.5 --min-p 0 --seed 3
-The train left the station
+And it came to pass
 """),
     code("""
 %%ryz -n 16 -t 1.0 --top-k 0 --top-p 1 --min-p 0.5 --seed 3
-The train left the station
+And it came to pass
 """),
     code("""
 %%ryz -n 16 -t 2.0 --top-k 0 --top-p 1 --min-p 0 --seed 3
-The train left the station
+And it came to pass
 """),
     code("""
 %%ryz -n 16 -t 0.7 --repetition-penalty 1.5 --seed 3 -o r
-The train left the station
+And it came to pass
 """),
     code("""
 print(r.settings)

@@ -27,10 +27,18 @@ def __getattr__(name):
 
 
 def load_ipython_extension(ipython):
-    """`%load_ext ryzjupyter`: register the %ryz / %%ryz magics."""
+    """`%load_ext ryzjupyter`: register the %ryz / %%ryz magics and the sidebar's comm target."""
     from ryzjupyter.magics import load_ipython_extension as _load
 
     _load(ipython)
+    from ryzjupyter.comm import register
+
+    register()
+
+
+def _jupyter_labextension_paths():
+    """The prebuilt JupyterLab sidebar (`jupyter labextension develop --overwrite .` links it)."""
+    return [{"src": "labextension", "dest": "ryzjupyter"}]
 
 
 def unload_ipython_extension(ipython):

@@ -69,7 +69,7 @@ def main(argv=None):
             s = model.stream(prompt, a.max_new_tokens, **_options(a))
             for piece in s:
                 print(piece, end="", flush=True)
-            print()
+            print(flush=True)
             if a.stats:
                 _print_stats(s.result)
             return 0
@@ -88,7 +88,7 @@ def main(argv=None):
             s = model.chat(line, a.max_new_tokens, system=a.system, stream=True, **_options(a))
             for piece in s:
                 print(piece, end="", flush=True)
-            print()
+            print(flush=True)
             if a.stats:
                 _print_stats(s.result)
     except (CheckpointError, ValueError, TypeError) as e:

@@ -9,6 +9,8 @@
 #include "matmul.h"
 
 #define TOK_BLOCK 64
+/* software prefetch distance for weights streamed from DRAM (decode), as in ternary_avx512.c */
+#define PF_BYTES 8192
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 static ALWAYS_INLINE void tile_i8(const ryz_matmul_job *j, int64_t n, int64_t m, const int NR,
@@ -24,8 +26,10 @@ static ALWAYS_INLINE void tile_i8(const ryz_matmul_job *j, int64_t n, int64_t m,
         __mmask64 mk = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
         __m512i wv[4], xv[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < NR; r++)  /* w + 128 as u8; masked-off lanes meet x = 0 */
+        for (int r = 0; r < NR; r++) { /* w + 128 as u8; masked-off lanes meet x = 0 */
+            _mm_prefetch((const char *)(j->wq + (n + r) * K + k) + PF_BYTES, _MM_HINT_T0);
             wv[r] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, j->wq + (n + r) * K + k), flip);
+        }
 #pragma GCC unroll 4
         for (int t = 0; t < NT; t++) xv[t] = _mm512_maskz_loadu_epi8(mk, j->xq + (m + t) * K + k);
 #pragma GCC unroll 4
@@ -55,7 +59,10 @@ static ALWAYS_INLINE void tile_f32(const ryz_matmul_job *j, int64_t n, int64_t m
         __mmask16 mk = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
         __m512 wv[4], xv[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < NR; r++) wv[r] = _mm512_maskz_loadu_ps(mk, j->w + (n + r) * K + k);
+        for (int r = 0; r < NR; r++) {
+            _mm_prefetch((const char *)(j->w + (n + r) * K + k) + PF_BYTES, _MM_HINT_T0);
+            wv[r] = _mm512_maskz_loadu_ps(mk, j->w + (n + r) * K + k);
+        }
 #pragma GCC unroll 4
         for (int t = 0; t < NT; t++) xv[t] = _mm512_maskz_loadu_ps(mk, j->x + (m + t) * K + k);
 #pragma GCC unroll 4

@@ -4,9 +4,13 @@
  *
  * A job is published by bumping a generation counter. Workers spin briefly on it
  * (decode issues hundreds of short jobs per token, and a futex wake costs more
- * than the job), then sleep on a condition variable. Completion is an atomic
- * countdown the caller spins on. Started lazily; after fork() the child starts a
- * fresh pool on first use. */
+ * than the job), then sleep on a condition variable. A job is cut into one part
+ * per thread; any thread may run any part, claiming it first (a compare-and-swap
+ * of the part's generation tag), and the caller, after its own part, runs the
+ * parts no worker has claimed yet. On a loaded machine a descheduled worker then
+ * costs nothing: the caller does its share instead of waiting for it to get a
+ * CPU. The partition does not depend on who runs a part, so results are the same.
+ * Started lazily; after fork() the child starts a fresh pool on first use. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -35,7 +39,7 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     atomic_uint gen;     /* bumped to publish a job */
-    atomic_int pending;  /* workers still running the current job */
+    atomic_int done;     /* parts of the current job finished */
     atomic_int stop;
     int sleepers;        /* workers blocked on cv (under mu) */
     unsigned start_gen;  /* generation when the workers were created */
@@ -57,11 +61,40 @@ static void part_range(int64_t n, int64_t grain, int parts, int i, int64_t *b, i
     if (*b > n) *b = n;
 }
 
-static void run_part(pool_t *p, int i) {
-    if (i >= p->nparts) return;
+#define MAX_PARTS 1024
+/* g_claim[i]: the newest generation that has claimed part i */
+static atomic_uint g_claim[MAX_PARTS];
+
+/* Claim part i of job `gen` and run it. A thread still holding an old generation
+ * can never claim a part of a newer job (the tag would have to equal its old
+ * generation), and the job's fields are read only after a successful claim: the
+ * caller does not publish another job before every part of this one is done. */
+static int try_run_part(pool_t *p, int i, unsigned gen) {
+    /* Tags only move forward: a part is claimable by job `gen` only while its tag
+     * is older than `gen` (wrap-safe), so a stale thread can never take back a
+     * part that a newer job has claimed. */
+    unsigned cur = atomic_load_explicit(&g_claim[i], memory_order_relaxed);
+    for (;;) {
+        if ((int)(cur - gen) >= 0) return 0;
+        if (atomic_compare_exchange_weak_explicit(&g_claim[i], &cur, gen, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            break;
+    }
+    /* A thread with a stale part count may claim a part the current job does not
+     * have, or claim under a generation that has ended: neither is run nor
+     * counted (the tag it left is not the current generation, so it is harmless). */
+    if (atomic_load_explicit(&p->gen, memory_order_acquire) != gen || i >= p->nparts) return 0;
     int64_t b, e;
     part_range(p->n, p->grain, p->nparts, i, &b, &e);
     if (b < e) p->fn(p->ctx, b, e, i);
+    atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+    return 1;
+}
+
+/* Run this thread's own part, then any part still unclaimed. */
+static void run_parts(pool_t *p, int self, unsigned gen, int nparts) {
+    try_run_part(p, self, gen);
+    for (int k = 1; k < nparts; k++) try_run_part(p, (self + k) % nparts, gen);
 }
 
 static void *worker_main(void *arg) {
@@ -90,8 +123,10 @@ static void *worker_main(void *arg) {
         }
         if (atomic_load_explicit(&p->stop, memory_order_relaxed)) return NULL;
         seen = g;
-        run_part(p, id);
-        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+        /* nparts is read before claiming: a stale value only changes which
+         * claims are tried, and a claim of a finished job always fails. */
+        int nparts = p->nparts;
+        if (id < nparts) run_parts(p, id, g, nparts);
     }
 }
 
@@ -214,6 +249,7 @@ void ryz_parallel_for_n(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int
     int64_t blocks = (n + grain - 1) / grain;
     int parts = p->nthreads;
     if (max_threads >= 1 && parts > max_threads) parts = max_threads;
+    if (parts > MAX_PARTS) parts = MAX_PARTS;
     if (parts > blocks) parts = (int)blocks;
     if (parts <= 1) {
         fn(ctx, 0, n, 0);
@@ -225,13 +261,13 @@ void ryz_parallel_for_n(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int
     p->n = n;
     p->grain = grain;
     p->nparts = parts;
-    atomic_store_explicit(&p->pending, p->nthreads - 1, memory_order_relaxed);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    unsigned gen = atomic_fetch_add_explicit(&p->gen, 1, memory_order_release) + 1;
     if (p->sleepers) pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    run_part(p, 0);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) cpu_relax();
+    run_parts(p, 0, gen, parts); /* own part first, then whatever no worker took */
+    while (atomic_load_explicit(&p->done, memory_order_acquire) < parts) cpu_relax();
     pthread_mutex_unlock(&g_job_mu);
 }
 

@@ -6,9 +6,9 @@ cell that needs a model.
 
 from .display import Reply
 from .magics import RyzMagics
-from .registry import REGISTRY, ModelRegistry
+from .registry import REGISTRY
 
-__all__ = ["RyzMagics", "Reply", "ModelRegistry", "REGISTRY", "get_magics", "load_ipython_extension",
+__all__ = ["RyzMagics", "Reply", "REGISTRY", "get_magics", "load_ipython_extension",
            "unload_ipython_extension"]
 
 

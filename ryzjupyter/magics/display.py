@@ -125,7 +125,9 @@ class LiveOutput:
         if now - self._last >= self.min_interval:
             self._handle.update(_Partial(self.text))
             self.updates += 1
-            self._last = now
+            # measured from when the update went out: a send delayed by a busy kernel must not
+            # let the next one follow it closely
+            self._last = self._clock()
             self._dirty = False
 
     def finish(self, final, metadata=None):

@@ -10,6 +10,7 @@ marked interrupted) and KeyboardInterrupt is re-raised so "Run All" stops.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -59,6 +60,9 @@ class RyzMagics(Magics):
     show_stats = Bool(True, help="Show a one-line stats footer (tokens, tok/s) after each reply.").tag(config=True)
     max_updates_per_s = Float(15.0, help="Streaming display updates per second, at most.").tag(config=True)
     live_chart = Bool(True, help="Show a live tokens/s chart while a reply streams (Jupyter only).").tag(config=True)
+    memory_budget = Unicode("", help="Memory for loaded models, e.g. '6GiB' or a number of bytes; idle models "
+                                     "are unloaded (least recently used first) to make room, and a model that "
+                                     "cannot fit is refused. Empty: 80% of the RAM available.").tag(config=True)
 
     # -- trait checks (bad %config values fail with a clear message)
     @validate("max_new_tokens", "top_k")
@@ -89,6 +93,15 @@ class RyzMagics(Magics):
     def _positive(self, proposal):
         if not proposal.value > 0:
             raise TraitError(f"RyzMagics.{proposal.trait.name} must be > 0, got {proposal.value}")
+        return proposal.value
+
+    @validate("memory_budget")
+    def _check_memory_budget(self, proposal):
+        from ryzjupyter.manager import MANAGER
+        try:
+            MANAGER.set_memory_budget(str(proposal.value).strip() or None)
+        except ValueError as e:
+            raise TraitError(f"RyzMagics.memory_budget: {e}") from None
         return proposal.value
 
     @validate("seed")
@@ -156,18 +169,22 @@ class RyzMagics(Magics):
         chart = self._chart(name, ts) if stream else None
         display_phase = PROFILER.phase("display")     # time spent showing output, in the profile
         interrupted = False
-        try:
-            for piece in ts:
-                with display_phase:
-                    if chart is not None:
-                        chart.poll()
-                    if live is not None:
-                        live.push(piece)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            if ts.result is None:               # stopped between pieces: finish and keep the text
-                ts.interrupt()
+        generating = getattr(self.registry, "generating", None)
+        # under the model manager's generation lock: the sidebar sees live tokens/s, can stop the
+        # generation, and cannot unload or swap the model meanwhile
+        with (generating(name) if generating else contextlib.nullcontext()) as running:
+            try:
+                for piece in (running.wrap(ts) if running is not None else ts):
+                    with display_phase:
+                        if chart is not None:
+                            chart.poll()
+                        if live is not None:
+                            live.push(piece)
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                if ts.result is None:           # stopped between pieces: finish and keep the text
+                    ts.interrupt()
         result = ts.result
         interrupted = interrupted or result.finish_reason == "interrupted"
         if interrupted:

@@ -1,6 +1,7 @@
 """`python -m ryzjupyter.bench kernels` runs end to end (tiny --quick sizes) and writes one
 JSON record per measurement with the fields docs/performance.md reads."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ def test_bench_kernels_quick(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "kernels", "--quick",
                            "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={"PYTHONPATH": str(ROOT), "RYZ_NUM_THREADS": "2"})
+                          timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT), RYZ_NUM_THREADS="2"))
     assert proc.returncode == 0, proc.stderr
     assert "read bandwidth" in proc.stdout and "ternary GEMV" in proc.stdout
     data = json.loads(out.read_text())
@@ -28,5 +29,5 @@ def test_bench_kernels_quick(tmp_path):
 
 def test_bench_help():
     proc = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "kernels", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)}, timeout=60)
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
     assert proc.returncode == 0 and "--repeat" in proc.stdout and "--json" in proc.stdout

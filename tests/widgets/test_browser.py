@@ -114,10 +114,15 @@ def _shot(page, name, locator=None):
 def test_chart_and_controls_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright
 
+    # A mid-sized random model and 400 tokens: about a second of decoding here (~500 tok/s), so the
+    # chart draws many frames at its 20 updates/s, however fast the tiny fixture would decode.
+    from ryzjupyter.random_model import write_random_bitnet
+    model = write_random_bitnet(lab["root"] / "medium", hidden_size=1024, intermediate_size=2816,
+                                num_hidden_layers=6, num_attention_heads=16, num_key_value_heads=4)
     cells = [
-        f"%load_ext ryzjupyter\n%ryz load {TINY} --name tiny\n%config RyzMagics.temperature = 0",
+        f"%load_ext ryzjupyter\n%ryz load {model} --name tiny\n%config RyzMagics.temperature = 0",
         "%ryz controls",
-        "%%ryz -n 200 --stream\nOnce upon a time",
+        "%%ryz -n 400 --stream\nOnce upon a time",
         "%ryz stats",
         "print('settings:', get_ipython()._ryz_magics.temperature, get_ipython()._ryz_magics.max_new_tokens)",
     ]
@@ -165,7 +170,7 @@ def test_chart_and_controls_in_jupyterlab(lab):
                 " && c.textContent.includes('settings:'))", timeout=60000)
             _shot(page, "notebook")
             # %ryz stats: the profile breakdown from the engine's counters
-            prof = page.locator(".ryz-profile").first
+            prof = page.locator(".jp-OutputArea-output .ryz-profile").first   # not the sidebar's
             prof.wait_for(timeout=30000)
             for phase in ("matmul", "attention", "lm_head", "sampling", "python"):
                 assert prof.locator(f"tr[data-phase='{phase}']").count() == 1, phase

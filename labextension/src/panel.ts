@@ -1,0 +1,545 @@
+/**
+ * The ryzjupyter sidebar panel: the models of the active notebook's kernel.
+ *
+ * Sections: connection state, memory (used / budget), loaded models (use, unload), available
+ * models (load, with their memory estimate), load progress, the running generation (live tokens/s,
+ * stop) and the last generation's stats and profile breakdown.
+ */
+import { NotebookPanel } from '@jupyterlab/notebook';
+import { Widget } from '@lumino/widgets';
+
+import { IPush, IReply, KernelLink, LinkState } from './connection';
+
+export interface IPanelOptions {
+  autoImport: boolean;
+  stopInterruptsAfterMs: number;
+}
+
+interface IModelRow {
+  name: string;
+  source: string;
+  loaded: boolean;
+  current: boolean;
+  busy: boolean;
+  family: string;
+  memory_bytes: number;
+  memory: string;
+  variant?: string;
+  params?: number;
+}
+
+const STATE_TEXT: { [k in LinkState]: string } = {
+  'no-kernel': 'This notebook has no kernel. Start one (Kernel ▸ Change Kernel…) to load models.',
+  connecting: 'Connecting to the kernel…',
+  'waiting-busy': 'The kernel is busy: the sidebar connects when the running cell finishes.',
+  ready: '',
+  restarting: 'The kernel is restarting: its models are gone. The sidebar reconnects when it is back.',
+  dead: 'The kernel is dead. Restart it to use the sidebar.',
+  missing: 'ryzjupyter is not installed in this kernel’s environment.',
+  error: 'The sidebar could not talk to the kernel.'
+};
+
+export function formatBytes(n: number): string {
+  if (!n || n < 0) {
+    return '0 B';
+  }
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n.toFixed(0)} B` : `${n.toFixed(1)} ${units[i]}`;
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  cls = '',
+  text = ''
+): HTMLElementTagNameMap[K] {
+  const e = document.createElement(tag);
+  if (cls) {
+    e.className = cls;
+  }
+  if (text) {
+    e.textContent = text;
+  }
+  return e;
+}
+
+export class RyzSidebar extends Widget {
+  constructor(options: IPanelOptions) {
+    super();
+    this._options = options;
+    this.addClass('ryz-Sidebar');
+    this.title.caption = 'ryzjupyter: models in this kernel';
+    this.title.label = '';
+    const n = this.node;
+    const header = el('div', 'ryz-header');
+    header.append(el('span', 'ryz-title', 'ryzjupyter models'));
+    this._kernelBadge = el('span', 'ryz-kernel-badge');
+    header.append(this._kernelBadge);
+    this._notebookLabel = el('div', 'ryz-notebook');
+    this._stateBox = el('div', 'ryz-state');
+    this._errorBox = el('div', 'ryz-error');
+    this._body = el('div', 'ryz-body');
+    n.append(header, this._notebookLabel, this._stateBox, this._errorBox, this._body);
+    this._render();
+  }
+
+  /** Follow a notebook (or none). */
+  setNotebook(panel: NotebookPanel | null): void {
+    if (panel === this._notebook) {
+      return;
+    }
+    this._notebook = panel;
+    if (this._link) {
+      this._link.dispose();
+      this._link = null;
+    }
+    this._models = [];
+    this._state = null;
+    this._live = null;
+    this._last = null;
+    this._progress = null;
+    this._spark = [];
+    this._error = '';
+    if (panel) {
+      const link = new KernelLink(panel.sessionContext, { autoImport: this._options.autoImport });
+      this._link = link;
+      link.stateChanged.connect(this._onLinkState, this);
+      link.pushed.connect(this._onPush, this);
+      panel.disposed.connect(() => {
+        if (this._notebook === panel) {
+          this.setNotebook(null);
+        }
+      });
+      void link.connect();
+    }
+    this._render();
+  }
+
+  get link(): KernelLink | null {
+    return this._link;
+  }
+
+  // -- actions
+  async refresh(): Promise<void> {
+    if (!this._link || this._link.state !== 'ready') {
+      return;
+    }
+    const r = await this._link.request('list');
+    if (r.ok) {
+      this._models = r.models as IModelRow[];
+      this._state = r.state;
+      this._last = r.state?.last ?? this._last;
+    } else {
+      this._error = r.error ?? 'list failed';
+    }
+    this._render();
+  }
+
+  async load(name: string): Promise<void> {
+    await this._act('load', { model: name }, 600000);
+  }
+
+  async unload(name: string): Promise<void> {
+    await this._act('unload', { model: name });
+  }
+
+  async use(name: string): Promise<void> {
+    await this._act('use', { model: name });
+  }
+
+  async stop(): Promise<void> {
+    const link = this._link;
+    if (!link) {
+      return;
+    }
+    // ask the generation to stop over the comm (answered at once when comms run on a subshell);
+    // if it is still running after stopInterruptsAfterMs, interrupt the kernel like the toolbar's stop
+    const wait = this._options.stopInterruptsAfterMs;
+    if (wait > 0) {
+      window.setTimeout(() => {
+        if (this._link === link && this._isGenerating()) {
+          void link.interrupt();
+        }
+      }, wait);
+    }
+    const r = await link.request('stop', {}, 10000);
+    if (!r.ok && wait === 0) {
+      this._error = r.error ?? 'stop failed';
+      this._render();
+    }
+  }
+
+  private async _act(op: string, args: { [k: string]: any }, timeoutMs = 60000): Promise<IReply | null> {
+    if (!this._link) {
+      return null;
+    }
+    this._error = '';
+    this._pendingOp = `${op} ${args.model ?? ''}`.trim();
+    this._render();
+    const r = await this._link.request(op, args, timeoutMs);
+    this._pendingOp = '';
+    if (!r.ok) {
+      this._error = r.error ?? `${op} failed`;
+    }
+    if (r.state) {
+      this._state = r.state;
+    }
+    this._render();
+    await this.refresh();
+    return r;
+  }
+
+  // -- events
+  private _onLinkState(_: KernelLink, state: LinkState): void {
+    if (state === 'ready' && this._lastLinkState !== 'ready') {
+      this._connections++;
+      void this.refresh();
+    }
+    if (state === 'restarting' && this._lastLinkState !== 'restarting') {
+      this._restarts++;
+    }
+    if (state === 'restarting' || state === 'dead') {
+      this._models = [];
+      this._state = null;
+      this._live = null;
+      this._progress = null;
+    }
+    this._lastLinkState = state;
+    this._render();
+  }
+
+  private _onPush(_: KernelLink, p: IPush): void {
+    switch (p.push) {
+      case 'hello':
+      case 'state':
+        this._state = p.state;
+        this._applyState(p.state);
+        this._scheduleRefresh();
+        break;
+      case 'progress':
+        this._progress = p.finished ? null : p;
+        if (p.error) {
+          this._error = `loading ${p.name} failed: ${p.error}`;
+        }
+        break;
+      case 'stats':
+        if (p.live) {
+          this._live = p.live;
+          this._spark.push(p.live.tok_s ?? 0);
+          if (this._spark.length > 60) {
+            this._spark.shift();
+          }
+        }
+        if (p.last) {
+          this._last = p.last;
+        }
+        break;
+      case 'generation':
+        this._state = p.state;
+        this._applyState(p.state);
+        if (p.running) {
+          this._spark = [];
+          this._live = { model: p.model, running: true, tokens: 0, tok_s: 0 };
+        } else {
+          this._live = null;
+          if (p.last) {
+            this._last = p.last;
+          }
+        }
+        this._scheduleRefresh();
+        break;
+    }
+    this._render();
+  }
+
+  /** Apply a pushed state snapshot to the model rows at once (the full list follows). */
+  private _applyState(state: any): void {
+    if (!state || !Array.isArray(state.loaded)) {
+      return;
+    }
+    const byName = new Map<string, any>(state.loaded.map((m: any) => [m.name, m]));
+    for (const m of this._models) {
+      const s = byName.get(m.name);
+      if (m.loaded && s) {
+        m.busy = !!s.busy;
+        m.current = !!s.current;
+      }
+    }
+  }
+
+  private _scheduleRefresh(): void {
+    if (this._refreshTimer) {
+      return;
+    }
+    this._refreshTimer = window.setTimeout(() => {
+      this._refreshTimer = 0;
+      void this.refresh();
+    }, 150);
+  }
+
+  private _isGenerating(): boolean {
+    return !!(this._state?.generating?.length || this._live?.running);
+  }
+
+  // -- rendering
+  private _render(): void {
+    const link = this._link;
+    const nb = this._notebook;
+    this._notebookLabel.textContent = nb ? `Notebook: ${nb.context.path}` : '';
+    // with comms on subshells, a subshell's idle status can hide the main shell's busy one:
+    // a running generation counts as busy whatever the last status message said
+    const generating = this._isGenerating();
+    const ks = link ? (generating && link.state === 'ready' ? 'busy' : link.kernelStatus) : '';
+    this._kernelBadge.textContent = nb ? (generating ? 'kernel generating' : `kernel ${ks}`) : '';
+    this._kernelBadge.dataset.status = ks;
+
+    let stateText: string;
+    let stateKind: string;
+    if (!nb || !link) {
+      stateText = 'Open a notebook to see and manage the models in its kernel.';
+      stateKind = 'no-notebook';
+    } else {
+      stateKind = link.state;
+      stateText = STATE_TEXT[link.state];
+      if (link.state === 'missing') {
+        stateText += ' Install it there (pip install ryzjupyter) or pick a kernel that has it.';
+      }
+      if (link.state === 'ready' && ks === 'busy') {
+        stateKind = 'busy';
+        stateText = this._isGenerating()
+          ? 'The kernel is generating. Models cannot be swapped or unloaded until it ends; stop it below.'
+          : 'The kernel is busy running a cell; requests are answered on a subshell when possible.';
+      }
+    }
+    this.node.dataset.state = stateKind;
+    this.node.dataset.connections = String(this._connections); // how often the comm was (re)opened
+    this.node.dataset.restarts = String(this._restarts); // kernel restarts seen
+    this._stateBox.textContent = stateText;
+    this._stateBox.dataset.kind = stateKind;
+    this._stateBox.style.display = stateText ? '' : 'none';
+    const err = this._error || (link && (link.state === 'error' || link.state === 'missing') ? link.error : '');
+    this._errorBox.textContent = err;
+    this._errorBox.style.display = err ? '' : 'none';
+
+    const body = this._body;
+    body.textContent = '';
+    if (!link || link.state !== 'ready') {
+      return;
+    }
+    const st = this._state || {};
+
+    // current + memory
+    const cur = el('div', 'ryz-current-line');
+    cur.append(el('span', 'ryz-label', 'Current model: '));
+    cur.append(el('span', 'ryz-current', st.current ?? 'none'));
+    body.append(cur);
+    if (st.memory) {
+      const mem = el('div', 'ryz-memory');
+      const used = st.memory.used || 0;
+      const budget = st.memory.budget || 1;
+      mem.append(el('span', 'ryz-label', `Memory: ${formatBytes(used)} of ${formatBytes(budget)} budget`));
+      const bar = el('div', 'ryz-bar');
+      const fill = el('div', 'ryz-bar-fill');
+      fill.style.width = `${Math.min(100, (100 * used) / budget).toFixed(1)}%`;
+      bar.append(fill);
+      mem.append(bar);
+      body.append(mem);
+    }
+    if (this._pendingOp) {
+      body.append(el('div', 'ryz-pending', `Working: ${this._pendingOp}…`));
+    }
+    if (this._progress) {
+      const p = this._progress;
+      const box = el('div', 'ryz-progress');
+      box.append(el('span', 'ryz-label', `Loading ${p.name}: ${Math.round((p.fraction || 0) * 100)}%`));
+      const bar = el('div', 'ryz-bar');
+      const fill = el('div', 'ryz-bar-fill');
+      fill.style.width = `${Math.round((p.fraction || 0) * 100)}%`;
+      bar.append(fill);
+      box.append(bar);
+      body.append(box);
+    }
+
+    // generation
+    const gen = el('div', 'ryz-section ryz-generation');
+    gen.append(el('h3', '', 'Generation'));
+    const running = this._isGenerating();
+    const live = el('div', 'ryz-live');
+    if (running && this._live) {
+      live.append(el('span', 'ryz-tps', `${(this._live.tok_s || 0).toFixed(1)} tok/s`));
+      live.append(el('span', 'ryz-live-tokens', ` · ${this._live.tokens || 0} tokens · ${this._live.model ?? ''}`));
+    } else {
+      live.append(el('span', 'ryz-idle', 'No generation running.'));
+    }
+    gen.append(live);
+    if (this._spark.length > 1) {
+      gen.append(this._sparkline());
+    }
+    const stop = el('button', 'ryz-button ryz-stop jp-mod-styled', 'Stop');
+    stop.disabled = !running;
+    stop.title = 'Stop the running generation (keeps the partial answer)';
+    stop.onclick = () => void this.stop();
+    gen.append(stop);
+    body.append(gen);
+
+    // last generation: stats + profile
+    if (this._last && this._last.stats) {
+      const last = el('div', 'ryz-section ryz-last');
+      last.append(el('h3', '', `Last generation${this._last.model ? ` (${this._last.model})` : ''}`));
+      const s = this._last.stats;
+      const dl = el('div', 'ryz-stats');
+      const add = (k: string, v: string) => {
+        const row = el('div', 'ryz-stat');
+        row.append(el('span', 'ryz-stat-key', k), el('span', 'ryz-stat-value', v));
+        dl.append(row);
+      };
+      add('tokens', `${s.n_generated ?? this._last.tokens ?? 0} (prompt ${s.n_prompt ?? 0}, cached ${s.n_cached ?? 0})`);
+      add('decode', `${(s.decode_tok_s ?? 0).toFixed(1)} tok/s`);
+      add('prefill', `${(s.prefill_tok_s ?? 0).toFixed(1)} tok/s`);
+      add('time to first token', `${((s.ttft_s ?? 0) * 1000).toFixed(0)} ms`);
+      add('finish', String(this._last.finish_reason ?? ''));
+      last.append(dl);
+      const prof = this._last.profile || {};
+      const total = Object.values(prof).reduce((a: number, b: any) => a + Number(b), 0) as number;
+      if (total > 0) {
+        const pbox = el('div', 'ryz-profile');
+        pbox.append(el('div', 'ryz-label', 'Where the time went'));
+        for (const [k, v] of Object.entries(prof)) {
+          const row = el('div', 'ryz-profile-row');
+          const pct = (100 * Number(v)) / total;
+          row.append(el('span', 'ryz-profile-key', k));
+          const bar = el('div', 'ryz-bar');
+          const fill = el('div', 'ryz-bar-fill');
+          fill.style.width = `${pct.toFixed(1)}%`;
+          bar.append(fill);
+          row.append(bar, el('span', 'ryz-profile-value', `${(Number(v) * 1000).toFixed(0)} ms`));
+          pbox.append(row);
+        }
+        last.append(pbox);
+      }
+      body.append(last);
+    }
+
+    // models
+    const loaded = this._models.filter(m => m.loaded);
+    const avail = this._models.filter(m => !m.loaded);
+    const ls = el('div', 'ryz-section ryz-loaded');
+    ls.append(el('h3', '', `Loaded (${loaded.length})`));
+    if (!loaded.length) {
+      ls.append(el('div', 'ryz-empty', 'No model loaded. Load one below, or with %ryz load in a cell.'));
+    }
+    for (const m of loaded) {
+      const row = this._row(m);
+      if (!m.current) {
+        const use = el('button', 'ryz-button ryz-use jp-mod-styled', 'Use');
+        use.title = `Make ${m.name} the current model (no reload)`;
+        use.disabled = running;
+        use.onclick = () => void this.use(m.name);
+        row.append(use);
+      }
+      const un = el('button', 'ryz-button ryz-unload jp-mod-styled', 'Unload');
+      un.disabled = m.busy;
+      un.onclick = () => void this.unload(m.name);
+      row.append(un);
+      ls.append(row);
+    }
+    body.append(ls);
+
+    const as = el('div', 'ryz-section ryz-available');
+    as.append(el('h3', '', `Available (${avail.length})`));
+    if (!avail.length) {
+      as.append(el('div', 'ryz-empty', 'No other model found (bundled, registered or in $RYZ_MODEL_DIRS).'));
+    }
+    for (const m of avail) {
+      const row = this._row(m);
+      const ld = el('button', 'ryz-button ryz-load jp-mod-styled', 'Load');
+      ld.title = `Load ${m.name} (needs about ${m.memory.replace('~', '')})`;
+      ld.disabled = !!this._progress;
+      ld.onclick = () => void this.load(m.name);
+      row.append(ld);
+      as.append(row);
+    }
+    body.append(as);
+    const rf = el('button', 'ryz-button ryz-refresh jp-mod-styled', 'Refresh');
+    rf.onclick = () => void this.refresh();
+    body.append(rf);
+  }
+
+  private _row(m: IModelRow): HTMLDivElement {
+    const row = el('div', 'ryz-model-row');
+    row.dataset.name = m.name;
+    if (m.current) {
+      row.classList.add('ryz-mod-current');
+    }
+    if (m.busy) {
+      row.classList.add('ryz-mod-busy');
+    }
+    const info = el('div', 'ryz-model-info');
+    info.append(el('span', 'ryz-model-name', m.name));
+    const details = [m.family, m.variant, m.memory].filter(Boolean).join(' · ');
+    info.append(el('span', 'ryz-model-details', details + (m.busy ? ' · generating' : '')));
+    info.title = m.source;
+    row.append(info);
+    return row;
+  }
+
+  private _sparkline(): HTMLElement {
+    const w = 200;
+    const h = 32;
+    const canvas = el('canvas', 'ryz-spark');
+    canvas.width = w;
+    canvas.height = h;
+    const pts = this._spark;
+    const ctx = canvas.getContext('2d');
+    if (ctx && pts.length > 1) {
+      const max = Math.max(...pts, 1);
+      ctx.strokeStyle = getComputedStyle(this.node).getPropertyValue('--jp-brand-color1') || '#1976d2';
+      ctx.lineWidth = 1.5;
+      ctx.beginPath();
+      pts.forEach((v, i) => {
+        const x = (i / (pts.length - 1)) * (w - 2) + 1;
+        const y = h - 1 - (v / max) * (h - 2);
+        if (i === 0) {
+          ctx.moveTo(x, y);
+        } else {
+          ctx.lineTo(x, y);
+        }
+      });
+      ctx.stroke();
+    }
+    return canvas;
+  }
+
+  dispose(): void {
+    if (this._link) {
+      this._link.dispose();
+      this._link = null;
+    }
+    super.dispose();
+  }
+
+  private _options: IPanelOptions;
+  private _notebook: NotebookPanel | null = null;
+  private _link: KernelLink | null = null;
+  private _lastLinkState: LinkState | null = null;
+  private _models: IModelRow[] = [];
+  private _state: any = null;
+  private _live: any = null;
+  private _last: any = null;
+  private _progress: any = null;
+  private _spark: number[] = [];
+  private _error = '';
+  private _pendingOp = '';
+  private _refreshTimer = 0;
+  private _connections = 0;
+  private _restarts = 0;
+  private _kernelBadge: HTMLSpanElement;
+  private _notebookLabel: HTMLDivElement;
+  private _stateBox: HTMLDivElement;
+  private _errorBox: HTMLDivElement;
+  private _body: HTMLDivElement;
+}
