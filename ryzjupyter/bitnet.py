@@ -523,6 +523,7 @@ class BitNetModel(LanguageModel):
         self.state = State(self.config, prefill_chunk)
         self.tokenizer = tokenizer
         self.tokens_processed = 0
+        self.fused_decode = True             # one-token passes through bitnet_fused (same logits)
 
     def new_cache(self, max_len=None) -> KVCache:
         c = self.config
@@ -540,6 +541,10 @@ class BitNetModel(LanguageModel):
             raise ValueError(f"{pos0} cached + {M} new tokens exceed the context of {cache.max_len}")
         if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
             raise ValueError(f"token ids must be in 0..{cfg.vocab_size - 1}")
+        if M == 1 and self.fused_decode:                # decode: one C call per layer (bitnet_fused.py),
+            from . import bitnet_fused                  # bitwise the same logits and cache rows
+            if bitnet_fused.supported(self, cache):     # (books its own profile phases)
+                return bitnet_fused.forward_one(self, tokens, cache)
         out = np.empty((M if all_logits else 1, cfg.vocab_size), np.float32)
         for c0 in range(0, M, s.chunk):                 # prefill in chunks of up to s.chunk tokens
             m = min(s.chunk, M - c0)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ryzjupyter import _native as K
+from ryzjupyter.profiling import PROFILER
 
 _NAMES = ("attn_norm", "wq", "wk", "wv", "attn_sub_norm", "wo", "ffn_norm", "w_gate", "w_up",
           "ffn_sub_norm", "w_down")
@@ -95,6 +96,7 @@ def forward_one(model, tokens, cache):
     w.embed(s.x[:1], tokens)
     dec = K.bitnet_decode_layer
     kk, vv = cache.k, cache.v
+    t = PROFILER.tic()                                # profile: the fused layers are one phase
     if i8:
         ks, vs = cache.ks, cache.vs
         for l, (ws, mults) in enumerate(layers):
@@ -102,6 +104,8 @@ def forward_one(model, tokens, cache):
     else:
         for l, (ws, mults) in enumerate(layers):
             dec(x, kk[l], vv[l], pos, ws, mults, eps, theta, scale, act)
+    PROFILER.toc("layers", t)
+    t = PROFILER.tic()
     out = np.empty((1, cfg.vocab_size), np.float32)
     xb = s.xb[:1]
     K.rmsnorm(xb, s.x[:1], w.norm, cfg.norm_eps)
@@ -111,6 +115,7 @@ def forward_one(model, tokens, cache):
         K.lm_head_i8(out, xq, xs, w.lm_head_q, w.lm_head_s)   # == matmul_i8, bitwise
     else:
         model._classifier(out, xb)
+    PROFILER.toc("lm_head", t)
     cache.append([tok])
     model.tokens_processed += 1
     return out
