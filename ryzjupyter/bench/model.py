@@ -3,7 +3,7 @@
     python -m ryzjupyter.bench model --shape bitnet-2b4t [--threads 1,2] [--repeat 5]
         [--json FILE] [--vs llamacpp] [--model PATH] [--lm-head int8|f32]
 
-What it does (docs/performance-model.md):
+What it does (docs/performance.md, "Whole model"):
 1. Limits, measured here with the probes of ``bench kernels``: streaming read bandwidth and the
    register-only int8 VNNI peak, for each thread count.
 2. A model: ``--model PATH`` (a real checkpoint), or a random-weight BitNet b1.58 of the chosen
@@ -501,7 +501,7 @@ def _fmt_row(row):
 
 
 def markdown_tables(d: dict) -> str:
-    """The tables of docs/performance-model.md from a --json document."""
+    """The tables of docs/performance.md ("Whole model") from a --json document."""
     import io
     import contextlib
     R = d["records"]
