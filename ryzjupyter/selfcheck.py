@@ -1,7 +1,8 @@
 """`python -m ryzjupyter.selfcheck`: what the kernels run on here, and how fast.
 
-Prints native_info() and, when the benchmark module is available, a quick
-kernel benchmark (`python -m ryzjupyter.bench kernels --quick`)."""
+Prints native_info(), checks the selected quantization kernel against numpy, then runs a
+short kernel benchmark on this machine (`python -m ryzjupyter.bench kernels --repeat 3`: the
+machine's read bandwidth and VNNI peak, and the ternary kernels at BitNet-2B-4T shapes)."""
 from __future__ import annotations
 
 import json
@@ -32,11 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"quantize_rows_i8 [{info['isa']}] matches numpy: {ok} ({x.nbytes / dt / 1e9:.2f} GB/s, one call)")
     if not ok:
         return 1
-    try:
-        from ryzjupyter.bench import kernels as bench_kernels
-    except ImportError:
-        return 0
-    return bench_kernels.main(["--quick"] + list(argv or []))
+    from ryzjupyter.bench.__main__ import main as bench_main
+
+    return bench_main(["kernels", "--repeat", "3"] + list(argv or []))
 
 
 if __name__ == "__main__":
