@@ -16,6 +16,8 @@
  * (its sum of exp(score - m_s)). */
 #ifndef RYZ_ATTENTION_H
 #define RYZ_ATTENTION_H
+#include <math.h>
+
 #include "ryz.h"
 
 typedef struct {
@@ -58,4 +60,29 @@ extern const ryz_attention_kernels *ryz_attention;
  * an all-zero row. Returns 1 if x holds NaN/inf. Plain C, shared by every ISA level. */
 int ryz_quantize_kv_row(int8_t *RYZ_RESTRICT q8, float *RYZ_RESTRICT d, const float *RYZ_RESTRICT x,
                         int64_t n);
+
+/* Merge the S partial results of one query head of a split unit (flash-decoding): part p
+ * holds the head's output normalised over its rows, with its running max m_p and sum l_p in
+ * ml[2p], ml[2p+1]; o = sum_p w_p part_p / sum_p w_p with w_p = l_p exp(m_p - max_p m_p).
+ * `part` and `ml` point at the unit's first part; consecutive parts are G heads apart. */
+static inline void ryz_attn_merge_head(float *RYZ_RESTRICT o, const float *RYZ_RESTRICT part,
+                                       const float *RYZ_RESTRICT ml, int64_t S, int64_t G,
+                                       int64_t g, int64_t hd) {
+    float mx = -INFINITY, wsum = 0.0f;
+    for (int64_t p = 0; p < S; p++) {
+        float m = ml[(p * G + g) * 2];
+        mx = m > mx ? m : mx;
+    }
+    for (int64_t d = 0; d < hd; d++) o[d] = 0.0f;
+    for (int64_t p = 0; p < S; p++) {
+        const float *mlp = ml + (p * G + g) * 2;
+        const float w = mlp[1] * expf(mlp[0] - mx);
+        const float *po = part + (p * G + g) * hd;
+        wsum += w;
+        for (int64_t d = 0; d < hd; d++) o[d] += w * po[d];
+    }
+    const float inv = 1.0f / wsum;
+    for (int64_t d = 0; d < hd; d++) o[d] *= inv;
+}
+
 #endif

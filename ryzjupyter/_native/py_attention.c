@@ -71,24 +71,9 @@ static void merge_task(void *ctx, int64_t b, int64_t e, int tid) {
     const int64_t G = j->G, hd = j->hd, S = j->S;
     for (int64_t unit = b; unit < e; unit++) {
         const int64_t i = unit / j->Hkv, kvh = unit % j->Hkv;
-        for (int64_t g = 0; g < G; g++) {
-            float *o = j->out + (i * j->Hq + kvh * G + g) * hd;
-            float mx = -INFINITY, wsum = 0.0f;
-            for (int64_t p = 0; p < S; p++) {
-                float m = j->ml[((unit * S + p) * G + g) * 2];
-                mx = m > mx ? m : mx;
-            }
-            for (int64_t d = 0; d < hd; d++) o[d] = 0.0f;
-            for (int64_t p = 0; p < S; p++) {
-                const float *ml = j->ml + ((unit * S + p) * G + g) * 2;
-                const float w = ml[1] * expf(ml[0] - mx);
-                const float *po = j->part + ((unit * S + p) * G + g) * hd;
-                wsum += w;
-                for (int64_t d = 0; d < hd; d++) o[d] += w * po[d];
-            }
-            const float inv = 1.0f / wsum;
-            for (int64_t d = 0; d < hd; d++) o[d] *= inv;
-        }
+        for (int64_t g = 0; g < G; g++)
+            ryz_attn_merge_head(j->out + (i * j->Hq + kvh * G + g) * hd,
+                                j->part + unit * S * G * hd, j->ml + unit * S * G * 2, S, G, g, hd);
     }
 }
 
