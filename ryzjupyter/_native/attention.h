@@ -7,10 +7,10 @@
  *   s[t] = (q . k[t]) * scale;  p = softmax(s);  out = sum_t p[t] v[t]
  * computed as out = (sum_t exp(s[t] - max) v[t]) * (1 / sum_t exp(s[t] - max)).
  *
- * The unit of work is one (query row i, kv head) over a range of cache rows: the G
- * query heads sharing that kv head are computed together so each cached k/v row is
- * loaded once for all of them. For decode (few units) the binding splits the rows of a
- * unit into parts and merges their partial softmax results (flash-decoding):
+ * The unit of work is one query row i and H consecutive kv heads (1, or all of them for
+ * decode: see ryz_attn_plan) over a range of cache rows: the G query heads sharing a kv
+ * head are computed together so each cached k/v row is loaded once for all of them. For
+ * decode (few units) the binding splits the rows of a unit into parts and merges their partial softmax results (flash-decoding):
  *   out = sum_s w_s o_s / sum_s w_s,  w_s = l_s exp(m_s - max_s m_s)
  * where part s returns o_s (its own normalised output), m_s (its max score) and l_s
  * (its sum of exp(score - m_s)). */
@@ -29,20 +29,28 @@ typedef struct {
     const float *ks, *vs;
     int64_t sstride;
     float *o;             /* G output rows of hd floats */
-    float *ml;            /* NULL, or 2G floats: (max score, sum of exp) per head */
+    float *ml;            /* NULL, or 2HG floats: (max score, sum of exp) per head */
+    int64_t H;            /* kv heads in the unit (>= 1), consecutive in a cache row: kv
+                           * head h of the unit is at k + h * hd; its query heads are q
+                           * rows h*G .. h*G+G-1 (and o, ml the same) */
     int64_t G, hd, kstride, L; /* kstride: floats between cache rows; L: rows (>= 1) */
     float scale;
 } ryz_attn_unit;
 
-/* floats of scratch a unit of at most L rows needs: scores of up to 4 heads, then
- * partial sums of 4 output rows (the SIMD v pass is blocked over rows) */
-static inline int64_t ryz_attn_scratch_floats(int64_t hd, int64_t L) {
-    return 4 * L + 4 * hd + 16;
+/* floats between the score rows of two query heads in the scratch: L rounded up to 16 */
+static inline int64_t ryz_attn_score_stride(int64_t L) { return (L + 15) / 16 * 16; }
+/* floats of scratch a unit of HG = H * G query heads and at most L rows needs: scores of
+ * every head, partial sums of every output row (the SIMD v pass is blocked over rows) and
+ * one normaliser per head; at least 4 heads' worth (kernels take heads 4 at a time) */
+static inline int64_t ryz_attn_scratch_floats(int64_t HG, int64_t hd, int64_t L) {
+    if (HG < 4) HG = 4;
+    return HG * (ryz_attn_score_stride(L) + hd + 1) + 16;
 }
 
-/* rows of v per block in the SIMD v pass: all column passes of a block run while its
- * rows are still in L1/L2 (128 rows of hd 128 = 64 KiB) */
-#define RYZ_ATTN_VBLOCK 128
+/* rows of v per block in the SIMD v pass: every column pass of a block over one kv head
+ * finds its rows in L1 (16 rows x hd 128 floats = 8 KiB per head), and the next block's
+ * rows are prefetched while this one runs */
+#define RYZ_ATTN_VBLOCK 16
 
 typedef struct {
     const char *name;
@@ -61,10 +69,32 @@ extern const ryz_attention_kernels *ryz_attention;
 int ryz_quantize_kv_row(int8_t *RYZ_RESTRICT q8, float *RYZ_RESTRICT d, const float *RYZ_RESTRICT x,
                         int64_t n);
 
+/* How the bindings (py_attention.c, py_layer.c) cut the work of M query rows over Hkv kv
+ * heads whose shortest causal row range is `shortest_row` rows. Many (row, kv head) pairs
+ * (prefill): one unit per pair (*H = 1), no split. Few (decode): one unit per query row
+ * covering all Hkv kv heads (*H = Hkv), so a unit reads one contiguous stretch of every
+ * cache row, and its rows split into S parts, S a power of two (2 or 4 threads get equal
+ * contiguous shares) of at least RYZ_ATTN_MIN_PART_ROWS rows, aiming at 16 items in all.
+ * Depends on the shapes only, never on the thread count, so results do not change with
+ * the number of threads. Returns S. */
+#define RYZ_ATTN_MIN_UNITS 16
+#define RYZ_ATTN_MIN_PART_ROWS 128
+static inline int64_t ryz_attn_plan(int64_t M, int64_t Hkv, int64_t shortest_row, int64_t *H) {
+    if (M * Hkv >= RYZ_ATTN_MIN_UNITS) {
+        *H = 1;
+        return 1;
+    }
+    *H = Hkv;
+    int64_t S = 1;
+    while (S * M < RYZ_ATTN_MIN_UNITS && 2 * S * RYZ_ATTN_MIN_PART_ROWS <= shortest_row) S *= 2;
+    return S;
+}
+
 /* Merge the S partial results of one query head of a split unit (flash-decoding): part p
  * holds the head's output normalised over its rows, with its running max m_p and sum l_p in
  * ml[2p], ml[2p+1]; o = sum_p w_p part_p / sum_p w_p with w_p = l_p exp(m_p - max_p m_p).
- * `part` and `ml` point at the unit's first part; consecutive parts are G heads apart. */
+ * `part` and `ml` point at the unit's first part; consecutive parts are G heads apart (pass
+ * the unit's H * G query heads as G). */
 static inline void ryz_attn_merge_head(float *RYZ_RESTRICT o, const float *RYZ_RESTRICT part,
                                        const float *RYZ_RESTRICT ml, int64_t S, int64_t G,
                                        int64_t g, int64_t hd) {

@@ -28,7 +28,7 @@ static inline __m256 ld_i8(const int8_t *p, int64_t left) {
 }
 
 /* ---- float32 cache ---- */
-static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
+static void attend_f32_1(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
     const int64_t G = u->G, hd = u->hd, L = u->L, kstride = u->kstride;
     const float *kb = u->k, *vb = u->v;
     for (int64_t g0 = 0; g0 < G; g0 += 4) {
@@ -274,7 +274,28 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
 #undef LOADV
 }
 
-static void attend_i8(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, 1); }
+static void attend_i8_1(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, 1); }
+
+/* a unit of H kv heads: one kv head at a time (each reuses the scratch) */
+static inline void each_head(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch,
+                             void (*one)(const ryz_attn_unit *, float *RYZ_RESTRICT)) {
+    for (int64_t h = 0; h < u->H; h++) {
+        ryz_attn_unit s = *u;
+        const int64_t off = h * u->hd;
+        s.H = 1;
+        s.q = u->q + h * u->G * u->hd;
+        s.o = u->o + h * u->G * u->hd;
+        s.ml = u->ml ? u->ml + 2 * h * u->G : NULL;
+        if (u->k8) {
+            s.k8 = u->k8 + off, s.v8 = u->v8 + off, s.ks = u->ks + h, s.vs = u->vs + h;
+        } else {
+            s.k = u->k + off, s.v = u->v + off;
+        }
+        one(&s, scratch);
+    }
+}
+static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { each_head(u, scratch, attend_f32_1); }
+static void attend_i8(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { each_head(u, scratch, attend_i8_1); }
 
 const ryz_attention_kernels ryz_attention_avx2 = {
     .name = "avx2",

@@ -1,8 +1,14 @@
 /* attention_avx512.c: AVX-512 causal GQA attention (see attention.h), float32 or int8
  * KV cache (one template, specialised twice). Query heads are taken 4 at a time (a
- * group smaller than 4 repeats its last head and drops the copies), so every k/v row
- * loaded from the cache feeds 4 dot products or 4 accumulations. Two passes: scores of
- * all rows, softmax, then the weighted sum of v, blocked over rows.
+ * group smaller than 4 repeats its last head and drops the copies), so every k/v value
+ * loaded from the cache feeds 4 dot products or 4 accumulations. Two passes over the
+ * unit's rows, both in address order across its H kv heads (a decode unit covers every
+ * kv head of its rows, so it streams one contiguous region; see attention.h):
+ *   scores: blocks of 4 rows x 4 query heads = 16 accumulators, reduced together
+ *           (one transpose-add tree instead of 16 horizontal sums);
+ *   v:      blocks of RYZ_ATTN_VBLOCK rows; per (kv head, 4 query heads, 64 columns)
+ *           16 accumulators, partial sums between blocks in scratch.
+ * Both passes prefetch the rows they will read next (software prefetch in address order).
  * Whole vectors use plain loads: masked loads that miss the cache stream about 4x
  * slower on Zen 4 (measured at 20k cached rows); masks only for row tails. */
 #if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VL__)
@@ -14,260 +20,198 @@
 #include "attention.h"
 #include "ops.h"
 
-/* 16 cache values from column j of a row, as floats (`left` = columns left in the row) */
-static inline __m512 ld_f32(const float *p, int64_t left) { return ryz_ld16(p, ryz_tail16(left)); }
-static inline __m512 ld_i8(const int8_t *p, int64_t left) {
-    __m128i b = left >= 16 ? _mm_loadu_si128((const __m128i *)p) : _mm_maskz_loadu_epi8(ryz_tail16(left), p);
+/* score pass: prefetch the k rows this far ahead (measured at 2k rows, 1 thread, BitNet-2B
+ * shapes: 4, 8 and 16 rows within 3 % of each other; T1/T2/NTA hints no better than T0) */
+#ifndef RYZ_ATTN_PF_ROWS
+#define RYZ_ATTN_PF_ROWS 16
+#endif
+#ifndef RYZ_ATTN_PF_HINT
+#define RYZ_ATTN_PF_HINT _MM_HINT_T0
+#endif
+
+/* 16 cache values from column j of a row, as floats (`m` = the columns left, as a mask) */
+static inline __m512 ld_f32(const float *p, __mmask16 m) { return ryz_ld16(p, m); }
+static inline __m512 ld_i8(const int8_t *p, __mmask16 m) {
+    __m128i b = m == 0xffff ? _mm_loadu_si128((const __m128i *)p) : _mm_maskz_loadu_epi8(m, p);
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
 }
 
-/* ---- float32 cache ---- */
-static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
-    const int64_t G = u->G, hd = u->hd, L = u->L, kstride = u->kstride;
-    const float *kb = u->k, *vb = u->v;
-    for (int64_t g0 = 0; g0 < G; g0 += 4) {
-        const int64_t gn = G - g0 < 4 ? G - g0 : 4;
-        const float *qh[4];
-        float *sc[4];
-        for (int gg = 0; gg < 4; gg++) {
-            qh[gg] = u->q + (g0 + (gg < gn ? gg : gn - 1)) * hd;
-            sc[gg] = scratch + (gg < gn ? gg : gn - 1) * L;
-        }
-        /* ---- scores ---- */
-        for (int64_t t = 0; t < L; t++) {
-            const float *kt = kb + t * kstride;
-            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-            __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-            /* plain loads for whole vectors: masked loads that miss the cache stream
-             * several times slower on Zen 4 (measured: 4x at 20k cached rows) */
-            int64_t j = 0;
-            for (; j + 16 <= hd; j += 16) {
-                __m512 kv = _mm512_loadu_ps(kt + j);
-                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[0] + j), kv, a0);
-                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[1] + j), kv, a1);
-                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[2] + j), kv, a2);
-                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[3] + j), kv, a3);
-            }
-            if (j < hd) {
-                __mmask16 m = ryz_tail16(hd - j);
-                __m512 kv = _mm512_maskz_loadu_ps(m, kt + j);
-                a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qh[0] + j), kv, a0);
-                a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qh[1] + j), kv, a1);
-                a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qh[2] + j), kv, a2);
-                a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qh[3] + j), kv, a3);
-            }
-            /* the copies of a repeated head write the same value to the same place */
-            sc[0][t] = _mm512_reduce_add_ps(a0) * u->scale;
-            sc[1][t] = _mm512_reduce_add_ps(a1) * u->scale;
-            sc[2][t] = _mm512_reduce_add_ps(a2) * u->scale;
-            sc[3][t] = _mm512_reduce_add_ps(a3) * u->scale;
-        }
-        /* ---- softmax numerators, in place ---- */
-        float inv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int gg = 0; gg < gn; gg++) {
-            float *p = sc[gg];
-            __m512 vm = _mm512_set1_ps(-INFINITY);
-            for (int64_t t = 0; t < L; t += 16)
-                vm = _mm512_max_ps(vm, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), ryz_tail16(L - t), p + t));
-            const float mxs = _mm512_reduce_max_ps(vm);
-            __m512 mx = _mm512_set1_ps(mxs), sum = _mm512_setzero_ps();
-            for (int64_t t = 0; t < L; t += 16) {
-                __mmask16 m = ryz_tail16(L - t);
-                __m512 e = ryz_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + t), mx));
-                sum = _mm512_mask_add_ps(sum, m, sum, e);
-                _mm512_mask_storeu_ps(p + t, m, e);
-            }
-            const float l = _mm512_reduce_add_ps(sum);
-            inv[gg] = 1.0f / l;
-            if (u->ml) u->ml[2 * (g0 + gg)] = mxs, u->ml[2 * (g0 + gg) + 1] = l;
-        }
-        for (int gg = gn; gg < 4; gg++) inv[gg] = inv[gn - 1];
-        /* ---- out = inv * sum_t p[t] v[t]: 32 columns (8 accumulators) per pass, rows in
-         * blocks so that every column pass of a block finds its v rows in cache; partial
-         * sums between blocks live in acc (4 rows of hd) ---- */
-        float *oh[4], *acc = scratch + 4 * L;
-        for (int gg = 0; gg < 4; gg++)
-            oh[gg] = u->o + (g0 + (gg < gn ? gg : gn - 1)) * hd;
-        for (int64_t tb = 0; tb < L; tb += RYZ_ATTN_VBLOCK) {
-            const int64_t te = L - tb < RYZ_ATTN_VBLOCK ? L : tb + RYZ_ATTN_VBLOCK;
-            for (int64_t j = 0; j < hd; j += 32) {
-                __mmask16 m0 = ryz_tail16(hd - j), m1 = hd - j > 16 ? ryz_tail16(hd - j - 16) : 0;
-                __m512 c00, c01, c10, c11, c20, c21, c30, c31;
-                if (tb == 0) {
-                    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm512_setzero_ps();
-                } else {
-                    c00 = _mm512_maskz_loadu_ps(m0, acc + j), c01 = _mm512_maskz_loadu_ps(m1, acc + j + 16);
-                    c10 = _mm512_maskz_loadu_ps(m0, acc + hd + j), c11 = _mm512_maskz_loadu_ps(m1, acc + hd + j + 16);
-                    c20 = _mm512_maskz_loadu_ps(m0, acc + 2 * hd + j), c21 = _mm512_maskz_loadu_ps(m1, acc + 2 * hd + j + 16);
-                    c30 = _mm512_maskz_loadu_ps(m0, acc + 3 * hd + j), c31 = _mm512_maskz_loadu_ps(m1, acc + 3 * hd + j + 16);
-                }
-                const float *vt = vb + tb * kstride + j;
-                const int full = hd - j >= 32;
-                for (int64_t t = tb; t < te; t++, vt += kstride) {
-                    __m512 v0, v1;
-                    if (full) { /* hoisted by the compiler; plain loads stream faster (see above) */
-                        v0 = _mm512_loadu_ps(vt);
-                        v1 = _mm512_loadu_ps(vt + 16);
-                    } else {
-                        v0 = _mm512_maskz_loadu_ps(m0, vt);
-                        v1 = _mm512_maskz_loadu_ps(m1, vt + 16);
-                    }
-                    __m512 p0 = _mm512_set1_ps(sc[0][t]), p1 = _mm512_set1_ps(sc[1][t]);
-                    __m512 p2 = _mm512_set1_ps(sc[2][t]), p3 = _mm512_set1_ps(sc[3][t]);
-                    c00 = _mm512_fmadd_ps(p0, v0, c00); c01 = _mm512_fmadd_ps(p0, v1, c01);
-                    c10 = _mm512_fmadd_ps(p1, v0, c10); c11 = _mm512_fmadd_ps(p1, v1, c11);
-                    c20 = _mm512_fmadd_ps(p2, v0, c20); c21 = _mm512_fmadd_ps(p2, v1, c21);
-                    c30 = _mm512_fmadd_ps(p3, v0, c30); c31 = _mm512_fmadd_ps(p3, v1, c31);
-                }
-                if (te < L) {
-                    _mm512_mask_storeu_ps(acc + j, m0, c00); _mm512_mask_storeu_ps(acc + j + 16, m1, c01);
-                    _mm512_mask_storeu_ps(acc + hd + j, m0, c10); _mm512_mask_storeu_ps(acc + hd + j + 16, m1, c11);
-                    _mm512_mask_storeu_ps(acc + 2 * hd + j, m0, c20); _mm512_mask_storeu_ps(acc + 2 * hd + j + 16, m1, c21);
-                    _mm512_mask_storeu_ps(acc + 3 * hd + j, m0, c30); _mm512_mask_storeu_ps(acc + 3 * hd + j + 16, m1, c31);
-                    continue;
-                }
-                /* last block: scale and store (repeated heads store the same values twice) */
-                _mm512_mask_storeu_ps(oh[0] + j, m0, _mm512_mul_ps(c00, _mm512_set1_ps(inv[0])));
-                _mm512_mask_storeu_ps(oh[0] + j + 16, m1, _mm512_mul_ps(c01, _mm512_set1_ps(inv[0])));
-                _mm512_mask_storeu_ps(oh[1] + j, m0, _mm512_mul_ps(c10, _mm512_set1_ps(inv[1])));
-                _mm512_mask_storeu_ps(oh[1] + j + 16, m1, _mm512_mul_ps(c11, _mm512_set1_ps(inv[1])));
-                _mm512_mask_storeu_ps(oh[2] + j, m0, _mm512_mul_ps(c20, _mm512_set1_ps(inv[2])));
-                _mm512_mask_storeu_ps(oh[2] + j + 16, m1, _mm512_mul_ps(c21, _mm512_set1_ps(inv[2])));
-                _mm512_mask_storeu_ps(oh[3] + j, m0, _mm512_mul_ps(c30, _mm512_set1_ps(inv[3])));
-                _mm512_mask_storeu_ps(oh[3] + j + 16, m1, _mm512_mul_ps(c31, _mm512_set1_ps(inv[3])));
-            }
-        }
+/* s[i] = sum of the 16 lanes of a[i]: a transpose-add tree (45 shuffles/adds for 16 sums) */
+static inline __m512 reduce16(const __m512 a[16]) {
+    __m512 p[8], q[4], r[2];
+    for (int k = 0; k < 8; k++)  /* per 128-bit lane: [A0+A2, B0+B2, A1+A3, B1+B3] */
+        p[k] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * k], a[2 * k + 1]), _mm512_unpackhi_ps(a[2 * k], a[2 * k + 1]));
+    for (int k = 0; k < 4; k++) { /* per 128-bit lane: partial sums of a[4k .. 4k+3] */
+        __m512d x = _mm512_castps_pd(p[2 * k]), y = _mm512_castps_pd(p[2 * k + 1]);
+        q[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
     }
+    for (int k = 0; k < 2; k++)
+        r[k] = _mm512_add_ps(_mm512_shuffle_f32x4(q[2 * k], q[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(q[2 * k], q[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(r[0], r[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(r[0], r[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* ---- int8 cache: the same algorithm as a template (i8 = 1 below; the float kernel above
- * stays separate because the template's float instance measured ~30% slower at 4k rows) ---- */
+/* prefetch the bytes [p, p + n) into L1 */
+static inline void prefetch_bytes(const void *p, int64_t n) {
+    const char *c = (const char *)((uintptr_t)p & ~(uintptr_t)63), *e = (const char *)p + n;
+    for (; c < e; c += 64) _mm_prefetch(c, RYZ_ATTN_PF_HINT);
+}
+
 static inline __attribute__((always_inline)) void
 attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
     /* fields copied to locals: stores to the float scratch could otherwise alias them
      * (-fno-strict-aliasing) and force reloads in the inner loops */
-    const int64_t G = u->G, hd = u->hd, L = u->L, kstride = u->kstride, ss = u->sstride;
+    const int64_t G = u->G, H = u->H, hd = u->hd, L = u->L, kstride = u->kstride, ss = u->sstride;
+    const int64_t HG = H * G, Lp = ryz_attn_score_stride(L), esz = i8 ? 1 : 4;
     const float *RYZ_RESTRICT kf = u->k, *RYZ_RESTRICT vf = u->v, *RYZ_RESTRICT ks = u->ks, *RYZ_RESTRICT vs = u->vs;
     const int8_t *RYZ_RESTRICT k8 = u->k8, *RYZ_RESTRICT v8 = u->v8;
+    const float *RYZ_RESTRICT qb = u->q;
+    float *RYZ_RESTRICT ob = u->o, *RYZ_RESTRICT ml = u->ml;
     const float scale = u->scale;
-    float *RYZ_RESTRICT ml = u->ml;
-#define LOADK(t, j, left) (i8 ? ld_i8(k8 + (t) * kstride + (j), left) : ld_f32(kf + (t) * kstride + (j), left))
-#define LOADV(t, j, left) (i8 ? ld_i8(v8 + (t) * kstride + (j), left) : ld_f32(vf + (t) * kstride + (j), left))
-    for (int64_t g0 = 0; g0 < G; g0 += 4) {
-        const int64_t gn = G - g0 < 4 ? G - g0 : 4;
-        const float *qh[4];
-        float *sc[4], *oh[4];
-        for (int gg = 0; gg < 4; gg++) {
-            int64_t r = gg < gn ? gg : gn - 1;
-            qh[gg] = u->q + (g0 + r) * hd;
-            oh[gg] = u->o + (g0 + r) * hd;
-            sc[gg] = scratch + r * L;
+    float *RYZ_RESTRICT sc = scratch;            /* [HG][Lp] scores, then softmax numerators */
+    float *RYZ_RESTRICT acc = scratch + HG * Lp; /* [HG][hd] v-pass partial sums */
+    float *RYZ_RESTRICT inv = acc + HG * hd;     /* [HG] 1 / sum of the numerators */
+    const char *kbytes = i8 ? (const char *)k8 : (const char *)kf;
+    const char *vbytes = i8 ? (const char *)v8 : (const char *)vf;
+#define LOADK(t, h, j, m) (i8 ? ld_i8(k8 + (t) * kstride + (h) * hd + (j), m) : ld_f32(kf + (t) * kstride + (h) * hd + (j), m))
+#define LOADV(t, h, j, m) (i8 ? ld_i8(v8 + (t) * kstride + (h) * hd + (j), m) : ld_f32(vf + (t) * kstride + (h) * hd + (j), m))
+
+    /* ---- scores: rows 4 at a time (a short last block repeats its last row; the copies
+     * land in the padding of sc, Lp >= L rounded up to 16) ---- */
+    for (int64_t t = 0; t < L; t += 4) {
+        int64_t tr[4];
+        for (int r = 0; r < 4; r++) tr[r] = t + r < L ? t + r : L - 1;
+        /* the rows RYZ_ATTN_PF_ROWS ahead (then the first v rows), one line per line read */
+        const char *pfr[4];
+        for (int r = 0; r < 4; r++) {
+            const int64_t tp = t + RYZ_ATTN_PF_ROWS + r;
+            pfr[r] = tp < L ? kbytes + tp * kstride * esz : vbytes + (tp - L < L ? tp - L : L - 1) * kstride * esz;
         }
-        /* ---- scores ---- */
-        for (int64_t t = 0; t < L; t++) {
-            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-            __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-            int64_t j = 0;
-            for (; j + 16 <= hd; j += 16) {
-                __m512 kv = LOADK(t, j, 16);
-                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[0] + j), kv, a0);
-                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[1] + j), kv, a1);
-                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[2] + j), kv, a2);
-                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[3] + j), kv, a3);
-            }
-            if (j < hd) {
-                __mmask16 m = ryz_tail16(hd - j);
-                __m512 kv = LOADK(t, j, hd - j);
-                a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qh[0] + j), kv, a0);
-                a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qh[1] + j), kv, a1);
-                a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qh[2] + j), kv, a2);
-                a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qh[3] + j), kv, a3);
-            }
-            /* the copies of a repeated head write the same value to the same place */
+        for (int64_t h = 0; h < H; h++) {
+            __m512 kscale = _mm512_set1_ps(scale);
             if (i8) {
-                const float kst = ks[t * ss];
-                sc[0][t] = _mm512_reduce_add_ps(a0) * kst * scale;
-                sc[1][t] = _mm512_reduce_add_ps(a1) * kst * scale;
-                sc[2][t] = _mm512_reduce_add_ps(a2) * kst * scale;
-                sc[3][t] = _mm512_reduce_add_ps(a3) * kst * scale;
-            } else {
-                sc[0][t] = _mm512_reduce_add_ps(a0) * scale;
-                sc[1][t] = _mm512_reduce_add_ps(a1) * scale;
-                sc[2][t] = _mm512_reduce_add_ps(a2) * scale;
-                sc[3][t] = _mm512_reduce_add_ps(a3) * scale;
+                const float s0 = ks[tr[0] * ss + h] * scale, s1 = ks[tr[1] * ss + h] * scale;
+                const float s2 = ks[tr[2] * ss + h] * scale, s3 = ks[tr[3] * ss + h] * scale;
+                kscale = _mm512_setr_ps(s0, s1, s2, s3, s0, s1, s2, s3, s0, s1, s2, s3, s0, s1, s2, s3);
+            }
+            for (int64_t g0 = 0; g0 < G; g0 += 4) {
+                const int64_t gn = G - g0 < 4 ? G - g0 : 4;
+                const float *qh[4];
+                for (int gg = 0; gg < 4; gg++) qh[gg] = qb + (h * G + g0 + (gg < gn ? gg : gn - 1)) * hd;
+                __m512 a[16];
+                for (int i = 0; i < 16; i++) a[i] = _mm512_setzero_ps();
+#define SCORE_COLS(M)                                                                             \
+                {                                                                                 \
+                    __m512 kv[4], qv[4];                                                          \
+                    for (int r = 0; r < 4; r++) kv[r] = LOADK(tr[r], h, j, M);                    \
+                    for (int gg = 0; gg < 4; gg++) qv[gg] = ryz_ld16(qh[gg] + j, M);              \
+                    for (int gg = 0; gg < 4; gg++)                                                \
+                        for (int r = 0; r < 4; r++)                                               \
+                            a[gg * 4 + r] = _mm512_fmadd_ps(qv[gg], kv[r], a[gg * 4 + r]);        \
+                }
+                int64_t j = 0;
+                for (; j + 16 <= hd; j += 16) {
+                    if (g0 == 0 && (i8 ? (j & 63) == 0 : 1))
+                        for (int r = 0; r < 4; r++) _mm_prefetch(pfr[r] + (h * hd + j) * esz, RYZ_ATTN_PF_HINT);
+                    SCORE_COLS((__mmask16)0xffff)
+                }
+                if (j < hd) SCORE_COLS(ryz_tail16(hd - j))
+#undef SCORE_COLS
+                /* lanes 4gg .. 4gg+3: head gg, rows t .. t+3 (repeated heads store the same
+                 * values to the same place) */
+                const __m512 s = _mm512_mul_ps(reduce16(a), kscale);
+                for (int gg = 0; gg < 4; gg++) {
+                    float *dst = sc + (h * G + g0 + (gg < gn ? gg : gn - 1)) * Lp + t;
+                    switch (gg) {
+                    case 0: _mm_storeu_ps(dst, _mm512_castps512_ps128(s)); break;
+                    case 1: _mm_storeu_ps(dst, _mm512_extractf32x4_ps(s, 1)); break;
+                    case 2: _mm_storeu_ps(dst, _mm512_extractf32x4_ps(s, 2)); break;
+                    default: _mm_storeu_ps(dst, _mm512_extractf32x4_ps(s, 3)); break;
+                    }
+                }
             }
         }
-        /* ---- softmax numerators, in place (scores are in L1: masks are cheap here) ---- */
-        float inv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int gg = 0; gg < gn; gg++) {
-            float *p = sc[gg];
-            __m512 vm = _mm512_set1_ps(-INFINITY);
-            for (int64_t t = 0; t < L; t += 16)
-                vm = _mm512_max_ps(vm, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), ryz_tail16(L - t), p + t));
-            const float mxs = _mm512_reduce_max_ps(vm);
-            __m512 mx = _mm512_set1_ps(mxs), sum = _mm512_setzero_ps();
-            for (int64_t t = 0; t < L; t += 16) {
-                __mmask16 m = ryz_tail16(L - t);
-                __m512 e = ryz_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + t), mx));
-                sum = _mm512_mask_add_ps(sum, m, sum, e);
-                _mm512_mask_storeu_ps(p + t, m, e);
-            }
-            const float l = _mm512_reduce_add_ps(sum);
-            inv[gg] = 1.0f / l;
-            if (ml) ml[2 * (g0 + gg)] = mxs, ml[2 * (g0 + gg) + 1] = l;
+    }
+    /* the first block of v rows, while the softmax runs (later blocks: in the v pass) */
+    for (int64_t t = 0; t < (L < RYZ_ATTN_VBLOCK ? L : RYZ_ATTN_VBLOCK); t++)
+        prefetch_bytes(vbytes + t * kstride * esz, H * hd * esz);
+    /* ---- softmax numerators, in place (scores are in L1/L2: masks are cheap here) ---- */
+    for (int64_t hg = 0; hg < HG; hg++) {
+        float *p = sc + hg * Lp;
+        __m512 vm = _mm512_set1_ps(-INFINITY);
+        for (int64_t t = 0; t < L; t += 16)
+            vm = _mm512_max_ps(vm, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), ryz_tail16(L - t), p + t));
+        const float mxs = _mm512_reduce_max_ps(vm);
+        __m512 mx = _mm512_set1_ps(mxs), sum = _mm512_setzero_ps();
+        for (int64_t t = 0; t < L; t += 16) {
+            __mmask16 m = ryz_tail16(L - t);
+            __m512 e = ryz_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + t), mx));
+            sum = _mm512_mask_add_ps(sum, m, sum, e);
+            _mm512_mask_storeu_ps(p + t, m, e);
         }
-        for (int gg = gn; gg < 4; gg++) inv[gg] = inv[gn - 1];
-        /* ---- out = inv * sum_t p[t] v[t]: 32 columns (8 accumulators) per pass, rows in
-         * blocks of RYZ_ATTN_VBLOCK so that every column pass of a block finds its v rows
-         * in cache; partial sums between blocks live in acc (4 rows of hd) ---- */
-        float *acc = scratch + 4 * L;
-        for (int64_t tb = 0; tb < L; tb += RYZ_ATTN_VBLOCK) {
-            const int64_t te = L - tb < RYZ_ATTN_VBLOCK ? L : tb + RYZ_ATTN_VBLOCK;
-            for (int64_t j = 0; j < hd; j += 32) {
-                const int64_t l0 = hd - j, l1 = hd - j - 16;
-                const __mmask16 m0 = ryz_tail16(l0), m1 = ryz_tail16(l1);
-                __m512 c00, c01, c10, c11, c20, c21, c30, c31;
-                if (tb == 0) {
-                    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm512_setzero_ps();
-                } else {
-                    c00 = _mm512_maskz_loadu_ps(m0, acc + j), c01 = _mm512_maskz_loadu_ps(m1, acc + j + 16);
-                    c10 = _mm512_maskz_loadu_ps(m0, acc + hd + j), c11 = _mm512_maskz_loadu_ps(m1, acc + hd + j + 16);
-                    c20 = _mm512_maskz_loadu_ps(m0, acc + 2 * hd + j), c21 = _mm512_maskz_loadu_ps(m1, acc + 2 * hd + j + 16);
-                    c30 = _mm512_maskz_loadu_ps(m0, acc + 3 * hd + j), c31 = _mm512_maskz_loadu_ps(m1, acc + 3 * hd + j + 16);
+        const float l = _mm512_reduce_add_ps(sum);
+        inv[hg] = 1.0f / l;
+        if (ml) ml[2 * hg] = mxs, ml[2 * hg + 1] = l;
+    }
+    /* ---- out = inv * sum_t p[t] v[t] ---- */
+    for (int64_t tb = 0; tb < L; tb += RYZ_ATTN_VBLOCK) {
+        const int64_t te = L - tb < RYZ_ATTN_VBLOCK ? L : tb + RYZ_ATTN_VBLOCK;
+        const int first = tb == 0, last = te == L;
+        for (int64_t h = 0; h < H; h++) {
+            for (int64_t g0 = 0; g0 < G; g0 += 4) {
+                const int64_t gn = G - g0 < 4 ? G - g0 : 4;
+                int64_t hh[4];
+                const float *pw[4];
+                for (int gg = 0; gg < 4; gg++) {
+                    hh[gg] = h * G + g0 + (gg < gn ? gg : gn - 1);
+                    pw[gg] = sc + hh[gg] * Lp;
                 }
-#define V_ROWS(LEFT0, LEFT1)                                                                  \
-                for (int64_t t = tb; t < te; t++) {                                           \
-                    __m512 v0 = LOADV(t, j, LEFT0), v1 = LOADV(t, j + 16, LEFT1);            \
-                    const float w = i8 ? vs[t * ss] : 1.0f;                                   \
-                    __m512 p0 = _mm512_set1_ps(sc[0][t] * w), p1 = _mm512_set1_ps(sc[1][t] * w); \
-                    __m512 p2 = _mm512_set1_ps(sc[2][t] * w), p3 = _mm512_set1_ps(sc[3][t] * w); \
-                    c00 = _mm512_fmadd_ps(p0, v0, c00); c01 = _mm512_fmadd_ps(p0, v1, c01);   \
-                    c10 = _mm512_fmadd_ps(p1, v0, c10); c11 = _mm512_fmadd_ps(p1, v1, c11);   \
-                    c20 = _mm512_fmadd_ps(p2, v0, c20); c21 = _mm512_fmadd_ps(p2, v1, c21);   \
-                    c30 = _mm512_fmadd_ps(p3, v0, c30); c31 = _mm512_fmadd_ps(p3, v1, c31);   \
-                }
-                if (l0 >= 32) {
-                    V_ROWS(16, 16)
-                } else {
-                    V_ROWS(l0, l1)
-                }
+                for (int64_t j = 0; j < hd; j += 64) {
+                    __mmask16 mk[4];
+                    for (int c = 0; c < 4; c++) mk[c] = ryz_tail16(hd - j - 16 * c);
+                    __m512 cacc[16];
+                    if (first) {
+                        for (int i = 0; i < 16; i++) cacc[i] = _mm512_setzero_ps();
+                    } else {
+                        for (int gg = 0; gg < 4; gg++)
+                            for (int c = 0; c < 4; c++)
+                                cacc[gg * 4 + c] = _mm512_maskz_loadu_ps(mk[c], acc + hh[gg] * hd + j + 16 * c);
+                    }
+                    const int pf = g0 == 0 && te < L;
+                    /* the same (row, head, columns) of the next block */
+#define V_ROWS(M0, M1, M2, M3)                                                                     \
+                    for (int64_t t = tb; t < te; t++) {                                            \
+                        if (pf)                                                                    \
+                            prefetch_bytes(vbytes + ((t + RYZ_ATTN_VBLOCK < L ? t + RYZ_ATTN_VBLOCK : L - 1) * kstride + h * hd + j) * esz, \
+                                           (hd - j < 64 ? hd - j : 64) * esz);                     \
+                        const __m512 v0 = LOADV(t, h, j, M0), v1 = LOADV(t, h, j + 16, M1);        \
+                        const __m512 v2 = LOADV(t, h, j + 32, M2), v3 = LOADV(t, h, j + 48, M3);   \
+                        const float w = i8 ? vs[t * ss + h] : 1.0f;                                \
+                        for (int gg = 0; gg < 4; gg++) {                                           \
+                            const __m512 pg = _mm512_set1_ps(i8 ? pw[gg][t] * w : pw[gg][t]);      \
+                            cacc[gg * 4 + 0] = _mm512_fmadd_ps(pg, v0, cacc[gg * 4 + 0]);           \
+                            cacc[gg * 4 + 1] = _mm512_fmadd_ps(pg, v1, cacc[gg * 4 + 1]);           \
+                            cacc[gg * 4 + 2] = _mm512_fmadd_ps(pg, v2, cacc[gg * 4 + 2]);           \
+                            cacc[gg * 4 + 3] = _mm512_fmadd_ps(pg, v3, cacc[gg * 4 + 3]);           \
+                        }                                                                          \
+                    }
+                    if (hd - j >= 64) {
+                        V_ROWS((__mmask16)0xffff, (__mmask16)0xffff, (__mmask16)0xffff, (__mmask16)0xffff)
+                    } else {
+                        V_ROWS(mk[0], mk[1], mk[2], mk[3])
+                    }
 #undef V_ROWS
-                if (te < L) {
-                    _mm512_mask_storeu_ps(acc + j, m0, c00); _mm512_mask_storeu_ps(acc + j + 16, m1, c01);
-                    _mm512_mask_storeu_ps(acc + hd + j, m0, c10); _mm512_mask_storeu_ps(acc + hd + j + 16, m1, c11);
-                    _mm512_mask_storeu_ps(acc + 2 * hd + j, m0, c20); _mm512_mask_storeu_ps(acc + 2 * hd + j + 16, m1, c21);
-                    _mm512_mask_storeu_ps(acc + 3 * hd + j, m0, c30); _mm512_mask_storeu_ps(acc + 3 * hd + j + 16, m1, c31);
-                    continue;
+                    for (int gg = 0; gg < 4; gg++)
+                        for (int c = 0; c < 4; c++) {
+                            if (!mk[c]) continue;
+                            if (last)  /* repeated heads store the same values twice */
+                                _mm512_mask_storeu_ps(ob + hh[gg] * hd + j + 16 * c, mk[c],
+                                                      _mm512_mul_ps(cacc[gg * 4 + c], _mm512_set1_ps(inv[hh[gg]])));
+                            else
+                                _mm512_mask_storeu_ps(acc + hh[gg] * hd + j + 16 * c, mk[c], cacc[gg * 4 + c]);
+                        }
                 }
-                /* last block: scale and store (repeated heads store the same values twice) */
-                _mm512_mask_storeu_ps(oh[0] + j, m0, _mm512_mul_ps(c00, _mm512_set1_ps(inv[0])));
-                _mm512_mask_storeu_ps(oh[0] + j + 16, m1, _mm512_mul_ps(c01, _mm512_set1_ps(inv[0])));
-                _mm512_mask_storeu_ps(oh[1] + j, m0, _mm512_mul_ps(c10, _mm512_set1_ps(inv[1])));
-                _mm512_mask_storeu_ps(oh[1] + j + 16, m1, _mm512_mul_ps(c11, _mm512_set1_ps(inv[1])));
-                _mm512_mask_storeu_ps(oh[2] + j, m0, _mm512_mul_ps(c20, _mm512_set1_ps(inv[2])));
-                _mm512_mask_storeu_ps(oh[2] + j + 16, m1, _mm512_mul_ps(c21, _mm512_set1_ps(inv[2])));
-                _mm512_mask_storeu_ps(oh[3] + j, m0, _mm512_mul_ps(c30, _mm512_set1_ps(inv[3])));
-                _mm512_mask_storeu_ps(oh[3] + j + 16, m1, _mm512_mul_ps(c31, _mm512_set1_ps(inv[3])));
             }
         }
     }
@@ -275,6 +219,7 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
 #undef LOADV
 }
 
+static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, 0); }
 static void attend_i8(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, 1); }
 
 const ryz_attention_kernels ryz_attention_avx512 = {

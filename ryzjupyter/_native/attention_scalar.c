@@ -3,15 +3,17 @@
 
 #include "attention.h"
 
+/* query head g (of the unit's H * G) reads the unit's kv head g / G, hd floats into a row */
 static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
     const int64_t G = u->G, hd = u->hd, L = u->L, kstride = u->kstride;
-    for (int64_t g = 0; g < G; g++) {
+    for (int64_t g = 0; g < u->H * G; g++) {
         const float *qh = u->q + g * hd;
+        const float *kb = u->k + g / G * hd, *vb = u->v + g / G * hd;
         float *o = u->o + g * hd;
         float *sc = scratch;
         float m = -INFINITY;
         for (int64_t t = 0; t < L; t++) {
-            const float *kt = u->k + t * kstride;
+            const float *kt = kb + t * kstride;
             float d = 0.0f;
             for (int64_t j = 0; j < hd; j++) d += qh[j] * kt[j];
             sc[t] = d * u->scale;
@@ -24,7 +26,7 @@ static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
         }
         for (int64_t j = 0; j < hd; j++) o[j] = 0.0f;
         for (int64_t t = 0; t < L; t++) {
-            const float *vt = u->v + t * kstride;
+            const float *vt = vb + t * kstride;
             for (int64_t j = 0; j < hd; j++) o[j] += sc[t] * vt[j];
         }
         float inv = 1.0f / sum;
@@ -35,16 +37,18 @@ static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
 
 static void attend_i8(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
     const int64_t G = u->G, hd = u->hd, L = u->L, kstride = u->kstride, ss = u->sstride;
-    for (int64_t g = 0; g < G; g++) {
+    for (int64_t g = 0; g < u->H * G; g++) {
         const float *qh = u->q + g * hd;
+        const int64_t h = g / G;
+        const int8_t *kb = u->k8 + h * hd, *vb = u->v8 + h * hd;
         float *o = u->o + g * hd;
         float *sc = scratch;
         float m = -INFINITY;
         for (int64_t t = 0; t < L; t++) {
-            const int8_t *kt = u->k8 + t * kstride;
+            const int8_t *kt = kb + t * kstride;
             float d = 0.0f;
             for (int64_t j = 0; j < hd; j++) d += qh[j] * (float)kt[j];
-            sc[t] = d * u->ks[t * ss] * u->scale;
+            sc[t] = d * u->ks[t * ss + h] * u->scale;
             if (sc[t] > m) m = sc[t];
         }
         float sum = 0.0f;
@@ -54,8 +58,8 @@ static void attend_i8(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
         }
         for (int64_t j = 0; j < hd; j++) o[j] = 0.0f;
         for (int64_t t = 0; t < L; t++) {
-            const int8_t *vt = u->v8 + t * kstride;
-            const float w = sc[t] * u->vs[t * ss];
+            const int8_t *vt = vb + t * kstride;
+            const float w = sc[t] * u->vs[t * ss + h];
             for (int64_t j = 0; j < hd; j++) o[j] += w * (float)vt[j];
         }
         float inv = 1.0f / sum;

@@ -22,17 +22,20 @@ typedef struct {
     const int8_t *k8, *v8;   /* int8 cache (attention_i8kv), else NULL */
     const float *ks, *vs;    /* its scales [T, Hkv] */
     int64_t M, Hq, Hkv, hd, G, n_past;
+    int64_t H;         /* kv heads per unit: 1 or Hkv (ryz_attn_plan) */
     int64_t S;         /* parts the cache rows of each unit are split into (1: no split) */
     float scale;
-    float *part, *ml;  /* S > 1: [units * S][G][hd] partial outputs, [units * S][G][2] (m, l) */
+    float *part, *ml;  /* S > 1: [units * S][H * G][hd] partial outputs, [units * S][H * G][2] (m, l) */
     int failed;        /* scratch allocation failed */
 } attn_job;
 
-/* items are (query row i, kv head, part): item = (i * Hkv + kvh) * S + part */
+/* items are (query row i, kv heads kvh .. kvh+H-1, part): item = (i * Hkv / H + kvh / H) * S + part */
 static void attn_task(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     attn_job *j = ctx;
-    float *scratch = malloc(sizeof(float) * (size_t)ryz_attn_scratch_floats(j->hd, j->n_past + j->M));
+    const int64_t HG = j->H * j->G, per_row = j->Hkv / j->H;
+    const int64_t rows = (j->n_past + j->M + j->S - 1) / j->S + 1;
+    float *scratch = malloc(sizeof(float) * (size_t)ryz_attn_scratch_floats(HG, j->hd, rows));
     if (!scratch) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
@@ -40,7 +43,7 @@ static void attn_task(void *ctx, int64_t b, int64_t e, int tid) {
     const int64_t kstride = j->Hkv * j->hd;
     for (int64_t it = b; it < e; it++) {
         const int64_t unit = it / j->S, part = it % j->S;
-        const int64_t i = unit / j->Hkv, kvh = unit % j->Hkv, L = j->n_past + i + 1;
+        const int64_t i = unit / per_row, kvh = unit % per_row * j->H, L = j->n_past + i + 1;
         const int64_t t0 = L * part / j->S, t1 = L * (part + 1) / j->S;
         const int64_t off = t0 * kstride + kvh * j->hd, soff = t0 * j->Hkv + kvh;
         ryz_attn_unit u = {
@@ -52,9 +55,9 @@ static void attn_task(void *ctx, int64_t b, int64_t e, int tid) {
             .ks = j->k8 ? j->ks + soff : NULL,
             .vs = j->k8 ? j->vs + soff : NULL,
             .sstride = j->Hkv,
-            .o = j->S == 1 ? j->out + (i * j->Hq + kvh * j->G) * j->hd : j->part + it * j->G * j->hd,
-            .ml = j->S == 1 ? NULL : j->ml + it * 2 * j->G,
-            .G = j->G, .hd = j->hd, .kstride = kstride, .L = t1 - t0, .scale = j->scale,
+            .o = j->S == 1 ? j->out + (i * j->Hq + kvh * j->G) * j->hd : j->part + it * HG * j->hd,
+            .ml = j->S == 1 ? NULL : j->ml + it * 2 * HG,
+            .H = j->H, .G = j->G, .hd = j->hd, .kstride = kstride, .L = t1 - t0, .scale = j->scale,
         };
         if (j->k8)
             ryz_attention->attend_i8(&u, scratch);
@@ -68,26 +71,13 @@ static void attn_task(void *ctx, int64_t b, int64_t e, int tid) {
 static void merge_task(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     attn_job *j = ctx;
-    const int64_t G = j->G, hd = j->hd, S = j->S;
+    const int64_t HG = j->H * j->G, hd = j->hd, S = j->S, per_row = j->Hkv / j->H;
     for (int64_t unit = b; unit < e; unit++) {
-        const int64_t i = unit / j->Hkv, kvh = unit % j->Hkv;
-        for (int64_t g = 0; g < G; g++)
-            ryz_attn_merge_head(j->out + (i * j->Hq + kvh * G + g) * hd,
-                                j->part + unit * S * G * hd, j->ml + unit * S * G * 2, S, G, g, hd);
+        const int64_t i = unit / per_row, kvh = unit % per_row * j->H;
+        for (int64_t g = 0; g < HG; g++)
+            ryz_attn_merge_head(j->out + (i * j->Hq + kvh * j->G + g) * hd,
+                                j->part + unit * S * HG * hd, j->ml + unit * S * HG * 2, S, HG, g, hd);
     }
-}
-
-/* Parts per unit: decode has few units (M * Hkv, e.g. 5), too few to keep every thread
- * busy, so long rows are split. Depends on the shapes only, never on the thread count,
- * so results do not change with the number of threads. */
-#define RYZ_ATTN_MIN_UNITS 16
-#define RYZ_ATTN_MIN_PART_ROWS 256
-static int64_t attn_parts(int64_t units, int64_t shortest_row) {
-    if (units >= RYZ_ATTN_MIN_UNITS) return 1;
-    int64_t S = (RYZ_ATTN_MIN_UNITS + units - 1) / units;
-    int64_t cap = shortest_row / RYZ_ATTN_MIN_PART_ROWS;
-    if (S > cap) S = cap;
-    return S < 1 ? 1 : S;
 }
 
 PyDoc_STRVAR(attention_doc,
@@ -143,13 +133,14 @@ static PyObject *attention_common(PyObject *args, int i8) {
         goto fail;
     }
     if (M == 0 || hd == 0) goto done;
-    const int64_t G = Hq / Hkv, units = M * Hkv, S = attn_parts(units, n_past + 1);
+    int64_t H;
+    const int64_t G = Hq / Hkv, S = ryz_attn_plan(M, Hkv, n_past + 1, &H), units = M * (Hkv / H);
     attn_job j = {ryz_data(out), ryz_data(q), i8 ? NULL : ryz_data(k), i8 ? NULL : ryz_data(v),
                   i8 ? ryz_data(k) : NULL, i8 ? ryz_data(v) : NULL, i8 ? ryz_data(ks) : NULL,
-                  i8 ? ryz_data(vs) : NULL, M, Hq, Hkv, hd, G, n_past, S, (float)scale, NULL, NULL, 0};
+                  i8 ? ryz_data(vs) : NULL, M, Hq, Hkv, hd, G, n_past, H, S, (float)scale, NULL, NULL, 0};
     if (S > 1) {
-        j.part = malloc(sizeof(float) * (size_t)(units * S * G * hd));
-        j.ml = malloc(sizeof(float) * (size_t)(units * S * G * 2));
+        j.part = malloc(sizeof(float) * (size_t)(units * S * H * G * hd));
+        j.ml = malloc(sizeof(float) * (size_t)(units * S * H * G * 2));
         if (!j.part || !j.ml) {
             free(j.part);
             free(j.ml);
@@ -158,7 +149,7 @@ static PyObject *attention_common(PyObject *args, int i8) {
         }
     }
     /* chunks of about 2^26 multiply-adds between Ctrl-C checks */
-    int64_t per_item = (n_past + M) * hd * G * 2 / S;
+    int64_t per_item = (n_past + M) * hd * H * G * 2 / S;
     int64_t chunk = per_item > 0 ? ((int64_t)1 << 26) / per_item : units * S;
     int64_t minchunk = 2 * (int64_t)ryz_num_threads();
     if (chunk < minchunk) chunk = minchunk;

@@ -86,48 +86,40 @@ static void run_gemv(gemv_multi *g) {
     ryz_parallel_for(gemv_task, g, g->start[g->n], 16);
 }
 
-/* ---- attention for one query row (same split and merge as py_attention.c) ------------ */
-#define RYZ_ATTN_MIN_UNITS 16
-#define RYZ_ATTN_MIN_PART_ROWS 256
-static int64_t attn_parts(int64_t units, int64_t shortest_row) {
-    if (units >= RYZ_ATTN_MIN_UNITS) return 1;
-    int64_t S = (RYZ_ATTN_MIN_UNITS + units - 1) / units;
-    int64_t cap = shortest_row / RYZ_ATTN_MIN_PART_ROWS;
-    if (S > cap) S = cap;
-    return S < 1 ? 1 : S;
-}
-
+/* ---- attention for one query row (same plan, split and merge as py_attention.c) ------- */
 typedef struct {
     float *out;
     const float *q, *k, *v;
     const int8_t *k8, *v8;   /* int8 cache, else NULL */
     const float *ks, *vs;    /* its scales [T, Hkv] */
-    int64_t Hq, Hkv, hd, G, L, S;
+    int64_t Hq, Hkv, hd, G, L, H, S;  /* H: kv heads per unit (ryz_attn_plan) */
     float scale;
     float *part, *ml;
     int failed;
 } attn1_job;
 
+/* items: (kv heads kvh .. kvh+H-1, part) = (kvh / H) * S + part */
 static void attn1_task(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     attn1_job *j = ctx;
-    float *scratch = malloc(sizeof(float) * (size_t)ryz_attn_scratch_floats(j->hd, j->L));
+    const int64_t HG = j->H * j->G;
+    float *scratch = malloc(sizeof(float) * (size_t)ryz_attn_scratch_floats(HG, j->hd, (j->L + j->S - 1) / j->S + 1));
     if (!scratch) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
     const int64_t kstride = j->Hkv * j->hd;
     for (int64_t it = b; it < e; it++) {
-        const int64_t kvh = it / j->S, part = it % j->S;
+        const int64_t kvh = it / j->S * j->H, part = it % j->S;
         const int64_t t0 = j->L * part / j->S, t1 = j->L * (part + 1) / j->S;
         const int64_t off = t0 * kstride + kvh * j->hd, soff = t0 * j->Hkv + kvh;
         ryz_attn_unit u = {
             .q = j->q + kvh * j->G * j->hd, .k = j->k8 ? NULL : j->k + off, .v = j->k8 ? NULL : j->v + off,
             .k8 = j->k8 ? j->k8 + off : NULL, .v8 = j->k8 ? j->v8 + off : NULL,
             .ks = j->k8 ? j->ks + soff : NULL, .vs = j->k8 ? j->vs + soff : NULL, .sstride = j->Hkv,
-            .o = j->S == 1 ? j->out + kvh * j->G * j->hd : j->part + it * j->G * j->hd,
-            .ml = j->S == 1 ? NULL : j->ml + it * 2 * j->G,
-            .G = j->G, .hd = j->hd, .kstride = kstride, .L = t1 - t0, .scale = j->scale,
+            .o = j->S == 1 ? j->out + kvh * j->G * j->hd : j->part + it * HG * j->hd,
+            .ml = j->S == 1 ? NULL : j->ml + it * 2 * HG,
+            .H = j->H, .G = j->G, .hd = j->hd, .kstride = kstride, .L = t1 - t0, .scale = j->scale,
         };
         if (j->k8)
             ryz_attention->attend_i8(&u, scratch);
@@ -140,11 +132,11 @@ static void attn1_task(void *ctx, int64_t b, int64_t e, int tid) {
 static void attn1_merge(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     attn1_job *j = ctx;
-    const int64_t G = j->G, hd = j->hd, S = j->S;
+    const int64_t HG = j->H * j->G, hd = j->hd, S = j->S;
     for (int64_t unit = b; unit < e; unit++) {
-        for (int64_t g = 0; g < G; g++)
-            ryz_attn_merge_head(j->out + (unit * G + g) * hd,
-                                j->part + unit * S * G * hd, j->ml + unit * S * G * 2, S, G, g, hd);
+        for (int64_t g = 0; g < HG; g++)
+            ryz_attn_merge_head(j->out + (unit * HG + g) * hd,
+                                j->part + unit * S * HG * hd, j->ml + unit * S * HG * 2, S, HG, g, hd);
     }
 }
 
@@ -168,7 +160,8 @@ static int decode_layer(const layer_args *A) {
     const int64_t D = A->D, Q = A->Q, KVD = A->KVD, I = A->I, hd = A->hd;
     const int64_t Kmax = D > Q ? (D > I ? D : I) : (Q > I ? Q : I);
     const int64_t ldq = (ryz_i2_padded_k(Kmax) + 63) / 64 * 64;
-    const int64_t Hkv = A->Hkv, G = A->Hq / Hkv, L = A->pos + 1, S = attn_parts(Hkv, L);
+    int64_t H;
+    const int64_t Hkv = A->Hkv, G = A->Hq / Hkv, L = A->pos + 1, S = ryz_attn_plan(1, Hkv, L, &H);
     int rc = 0;
     float *xb = aligned_alloc(64, sizeof(float) * (size_t)((D + 15) / 16 * 16));
     float *qv = aligned_alloc(64, sizeof(float) * (size_t)((Q + 15) / 16 * 16));
@@ -221,11 +214,11 @@ static int decode_layer(const layer_args *A) {
                 rc = -2;
                 goto out;
             }
-    attn1_job aj = {att, qv, A->kc, A->vc, A->kc8, A->vc8, A->ks, A->vs, A->Hq, Hkv, hd, G, L, S, A->scale,
+    attn1_job aj = {att, qv, A->kc, A->vc, A->kc8, A->vc8, A->ks, A->vs, A->Hq, Hkv, hd, G, L, H, S, A->scale,
                     part, ml, 0};
-    ryz_parallel_for(attn1_task, &aj, Hkv * S, 1);
+    ryz_parallel_for(attn1_task, &aj, Hkv / H * S, 1);
     if (aj.failed) { rc = -1; goto out; }
-    if (S > 1) ryz_parallel_for(attn1_merge, &aj, Hkv, Hkv);
+    if (S > 1) ryz_parallel_for(attn1_merge, &aj, Hkv / H, Hkv / H);
     ryz_ops->rmsnorm_row(an, att, A->attn_sub_norm, Q, A->eps);
     if (quantize_act(&a, an, Q)) { rc = -2; goto out; }
     g = (gemv_multi){.n = 1, .start = {0, D}};

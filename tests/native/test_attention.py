@@ -230,3 +230,85 @@ def test_attention_i8kv_argument_errors():
         _native.attention_i8kv(out, q, k8, np.ones((5, 3), np.float32), k8, s, 0, 1.0)
     with pytest.raises(ValueError, match="n_past is 4"):
         _native.attention_i8kv(out, q, k8, s, k8, s, 4, 1.0)
+
+
+# ---- decode units (ryz_attn_plan): one unit covers every kv head of a query row ------------
+# The SIMD kernels take rows 4 at a time in the score pass (a short last block repeats its
+# last row), v rows in blocks of 16, columns 64 at a time in the v pass, and split long rows
+# into a power-of-two number of parts (>= 128 rows each) merged afterwards. These shapes hit
+# every remainder of those blocks, query groups G = 1..8 (a group of 4 heads repeats its last
+# head when G is not a multiple of 4), head dims with tails, and 1, 2, 4, 8, 16 parts.
+DECODE_CASES = [
+    # (M, Hq, Hkv, hd, n_past)
+    (1, 20, 5, 128, 0),       # T = 1
+    (1, 20, 5, 128, 1),
+    (1, 20, 5, 128, 2),
+    (1, 20, 5, 128, 14),      # 15 rows: under one v block
+    (1, 20, 5, 128, 16),      # 17 rows
+    (1, 20, 5, 128, 254),     # 255 rows: one part
+    (1, 20, 5, 128, 256),     # 257 rows: 2 parts of 128 / 129
+    (1, 20, 5, 128, 1022),    # 8 parts
+    (1, 20, 5, 128, 4096),    # 16 parts of 256 / 257 rows
+    (1, 5, 5, 128, 700),      # G = 1: every head repeated 4x in a group
+    (1, 6, 3, 100, 301),      # G = 2, hd: one full and one partial 64-column v chunk
+    (1, 9, 3, 70, 520),       # G = 3, hd 70: v columns 64 + 6
+    (1, 10, 2, 33, 390),      # G = 5: groups of 4 and 1, hd not a multiple of 16
+    (1, 16, 2, 64, 1500),     # G = 8
+    (2, 20, 5, 128, 600),     # M = 2: still few units (10 < 16), split per query row
+    (3, 12, 4, 48, 333),      # M = 3, rows of different lengths per query
+    (1, 4, 4, 1, 260),        # hd = 1
+]
+
+
+@pytest.mark.parametrize("M,Hq,Hkv,hd,n_past", DECODE_CASES)
+def test_decode_units_match_reference(isa, rng, M, Hq, Hkv, hd, n_past):
+    q, k, v = make(rng, M, Hq, Hkv, hd, n_past + M, qscale=2.0)
+    scale = hd ** -0.5
+    out = run(q, k, v, n_past, scale)
+    np.testing.assert_allclose(out, ref.attention(q, k, v, n_past, scale), rtol=0, atol=ATT_ATOL)
+
+
+@pytest.mark.parametrize("M,Hq,Hkv,hd,n_past", DECODE_CASES)
+def test_decode_units_i8kv_match_reference(isa, rng, M, Hq, Hkv, hd, n_past):
+    q, k, v = make(rng, M, Hq, Hkv, hd, n_past + M, qscale=2.0)
+    k8, ks = quantize_kv(k)
+    v8, vs = quantize_kv(v)
+    out = np.full(q.shape, np.nan, np.float32)
+    _native.attention_i8kv(out, q, k8, ks, v8, vs, n_past, hd ** -0.5)
+    kd = k8.astype(np.float64) * ks[..., None]
+    vd = v8.astype(np.float64) * vs[..., None]
+    np.testing.assert_allclose(out, ref.attention(q, kd, vd, n_past, hd ** -0.5), rtol=0, atol=ATT_ATOL)
+
+
+@pytest.mark.parametrize("i8", [False, True])
+def test_decode_split_identical_for_1_and_2_threads(isa, rng, i8):
+    """The split depends on the shapes only: 1 and 2 threads give the same bits, and rows
+    past the causal limit are never read."""
+    M, Hq, Hkv, hd, n_past = 1, 20, 5, 128, 2100
+    q, k, v = make(rng, M, Hq, Hkv, hd, n_past + 40)
+    k[n_past + 1:] = np.nan
+    v[n_past + 1:] = np.nan
+    if i8:
+        k8, ks = quantize_kv(np.nan_to_num(k))
+        v8, vs = quantize_kv(np.nan_to_num(v))
+        ks[n_past + 1:] = np.nan
+        vs[n_past + 1:] = np.nan
+
+    def call():
+        out = np.full(q.shape, np.nan, np.float32)
+        if i8:
+            _native.attention_i8kv(out, q, k8, ks, v8, vs, n_past, hd ** -0.5)
+        else:
+            _native.attention(out, q, k, v, n_past, hd ** -0.5)
+        return out
+
+    prev = _native.get_num_threads()
+    try:
+        _native.set_num_threads(1)
+        a = call()
+        _native.set_num_threads(2)
+        b = call()
+    finally:
+        _native.set_num_threads(prev)
+    assert np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)
