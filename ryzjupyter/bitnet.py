@@ -275,6 +275,20 @@ class LayerWeights:
     w_down: object            # down_proj                 [dim, hidden_dim]
 
 
+HEAD4_GROUP = 32   # columns per float16 scale of the int4 lm_head (chosen in docs/performance.md "4-bit lm_head")
+
+
+def quantize_head4(head, group=None):
+    """float32 head [V, D] -> (packed uint8 [ceil(V/16), ceil(D/G), 8G], scales uint16 float16
+    bits [ceil(V/16), ceil(D/G), 16]), the int4 lm_head format of _native/head4.h."""
+    G = group or HEAD4_GROUP
+    V, D = head.shape
+    packed = np.empty((-(-V // 16), -(-D // G), 8 * G), np.uint8)
+    scales = np.empty((packed.shape[0], packed.shape[1], 16), np.uint16)
+    K.quantize_head4(packed, scales, head)
+    return packed, scales
+
+
 class Weights:
     """All weights in compute format. Ternary linears are ryzjupyter.ternary.TernaryWeight
     (packed 2-bit, converted once at load); norms and embeddings float32."""
@@ -375,17 +389,29 @@ class Weights:
         if self.tied and lm_head == "f32":             # the f32 head serves the lookups too
             self._embed_raw, self._embed_dtype = head, "F32"
         # lm_head "f32": exact float matmul (as transformers); "int8": per-row int8 (4x less memory
-        # traffic, logits differ by ~1e-3 relative)
+        # traffic, logits differ by ~1e-3 relative); "int4" (lossy): int4 in groups of HEAD4_GROUP
+        # columns with float16 scales (head4.h; ~7x less traffic than f32, perplexity cost in
+        # docs/performance.md "4-bit lm_head"). Only the quantized head is kept.
+        self.lm_head = lm_head
+        self.lm_head_f32 = self.lm_head_q = self.lm_head_s = None
+        self.lm_head_p4 = self.lm_head_s4 = None
         if lm_head == "f32":
-            self.lm_head_f32, self.lm_head_q, self.lm_head_s = head, None, None
+            self.lm_head_f32 = head
         elif lm_head == "int8":
             self.lm_head_q = np.empty(head.shape, np.int8)
             self.lm_head_s = np.empty(head.shape[0], np.float32)
             K.quantize_rows_i8(self.lm_head_q, self.lm_head_s, head)
-            self.lm_head_f32 = None
+            del head
+        elif lm_head == "int4":
+            self.lm_head_p4, self.lm_head_s4 = quantize_head4(head)
             del head
         else:
-            raise ValueError(f"lm_head must be 'f32' or 'int8', got {lm_head!r}")
+            raise ValueError(f"lm_head must be 'f32' (exact), 'int8' or 'int4' (lossy), got {lm_head!r}")
+
+    def head_arrays(self):
+        """The arrays the lm_head reads per token (whatever its format)."""
+        return [a for a in (self.lm_head_f32, self.lm_head_q, self.lm_head_s, self.lm_head_p4, self.lm_head_s4)
+                if a is not None]
 
     def embed(self, out, tokens):
         """out[i] = embed_tokens[tokens[i]] as float32."""
@@ -394,7 +420,7 @@ class Weights:
 
     @property
     def nbytes(self):
-        n = sum(w.nbytes for w in (self.lm_head_f32, self.lm_head_q, self.lm_head_s) if w is not None)
+        n = sum(w.nbytes for w in self.head_arrays())
         for lw in self.layers:
             for v in lw.__dict__.values():
                 n += v.nbytes
@@ -573,13 +599,16 @@ class BitNetModel(LanguageModel):
 
     def _classifier(self, out, xb):
         w = self.weights
-        if w.lm_head_q is None:
+        if w.lm_head_f32 is not None:
             _native.matmul_f32(out, xb, w.lm_head_f32)
-        else:
-            n = xb.shape[0]
-            xq, xs = self.state.xq[:n], self.state.xs[:n]
-            _native.quantize_rows_i8(xq, xs, xb)
+            return
+        n = xb.shape[0]
+        xq, xs = self.state.xq[:n], self.state.xs[:n]
+        _native.quantize_rows_i8(xq, xs, xb)
+        if w.lm_head_q is not None:
             _native.matmul_i8(out, xq, xs, w.lm_head_q, w.lm_head_s)
+        else:                                           # int4: all n tokens per weight tile
+            _native.lm_head_i4(out, xq, xs, w.lm_head_p4, w.lm_head_s4)
 
     @property
     def nbytes(self):

@@ -4,7 +4,7 @@
 single token (decode) that glue is a few percent of a step. :func:`decode_step` runs the same
 layer in one call (rmsnorm, q/k/v GEMV as one thread-pool job, rope, attention, sub-norm,
 o_proj, residual, norm, gate/up as one job, relu^2 * up, sub-norm, down, residual), then the final
-norm and the lm_head (the int8 head through ``lm_head_i8``, a streaming one-token GEMV that
+norm and the lm_head (the int4 head through ``lm_head_i4``, the int8 head through ``lm_head_i8``, a streaming one-token GEMV that
 gives bitwise matmul_i8's result at about twice its speed). The logits are bitwise the same as ``forward``'s
 (tests/perf/test_fused.py checks every fixture and every ISA level).
 
@@ -113,6 +113,10 @@ def forward_one(model, tokens, cache):
         xq, xs = s.xq[:1], s.xs[:1]
         K.quantize_rows_i8(xq, xs, xb)
         K.lm_head_i8(out, xq, xs, w.lm_head_q, w.lm_head_s)   # == matmul_i8, bitwise
+    elif w.lm_head_p4 is not None:                    # int4 head (head4.h): same call as forward's
+        xq, xs = s.xq[:1], s.xs[:1]
+        K.quantize_rows_i8(xq, xs, xb)
+        K.lm_head_i4(out, xq, xs, w.lm_head_p4, w.lm_head_s4)
     else:
         model._classifier(out, xb)
     PROFILER.toc("lm_head", t)

@@ -5,7 +5,7 @@
     model = ryzjupyter.load()                                     # the bundled demo model
 
 Options: revision, local_files_only, allow_pickle (refused by default: pickle files can run
-code), max_context (a smaller KV cache), lm_head ("f32" exact, or "int8"), prefill_chunk,
+code), max_context (a smaller KV cache), lm_head ("f32" exact; "int8" or "int4": smaller and lossy, int4 the most), prefill_chunk,
 progress (callable(done, total) while layers load), name, convert_cache (True: keep latent
 weights quantized to ternary on disk, in $RYZ_CACHE_DIR or ~/.cache/ryzjupyter/converted, so the
 next load skips the conversion; False: never; or a folder), kv_cache ("f32" exact, or "int8":

@@ -138,7 +138,7 @@ def estimate_model_bytes(folder, *, lm_head="f32", max_context=None) -> dict:
     """What loading `folder` will take, without loading it.
 
     BitNet: ternary linears at 2 bits per weight in up to two layouts (packed, online and 1bitLLM
-    formats all run ternary), float linears ("float" format) at 4 bytes, the lm_head as float32 (or int8 + scales),
+    formats all run ternary), float linears ("float" format) at 4 bytes, the lm_head as float32 (or int8 + scales, or int4 + float16 group scales),
     an untied embedding as stored (memory-mapped: "mapped"), and a KV-cache reserve of
     2 * layers * min(context, 2048) * kv_heads * head_dim * 4 bytes. Other families: the weight
     files' size plus the same kind of reserve. Returns {"weights" (comparable to model.nbytes),
@@ -171,7 +171,10 @@ def estimate_model_bytes(folder, *, lm_head="f32", max_context=None) -> dict:
         # ternary: 2 bits a weight, in up to two layouts (I2 and lookup-table: ryzjupyter.ternary
         # keeps the one measured fastest per shape and batch size, often both)
         lin_bytes = linear * 4 if variant == "float" else 2 * (linear // 4) + linear // 16 + L * 7 * 64
-        head = V * D * (4 if lm_head == "f32" else 1) + (0 if lm_head == "f32" else V * 4)
+        if lm_head == "int4":        # 4 bits a weight + a float16 scale per 32 columns (head4.h)
+            head = -(-V // 16) * 16 * -(-D // 32) * (32 // 2 + 2)
+        else:
+            head = V * D * (4 if lm_head == "f32" else 1) + (0 if lm_head == "f32" else V * 4)
         tied = cfg.get("tie_word_embeddings", True)
         embed = 0 if (tied and lm_head == "f32") else V * D * 2
         norms = L * (2 * D + q + I) * 4 + D * 4

@@ -4,5 +4,5 @@
  * (both in py_<f>.c). module.c walks this list. */
 #ifndef RYZ_FAMILIES_H
 #define RYZ_FAMILIES_H
-#define RYZ_FAMILIES(X) X(quant) X(ternary) X(matmul) X(ops) X(attention) X(recurrent) X(layer)
+#define RYZ_FAMILIES(X) X(quant) X(ternary) X(matmul) X(ops) X(attention) X(recurrent) X(layer) X(head4)
 #endif

@@ -9,7 +9,10 @@
    token of the 2B-4T ternary weights), so every byte comes from DRAM. The matrices live
    where TernaryWeight puts them (``ternary.packed_empty``: huge-page-backed arena). GB/s = packed
    bytes / time, as a fraction of the measured read bandwidth.
-3. Prefill (GEMM, M = 128 and 512): GOPS = 2 M N K / time, as a fraction of the VNNI peak.
+3. The decode lm_head (128256 x 2560): the int8 head (``lm_head_i8``) and the optional int4 head
+   (``lm_head_i4``, docs/performance.md "4-bit lm_head") alternating, GB/s as a fraction of a
+   read probe taken in the same round (``--no-lm-head`` skips it).
+4. Prefill (GEMM, M = 128 and 512): GOPS = 2 M N K / time, as a fraction of the VNNI peak.
 Each figure is the median of ``--repeat`` runs; the best run is recorded too (``best``),
 because on a shared machine a run that lost its core to another process says nothing
 about the kernel. The report prints the load average before and after.
@@ -42,6 +45,7 @@ def add_parser(sub):
     p.add_argument("--gemv-mib", type=int, default=512, help="GEMV weight set per shape (MiB)")
     p.add_argument("--gemm-m", default="128,512", help="GEMM token counts")
     p.add_argument("--no-model-pass", action="store_true", help="skip the 30-layer 2B-4T pass")
+    p.add_argument("--no-lm-head", action="store_true", help="skip the int8 vs int4 lm_head GEMV")
     p.add_argument("--quick", action="store_true", help="tiny sizes (for tests), not meaningful")
     p.set_defaults(run=run)
     return p
@@ -98,6 +102,45 @@ def _in_arena(a):
     out = packed_empty(*a.shape)
     out[...] = a
     return out
+
+
+def _lm_head_section(args, quick, repeat, threads_list, rng, rec):
+    """The decode lm_head at 2B-4T shape (128256 x 2560): lm_head_i8 (int8 + f32 row scales) and
+    lm_head_i4 (int4 groups of 32 + float16 scales), alternating, each round next to a read
+    probe of about the same size (the fraction is per round: a shared machine drifts)."""
+    from ryzjupyter.bitnet import quantize_head4
+    V, D = (1024, 256) if quick else (128256, 2560)
+    print(f"\n== decode: lm_head GEMV {V}x{D}, int8 (lm_head_i8) vs int4 (lm_head_i4), alternating ==")
+    w = rng.standard_normal((V, D), dtype=np.float32) * np.float32(0.02)
+    hq, hs = np.empty((V, D), np.int8), np.empty(V, np.float32)
+    _native.quantize_rows_i8(hq, hs, w)
+    p4, s4 = quantize_head4(w)
+    del w
+    xq = rng.integers(-127, 128, (1, D), dtype=np.int8)
+    xsc, out = np.ones(1, np.float32), np.empty((1, V), np.float32)
+    heads = {"int8": (lambda: _native.lm_head_i8(out, xq, xsc, hq, hs), hq.nbytes + hs.nbytes),
+             "int4": (lambda: _native.lm_head_i4(out, xq, xsc, p4, s4), p4.nbytes + s4.nbytes)}
+    pbuf = np.ones((8 if quick else 256) << 20, np.uint8)
+    for th in threads_list:
+        _native.set_num_threads(th)
+        gb, frac, probes = {k: [] for k in heads}, {k: [] for k in heads}, []
+        for _ in range(3 * repeat):
+            dt, nb = _native.probe_read(pbuf, th)
+            probes.append(nb / dt / 1e9)
+            for k, (fn, nbytes) in heads.items():
+                t0 = time.perf_counter()
+                fn()
+                g = nbytes / (time.perf_counter() - t0) / 1e9
+                gb[k].append(g)
+                frac[k].append(g / probes[-1])
+        for k, (_, nbytes) in heads.items():
+            med = statistics.median(gb[k])
+            r = rec(kind="lm_head_gemv", format=k, V=V, D=D, M=1, threads=th, bytes=nbytes,
+                    seconds=nbytes / med / 1e9, gbps=med, best=max(gb[k]), probe_gbps=statistics.median(probes),
+                    frac_bw=statistics.median(frac[k]), runs=gb[k])
+            print(f"  lm_head {k}  {th} thr {nbytes / 1e6:6.1f} MB  {med:6.1f} GB/s (best {max(gb[k]):.1f}) "
+                  f"{r['seconds'] * 1e3:6.2f} ms  {r['frac_bw']:4.0%} of the probe next to it "
+                  f"(probe median {r['probe_gbps']:.1f} GB/s)")
 
 
 def run(args) -> int:
@@ -193,6 +236,9 @@ def run(args) -> int:
                       f"{med * 1e3:7.2f} ms/token ({total / 2**20:.0f} MiB), best {best:.1f} GB/s "
                       f"= {r['frac_best_bw']:.0%} of best BW")
             del mats
+
+        if not args.no_lm_head:
+            _lm_head_section(args, quick, repeat, threads_list, rng, rec)
 
         print("\n== prefill: ternary GEMM (ternary_linear_i2) ==")
         print(f"  {'shape (N x K)':24s} {'M':>4s} {'thr':>3s} {'GOPS':>7s} {'of peak':>7s} {'ms':>8s}"

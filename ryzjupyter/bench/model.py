@@ -1,7 +1,7 @@
 """`python -m ryzjupyter.bench model`: a whole model's decode and prefill against this machine.
 
     python -m ryzjupyter.bench model --shape bitnet-2b4t [--threads 1,2] [--repeat 5]
-        [--json FILE] [--vs llamacpp] [--model PATH] [--lm-head int8|f32]
+        [--json FILE] [--vs llamacpp] [--model PATH] [--lm-head int8|int4|f32]
 
 What it does (docs/performance.md, "Whole model"):
 1. Limits, measured here with the probes of ``bench kernels``: streaming read bandwidth and the
@@ -60,7 +60,8 @@ def add_parser(sub):
     p.add_argument("--model", metavar="PATH", help="a real checkpoint (folder or hub id) instead of random weights")
     p.add_argument("--model-dir", metavar="DIR", help="where the random model is written and kept "
                    "(default $RYZ_BENCH_DIR or ~/.cache/ryzjupyter/bench)")
-    p.add_argument("--lm-head", default="int8", choices=("int8", "f32"), help="lm_head format (default int8)")
+    p.add_argument("--lm-head", default="int8", choices=("int8", "int4", "f32"),
+                   help="lm_head format (default int8; int4 is lossy, see docs/performance.md)")
     p.add_argument("--kv-cache", default="f32", choices=("f32", "int8"), help="KV cache format (default f32, "
                    "exact; int8: 4x less cache traffic)")
     p.add_argument("--threads", default="1,2", help="thread counts, comma separated")
@@ -138,7 +139,7 @@ def decode_bytes(model, kv_rows: float) -> dict:
         lin += sum(getattr(lw, n).nbytes for n in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"))
         norm += sum(getattr(lw, n).nbytes for n in ("attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm"))
     norm += w.norm.nbytes
-    head = sum(a.nbytes for a in (w.lm_head_f32, w.lm_head_q, w.lm_head_s) if a is not None)
+    head = sum(a.nbytes for a in w.head_arrays())          # int4: packed + float16 scales
     if getattr(model, "kv_dtype", "f32") == "int8":                   # int8 values + f32 (row, head) scale
         kv_row = 2 * c.n_layers * c.n_kv_heads * (c.head_dim + 4)
     else:                                                             # float32 K and V, all layers

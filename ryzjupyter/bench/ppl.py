@@ -59,6 +59,8 @@ def add_parser(sub) -> None:
                    help="text file (default: the model folder's validation.txt, if it has one)")
     p.add_argument("--ctx", type=int, default=None, help="window length (default: the model's context)")
     p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
+    p.add_argument("--lm-head", default="f32", choices=("f32", "int8", "int4"),
+                   help="lm_head format (default f32, exact; int8 and int4 are lossy: this measures their cost)")
     p.add_argument("--json", default=None, help="write the result as JSON to this file")
     p.set_defaults(run=run)
 
@@ -66,14 +68,15 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import ryzjupyter
 
-    model = ryzjupyter.load(args.model)
+    model = ryzjupyter.load(args.model, lm_head=args.lm_head)
     folder = Path(getattr(model, "path", "") or "")
     path = Path(args.file) if args.file else folder / "validation.txt"
     if not path.is_file():
         raise SystemExit(f"no text file: {path} (pass --file PATH)")
     res = perplexity(model, path.read_text(encoding="utf-8"), args.ctx, args.max_windows)
     res["file"] = str(path)
-    print(f"perplexity {res['ppl']:.4f} over {res['predicted_tokens']:,} predicted tokens "
+    res["lm_head"] = args.lm_head
+    print(f"lm_head {args.lm_head}: perplexity {res['ppl']:.4f} over {res['predicted_tokens']:,} predicted tokens "
           f"({res['windows']} windows of <= {res['n_ctx']}) in {res['seconds']:.1f} s "
           f"({res['tok_s']:.0f} tok/s)")
     ref = folder / "validation_ppl.json"

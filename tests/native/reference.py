@@ -258,3 +258,46 @@ def matmul_f32_with_bound(x, w):
     x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
     K = x64.shape[1]
     return x64 @ w64.T, (K + 1) * 2.0**-24 * (np.abs(x64) @ np.abs(w64).T)
+
+
+# ======================================================================================
+# 4-bit lm_head (head4.h): quantization, packing and the GEMV's exact result
+# ======================================================================================
+
+
+def quantize_head4(w, G):
+    """Float head w [V, K] -> (packed uint8 [T, ng, 8G], scales uint16 [T, ng, 16],
+    q int8 [16T, ng*G] (logical, padded), d float32 [16T, ng]), as head4.h specifies."""
+    w = np.asarray(w, np.float32)
+    V, K = w.shape
+    T, ng = -(-V // 16), -(-K // G)
+    wp = np.zeros((16 * T, ng * G), np.float32)
+    wp[:V, :K] = w
+    g = wp.reshape(16 * T, ng, G)
+    amax = np.abs(g).max(axis=2)
+    d16 = (amax / np.float32(7)).astype(np.float32).astype(np.float16)
+    d = d16.astype(np.float32)
+    inv = np.zeros_like(d)
+    np.divide(np.float32(1), d, out=inv, where=d > 0)
+    q = np.clip(np.rint(g * inv[..., None]), -7, 7).astype(np.int8)          # ties to even
+    u = (q.astype(np.int16) + 8).astype(np.uint8).reshape(T, 16, ng, G)
+    lo = u[..., :G // 2].reshape(T, 16, ng, G // 8, 4)
+    hi = u[..., G // 2:].reshape(T, 16, ng, G // 8, 4)
+    byte = lo | (hi << 4)                                                    # [t, r, g, p, i]
+    packed = np.ascontiguousarray(byte.transpose(0, 2, 3, 1, 4)).reshape(T, ng, 8 * G)
+    scales = np.ascontiguousarray(d16.view(np.uint16).reshape(T, 16, ng).transpose(0, 2, 1))
+    return packed, scales, q.reshape(16 * T, ng * G), d
+
+
+def lm_head_i4(xq, xs, q, d, V, G):
+    """out[m, n] = (sum over groups in order of f32(isum) * d, f32 steps) / xs[m]."""
+    M, K = xq.shape
+    Kp = q.shape[1]
+    ng = Kp // G
+    x = np.zeros((M, Kp), np.int64)
+    x[:, :K] = xq
+    isum = np.einsum("mgk,ngk->mng", x.reshape(M, ng, G), q[:V].astype(np.int64).reshape(V, ng, G))
+    acc = np.zeros((M, V), np.float32)
+    for g in range(ng):
+        acc = (acc + (isum[:, :, g].astype(np.float32) * d[None, :V, g]).astype(np.float32)).astype(np.float32)
+    return (acc / np.asarray(xs, np.float32)[:, None]).astype(np.float32)

@@ -58,6 +58,15 @@ def test_fused_int8_kv_cache_equals_forward(fmt, isa, threads):
     _check_same(model, _seq(), steps=6)
 
 
+@pytest.mark.parametrize("fmt,kv", [("packed", "f32"), ("untied", "int8")])
+def test_fused_int4_head_equals_forward(fmt, kv, isa, threads):
+    """The int4 lm_head (lossy vs f32, but one definition): the fused decode and the Python
+    path give bitwise the same logits."""
+    model = _load(fmt, lm_head="int4", kv_cache=kv)
+    assert model.weights.lm_head_p4 is not None
+    _check_same(model, _seq(), steps=6)
+
+
 def test_fused_int8_head_and_long_context(isa):
     """Past RYZ_ATTN_MIN_PART_ROWS rows the attention splits each kv head's rows (and merges)."""
     model = _load("packed", lm_head="int8")
