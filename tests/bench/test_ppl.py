@@ -39,7 +39,11 @@ def test_engine_window_nll_matches_trainer(name):
         assert ours == pytest.approx(ref["val_window_nll"][i], rel=1e-4), f"window {i}"
     res = ppl.perplexity(model, text, max_windows=3)
     expect = math.exp(math.fsum(ref["val_window_nll"][:3]) / sum(len(w) - 1 for w in wins[:3]))
-    assert res["ppl"] == pytest.approx(expect, rel=1e-4)
+    # Not tighter: BitNet quantizes every activation to int8, so a float difference of 1e-7
+    # (another summation order: torch vs our kernels, or one ISA level vs another) flips a
+    # few roundings and moves a window's NLL by up to ~6e-5 relative; over the three windows
+    # the scalar, AVX2 and AVX-512 paths land 0.5-1.5e-4 from the trainer's perplexity.
+    assert res["ppl"] == pytest.approx(expect, rel=5e-4)
 
 
 def test_cli_reports_trainer_comparison(tmp_path):
