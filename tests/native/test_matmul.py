@@ -107,7 +107,7 @@ def test_kernels_registered():
 def test_i8_bad_arguments():
     xq, xs = np.zeros((2, 8), np.int8), np.ones(2, np.float32)
     wq, ws = np.zeros((3, 8), np.int8), np.ones(3, np.float32)
-    out = np.empty((2, 3), np.float32)
+    out = np.zeros((2, 3), np.float32)  # not empty: casting garbage floats to int32 warns
     with pytest.raises(TypeError, match="xq must have dtype int8"):
         _native.matmul_i8(out, xq.astype(np.uint8), xs, wq, ws)
     with pytest.raises(TypeError, match="ws must have dtype float32"):
@@ -138,7 +138,7 @@ def test_i8_bad_arguments():
 
 def test_f32_bad_arguments():
     x, w = np.zeros((2, 8), np.float32), np.zeros((3, 8), np.float32)
-    out = np.empty((2, 3), np.float32)
+    out = np.zeros((2, 3), np.float32)  # not empty: casting garbage floats to int32 warns
     with pytest.raises(TypeError, match="x must have dtype float32"):
         _native.matmul_f32(out, x.astype(np.float64), w)
     with pytest.raises(ValueError, match=r"w.shape\[1\]"):
