@@ -122,11 +122,81 @@ static const tile_fn tiles[4][4] = {
     {tile_1x1, tile_1x2, tile_1x3, tile_1x4}, {tile_2x1, tile_2x2, tile_2x3, tile_2x4},
     {tile_3x1, tile_3x2, tile_3x3, tile_3x4}, {tile_4x1, tile_4x2, tile_4x3, tile_4x4}};
 
-static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+
+/* ---- T5: five codes a byte, decoded with integer ops -----------------------------
+ * x_0 = the byte; code i = (3 x_i) >> 8, x_{i+1} = 3 x_i mod 256 (ternary.h). vpmaddubsw
+ * with (3, 0) / (0, 3) pairs gives 3 x of the even / odd bytes as int16 (<= 765): the
+ * code is the high byte of each, shifted down (even) or kept in place (odd) and merged
+ * by one vpternlogd; 3 x mod 256 is x + x + x in u8 (wrapping). Same 4 x 4 register
+ * blocking and address-order prefetch as tile_i2; 5 vpdpbusd per 64-byte load. */
+static ALWAYS_INLINE __m512i t5_code(__m512i x) {
+    const __m512i e3 = _mm512_set1_epi16(3), o3 = _mm512_set1_epi16(3 << 8);
+    __m512i ye = _mm512_srli_epi16(_mm512_maddubs_epi16(x, e3), 8);
+    __m512i yo = _mm512_maddubs_epi16(x, o3);
+    return _mm512_ternarylogic_epi32(ye, yo, _mm512_set1_epi16((short)0xff00), 0xf8); /* a | (b & c) */
+}
+
+static ALWAYS_INLINE void tile_t5(const ryz_ternary_job *j, int64_t n, int64_t m, const int NR,
+                                  const int NT) {
+    const int64_t nb = j->Kp / RYZ_T5_BLOCK;
+    __m512i acc[4][4];
+    const uint8_t *w[4];
+    const int8_t *q[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++) w[r] = j->w + (n + r) * j->rb;
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) q[t] = j->q + (m + t) * j->ldq;
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_si512();
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i x[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            _mm_prefetch((const char *)(w[0] + (b * NR + r) * RYZ_T5_BLOCK_BYTES + PF_BYTES), _MM_HINT_T0);
+            x[r] = _mm512_loadu_si512(w[r] + b * RYZ_T5_BLOCK_BYTES);
+        }
+#pragma GCC unroll 5
+        for (int i = 0; i < 5; i++) {
+            __m512i wv[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) {
+                wv[r] = t5_code(x[r]);
+                if (i < 4) x[r] = _mm512_add_epi8(_mm512_add_epi8(x[r], x[r]), x[r]);
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                __m512i a = _mm512_loadu_si512(q[t] + b * RYZ_T5_BLOCK + 64 * i);
+#pragma GCC unroll 4
+                for (int r = 0; r < NR; r++) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], a);
+            }
+        }
+    }
+    if (NR == 4 && NT == 4) {
+        store_4x4(j, n, m, acc);
+        return;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++)
+            ryz_ternary_store(j, m + t, n + r, _mm512_reduce_add_epi32(acc[r][t]) - j->qsum[m + t]);
+}
+
+#define TILE5(NR, NT) static void tile5_##NR##x##NT(const ryz_ternary_job *j, int64_t n, int64_t m) \
+    { tile_t5(j, n, m, NR, NT); }
+#define TILES5(NR) TILE5(NR, 1) TILE5(NR, 2) TILE5(NR, 3) TILE5(NR, 4)
+TILES5(1) TILES5(2) TILES5(3) TILES5(4)
+static const tile_fn tiles5[4][4] = {
+    {tile5_1x1, tile5_1x2, tile5_1x3, tile5_1x4}, {tile5_2x1, tile5_2x2, tile5_2x3, tile5_2x4},
+    {tile5_3x1, tile5_3x2, tile5_3x3, tile5_3x4}, {tile5_4x1, tile5_4x2, tile5_4x3, tile5_4x4}};
+
+static void run_tiles(const tile_fn t[4][4], const ryz_ternary_job *j, int64_t n0, int64_t n1) {
     if (j->M == 1) { /* decode: 4 x 1 tiles straight through the rows */
         for (int64_t n = n0; n < n1; n += GEMV_NR) {
             int nr = n1 - n < GEMV_NR ? (int)(n1 - n) : GEMV_NR;
-            tiles[nr - 1][0](j, n, 0);
+            t[nr - 1][0](j, n, 0);
         }
         return;
     }
@@ -136,12 +206,118 @@ static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
             int nr = n1 - n < 4 ? (int)(n1 - n) : 4;
             for (int64_t m = m0; m < m1; m += 4) {
                 int nt = m1 - m < 4 ? (int)(m1 - m) : 4;
-                tiles[nr - 1][nt - 1](j, n, m);
+                t[nr - 1][nt - 1](j, n, m);
             }
         }
     }
 }
 
+static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) { run_tiles(tiles, j, n0, n1); }
+
+/* Prefill (M > 1): decoding in registers costs 16 ops per 64 bytes and row, repeated for
+ * every 4-token tile (~40 % slower than I2). Instead 4 rows are transcoded once per block of
+ * TOK_BLOCK tokens into 2-bit codes (the I2 packing of the same vectors: byte j of group g,
+ * bits 2i = code vector 4 g + i) and the tiles run the I2 inner loop on that buffer
+ * (4 x Kp / 4 bytes, L1). A u8 code buffer instead was slower for K = 6912: with the
+ * activations of 4 tokens it no longer fits L1. */
+static void t5_transcode_rows(uint8_t *C, uint8_t *tmp, const ryz_ternary_job *j, int64_t n, int nr) {
+    const int64_t nb = j->Kp / RYZ_T5_BLOCK, nv = j->Kp / 64, ng = (nv + 3) / 4;
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *w = j->w + (n + r) * j->rb;
+        for (int64_t b = 0; b < nb; b++) { /* codes of the row, u8, vector v at tmp + 64 v */
+            __m512i x = _mm512_loadu_si512(w + b * RYZ_T5_BLOCK_BYTES);
+#pragma GCC unroll 5
+            for (int i = 0; i < 5; i++) {
+                _mm512_store_si512(tmp + b * RYZ_T5_BLOCK + 64 * i, t5_code(x));
+                x = _mm512_add_epi8(_mm512_add_epi8(x, x), x);
+            }
+        }
+        for (int64_t v = nv; v < 4 * ng; v++) _mm512_store_si512(tmp + 64 * v, _mm512_setzero_si512());
+        uint8_t *c = C + r * ng * 64;
+        for (int64_t g = 0; g < ng; g++) { /* codes <= 2: the byte shifts never carry over */
+            const uint8_t *t = tmp + 256 * g;
+            __m512i v = _mm512_or_si512(
+                _mm512_or_si512(_mm512_load_si512(t), _mm512_slli_epi16(_mm512_load_si512(t + 64), 2)),
+                _mm512_or_si512(_mm512_slli_epi16(_mm512_load_si512(t + 128), 4),
+                                _mm512_slli_epi16(_mm512_load_si512(t + 192), 6)));
+            _mm512_store_si512(c + 64 * g, v);
+        }
+    }
+}
+
+static ALWAYS_INLINE void tile_codes(const ryz_ternary_job *j, const uint8_t *C, int64_t n, int64_t m,
+                                     const int NR, const int NT) {
+    const __m512i mask3 = _mm512_set1_epi8(3);
+    const int64_t nv = j->Kp / 64, ng = (nv + 3) / 4, full = nv / 4;
+    __m512i acc[4][4];
+    const int8_t *q[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) q[t] = j->q + (m + t) * j->ldq;
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_si512();
+    for (int64_t g = 0; g < ng; g++) {
+        __m512i raw[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) raw[r] = _mm512_load_si512(C + (r * ng + g) * 64);
+        const int ni = g < full ? 4 : (int)(nv - 4 * full); /* the last group may be partial */
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            if (i >= ni) break;
+            __m512i wv[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                wv[r] = _mm512_and_si512(i ? _mm512_srli_epi16(raw[r], 2 * i) : raw[r], mask3);
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                __m512i a = _mm512_loadu_si512(q[t] + g * 256 + 64 * i);
+#pragma GCC unroll 4
+                for (int r = 0; r < NR; r++) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], a);
+            }
+        }
+    }
+    if (NR == 4 && NT == 4) {
+        store_4x4(j, n, m, acc);
+        return;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++)
+            ryz_ternary_store(j, m + t, n + r, _mm512_reduce_add_epi32(acc[r][t]) - j->qsum[m + t]);
+}
+
+typedef void (*ctile_fn)(const ryz_ternary_job *, const uint8_t *, int64_t, int64_t);
+#define CTILE(NR, NT) static void ctile_##NR##x##NT(const ryz_ternary_job *j, const uint8_t *C, int64_t n, \
+                                                   int64_t m) { tile_codes(j, C, n, m, NR, NT); }
+#define CTILES(NR) CTILE(NR, 1) CTILE(NR, 2) CTILE(NR, 3) CTILE(NR, 4)
+CTILES(1) CTILES(2) CTILES(3) CTILES(4)
+static const ctile_fn ctiles[4][4] = {
+    {ctile_1x1, ctile_1x2, ctile_1x3, ctile_1x4}, {ctile_2x1, ctile_2x2, ctile_2x3, ctile_2x4},
+    {ctile_3x1, ctile_3x2, ctile_3x3, ctile_3x4}, {ctile_4x1, ctile_4x2, ctile_4x3, ctile_4x4}};
+
+static void gemm_t5(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+    const int64_t ng = (j->Kp / 64 + 3) / 4;
+    /* 2-bit buffer of 4 rows, then the u8 codes of one row (256 ng bytes) */
+    uint8_t *C = j->M > 1 ? aligned_alloc(64, (size_t)(4 * ng * 64 + 256 * ng + 64)) : NULL;
+    if (!C) { /* decode, or no memory: codes decoded in registers */
+        run_tiles(tiles5, j, n0, n1);
+        return;
+    }
+    for (int64_t m0 = 0; m0 < j->M; m0 += TOK_BLOCK) {
+        int64_t m1 = m0 + TOK_BLOCK < j->M ? m0 + TOK_BLOCK : j->M;
+        for (int64_t n = n0; n < n1; n += 4) {
+            int nr = n1 - n < 4 ? (int)(n1 - n) : 4;
+            t5_transcode_rows(C, C + 4 * ng * 64, j, n, nr);
+            for (int64_t m = m0; m < m1; m += 4) {
+                int nt = m1 - m < 4 ? (int)(m1 - m) : 4;
+                ctiles[nr - 1][nt - 1](j, C, n, m);
+            }
+        }
+    }
+    free(C);
+}
 
 /* ---- TL: vpshufb lookups over 64 interleaved rows ------------------------------
  * Per token, every pair g gets a 32-byte table: the low bytes of its 16 int16 entries,
@@ -228,6 +404,8 @@ static void gemm_tl(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
 const ryz_ternary_kernels ryz_ternary_avx512 = {
     .name = "avx512vnni",
     .tl_name = "avx512vnni",
+    .t5_name = "avx512vnni",
     .gemm_i2 = gemm_i2,
     .gemm_tl = gemm_tl,
+    .gemm_t5 = gemm_t5,
 };
