@@ -222,6 +222,17 @@ class TernaryWeight:
         self._pack(t, layout)
         self.layout = layout
 
+    def repack(self, layout: str) -> None:
+        """Store the same trits in another layout (exact; the old packing is dropped)."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout == self.layout:
+            return
+        t = self.trits()
+        self._packed.clear()
+        self._pack(t, layout)
+        self.layout = layout
+
     def _pack(self, t: np.ndarray, layout: str) -> None:
         N, K = t.shape
         packed = packed_empty(N, getattr(_native, f"{layout}_row_bytes")(K))

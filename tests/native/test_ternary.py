@@ -393,3 +393,21 @@ def test_arena_chunks_are_freed_with_their_weights():
     T.new_arena_chunk()
     d = T.packed_empty(1024, 640)
     assert c.base is not d.base
+
+
+def test_ternary_weight_repack_and_explicit_t5(rng):
+    t = rand_trits(rng, 40, 700)
+    x = rng.standard_normal((3, 700)).astype(np.float32)
+    tw = T.TernaryWeight.from_trits(t, 0.25)
+    assert tw.layout in T.MEASURED_LAYOUTS            # t5 is never picked by the measurement
+    expected = ref.ternary_linear(t, x, 0.25)
+    for lay in ("t5", "tl", "i2", "t5"):
+        tw.repack(lay)
+        assert tw.layout == lay and list(tw._packed) == [lay]
+        assert tw.packed.shape == (40, getattr(_native, f"{lay}_row_bytes")(700))
+        np.testing.assert_array_equal(tw.trits(), t)
+        np.testing.assert_array_equal(tw.linear(x), expected)
+    assert tw.nbytes == 40 * 192                       # 700 -> 960 padded, 5 trits a byte
+    with pytest.raises(ValueError, match="layout"):
+        tw.repack("i4")
+    assert T.TernaryWeight.from_trits(t, 1.0, layout="t5").layout == "t5"
