@@ -411,3 +411,19 @@ def test_ternary_weight_repack_and_explicit_t5(rng):
     with pytest.raises(ValueError, match="layout"):
         tw.repack("i4")
     assert T.TernaryWeight.from_trits(t, 1.0, layout="t5").layout == "t5"
+
+
+@pytest.mark.parametrize("wval", [-1, 1, None])
+def test_t5_long_rows_fold_exactly(isa, rng, wval):
+    # > 512 T5 blocks a row: the AVX-512 GEMV folds its two partial sums every 512 blocks
+    K = 512 * 320 + 321
+    t = rand_trits(rng, 5, K) if wval is None else np.full((5, K), wval, np.int8)
+    q = np.full((2, K), 127, np.int8)
+    q[1] = -128
+    if wval is None:
+        q = rng.integers(-128, 128, (2, K), dtype=np.int8)
+    p = packed_of("t5", t)
+    expected = ref.ternary_matmul(t, q)
+    for m in range(2):   # M = 1: the decode kernel
+        np.testing.assert_array_equal(matmul("t5", p, q[m:m + 1]), expected[m:m + 1])
+    np.testing.assert_array_equal(matmul("t5", p, q), expected)
