@@ -14,8 +14,9 @@ Hook (the engine calls it for one-token passes)::
     if M == 1 and self.fused_decode and bitnet_fused.supported(self, cache):
         return bitnet_fused.forward_one(self, tokens, cache)
 
-``supported`` needs every ternary weight in the I2 layout (``ensure_i2`` repacks the others
-once; on AVX-512 machines the layout chooser picks I2 anyway).
+``supported`` needs every ternary weight in the I2 layout, or every one in the T5 layout
+(5 trits a byte, ``TernaryWeight.repack("t5")``); ``ensure_i2`` repacks any other mix to I2
+once (on AVX-512 machines the layout chooser picks I2 anyway).
 """
 from __future__ import annotations
 
@@ -42,36 +43,37 @@ def _plan(model):
     cfg = model.config
     plan = (layers, float(cfg.norm_eps), float(cfg.rope_theta), float(cfg.head_dim ** -0.5),
             0 if cfg.act == "relu2" else 1)
+    model._fused_layout = "t5" if _layouts(model) == {"t5"} else "i2"
     model._fused_plan = plan
     return plan
 
 
+def _layouts(model) -> set:
+    return {getattr(getattr(lw, n), "layout", None) for lw in model.weights.layers for n in _LINEARS}
+
+
 def supported(model, cache=None) -> bool:
-    """True when every linear is a ternary I2 weight (not the float variant) and the KV cache
-    (if given) is float32 or int8."""
+    """True when every linear is a ternary I2 weight, or every one a T5 weight (not the float
+    variant), and the KV cache (if given) is float32 or int8."""
     if cache is not None and getattr(cache, "dtype", "f32") not in ("f32", "int8"):
         return False
     ok = getattr(model, "_fused_ok", None)
     if ok is None:
-        ok = all(getattr(getattr(lw, n), "layout", None) == "i2"
-                 for lw in model.weights.layers for n in _LINEARS)
+        ok = _layouts(model) in ({"i2"}, {"t5"})
         model._fused_ok = ok
     return ok
 
 
 def ensure_i2(model) -> bool:
-    """Repack any TL-layout ternary weight to I2 (same trits); False for float linears."""
-    for lw in model.weights.layers:
-        for n in _LINEARS:
-            w = getattr(lw, n)
-            lay = getattr(w, "layout", None)
-            if lay is None:
-                return False
-            if lay != "i2":
-                t = w.trits()
-                w._packed.clear()
-                w._pack(t, "i2")
-                w.layout = "i2"
+    """Repack ternary weights the fused layer cannot use (TL, or a mix of layouts) to I2 (same
+    trits); a model whose linears are all T5 stays T5. False for float linears."""
+    lays = _layouts(model)
+    if None in lays:
+        return False
+    if lays != {"t5"}:
+        for lw in model.weights.layers:
+            for n in _LINEARS:
+                getattr(lw, n).repack("i2")
     model._fused_ok = None
     model._fused_plan = None
     return supported(model)
@@ -92,6 +94,7 @@ def forward_one(model, tokens, cache):
     if not 0 <= tok < cfg.vocab_size:
         raise ValueError(f"token ids must be in 0..{cfg.vocab_size - 1}")
     layers, eps, theta, scale, act = _plan(model)
+    layout = model._fused_layout
     x = s.x[0]
     w.embed(s.x[:1], tokens)
     dec = K.bitnet_decode_layer
@@ -100,7 +103,10 @@ def forward_one(model, tokens, cache):
     if i8:
         ks, vs = cache.ks, cache.vs
         for l, (ws, mults) in enumerate(layers):
-            dec(x, kk[l], vv[l], pos, ws, mults, eps, theta, scale, act, ks[l], vs[l])
+            dec(x, kk[l], vv[l], pos, ws, mults, eps, theta, scale, act, ks[l], vs[l], layout)
+    elif layout != "i2":
+        for l, (ws, mults) in enumerate(layers):
+            dec(x, kk[l], vv[l], pos, ws, mults, eps, theta, scale, act, None, None, layout)
     else:
         for l, (ws, mults) in enumerate(layers):
             dec(x, kk[l], vv[l], pos, ws, mults, eps, theta, scale, act)

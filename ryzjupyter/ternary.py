@@ -1,7 +1,9 @@
 """Ternary (BitNet b1.58) weights: converters and the linear layer over the C kernels.
 
 A :class:`TernaryWeight` holds the trits of an [N, K] matrix packed for the C kernels
-(layout "i2", or "tl" where the lookup-table kernel is measured to be faster) plus the
+(layout "i2", or "tl" where the lookup-table kernel is measured to be faster, or "t5",
+5 trits a byte, on request: it streams 20 % fewer bytes in decode, see
+docs/performance.md "1.6-bit packing") plus the
 float multiplier ``w_mult``: ``linear(x)`` returns ``x_q @ trits.T / s_x * w_mult``, with
 x quantized per row exactly as BitNet does (int8 absmax, see ``quantize_rows_i8``).
 
@@ -25,7 +27,10 @@ from ryzjupyter.profiling import PROFILER
 __all__ = ["TernaryWeight", "trits_from_bitnet_packed", "bitnet_packed_from_trits",
            "absmean_quantize", "LAYOUTS"]
 
-LAYOUTS = ("i2", "tl")
+LAYOUTS = ("i2", "tl", "t5")
+# layouts choose_layout measures. T5 is only chosen explicitly: it wins where decode streams
+# the weights from DRAM, which a short measurement on a cache-resident slice cannot see.
+MEASURED_LAYOUTS = ("i2", "tl")
 
 
 # ---- converters ---------------------------------------------------------------------------
@@ -173,7 +178,7 @@ def _measure(N: int, K: int) -> str:
     n = min(N, 1024)  # time on a slice of rows: the per-row cost is what differs
     t = rng.integers(-1, 2, (n, K), dtype=np.int8)
     cost = {}
-    for lay in LAYOUTS:
+    for lay in MEASURED_LAYOUTS:
         packed = np.empty((n, getattr(_native, f"{lay}_row_bytes")(K)), np.uint8)
         getattr(_native, f"pack_{lay}")(packed, t)
         fn = getattr(_native, f"ternary_linear_{lay}")
@@ -188,7 +193,7 @@ def _measure(N: int, K: int) -> str:
                 fn(out, packed, x, 1.0)
                 times.append(time.perf_counter() - t0)
             cost[lay] += min(times) / M
-    return min(LAYOUTS, key=lambda lay: cost[lay])
+    return min(MEASURED_LAYOUTS, key=lambda lay: cost[lay])
 
 
 # ---- the weight --------------------------------------------------------------------------
@@ -214,6 +219,17 @@ class TernaryWeight:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self._packed = {}
         self._trits_src = None
+        self._pack(t, layout)
+        self.layout = layout
+
+    def repack(self, layout: str) -> None:
+        """Store the same trits in another layout (exact; the old packing is dropped)."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout == self.layout:
+            return
+        t = self.trits()
+        self._packed.clear()
         self._pack(t, layout)
         self.layout = layout
 

@@ -45,6 +45,7 @@ typedef struct {
     int32_t qsum;
     float sx;
     int64_t ldq;
+    int t5;        /* weights in the T5 layout (else I2) */
 } qact;
 
 static int quantize_act(qact *a, const float *x, int64_t K) {
@@ -61,6 +62,7 @@ typedef struct {
     ryz_ternary_job job[3];
     int64_t start[4];   /* row offsets of each matrix in the concatenation */
     int n;
+    int t5;             /* layout of the weights: T5, else I2 */
 } gemv_multi;
 
 static void gemv_task(void *ctx, int64_t b, int64_t e, int tid) {
@@ -69,19 +71,22 @@ static void gemv_task(void *ctx, int64_t b, int64_t e, int tid) {
     for (int i = 0; i < g->n; i++) {
         int64_t lo = b > g->start[i] ? b : g->start[i];
         int64_t hi = e < g->start[i + 1] ? e : g->start[i + 1];
-        if (lo < hi) ryz_ternary->gemm_i2(&g->job[i], lo - g->start[i], hi - g->start[i]);
+        if (lo < hi)
+            (g->t5 ? ryz_ternary->gemm_t5 : ryz_ternary->gemm_i2)(&g->job[i], lo - g->start[i], hi - g->start[i]);
     }
 }
 
 static ryz_ternary_job make_job(float *out, const uint8_t *w, int64_t N, int64_t K, const qact *a,
                                 float w_mult) {
-    int64_t Kp = ryz_i2_padded_k(K);
-    return (ryz_ternary_job){.out_i = NULL, .out_f = out, .ldo = N, .w = w, .rb = ryz_i2_row_bytes(K),
+    int64_t Kp = a->t5 ? ryz_t5_padded_k(K) : ryz_i2_padded_k(K);
+    int64_t rb = a->t5 ? ryz_t5_row_bytes(K) : ryz_i2_row_bytes(K);
+    return (ryz_ternary_job){.out_i = NULL, .out_f = out, .ldo = N, .w = w, .rb = rb,
                              .q = a->q, .ldq = a->ldq, .qsum = &a->qsum, .sx = &a->sx,
                              .w_mult = w_mult, .M = 1, .Kp = Kp, .N = N};
 }
 
-static void run_gemv(gemv_multi *g) {
+static void run_gemv(gemv_multi *g, const qact *a) {
+    g->t5 = a->t5;
     /* grain 16 rows, as the ternary binding uses */
     ryz_parallel_for(gemv_task, g, g->start[g->n], 16);
 }
@@ -149,6 +154,7 @@ typedef struct {
     float *ks, *vs;                        /* [T, Hkv] its scales */
     const float *attn_norm, *attn_sub_norm, *ffn_norm, *ffn_sub_norm;
     const uint8_t *wq, *wk, *wv, *wo, *wg, *wu, *wd;
+    int t5;                                /* the 7 weights are T5-packed, else I2 */
     float mult[7];
     float eps, scale;
     double theta;
@@ -159,7 +165,8 @@ typedef struct {
 static int decode_layer(const layer_args *A) {
     const int64_t D = A->D, Q = A->Q, KVD = A->KVD, I = A->I, hd = A->hd;
     const int64_t Kmax = D > Q ? (D > I ? D : I) : (Q > I ? Q : I);
-    const int64_t ldq = (ryz_i2_padded_k(Kmax) + 63) / 64 * 64;
+    const int64_t Kpmax = A->t5 ? ryz_t5_padded_k(Kmax) : ryz_i2_padded_k(Kmax);
+    const int64_t ldq = (Kpmax + 63) / 64 * 64;
     int64_t H;
     const int64_t Hkv = A->Hkv, G = A->Hq / Hkv, L = A->pos + 1, S = ryz_attn_plan(1, Hkv, L, &H);
     int rc = 0;
@@ -183,7 +190,7 @@ static int decode_layer(const layer_args *A) {
         rc = -1;
         goto out;
     }
-    qact a = {q8, 0, 0.0f, ldq};
+    qact a = {q8, 0, 0.0f, ldq, A->t5};
     float *krow = i8 ? kf : A->kc + A->pos * KVD, *vrow = i8 ? vf : A->vc + A->pos * KVD;
 
     /* attention block */
@@ -193,7 +200,7 @@ static int decode_layer(const layer_args *A) {
     g.job[0] = make_job(qv, A->wq, Q, D, &a, A->mult[0]);
     g.job[1] = make_job(krow, A->wk, KVD, D, &a, A->mult[1]);
     g.job[2] = make_job(vrow, A->wv, KVD, D, &a, A->mult[2]);
-    run_gemv(&g);
+    run_gemv(&g, &a);
     {   /* rope at position pos: as py_ops.c (inv_freq via double pow, cos/sin in double) */
         const int64_t half = hd / 2;
         const float p = (float)A->pos;
@@ -223,7 +230,7 @@ static int decode_layer(const layer_args *A) {
     if (quantize_act(&a, an, Q)) { rc = -2; goto out; }
     g = (gemv_multi){.n = 1, .start = {0, D}};
     g.job[0] = make_job(xb2, A->wo, D, Q, &a, A->mult[3]);
-    run_gemv(&g);
+    run_gemv(&g, &a);
     ryz_ops->add(A->x, A->x, xb2, D);
 
     /* FFN block */
@@ -232,7 +239,7 @@ static int decode_layer(const layer_args *A) {
     g = (gemv_multi){.n = 2, .start = {0, I, 2 * I}};
     g.job[0] = make_job(gate, A->wg, I, D, &a, A->mult[4]);
     g.job[1] = make_job(up, A->wu, I, D, &a, A->mult[5]);
-    run_gemv(&g);
+    run_gemv(&g, &a);
     if (A->act == 0) ryz_ops->relu2(tmp, gate, I);
     else ryz_ops->silu(tmp, gate, I);
     ryz_ops->mul(gate, tmp, up, I);
@@ -240,7 +247,7 @@ static int decode_layer(const layer_args *A) {
     if (quantize_act(&a, tmp, I)) { rc = -2; goto out; }
     g = (gemv_multi){.n = 1, .start = {0, D}};
     g.job[0] = make_job(xb2, A->wd, D, I, &a, A->mult[6]);
-    run_gemv(&g);
+    run_gemv(&g, &a);
     ryz_ops->add(A->x, A->x, xb2, D);
 out:
     free(xb); free(qv); free(att); free(an); free(xb2); free(gate); free(up); free(tmp);
@@ -249,7 +256,7 @@ out:
 }
 
 PyDoc_STRVAR(decode_layer_doc,
-"bitnet_decode_layer(x, kc, vc, pos, weights, mults, eps, theta, scale, act[, k_scales, v_scales]) -> None\n\n"
+"bitnet_decode_layer(x, kc, vc, pos, weights, mults, eps, theta, scale, act[, k_scales, v_scales[, layout]]) -> None\n\n"
 "One BitNet b1.58 decoder layer for one token at position pos, in one call (GIL released once):\n"
 "x float32 [D] residual stream, updated in place; kc, vc float32 [T, Hkv, hd] this layer's\n"
 "KV cache (row pos is written; rows 0..pos are attended; pos < T); with k_scales, v_scales float32\n"
@@ -257,20 +264,30 @@ PyDoc_STRVAR(decode_layer_doc,
 "weights = (attn_norm f32[D], wq u8[Q, i2_row_bytes(D)], wk u8[KVD, ..], wv u8[KVD, ..],\n"
 "           attn_sub_norm f32[Q], wo u8[D, i2_row_bytes(Q)], ffn_norm f32[D],\n"
 "           w_gate u8[I, i2_row_bytes(D)], w_up u8[I, ..], ffn_sub_norm f32[I], w_down u8[D, i2_row_bytes(I)])\n"
-"(I2 layout), mults = the 7 w_mult floats (q, k, v, o, gate, up, down), eps (rms_norm_eps),\n"
+"(I2 layout; with layout = \"t5\" the seven matrices are T5-packed, t5_row_bytes), mults = the 7 w_mult floats (q, k, v, o, gate, up, down), eps (rms_norm_eps),\n"
 "theta (rope_theta), scale (attention scale, head_dim**-0.5), act 0 = relu2, 1 = silu.\n"
 "Q = Hq * hd with Hq = Q / hd; bitwise the same result as bitnet.py's attention_block + ffn_block.");
 
 static PyObject *py_decode_layer(PyObject *self, PyObject *args) {
     RYZ_UNUSED(self);
     PyObject *ox, *okc, *ovc, *ow, *om, *oks = Py_None, *ovs = Py_None;
+    const char *layout = "i2";
     long long pos;
     double eps, theta, scale;
     int act;
-    if (!PyArg_ParseTuple(args, "OOOLO!O!dddi|OO:bitnet_decode_layer", &ox, &okc, &ovc, &pos, &PyTuple_Type, &ow,
-                          &PyTuple_Type, &om, &eps, &theta, &scale, &act, &oks, &ovs))
+    if (!PyArg_ParseTuple(args, "OOOLO!O!dddi|OOs:bitnet_decode_layer", &ox, &okc, &ovc, &pos, &PyTuple_Type, &ow,
+                          &PyTuple_Type, &om, &eps, &theta, &scale, &act, &oks, &ovs, &layout))
         return NULL;
     const int i8 = oks != Py_None || ovs != Py_None;
+    if (strcmp(layout, "i2") != 0 && strcmp(layout, "t5") != 0) {
+        PyErr_Format(PyExc_ValueError, "layout must be \"i2\" or \"t5\", got \"%s\"", layout);
+        return NULL;
+    }
+    const int t5 = layout[0] == 't';
+    int64_t (*const row_bytes)(int64_t) = t5 ? ryz_t5_row_bytes : ryz_i2_row_bytes;
+    const char *const rbD = t5 ? "t5_row_bytes(D)" : "i2_row_bytes(D)";
+    const char *const rbQ = t5 ? "t5_row_bytes(Q)" : "i2_row_bytes(Q)";
+    const char *const rbI = t5 ? "t5_row_bytes(I)" : "i2_row_bytes(I)";
     if (i8 && (oks == Py_None || ovs == Py_None)) {
         PyErr_SetString(PyExc_ValueError, "the int8 KV cache needs both k_scales and v_scales");
         return NULL;
@@ -324,14 +341,14 @@ static PyObject *py_decode_layer(PyObject *self, PyObject *args) {
     int64_t Q = ryz_dim(w[1], 0), KVD = Hkv * hd, I = ryz_dim(w[7], 0);
     if (ryz_check_dim(vc, 0, T, "kc.shape[0]") || ryz_check_dim(vc, 1, Hkv, "kc.shape[1]") ||
         ryz_check_dim(vc, 2, hd, "kc.shape[2]") || ryz_check_dim(w[0], 0, D, "x.shape[0]") ||
-        ryz_check_dim(w[1], 1, ryz_i2_row_bytes(D), "i2_row_bytes(D)") ||
-        ryz_check_dim(w[2], 0, KVD, "Hkv * hd") || ryz_check_dim(w[2], 1, ryz_i2_row_bytes(D), "i2_row_bytes(D)") ||
-        ryz_check_dim(w[3], 0, KVD, "Hkv * hd") || ryz_check_dim(w[3], 1, ryz_i2_row_bytes(D), "i2_row_bytes(D)") ||
+        ryz_check_dim(w[1], 1, row_bytes(D), rbD) ||
+        ryz_check_dim(w[2], 0, KVD, "Hkv * hd") || ryz_check_dim(w[2], 1, row_bytes(D), rbD) ||
+        ryz_check_dim(w[3], 0, KVD, "Hkv * hd") || ryz_check_dim(w[3], 1, row_bytes(D), rbD) ||
         ryz_check_dim(w[4], 0, Q, "wq.shape[0]") || ryz_check_dim(w[5], 0, D, "x.shape[0]") ||
-        ryz_check_dim(w[5], 1, ryz_i2_row_bytes(Q), "i2_row_bytes(Q)") || ryz_check_dim(w[6], 0, D, "x.shape[0]") ||
-        ryz_check_dim(w[7], 1, ryz_i2_row_bytes(D), "i2_row_bytes(D)") || ryz_check_dim(w[8], 0, I, "w_gate.shape[0]") ||
-        ryz_check_dim(w[8], 1, ryz_i2_row_bytes(D), "i2_row_bytes(D)") || ryz_check_dim(w[9], 0, I, "w_gate.shape[0]") ||
-        ryz_check_dim(w[10], 0, D, "x.shape[0]") || ryz_check_dim(w[10], 1, ryz_i2_row_bytes(I), "i2_row_bytes(I)") ||
+        ryz_check_dim(w[5], 1, row_bytes(Q), rbQ) || ryz_check_dim(w[6], 0, D, "x.shape[0]") ||
+        ryz_check_dim(w[7], 1, row_bytes(D), rbD) || ryz_check_dim(w[8], 0, I, "w_gate.shape[0]") ||
+        ryz_check_dim(w[8], 1, row_bytes(D), rbD) || ryz_check_dim(w[9], 0, I, "w_gate.shape[0]") ||
+        ryz_check_dim(w[10], 0, D, "x.shape[0]") || ryz_check_dim(w[10], 1, row_bytes(I), rbI) ||
         ryz_check_no_overlap(x, kc) || ryz_check_no_overlap(x, vc) || ryz_check_no_overlap(kc, vc))
         goto fail;
     if (i8 && (ryz_check_dim(ks, 0, T, "kc.shape[0]") || ryz_check_dim(ks, 1, Hkv, "kc.shape[1]") ||
@@ -366,7 +383,7 @@ static PyObject *py_decode_layer(PyObject *self, PyObject *args) {
     A.attn_norm = ryz_data(w[0]); A.wq = ryz_data(w[1]); A.wk = ryz_data(w[2]); A.wv = ryz_data(w[3]);
     A.attn_sub_norm = ryz_data(w[4]); A.wo = ryz_data(w[5]); A.ffn_norm = ryz_data(w[6]);
     A.wg = ryz_data(w[7]); A.wu = ryz_data(w[8]); A.ffn_sub_norm = ryz_data(w[9]); A.wd = ryz_data(w[10]);
-    A.eps = (float)eps; A.theta = theta; A.scale = (float)scale; A.act = act;
+    A.eps = (float)eps; A.theta = theta; A.scale = (float)scale; A.act = act; A.t5 = t5;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = decode_layer(&A);

@@ -1,4 +1,5 @@
 /* py_ternary.c: Python bindings of the ternary family (layouts in ternary.h). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,15 +15,18 @@ void ryz_ternary_select(ryz_isa isa) {
     ryz_ternary = by_isa[isa];
     ryz_register_kernel("ternary_gemm_i2", ryz_ternary->name);
     ryz_register_kernel("ternary_gemm_tl", ryz_ternary->tl_name);
+    ryz_register_kernel("ternary_gemm_t5", ryz_ternary->t5_name);
 }
 
-typedef enum { LAYOUT_I2 = 0, LAYOUT_TL = 1 } layout_t;
+typedef enum { LAYOUT_I2 = 0, LAYOUT_TL = 1, LAYOUT_T5 = 2 } layout_t;
+static const char *const layout_name[3] = {"I2", "TL", "T5"};
+static const char *const row_bytes_name[3] = {"i2_row_bytes(K)", "tl_row_bytes(K)", "t5_row_bytes(K)"};
 
 static int64_t layout_row_bytes(layout_t l, int64_t K) {
-    return l == LAYOUT_I2 ? ryz_i2_row_bytes(K) : ryz_tl_row_bytes(K);
+    return l == LAYOUT_I2 ? ryz_i2_row_bytes(K) : l == LAYOUT_TL ? ryz_tl_row_bytes(K) : ryz_t5_row_bytes(K);
 }
 static int64_t layout_padded_k(layout_t l, int64_t K) {
-    return l == LAYOUT_I2 ? ryz_i2_padded_k(K) : ryz_tl_padded_k(K);
+    return l == LAYOUT_I2 ? ryz_i2_padded_k(K) : l == LAYOUT_TL ? ryz_tl_padded_k(K) : ryz_t5_padded_k(K);
 }
 
 /* ---- row sizes ------------------------------------------------------------- */
@@ -47,6 +51,12 @@ static PyObject *py_tl_row_bytes(PyObject *self, PyObject *args) {
     if (parse_k(args, "L:tl_row_bytes", &K)) return NULL;
     return PyLong_FromLongLong(ryz_tl_row_bytes(K));
 }
+static PyObject *py_t5_row_bytes(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    long long K;
+    if (parse_k(args, "L:t5_row_bytes", &K)) return NULL;
+    return PyLong_FromLongLong(ryz_t5_row_bytes(K));
+}
 
 /* ---- pack / unpack ----------------------------------------------------------- */
 static PyObject *do_pack(PyObject *args, layout_t l, const char *fmt) {
@@ -63,7 +73,7 @@ static PyObject *do_pack(PyObject *args, layout_t l, const char *fmt) {
         goto fail;
     }
     if (ryz_check_dim(out, 0, N, "trits.shape[0]") ||
-        ryz_check_dim(out, 1, layout_row_bytes(l, K), l == LAYOUT_I2 ? "i2_row_bytes(K)" : "tl_row_bytes(K)") ||
+        ryz_check_dim(out, 1, layout_row_bytes(l, K), row_bytes_name[l]) ||
         ryz_check_no_overlap(out, tr))
         goto fail;
     const int8_t *t = ryz_data(tr);
@@ -78,6 +88,8 @@ static PyObject *do_pack(PyObject *args, layout_t l, const char *fmt) {
     Py_BEGIN_ALLOW_THREADS
     if (l == LAYOUT_I2)
         for (int64_t n = 0; n < N; n++) ryz_pack_i2(o + n * rb, t + n * K, K);
+    else if (l == LAYOUT_T5)
+        for (int64_t n = 0; n < N; n++) ryz_pack_t5(o + n * rb, t + n * K, K);
     else
         ryz_pack_tl(o, t, N, K);
     Py_END_ALLOW_THREADS
@@ -102,18 +114,20 @@ static PyObject *do_unpack(PyObject *args, layout_t l, const char *fmt) {
         goto fail;
     }
     if (ryz_check_dim(pk, 0, N, "trits_out.shape[0]") ||
-        ryz_check_dim(pk, 1, layout_row_bytes(l, K), l == LAYOUT_I2 ? "i2_row_bytes(K)" : "tl_row_bytes(K)") ||
+        ryz_check_dim(pk, 1, layout_row_bytes(l, K), row_bytes_name[l]) ||
         ryz_check_no_overlap(out, pk))
         goto fail;
     const uint8_t *p = ryz_data(pk);
     int64_t rb = layout_row_bytes(l, K);
     for (int64_t i = 0; i < N * rb; i++) {
         unsigned v = p[i];
+        unsigned c[5];
         int bad = l == LAYOUT_I2 ? (((v & 0x55) & (v >> 1)) != 0) /* a 2-bit field is 3 */
-                                 : ((v & 15) > 8 || (v >> 4) > 8);
+                : l == LAYOUT_TL ? ((v & 15) > 8 || (v >> 4) > 8)
+                                 : !ryz_t5_decode(c, v);         /* not one of the 243 T5 bytes */
         if (bad) {
             PyErr_Format(PyExc_ValueError, "packed[%lld, %lld] = %u is not a valid %s byte (corrupt data?)",
-                         (long long)(i / rb), (long long)(i % rb), v, l == LAYOUT_I2 ? "I2" : "TL");
+                         (long long)(i / rb), (long long)(i % rb), v, layout_name[l]);
             goto fail;
         }
     }
@@ -121,6 +135,8 @@ static PyObject *do_unpack(PyObject *args, layout_t l, const char *fmt) {
     Py_BEGIN_ALLOW_THREADS
     if (l == LAYOUT_I2)
         for (int64_t n = 0; n < N; n++) ryz_unpack_i2(t + n * K, p + n * rb, K);
+    else if (l == LAYOUT_T5)
+        for (int64_t n = 0; n < N; n++) ryz_unpack_t5(t + n * K, p + n * rb, K);
     else
         ryz_unpack_tl(t, p, N, K);
     Py_END_ALLOW_THREADS
@@ -135,6 +151,8 @@ static PyObject *py_pack_i2(PyObject *s, PyObject *a) { RYZ_UNUSED(s); return do
 static PyObject *py_pack_tl(PyObject *s, PyObject *a) { RYZ_UNUSED(s); return do_pack(a, LAYOUT_TL, "OO:pack_tl"); }
 static PyObject *py_unpack_i2(PyObject *s, PyObject *a) { RYZ_UNUSED(s); return do_unpack(a, LAYOUT_I2, "OO:unpack_i2"); }
 static PyObject *py_unpack_tl(PyObject *s, PyObject *a) { RYZ_UNUSED(s); return do_unpack(a, LAYOUT_TL, "OO:unpack_tl"); }
+static PyObject *py_pack_t5(PyObject *s, PyObject *a) { RYZ_UNUSED(s); return do_pack(a, LAYOUT_T5, "OO:pack_t5"); }
+static PyObject *py_unpack_t5(PyObject *s, PyObject *a) { RYZ_UNUSED(s); return do_unpack(a, LAYOUT_T5, "OO:unpack_t5"); }
 
 /* ---- GEMM -------------------------------------------------------------------- */
 typedef struct {
@@ -170,13 +188,15 @@ static void prep_rows(void *vctx, int64_t b, int64_t e, int tid) {
     }
 }
 
-/* I2: items are rows. TL: items are 64-row tiles, so every chunk and every thread's
+/* I2, T5: items are rows. TL: items are 64-row tiles, so every chunk and every thread's
  * range starts on a tile boundary whatever sizes the chunked runner picks. */
 static void gemm_rows(void *vctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     gemm_ctx *c = vctx;
     if (c->layout == LAYOUT_I2) {
         ryz_ternary->gemm_i2(&c->job, b, e);
+    } else if (c->layout == LAYOUT_T5) {
+        ryz_ternary->gemm_t5(&c->job, b, e);
     } else {
         int64_t n1 = e * RYZ_TL_ROWS < c->job.N ? e * RYZ_TL_ROWS : c->job.N;
         ryz_ternary->gemm_tl(&c->job, b * RYZ_TL_ROWS, n1);
@@ -216,9 +236,9 @@ static PyObject *do_gemm(PyObject *args, layout_t l, int linear, const char *fmt
         PyErr_Format(PyExc_ValueError, "%s (K=%lld) exceeds %d", kname, (long long)K, RYZ_TERNARY_MAX_K);
         goto fail;
     }
-    if (ryz_check_dim(pk, 1, layout_row_bytes(l, K),
-                      l == LAYOUT_I2 ? "i2_row_bytes(K) for K = the input's shape[1]"
-                                     : "tl_row_bytes(K) for K = the input's shape[1]") ||
+    char rbname[64];
+    snprintf(rbname, sizeof rbname, "%s for K = the input's shape[1]", row_bytes_name[l]);
+    if (ryz_check_dim(pk, 1, layout_row_bytes(l, K), rbname) ||
         ryz_check_dim(out, 0, M, linear ? "x.shape[0]" : "q.shape[0]") ||
         ryz_check_dim(out, 1, N, "packed.shape[0]") ||
         ryz_check_no_overlap(out, pk) || ryz_check_no_overlap(out, in))
@@ -257,7 +277,7 @@ static PyObject *do_gemm(PyObject *args, layout_t l, int linear, const char *fmt
                      (long long)c.bad_row);
         goto fail;
     }
-    if (l == LAYOUT_I2) {
+    if (l != LAYOUT_TL) {
         if (ryz_run_chunked(gemm_rows, &c, N, chunk_rows(M, Kp), 16) != 0) goto fail;
     } else {
         int64_t tiles = (N + RYZ_TL_ROWS - 1) / RYZ_TL_ROWS;
@@ -278,11 +298,23 @@ static PyObject *py_matmul_i2(PyObject *s, PyObject *a) { RYZ_UNUSED(s); return 
 static PyObject *py_matmul_tl(PyObject *s, PyObject *a) { RYZ_UNUSED(s); return do_gemm(a, LAYOUT_TL, 0, "OOO:ternary_matmul_tl"); }
 static PyObject *py_linear_i2(PyObject *s, PyObject *a) { RYZ_UNUSED(s); return do_gemm(a, LAYOUT_I2, 1, "OOOd:ternary_linear_i2"); }
 static PyObject *py_linear_tl(PyObject *s, PyObject *a) { RYZ_UNUSED(s); return do_gemm(a, LAYOUT_TL, 1, "OOOd:ternary_linear_tl"); }
+static PyObject *py_matmul_t5(PyObject *s, PyObject *a) { RYZ_UNUSED(s); return do_gemm(a, LAYOUT_T5, 0, "OOO:ternary_matmul_t5"); }
+static PyObject *py_linear_t5(PyObject *s, PyObject *a) { RYZ_UNUSED(s); return do_gemm(a, LAYOUT_T5, 1, "OOOd:ternary_linear_t5"); }
 
 PyDoc_STRVAR(i2_row_bytes_doc, "i2_row_bytes(K) -> int\n\nBytes of one I2-packed row of K trits "
              "(K padded to a multiple of 256, 4 trits a byte).");
 PyDoc_STRVAR(tl_row_bytes_doc, "tl_row_bytes(K) -> int\n\nBytes of one TL-packed row of K trits "
              "(K padded to a multiple of 4, two 4-bit pair indices a byte).");
+PyDoc_STRVAR(t5_row_bytes_doc, "t5_row_bytes(K) -> int\n\nBytes of one T5-packed row of K trits "
+             "(K padded to a multiple of 320, 5 trits a byte: 1.6 bits per weight).");
+PyDoc_STRVAR(pack_t5_doc, "pack_t5(out, trits) -> None\n\nPack int8 trits [N, K] into the T5 layout "
+             "out uint8 [N, t5_row_bytes(K)] (ternary.h). ValueError on a value other than -1/0/+1.");
+PyDoc_STRVAR(unpack_t5_doc, "unpack_t5(trits_out, packed) -> None\n\nInverse of pack_t5. ValueError on "
+             "a byte pack_t5 never writes (13 of the 256 values).");
+PyDoc_STRVAR(matmul_t5_doc, "ternary_matmul_t5(out, packed, q) -> None\n\nSame as ternary_matmul_i2 "
+             "for the T5 (5 trits a byte) layout, packed uint8 [N, t5_row_bytes(K)].");
+PyDoc_STRVAR(linear_t5_doc, "ternary_linear_t5(out, packed, x, w_mult) -> None\n\nternary_linear_i2 "
+             "for the T5 layout.");
 PyDoc_STRVAR(pack_i2_doc, "pack_i2(out, trits) -> None\n\nPack int8 trits [N, K] (-1/0/+1) into the I2 "
              "layout out uint8 [N, i2_row_bytes(K)]. ValueError on any other value.");
 PyDoc_STRVAR(unpack_i2_doc, "unpack_i2(trits_out, packed) -> None\n\nInverse of pack_i2: trits_out int8 "
@@ -312,5 +344,10 @@ PyMethodDef ryz_ternary_methods[] = {
     {"ternary_matmul_tl", py_matmul_tl, METH_VARARGS, matmul_tl_doc},
     {"ternary_linear_i2", py_linear_i2, METH_VARARGS, linear_i2_doc},
     {"ternary_linear_tl", py_linear_tl, METH_VARARGS, linear_tl_doc},
+    {"t5_row_bytes", py_t5_row_bytes, METH_VARARGS, t5_row_bytes_doc},
+    {"pack_t5", py_pack_t5, METH_VARARGS, pack_t5_doc},
+    {"unpack_t5", py_unpack_t5, METH_VARARGS, unpack_t5_doc},
+    {"ternary_matmul_t5", py_matmul_t5, METH_VARARGS, matmul_t5_doc},
+    {"ternary_linear_t5", py_linear_t5, METH_VARARGS, linear_t5_doc},
     {NULL, NULL, 0, NULL},
 };

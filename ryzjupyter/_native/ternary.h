@@ -1,4 +1,4 @@
-/* ternary.h: BitNet b1.58 ternary x int8 kernels, two weight layouts.
+/* ternary.h: BitNet b1.58 ternary x int8 kernels, three weight layouts.
  *
  * ---- I2: 2 bits per weight, laid out for vpdpbusd ---------------------------
  * A row of K trits t in {-1,0,+1} is stored as codes c = t + 1 in {0,1,2}
@@ -31,6 +31,21 @@
  * T[g][idx] = a0 (idx/3 - 1) + a1 (idx%3 - 1) (int16, |T| <= 256), and a row's dot
  * product is sum_g T[g][idx_g]: one table lookup and one add per two weights.
  * Exact: integer sums only, same result as I2.
+ *
+ * ---- T5: 5 trits per byte (1.6 bits per weight), for decode from DRAM ----------
+ * Codes c = t + 1 as in I2, K padded with t = 0 (code 1) to a multiple of
+ * RYZ_T5_BLOCK = 320. Each block is 64 bytes; byte j of block b holds the five codes
+ * c_i = c[320 b + 64 i + j] (i = 0..4) as a base-3 fraction:
+ *
+ *     v = sum_i c_i 3^(4-i)  (0..242),   byte = ceil(256 v / 243)  (ryz_t5_encode)
+ *
+ * so digit i is read back with integer ops only (ryz_t5_decode): x_0 = byte,
+ * c_i = (3 x_i) >> 8, x_{i+1} = 3 x_i mod 256. One 64-byte load thus gives five
+ * vectors of 64 u8 codes for vpdpbusd (320 weights) where I2 gives four (256): 20 %
+ * fewer bytes per token. Only the 243 bytes ryz_t5_encode produces are valid.
+ * Rows follow each other (packed is uint8 [N, t5_row_bytes(K)] = Kp / 5 bytes a row).
+ * Same math as I2 (sum c q - qsum); it pays where decode streams the weights from DRAM
+ * (docs/performance.md, "1.6-bit packing"); from cache the extra decode work costs.
  */
 #ifndef RYZ_TERNARY_H
 #define RYZ_TERNARY_H
@@ -46,7 +61,11 @@ _Static_assert(RYZ_I2_BLOCK_BYTES == 64, "I2 block must be one zmm register (vpd
 _Static_assert(RYZ_TL_GROUP_K == 4, "TL: a byte holds two pairs");
 _Static_assert(RYZ_TL_ROWS == 64, "TL tile must be one zmm of row bytes");
 
-/* Kp <= this keeps every int32 partial sum exact (2 * 128 * Kp < 2^31). */
+#define RYZ_T5_BLOCK 320        /* weights per block */
+#define RYZ_T5_BLOCK_BYTES 64   /* bytes per block: 5 weights a byte */
+_Static_assert(RYZ_T5_BLOCK == 5 * RYZ_T5_BLOCK_BYTES, "T5 block: 5 codes per byte");
+
+/* Kp <= this (+ padding) keeps every int32 partial sum exact (2 * 128 * Kp < 2^31). */
 #define RYZ_TERNARY_MAX_K (1 << 22)
 
 static inline int64_t ryz_i2_padded_k(int64_t K) {
@@ -57,6 +76,24 @@ static inline int64_t ryz_tl_padded_k(int64_t K) {
     return (K + RYZ_TL_GROUP_K - 1) / RYZ_TL_GROUP_K * RYZ_TL_GROUP_K;
 }
 static inline int64_t ryz_tl_row_bytes(int64_t K) { return ryz_tl_padded_k(K) / 4; }
+static inline int64_t ryz_t5_padded_k(int64_t K) {
+    return (K + RYZ_T5_BLOCK - 1) / RYZ_T5_BLOCK * RYZ_T5_BLOCK;
+}
+static inline int64_t ryz_t5_row_bytes(int64_t K) { return ryz_t5_padded_k(K) / 5; }
+/* codes c[0..4] in {0,1,2} -> one T5 byte */
+static inline uint8_t ryz_t5_encode(const unsigned c[5]) {
+    unsigned v = (((c[0] * 3 + c[1]) * 3 + c[2]) * 3 + c[3]) * 3 + c[4];
+    return (uint8_t)((256 * v + 242) / 243);
+}
+/* one T5 byte -> codes c[0..4]; returns 0 if the byte is not one ryz_t5_encode makes */
+static inline int ryz_t5_decode(unsigned c[5], unsigned byte) {
+    unsigned x = byte;
+    for (int i = 0; i < 5; i++) {
+        c[i] = (3 * x) >> 8;
+        x = (3 * x) & 255;
+    }
+    return ryz_t5_encode(c) == byte;
+}
 /* byte offset of byte c of row n in a TL-packed [N, rb] matrix */
 static inline int64_t ryz_tl_offset(int64_t n, int64_t c, int64_t N, int64_t rb) {
     int64_t n0 = n / RYZ_TL_ROWS * RYZ_TL_ROWS;
@@ -69,7 +106,7 @@ static inline int64_t ryz_tl_offset(int64_t n, int64_t c, int64_t N, int64_t rb)
  * written as int32 to out_i[m * ldo + n], or, when out_i is NULL, as
  *     out_f[m * ldo + n] = (float)acc / sx[m] * w_mult    (fp32, left to right).
  * q is [M, ldq] int8 zero-padded to the layout's Kp (ldq >= Kp, multiple of 64);
- * qsum[m] = sum_k q[m, k]. w is the packed weight (I2 or TL), rb bytes a row. */
+ * qsum[m] = sum_k q[m, k]. w is the packed weight (I2, TL or T5), rb bytes a row. */
 typedef struct {
     int32_t *out_i;
     float *out_f;
@@ -95,8 +132,10 @@ static inline void ryz_ternary_store(const ryz_ternary_job *j, int64_t m, int64_
 typedef struct {
     const char *name;
     const char *tl_name;
+    const char *t5_name;
     void (*gemm_i2)(const ryz_ternary_job *j, int64_t n0, int64_t n1);
     void (*gemm_tl)(const ryz_ternary_job *j, int64_t n0, int64_t n1);
+    void (*gemm_t5)(const ryz_ternary_job *j, int64_t n0, int64_t n1);
 } ryz_ternary_kernels;
 
 extern const ryz_ternary_kernels ryz_ternary_scalar;
@@ -107,6 +146,7 @@ extern const ryz_ternary_kernels *ryz_ternary;
 /* reference kernels, shared by the ISA tables where they have no own variant */
 void ryz_gemm_i2_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1);
 void ryz_gemm_tl_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1);
+void ryz_gemm_t5_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1);
 /* TL table of one token: T[g * 16 + idx] for pairs g in [0, Kp/2), idx 0..15 (9..15 zero) */
 void ryz_tl_build_table(int16_t *T, const int8_t *q, int64_t Kp);
 /* TL rows [n0, n1) of token m with its table T (NULL: compute without a table) */
@@ -115,6 +155,8 @@ void ryz_tl_rows_scalar(const ryz_ternary_job *j, int64_t m, const int16_t *T, i
 /* layout conversions (scalar, exact); trits must hold only -1, 0, +1 */
 void ryz_pack_i2(uint8_t *out, const int8_t *trits, int64_t K);   /* one row */
 void ryz_unpack_i2(int8_t *trits, const uint8_t *in, int64_t K);  /* one row */
+void ryz_pack_t5(uint8_t *out, const int8_t *trits, int64_t K);   /* one row */
+void ryz_unpack_t5(int8_t *trits, const uint8_t *in, int64_t K);  /* one row, valid bytes */
 /* TL interleaves rows: whole matrices [N, K] */
 void ryz_pack_tl(uint8_t *out, const int8_t *trits, int64_t N, int64_t K);
 void ryz_unpack_tl(int8_t *trits, const uint8_t *in, int64_t N, int64_t K);

@@ -86,19 +86,96 @@ static void tile_2x2(const ryz_ternary_job *j, int64_t n, int64_t m) { tile_i2(j
 typedef void (*tile_fn)(const ryz_ternary_job *, int64_t, int64_t);
 static const tile_fn tiles[2][2] = {{tile_1x1, tile_1x2}, {tile_2x1, tile_2x2}};
 
-static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+
+/* ---- T5: five codes a byte (ternary.h), decoded as in ternary_avx512.c ------------
+ * code = ((3 x) >> 8) per byte via vpmaddubsw with (3, 0) / (0, 3), x <- 3 x mod 256.
+ * The 10 products of a block (5 codes x 2 halves) are summed in int16
+ * (|sum| <= 10 * 512 = 5120) and flushed to int32 every block. */
+static ALWAYS_INLINE __m256i t5_code(__m256i x) {
+    __m256i ye = _mm256_srli_epi16(_mm256_maddubs_epi16(x, _mm256_set1_epi16(3)), 8);
+    __m256i yo = _mm256_maddubs_epi16(x, _mm256_set1_epi16(3 << 8));
+    return _mm256_or_si256(ye, _mm256_and_si256(yo, _mm256_set1_epi16((short)0xff00)));
+}
+
+static ALWAYS_INLINE void tile_t5(const ryz_ternary_job *j, int64_t n, int64_t m, const int NR,
+                                  const int NT) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int64_t nb = j->Kp / RYZ_T5_BLOCK;
+    __m256i acc[2][2];
+    const uint8_t *w[2];
+    const int8_t *q[2];
+#pragma GCC unroll 2
+    for (int r = 0; r < NR; r++) w[r] = j->w + (n + r) * j->rb;
+#pragma GCC unroll 2
+    for (int t = 0; t < NT; t++) q[t] = j->q + (m + t) * j->ldq;
+#pragma GCC unroll 2
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 2
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_si256();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i s16[2][2];
+#pragma GCC unroll 2
+        for (int r = 0; r < NR; r++)
+#pragma GCC unroll 2
+            for (int t = 0; t < NT; t++) s16[r][t] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m256i x[2];
+#pragma GCC unroll 2
+            for (int r = 0; r < NR; r++)
+                x[r] = _mm256_loadu_si256((const __m256i *)(w[r] + b * RYZ_T5_BLOCK_BYTES + 32 * h));
+#pragma GCC unroll 5
+            for (int i = 0; i < 5; i++) {
+                __m256i wv[2];
+#pragma GCC unroll 2
+                for (int r = 0; r < NR; r++) {
+                    wv[r] = t5_code(x[r]);
+                    if (i < 4) x[r] = _mm256_add_epi8(_mm256_add_epi8(x[r], x[r]), x[r]);
+                }
+#pragma GCC unroll 2
+                for (int t = 0; t < NT; t++) {
+                    __m256i a = _mm256_loadu_si256(
+                        (const __m256i *)(q[t] + b * RYZ_T5_BLOCK + 64 * i + 32 * h));
+#pragma GCC unroll 2
+                    for (int r = 0; r < NR; r++)
+                        s16[r][t] = _mm256_add_epi16(s16[r][t], _mm256_maddubs_epi16(wv[r], a));
+                }
+            }
+        }
+#pragma GCC unroll 2
+        for (int r = 0; r < NR; r++)
+#pragma GCC unroll 2
+            for (int t = 0; t < NT; t++)
+                acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(s16[r][t], ones));
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 2
+        for (int t = 0; t < NT; t++)
+            ryz_ternary_store(j, m + t, n + r, hsum_epi32(acc[r][t]) - j->qsum[m + t]);
+}
+
+static void tile5_1x1(const ryz_ternary_job *j, int64_t n, int64_t m) { tile_t5(j, n, m, 1, 1); }
+static void tile5_1x2(const ryz_ternary_job *j, int64_t n, int64_t m) { tile_t5(j, n, m, 1, 2); }
+static void tile5_2x1(const ryz_ternary_job *j, int64_t n, int64_t m) { tile_t5(j, n, m, 2, 1); }
+static void tile5_2x2(const ryz_ternary_job *j, int64_t n, int64_t m) { tile_t5(j, n, m, 2, 2); }
+static const tile_fn tiles5[2][2] = {{tile5_1x1, tile5_1x2}, {tile5_2x1, tile5_2x2}};
+
+static void run_tiles(const tile_fn t[2][2], const ryz_ternary_job *j, int64_t n0, int64_t n1) {
     for (int64_t m0 = 0; m0 < j->M; m0 += TOK_BLOCK) {
         int64_t m1 = m0 + TOK_BLOCK < j->M ? m0 + TOK_BLOCK : j->M;
         for (int64_t n = n0; n < n1; n += 2) {
             int nr = n1 - n < 2 ? (int)(n1 - n) : 2;
             for (int64_t m = m0; m < m1; m += 2) {
                 int nt = m1 - m < 2 ? (int)(m1 - m) : 2;
-                tiles[nr - 1][nt - 1](j, n, m);
+                t[nr - 1][nt - 1](j, n, m);
             }
         }
     }
 }
 
+static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) { run_tiles(tiles, j, n0, n1); }
+static void gemm_t5(const ryz_ternary_job *j, int64_t n0, int64_t n1) { run_tiles(tiles5, j, n0, n1); }
 
 /* ---- TL: vpshufb lookups over 64 interleaved rows (two ymm halves) ---------------
  * Same scheme as ternary_avx512.c: 32-byte split tables per pair (low bytes of the 16
@@ -186,6 +263,8 @@ static void gemm_tl(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
 const ryz_ternary_kernels ryz_ternary_avx2 = {
     .name = "avx2",
     .tl_name = "avx2",
+    .t5_name = "avx2",
     .gemm_i2 = gemm_i2,
     .gemm_tl = gemm_tl,
+    .gemm_t5 = gemm_t5,
 };

@@ -15,6 +15,9 @@
 #include "ternary.h"
 
 #define TOK_BLOCK 64
+/* T5 prefill: tokens per transcoded row group; 128 halves the transcoding per token and was
+ * 0-4 % faster than 64 at M = 128 / 512 (128 x 6912 activations still fit L2) */
+#define T5_TOK_BLOCK 128
 /* software prefetch distance; 8 KiB measured best among 2-32 KiB for decode (M = 1) */
 #define PF_BYTES 8192
 /* rows per decode tile: 4 beat 1 and 2 (the 4 row streams are one contiguous range) */
@@ -122,11 +125,80 @@ static const tile_fn tiles[4][4] = {
     {tile_1x1, tile_1x2, tile_1x3, tile_1x4}, {tile_2x1, tile_2x2, tile_2x3, tile_2x4},
     {tile_3x1, tile_3x2, tile_3x3, tile_3x4}, {tile_4x1, tile_4x2, tile_4x3, tile_4x4}};
 
-static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+
+/* ---- T5: five codes a byte, decoded with integer ops -----------------------------
+ * x_0 = the byte; code i = (3 x_i) >> 8, x_{i+1} = 3 x_i mod 256 (ternary.h). vpmaddubsw
+ * with (3, 0) / (0, 3) pairs gives 3 x of the even / odd bytes as int16 (<= 765): the
+ * code is the high byte of each, shifted down (even) or kept in place (odd) and merged
+ * by one vpternlogd; 3 x mod 256 is x + x + x in u8 (wrapping). Decode (M = 1) uses no
+ * codes (gemv_t5_rows below); prefill transcodes rows to 2-bit codes with t5_code
+ * (gemm_t5). */
+static ALWAYS_INLINE __m512i t5_code(__m512i x) {
+    const __m512i e3 = _mm512_set1_epi16(3), o3 = _mm512_set1_epi16(3 << 8);
+    __m512i ye = _mm512_srli_epi16(_mm512_maddubs_epi16(x, e3), 8);
+    __m512i yo = _mm512_maddubs_epi16(x, o3);
+    return _mm512_ternarylogic_epi32(ye, yo, _mm512_set1_epi16((short)0xff00), 0xf8); /* a | (b & c) */
+}
+
+/* Decode (M = 1) needs no codes at all: 3 x_i = 256 c_i + x_{i+1} byte by byte, so
+ *     sum_j c_i[j] a[j] = (3 sum_j x_i[j] a[j] - sum_j x_{i+1}[j] a[j]) / 256,
+ * exactly, in every int32 lane of vpdpbusd (its 4 bytes obey the identity one by one). The
+ * states x_i are u8 and the activations s8: two vpdpbusd per code vector (into P and N)
+ * plus x + x + x, 20 ops per 64 bytes instead of 35 (measured 1.4x faster from L2).
+ * |3 P - N| grows by <= 4 * 5 * 4 * 255 * 128 per block and lane, so P and N are folded
+ * into the accumulator ((3 P - N) >> 8, exact) every T5_FOLD blocks, far below 2^31. */
+#define T5_FOLD 512
+static ALWAYS_INLINE void gemv_t5_rows(const ryz_ternary_job *j, int64_t n, const int NR) {
+    const int64_t nb = j->Kp / RYZ_T5_BLOCK;
+    const int8_t *q = j->q;
+    const uint8_t *w[4];
+    __m512i acc[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++) w[r] = j->w + (n + r) * j->rb, acc[r] = _mm512_setzero_si512();
+    for (int64_t c0 = 0; c0 < nb; c0 += T5_FOLD) {
+        const int64_t c1 = c0 + T5_FOLD < nb ? c0 + T5_FOLD : nb;
+        __m512i P[4], N[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) P[r] = N[r] = _mm512_setzero_si512();
+        for (int64_t b = c0; b < c1; b++) {
+            __m512i x[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) { /* address-order prefetch, as tile_i2 */
+                _mm_prefetch((const char *)(w[0] + (b * NR + r) * RYZ_T5_BLOCK_BYTES + PF_BYTES), _MM_HINT_T0);
+                x[r] = _mm512_loadu_si512(w[r] + b * RYZ_T5_BLOCK_BYTES);
+            }
+#pragma GCC unroll 5
+            for (int i = 0; i < 5; i++) {
+                __m512i a = _mm512_loadu_si512(q + b * RYZ_T5_BLOCK + 64 * i);
+#pragma GCC unroll 4
+                for (int r = 0; r < NR; r++) {
+                    P[r] = _mm512_dpbusd_epi32(P[r], x[r], a);
+                    x[r] = _mm512_add_epi8(_mm512_add_epi8(x[r], x[r]), x[r]);
+                    N[r] = _mm512_dpbusd_epi32(N[r], x[r], a);
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            __m512i t = _mm512_sub_epi32(_mm512_add_epi32(_mm512_add_epi32(P[r], P[r]), P[r]), N[r]);
+            acc[r] = _mm512_add_epi32(acc[r], _mm512_srai_epi32(t, 8));
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        ryz_ternary_store(j, 0, n + r, _mm512_reduce_add_epi32(acc[r]) - j->qsum[0]);
+}
+static void gemv5_1(const ryz_ternary_job *j, int64_t n) { gemv_t5_rows(j, n, 1); }
+static void gemv5_2(const ryz_ternary_job *j, int64_t n) { gemv_t5_rows(j, n, 2); }
+static void gemv5_3(const ryz_ternary_job *j, int64_t n) { gemv_t5_rows(j, n, 3); }
+static void gemv5_4(const ryz_ternary_job *j, int64_t n) { gemv_t5_rows(j, n, 4); }
+static void (*const gemv5[4])(const ryz_ternary_job *, int64_t) = {gemv5_1, gemv5_2, gemv5_3, gemv5_4};
+
+static void run_tiles(const tile_fn t[4][4], const ryz_ternary_job *j, int64_t n0, int64_t n1) {
     if (j->M == 1) { /* decode: 4 x 1 tiles straight through the rows */
         for (int64_t n = n0; n < n1; n += GEMV_NR) {
             int nr = n1 - n < GEMV_NR ? (int)(n1 - n) : GEMV_NR;
-            tiles[nr - 1][0](j, n, 0);
+            t[nr - 1][0](j, n, 0);
         }
         return;
     }
@@ -136,12 +208,123 @@ static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
             int nr = n1 - n < 4 ? (int)(n1 - n) : 4;
             for (int64_t m = m0; m < m1; m += 4) {
                 int nt = m1 - m < 4 ? (int)(m1 - m) : 4;
-                tiles[nr - 1][nt - 1](j, n, m);
+                t[nr - 1][nt - 1](j, n, m);
             }
         }
     }
 }
 
+static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) { run_tiles(tiles, j, n0, n1); }
+
+/* Prefill (M > 1): decoding in registers costs 16 ops per 64 bytes and row, repeated for
+ * every 4-token tile (~40 % slower than I2). Instead 4 rows are transcoded once per block of
+ * T5_TOK_BLOCK tokens into 2-bit codes (the I2 packing of the same vectors: byte j of group g,
+ * bits 2i = code vector 4 g + i) and the tiles run the I2 inner loop on that buffer
+ * (4 x Kp / 4 bytes, L1). A u8 code buffer instead was slower for K = 6912: with the
+ * activations of 4 tokens it no longer fits L1. */
+static void t5_transcode_rows(uint8_t *C, uint8_t *tmp, const ryz_ternary_job *j, int64_t n, int nr) {
+    const int64_t nb = j->Kp / RYZ_T5_BLOCK, nv = j->Kp / 64, ng = (nv + 3) / 4;
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *w = j->w + (n + r) * j->rb;
+        for (int64_t b = 0; b < nb; b++) { /* codes of the row, u8, vector v at tmp + 64 v */
+            __m512i x = _mm512_loadu_si512(w + b * RYZ_T5_BLOCK_BYTES);
+#pragma GCC unroll 5
+            for (int i = 0; i < 5; i++) {
+                _mm512_store_si512(tmp + b * RYZ_T5_BLOCK + 64 * i, t5_code(x));
+                x = _mm512_add_epi8(_mm512_add_epi8(x, x), x);
+            }
+        }
+        for (int64_t v = nv; v < 4 * ng; v++) _mm512_store_si512(tmp + 64 * v, _mm512_setzero_si512());
+        uint8_t *c = C + r * ng * 64;
+        for (int64_t g = 0; g < ng; g++) { /* codes <= 2: the byte shifts never carry over */
+            const uint8_t *t = tmp + 256 * g;
+            __m512i v = _mm512_or_si512(
+                _mm512_or_si512(_mm512_load_si512(t), _mm512_slli_epi16(_mm512_load_si512(t + 64), 2)),
+                _mm512_or_si512(_mm512_slli_epi16(_mm512_load_si512(t + 128), 4),
+                                _mm512_slli_epi16(_mm512_load_si512(t + 192), 6)));
+            _mm512_store_si512(c + 64 * g, v);
+        }
+    }
+}
+
+static ALWAYS_INLINE void tile_codes(const ryz_ternary_job *j, const uint8_t *C, int64_t n, int64_t m,
+                                     const int NR, const int NT) {
+    const __m512i mask3 = _mm512_set1_epi8(3);
+    const int64_t nv = j->Kp / 64, ng = (nv + 3) / 4, full = nv / 4;
+    __m512i acc[4][4];
+    const int8_t *q[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) q[t] = j->q + (m + t) * j->ldq;
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_si512();
+    for (int64_t g = 0; g < ng; g++) {
+        __m512i raw[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) raw[r] = _mm512_load_si512(C + (r * ng + g) * 64);
+        const int ni = g < full ? 4 : (int)(nv - 4 * full); /* the last group may be partial */
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            if (i >= ni) break;
+            __m512i wv[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                wv[r] = _mm512_and_si512(i ? _mm512_srli_epi16(raw[r], 2 * i) : raw[r], mask3);
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                __m512i a = _mm512_loadu_si512(q[t] + g * 256 + 64 * i);
+#pragma GCC unroll 4
+                for (int r = 0; r < NR; r++) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], a);
+            }
+        }
+    }
+    if (NR == 4 && NT == 4) {
+        store_4x4(j, n, m, acc);
+        return;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++)
+            ryz_ternary_store(j, m + t, n + r, _mm512_reduce_add_epi32(acc[r][t]) - j->qsum[m + t]);
+}
+
+typedef void (*ctile_fn)(const ryz_ternary_job *, const uint8_t *, int64_t, int64_t);
+#define CTILE(NR, NT) static void ctile_##NR##x##NT(const ryz_ternary_job *j, const uint8_t *C, int64_t n, \
+                                                   int64_t m) { tile_codes(j, C, n, m, NR, NT); }
+#define CTILES(NR) CTILE(NR, 1) CTILE(NR, 2) CTILE(NR, 3) CTILE(NR, 4)
+CTILES(1) CTILES(2) CTILES(3) CTILES(4)
+static const ctile_fn ctiles[4][4] = {
+    {ctile_1x1, ctile_1x2, ctile_1x3, ctile_1x4}, {ctile_2x1, ctile_2x2, ctile_2x3, ctile_2x4},
+    {ctile_3x1, ctile_3x2, ctile_3x3, ctile_3x4}, {ctile_4x1, ctile_4x2, ctile_4x3, ctile_4x4}};
+
+static void gemm_t5(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+    const int64_t ng = (j->Kp / 64 + 3) / 4;
+    /* 2-bit buffer of 4 rows, then the u8 codes of one row (256 ng bytes) */
+    if (j->M == 1) {
+        for (int64_t n = n0; n < n1; n += GEMV_NR)
+            gemv5[(n1 - n < GEMV_NR ? n1 - n : GEMV_NR) - 1](j, n);
+        return;
+    }
+    uint8_t *C = aligned_alloc(64, (size_t)(4 * ng * 64 + 256 * ng + 64));
+    if (!C) { /* no memory for the buffer: the reference */
+        ryz_gemm_t5_scalar(j, n0, n1);
+        return;
+    }
+    for (int64_t m0 = 0; m0 < j->M; m0 += T5_TOK_BLOCK) {
+        int64_t m1 = m0 + T5_TOK_BLOCK < j->M ? m0 + T5_TOK_BLOCK : j->M;
+        for (int64_t n = n0; n < n1; n += 4) {
+            int nr = n1 - n < 4 ? (int)(n1 - n) : 4;
+            t5_transcode_rows(C, C + 4 * ng * 64, j, n, nr);
+            for (int64_t m = m0; m < m1; m += 4) {
+                int nt = m1 - m < 4 ? (int)(m1 - m) : 4;
+                ctiles[nr - 1][nt - 1](j, C, n, m);
+            }
+        }
+    }
+    free(C);
+}
 
 /* ---- TL: vpshufb lookups over 64 interleaved rows ------------------------------
  * Per token, every pair g gets a 32-byte table: the low bytes of its 16 int16 entries,
@@ -228,6 +411,8 @@ static void gemm_tl(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
 const ryz_ternary_kernels ryz_ternary_avx512 = {
     .name = "avx512vnni",
     .tl_name = "avx512vnni",
+    .t5_name = "avx512vnni",
     .gemm_i2 = gemm_i2,
     .gemm_tl = gemm_tl,
+    .gemm_t5 = gemm_t5,
 };

@@ -45,6 +45,49 @@ void ryz_gemm_i2_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
     }
 }
 
+/* ---- T5 layout ------------------------------------------------------------- */
+void ryz_pack_t5(uint8_t *out, const int8_t *trits, int64_t K) {
+    int64_t Kp = ryz_t5_padded_k(K);
+    for (int64_t b = 0; b < Kp / RYZ_T5_BLOCK; b++)
+        for (int j = 0; j < RYZ_T5_BLOCK_BYTES; j++) {
+            unsigned c[5];
+            for (int i = 0; i < 5; i++) {
+                int64_t k = b * RYZ_T5_BLOCK + 64 * i + j;
+                c[i] = k < K ? (unsigned)(trits[k] + 1) : 1u;
+            }
+            out[b * RYZ_T5_BLOCK_BYTES + j] = ryz_t5_encode(c);
+        }
+}
+
+void ryz_unpack_t5(int8_t *trits, const uint8_t *in, int64_t K) {
+    for (int64_t k = 0; k < K; k++) {
+        int64_t b = k / RYZ_T5_BLOCK, r = k % RYZ_T5_BLOCK;
+        unsigned c[5];
+        ryz_t5_decode(c, in[b * RYZ_T5_BLOCK_BYTES + r % 64]);
+        trits[k] = (int8_t)((int)c[r / 64] - 1);
+    }
+}
+
+void ryz_gemm_t5_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+    const int64_t nb = j->Kp / RYZ_T5_BLOCK;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *w = j->w + n * j->rb;
+        for (int64_t m = 0; m < j->M; m++) {
+            const int8_t *q = j->q + m * j->ldq;
+            int32_t acc = 0;
+            for (int64_t b = 0; b < nb; b++)
+                for (int jj = 0; jj < RYZ_T5_BLOCK_BYTES; jj++) {
+                    unsigned x = w[b * RYZ_T5_BLOCK_BYTES + jj];
+                    for (int i = 0; i < 5; i++) {
+                        acc += (int32_t)((3 * x) >> 8) * q[b * RYZ_T5_BLOCK + 64 * i + jj];
+                        x = (3 * x) & 255;
+                    }
+                }
+            ryz_ternary_store(j, m, n, acc - j->qsum[m]);
+        }
+    }
+}
+
 /* ---- TL layout ------------------------------------------------------------- */
 static inline unsigned tl_index(int64_t k, const int8_t *trits, int64_t K) {
     int a = k < K ? trits[k] : 0, b = k + 1 < K ? trits[k + 1] : 0;
@@ -118,6 +161,8 @@ void ryz_gemm_tl_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
 const ryz_ternary_kernels ryz_ternary_scalar = {
     .name = "scalar",
     .tl_name = "scalar",
+    .t5_name = "scalar",
     .gemm_i2 = ryz_gemm_i2_scalar,
     .gemm_tl = ryz_gemm_tl_scalar,
+    .gemm_t5 = ryz_gemm_t5_scalar,
 };

@@ -13,6 +13,9 @@
    (``lm_head_i4``, docs/performance.md "4-bit lm_head") alternating, GB/s as a fraction of a
    read probe taken in the same round (``--no-lm-head`` skips it).
 4. Prefill (GEMM, M = 128 and 512): GOPS = 2 M N K / time, as a fraction of the VNNI peak.
+5. I2 vs T5 (5 trits a byte, 1.6 bpw): the model pass and the prefill GEMMs in both layouts,
+   run alternately (I2, T5, I2, T5, ...) so both see the same machine; medians and the
+   median of the per-round time ratios T5 / I2.
 Each figure is the median of ``--repeat`` runs; the best run is recorded too (``best``),
 because on a shared machine a run that lost its core to another process says nothing
 about the kernel. The report prints the load average before and after.
@@ -95,6 +98,28 @@ def _random_packed(rng, N, K):
     rb = _native.i2_row_bytes(K)
     codes = rng.integers(0, 3, (4, N, rb), dtype=np.uint8)
     return (codes[0] | codes[1] << 2 | codes[2] << 4 | codes[3] << 6).astype(np.uint8)
+
+
+# the 243 valid T5 bytes (ternary.h: ceil(256 v / 243), v = 0..242)
+_T5_BYTES = ((256 * np.arange(243) + 242) // 243).astype(np.uint8)
+
+
+def _random_packed_t5(rng, N, K):
+    return _T5_BYTES[rng.integers(0, 243, (N, _native.t5_row_bytes(K)), dtype=np.uint8)]
+
+
+def _alternate(fns, repeat):
+    """Run the callables in turn, repeat rounds (after one warm-up round): per-callable
+    lists of seconds, taken side by side so a change of machine load hits all alike."""
+    for f in fns:
+        f()
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for f, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+    return times
 
 
 def _in_arena(a):
@@ -262,12 +287,63 @@ def run(args) -> int:
                     bfs = f"{bfrac:7.0%}" if bfrac is not None else "      -"
                     print(f"  {name:24s} {M:4d} {th:3d} {gops:7.1f} {fs} {med * 1e3:8.2f} {best:9.1f} {bfs}")
 
-        print("\n== layouts: I2 vs TL (lookup table), L3-resident, M=1 ==")
+        print("\n== layouts: I2 vs T5 (5 trits a byte), alternating runs ==")
+        if not args.no_model_pass:
+            layer = [s for s in shapes for _ in range(s[3])]
+            nl = 1 if quick else LAYERS_2B4T
+            packers = {"i2": _random_packed, "t5": _random_packed_t5}
+            lin = {lay: getattr(_native, f"ternary_linear_{lay}") for lay in packers}
+            mats = {lay: [(_in_arena(pk(rng, N, K)), N, K) for _ in range(nl) for _, N, K, _ in layer]
+                    for lay, pk in packers.items()}
+            xs = {K: rng.standard_normal((1, K)).astype(np.float32) for _, _, K, _ in shapes}
+            outs = {N: np.empty((1, N), np.float32) for _, N, _, _ in shapes}
+
+            def model_pass_of(lay):
+                def f():
+                    for p, N, K in mats[lay]:
+                        lin[lay](outs[N], p, xs[K], 1.0)
+                return f
+            for th in threads_list:
+                _native.set_num_threads(th)
+                ti2, tt5 = _alternate([model_pass_of("i2"), model_pass_of("t5")], max(repeat, 5))
+                ratio = statistics.median(b / a for a, b in zip(ti2, tt5))
+                for lay, ts in (("i2", ti2), ("t5", tt5)):
+                    total = sum(p.nbytes for p, _, _ in mats[lay])
+                    med = statistics.median(ts)
+                    rec(kind="layout_model_pass", layout=lay, M=1, threads=th, bytes=total,
+                        seconds=med, gbps=total / med / 1e9, best=total / min(ts) / 1e9,
+                        t5_over_i2=ratio, runs=ts)
+                    print(f"  {lay:3s} 2B-4T model pass       {th:3d} thr {med * 1e3:7.2f} ms/token "
+                          f"({total / 2**20:.0f} MiB, {total / med / 1e9:.1f} GB/s)")
+                print(f"      T5 / I2 time, median of per-round ratios: {ratio:.3f}")
+            del mats
+        for name, N, K, _ in shapes:
+            t = rng.integers(-1, 2, (N, K), dtype=np.int8)
+            ps = {}
+            for lay in ("i2", "t5"):
+                ps[lay] = np.empty((N, getattr(_native, f"{lay}_row_bytes")(K)), np.uint8)
+                getattr(_native, f"pack_{lay}")(ps[lay], t)
+            for M in gemm_ms:
+                x = rng.standard_normal((M, K)).astype(np.float32)
+                out = np.empty((M, N), np.float32)
+                for th in threads_list:
+                    _native.set_num_threads(th)
+                    ti2, tt5 = _alternate([lambda: _native.ternary_linear_i2(out, ps["i2"], x, 1.0),
+                                           lambda: _native.ternary_linear_t5(out, ps["t5"], x, 1.0)], repeat)
+                    ratio = statistics.median(b / a for a, b in zip(ti2, tt5))
+                    g = [2 * M * N * K / statistics.median(ts) / 1e9 for ts in (ti2, tt5)]
+                    for lay, ts, gops in (("i2", ti2, g[0]), ("t5", tt5, g[1])):
+                        rec(kind="layout_gemm", shape=name, N=N, K=K, M=M, threads=th, layout=lay,
+                            seconds=statistics.median(ts), gops=gops, t5_over_i2=ratio, runs=ts)
+                    print(f"  GEMM {name:24s} M={M:4d} {th:d} thr: I2 {g[0]:7.1f} GOPS, T5 {g[1]:7.1f} GOPS,"
+                          f" T5 / I2 time {ratio:.3f}")
+
+        print("\n== layouts: I2 vs TL vs T5, L3-resident, M=1 ==")
         name, N, K, _ = shapes[0]
         t = rng.integers(-1, 2, (N, K), dtype=np.int8)
         x = rng.standard_normal((1, K)).astype(np.float32)
         out = np.empty((1, N), np.float32)
-        for lay in ("i2", "tl"):
+        for lay in ("i2", "tl", "t5"):
             p = np.empty((N, getattr(_native, f"{lay}_row_bytes")(K)), np.uint8)
             getattr(_native, f"pack_{lay}")(p, t)
             fn = getattr(_native, f"ternary_linear_{lay}")

@@ -78,6 +78,9 @@ def add_parser(sub):
     p.add_argument("--llamacpp-python", metavar="EXE", help="python that has llama_cpp (default: "
                    "$RYZ_LLAMACPP_PYTHON, else this one)")
     p.add_argument("--gguf", metavar="FILE", help="GGUF path (default: next to the random model)")
+    p.add_argument("--ternary-layout", default="auto", choices=("auto", "i2", "t5"),
+                   help="repack the ternary linears after loading: i2 (2 bits a weight) or t5 (5 trits "
+                   "a byte, 1.6 bits); auto keeps the loader's choice")
     p.add_argument("--paths", default="python,fused", help="decode paths: 'python' (bitnet.forward, a "
                    "native call per op) and/or 'fused' (bitnet_fused: one C call per layer)")
     p.add_argument("--no-overhead", action="store_true", help="skip the Python-overhead measurement")
@@ -115,6 +118,19 @@ def random_model_folder(shape: dict, model_dir=None, seed=0) -> Path:
             shutil.rmtree(folder)
         tmp.rename(folder)
     return folder
+
+
+def repack_linears(model, layout) -> int:
+    """Store every ternary linear of the model in ``layout`` (same trits); float linears stay."""
+    n = 0
+    for lw in model.weights.layers:
+        for name in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
+            w = getattr(lw, name)
+            if hasattr(w, "repack"):
+                w.repack(layout)
+                n += 1
+    model._fused_ok = model._fused_plan = None
+    return n
 
 
 def load_model(folder, lm_head="int8", prefill_chunk=None, max_context=None, kv_cache="f32"):
@@ -322,6 +338,9 @@ def run(args) -> int:
         model = load_model(folder, args.lm_head, args.prefill_chunk, kv_cache=args.kv_cache)
         t0 = load_s0
     load_s = time.perf_counter() - t0
+    if args.ternary_layout != "auto":
+        n_repacked = repack_linears(model, args.ternary_layout)
+        print(f"  ternary layout: {args.ternary_layout} ({n_repacked} linears repacked after loading)")
     cfg = model.config
     rss_load_peak, rss_loaded = rss.peak(), rss.current()
     P = ternary_params(model)
@@ -346,7 +365,7 @@ def run(args) -> int:
     from ryzjupyter import bitnet_fused
     paths = [p for p in args.paths.split(",") if p]
     if "fused" in paths and not bitnet_fused.ensure_i2(model):
-        print("  (the fused decode needs ternary I2 weights: measuring the Python path only)")
+        print("  (the fused decode needs ternary I2 or T5 weights: measuring the Python path only)")
         paths = [p for p in paths if p != "fused"] or ["python"]
     rng = np.random.default_rng(0)
     prev_threads = _native.get_num_threads()

@@ -179,6 +179,36 @@ def pack_i2(trits: np.ndarray) -> np.ndarray:
     return packed.reshape(N, Kp // 4).astype(np.uint8)
 
 
+def t5_row_bytes(K: int) -> int:
+    """T5 layout: K padded to a multiple of 320, five base-3 codes a byte."""
+    return -(-K // 320) * 64
+
+
+def pack_t5(trits: np.ndarray) -> np.ndarray:
+    """T5 layout from its definition: byte j of block b holds the codes c_i =
+    t[320 b + 64 i + j] + 1 (i = 0..4, padding code 1) as v = sum_i c_i 3^(4-i),
+    stored as ceil(256 v / 243)."""
+    trits = np.asarray(trits, np.int8)
+    N, K = trits.shape
+    Kp = -(-K // 320) * 320
+    codes = np.ones((N, Kp), np.int64)
+    codes[:, :K] = trits + 1
+    c = codes.reshape(N, Kp // 320, 5, 64)  # [n, block, i, j]
+    v = sum(c[:, :, i] * 3 ** (4 - i) for i in range(5))
+    return ((256 * v + 242) // 243).reshape(N, Kp // 5).astype(np.uint8)
+
+
+def unpack_t5(packed: np.ndarray, K: int) -> np.ndarray:
+    """Inverse of pack_t5 by the base-3 digits of round(243 byte / 256)."""
+    p = np.asarray(packed, np.int64)
+    N = p.shape[0]
+    v = (243 * p) >> 8  # floor(243 ceil(256 v / 243) / 256) = v
+    digits = np.stack([(v // 3 ** (4 - i)) % 3 for i in range(5)], axis=2)  # [n, Kp/5, 5]
+    Kp = p.shape[1] * 5
+    d = digits.reshape(N, Kp // 320, 64, 5).transpose(0, 1, 3, 2).reshape(N, Kp)
+    return (d[:, :K] - 1).astype(np.int8)
+
+
 def tl_row_bytes(K: int) -> int:
     return -(-K // 4)
 

@@ -18,8 +18,11 @@ def test_bench_kernels_quick(tmp_path):
     assert "read bandwidth" in proc.stdout and "ternary GEMV" in proc.stdout
     data = json.loads(out.read_text())
     kinds = {r["kind"] for r in data["records"]}
-    assert {"read_bandwidth", "gemv", "gemv_model_pass", "gemm", "layout_gemv", "lm_head_gemv"} <= kinds
+    assert {"read_bandwidth", "gemv", "gemv_model_pass", "gemm", "layout_gemv", "lm_head_gemv",
+            "layout_model_pass", "layout_gemm"} <= kinds
     assert {r["format"] for r in data["records"] if r["kind"] == "lm_head_gemv"} == {"int8", "int4"}
+    assert {r["layout"] for r in data["records"] if r["kind"] == "layout_model_pass"} == {"i2", "t5"}
+    assert {r["layout"] for r in data["records"] if r["kind"] == "layout_gemv"} == {"i2", "tl", "t5"}
     for r in data["records"]:
         assert r["threads"] in (1, 2) and r["repeat"] >= 1 and r["isa"]
         if r["kind"] == "gemv":
@@ -28,6 +31,8 @@ def test_bench_kernels_quick(tmp_path):
             assert r["gbps"] > 0 and r["frac_bw"] > 0 and r["bytes"] > 0
         if r["kind"] == "gemm":
             assert r["gops"] > 0 and r["M"] >= 1
+        if r["kind"] in ("layout_model_pass", "layout_gemm"):
+            assert r["seconds"] > 0 and r["t5_over_i2"] > 0
 
 
 def test_bench_help():

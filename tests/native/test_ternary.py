@@ -1,4 +1,4 @@
-"""Ternary kernels (I2 and TL layouts): every ISA variant equals the numpy reference
+"""Ternary kernels (I2, TL and T5 layouts): every ISA variant equals the numpy reference
 bit for bit; converters equal transformers' formulas; every entry point refuses bad input."""
 import numpy as np
 import pytest
@@ -10,11 +10,11 @@ from ryzjupyter import ternary as T
 
 from . import reference as ref
 
-LAYOUTS = ("i2", "tl")
-KS = [1, 3, 4, 5, 63, 64, 65, 255, 256, 257, 511, 640, 1000, 2560]
+LAYOUTS = ("i2", "tl", "t5")
+KS = [1, 3, 4, 5, 63, 64, 65, 255, 256, 257, 319, 320, 321, 511, 640, 1000, 2560]
 SHAPES = [(1, 1, 1), (1, 7, 300), (1, 1, 2560), (2, 5, 17), (3, 9, 256), (4, 4, 257),
           (5, 13, 1000), (7, 33, 100), (9, 6, 513), (17, 5, 64), (66, 19, 130),
-          (2, 64, 100), (3, 130, 300), (1, 200, 257), (5, 129, 2560)]
+          (2, 64, 100), (3, 130, 300), (1, 200, 257), (5, 129, 2560), (1, 9, 641), (6, 11, 960), (131, 6, 641)]
 
 
 def packed_of(lay, t):
@@ -46,8 +46,11 @@ def test_pack_matches_layout_definition(rng, K):
     t = rand_trits(rng, 3, K)
     assert _native.i2_row_bytes(K) == ref.i2_row_bytes(K)
     assert _native.tl_row_bytes(K) == ref.tl_row_bytes(K)
+    assert _native.t5_row_bytes(K) == ref.t5_row_bytes(K)
     np.testing.assert_array_equal(packed_of("i2", t), ref.pack_i2(t))
     np.testing.assert_array_equal(packed_of("tl", t), ref.pack_tl(t))
+    np.testing.assert_array_equal(packed_of("t5", t), ref.pack_t5(t))
+    np.testing.assert_array_equal(ref.unpack_t5(packed_of("t5", t), K), t)
     for lay in LAYOUTS:
         u = np.empty_like(t)
         getattr(_native, f"unpack_{lay}")(u, packed_of(lay, t))
@@ -58,6 +61,8 @@ def test_row_bytes_values():
     assert _native.i2_row_bytes(0) == 0 and _native.i2_row_bytes(2560) == 640
     assert _native.i2_row_bytes(6912) == 1728 and _native.i2_row_bytes(257) == 128
     assert _native.tl_row_bytes(2560) == 640 and _native.tl_row_bytes(5) == 2
+    assert _native.t5_row_bytes(2560) == 512 and _native.t5_row_bytes(6912) == 1408
+    assert _native.t5_row_bytes(320) == 64 and _native.t5_row_bytes(321) == 128
     with pytest.raises(ValueError, match="K must be"):
         _native.i2_row_bytes(-1)
 
@@ -71,6 +76,36 @@ def test_unpack_refuses_invalid_codes():
     p[0, 1] = 0x9A
     with pytest.raises(ValueError, match=r"packed\[0, 1\]"):
         _native.unpack_tl(np.empty((1, 8), np.int8), p)
+    valid = {int(b) for b in ref.pack_t5(_all_five_trit_columns()).ravel()}
+    assert len(valid) == 243
+    for b in sorted(set(range(256)) - valid):
+        p = np.full((1, 64), 0x80, np.uint8)  # 0x80: codes (1, 1, 1, 1, 1), all zero trits
+        p[0, 9] = b
+        with pytest.raises(ValueError, match=r"packed\[0, 9\] = %d is not a valid T5 byte" % b):
+            _native.unpack_t5(np.empty((1, 320), np.int8), p)
+
+
+def _all_five_trit_columns():
+    """[1, 320] trits whose 64 bytes cover all 243 five-code combinations (four rows)."""
+    combos = np.array(np.meshgrid(*[[-1, 0, 1]] * 5, indexing="ij")).reshape(5, -1).T  # [243, 5]
+    rows = []
+    for r0 in range(0, 243, 64):
+        c = np.zeros((64, 5), np.int8)
+        part = combos[r0:r0 + 64]
+        c[:len(part)] = part
+        rows.append(c.T.reshape(320))  # position 64 i + j holds code i of byte j
+    return np.array(rows, np.int8)
+
+
+def test_t5_encodes_all_243_combinations_exactly(isa, rng):
+    t = _all_five_trit_columns()
+    p = packed_of("t5", t)
+    assert len(set(p.ravel().tolist())) == 243
+    u = np.empty_like(t)
+    _native.unpack_t5(u, p)
+    np.testing.assert_array_equal(u, t)
+    q = rng.integers(-128, 128, (5, 320), dtype=np.int8)
+    np.testing.assert_array_equal(matmul("t5", p, q), ref.ternary_matmul(t, q))
 
 
 # ---- kernels vs reference ------------------------------------------------------------------
@@ -152,10 +187,11 @@ def test_hypothesis_all_isas_both_layouts(M, N, K, seed):
         _native.set_isa(previous)
 
 
-def test_tl_equals_i2(isa, rng):
+@pytest.mark.parametrize("lay", ["tl", "t5"])
+def test_other_layouts_equal_i2(isa, rng, lay):
     t = rand_trits(rng, 50, 999)
     x = rng.standard_normal((6, 999)).astype(np.float32)
-    np.testing.assert_array_equal(linear("tl", packed_of("tl", t), x, 0.5),
+    np.testing.assert_array_equal(linear(lay, packed_of(lay, t), x, 0.5),
                                   linear("i2", packed_of("i2", t), x, 0.5))
 
 
@@ -357,3 +393,37 @@ def test_arena_chunks_are_freed_with_their_weights():
     T.new_arena_chunk()
     d = T.packed_empty(1024, 640)
     assert c.base is not d.base
+
+
+def test_ternary_weight_repack_and_explicit_t5(rng):
+    t = rand_trits(rng, 40, 700)
+    x = rng.standard_normal((3, 700)).astype(np.float32)
+    tw = T.TernaryWeight.from_trits(t, 0.25)
+    assert tw.layout in T.MEASURED_LAYOUTS            # t5 is never picked by the measurement
+    expected = ref.ternary_linear(t, x, 0.25)
+    for lay in ("t5", "tl", "i2", "t5"):
+        tw.repack(lay)
+        assert tw.layout == lay and list(tw._packed) == [lay]
+        assert tw.packed.shape == (40, getattr(_native, f"{lay}_row_bytes")(700))
+        np.testing.assert_array_equal(tw.trits(), t)
+        np.testing.assert_array_equal(tw.linear(x), expected)
+    assert tw.nbytes == 40 * 192                       # 700 -> 960 padded, 5 trits a byte
+    with pytest.raises(ValueError, match="layout"):
+        tw.repack("i4")
+    assert T.TernaryWeight.from_trits(t, 1.0, layout="t5").layout == "t5"
+
+
+@pytest.mark.parametrize("wval", [-1, 1, None])
+def test_t5_long_rows_fold_exactly(isa, rng, wval):
+    # > 512 T5 blocks a row: the AVX-512 GEMV folds its two partial sums every 512 blocks
+    K = 512 * 320 + 321
+    t = rand_trits(rng, 5, K) if wval is None else np.full((5, K), wval, np.int8)
+    q = np.full((2, K), 127, np.int8)
+    q[1] = -128
+    if wval is None:
+        q = rng.integers(-128, 128, (2, K), dtype=np.int8)
+    p = packed_of("t5", t)
+    expected = ref.ternary_matmul(t, q)
+    for m in range(2):   # M = 1: the decode kernel
+        np.testing.assert_array_equal(matmul("t5", p, q[m:m + 1]), expected[m:m + 1])
+    np.testing.assert_array_equal(matmul("t5", p, q), expected)

@@ -121,3 +121,22 @@ def test_quick_run_int8_kv_cache(tmp_path, tiny_folder):
     dec = [r for r in recs if r["phase"] == "decode"]
     assert {r["path"] for r in dec} == {"python", "fused"}
     assert all(r["bytes_per_token"] > 0 for r in dec)
+
+
+def test_quick_run_t5_layout(tmp_path, tiny_folder, capsys):
+    out = tmp_path / "r.json"
+    assert main(["model", "--quick", "--threads", "1", "--ternary-layout", "t5", "--model-dir",
+                 str(tiny_folder.parent), "--json", str(out)]) == 0
+    assert "ternary layout: t5 (14 linears repacked" in capsys.readouterr().out
+    recs = json.loads(out.read_text())["records"]
+    assert {r["path"] for r in recs if r["phase"] == "decode"} == {"python", "fused"}
+
+
+def test_repack_linears_keeps_the_trits(tiny_folder):
+    m = bm.load_model(tiny_folder, "int8")
+    before = [getattr(lw, n).trits() for lw in m.weights.layers for n in ("wq", "w_down")]
+    assert bm.repack_linears(m, "t5") == 14
+    after = [getattr(lw, n) for lw in m.weights.layers for n in ("wq", "w_down")]
+    assert all(w.layout == "t5" for w in after)
+    for t, w in zip(before, after):
+        np.testing.assert_array_equal(w.trits(), t)
