@@ -42,6 +42,7 @@ from .checkpoint import Checkpoint, CheckpointError, ModelKind, detect_kind, rop
 from .generation import LanguageModel
 from .kv_cache import KVCache
 from .profiling import PROFILER, InstrumentedKernels
+from .ternary import LAYOUTS
 
 # The kernels as the forward pass calls them: each call is booked to a profile phase
 # (ryzjupyter/profiling.py; RYZ_PROFILE=0 turns the counting off). Ternary linears book
@@ -519,7 +520,11 @@ class BitNetModel(LanguageModel):
     family = "bitnet"
 
     def __init__(self, folder, *, tokenizer=None, max_context=None, lm_head="f32", prefill_chunk=64,
-                 allow_pickle=False, progress=None, name=None, convert_cache=True, kv_cache="f32"):
+                 allow_pickle=False, progress=None, name=None, convert_cache=True, kv_cache="f32",
+                 ternary_layout="auto"):
+        if ternary_layout not in ("auto",) + LAYOUTS:
+            raise ValueError(f"ternary_layout must be 'auto' (per matrix, measured), 'i2', 'tl' or 't5' "
+                             f"(1.6 bits a weight: faster decode, slower prefill), got {ternary_layout!r}")
         self.path = Path(folder)
         self.name = name or self.path.name
         ck = Checkpoint(self.path, allow_pickle=allow_pickle)
@@ -550,6 +555,25 @@ class BitNetModel(LanguageModel):
         self.tokenizer = tokenizer
         self.tokens_processed = 0
         self.fused_decode = True             # one-token passes through bitnet_fused (same logits)
+        self._fused_ok = self._fused_plan = None
+        if ternary_layout != "auto":
+            self.repack_linears(ternary_layout)
+
+    def repack_linears(self, layout) -> int:
+        """Store every ternary linear in `layout` ('i2', 'tl' or 't5'; the same trits, so the
+        logits do not change); returns how many were repacked. 't5' (5 trits a byte) reads 20 %
+        fewer bytes per decode token but prefills up to ~10 % slower (docs/performance.md)."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        n = 0
+        for lw in self.weights.layers:
+            for name in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
+                w = getattr(lw, name)
+                if hasattr(w, "repack"):
+                    w.repack(layout)
+                    n += 1
+        self._fused_ok = self._fused_plan = None      # the fused decode re-checks the layouts
+        return n
 
     def new_cache(self, max_len=None) -> KVCache:
         c = self.config

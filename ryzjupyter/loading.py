@@ -20,7 +20,8 @@ from pathlib import Path
 from .checkpoint import CheckpointError, detect_kind, read_config, resolve_model_path
 
 MODELS_DIR = Path(__file__).parent / "models"
-_ENGINE_OPTIONS = {"max_context", "lm_head", "prefill_chunk", "progress", "name", "convert_cache", "kv_cache"}
+_ENGINE_OPTIONS = {"max_context", "lm_head", "prefill_chunk", "progress", "name", "convert_cache", "kv_cache",
+                   "ternary_layout"}
 _FIND_OPTIONS = {"revision", "local_files_only", "allow_pickle", "cache_dir"}
 
 

@@ -122,15 +122,7 @@ def random_model_folder(shape: dict, model_dir=None, seed=0) -> Path:
 
 def repack_linears(model, layout) -> int:
     """Store every ternary linear of the model in ``layout`` (same trits); float linears stay."""
-    n = 0
-    for lw in model.weights.layers:
-        for name in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
-            w = getattr(lw, name)
-            if hasattr(w, "repack"):
-                w.repack(layout)
-                n += 1
-    model._fused_ok = model._fused_plan = None
-    return n
+    return model.repack_linears(layout)
 
 
 def load_model(folder, lm_head="int8", prefill_chunk=None, max_context=None, kv_cache="f32"):

@@ -355,3 +355,27 @@ def test_int8_kv_cache_option(models):
     assert r.tokens == [int(np.argmax(full[n - 1 + j])) for j in range(8)]
     with pytest.raises(ValueError, match="kv_cache"):
         load(str(FIXTURES / "packed"), kv_cache="fp8")
+
+
+@pytest.mark.parametrize("layout", ["i2", "tl", "t5"])
+def test_ternary_layout_option_keeps_the_logits(layout):
+    """load(..., ternary_layout=...) repacks every ternary linear; the integer sums are exact in
+    every layout, so prefill logits and the fused decode steps after it are bitwise those of I2."""
+    folder = str(FIXTURES / "packed")
+    ref, alt = load(folder, ternary_layout="i2"), load(folder, ternary_layout=layout)
+    assert {getattr(lw, "wq").layout for lw in alt.weights.layers} == {layout}
+    ids = np.arange(1, 12, dtype=np.int64)
+    out = []
+    for m in (ref, alt):
+        cache = m.new_cache(32)
+        steps = [m.forward(ids, cache)]
+        for t in (5, 7, 9):                      # one-token passes: the fused decode (I2 / T5)
+            steps.append(m.forward(np.array([t], np.int64), cache))
+        out.append(steps)
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ternary_layout_option_rejects_unknown_layouts():
+    with pytest.raises(ValueError, match="ternary_layout must be"):
+        load(str(FIXTURES / "packed"), ternary_layout="q4")
