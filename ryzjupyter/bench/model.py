@@ -173,6 +173,16 @@ def fill_cache(model, cache, ctx, rng):
     cache.append([1] * ctx)
 
 
+def probe_for(buf, threads, seconds) -> float:
+    """GB/s of streaming `buf` again and again for about `seconds` (at least once): a probe as
+    long as the run it is compared with sees the same drift of a shared machine's bandwidth."""
+    total_b, total_t = 0, 0.0
+    while total_t < seconds or total_b == 0:
+        dt, nb = _native.probe_read(buf, threads)
+        total_b, total_t = total_b + nb, total_t + dt
+    return total_b / total_t / 1e9
+
+
 def decode_run(model, cache, ctx, n, greedy=True):
     """n single-token steps after ctx cached tokens; returns seconds."""
     cache.truncate(ctx)
@@ -298,11 +308,10 @@ def run(args) -> int:
         return kw
 
     # 1. machine limits
-    bw, peak, bw_all = {}, {}, {}
+    bw, peak = {}, {}
     print("\n== machine limits ==")
     for th in threads_list:
         bw[th], runs = measure_bandwidth(32 if quick else args.bw_mib, th, repeat)
-        bw_all[th] = list(runs)
         rec(phase="read_bandwidth", threads=th, gbps=bw[th], best=max(runs), runs=runs)
         msg = f"  {th} thr: read bandwidth {bw[th]:6.1f} GB/s (best {max(runs):.1f})"
         if has_vnni:
@@ -388,18 +397,19 @@ def run(args) -> int:
                 for p in paths:                                       # warm-up
                     with _path(model, p):
                         decode_run(model, cache, ctx, 2)
-                bw_runs = []
+                bw_paired = {p: [] for p in paths}
                 for _ in range(repeat):                               # alternating: ours, theirs, ...
-                    dt, nb = _native.probe_read(pbuf, th)             # the bandwidth, now
-                    bw_runs.append(nb / dt / 1e9)
                     for p in paths:
                         with _path(model, p):
-                            runs[p].append(decode_run(model, cache, ctx, ndec))
+                            t = decode_run(model, cache, ctx, ndec)
+                        runs[p].append(t)
+                        bw_paired[p].append(probe_for(pbuf, th, t))   # the bandwidth, right after
                     if theirs:
                         their_t.append(vs.decode(ctx, ndec))
-                # roofline bandwidth: the median of the limits-phase runs and of the probes
-                # interleaved with these runs (a shared machine's bandwidth drifts)
-                bw_dec = _median(bw_all[th] + bw_runs)
+                # roofline bandwidth: the median of the probes read right after each run, each as
+                # long as that run (this machine's bandwidth drifts by 2x within a minute)
+                bw_runs = [b for p in paths for b in bw_paired[p]]
+                bw_dec = _median(bw_runs)
                 roof = bw_dec * 1e9 / nbytes
                 lt = ndec / _median(their_t) if theirs else None
                 if theirs:
@@ -427,12 +437,15 @@ def run(args) -> int:
                     gbps=kv_b / att_s / 1e9)
                 for p in paths:
                     tok_s = ndec / _median(runs[p])
+                    # per run: the bytes it read per second over the probe right after it
+                    paired = _median([ndec * nbytes / t / (b * 1e9) for t, b in zip(runs[p], bw_paired[p])])
                     r = rec(threads=th, phase="decode", path=p, n_tokens=ndec, context=ctx, tok_s=tok_s,
-                            roofline_fraction=tok_s / roof, roofline_tok_s=roof, bytes_per_token=nbytes,
-                            bandwidth_gbps=bw_dec, bandwidth_runs=bw_runs, effective_gbps=tok_s * nbytes / 1e9,
-                            runs_tok_s=[ndec / t for t in runs[p]])
+                            roofline_fraction=tok_s / roof, roofline_fraction_paired=paired, roofline_tok_s=roof,
+                            bytes_per_token=nbytes, bandwidth_gbps=bw_dec, bandwidth_runs=bw_paired[p],
+                            effective_gbps=tok_s * nbytes / 1e9, runs_tok_s=[ndec / t for t in runs[p]])
                     row = {"th": th, "what": f"decode ctx {ctx} {p}", "tok_s": tok_s, "frac": r["roofline_fraction"],
-                           "extra": f"roofline {roof:.1f} tok/s ({nbytes / 1e6:.0f} MB/token at {bw_dec:.1f} GB/s); "
+                           "extra": f"roofline {roof:.1f} tok/s ({nbytes / 1e6:.0f} MB/token at {bw_dec:.1f} GB/s; "
+                                    f"per-run pairs {paired:.0%}); "
                                     f"attention {att_s * 1e3:.1f} ms = {att_s * tok_s:.0%} of a step"}
                     if theirs:
                         row["llama"] = lt
@@ -531,7 +544,7 @@ def markdown_tables(d: dict) -> str:
         llama = {(r["threads"], r["phase"], r["n_tokens"], r["context"]): r for r in R if r.get("engine") == "llama.cpp"}
         att = {(r["threads"], r["context"]): r for r in R if r["phase"] == "attention"}
         print("Decode (32 tokens per run, greedy):\n")
-        print("| threads | context | path | tok/s median (best) | roofline tok/s (MB/token @ GB/s) | of roofline (of the roofline at the best probe) | attention share | llama.cpp TQ2_0 tok/s median (best) | ratio of medians |\n|---|---|---|---|---|---|---|---|---|")
+        print("| threads | context | path | tok/s median (best) | roofline tok/s (MB/token @ GB/s) | of roofline (of the roofline at the best probe) | median of per-run fractions (run / probe right after it) | attention share | llama.cpp TQ2_0 tok/s median (best) | ratio of medians |\n|---|---|---|---|---|---|---|---|---|---|")
         for r in R:
             if r["phase"] == "decode" and r.get("engine") == "ryzjupyter":
                 l = llama.get((r["threads"], "decode", r["n_tokens"], r["context"]))
@@ -539,7 +552,8 @@ def markdown_tables(d: dict) -> str:
                 ash = f"{a['seconds_per_token'] * r['tok_s']:.0%}" if a else "-"
                 bwb = max([lim[r['threads']]['bw'][1]] + list(r.get('bandwidth_runs', [])))
                 cons = r['tok_s'] * r['bytes_per_token'] / (bwb * 1e9)
-                print(f"| {r['threads']} | {r['context']} | {r['path']} | **{r['tok_s']:.1f}** ({max(r['runs_tok_s']):.1f}) | {r['roofline_tok_s']:.1f} ({r['bytes_per_token']/1e6:.0f} @ {r['bandwidth_gbps']:.1f}) | **{r['roofline_fraction']:.0%}** ({cons:.0%} @ {bwb:.1f}) | {ash} | "
+                pr = f"{r['roofline_fraction_paired']:.0%}" if "roofline_fraction_paired" in r else "-"
+                print(f"| {r['threads']} | {r['context']} | {r['path']} | **{r['tok_s']:.1f}** ({max(r['runs_tok_s']):.1f}) | {r['roofline_tok_s']:.1f} ({r['bytes_per_token']/1e6:.0f} @ {r['bandwidth_gbps']:.1f}) | **{r['roofline_fraction']:.0%}** ({cons:.0%} @ {bwb:.1f}) | {pr} | {ash} | "
                       + (f"{l['tok_s']:.1f} ({max(l['runs_tok_s']):.1f}) | **{r['tok_s']/l['tok_s']:.2f}x** |" if l else "- | - |"))
         print("\nPrefill (empty cache; TTFT = the pass + the greedy pick):\n")
         print("| threads | tokens | tok/s median (best) | TTFT ms | int8 GOPS | of VNNI peak, median (best) probe | llama.cpp TQ2_0 tok/s median (best) | ratio of medians |\n|---|---|---|---|---|---|---|---|")

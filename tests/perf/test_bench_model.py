@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import statistics
 
 import numpy as np
 import pytest
@@ -65,6 +66,10 @@ def test_quick_run_writes_records(tmp_path, tiny_folder, capsys):
         assert r["threads"] == 1 and r["tok_s"] > 0
     for r in dec:   # roofline = bandwidth / bytes per token
         assert r["roofline_fraction"] == pytest.approx(r["tok_s"] * r["bytes_per_token"] / (r["bandwidth_gbps"] * 1e9))
+        # each run against the probe read right after it (as long as the run)
+        per_run = [tok_s * r["bytes_per_token"] / (b * 1e9) for tok_s, b in zip(r["runs_tok_s"], r["bandwidth_runs"])]
+        assert len(per_run) == len(r["runs_tok_s"]) >= 1
+        assert r["roofline_fraction_paired"] == pytest.approx(statistics.median(per_run))
     assert any(r["phase"] == "python_overhead" for r in recs)
     assert any(r["phase"] == "memory" and r.get("peak_rss_bytes") for r in recs)
     assert "decode ctx 0 fused" in capsys.readouterr().out
