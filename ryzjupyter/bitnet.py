@@ -279,13 +279,21 @@ class LayerWeights:
 HEAD4_GROUP = 32   # columns per float16 scale of the int4 lm_head (chosen in docs/performance.md "4-bit lm_head")
 
 
-def quantize_head4(head, group=None):
-    """float32 head [V, D] -> (packed uint8 [ceil(V/16), ceil(D/G), 8G], scales uint16 float16
-    bits [ceil(V/16), ceil(D/G), 16]), the int4 lm_head format of _native/head4.h."""
+HEAD_CHUNK_ROWS = 8192   # head rows widened to float32 at a time while quantizing (multiple of 16)
+
+
+def head4_empty(V, D, group=None):
+    """Uninitialised (packed uint8 [ceil(V/16), ceil(D/G), 8G], scales uint16 float16 bits
+    [ceil(V/16), ceil(D/G), 16]): the int4 lm_head format of _native/head4.h."""
     G = group or HEAD4_GROUP
-    V, D = head.shape
     packed = np.empty((-(-V // 16), -(-D // G), 8 * G), np.uint8)
     scales = np.empty((packed.shape[0], packed.shape[1], 16), np.uint16)
+    return packed, scales
+
+
+def quantize_head4(head, group=None):
+    """float32 head [V, D] -> (packed, scales) in the int4 lm_head format (head4_empty)."""
+    packed, scales = head4_empty(*head.shape, group=group)
     K.quantize_head4(packed, scales, head)
     return packed, scales
 
@@ -376,36 +384,44 @@ class Weights:
         self._embed_raw, self._embed_dtype = ck.raw("model.embed_tokens.weight"), info.dtype
         # lm_head [V, D]: a stored lm_head.weight wins (transformers 5.23 does the same); else tied
         if "lm_head.weight" in ck:
-            ck.require("lm_head.weight", (V, D), F, what="output projection")
-            head = ck.f32("lm_head.weight")
+            hinfo = ck.require("lm_head.weight", (V, D), F, what="output projection")
+            src, src_dtype = ck.raw("lm_head.weight"), hinfo.dtype
             self.tied = False
         elif cfg.tie_embeddings:
-            head = to_f32(self._embed_raw, self._embed_dtype)
+            src, src_dtype = self._embed_raw, self._embed_dtype
             self.tied = True
         else:
             raise CheckpointError("tensor 'lm_head.weight' is missing and config.json has tie_word_embeddings="
                                   "false; the checkpoint is incomplete (or set tie_word_embeddings to true if "
                                   "the head is the embedding)")
-        head = np.ascontiguousarray(head, dtype=np.float32)
-        if self.tied and lm_head == "f32":             # the f32 head serves the lookups too
-            self._embed_raw, self._embed_dtype = head, "F32"
+
+        def head_rows(r0, r1):                         # rows r0..r1-1 of the head as float32
+            return np.ascontiguousarray(to_f32(src[r0:r1], src_dtype), dtype=np.float32)
         # lm_head "f32": exact float matmul (as transformers); "int8": per-row int8 (4x less memory
         # traffic, logits differ by ~1e-3 relative); "int4" (lossy): int4 in groups of HEAD4_GROUP
         # columns with float16 scales (head4.h; ~7x less traffic than f32, perplexity cost in
-        # docs/performance.md "4-bit lm_head"). Only the quantized head is kept.
+        # docs/performance.md "4-bit lm_head"). Only the quantized head is kept, and it is built
+        # HEAD_CHUNK_ROWS rows at a time (both formats quantize rows independently), so loading
+        # never holds a float32 copy of the whole head (1.3 GB for a 128k x 2560 head).
         self.lm_head = lm_head
         self.lm_head_f32 = self.lm_head_q = self.lm_head_s = None
         self.lm_head_p4 = self.lm_head_s4 = None
         if lm_head == "f32":
-            self.lm_head_f32 = head
+            self.lm_head_f32 = head_rows(0, V)
+            if self.tied:                              # the f32 head serves the lookups too
+                self._embed_raw, self._embed_dtype = self.lm_head_f32, "F32"
         elif lm_head == "int8":
-            self.lm_head_q = np.empty(head.shape, np.int8)
-            self.lm_head_s = np.empty(head.shape[0], np.float32)
-            K.quantize_rows_i8(self.lm_head_q, self.lm_head_s, head)
-            del head
+            self.lm_head_q = np.empty((V, D), np.int8)
+            self.lm_head_s = np.empty(V, np.float32)
+            for r0 in range(0, V, HEAD_CHUNK_ROWS):
+                r1 = min(V, r0 + HEAD_CHUNK_ROWS)
+                K.quantize_rows_i8(self.lm_head_q[r0:r1], self.lm_head_s[r0:r1], head_rows(r0, r1))
         elif lm_head == "int4":
-            self.lm_head_p4, self.lm_head_s4 = quantize_head4(head)
-            del head
+            self.lm_head_p4, self.lm_head_s4 = head4_empty(V, D)
+            for r0 in range(0, V, HEAD_CHUNK_ROWS):    # a multiple of the 16-row tiles
+                r1 = min(V, r0 + HEAD_CHUNK_ROWS)
+                t0, t1 = r0 // 16, -(-r1 // 16)
+                K.quantize_head4(self.lm_head_p4[t0:t1], self.lm_head_s4[t0:t1], head_rows(r0, r1))
         else:
             raise ValueError(f"lm_head must be 'f32' (exact), 'int8' or 'int4' (lossy), got {lm_head!r}")
 

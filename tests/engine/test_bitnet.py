@@ -379,3 +379,19 @@ def test_ternary_layout_option_keeps_the_logits(layout):
 def test_ternary_layout_option_rejects_unknown_layouts():
     with pytest.raises(ValueError, match="ternary_layout must be"):
         load(str(FIXTURES / "packed"), ternary_layout="q4")
+
+
+@pytest.mark.parametrize("lm_head", ["int8", "int4"])
+@pytest.mark.parametrize("name", ["packed", "untied"])
+def test_head_quantized_in_row_chunks_is_the_same(monkeypatch, name, lm_head):
+    """Loading quantizes the head HEAD_CHUNK_ROWS rows at a time (no float32 copy of the whole
+    head): with chunks of 80 rows (the last one shorter) the arrays are bitwise
+    those of one pass over the whole head."""
+    import ryzjupyter.bitnet as bitnet
+    whole = load(str(FIXTURES / name), lm_head=lm_head)
+    monkeypatch.setattr(bitnet, "HEAD_CHUNK_ROWS", 80)
+    chunked = load(str(FIXTURES / name), lm_head=lm_head)
+    assert whole.config.vocab_size > 80 and whole.config.vocab_size % 80
+    for a, b in zip(whole.weights.head_arrays(), chunked.weights.head_arrays()):
+        np.testing.assert_array_equal(a, b)
+    assert len(whole.weights.head_arrays()) == 2
