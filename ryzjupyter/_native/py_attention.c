@@ -134,7 +134,7 @@ static PyObject *attention_common(PyObject *args, int i8) {
     }
     if (M == 0 || hd == 0) goto done;
     int64_t H;
-    const int64_t G = Hq / Hkv, S = ryz_attn_plan(M, Hkv, n_past + 1, &H), units = M * (Hkv / H);
+    const int64_t G = Hq / Hkv, S = ryz_attn_plan(M, Hkv, n_past + 1, i8, &H), units = M * (Hkv / H);
     attn_job j = {ryz_data(out), ryz_data(q), i8 ? NULL : ryz_data(k), i8 ? NULL : ryz_data(v),
                   i8 ? ryz_data(k) : NULL, i8 ? ryz_data(v) : NULL, i8 ? ryz_data(ks) : NULL,
                   i8 ? ryz_data(vs) : NULL, M, Hq, Hkv, hd, G, n_past, H, S, (float)scale, NULL, NULL, 0};

@@ -168,7 +168,7 @@ static int decode_layer(const layer_args *A) {
     const int64_t Kpmax = A->t5 ? ryz_t5_padded_k(Kmax) : ryz_i2_padded_k(Kmax);
     const int64_t ldq = (Kpmax + 63) / 64 * 64;
     int64_t H;
-    const int64_t Hkv = A->Hkv, G = A->Hq / Hkv, L = A->pos + 1, S = ryz_attn_plan(1, Hkv, L, &H);
+    const int64_t Hkv = A->Hkv, G = A->Hq / Hkv, L = A->pos + 1, S = ryz_attn_plan(1, Hkv, L, A->kc8 != NULL, &H);
     int rc = 0;
     float *xb = aligned_alloc(64, sizeof(float) * (size_t)((D + 15) / 16 * 16));
     float *qv = aligned_alloc(64, sizeof(float) * (size_t)((Q + 15) / 16 * 16));

@@ -235,7 +235,8 @@ def test_attention_i8kv_argument_errors():
 # ---- decode units (ryz_attn_plan): one unit covers every kv head of a query row ------------
 # The SIMD kernels take rows 4 at a time in the score pass (a short last block repeats its
 # last row), v rows in blocks of 16, columns 64 at a time in the v pass, and split long rows
-# into a power-of-two number of parts (>= 128 rows each) merged afterwards. These shapes hit
+# into a power-of-two number of parts (>= 64 rows each for the float cache, >= 128 for int8)
+# merged afterwards. These shapes hit
 # every remainder of those blocks, query groups G = 1..8 (a group of 4 heads repeats its last
 # head when G is not a multiple of 4), head dims with tails, and 1, 2, 4, 8, 16 parts.
 DECODE_CASES = [
@@ -245,8 +246,10 @@ DECODE_CASES = [
     (1, 20, 5, 128, 2),
     (1, 20, 5, 128, 14),      # 15 rows: under one v block
     (1, 20, 5, 128, 16),      # 17 rows
-    (1, 20, 5, 128, 254),     # 255 rows: one part
-    (1, 20, 5, 128, 256),     # 257 rows: 2 parts of 128 / 129
+    (1, 20, 5, 128, 126),     # 127 rows: one part
+    (1, 20, 5, 128, 128),     # 129 rows: 2 parts (float cache), one part (int8)
+    (1, 20, 5, 128, 254),     # 255 rows: 2 parts (float), one part (int8)
+    (1, 20, 5, 128, 256),     # 257 rows: 4 parts (float), 2 parts of 128 / 129 (int8)
     (1, 20, 5, 128, 1022),    # 8 parts
     (1, 20, 5, 128, 4096),    # 16 parts of 256 / 257 rows
     (1, 5, 5, 128, 700),      # G = 1: every head repeated 4x in a group
