@@ -16,6 +16,7 @@ def test_bench_kernels_quick(tmp_path):
                           timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT), RYZ_NUM_THREADS="2"))
     assert proc.returncode == 0, proc.stderr
     assert "read bandwidth" in proc.stdout and "ternary GEMV" in proc.stdout
+    assert "quick attn q/o 256x256" in proc.stdout and "2560x2560" not in proc.stdout  # sizes as run
     data = json.loads(out.read_text())
     kinds = {r["kind"] for r in data["records"]}
     assert {"read_bandwidth", "gemv", "gemv_model_pass", "gemm", "layout_gemv", "lm_head_gemv",
