@@ -276,6 +276,9 @@ class LayerWeights:
     w_down: object            # down_proj                 [dim, hidden_dim]
 
 
+# the seven ternary linears of a layer (LayerWeights fields), in the order q, k, v, o, gate, up, down
+LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
 HEAD4_GROUP = 32   # columns per float16 scale of the int4 lm_head (chosen in docs/performance.md "4-bit lm_head")
 
 
@@ -571,7 +574,6 @@ class BitNetModel(LanguageModel):
         self.tokenizer = tokenizer
         self.tokens_processed = 0
         self.fused_decode = True             # one-token passes through bitnet_fused (same logits)
-        self._fused_ok = self._fused_plan = None
         if ternary_layout != "auto":
             self.repack_linears(ternary_layout)
 
@@ -583,7 +585,7 @@ class BitNetModel(LanguageModel):
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         n = 0
         for lw in self.weights.layers:
-            for name in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
+            for name in LINEARS:
                 w = getattr(lw, name)
                 if hasattr(w, "repack"):
                     w.repack(layout)

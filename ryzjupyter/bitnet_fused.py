@@ -23,11 +23,11 @@ from __future__ import annotations
 import numpy as np
 
 from ryzjupyter import _native as K
+from ryzjupyter.bitnet import LINEARS as _LINEARS
 from ryzjupyter.profiling import PROFILER
 
 _NAMES = ("attn_norm", "wq", "wk", "wv", "attn_sub_norm", "wo", "ffn_norm", "w_gate", "w_up",
           "ffn_sub_norm", "w_down")
-_LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
 
 def _plan(model):
@@ -71,11 +71,8 @@ def ensure_i2(model) -> bool:
     if None in lays:
         return False
     if lays != {"t5"}:
-        for lw in model.weights.layers:
-            for n in _LINEARS:
-                getattr(lw, n).repack("i2")
-    model._fused_ok = None
-    model._fused_plan = None
+        model.repack_linears("i2")
+    model._fused_ok = model._fused_plan = None        # layouts may have changed by hand
     return supported(model)
 
 
@@ -100,16 +97,9 @@ def forward_one(model, tokens, cache):
     dec = K.bitnet_decode_layer
     kk, vv = cache.k, cache.v
     t = PROFILER.tic()                                # profile: the fused layers are one phase
-    if i8:
-        ks, vs = cache.ks, cache.vs
-        for l, (ws, mults) in enumerate(layers):
-            dec(x, kk[l], vv[l], pos, ws, mults, eps, theta, scale, act, ks[l], vs[l], layout)
-    elif layout != "i2":
-        for l, (ws, mults) in enumerate(layers):
-            dec(x, kk[l], vv[l], pos, ws, mults, eps, theta, scale, act, None, None, layout)
-    else:
-        for l, (ws, mults) in enumerate(layers):
-            dec(x, kk[l], vv[l], pos, ws, mults, eps, theta, scale, act)
+    ks, vs = (cache.ks, cache.vs) if i8 else ((None,) * len(layers),) * 2   # None: float32 cache
+    for l, (ws, mults) in enumerate(layers):
+        dec(x, kk[l], vv[l], pos, ws, mults, eps, theta, scale, act, ks[l], vs[l], layout)
     PROFILER.toc("layers", t)
     t = PROFILER.tic()
     out = np.empty((1, cfg.vocab_size), np.float32)

@@ -39,6 +39,7 @@ import numpy as np
 
 from ryzjupyter import _native
 from ryzjupyter.bench import rss
+from ryzjupyter.bitnet import LINEARS
 
 SHAPES = {
     "bitnet-2b4t": dict(hidden_size=2560, intermediate_size=6912, num_hidden_layers=30, num_attention_heads=20,
@@ -120,11 +121,6 @@ def random_model_folder(shape: dict, model_dir=None, seed=0) -> Path:
     return folder
 
 
-def repack_linears(model, layout) -> int:
-    """Store every ternary linear of the model in ``layout`` (same trits); float linears stay."""
-    return model.repack_linears(layout)
-
-
 def load_model(folder, lm_head="int8", prefill_chunk=None, max_context=None, kv_cache="f32"):
     from ryzjupyter.bitnet import BitNetModel
     kw = {} if prefill_chunk is None else {"prefill_chunk": prefill_chunk}
@@ -135,7 +131,7 @@ def load_model(folder, lm_head="int8", prefill_chunk=None, max_context=None, kv_
 
 def ternary_params(model) -> int:
     return sum(int(np.prod(getattr(lw, n).shape)) for lw in model.weights.layers
-               for n in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"))
+               for n in LINEARS)
 
 
 def decode_bytes(model, kv_rows: float) -> dict:
@@ -144,7 +140,7 @@ def decode_bytes(model, kv_rows: float) -> dict:
     w, c = model.weights, model.config
     lin = norm = 0
     for lw in w.layers:
-        lin += sum(getattr(lw, n).nbytes for n in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"))
+        lin += sum(getattr(lw, n).nbytes for n in LINEARS)
         norm += sum(getattr(lw, n).nbytes for n in ("attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm"))
     norm += w.norm.nbytes
     head = sum(a.nbytes for a in w.head_arrays())          # int4: packed + float16 scales
@@ -340,7 +336,7 @@ def run(args) -> int:
         t0 = load_s0
     load_s = time.perf_counter() - t0
     if args.ternary_layout != "auto":
-        n_repacked = repack_linears(model, args.ternary_layout)
+        n_repacked = model.repack_linears(args.ternary_layout)
         print(f"  ternary layout: {args.ternary_layout} ({n_repacked} linears repacked after loading)")
     cfg = model.config
     rss_load_peak, rss_loaded = rss.peak(), rss.current()

@@ -140,7 +140,7 @@ def test_quick_run_t5_layout(tmp_path, tiny_folder, capsys):
 def test_repack_linears_keeps_the_trits(tiny_folder):
     m = bm.load_model(tiny_folder, "int8")
     before = [getattr(lw, n).trits() for lw in m.weights.layers for n in ("wq", "w_down")]
-    assert bm.repack_linears(m, "t5") == 14
+    assert m.repack_linears("t5") == 14
     after = [getattr(lw, n) for lw in m.weights.layers for n in ("wq", "w_down")]
     assert all(w.layout == "t5" for w in after)
     for t, w in zip(before, after):

@@ -8,22 +8,15 @@ import numpy as np
 import pytest
 
 from ryzjupyter import _native, bitnet_fused
+from ryzjupyter.bitnet import LINEARS as _LINEARS
 from ryzjupyter.bitnet import BitNetModel
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "bitnet"
-_LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
 
 def _seq():
     man = json.loads((FIX / "manifest.json").read_text())
     return [int(t) for t in man["sequences"][0]]
-
-
-def _repack(model, layout):
-    for lw in model.weights.layers:
-        for n in _LINEARS:
-            getattr(lw, n).repack(layout)
-    model._fused_ok = model._fused_plan = None
 
 
 @pytest.mark.parametrize("fmt,kv", [("packed", "f32"), ("onebitllm", "int8"), ("packed", "int8")])
@@ -32,7 +25,7 @@ def test_fused_t5_equals_forward_and_i2(fmt, kv, isa, threads):
     i2 = BitNetModel(FIX / fmt, lm_head="f32", kv_cache=kv)
     t5 = BitNetModel(FIX / fmt, lm_head="f32", kv_cache=kv)
     assert bitnet_fused.ensure_i2(i2)
-    _repack(t5, "t5")
+    t5.repack_linears("t5")
     assert bitnet_fused.ensure_i2(t5) and bitnet_fused.supported(t5)   # an all-T5 model stays T5
     assert {getattr(lw, n).layout for lw in t5.weights.layers for n in _LINEARS} == {"t5"}
     i2.fused_decode = t5.fused_decode = False
