@@ -8,16 +8,19 @@
  * a GIL release and a thread-pool job. Here the same layer is one call: the GIL is released
  * once, the input of q/k/v (and of gate/up) is quantized once, and the GEMVs of q, k and v
  * (and of gate and up) run as ONE thread-pool job over their concatenated rows. Five pool
- * jobs per layer instead of ~20.
+ * jobs per layer instead of ~20. Between two GEMVs, while the caller runs the short serial
+ * steps (norms, quantization, rope, short attention), a worker already reads the first rows
+ * of the next GEMV into its cache and then takes more of its rows (see prefetch_side).
  *
  * There is no ISA code here: every step calls the dispatch tables of the other families
  * (ryz_ops, ryz_quant, ryz_ternary, ryz_attention), so the selected ISA level runs and the
  * result is bitwise identical to the Python path (the same kernels on the same data: integer
  * GEMV sums are exact whatever the row split, the attention split S depends on shapes only,
  * exactly as in py_attention.c, and the float ops are the same row/elementwise kernels).
- * Weights must be in the I2 layout.
+ * Weights in the I2 or the T5 layout (all seven the same).
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -85,10 +88,82 @@ static ryz_ternary_job make_job(float *out, const uint8_t *w, int64_t N, int64_t
                              .w_mult = w_mult, .M = 1, .Kp = Kp, .N = N};
 }
 
-static void run_gemv(gemv_multi *g, const qact *a) {
+/* ---- overlapping the serial steps with the next GEMV's reads ----------------------------
+ * Between two GEMVs the caller runs steps that read almost nothing from DRAM (norms,
+ * quantization, rope, short attention) while the worker waits. Meanwhile one worker reads the
+ * first rows of the next GEMV into its L2 (prefetch_side); the GEMV then gives that worker
+ * those rows plus enough more that every thread has the same number of bytes left to read
+ * from DRAM (gemv_split). Each output row is one thread's exact integer sum, so the split
+ * changes no result. */
+#define PF_SIDE_MAX (512 << 10)   /* at most half of a Zen 4 / Zen 5 L2 */
+
+typedef struct {
+    const uint8_t *w;    /* the next GEMV's first matrix */
+    int64_t max_bytes;   /* min(its bytes, PF_SIDE_MAX) */
+    int64_t done;        /* bytes prefetched (written by the worker) */
+} prefetch_job;
+
+static void prefetch_side(void *ctx) {
+    prefetch_job *pf = ctx;
+    int64_t off = 0;
+    uint64_t sink = 0;   /* loads, not prefetches: a prefetch may be dropped, a load is counted */
+    while (off < pf->max_bytes && !ryz_side_should_stop()) {
+        const int64_t end = off + 4096 < pf->max_bytes ? off + 4096 : pf->max_bytes;
+        for (; off < end; off += 64) sink += *(const volatile uint8_t *)(pf->w + off);
+    }
+    pf->done = off + (int64_t)(sink & 0);
+}
+
+/* Open the prefetch of `w` (bytes) on a worker: returns what to pass to overlap_end. */
+static int overlap_begin(prefetch_job *pf, const uint8_t *w, int64_t bytes) {
+    *pf = (prefetch_job){.w = w, .max_bytes = bytes < PF_SIDE_MAX ? bytes : PF_SIDE_MAX, .done = 0};
+    return ryz_side_begin(prefetch_side, pf);
+}
+
+static int64_t overlap_end(prefetch_job *pf, int started) {
+    ryz_side_end(started);
+    return started ? pf->done : 0;
+}
+
+/* Part 1 (the prefetching worker's) takes rows [0, r1); the other parts split the rest. */
+typedef struct {
+    gemv_multi *g;
+    int64_t r1, nparts;
+} gemv_split;
+
+static void gemv_split_task(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    const gemv_split *s = ctx;
+    const int64_t N = s->g->start[s->g->n];
+    for (int64_t part = b; part < e; part++) {
+        int64_t lo, hi;
+        if (part == 1) {
+            lo = 0;
+            hi = s->r1;
+        } else {  /* parts 0, 2, 3, ...: rows [r1, N) in nparts - 1 shares of 16 rows */
+            const int64_t k = part == 0 ? 0 : part - 1, rest = (N - s->r1 + 15) / 16, n = s->nparts - 1;
+            lo = s->r1 + 16 * (k * (rest / n) + (k < rest % n ? k : rest % n));
+            hi = lo + 16 * (rest / n + (k < rest % n ? 1 : 0));
+            if (hi > N) hi = N;
+        }
+        if (lo < hi) gemv_task(s->g, lo, hi, 0);
+    }
+}
+
+/* Run the GEMV; `prefetched` bytes of its first rows are in a worker's cache. */
+static void run_gemv(gemv_multi *g, const qact *a, int64_t prefetched) {
     g->t5 = a->t5;
-    /* grain 16 rows, as the ternary binding uses */
-    ryz_parallel_for(gemv_task, g, g->start[g->n], 16);
+    const int64_t N = g->start[g->n], T = ryz_num_threads();
+    if (T < 2 || N < 32 * T) {  /* grain 16 rows, as the ternary binding uses */
+        ryz_parallel_for(gemv_task, g, N, 16);
+        return;
+    }
+    /* equal DRAM bytes: r1 - p = (N - p) / T with p the prefetched rows, in rows of 16 */
+    const int64_t p = prefetched / g->job[0].rb;
+    int64_t r1 = ((N - p) / T + p + 8) / 16 * 16;
+    if (r1 > N - 16 * (T - 1)) r1 = N - 16 * (T - 1);
+    gemv_split s = {g, r1, T};
+    ryz_parallel_for(gemv_split_task, &s, T, 1);
 }
 
 /* ---- attention for one query row (same plan, split and merge as py_attention.c) ------- */
@@ -161,6 +236,63 @@ typedef struct {
     int act;                               /* 0 relu2, 1 silu */
 } layer_args;
 
+/* Scratch of a decode call, kept per thread between calls (a token's 30 layers would
+ * otherwise allocate and free the same ~15 buffers 30 times and compute the same rope table
+ * 30 times); freed when the thread exits. */
+typedef struct {
+    void *mem;
+    size_t size;
+    double rope_theta;       /* the rope table cs is for (pos, theta, hd) */
+    int64_t rope_pos, rope_hd;
+} layer_scratch;
+static pthread_key_t g_scratch_key;
+static pthread_once_t g_scratch_once = PTHREAD_ONCE_INIT;
+static int g_scratch_key_ok;
+
+static void scratch_free(void *p) {
+    layer_scratch *sc = p;
+    free(sc->mem);
+    free(sc);
+}
+static void scratch_key_make(void) { g_scratch_key_ok = pthread_key_create(&g_scratch_key, scratch_free) == 0; }
+
+/* this thread's scratch, or NULL (out of memory) */
+static layer_scratch *thread_scratch(void) {
+    pthread_once(&g_scratch_once, scratch_key_make);
+    if (!g_scratch_key_ok) return NULL;
+    layer_scratch *sc = pthread_getspecific(g_scratch_key);
+    if (!sc) {
+        sc = calloc(1, sizeof *sc);
+        if (!sc) return NULL;
+        sc->rope_pos = -1;
+        if (pthread_setspecific(g_scratch_key, sc) != 0) {
+            free(sc);
+            return NULL;
+        }
+    }
+    return sc;
+}
+
+/* Carve n floats (64-byte aligned) from the scratch at *off. */
+static void *carve(char *base, size_t *off, int64_t nbytes) {
+    void *p = base ? base + *off : NULL;
+    *off += ((size_t)nbytes + 63) / 64 * 64;
+    return p;
+}
+
+/* rope at position pos: cos/sin table as py_ops.c (inv_freq via double pow, cos/sin in double) */
+static void rope_table(float *cs, int64_t pos, double theta, int64_t hd) {
+    const int64_t half = hd / 2;
+    const float p = (float)pos;
+    for (int64_t i = 0; i < half; i++) {
+        float expo = (float)(2 * i) / (float)hd;
+        float inv = 1.0f / (float)pow((double)(float)theta, (double)expo);
+        float f = p * inv;
+        cs[i] = (float)cos((double)f);
+        cs[half + i] = (float)sin((double)f);
+    }
+}
+
 /* returns 0, -1 out of memory, -2 NaN/inf activations */
 static int decode_layer(const layer_args *A) {
     const int64_t D = A->D, Q = A->Q, KVD = A->KVD, I = A->I, hd = A->hd;
@@ -169,90 +301,118 @@ static int decode_layer(const layer_args *A) {
     const int64_t ldq = (Kpmax + 63) / 64 * 64;
     int64_t H;
     const int64_t Hkv = A->Hkv, G = A->Hq / Hkv, L = A->pos + 1, S = ryz_attn_plan(1, Hkv, L, A->kc8 != NULL, &H);
-    int rc = 0;
-    float *xb = aligned_alloc(64, sizeof(float) * (size_t)((D + 15) / 16 * 16));
-    float *qv = aligned_alloc(64, sizeof(float) * (size_t)((Q + 15) / 16 * 16));
-    float *att = aligned_alloc(64, sizeof(float) * (size_t)((Q + 15) / 16 * 16));
-    float *an = aligned_alloc(64, sizeof(float) * (size_t)((Q + 15) / 16 * 16));
-    float *xb2 = aligned_alloc(64, sizeof(float) * (size_t)((D + 15) / 16 * 16));
-    float *gate = aligned_alloc(64, sizeof(float) * (size_t)((I + 15) / 16 * 16));
-    float *up = aligned_alloc(64, sizeof(float) * (size_t)((I + 15) / 16 * 16));
-    float *tmp = aligned_alloc(64, sizeof(float) * (size_t)((I + 15) / 16 * 16));
-    int8_t *q8 = aligned_alloc(64, (size_t)ldq);
-    float *cs = malloc(sizeof(float) * (size_t)(hd + 1));
     const int i8 = A->kc8 != NULL;
-    float *kf = i8 ? aligned_alloc(64, sizeof(float) * (size_t)((KVD + 15) / 16 * 16)) : NULL;
-    float *vf = i8 ? aligned_alloc(64, sizeof(float) * (size_t)((KVD + 15) / 16 * 16)) : NULL;
-    float *part = S > 1 ? malloc(sizeof(float) * (size_t)(Hkv * S * G * hd)) : NULL;
-    float *ml = S > 1 ? malloc(sizeof(float) * (size_t)(Hkv * S * G * 2)) : NULL;
-    if (!xb || !qv || !att || !an || !xb2 || !gate || !up || !tmp || !q8 || !cs || (S > 1 && (!part || !ml)) ||
-        (i8 && (!kf || !vf))) {
-        rc = -1;
-        goto out;
+    const int64_t fD = (D + 15) / 16 * 16 * 4, fQ = (Q + 15) / 16 * 16 * 4, fI = (I + 15) / 16 * 16 * 4;
+    const int64_t fKV = (KVD + 15) / 16 * 16 * 4;
+    /* scratch: xb xb2 [D], qv att an [Q], gate up tmp [I], q8, cs, kf vf, part ml */
+    layer_scratch *sc = thread_scratch();
+    if (!sc) return -1;
+    float *xb, *qv, *att, *an, *xb2, *gate, *up, *tmp, *cs, *kf, *vf, *part, *ml;
+    int8_t *q8;
+    for (int pass = 0; pass < 2; pass++) {   /* pass 0 sizes, pass 1 carves */
+        char *base = pass ? sc->mem : NULL;
+        size_t off = 0;
+        cs = carve(base, &off, 4 * (hd + 1));  /* first: it survives from call to call */
+        xb = carve(base, &off, fD); xb2 = carve(base, &off, fD);
+        qv = carve(base, &off, fQ); att = carve(base, &off, fQ); an = carve(base, &off, fQ);
+        gate = carve(base, &off, fI); up = carve(base, &off, fI); tmp = carve(base, &off, fI);
+        q8 = carve(base, &off, ldq);
+        kf = i8 ? carve(base, &off, fKV) : NULL;
+        vf = i8 ? carve(base, &off, fKV) : NULL;
+        part = S > 1 ? carve(base, &off, 4 * Hkv * S * G * hd) : NULL;
+        ml = S > 1 ? carve(base, &off, 4 * Hkv * S * G * 2) : NULL;
+        if (pass == 0 && off > sc->size) {
+            void *m = aligned_alloc(64, off);
+            if (!m) return -1;
+            free(sc->mem);
+            *sc = (layer_scratch){m, off, 0.0, -1, 0};
+        }
     }
     qact a = {q8, 0, 0.0f, ldq, A->t5};
     float *krow = i8 ? kf : A->kc + A->pos * KVD, *vrow = i8 ? vf : A->vc + A->pos * KVD;
+    const int64_t rbD = A->t5 ? ryz_t5_row_bytes(D) : ryz_i2_row_bytes(D);
+    const int64_t rbQ = A->t5 ? ryz_t5_row_bytes(Q) : ryz_i2_row_bytes(Q);
+    prefetch_job pf;
+    int side, rc = 0;
+    int64_t got;
 
-    /* attention block */
+    /* attention block: x -> norm -> q, k, v */
+    side = overlap_begin(&pf, A->wq, Q * rbD);
     ryz_ops->rmsnorm_row(xb, A->x, A->attn_norm, D, A->eps);
-    if (quantize_act(&a, xb, D)) { rc = -2; goto out; }
+    rc = quantize_act(&a, xb, D) ? -2 : 0;
+    got = overlap_end(&pf, side);
+    if (rc) return rc;
     gemv_multi g = {.n = 3, .start = {0, Q, Q + KVD, Q + 2 * KVD}};
     g.job[0] = make_job(qv, A->wq, Q, D, &a, A->mult[0]);
     g.job[1] = make_job(krow, A->wk, KVD, D, &a, A->mult[1]);
     g.job[2] = make_job(vrow, A->wv, KVD, D, &a, A->mult[2]);
-    run_gemv(&g, &a);
-    {   /* rope at position pos: as py_ops.c (inv_freq via double pow, cos/sin in double) */
-        const int64_t half = hd / 2;
-        const float p = (float)A->pos;
-        for (int64_t i = 0; i < half; i++) {
-            float expo = (float)(2 * i) / (float)hd;
-            float inv = 1.0f / (float)pow((double)(float)A->theta, (double)expo);
-            float f = p * inv;
-            cs[i] = (float)cos((double)f);
-            cs[half + i] = (float)sin((double)f);
-        }
-        ryz_ops->rope_row(qv, A->Hq, hd, cs);
-        ryz_ops->rope_row(krow, Hkv, hd, cs);
+    run_gemv(&g, &a, got);
+
+    /* rope, the new k/v row into the cache, attention over the L cached rows, sub-norm: short
+     * attention (one part) runs on the caller while a worker reads wo; split attention is a
+     * parallel job of its own and the worker reads wo during the sub-norm only */
+    side = overlap_begin(&pf, A->wo, D * rbQ);
+    if (sc->rope_pos != A->pos || sc->rope_theta != A->theta || sc->rope_hd != hd) {
+        rope_table(cs, A->pos, A->theta, hd);
+        sc->rope_pos = A->pos; sc->rope_theta = A->theta; sc->rope_hd = hd;
     }
+    ryz_ops->rope_row(qv, A->Hq, hd, cs);
+    ryz_ops->rope_row(krow, Hkv, hd, cs);
     if (i8)  /* the new row into the int8 cache, per (row, head), as quantize_kv_i8 */
-        for (int64_t h = 0; h < Hkv; h++)
+        for (int64_t h = 0; h < Hkv && !rc; h++)
             if (ryz_quantize_kv_row(A->kc8 + A->pos * KVD + h * hd, A->ks + A->pos * Hkv + h, kf + h * hd, hd) ||
-                ryz_quantize_kv_row(A->vc8 + A->pos * KVD + h * hd, A->vs + A->pos * Hkv + h, vf + h * hd, hd)) {
+                ryz_quantize_kv_row(A->vc8 + A->pos * KVD + h * hd, A->vs + A->pos * Hkv + h, vf + h * hd, hd))
                 rc = -2;
-                goto out;
-            }
     attn1_job aj = {att, qv, A->kc, A->vc, A->kc8, A->vc8, A->ks, A->vs, A->Hq, Hkv, hd, G, L, H, S, A->scale,
                     part, ml, 0};
-    ryz_parallel_for(attn1_task, &aj, Hkv / H * S, 1);
-    if (aj.failed) { rc = -1; goto out; }
-    if (S > 1) ryz_parallel_for(attn1_merge, &aj, Hkv / H, Hkv / H);
-    ryz_ops->rmsnorm_row(an, att, A->attn_sub_norm, Q, A->eps);
-    if (quantize_act(&a, an, Q)) { rc = -2; goto out; }
+    if (S > 1) {
+        got = overlap_end(&pf, side);
+        side = 0;
+    }
+    if (!rc) {
+        ryz_parallel_for(attn1_task, &aj, Hkv / H * S, 1);
+        if (aj.failed) rc = -1;
+    }
+    if (!rc && S > 1) {
+        ryz_parallel_for(attn1_merge, &aj, Hkv / H, Hkv / H);
+        side = overlap_begin(&pf, A->wo, D * rbQ);
+    }
+    if (!rc) {
+        ryz_ops->rmsnorm_row(an, att, A->attn_sub_norm, Q, A->eps);
+        if (quantize_act(&a, an, Q)) rc = -2;
+    }
+    got = overlap_end(&pf, side);
+    if (rc) return rc;
     g = (gemv_multi){.n = 1, .start = {0, D}};
     g.job[0] = make_job(xb2, A->wo, D, Q, &a, A->mult[3]);
-    run_gemv(&g, &a);
-    ryz_ops->add(A->x, A->x, xb2, D);
+    run_gemv(&g, &a, got);
 
-    /* FFN block */
+    /* FFN block: x += o; x -> norm -> gate, up */
+    side = overlap_begin(&pf, A->wg, I * rbD);
+    ryz_ops->add(A->x, A->x, xb2, D);
     ryz_ops->rmsnorm_row(xb, A->x, A->ffn_norm, D, A->eps);
-    if (quantize_act(&a, xb, D)) { rc = -2; goto out; }
+    rc = quantize_act(&a, xb, D) ? -2 : 0;
+    got = overlap_end(&pf, side);
+    if (rc) return rc;
     g = (gemv_multi){.n = 2, .start = {0, I, 2 * I}};
     g.job[0] = make_job(gate, A->wg, I, D, &a, A->mult[4]);
     g.job[1] = make_job(up, A->wu, I, D, &a, A->mult[5]);
-    run_gemv(&g, &a);
+    run_gemv(&g, &a, got);
+
+    /* act(gate) * up -> sub-norm -> down; x += down */
+    side = overlap_begin(&pf, A->wd, D * (A->t5 ? ryz_t5_row_bytes(I) : ryz_i2_row_bytes(I)));
     if (A->act == 0) ryz_ops->relu2(tmp, gate, I);
     else ryz_ops->silu(tmp, gate, I);
     ryz_ops->mul(gate, tmp, up, I);
     ryz_ops->rmsnorm_row(tmp, gate, A->ffn_sub_norm, I, A->eps);
-    if (quantize_act(&a, tmp, I)) { rc = -2; goto out; }
+    rc = quantize_act(&a, tmp, I) ? -2 : 0;
+    got = overlap_end(&pf, side);
+    if (rc) return rc;
     g = (gemv_multi){.n = 1, .start = {0, D}};
     g.job[0] = make_job(xb2, A->wd, D, I, &a, A->mult[6]);
-    run_gemv(&g, &a);
+    run_gemv(&g, &a, got);
     ryz_ops->add(A->x, A->x, xb2, D);
-out:
-    free(xb); free(qv); free(att); free(an); free(xb2); free(gate); free(up); free(tmp);
-    free(q8); free(cs); free(part); free(ml); free(kf); free(vf);
-    return rc;
+    return 0;
 }
 
 PyDoc_STRVAR(decode_layer_doc,

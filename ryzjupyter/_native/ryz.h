@@ -77,4 +77,14 @@ void ryz_parallel_for(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain);
 /* Same, with at most `max_threads` threads (>= 1). */
 void ryz_parallel_for_n(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int max_threads);
 
+/* Side job: ryz_side_begin(fn, ctx) has one worker run fn(ctx) while the caller goes on
+ * with other work; ryz_side_end(started) asks fn to stop (fn polls ryz_side_should_stop())
+ * and waits for it. Returns 1 if started (0: one thread, or a side job is already open;
+ * pass the result to ryz_side_end). Until ryz_side_end the caller's parallel_for calls run
+ * on the caller alone. For work that may stop anywhere, e.g. prefetching. */
+typedef void (*ryz_side_fn)(void *ctx);
+int ryz_side_begin(ryz_side_fn fn, void *ctx);
+void ryz_side_end(int started);
+int ryz_side_should_stop(void);
+
 #endif /* RYZ_H */

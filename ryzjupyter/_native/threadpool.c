@@ -240,6 +240,25 @@ int ryz_set_num_threads(int n) {
     return 0;
 }
 
+/* Publish a job of `parts` parts (g_job_mu held); returns its generation. */
+static unsigned publish(pool_t *p, ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int parts) {
+    p->fn = fn;
+    p->ctx = ctx;
+    p->n = n;
+    p->grain = grain;
+    p->nparts = parts;
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    pthread_mutex_lock(&p->mu);
+    unsigned gen = atomic_fetch_add_explicit(&p->gen, 1, memory_order_release) + 1;
+    if (p->sleepers) pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    return gen;
+}
+
+/* The calling thread has a side job open (ryz_side_begin): it holds g_job_mu, so a
+ * parallel_for it calls meanwhile runs on the caller alone. */
+static _Thread_local int t_in_side = 0;
+
 void ryz_parallel_for_n(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int max_threads) {
     pool_t *p = &g_pool;
     if (n <= 0) return;
@@ -251,23 +270,57 @@ void ryz_parallel_for_n(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int
     if (max_threads >= 1 && parts > max_threads) parts = max_threads;
     if (parts > MAX_PARTS) parts = MAX_PARTS;
     if (parts > blocks) parts = (int)blocks;
-    if (parts <= 1) {
+    if (parts <= 1 || t_in_side) {
         fn(ctx, 0, n, 0);
         return;
     }
     pthread_mutex_lock(&g_job_mu);
-    p->fn = fn;
-    p->ctx = ctx;
-    p->n = n;
-    p->grain = grain;
-    p->nparts = parts;
-    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    pthread_mutex_lock(&p->mu);
-    unsigned gen = atomic_fetch_add_explicit(&p->gen, 1, memory_order_release) + 1;
-    if (p->sleepers) pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
+    unsigned gen = publish(p, fn, ctx, n, grain, parts);
     run_parts(p, 0, gen, parts); /* own part first, then whatever no worker took */
     while (atomic_load_explicit(&p->done, memory_order_acquire) < parts) cpu_relax();
+    pthread_mutex_unlock(&g_job_mu);
+}
+
+/* ---- side job: one worker runs a function while the caller goes on ----------------------
+ * Published as a job of two parts: part 0 (the caller's) is empty and done at once, part 1
+ * runs fn on whichever worker claims it (worker 1 with two threads). fn polls
+ * ryz_side_should_stop() and returns soon after ryz_side_end() sets it; if no worker has
+ * claimed part 1 by then, the caller runs it, and fn sees the stop at once. */
+static ryz_side_fn g_side_fn;
+static void *g_side_ctx;
+static atomic_int g_side_stop;
+static unsigned g_side_gen;
+
+static void side_task(void *ctx, int64_t b, int64_t e, int part) {
+    RYZ_UNUSED(ctx); RYZ_UNUSED(b); RYZ_UNUSED(e);
+    if (part == 1) g_side_fn(g_side_ctx);
+}
+
+int ryz_side_should_stop(void) { return atomic_load_explicit(&g_side_stop, memory_order_acquire); }
+
+int ryz_side_begin(ryz_side_fn fn, void *ctx) {
+    pool_t *p = &g_pool;
+    if (t_in_side) return 0;
+    pthread_once(&g_once, install_atfork);
+    if (!p->started) pool_start(p);
+    if (p->nthreads < 2) return 0;
+    pthread_mutex_lock(&g_job_mu);
+    g_side_fn = fn;
+    g_side_ctx = ctx;
+    atomic_store_explicit(&g_side_stop, 0, memory_order_relaxed);
+    g_side_gen = publish(p, side_task, NULL, 2, 1, 2);
+    try_run_part(p, 0, g_side_gen);  /* the caller's empty part */
+    t_in_side = 1;
+    return 1;
+}
+
+void ryz_side_end(int started) {
+    pool_t *p = &g_pool;
+    if (!started) return;
+    atomic_store_explicit(&g_side_stop, 1, memory_order_release);
+    try_run_part(p, 1, g_side_gen);  /* not claimed yet: fn returns at once */
+    while (atomic_load_explicit(&p->done, memory_order_acquire) < 2) cpu_relax();
+    t_in_side = 0;
     pthread_mutex_unlock(&g_job_mu);
 }
 

@@ -84,6 +84,46 @@ def test_fused_int8_head_and_long_context(isa):
         np.testing.assert_array_equal(bitnet_fused.forward_one(model, [t], cb), model.forward([t], ca))
 
 
+@pytest.fixture(scope="module")
+def random_folder(tmp_path_factory):
+    """A random-weight model big enough that every GEMV of the fused layer is split between
+    threads (the worker that prefetched the next weights during the serial steps takes more
+    rows): dim 256, 4 heads of 64, ffn 512."""
+    from ryzjupyter.bench import model as bm
+    return bm.random_model_folder(bm.SHAPES["tiny"], tmp_path_factory.mktemp("fused"))
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 4])
+def test_fused_split_gemv_any_thread_count(random_folder, isa, n_threads):
+    """The fused layer's GEMV split moves rows to the prefetching worker and the pool runs a
+    side job (the prefetch) while the caller computes: neither may change a bit, with any
+    thread count (3 and 4 oversubscribe this machine: the caller runs unclaimed parts), at a
+    short context (attention on the caller, inside the prefetch window) and past the
+    attention split (the window closes around the parallel attention)."""
+    previous = _native.get_num_threads()
+    _native.set_num_threads(n_threads)
+    try:
+        model = BitNetModel(random_folder, lm_head="int8")
+        assert bitnet_fused.ensure_i2(model)
+        model.fused_decode = False
+        for ctx in (3, 300):
+            ca, cb = model.new_cache(400), model.new_cache(400)
+            for c in (ca, cb):
+                for l in range(c.n_layers):
+                    rng2 = np.random.default_rng(l)
+                    c.k[l][:ctx] = rng2.standard_normal(c.k[l][:ctx].shape, dtype=np.float32)
+                    c.v[l][:ctx] = rng2.standard_normal(c.v[l][:ctx].shape, dtype=np.float32)
+                c.append([1] * ctx)
+            for t in (5, 17, 3, 900):
+                np.testing.assert_array_equal(bitnet_fused.forward_one(model, [t], cb), model.forward([t], ca))
+            n = len(ca)
+            for l in range(ca.n_layers):
+                np.testing.assert_array_equal(cb.k[l][:n], ca.k[l][:n])
+                np.testing.assert_array_equal(cb.v[l][:n], ca.v[l][:n])
+    finally:
+        _native.set_num_threads(previous)
+
+
 def test_install_routes_single_tokens_only():
     model = _load("packed")
     seq = _seq()
