@@ -165,8 +165,17 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
         if (ml) ml[2 * hg] = mxs, ml[2 * hg + 1] = l;
     }
     /* ---- out = inv * sum_t p[t] v[t] ---- */
+    /* The v pass walks a block (h, 64 columns, row) by (h, 64 columns, row) and prefetches the
+     * next block as it goes. When the unit's rows are contiguous (it has every kv head: decode),
+     * the next block is one stretch of memory and is prefetched in address order, pstep bytes per
+     * step (as the GEMVs do): 41 -> 28 us for 128 rows of 2B-4T heads from DRAM, 1 thread. */
+    const int rows_contig = H * hd == kstride;
     for (int64_t tb = 0; tb < L; tb += RYZ_ATTN_VBLOCK) {
         const int64_t te = L - tb < RYZ_ATTN_VBLOCK ? L : tb + RYZ_ATTN_VBLOCK;
+        const int64_t ne = L - te < RYZ_ATTN_VBLOCK ? L : te + RYZ_ATTN_VBLOCK;
+        const char *pwk = vbytes + te * kstride * esz, *const pwe = vbytes + ne * kstride * esz;
+        const int64_t pstep = te < L && rows_contig
+            ? ((pwe - pwk) / (H * ((hd + 63) / 64) * (te - tb)) + 63) / 64 * 64 : 0;
         const int first = tb == 0, last = te == L;
         for (int64_t h = 0; h < H; h++) {
             for (int64_t g0 = 0; g0 < G; g0 += 4) {
@@ -188,10 +197,15 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
                             for (int c = 0; c < 4; c++)
                                 cacc[gg * 4 + c] = _mm512_maskz_loadu_ps(mk[c], acc + hh[gg] * hd + j + 16 * c);
                     }
-                    const int pf = g0 == 0 && te < L;
+                    const int pf = g0 == 0 && te < L && !rows_contig, pfw = g0 == 0 && pstep > 0;
                     /* the same (row, head, columns) of the next block */
 #define V_ROWS(M0, M1, M2, M3)                                                                     \
                     for (int64_t t = tb; t < te; t++) {                                            \
+                        if (pfw) {                                                                 \
+                            for (int64_t o = 0; o < pstep; o += 64)                                \
+                                if (pwk + o < pwe) _mm_prefetch(pwk + o, RYZ_ATTN_PF_HINT);        \
+                            pwk += pstep;                                                          \
+                        }                                                                          \
                         if (pf)                                                                    \
                             prefetch_bytes(vbytes + ((t + RYZ_ATTN_VBLOCK < L ? t + RYZ_ATTN_VBLOCK : L - 1) * kstride + h * hd + j) * esz, \
                                            (hd - j < 64 ? hd - j : 64) * esz);                     \
