@@ -67,19 +67,23 @@ def test_fused_int4_head_equals_forward(fmt, kv, isa, threads):
     _check_same(model, _seq(), steps=6)
 
 
+def _fill_random(caches, ctx):
+    """The same ctx rows of random keys/values in every layer of each cache."""
+    for c in caches:
+        for l in range(c.n_layers):
+            rng2 = np.random.default_rng(l)
+            c.k[l][:ctx] = rng2.standard_normal(c.k[l][:ctx].shape, dtype=np.float32)
+            c.v[l][:ctx] = rng2.standard_normal(c.v[l][:ctx].shape, dtype=np.float32)
+        c.append([1] * ctx)
+
+
 def test_fused_int8_head_and_long_context(isa):
     """Past RYZ_ATTN_MIN_PART_ROWS rows the attention splits each kv head's rows (and merges)."""
     model = _load("packed", lm_head="int8")
     assert bitnet_fused.ensure_i2(model)
     model.fused_decode = False
     ca, cb = model.new_cache(1200), model.new_cache(1200)
-    ctx = 1100
-    for c in (ca, cb):
-        for l in range(c.n_layers):
-            rng2 = np.random.default_rng(l)
-            c.k[l][:ctx] = rng2.standard_normal(c.k[l][:ctx].shape, dtype=np.float32)
-            c.v[l][:ctx] = rng2.standard_normal(c.v[l][:ctx].shape, dtype=np.float32)
-        c.append([1] * ctx)
+    _fill_random((ca, cb), 1100)
     for t in (5, 17, 3):
         np.testing.assert_array_equal(bitnet_fused.forward_one(model, [t], cb), model.forward([t], ca))
 
@@ -108,12 +112,7 @@ def test_fused_split_gemv_any_thread_count(random_folder, isa, n_threads):
         model.fused_decode = False
         for ctx in (3, 300):
             ca, cb = model.new_cache(400), model.new_cache(400)
-            for c in (ca, cb):
-                for l in range(c.n_layers):
-                    rng2 = np.random.default_rng(l)
-                    c.k[l][:ctx] = rng2.standard_normal(c.k[l][:ctx].shape, dtype=np.float32)
-                    c.v[l][:ctx] = rng2.standard_normal(c.v[l][:ctx].shape, dtype=np.float32)
-                c.append([1] * ctx)
+            _fill_random((ca, cb), ctx)
             for t in (5, 17, 3, 900):
                 np.testing.assert_array_equal(bitnet_fused.forward_one(model, [t], cb), model.forward([t], ca))
             n = len(ca)
