@@ -21,7 +21,6 @@
  */
 #include <math.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -94,7 +93,7 @@ static ryz_ternary_job make_job(float *out, const uint8_t *w, int64_t N, int64_t
  * quantization, rope, short attention) while the worker waits. Meanwhile one worker reads the
  * first rows of the next GEMV into its L2 (prefetch_side); the GEMV then gives that worker
  * those rows plus enough more that every thread has the same number of bytes left to read
- * from DRAM (gemv_split). Each output row is one thread's exact integer sum, so the split
+ * from DRAM (run_gemv). Each output row is one thread's exact integer sum, so the split
  * changes no result. */
 #define PF_SIDE_MAX (512 << 10)   /* at most half of a Zen 4 / Zen 5 L2 */
 
@@ -126,56 +125,13 @@ static int64_t overlap_end(prefetch_job *pf, int started) {
     return started ? pf->done : 0;
 }
 
-/* Part 1 (the prefetching worker's) takes rows [0, r1); the other parts split the rest. Each
- * part is walked in chunks of about STEAL_BYTES of weights: its thread claims them from the
- * front, and a thread that has finished its own part claims the others' from the back, so the
- * job ends when the rows do, not when the slower thread does (2B-4T, 2 threads: the two parts'
- * ends were 4.2 us apart on average, as the memory bus favours one core or the other; 2.6 us
- * with chunks of 64 rows). */
+/* Range 1 (the prefetching worker's) is rows [0, r1); the others split the rest. The pool walks
+ * them in chunks of about STEAL_BYTES of weights and a thread that has finished its range takes
+ * the others' last chunks (ryz_parallel_ranges), so a job ends with its rows, not with the
+ * slower thread (2B-4T, 2 threads: the two ranges' ends were 4.2 us apart on average, as the
+ * memory bus favours one core or the other; 2.2 us with stealing). */
 #define STEAL_BYTES (16 << 10)
 #define MAX_SPLIT 64
-typedef struct {
-    _Alignas(64) _Atomic uint64_t fb;   /* front chunk (low 32 bits), end chunk (high 32 bits) */
-    int64_t lo, hi;                      /* its rows */
-} steal_range;
-
-typedef struct {
-    gemv_multi *g;
-    int64_t nparts, chunk_rows;
-    steal_range r[MAX_SPLIT];
-} gemv_split;
-
-/* claim the next chunk of r from the front (own part) or from the back (another's) */
-static int claim_chunk(steal_range *r, int back, int64_t *chunk) {
-    uint64_t v = atomic_load_explicit(&r->fb, memory_order_relaxed);
-    for (;;) {
-        const uint64_t f = v & 0xffffffffu, e = v >> 32;
-        if (f >= e) return 0;
-        const uint64_t nv = back ? v - ((uint64_t)1 << 32) : v + 1;
-        if (atomic_compare_exchange_weak_explicit(&r->fb, &v, nv, memory_order_relaxed, memory_order_relaxed)) {
-            *chunk = (int64_t)(back ? e - 1 : f);
-            return 1;
-        }
-    }
-}
-
-static void run_chunk(gemv_split *s, steal_range *r, int64_t c) {
-    const int64_t lo = r->lo + c * s->chunk_rows, hi = lo + s->chunk_rows < r->hi ? lo + s->chunk_rows : r->hi;
-    gemv_task(s->g, lo, hi, 0);
-}
-
-static void gemv_split_task(void *ctx, int64_t b, int64_t e, int tid) {
-    RYZ_UNUSED(tid);
-    gemv_split *s = ctx;
-    int64_t c;
-    for (int64_t part = b; part < e; part++) {
-        while (claim_chunk(&s->r[part], 0, &c)) run_chunk(s, &s->r[part], c);
-        for (int64_t k = 1; k < s->nparts; k++) {   /* then the others' last chunks */
-            steal_range *o = &s->r[(part + k) % s->nparts];
-            while (claim_chunk(o, 1, &c)) run_chunk(s, o, c);
-        }
-    }
-}
 
 /* Run the GEMV; `prefetched` bytes of its first rows are in a worker's cache. */
 static void run_gemv(gemv_multi *g, const qact *a, int64_t prefetched) {
@@ -189,28 +145,21 @@ static void run_gemv(gemv_multi *g, const qact *a, int64_t prefetched) {
     const int64_t p = prefetched / g->job[0].rb;
     int64_t r1 = ((N - p) / T + p + 8) / 16 * 16;
     if (r1 > N - 16 * (T - 1)) r1 = N - 16 * (T - 1);
-    gemv_split s;
-    s.g = g;
-    s.nparts = T;
-    s.chunk_rows = (STEAL_BYTES / g->job[0].rb + 8) / 16 * 16;   /* whole 4-row tiles, >= 16 rows */
-    if (s.chunk_rows < 16) s.chunk_rows = 16;
-    for (int64_t part = 0; part < T; part++) {   /* part 1: [0, r1); parts 0, 2, 3, ...: the rest */
-        int64_t lo, hi;
+    int64_t ranges[MAX_SPLIT][2];
+    for (int64_t part = 0; part < T; part++) {   /* range 1: [0, r1); ranges 0, 2, 3, ...: the rest */
         if (part == 1) {
-            lo = 0;
-            hi = r1;
-        } else {
-            const int64_t k = part == 0 ? 0 : part - 1, rest = (N - r1 + 15) / 16, n = T - 1;
-            lo = r1 + 16 * (k * (rest / n) + (k < rest % n ? k : rest % n));
-            hi = lo + 16 * (rest / n + (k < rest % n ? 1 : 0));
-            if (hi > N) hi = N;
+            ranges[1][0] = 0;
+            ranges[1][1] = r1;
+            continue;
         }
-        s.r[part].lo = lo;
-        s.r[part].hi = hi;
-        const uint64_t chunks = hi > lo ? (uint64_t)((hi - lo + s.chunk_rows - 1) / s.chunk_rows) : 0;
-        atomic_init(&s.r[part].fb, chunks << 32);
+        const int64_t k = part == 0 ? 0 : part - 1, rest = (N - r1 + 15) / 16, n = T - 1;
+        const int64_t lo = r1 + 16 * (k * (rest / n) + (k < rest % n ? k : rest % n));
+        const int64_t hi = lo + 16 * (rest / n + (k < rest % n ? 1 : 0));
+        ranges[part][0] = lo;
+        ranges[part][1] = hi < N ? hi : N;
     }
-    ryz_parallel_for(gemv_split_task, &s, T, 1);
+    int64_t chunk = (STEAL_BYTES / g->job[0].rb + 8) / 16 * 16;   /* whole 4-row tiles */
+    ryz_parallel_ranges(gemv_task, g, (const int64_t (*)[2])ranges, (int)T, chunk < 16 ? 16 : chunk);
 }
 
 /* ---- attention for one query row (same plan, split and merge as py_attention.c) ------- */

@@ -77,6 +77,13 @@ void ryz_parallel_for(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain);
 /* Same, with at most `max_threads` threads (>= 1). */
 void ryz_parallel_for_n(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int max_threads);
 
+/* Work stealing over explicit ranges: range i is meant for thread i and is walked in chunks of
+ * `chunk` items claimed from its front; a thread that has finished its own range takes the
+ * last chunks of the others', so the job ends when its items do. Every item is still computed
+ * exactly once, by a call fn(ctx, b, e, tid) with tid the index of the range whose thread runs
+ * it. With more than 64 ranges, or inside a side job: one call a range, no stealing. */
+void ryz_parallel_ranges(ryz_task_fn fn, void *ctx, const int64_t (*ranges)[2], int n, int64_t chunk);
+
 /* Side job: ryz_side_begin(fn, ctx) has one worker run fn(ctx) while the caller goes on
  * with other work; ryz_side_end(started) asks fn to stop (fn polls ryz_side_should_stop())
  * and waits for it. Returns 1 if started (0: one thread, or a side job is already open;

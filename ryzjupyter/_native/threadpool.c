@@ -281,6 +281,86 @@ void ryz_parallel_for_n(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int
     pthread_mutex_unlock(&g_job_mu);
 }
 
+/* ---- work stealing: ranges walked in chunks, the last chunks taken by whoever is free -----
+ * Range i is meant for thread i (it runs part i of a pool job first). Its thread claims its
+ * chunks from the front; a thread that has finished its own range claims the others' chunks
+ * from the back, so a job ends when its items do, not when the slowest thread does (on a
+ * shared machine one core is often slower for a while). Front and end of a range are one
+ * 64-bit word changed by compare-and-swap, so every chunk is claimed exactly once. */
+#define MAX_STEAL 64
+typedef struct {
+    _Alignas(64) _Atomic uint64_t fb;  /* next chunk from the front (low 32 bits), end (high) */
+    int64_t lo, hi;
+} steal_range;
+
+typedef struct {
+    ryz_task_fn fn;
+    void *ctx;
+    int64_t chunk;
+    int n;
+    steal_range *r;
+} steal_job;
+
+static int claim_chunk(steal_range *r, int back, int64_t *c) {
+    uint64_t v = atomic_load_explicit(&r->fb, memory_order_relaxed);
+    for (;;) {
+        const uint64_t f = v & 0xffffffffu, e = v >> 32;
+        if (f >= e) return 0;
+        const uint64_t nv = back ? v - ((uint64_t)1 << 32) : v + 1;
+        if (atomic_compare_exchange_weak_explicit(&r->fb, &v, nv, memory_order_relaxed, memory_order_relaxed)) {
+            *c = (int64_t)(back ? e - 1 : f);
+            return 1;
+        }
+    }
+}
+
+static void steal_task(void *vctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    steal_job *j = vctx;
+    for (int64_t p = b; p < e; p++) {
+        int64_t c;
+        for (int k = 0; k < j->n; k++) {  /* own range from the front, then the others' backs */
+            steal_range *r = &j->r[(p + k) % j->n];
+            while (claim_chunk(r, k > 0, &c)) {
+                const int64_t lo = r->lo + c * j->chunk;
+                j->fn(j->ctx, lo, lo + j->chunk < r->hi ? lo + j->chunk : r->hi, (int)p);
+            }
+        }
+    }
+}
+
+typedef struct {
+    ryz_task_fn fn;
+    void *ctx;
+    const int64_t (*ranges)[2];
+} ranges_job;
+
+static void ranges_task(void *vctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    const ranges_job *j = vctx;
+    for (int64_t i = b; i < e; i++)
+        if (j->ranges[i][0] < j->ranges[i][1]) j->fn(j->ctx, j->ranges[i][0], j->ranges[i][1], (int)i);
+}
+
+void ryz_parallel_ranges(ryz_task_fn fn, void *ctx, const int64_t (*ranges)[2], int n, int64_t chunk) {
+    if (n <= 0) return;
+    if (chunk < 1) chunk = 1;
+    if (n == 1 || n > MAX_STEAL || t_in_side) {  /* no stealing: one call a range */
+        ranges_job j = {fn, ctx, ranges};
+        ryz_parallel_for_n(ranges_task, &j, n, 1, n);
+        return;
+    }
+    steal_range r[MAX_STEAL];
+    for (int i = 0; i < n; i++) {
+        r[i].lo = ranges[i][0];
+        r[i].hi = ranges[i][1];
+        const int64_t len = ranges[i][1] - ranges[i][0];
+        atomic_init(&r[i].fb, len > 0 ? (uint64_t)((len + chunk - 1) / chunk) << 32 : 0);
+    }
+    steal_job j = {fn, ctx, chunk, n, r};
+    ryz_parallel_for_n(steal_task, &j, n, 1, n);
+}
+
 /* ---- side job: one worker runs a function while the caller goes on ----------------------
  * Published as a job of two parts: part 0 (the caller's) is empty and done at once, part 1
  * runs fn on whichever worker claims it (worker 1 with two threads). fn polls
