@@ -106,12 +106,13 @@ typedef struct {
 static void prefetch_side(void *ctx) {
     prefetch_job *pf = ctx;
     int64_t off = 0;
-    uint64_t sink = 0;   /* loads, not prefetches: a prefetch may be dropped, a load is counted */
+    /* loads (volatile: never elided), not prefetches: a prefetch may be dropped, so only bytes
+     * actually read are counted */
     while (off < pf->max_bytes && !ryz_side_should_stop()) {
         const int64_t end = off + 4096 < pf->max_bytes ? off + 4096 : pf->max_bytes;
-        for (; off < end; off += 64) sink += *(const volatile uint8_t *)(pf->w + off);
+        for (; off < end; off += 64) (void)*(const volatile uint8_t *)(pf->w + off);
     }
-    pf->done = off + (int64_t)(sink & 0);
+    pf->done = off;
 }
 
 /* Open the prefetch of `w` (bytes) on a worker: returns what to pass to overlap_end. */
@@ -269,7 +270,7 @@ static layer_scratch *thread_scratch(void) {
     return sc;
 }
 
-/* Carve n floats (64-byte aligned) from the scratch at *off. */
+/* Carve nbytes (64-byte aligned) from the scratch at *off (base NULL: only count). */
 static void *carve(char *base, size_t *off, int64_t nbytes) {
     void *p = base ? base + *off : NULL;
     *off += ((size_t)nbytes + 63) / 64 * 64;

@@ -19,7 +19,8 @@ What it does (docs/performance.md, "Whole model"):
      scales) + the KV rows read at that context (average over the measured tokens); decode
      roofline tokens/s = measured bandwidth / bytes per token. Prefill ops = 2 x (ternary MACs per
      token x n + the lm_head row of the last token) int8 ops, as a fraction of the VNNI peak
-     (attention's float work is not counted: it is reported in the attention row).
+     read right after each prefill run, as long as it (and of the peak read at the start);
+     attention's float work is not counted: it is reported in the attention row.
    - Python overhead per decode token: the same decode step with every native kernel replaced by
      a no-op (so only the Python/numpy glue runs), as a fraction of the real step.
    - peak RSS of the process (load, and the measurements after a reset of the high-water mark).
@@ -177,6 +178,19 @@ def probe_for(buf, threads, seconds) -> float:
         dt, nb = _native.probe_read(buf, threads)
         total_b, total_t = total_b + nb, total_t + dt
     return total_b / total_t / 1e9
+
+
+def peak_for(threads, seconds, iters=100_000) -> float:
+    """Median int8 GOPS of ~2 ms VNNI probes run for about `seconds` (at least one): the
+    compute this machine gives right now, read right after a prefill and as long as it (a
+    shared machine's compute drifts like its bandwidth; short probes, as in ``bench kernels``,
+    so a preemption spoils one probe, not the figure)."""
+    runs, total = [], 0.0
+    while total < seconds or not runs:
+        dt = _native.probe_vnni(iters, threads)
+        runs.append(2 * 64 * 16 * iters * threads / dt / 1e9)
+        total += dt
+    return statistics.median(runs)
 
 
 def decode_run(model, cache, ctx, n, greedy=True):
@@ -455,19 +469,28 @@ def run(args) -> int:
                 prefill_run(model, cache, tokens[: min(n, 16)])      # warm-up
                 if vs:
                     vs.prefill(min(n, 16))
-                ours_t, their_t = [], []
+                ours_t, their_t, peak_paired = [], [], []
                 for _ in range(repeat):
                     ours_t.append(prefill_run(model, cache, tokens))
+                    peak_paired.append(peak_for(th, ours_t[-1]))     # the peak, right after
                     if vs:
                         their_t.append(vs.prefill(n))
                 sec = _median(ours_t)
                 tok_s = n / sec
-                frac = ops / sec / 1e9 / peak[th] if th in peak else None
+                # the int8 peak: the median of the probes run right after each prefill, each as
+                # long as it (as the decode roofline's bandwidth); the start-of-run peak too
+                peak_run = _median(peak_paired)
+                frac = ops / sec / 1e9 / peak_run
+                paired = _median([ops / t / 1e9 / pk for t, pk in zip(ours_t, peak_paired)])
+                frac_start = ops / sec / 1e9 / peak[th] if th in peak else None
                 rec(threads=th, phase="prefill", n_tokens=n, context=0, tok_s=tok_s, roofline_fraction=frac,
-                    ttft_s=sec, int8_gops=ops / sec / 1e9, peak_gops=peak.get(th),
-                    runs_tok_s=[n / t for t in ours_t])
+                    roofline_fraction_paired=paired, roofline_fraction_start_peak=frac_start,
+                    ttft_s=sec, int8_gops=ops / sec / 1e9, peak_gops=peak_run, peak_runs=peak_paired,
+                    peak_gops_start=peak.get(th), runs_tok_s=[n / t for t in ours_t])
                 row = {"th": th, "what": f"prefill {n}", "tok_s": tok_s, "frac": frac,
-                       "extra": f"TTFT {sec * 1e3:.0f} ms, {ops / sec / 1e9:.0f} int8 GOPS"}
+                       "extra": f"TTFT {sec * 1e3:.0f} ms, {ops / sec / 1e9:.0f} int8 GOPS of a "
+                                f"{peak_run:.0f} GOPS peak read after each run (per-run pairs {paired:.0%}"
+                                + (f"; {frac_start:.0%} of the peak at the start)" if frac_start else ")")}
                 if vs:
                     lt = n / _median(their_t)
                     rec(engine="llama.cpp", threads=th, phase="prefill", n_tokens=n, context=0, tok_s=lt,
@@ -552,13 +575,15 @@ def markdown_tables(d: dict) -> str:
                 print(f"| {r['threads']} | {r['context']} | {r['path']} | **{r['tok_s']:.1f}** ({max(r['runs_tok_s']):.1f}) | {r['roofline_tok_s']:.1f} ({r['bytes_per_token']/1e6:.0f} @ {r['bandwidth_gbps']:.1f}) | **{r['roofline_fraction']:.0%}** ({cons:.0%} @ {bwb:.1f}) | {pr} | {ash} | "
                       + (f"{l['tok_s']:.1f} ({max(l['runs_tok_s']):.1f}) | **{r['tok_s']/l['tok_s']:.2f}x** |" if l else "- | - |"))
         print("\nPrefill (empty cache; TTFT = the pass + the greedy pick):\n")
-        print("| threads | tokens | tok/s median (best) | TTFT ms | int8 GOPS | of VNNI peak, median (best) probe | llama.cpp TQ2_0 tok/s median (best) | ratio of medians |\n|---|---|---|---|---|---|---|---|")
+        print("| threads | tokens | tok/s median (best) | TTFT ms | int8 GOPS | of VNNI peak (GOPS: median of the probes right after each run) | median of per-run fractions | of the peak at the start, median (best) probe | llama.cpp TQ2_0 tok/s median (best) | ratio of medians |\n|---|---|---|---|---|---|---|---|---|---|")
         for r in R:
             if r["phase"] == "prefill" and r.get("engine") == "ryzjupyter":
                 l = llama.get((r["threads"], "prefill", r["n_tokens"], 0))
-                pb = lim[r['threads']].get('vnni', (0, 0))[1]
-                cons = f" ({r['int8_gops'] / pb:.0%})" if pb else ""
-                print(f"| {r['threads']} | {r['n_tokens']} | **{r['tok_s']:.1f}** ({max(r['runs_tok_s']):.1f}) | {r['ttft_s']*1e3:.0f} | {r['int8_gops']:.0f} | **{r['roofline_fraction']:.0%}**{cons} | "
+                pm, pb = lim[r['threads']].get('vnni', (0, 0))
+                start = f"{r['int8_gops'] / pm:.0%} ({r['int8_gops'] / pb:.0%})" if pb else "-"
+                pr = f"{r['roofline_fraction_paired']:.0%}" if "roofline_fraction_paired" in r else "-"
+                pk = f" ({r['peak_gops']:.0f})" if r.get("peak_runs") else ""
+                print(f"| {r['threads']} | {r['n_tokens']} | **{r['tok_s']:.1f}** ({max(r['runs_tok_s']):.1f}) | {r['ttft_s']*1e3:.0f} | {r['int8_gops']:.0f} | **{r['roofline_fraction']:.0%}**{pk} | {pr} | {start} | "
                       + (f"{l['tok_s']:.1f} ({max(l['runs_tok_s']):.1f}) | **{r['tok_s']/l['tok_s']:.2f}x** |" if l else "- | - |"))
         print("\nPython overhead per decode token:\n")
         print("| threads | path | ms / token | of a decode step |\n|---|---|---|---|")

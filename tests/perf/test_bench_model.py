@@ -70,6 +70,14 @@ def test_quick_run_writes_records(tmp_path, tiny_folder, capsys):
         per_run = [tok_s * r["bytes_per_token"] / (b * 1e9) for tok_s, b in zip(r["runs_tok_s"], r["bandwidth_runs"])]
         assert len(per_run) == len(r["runs_tok_s"]) >= 1
         assert r["roofline_fraction_paired"] == pytest.approx(statistics.median(per_run))
+    for r in pre:   # prefill ops against the VNNI peak read right after each run (as long as it)
+        ops = r["int8_gops"] * r["ttft_s"]
+        assert len(r["peak_runs"]) == len(r["runs_tok_s"]) >= 1 and min(r["peak_runs"]) > 0
+        assert r["peak_gops"] == pytest.approx(statistics.median(r["peak_runs"]))
+        assert r["roofline_fraction"] == pytest.approx(r["int8_gops"] / r["peak_gops"])
+        per_run = [ops * tok_s / r["n_tokens"] / pk for tok_s, pk in zip(r["runs_tok_s"], r["peak_runs"])]
+        assert r["roofline_fraction_paired"] == pytest.approx(statistics.median(per_run))
+        assert r["roofline_fraction_start_peak"] == pytest.approx(r["int8_gops"] / r["peak_gops_start"])
     assert any(r["phase"] == "python_overhead" for r in recs)
     assert any(r["phase"] == "memory" and r.get("peak_rss_bytes") for r in recs)
     assert "decode ctx 0 fused" in capsys.readouterr().out
