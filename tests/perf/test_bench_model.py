@@ -84,6 +84,16 @@ def test_quick_run_writes_records(tmp_path, tiny_folder, capsys):
     assert main(["model", "--tables", str(out)]) == 0
     tables = capsys.readouterr().out
     assert "| 1 | 0 | fused |" in tables and "Prefill" in tables and "Python overhead" in tables
+    pre_row = next(l for l in tables.splitlines() if l.startswith(f"| 1 | {pre[0]['n_tokens']} |"))
+    assert f"({pre[0]['peak_gops']:.0f})" in pre_row          # the paired peak, with its fraction
+    # a record from before the paired peak: no paired column, the start-of-run fraction only
+    old = dict(doc, records=[{k: v for k, v in r.items() if not k.startswith(("peak_runs", "roofline_fraction_"))}
+                             for r in recs])
+    old_file = tmp_path / "old.json"
+    old_file.write_text(json.dumps(old))
+    assert main(["model", "--tables", str(old_file)]) == 0
+    old_row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(f"| 1 | {pre[0]['n_tokens']} |"))
+    assert old_row.split("|")[6].strip() == "-" and old_row.split("|")[7].strip() == "-"
 
 
 def test_rss():
