@@ -79,9 +79,44 @@ static ALWAYS_INLINE void load_rows(__m512i raw[4], const uint8_t *const w[4], i
     }
 }
 
+/* acc[r][t] += code plane i of raw[r] . activations q[t] + off + 64 i, for the first ni planes
+ * (4 unless the last group of a T5-transcoded row is partial): each unpacked weight vector is
+ * used by NT vpdpbusd, each activation vector by NR. */
+static ALWAYS_INLINE void mac_planes(__m512i acc[4][4], const __m512i raw[4], const int8_t *const q[4],
+                                     int64_t off, int ni, const int NR, const int NT) {
+    const __m512i mask3 = _mm512_set1_epi8(3);
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        if (i >= ni) break;
+        __m512i wv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+            wv[r] = _mm512_and_si512(i ? _mm512_srli_epi16(raw[r], 2 * i) : raw[r], mask3);
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) {
+            __m512i a = _mm512_loadu_si512(q[t] + off + 64 * i);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], a);
+        }
+    }
+}
+
+/* the tile's outputs: store_4x4 for a full tile, else one reduction each */
+static ALWAYS_INLINE void store_tile(const ryz_ternary_job *j, int64_t n, int64_t m, __m512i acc[4][4],
+                                     const int NR, const int NT) {
+    if (NR == 4 && NT == 4) {
+        store_4x4(j, n, m, acc);
+        return;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++)
+            ryz_ternary_store(j, m + t, n + r, _mm512_reduce_add_epi32(acc[r][t]) - j->qsum[m + t]);
+}
+
 static ALWAYS_INLINE void tile_i2(const ryz_ternary_job *j, int64_t n, int64_t m, const int NR,
                                   const int NT) {
-    const __m512i mask3 = _mm512_set1_epi8(3);
     const int64_t nb = j->Kp / RYZ_I2_BLOCK;
     __m512i acc[4][4];
     const uint8_t *w[4];
@@ -97,29 +132,9 @@ static ALWAYS_INLINE void tile_i2(const ryz_ternary_job *j, int64_t n, int64_t m
     for (int64_t b = 0; b < nb; b++) {
         __m512i raw[4];
         load_rows(raw, w, b, RYZ_I2_BLOCK_BYTES, NR);
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) {
-            __m512i wv[4];
-#pragma GCC unroll 4
-            for (int r = 0; r < NR; r++)
-                wv[r] = _mm512_and_si512(i ? _mm512_srli_epi16(raw[r], 2 * i) : raw[r], mask3);
-#pragma GCC unroll 4
-            for (int t = 0; t < NT; t++) {
-                __m512i a = _mm512_loadu_si512(q[t] + b * RYZ_I2_BLOCK + 64 * i);
-#pragma GCC unroll 4
-                for (int r = 0; r < NR; r++) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], a);
-            }
-        }
+        mac_planes(acc, raw, q, b * RYZ_I2_BLOCK, 4, NR, NT);
     }
-    if (NR == 4 && NT == 4) {
-        store_4x4(j, n, m, acc);
-        return;
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < NR; r++)
-#pragma GCC unroll 4
-        for (int t = 0; t < NT; t++)
-            ryz_ternary_store(j, m + t, n + r, _mm512_reduce_add_epi32(acc[r][t]) - j->qsum[m + t]);
+    store_tile(j, n, m, acc, NR, NT);
 }
 
 /* Decode (M = 1): the sums of tile_i2 with NT = 1, with fewer ops. Code plane i of a byte is
@@ -294,7 +309,6 @@ static void t5_transcode_rows(uint8_t *C, uint8_t *tmp, const ryz_ternary_job *j
 
 static ALWAYS_INLINE void tile_codes(const ryz_ternary_job *j, const uint8_t *C, int64_t n, int64_t m,
                                      const int NR, const int NT) {
-    const __m512i mask3 = _mm512_set1_epi8(3);
     const int64_t nv = j->Kp / 64, ng = (nv + 3) / 4, full = nv / 4;
     __m512i acc[4][4];
     const int8_t *q[4];
@@ -308,31 +322,10 @@ static ALWAYS_INLINE void tile_codes(const ryz_ternary_job *j, const uint8_t *C,
         __m512i raw[4];
 #pragma GCC unroll 4
         for (int r = 0; r < NR; r++) raw[r] = _mm512_load_si512(C + (r * ng + g) * 64);
-        const int ni = g < full ? 4 : (int)(nv - 4 * full); /* the last group may be partial */
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) {
-            if (i >= ni) break;
-            __m512i wv[4];
-#pragma GCC unroll 4
-            for (int r = 0; r < NR; r++)
-                wv[r] = _mm512_and_si512(i ? _mm512_srli_epi16(raw[r], 2 * i) : raw[r], mask3);
-#pragma GCC unroll 4
-            for (int t = 0; t < NT; t++) {
-                __m512i a = _mm512_loadu_si512(q[t] + g * 256 + 64 * i);
-#pragma GCC unroll 4
-                for (int r = 0; r < NR; r++) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], a);
-            }
-        }
+        /* the last group may be partial */
+        mac_planes(acc, raw, q, g * 256, g < full ? 4 : (int)(nv - 4 * full), NR, NT);
     }
-    if (NR == 4 && NT == 4) {
-        store_4x4(j, n, m, acc);
-        return;
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < NR; r++)
-#pragma GCC unroll 4
-        for (int t = 0; t < NT; t++)
-            ryz_ternary_store(j, m + t, n + r, _mm512_reduce_add_epi32(acc[r][t]) - j->qsum[m + t]);
+    store_tile(j, n, m, acc, NR, NT);
 }
 
 typedef void (*ctile_fn)(const ryz_ternary_job *, const uint8_t *, int64_t, int64_t);
