@@ -203,10 +203,9 @@ def test_quantize_kv_i8_matches_reference(isa, rng, hd):
         quantize_kv(bad)
 
 
-@pytest.mark.parametrize("M,Hq,Hkv,hd,n_past", [(1, 4, 1, 8, 8), (3, 6, 2, 20, 7), (2, 10, 2, 33, 30),
-                                                (4, 20, 5, 128, 296), (1, 20, 5, 128, 1999),
-                                                (2, 4, 4, 37, 1030)])
-def test_attention_i8kv_equals_float_attention_on_the_dequantized_cache(isa, rng, M, Hq, Hkv, hd, n_past):
+def _i8kv_matches_dequantized(rng, M, Hq, Hkv, hd, n_past):
+    """attention_i8kv on a quantized random cache equals float attention on the dequantized
+    cache (float64 reference); returns (out, q, k, v) for further checks."""
     q, k, v = make(rng, M, Hq, Hkv, hd, n_past + M, qscale=2.0)
     k8, ks = quantize_kv(k)
     v8, vs = quantize_kv(v)
@@ -215,6 +214,14 @@ def test_attention_i8kv_equals_float_attention_on_the_dequantized_cache(isa, rng
     kd = k8.astype(np.float64) * ks[..., None]
     vd = v8.astype(np.float64) * vs[..., None]
     np.testing.assert_allclose(out, ref.attention(q, kd, vd, n_past, hd ** -0.5), rtol=0, atol=ATT_ATOL)
+    return out, q, k, v
+
+
+@pytest.mark.parametrize("M,Hq,Hkv,hd,n_past", [(1, 4, 1, 8, 8), (3, 6, 2, 20, 7), (2, 10, 2, 33, 30),
+                                                (4, 20, 5, 128, 296), (1, 20, 5, 128, 1999),
+                                                (2, 4, 4, 37, 1030)])
+def test_attention_i8kv_equals_float_attention_on_the_dequantized_cache(isa, rng, M, Hq, Hkv, hd, n_past):
+    out, q, k, v = _i8kv_matches_dequantized(rng, M, Hq, Hkv, hd, n_past)
     # and close to exact attention: int8 rounding (<= max|row|/254 per value) moves it a little
     np.testing.assert_allclose(out, ref.attention(q, k, v, n_past, hd ** -0.5), rtol=0, atol=0.05)
 
@@ -273,14 +280,7 @@ def test_decode_units_match_reference(isa, rng, M, Hq, Hkv, hd, n_past):
 
 @pytest.mark.parametrize("M,Hq,Hkv,hd,n_past", DECODE_CASES)
 def test_decode_units_i8kv_match_reference(isa, rng, M, Hq, Hkv, hd, n_past):
-    q, k, v = make(rng, M, Hq, Hkv, hd, n_past + M, qscale=2.0)
-    k8, ks = quantize_kv(k)
-    v8, vs = quantize_kv(v)
-    out = np.full(q.shape, np.nan, np.float32)
-    _native.attention_i8kv(out, q, k8, ks, v8, vs, n_past, hd ** -0.5)
-    kd = k8.astype(np.float64) * ks[..., None]
-    vd = v8.astype(np.float64) * vs[..., None]
-    np.testing.assert_allclose(out, ref.attention(q, kd, vd, n_past, hd ** -0.5), rtol=0, atol=ATT_ATOL)
+    _i8kv_matches_dequantized(rng, M, Hq, Hkv, hd, n_past)
 
 
 @pytest.mark.parametrize("i8", [False, True])

@@ -138,13 +138,17 @@ def test_install_routes_single_tokens_only():
     np.testing.assert_array_equal(model.forward(seq[:1], model.new_cache()), ref[:1])
 
 
-def test_bad_arguments():
-    model = _load("packed")
+def layer0_args(model):
+    """(x, cache, weights, mults, eps, theta, scale, act) for calling bitnet_decode_layer on
+    layer 0 of `model` (repacked to I2) by hand."""
     assert bitnet_fused.ensure_i2(model)
     layers, eps, theta, scale, act = bitnet_fused._plan(model)
     ws, mults = layers[0]
-    c = model.new_cache()
-    x = np.zeros(model.config.dim, np.float32)
+    return np.zeros(model.config.dim, np.float32), model.new_cache(), ws, mults, eps, theta, scale, act
+
+
+def test_bad_arguments():
+    x, c, ws, mults, eps, theta, scale, act = layer0_args(_load("packed"))
     with pytest.raises(ValueError, match="pos"):
         _native.bitnet_decode_layer(x, c.k[0], c.v[0], c.max_len, ws, mults, eps, theta, scale, act)
     with pytest.raises(ValueError, match="11"):

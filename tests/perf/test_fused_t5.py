@@ -10,6 +10,7 @@ import pytest
 from ryzjupyter import _native, bitnet_fused
 from ryzjupyter.bitnet import LINEARS as _LINEARS
 from ryzjupyter.bitnet import BitNetModel
+from .test_fused import layer0_args
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "bitnet"
 
@@ -54,12 +55,7 @@ def test_mixed_layouts_are_repacked_to_i2():
 
 
 def test_layout_argument_is_checked():
-    model = BitNetModel(FIX / "packed", lm_head="f32")
-    assert bitnet_fused.ensure_i2(model)
-    layers, eps, theta, scale, act = bitnet_fused._plan(model)
-    ws, mults = layers[0]
-    c = model.new_cache()
-    x = np.zeros(model.config.dim, np.float32)
+    x, c, ws, mults, eps, theta, scale, act = layer0_args(BitNetModel(FIX / "packed", lm_head="f32"))
     with pytest.raises(ValueError, match="layout must be"):
         _native.bitnet_decode_layer(x, c.k[0], c.v[0], 0, ws, mults, eps, theta, scale, act, None, None, "q4")
     with pytest.raises(TypeError):
