@@ -4,8 +4,8 @@
  * multiplied with 64 int8 activations by vpdpbusd into int32 lanes. The GEMM is
  * register-blocked: a tile of up to 4 rows x 4 tokens keeps 16 accumulators in
  * registers, unpacks each weight vector once and uses it for every token of the
- * tile (decode has its own 4-row loop, gemv_i2_rows). Tokens are walked in blocks of TOK_BLOCK so the
- * activations a tile reads stay in L2 while the rows of a chunk go by. */
+ * tile (decode has its own 4-row loop, gemv_i2_rows). Tokens are walked in blocks of TOK_BLOCK
+ * and rows in blocks of ROW_BLOCK_BYTES (run_tiles). */
 #if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VNNI__)
 #error "ternary_avx512.c must be compiled with -mavx512f -mavx512bw -mavx512vnni"
 #endif
@@ -254,14 +254,27 @@ static void gemv5_3(const ryz_ternary_job *j, int64_t n) { gemv_t5_rows(j, n, 3)
 static void gemv5_4(const ryz_ternary_job *j, int64_t n) { gemv_t5_rows(j, n, 4); }
 static void (*const gemv5[4])(const ryz_ternary_job *, int64_t) = {gemv5_1, gemv5_2, gemv5_3, gemv5_4};
 
+/* The tile walk of a thread's rows [n0, n1): blocks of ROW_BLOCK_BYTES of weight rows, and in
+ * each block every 4-token tile of a TOK_BLOCK passes over all its rows. A tile's activations
+ * (4 tokens x K int8: 10 KiB at K = 2560, 27 KiB at 6912) then stay in L1 while weight rows,
+ * which feed 4x more vpdpbusd per byte (2-bit codes), come from L2; walking all tiles of one
+ * 4-row group instead streams 4 x 64 bytes of activations from L2 per 64 vpdpbusd. 64 KiB:
+ * 1.05-1.07x the GEMM GOPS of the 4-row-group walk for the 2B-4T linears at M = 64, 2 threads
+ * (32 KiB 1.06x, 128 KiB 1.05x, 256 KiB 0.97x; docs/performance.md, session 4). */
+#define ROW_BLOCK_BYTES 65536
 static void run_tiles(const tile_fn t[4][4], const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+    int64_t rows = j->rb > 0 ? ROW_BLOCK_BYTES / j->rb / 4 * 4 : n1 - n0; /* rb = 0: K = 0 */
+    if (rows < 4) rows = 4;
     for (int64_t m0 = 0; m0 < j->M; m0 += TOK_BLOCK) {
         int64_t m1 = m0 + TOK_BLOCK < j->M ? m0 + TOK_BLOCK : j->M;
-        for (int64_t n = n0; n < n1; n += 4) {
-            int nr = n1 - n < 4 ? (int)(n1 - n) : 4;
+        for (int64_t nb = n0; nb < n1; nb += rows) {
+            int64_t ne = nb + rows < n1 ? nb + rows : n1;
             for (int64_t m = m0; m < m1; m += 4) {
                 int nt = m1 - m < 4 ? (int)(m1 - m) : 4;
-                t[nr - 1][nt - 1](j, n, m);
+                for (int64_t n = nb; n < ne; n += 4) {
+                    int nr = ne - n < 4 ? (int)(ne - n) : 4;
+                    t[nr - 1][nt - 1](j, n, m);
+                }
             }
         }
     }
