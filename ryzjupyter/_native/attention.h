@@ -52,8 +52,38 @@ static inline int64_t ryz_attn_scratch_floats(int64_t HG, int64_t hd, int64_t L)
  * rows are prefetched while this one runs */
 #define RYZ_ATTN_VBLOCK 16
 
+/* Prefill over a float32 cache, blocked (the kernel tables that have it; NULL elsewhere):
+ * R consecutive query rows x the G query heads of one kv head, scores as a matrix product
+ * against the kv head's keys transposed (ryz_attn_transpose_k), so no dot product needs a
+ * horizontal sum and every key / value vector loaded feeds 8 query vectors. Query vector
+ * v = r * G + g (row r of the block, head g) attends to keys 0 .. L0 + r - 1. */
+#define RYZ_ATTN_BLOCK_ROWS 8   /* query rows per block (the binding's unit of work) */
+#define RYZ_ATTN_KT_KEYS 32     /* keys per transposed tile pair: kt is padded to a multiple */
+typedef struct {
+    const float *q;       /* row 0, head 0 of the block; rows qstride floats apart, heads hd */
+    const float *kt;      /* this kv head's keys transposed: [keys / 16][hd][16], zero padded */
+    const float *v;       /* cache row 0 of this kv head; rows kstride floats apart */
+    float *o;             /* like q */
+    int64_t qstride, kstride, R, G, hd, L0;
+    float scale;
+} ryz_attn_block;
+/* floats of scratch ryz_attn_block needs for L keys at most */
+static inline int64_t ryz_attn_block_scratch_floats(int64_t L, int64_t hd) {
+    return 8 * ((L + RYZ_ATTN_KT_KEYS - 1) / RYZ_ATTN_KT_KEYS * RYZ_ATTN_KT_KEYS) + 8 * hd + 64;
+}
+/* floats of one kv head's transposed keys for L keys */
+static inline int64_t ryz_attn_kt_floats(int64_t L, int64_t hd) {
+    return (L + RYZ_ATTN_KT_KEYS - 1) / RYZ_ATTN_KT_KEYS * RYZ_ATTN_KT_KEYS * hd;
+}
+
 typedef struct {
     const char *name;
+    /* prefill blocks (NULL: the binding runs units); needs hd % 16 == 0 */
+    void (*attend_block)(const ryz_attn_block *b, float *RYZ_RESTRICT scratch);
+    /* kt[(t / 16) * hd * 16 + d * 16 + t % 16] = k[t * kstride + d] for keys t0 <= t < t1 (t0 a
+     * multiple of 16), zeros for t1 <= t < tp (tp: t1 rounded up to 16) */
+    void (*transpose_k)(float *RYZ_RESTRICT kt, const float *k, int64_t kstride, int64_t hd, int64_t t0,
+                        int64_t t1);
     void (*attend)(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch);
     /* the same over an int8 cache: k = k8 * ks, v = v8 * vs per (row, kv head) */
     void (*attend_i8)(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch);

@@ -9,6 +9,8 @@
  *   v:      blocks of RYZ_ATTN_VBLOCK rows; per (kv head, 4 query heads, 64 columns)
  *           16 accumulators, partial sums between blocks in scratch.
  * Both passes prefetch the rows they will read next (software prefetch in address order).
+ * Prefill over a float cache uses attend_block instead (blocks of query rows, scores against
+ * transposed keys: see attention.h and the comment above it). 
  * Whole vectors use plain loads: masked loads that miss the cache stream about 4x
  * slower on Zen 4 (measured at 20k cached rows); masks only for row tails. */
 #if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VL__)
@@ -243,11 +245,167 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
 #undef LOADV
 }
 
+/* ---- prefill blocks (ryz_attn_block, see attention.h) ------------------------------------ */
+
+/* 16 x 16 floats: out row d = column d of the 16 input rows */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 2; j++) {
+            __m512d a = _mm512_castps_pd(t[4 * i + j]), b = _mm512_castps_pd(t[4 * i + j + 2]);
+            r[4 * i + 2 * j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+            r[4 * i + 2 * j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        }
+    /* r[4i + c]: rows 4i..4i+3, column c + 4 lane128 -> gather the 4 row groups per column */
+    for (int c = 0; c < 4; c++) {
+        __m512 a = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), b = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+        __m512 e = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88), f = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+        t[c] = _mm512_shuffle_f32x4(a, e, 0x88);      /* column c */
+        t[c + 8] = _mm512_shuffle_f32x4(a, e, 0xdd);  /* column c + 8 */
+        t[c + 4] = _mm512_shuffle_f32x4(b, f, 0x88);  /* column c + 4 */
+        t[c + 12] = _mm512_shuffle_f32x4(b, f, 0xdd); /* column c + 12 */
+    }
+    for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+
+static void transpose_k(float *RYZ_RESTRICT kt, const float *k, int64_t kstride, int64_t hd, int64_t t0,
+                        int64_t t1) {
+    for (int64_t tb = t0; tb < t1; tb += 16) {
+        const int64_t n = t1 - tb < 16 ? t1 - tb : 16;
+        float *dst = kt + tb / 16 * hd * 16;
+        for (int64_t d = 0; d < hd; d += 16) {
+            __m512 r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = i < n ? _mm512_loadu_ps(k + (tb + i) * kstride + d) : _mm512_setzero_ps();
+            transpose16(r);
+            for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + (d + i) * 16, r[i]);
+        }
+    }
+}
+
+/* Per group of 8 query vectors (a shorter last group repeats its last vector and stores
+ * nothing for the copies):
+ *   scores  S[v][t] = scale * q_v . k_t for 32 keys at a time: acc[v][0..1] += q_v[d] * kt[d]
+ *           (16 accumulators, a broadcast per query vector and d, two key vectors per d);
+ *   softmax over t < L_v (later keys belong to later rows of the block: left out, not
+ *           multiplied by zero, so a non-finite value there cannot leak in);
+ *   output  o_v = (sum_t p_v[t] v_t) / sum_t p_v[t], 32 columns at a time, 16 accumulators. */
+static void attend_block(const ryz_attn_block *b, float *RYZ_RESTRICT scratch) {
+    const int64_t G = b->G, hd = b->hd, nq = b->R * G, qs = b->qstride, ks = b->kstride;
+    const float *RYZ_RESTRICT kt = b->kt;
+    const float *RYZ_RESTRICT vb = b->v;
+    const __m512 scale = _mm512_set1_ps(b->scale);
+    for (int64_t v0 = 0; v0 < nq; v0 += 8) {
+        const int64_t nv = nq - v0 < 8 ? nq - v0 : 8;
+        const float *qp[8];
+        int64_t L[8];
+        float *op[8];
+        for (int i = 0; i < 8; i++) {
+            const int64_t v = v0 + (i < nv ? i : nv - 1), r = v / G, g = v % G;
+            qp[i] = b->q + r * qs + g * hd;
+            op[i] = b->o + r * qs + g * hd;
+            L[i] = b->L0 + r;
+        }
+        const int64_t Lmin = L[0], Lmax = L[7];
+        const int64_t Lp = (Lmax + RYZ_ATTN_KT_KEYS - 1) / RYZ_ATTN_KT_KEYS * RYZ_ATTN_KT_KEYS;
+        float *RYZ_RESTRICT S = scratch; /* [8][Lp] */
+        /* scores */
+        for (int64_t t = 0; t < Lmax; t += 32) {
+            const float *k0 = kt + t * hd, *k1 = k0 + 16 * hd;
+            __m512 a[8][2];
+            for (int i = 0; i < 8; i++) a[i][0] = a[i][1] = _mm512_setzero_ps();
+            for (int64_t d = 0; d < hd; d++) {
+                const __m512 x0 = _mm512_loadu_ps(k0 + d * 16), x1 = _mm512_loadu_ps(k1 + d * 16);
+                for (int i = 0; i < 8; i++) {
+                    const __m512 qd = _mm512_set1_ps(qp[i][d]);
+                    a[i][0] = _mm512_fmadd_ps(qd, x0, a[i][0]);
+                    a[i][1] = _mm512_fmadd_ps(qd, x1, a[i][1]);
+                }
+            }
+            for (int i = 0; i < 8; i++) {
+                _mm512_storeu_ps(S + i * Lp + t, _mm512_mul_ps(a[i][0], scale));
+                _mm512_storeu_ps(S + i * Lp + t + 16, _mm512_mul_ps(a[i][1], scale));
+            }
+        }
+        /* softmax numerators over t < L[i], zero up to Lmax; inv[i] = 1 / their sum */
+        float inv[8];
+        for (int i = 0; i < 8; i++) {
+            float *p = S + i * Lp;
+            __m512 vm = _mm512_set1_ps(-INFINITY);
+            for (int64_t t = 0; t < L[i]; t += 16)
+                vm = _mm512_max_ps(vm, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), ryz_tail16(L[i] - t), p + t));
+            const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vm));
+            __m512 sum = _mm512_setzero_ps();
+            for (int64_t t = 0; t < Lmax; t += 16) {
+                const __mmask16 m = ryz_tail16(L[i] - t);
+                const __m512 e = _mm512_maskz_mov_ps(m, ryz_exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(p + t), mx)));
+                sum = _mm512_add_ps(sum, e);
+                _mm512_storeu_ps(p + t, e);
+            }
+            inv[i] = 1.0f / _mm512_reduce_add_ps(sum);
+        }
+        /* output: tiles of 32 keys (16 KiB of values at hd 128: L1) x 32 columns, partial sums
+         * of the 8 vectors between tiles in scratch */
+        float *RYZ_RESTRICT part = S + 8 * Lp; /* [8][hd] */
+        for (int64_t t0 = 0; t0 < Lmax; t0 += 32) {
+            const int64_t te = Lmax - t0 < 32 ? Lmax : t0 + 32, tf = te < Lmin ? te : Lmin > t0 ? Lmin : t0;
+            const int first = t0 == 0, last = te == Lmax;
+            if (!last) /* the next tile's values, while this one runs */
+                for (int64_t t = te; t < (Lmax - te < 32 ? Lmax : te + 32); t++)
+                    for (int64_t c = 0; c < hd; c += 16) _mm_prefetch((const char *)(vb + t * ks + c), _MM_HINT_T0);
+            for (int64_t c = 0; c < hd; c += 32) {
+                const __mmask16 m1 = c + 16 < hd ? (__mmask16)0xffff : 0;
+                __m512 a[8][2];
+                for (int i = 0; i < 8; i++) {
+                    a[i][0] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(part + i * hd + c);
+                    a[i][1] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, part + i * hd + c + 16);
+                }
+                const float *vr = vb + t0 * ks + c;
+                int64_t t = t0;
+                for (; t < tf; t++, vr += ks) {
+                    const __m512 x0 = _mm512_loadu_ps(vr), x1 = _mm512_maskz_loadu_ps(m1, vr + 16);
+                    for (int i = 0; i < 8; i++) {
+                        const __m512 p = _mm512_set1_ps(S[i * Lp + t]);
+                        a[i][0] = _mm512_fmadd_ps(p, x0, a[i][0]);
+                        a[i][1] = _mm512_fmadd_ps(p, x1, a[i][1]);
+                    }
+                }
+                for (; t < te; t++, vr += ks) { /* keys only the later rows of the group see */
+                    const __m512 x0 = _mm512_loadu_ps(vr), x1 = _mm512_maskz_loadu_ps(m1, vr + 16);
+                    for (int i = 0; i < 8; i++) {
+                        if (t >= L[i]) continue;
+                        const __m512 p = _mm512_set1_ps(S[i * Lp + t]);
+                        a[i][0] = _mm512_fmadd_ps(p, x0, a[i][0]);
+                        a[i][1] = _mm512_fmadd_ps(p, x1, a[i][1]);
+                    }
+                }
+                for (int i = 0; i < 8; i++) {
+                    if (last) {
+                        if (i >= nv) continue;
+                        const __m512 w = _mm512_set1_ps(inv[i]);
+                        _mm512_storeu_ps(op[i] + c, _mm512_mul_ps(a[i][0], w));
+                        _mm512_mask_storeu_ps(op[i] + c + 16, m1, _mm512_mul_ps(a[i][1], w));
+                    } else {
+                        _mm512_storeu_ps(part + i * hd + c, a[i][0]);
+                        _mm512_mask_storeu_ps(part + i * hd + c + 16, m1, a[i][1]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, 0); }
 static void attend_i8(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, 1); }
 
 const ryz_attention_kernels ryz_attention_avx512 = {
     .name = "avx512vnni",
+    .attend_block = attend_block,
+    .transpose_k = transpose_k,
     .attend = attend,
     .attend_i8 = attend_i8,
 };

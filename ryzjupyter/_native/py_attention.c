@@ -1,6 +1,7 @@
 /* py_attention.c: Python binding of the attention family (see attention.h). */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "attention.h"
 #include "ryz_py.h"
@@ -104,6 +105,76 @@ static void merge_task(void *ctx, int64_t b, int64_t e, int tid) {
     }
 }
 
+/* ---- prefill over a float32 cache in blocks (kernels with attend_block) ------------------
+ * First every kv head's keys 0 .. n_past + M - 1 are transposed once (items: (kv head, 16
+ * keys)), then items (kv head, RYZ_ATTN_BLOCK_ROWS query rows), kv head by kv head so the two
+ * threads' halves are the same amount of work and each walks few heads' keys and values. */
+typedef struct {
+    const attn_job *j;
+    float *kt;           /* [Hkv][ryz_attn_kt_floats(Lall, hd)] */
+    int64_t Lall, ktf, blocks;
+    int failed;
+} block_job;
+
+static void kt_task(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    block_job *bj = ctx;
+    const attn_job *j = bj->j;
+    const int64_t per = (bj->Lall + 15) / 16;
+    for (int64_t it = b; it < e; it++) {
+        const int64_t h = it / per, t0 = it % per * 16, t1 = t0 + 16 < bj->Lall ? t0 + 16 : bj->Lall;
+        ryz_attention->transpose_k(bj->kt + h * bj->ktf, j->k + h * j->hd, j->Hkv * j->hd, j->hd, t0, t1);
+    }
+    /* the padding keys up to a multiple of RYZ_ATTN_KT_KEYS: zeros (their scores are computed,
+     * never used) */
+    for (int64_t it = b; it < e; it++)
+        if (it % per == per - 1) {
+            const int64_t h = it / per, done = (bj->Lall + 15) / 16 * 16 * j->hd;
+            memset(bj->kt + h * bj->ktf + done, 0, sizeof(float) * (size_t)(bj->ktf - done));
+        }
+}
+
+static void block_task(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    block_job *bj = ctx;
+    const attn_job *j = bj->j;
+    float *scratch = malloc(sizeof(float) * (size_t)ryz_attn_block_scratch_floats(bj->Lall, j->hd));
+    if (!scratch) {
+        __atomic_store_n(&bj->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (int64_t it = b; it < e; it++) {
+        const int64_t h = it / bj->blocks, i0 = it % bj->blocks * RYZ_ATTN_BLOCK_ROWS;
+        const int64_t R = j->M - i0 < RYZ_ATTN_BLOCK_ROWS ? j->M - i0 : RYZ_ATTN_BLOCK_ROWS;
+        ryz_attn_block blk = {
+            .q = j->q + (i0 * j->Hq + h * j->G) * j->hd, .kt = bj->kt + h * bj->ktf, .v = j->v + h * j->hd,
+            .o = j->out + (i0 * j->Hq + h * j->G) * j->hd, .qstride = j->Hq * j->hd,
+            .kstride = j->Hkv * j->hd, .R = R, .G = j->G, .hd = j->hd, .L0 = j->n_past + i0 + 1,
+            .scale = j->scale};
+        ryz_attention->attend_block(&blk, scratch);
+    }
+    free(scratch);
+}
+
+/* 0, -1 (interrupted: exception set) or 1 (no memory) */
+static int run_blocks(attn_job *j) {
+    block_job bj = {.j = j, .Lall = j->n_past + j->M};
+    bj.ktf = ryz_attn_kt_floats(bj.Lall, j->hd);
+    bj.blocks = (j->M + RYZ_ATTN_BLOCK_ROWS - 1) / RYZ_ATTN_BLOCK_ROWS;
+    bj.kt = aligned_alloc(64, (sizeof(float) * (size_t)(j->Hkv * bj.ktf) + 63) / 64 * 64);
+    if (!bj.kt) return 1;
+    const int64_t per = (bj.Lall + 15) / 16;
+    int rc = ryz_run_chunked(kt_task, &bj, j->Hkv * per, j->Hkv * per, per);
+    /* chunks of about 2^26 multiply-adds between Ctrl-C checks */
+    const int64_t per_item = RYZ_ATTN_BLOCK_ROWS * j->G * bj.Lall * j->hd * 2;
+    int64_t chunk = ((int64_t)1 << 26) / (per_item > 0 ? per_item : 1);
+    if (chunk < 2 * (int64_t)ryz_num_threads()) chunk = 2 * (int64_t)ryz_num_threads();
+    if (rc == 0) rc = ryz_run_chunked(block_task, &bj, j->Hkv * bj.blocks, chunk, 1);
+    free(bj.kt);
+    if (rc != 0) return -1;
+    return bj.failed ? 1 : 0;
+}
+
 PyDoc_STRVAR(attention_doc,
 "attention(out, q, k, v, n_past, scale) -> None\n\n"
 "Causal grouped-query attention over a float32 KV cache, softmax in float32:\n"
@@ -162,6 +233,15 @@ static PyObject *attention_common(PyObject *args, int i8) {
     attn_job j = {ryz_data(out), ryz_data(q), i8 ? NULL : ryz_data(k), i8 ? NULL : ryz_data(v),
                   i8 ? ryz_data(k) : NULL, i8 ? ryz_data(v) : NULL, i8 ? ryz_data(ks) : NULL,
                   i8 ? ryz_data(vs) : NULL, M, Hq, Hkv, hd, G, n_past, H, S, (float)scale, NULL, NULL, 0};
+    if (!i8 && S == 1 && H == 1 && ryz_attention->attend_block && hd % 16 == 0) {
+        const int rc = run_blocks(&j);
+        if (rc < 0) goto fail;
+        if (rc > 0) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        goto done;
+    }
     if (S > 1) {
         j.part = malloc(sizeof(float) * (size_t)(units * S * H * G * hd));
         j.ml = malloc(sizeof(float) * (size_t)(units * S * H * G * 2));

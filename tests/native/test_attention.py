@@ -47,6 +47,35 @@ def test_matches_reference(isa, rng, M, Hq, Hkv, hd, T, n_past):
     np.testing.assert_allclose(out, ref.attention(q, k, v, n_past, scale), rtol=0, atol=ATT_ATOL)
 
 
+# prefill shapes of the blocked kernel (float cache, hd % 16 == 0, M * Hkv >= 16): blocks of 8
+# query rows x G heads in groups of 8 query vectors, 32 keys and 32 columns at a time
+@pytest.mark.parametrize("M,Hq,Hkv,hd,n_past", [
+    (64, 20, 5, 128, 0),     # a BitNet-2B prefill chunk from an empty cache
+    (64, 20, 5, 128, 512),   # ... after 512 cached rows
+    (19, 6, 2, 48, 3),       # G = 3 (groups of 8 vectors cross rows), 48 columns (a half block)
+    (17, 8, 1, 32, 0),       # G = 8, one kv head, a 1-row last block
+    (16, 5, 5, 16, 14),      # G = 1
+    (9, 10, 2, 80, 90),      # G = 5, hd 80
+])
+def test_prefill_blocks_match_reference(isa, rng, M, Hq, Hkv, hd, n_past):
+    q, k, v = make(rng, M, Hq, Hkv, hd, n_past + M, qscale=2.0)
+    out = run(q, k, v, n_past, hd ** -0.5)
+    np.testing.assert_allclose(out, ref.attention(q, k, v, n_past, hd ** -0.5), rtol=0, atol=ATT_ATOL)
+
+
+def test_prefill_block_keeps_later_rows_out_of_earlier_ones(isa, rng):
+    """Within a block of query rows, row i must not touch keys/values of rows > i, even as 0 * x
+    (a non-finite later row would leak into it)."""
+    M, Hq, Hkv, hd = 16, 8, 2, 32
+    q, k, v = make(rng, M, Hq, Hkv, hd, M)
+    want = ref.attention(q, k, v, 0, 0.2)
+    k[10] = np.nan
+    v[10] = np.inf
+    out = run(q, k, v, 0, 0.2)
+    np.testing.assert_allclose(out[:10], want[:10], rtol=0, atol=ATT_ATOL)
+    assert not np.isfinite(out[10:]).any()
+
+
 def test_rows_beyond_the_causal_limit_are_ignored(isa, rng):
     q, k, v = make(rng, 3, 4, 2, 16, 20)
     a = run(q, k, v, 5, 0.25)
@@ -88,8 +117,9 @@ def test_empty(isa):
     _native.attention(e.copy(), e, np.zeros((2, 2, 0), np.float32), np.zeros((2, 2, 0), np.float32), 0, 1.0)
 
 
-def test_threads_identical(rng, threads):
-    q, k, v = make(rng, 9, 8, 2, 40, 50)
+@pytest.mark.parametrize("hd", [40, 48])  # units; blocks (hd % 16 == 0)
+def test_threads_identical(rng, threads, hd):
+    q, k, v = make(rng, 9, 8, 2, hd, 50)
     a = run(q, k, v, 41, 0.3)
     prev = _native.get_num_threads()
     _native.set_num_threads(1)
