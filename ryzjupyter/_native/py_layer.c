@@ -54,9 +54,7 @@ typedef struct {
 static int quantize_act(qact *a, const float *x, int64_t K) {
     if (ryz_quant->quantize_row_i8(a->q, &a->sx, x, K)) return -1; /* NaN / inf */
     memset(a->q + K, 0, (size_t)(a->ldq - K));
-    int32_t s = 0;
-    for (int64_t k = 0; k < K; k++) s += a->q[k];
-    a->qsum = s;
+    a->qsum = ryz_quant->sum_i8(a->q, K);
     return 0;
 }
 
@@ -607,8 +605,7 @@ static PyObject *py_lm_head_i8(PyObject *self, PyObject *args) {
         goto fail;
     }
     const int8_t *x = ryz_data(xq);
-    int32_t xsum = 0;
-    for (int64_t k = 0; k < K; k++) xsum += x[k];
+    const int32_t xsum = ryz_quant->sum_i8(x, K);
     head_job j = {ryz_data(out), ryz_data(wq), x, ryz_data(ws), K, xsum, *(const float *)ryz_data(xs)};
     /* ~10 ms of streaming per chunk at ~25 GB/s */
     int64_t chunk = K > 0 ? ((int64_t)250000000 / K) / 16 * 16 : N;

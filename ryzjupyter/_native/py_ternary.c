@@ -182,9 +182,7 @@ static void prep_rows(void *vctx, int64_t b, int64_t e, int tid) {
             memcpy(q, c->qin + m * c->K, (size_t)c->K);
         }
         memset(q + c->K, 0, (size_t)(ldq - c->K));
-        int32_t s = 0;
-        for (int64_t k = 0; k < c->K; k++) s += q[k];
-        c->qsum[m] = s;
+        c->qsum[m] = ryz_quant->sum_i8(q, c->K);
     }
 }
 

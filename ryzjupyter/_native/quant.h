@@ -15,6 +15,8 @@ typedef struct {
     /* returns 0, or 1 if x holds a NaN/inf (q and *scale are then unspecified) */
     int (*quantize_row_i8)(int8_t *RYZ_RESTRICT q, float *RYZ_RESTRICT scale,
                            const float *RYZ_RESTRICT x, int64_t K);
+    /* sum_k q[k], exact (the ternary kernels subtract it: codes are trit + 1); K < 2^23 */
+    int32_t (*sum_i8)(const int8_t *q, int64_t K);
 } ryz_quant_kernels;
 
 extern const ryz_quant_kernels ryz_quant_scalar;

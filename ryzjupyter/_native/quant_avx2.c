@@ -52,7 +52,22 @@ static int quantize_row_i8(int8_t *RYZ_RESTRICT q, float *RYZ_RESTRICT scale,
     return 0;
 }
 
+/* sum of signed bytes: sum (q ^ 0x80) as unsigned bytes (vpsadbw: 8 bytes per 64-bit lane)
+ * minus 128 per byte */
+static int32_t sum_i8(const int8_t *q, int64_t K) {
+    const __m256i flip = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
+    __m256i acc = zero;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32)
+        acc = _mm256_add_epi64(acc, _mm256_sad_epu8(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + k)), flip), zero));
+    int64_t s = _mm256_extract_epi64(acc, 0) + _mm256_extract_epi64(acc, 1) + _mm256_extract_epi64(acc, 2) +
+                _mm256_extract_epi64(acc, 3) - 128 * k;
+    for (; k < K; k++) s += q[k];
+    return (int32_t)s;
+}
+
 const ryz_quant_kernels ryz_quant_avx2 = {
     .name = "avx2",
     .quantize_row_i8 = quantize_row_i8,
+    .sum_i8 = sum_i8,
 };

@@ -32,7 +32,21 @@ static int quantize_row_i8(int8_t *RYZ_RESTRICT q, float *RYZ_RESTRICT scale,
     return 0;
 }
 
+/* sum of signed bytes: sum (q ^ 0x80) as unsigned bytes (vpsadbw: 8 bytes per 64-bit lane)
+ * minus 128 per byte */
+static int32_t sum_i8(const int8_t *q, int64_t K) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
+    __m512i acc = zero;
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64)
+        acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_xor_si512(_mm512_loadu_si512(q + k), flip), zero));
+    int64_t s = _mm512_reduce_add_epi64(acc) - 128 * k;
+    for (; k < K; k++) s += q[k];
+    return (int32_t)s;
+}
+
 const ryz_quant_kernels ryz_quant_avx512 = {
     .name = "avx512vnni",
     .quantize_row_i8 = quantize_row_i8,
+    .sum_i8 = sum_i8,
 };

@@ -21,7 +21,14 @@ static int quantize_row_i8(int8_t *RYZ_RESTRICT q, float *RYZ_RESTRICT scale,
     return 0;
 }
 
+static int32_t sum_i8(const int8_t *q, int64_t K) {
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; k++) s += q[k];
+    return s;
+}
+
 const ryz_quant_kernels ryz_quant_scalar = {
     .name = "scalar",
     .quantize_row_i8 = quantize_row_i8,
+    .sum_i8 = sum_i8,
 };
