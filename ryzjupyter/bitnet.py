@@ -49,7 +49,7 @@ from .ternary import LAYOUTS
 # themselves to "matmul" (ternary.py); the classifier books its calls to "lm_head".
 K = InstrumentedKernels(_native, {
     "rmsnorm": "norm", "add": "norm", "mul": "norm", "relu2": "norm", "silu": "norm",
-    "rope": "attention", "attention": "attention", "quantize_kv_i8": "attention",
+    "rope_table": "attention", "rope_apply": "attention", "attention": "attention", "quantize_kv_i8": "attention",
     "attention_i8kv": "attention", "matmul_f32": "matmul",
 })
 
@@ -468,6 +468,7 @@ class State:
         self.hb2 = np.zeros((C, I), f)                                 # up
         self.hb3 = np.zeros((C, I), f)                                 # act(gate), then sub-normed
         self.pos = np.zeros(C, np.int64)                               # positions of the chunk
+        self.cs = np.zeros((C, cfg.head_dim), f)                       # their RoPE cos | sin
         self.xq = np.zeros((C, D), np.int8)                            # int8 lm_head activations
         self.xs = np.zeros(C, f)
 
@@ -490,9 +491,8 @@ def attention_block(cfg, lw: LayerWeights, s: State, x, cache: KVCache, l, pos, 
     v_new = vc[pos:pos + m] if f32 else s.v[:m]
     lw.wk.linear(xb, out=k_new.reshape(m, KVD))
     lw.wv.linear(xb, out=v_new.reshape(m, KVD))
-    positions = s.pos[:m]
-    K.rope(q, positions, cfg.rope_theta)                                 # rotate_half RoPE on q and k
-    K.rope(k_new, positions, cfg.rope_theta)
+    K.rope_apply(q, s.cs[:m])                                            # rotate_half RoPE on q and k
+    K.rope_apply(k_new, s.cs[:m])                                        # (table: forward, per chunk)
     att = s.att[:m]                                                      # softmax(q k^T / sqrt(hd)) v, causal,
     if f32:                                                              # GQA
         K.attention(att, q, kc[:pos + m], vc[:pos + m], pos, cfg.head_dim ** -0.5)
@@ -618,6 +618,7 @@ class BitNetModel(LanguageModel):
             m = min(s.chunk, M - c0)
             pos = pos0 + c0
             s.pos[:m] = np.arange(pos, pos + m)
+            K.rope_table(s.cs[:m], s.pos[:m], cfg.rope_theta)  # cos | sin of the chunk's positions
             x = s.x[:m]
             w.embed(x, tokens[c0:c0 + m])               # h = embed[ids]
             for l, lw in enumerate(w.layers):

@@ -12,8 +12,9 @@ void ryz_ops_select(ryz_isa isa) {
     static const ryz_ops_kernels *const by_isa[RYZ_ISA_COUNT] = {&ryz_ops_scalar, &ryz_ops_avx2,
                                                                  &ryz_ops_avx512};
     ryz_ops = by_isa[isa];
-    static const char *const names[] = {"rmsnorm", "rope", "softmax", "silu", "relu2", "mul", "add"};
+    static const char *const names[] = {"rmsnorm", "rope", "rope_apply", "softmax", "silu", "relu2", "mul", "add"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) ryz_register_kernel(names[i], ryz_ops->name);
+    ryz_register_kernel("rope_table", "scalar"); /* one plain C version for every level */
 }
 
 /* ---- shared checks ---------------------------------------------------------- */
@@ -181,11 +182,39 @@ fail:
     return NULL;
 }
 
-/* ---- rope ------------------------------------------------------------------------ */
+/* ---- rope ------------------------------------------------------------------------ *
+ * rope(x, positions, theta) computes its cos/sin table row by row and applies it; for many
+ * calls at the same positions (every layer's q and k of a prefill chunk) rope_table builds the
+ * table once and rope_apply applies it: the same floats, so the same results. */
+
+/* inv_freq[i] = 1 / theta^(2i/hd), i < hd/2. torch: 1.0 / (base ** (torch.arange(0, dim, 2,
+ * dtype=torch.int64).float() / dim)), all float32. The power is rounded correctly (double pow,
+ * one rounding to float); torch's vectorised pow (Sleef, 1 ulp) differs by one ulp in ~1% of
+ * entries (measured with torch 2.13 over hd 2..256 and four thetas); glibc powf differs from
+ * torch as often. */
+static void rope_inv_freq(float *inv, double theta, int64_t hd) {
+    for (int64_t i = 0; i < hd / 2; i++) {
+        float expo = (float)(2 * i) / (float)hd;
+        inv[i] = 1.0f / (float)pow((double)(float)theta, (double)expo);
+    }
+}
+
+/* cs[0..half) = cos, cs[half..hd) = sin of float32(pos) * inv_freq, as transformers: the
+ * float32 angle, cos/sin computed in double and rounded once (within torch's 1 ulp) */
+static void rope_row_table(float *cs, int64_t pos, const float *inv, int64_t half) {
+    const float p = (float)pos;
+    for (int64_t i = 0; i < half; i++) {
+        float f = p * inv[i];
+        cs[i] = (float)cos((double)f);
+        cs[half + i] = (float)sin((double)f);
+    }
+}
+
 typedef struct {
-    float *x;
-    const int64_t *pos;
-    const float *inv_freq; /* [hd/2] */
+    float *x;              /* rope, rope_apply: [M, H, hd]; NULL for rope_table */
+    const int64_t *pos;    /* rope, rope_table */
+    const float *inv_freq; /* [hd/2] (rope, rope_table) */
+    float *cs;             /* rope_table: out [M, hd]; rope_apply: in; rope: NULL */
     int64_t H, hd;
     int failed;            /* scratch allocation failed */
 } rope_job;
@@ -193,24 +222,61 @@ typedef struct {
 static void rope_task(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     rope_job *j = ctx;
-    int64_t half = j->hd / 2;
+    const int64_t half = j->hd / 2;
+    if (j->cs) {
+        for (int64_t m = b; m < e; m++) {
+            if (j->x)
+                ryz_ops->rope_row(j->x + m * j->H * j->hd, j->H, j->hd, j->cs + m * j->hd);
+            else
+                rope_row_table(j->cs + m * j->hd, j->pos[m], j->inv_freq, half);
+        }
+        return;
+    }
     float *cs = malloc(sizeof(float) * (size_t)(2 * half + 1));
     if (!cs) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
     for (int64_t m = b; m < e; m++) {
-        /* as transformers: freqs = float32(pos) * inv_freq in float32, then cos/sin of that
-         * float32 angle (computed in double and rounded once: within torch's 1 ulp) */
-        float p = (float)j->pos[m];
-        for (int64_t i = 0; i < half; i++) {
-            float f = p * j->inv_freq[i];
-            cs[i] = (float)cos((double)f);
-            cs[half + i] = (float)sin((double)f);
-        }
+        rope_row_table(cs, j->pos[m], j->inv_freq, half);
         ryz_ops->rope_row(j->x + m * j->H * j->hd, j->H, j->hd, cs);
     }
     free(cs);
+}
+
+/* positions int64 [M], all >= 0 (0, or -1 with the exception set) */
+static int check_positions(const int64_t *p, int64_t M) {
+    for (int64_t m = 0; m < M; m++)
+        if (p[m] < 0) {
+            PyErr_Format(PyExc_ValueError, "positions[%lld] is %lld; positions must be >= 0",
+                         (long long)m, (long long)p[m]);
+            return -1;
+        }
+    return 0;
+}
+
+static int check_theta_hd(double theta, int64_t hd, const char *hd_name) {
+    if (!(theta > 0)) {
+        PyErr_Format(PyExc_ValueError, "theta must be > 0, got %g", theta);
+        return -1;
+    }
+    if (hd % 2 != 0) {
+        PyErr_Format(PyExc_ValueError, "%s (head_dim) must be even for rotate_half, got %lld", hd_name,
+                     (long long)hd);
+        return -1;
+    }
+    return 0;
+}
+
+static int run_rope(rope_job *j, int64_t M) {
+    const int64_t rowf = j->x ? j->H * j->hd : j->hd;
+    const int64_t grain = rowf >= 2048 ? 1 : 2048 / (rowf > 0 ? rowf : 1);
+    if (ryz_run_chunked(rope_task, j, M, grain * 256, grain) != 0) return -1;
+    if (j->failed) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
 }
 
 PyDoc_STRVAR(rope_doc,
@@ -218,7 +284,8 @@ PyDoc_STRVAR(rope_doc,
 "Rotary embedding in place, half-split (transformers' rotate_half) layout: x float32\n"
 "[M, H, hd] (hd even), positions int64 [M] (>= 0), theta > 0 (rope_theta).\n"
 "inv_freq[i] = 1 / theta**(2i/hd) and freqs = float32(pos) * inv_freq, all float32\n"
-"as torch computes them; then x1' = x1*cos - x2*sin, x2' = x2*cos + x1*sin.");
+"as torch computes them; then x1' = x1*cos - x2*sin, x2' = x2*cos + x1*sin.\n"
+"Equal to rope_apply(x, cs) with cs filled by rope_table(cs, positions, theta).");
 static PyObject *py_rope(PyObject *self, PyObject *args) {
     RYZ_UNUSED(self);
     PyObject *ox, *op, *ot;
@@ -233,49 +300,88 @@ static PyObject *py_rope(PyObject *self, PyObject *args) {
         get_finite(ot, "theta", &theta))
         goto fail;
     int64_t M = ryz_dim(x, 0), H = ryz_dim(x, 1), hd = ryz_dim(x, 2);
-    if (!(theta > 0)) {
-        PyErr_Format(PyExc_ValueError, "theta must be > 0, got %g", theta);
-        goto fail;
-    }
-    if (hd % 2 != 0) {
-        PyErr_Format(PyExc_ValueError, "x.shape[2] (head_dim) must be even for rotate_half, got %lld",
-                     (long long)hd);
-        goto fail;
-    }
-    const int64_t *p = ryz_data(pos);
-    for (int64_t m = 0; m < M; m++)
-        if (p[m] < 0) {
-            PyErr_Format(PyExc_ValueError, "positions[%lld] is %lld; positions must be >= 0",
-                         (long long)m, (long long)p[m]);
-            goto fail;
-        }
+    if (check_theta_hd(theta, hd, "x.shape[2]") || check_positions(ryz_data(pos), M)) goto fail;
     if (M == 0 || H == 0 || hd == 0) goto done;
-    inv = malloc(sizeof(float) * (size_t)(hd / 2));
-    if (!inv) {
+    if (!(inv = malloc(sizeof(float) * (size_t)(hd / 2)))) {
         PyErr_NoMemory();
         goto fail;
     }
-    /* torch: 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)), all
-     * float32. The power is rounded correctly (double pow, one rounding to float); torch's
-     * vectorised pow (Sleef, 1 ulp) differs by one ulp in ~1% of entries (measured with
-     * torch 2.13 over hd 2..256 and four thetas); glibc powf differs from torch as often. */
-    for (int64_t i = 0; i < hd / 2; i++) {
-        float expo = (float)(2 * i) / (float)hd;
-        inv[i] = 1.0f / (float)pow((double)(float)theta, (double)expo);
-    }
-    rope_job j = {ryz_data(x), p, inv, H, hd, 0};
-    int64_t grain = H * hd >= 2048 ? 1 : 2048 / (H * hd);
-    if (ryz_run_chunked(rope_task, &j, M, grain * 256, grain) != 0) goto fail;
-    if (j.failed) {
-        PyErr_NoMemory();
-        goto fail;
-    }
+    rope_inv_freq(inv, theta, hd);
+    rope_job j = {ryz_data(x), ryz_data(pos), inv, NULL, H, hd, 0};
+    if (run_rope(&j, M)) goto fail;
 done:
     free(inv);
     ryz_args_release(&a);
     Py_RETURN_NONE;
 fail:
     free(inv);
+    ryz_args_release(&a);
+    return NULL;
+}
+
+PyDoc_STRVAR(rope_table_doc,
+"rope_table(cs, positions, theta) -> None\n\n"
+"The cos/sin table rope uses: cs float32 [M, hd] (hd even), row m = cos(f) | sin(f) with\n"
+"f = float32(positions[m]) * inv_freq (see rope); positions int64 [M] (>= 0), theta > 0.");
+static PyObject *py_rope_table(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    PyObject *oc, *op, *ot;
+    if (!PyArg_ParseTuple(args, "OOO:rope_table", &oc, &op, &ot)) return NULL;
+    ryz_args a = {0};
+    ryz_arr *cs, *pos;
+    double theta;
+    float *inv = NULL;
+    if (!(cs = ryz_arr_get(&a, oc, "cs", RYZ_F32, 2, 1)) ||
+        !(pos = ryz_arr_get(&a, op, "positions", RYZ_I64, 1, 0)) ||
+        ryz_check_dim(pos, 0, ryz_dim(cs, 0), "cs.shape[0]") || ryz_check_no_overlap(cs, pos) ||
+        get_finite(ot, "theta", &theta))
+        goto fail;
+    int64_t M = ryz_dim(cs, 0), hd = ryz_dim(cs, 1);
+    if (check_theta_hd(theta, hd, "cs.shape[1]") || check_positions(ryz_data(pos), M)) goto fail;
+    if (M == 0 || hd == 0) goto done;
+    if (!(inv = malloc(sizeof(float) * (size_t)(hd / 2)))) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    rope_inv_freq(inv, theta, hd);
+    rope_job j = {NULL, ryz_data(pos), inv, ryz_data(cs), 0, hd, 0};
+    if (run_rope(&j, M)) goto fail;
+done:
+    free(inv);
+    ryz_args_release(&a);
+    Py_RETURN_NONE;
+fail:
+    free(inv);
+    ryz_args_release(&a);
+    return NULL;
+}
+
+PyDoc_STRVAR(rope_apply_doc,
+"rope_apply(x, cs) -> None\n\n"
+"rope with a table from rope_table: x float32 [M, H, hd] in place, cs float32 [M, hd].");
+static PyObject *py_rope_apply(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    PyObject *ox, *oc;
+    if (!PyArg_ParseTuple(args, "OO:rope_apply", &ox, &oc)) return NULL;
+    ryz_args a = {0};
+    ryz_arr *x, *cs;
+    if (!(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 3, 1)) || !(cs = ryz_arr_get(&a, oc, "cs", RYZ_F32, 2, 0)) ||
+        ryz_check_dim(cs, 0, ryz_dim(x, 0), "x.shape[0]") || ryz_check_dim(cs, 1, ryz_dim(x, 2), "x.shape[2]") ||
+        ryz_check_no_overlap(x, cs))
+        goto fail;
+    int64_t M = ryz_dim(x, 0), H = ryz_dim(x, 1), hd = ryz_dim(x, 2);
+    if (hd % 2 != 0) {
+        PyErr_Format(PyExc_ValueError, "x.shape[2] (head_dim) must be even for rotate_half, got %lld",
+                     (long long)hd);
+        goto fail;
+    }
+    if (M > 0 && H > 0 && hd > 0) {
+        rope_job j = {ryz_data(x), NULL, NULL, ryz_data(cs), H, hd, 0};
+        if (run_rope(&j, M)) goto fail;
+    }
+    ryz_args_release(&a);
+    Py_RETURN_NONE;
+fail:
     ryz_args_release(&a);
     return NULL;
 }
@@ -320,6 +426,8 @@ fail:
 PyMethodDef ryz_ops_methods[] = {
     {"rmsnorm", py_rmsnorm, METH_VARARGS, rmsnorm_doc},
     {"rope", py_rope, METH_VARARGS, rope_doc},
+    {"rope_table", py_rope_table, METH_VARARGS, rope_table_doc},
+    {"rope_apply", py_rope_apply, METH_VARARGS, rope_apply_doc},
     {"softmax", py_softmax, METH_VARARGS, softmax_doc},
     {"silu", py_silu, METH_VARARGS, silu_doc},
     {"relu2", py_relu2, METH_VARARGS, relu2_doc},

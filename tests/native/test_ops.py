@@ -70,6 +70,38 @@ def test_rope(isa, rng, hd):
         close(y, ref.rope(x, pos, theta), 0, ROPE_ATOL)
 
 
+@pytest.mark.parametrize("hd", [2, 6, 16, 34, 128])
+def test_rope_table_then_apply_equals_rope(isa, rng, hd):
+    """The engine builds the table once per prefill chunk and applies it to every layer's q and
+    k: bitwise what rope does row by row."""
+    M, H = 9, 3
+    x = rng.uniform(-4, 4, (M, H, hd)).astype(np.float32)
+    pos = np.array([0, 1, 2, 17, 63, 511, 4000, 70000, 131071], np.int64)
+    for theta in (10000.0, 500000.0):
+        want = x.copy()
+        _native.rope(want, pos, theta)
+        cs = np.full((M, hd), np.nan, np.float32)
+        _native.rope_table(cs, pos, theta)
+        half = hd // 2
+        f = pos[:, None].astype(np.float32) * ref.rope_inv_freq(hd, theta)[None, :]
+        close(cs[:, :half], np.cos(f.astype(np.float64)), 0, 1e-6)
+        close(cs[:, half:], np.sin(f.astype(np.float64)), 0, 1e-6)
+        y = x.copy()
+        _native.rope_apply(y, cs)
+        np.testing.assert_array_equal(y, want)
+
+
+def test_rope_table_and_apply_refuse_bad_values():
+    with pytest.raises(ValueError, match="theta"):
+        _native.rope_table(np.zeros((2, 8), np.float32), np.zeros(2, np.int64), 0.0)
+    with pytest.raises(ValueError, match="even"):
+        _native.rope_table(np.zeros((2, 7), np.float32), np.zeros(2, np.int64), 1e4)
+    with pytest.raises(ValueError, match="positions"):
+        _native.rope_table(np.zeros((2, 8), np.float32), np.array([0, -3], np.int64), 1e4)
+    with pytest.raises(ValueError, match="even"):
+        _native.rope_apply(np.zeros((2, 1, 7), np.float32), np.zeros((2, 7), np.float32))
+
+
 def test_rope_position_zero_is_identity_and_empty(isa, rng):
     x = rng.standard_normal((3, 2, 10)).astype(np.float32)
     y = x.copy()

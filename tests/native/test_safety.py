@@ -19,6 +19,8 @@ def ops_cases():
     return {
         "rmsnorm": ([("out", _a(3, 20)), ("x", _a(3, 20)), ("w", _a(20))], [1e-5], {"out"}),
         "rope": ([("x", _a(3, 2, 8)), ("positions", np.arange(3, dtype=np.int64))], [1e4], {"x"}),
+        "rope_table": ([("cs", _a(3, 8)), ("positions", np.arange(3, dtype=np.int64))], [1e4], {"cs"}),
+        "rope_apply": ([("x", _a(3, 2, 8)), ("cs", _a(3, 8))], [], {"x"}),
         "softmax": ([("x", _a(3, 9))], [], {"x"}),
         "silu": ([("out", _a(3, 9)), ("x", _a(3, 9))], [], {"out"}),
         "relu2": ([("out", _a(3, 9)), ("x", _a(3, 9))], [], {"out"}),
