@@ -286,28 +286,30 @@ PyDoc_STRVAR(rope_doc,
 "inv_freq[i] = 1 / theta**(2i/hd) and freqs = float32(pos) * inv_freq, all float32\n"
 "as torch computes them; then x1' = x1*cos - x2*sin, x2' = x2*cos + x1*sin.\n"
 "Equal to rope_apply(x, cs) with cs filled by rope_table(cs, positions, theta).");
-static PyObject *py_rope(PyObject *self, PyObject *args) {
-    RYZ_UNUSED(self);
-    PyObject *ox, *op, *ot;
-    if (!PyArg_ParseTuple(args, "OOO:rope", &ox, &op, &ot)) return NULL;
+/* rope (table = 0: x [M, H, hd] in place) and rope_table (table = 1: cs [M, hd] out): the same
+ * checks, inv_freq and rows */
+static PyObject *rope_common(PyObject *args, int table) {
+    PyObject *oo, *op, *ot;
+    if (!PyArg_ParseTuple(args, table ? "OOO:rope_table" : "OOO:rope", &oo, &op, &ot)) return NULL;
     ryz_args a = {0};
-    ryz_arr *x, *pos;
+    ryz_arr *o, *pos;
     double theta;
     float *inv = NULL;
-    if (!(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 3, 1)) ||
+    if (!(o = ryz_arr_get(&a, oo, table ? "cs" : "x", RYZ_F32, table ? 2 : 3, 1)) ||
         !(pos = ryz_arr_get(&a, op, "positions", RYZ_I64, 1, 0)) ||
-        ryz_check_dim(pos, 0, ryz_dim(x, 0), "x.shape[0]") || ryz_check_no_overlap(x, pos) ||
-        get_finite(ot, "theta", &theta))
+        ryz_check_dim(pos, 0, ryz_dim(o, 0), table ? "cs.shape[0]" : "x.shape[0]") ||
+        ryz_check_no_overlap(o, pos) || get_finite(ot, "theta", &theta))
         goto fail;
-    int64_t M = ryz_dim(x, 0), H = ryz_dim(x, 1), hd = ryz_dim(x, 2);
-    if (check_theta_hd(theta, hd, "x.shape[2]") || check_positions(ryz_data(pos), M)) goto fail;
+    const int64_t M = ryz_dim(o, 0), H = table ? 1 : ryz_dim(o, 1), hd = ryz_dim(o, table ? 1 : 2);
+    if (check_theta_hd(theta, hd, table ? "cs.shape[1]" : "x.shape[2]") || check_positions(ryz_data(pos), M))
+        goto fail;
     if (M == 0 || H == 0 || hd == 0) goto done;
     if (!(inv = malloc(sizeof(float) * (size_t)(hd / 2)))) {
         PyErr_NoMemory();
         goto fail;
     }
     rope_inv_freq(inv, theta, hd);
-    rope_job j = {ryz_data(x), ryz_data(pos), inv, NULL, H, hd, 0};
+    rope_job j = {table ? NULL : ryz_data(o), ryz_data(pos), inv, table ? ryz_data(o) : NULL, table ? 0 : H, hd, 0};
     if (run_rope(&j, M)) goto fail;
 done:
     free(inv);
@@ -319,41 +321,18 @@ fail:
     return NULL;
 }
 
+static PyObject *py_rope(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    return rope_common(args, 0);
+}
+
 PyDoc_STRVAR(rope_table_doc,
 "rope_table(cs, positions, theta) -> None\n\n"
 "The cos/sin table rope uses: cs float32 [M, hd] (hd even), row m = cos(f) | sin(f) with\n"
 "f = float32(positions[m]) * inv_freq (see rope); positions int64 [M] (>= 0), theta > 0.");
 static PyObject *py_rope_table(PyObject *self, PyObject *args) {
     RYZ_UNUSED(self);
-    PyObject *oc, *op, *ot;
-    if (!PyArg_ParseTuple(args, "OOO:rope_table", &oc, &op, &ot)) return NULL;
-    ryz_args a = {0};
-    ryz_arr *cs, *pos;
-    double theta;
-    float *inv = NULL;
-    if (!(cs = ryz_arr_get(&a, oc, "cs", RYZ_F32, 2, 1)) ||
-        !(pos = ryz_arr_get(&a, op, "positions", RYZ_I64, 1, 0)) ||
-        ryz_check_dim(pos, 0, ryz_dim(cs, 0), "cs.shape[0]") || ryz_check_no_overlap(cs, pos) ||
-        get_finite(ot, "theta", &theta))
-        goto fail;
-    int64_t M = ryz_dim(cs, 0), hd = ryz_dim(cs, 1);
-    if (check_theta_hd(theta, hd, "cs.shape[1]") || check_positions(ryz_data(pos), M)) goto fail;
-    if (M == 0 || hd == 0) goto done;
-    if (!(inv = malloc(sizeof(float) * (size_t)(hd / 2)))) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    rope_inv_freq(inv, theta, hd);
-    rope_job j = {NULL, ryz_data(pos), inv, ryz_data(cs), 0, hd, 0};
-    if (run_rope(&j, M)) goto fail;
-done:
-    free(inv);
-    ryz_args_release(&a);
-    Py_RETURN_NONE;
-fail:
-    free(inv);
-    ryz_args_release(&a);
-    return NULL;
+    return rope_common(args, 1);
 }
 
 PyDoc_STRVAR(rope_apply_doc,
