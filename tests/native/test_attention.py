@@ -193,6 +193,36 @@ def test_long_prefill_is_interruptible():
     assert np.isnan(out[-1]).all()  # stopped between chunks: the last rows were never computed
 
 
+def test_long_blocked_prefill_is_interruptible():
+    """The blocked prefill kernel (AVX-512, float cache, hd % 16 == 0) checks for Ctrl-C between
+    chunks of blocks too."""
+    import os
+    import signal
+    import threading
+    import time
+
+    if "avx512vnni" not in _native.info()["supported_isas"]:
+        pytest.skip("the blocked prefill kernel is AVX-512 only")
+    M = T = 8192
+    q = np.ones((M, 8, 128), np.float32)
+    k = np.ones((T, 8, 128), np.float32)
+    out = np.full_like(q, np.nan)
+    prev = _native.info()["isa"]
+    _native.set_isa("avx512vnni")
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+    t0 = time.perf_counter()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _native.attention(out, q, k, k, 0, 0.088)
+            time.sleep(5)  # only reached if the call ignored the signal; the sleep is interrupted
+    finally:
+        timer.cancel()
+        _native.set_isa(prev)
+    assert time.perf_counter() - t0 < 4
+    assert np.isnan(out[-1, -1]).all()  # blocks go kv head by kv head: the last one never ran
+
+
 @pytest.mark.parametrize("M,Hq,Hkv,hd,n_past", [(1, 20, 5, 128, 1999), (2, 4, 4, 37, 1030),
                                                 (1, 2, 1, 16, 4000)])
 def test_split_decode_matches_reference(isa, rng, M, Hq, Hkv, hd, n_past):
