@@ -116,22 +116,21 @@ typedef struct {
     int failed;
 } block_job;
 
+/* items: 16-key blocks of every kv head, up to the padded length (ktf / hd keys); a block past
+ * the last key is zeros (its scores are computed, never used) */
 static void kt_task(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     block_job *bj = ctx;
     const attn_job *j = bj->j;
-    const int64_t per = (bj->Lall + 15) / 16;
+    const int64_t per = bj->ktf / (16 * j->hd);
     for (int64_t it = b; it < e; it++) {
         const int64_t h = it / per, t0 = it % per * 16, t1 = t0 + 16 < bj->Lall ? t0 + 16 : bj->Lall;
-        ryz_attention->transpose_k(bj->kt + h * bj->ktf, j->k + h * j->hd, j->Hkv * j->hd, j->hd, t0, t1);
+        float *kt = bj->kt + h * bj->ktf;
+        if (t0 < t1)
+            ryz_attention->transpose_k(kt, j->k + h * j->hd, j->Hkv * j->hd, j->hd, t0, t1);
+        else
+            memset(kt + t0 * j->hd, 0, sizeof(float) * (size_t)(16 * j->hd));
     }
-    /* the padding keys up to a multiple of RYZ_ATTN_KT_KEYS: zeros (their scores are computed,
-     * never used) */
-    for (int64_t it = b; it < e; it++)
-        if (it % per == per - 1) {
-            const int64_t h = it / per, done = (bj->Lall + 15) / 16 * 16 * j->hd;
-            memset(bj->kt + h * bj->ktf + done, 0, sizeof(float) * (size_t)(bj->ktf - done));
-        }
 }
 
 static void block_task(void *ctx, int64_t b, int64_t e, int tid) {
@@ -163,7 +162,7 @@ static int run_blocks(attn_job *j) {
     bj.blocks = (j->M + RYZ_ATTN_BLOCK_ROWS - 1) / RYZ_ATTN_BLOCK_ROWS;
     bj.kt = aligned_alloc(64, (sizeof(float) * (size_t)(j->Hkv * bj.ktf) + 63) / 64 * 64);
     if (!bj.kt) return 1;
-    const int64_t per = (bj.Lall + 15) / 16;
+    const int64_t per = bj.ktf / (16 * j->hd); /* 16-key blocks per kv head */
     int rc = ryz_run_chunked(kt_task, &bj, j->Hkv * per, j->Hkv * per, per);
     /* chunks of about 2^26 multiply-adds between Ctrl-C checks */
     const int64_t per_item = RYZ_ATTN_BLOCK_ROWS * j->G * bj.Lall * j->hd * 2;

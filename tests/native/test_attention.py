@@ -166,60 +166,46 @@ def test_argument_errors():
         _native.attention(out, q, k, np.zeros((6, 2, 8), np.float32), 0, 1.0)
 
 
-def test_long_prefill_is_interruptible():
-    """A long call releases the GIL in chunks and checks for Ctrl-C between them."""
+def _interrupted_attention(isa, M, H, hd):
+    """Start a causal attention of M rows x H heads (q, k, v all ones) at level `isa`, send
+    SIGINT after 0.1 s; the call must raise KeyboardInterrupt within a few seconds. Returns out
+    (NaN where the call never wrote)."""
     import os
     import signal
     import threading
     import time
 
-    M = T = 4096
-    q = np.ones((M, 4, 64), np.float32)
-    k = np.ones((T, 4, 64), np.float32)
+    q = np.ones((M, H, hd), np.float32)
+    k = np.ones((M, H, hd), np.float32)
     out = np.full_like(q, np.nan)
     prev = _native.info()["isa"]
-    _native.set_isa("scalar")  # the slowest variant: seconds of work for this shape
+    _native.set_isa(isa)
     timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
     t0 = time.perf_counter()
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            _native.attention(out, q, k, k, 0, 0.125)
+            _native.attention(out, q, k, k, 0, hd ** -0.5)
             time.sleep(5)  # only reached if the call ignored the signal; the sleep is interrupted
     finally:
         timer.cancel()
         _native.set_isa(prev)
     assert time.perf_counter() - t0 < 4
+    return out
+
+
+def test_long_prefill_is_interruptible():
+    """A long call releases the GIL in chunks and checks for Ctrl-C between them."""
+    out = _interrupted_attention("scalar", 4096, 4, 64)  # the slowest variant: seconds of work
     assert np.isnan(out[-1]).all()  # stopped between chunks: the last rows were never computed
 
 
 def test_long_blocked_prefill_is_interruptible():
     """The blocked prefill kernel (AVX-512, float cache, hd % 16 == 0) checks for Ctrl-C between
     chunks of blocks too."""
-    import os
-    import signal
-    import threading
-    import time
-
     if "avx512vnni" not in _native.info()["supported_isas"]:
         pytest.skip("the blocked prefill kernel is AVX-512 only")
-    M = T = 8192
-    q = np.ones((M, 8, 128), np.float32)
-    k = np.ones((T, 8, 128), np.float32)
-    out = np.full_like(q, np.nan)
-    prev = _native.info()["isa"]
-    _native.set_isa("avx512vnni")
-    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
-    t0 = time.perf_counter()
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _native.attention(out, q, k, k, 0, 0.088)
-            time.sleep(5)  # only reached if the call ignored the signal; the sleep is interrupted
-    finally:
-        timer.cancel()
-        _native.set_isa(prev)
-    assert time.perf_counter() - t0 < 4
+    out = _interrupted_attention("avx512vnni", 8192, 8, 128)
     assert np.isnan(out[-1, -1]).all()  # blocks go kv head by kv head: the last one never ran
 
 
