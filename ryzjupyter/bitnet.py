@@ -590,7 +590,7 @@ class BitNetModel(LanguageModel):
                 if hasattr(w, "repack"):
                     w.repack(layout)
                     n += 1
-        self._fused_ok = self._fused_plan = None      # the fused decode re-checks the layouts
+        self._fused_ok = self._fused_plan = self._fused_native = None   # the fused decode re-checks the layouts
         return n
 
     def new_cache(self, max_len=None) -> KVCache:

@@ -1,12 +1,14 @@
-"""Fused decode for BitNet b1.58: one C call per layer and token (``_native.bitnet_decode_layer``).
+"""Fused decode for BitNet b1.58: one C call per token (``_native.bitnet_decode_token``).
 
 ``bitnet.BitNetModel.forward`` runs ~20 native calls per layer and token from Python; for a
-single token (decode) that glue is a few percent of a step. :func:`decode_step` runs the same
-layer in one call (rmsnorm, q/k/v GEMV as one thread-pool job, rope, attention, sub-norm,
-o_proj, residual, norm, gate/up as one job, relu^2 * up, sub-norm, down, residual), then the final
-norm and the lm_head (the int4 head through ``lm_head_i4``, the int8 head through ``lm_head_i8``, a streaming one-token GEMV that
-gives bitwise matmul_i8's result at about twice its speed). The logits are bitwise the same as ``forward``'s
-(tests/perf/test_fused.py checks every fixture and every ISA level).
+single token (decode) that glue is a few percent of a step. :func:`forward_one` runs every layer
+in C (per layer: rmsnorm, q/k/v GEMV as one thread-pool job, rope, attention, sub-norm, o_proj,
+residual, norm, gate/up as one job, relu^2 * up, sub-norm, down, residual) and, for the int8
+lm_head, the final norm and the head GEMV too, in ONE call: the weights are checked once per
+model (``_native.bitnet_decode_plan``, kept on the model), so no argument parsing or Python sits
+between two layers. The int4 head (``lm_head_i4``) and a float head run from Python after the
+layers. The logits are bitwise the same as ``forward``'s (tests/perf/test_fused.py checks every
+fixture and every ISA level); ``_native.bitnet_decode_layer`` runs one layer alone.
 
 Hook (the engine calls it for one-token passes)::
 
@@ -31,7 +33,8 @@ _NAMES = ("attn_norm", "wq", "wk", "wv", "attn_sub_norm", "wo", "ffn_norm", "w_g
 
 
 def _plan(model):
-    """Per-layer argument tuples, built once per model (kept on the model)."""
+    """Per-layer argument tuples (layers, eps, theta, scale, act), built once per model (kept on
+    the model with the checked native plan of the same weights, ``model._fused_native``)."""
     plan = getattr(model, "_fused_plan", None)
     if plan is not None:
         return plan
@@ -40,10 +43,14 @@ def _plan(model):
         ws = tuple(getattr(lw, n).packed if n in _LINEARS else getattr(lw, n) for n in _NAMES)
         mults = tuple(float(getattr(lw, n).w_mult) for n in _LINEARS)
         layers.append((ws, mults))
-    cfg = model.config
+    cfg, w = model.config, model.weights
     plan = (layers, float(cfg.norm_eps), float(cfg.rope_theta), float(cfg.head_dim ** -0.5),
             0 if cfg.act == "relu2" else 1)
-    model._fused_layout = "t5" if _layouts(model) == {"t5"} else "i2"
+    layout = "t5" if _layouts(model) == {"t5"} else "i2"
+    head = (w.norm, w.lm_head_q, w.lm_head_s) if w.lm_head_q is not None else None
+    model._fused_native = K.bitnet_decode_plan(layers, *plan[1:], layout, head)
+    model._fused_head = head is not None
+    model._fused_layout = layout
     model._fused_plan = plan
     return plan
 
@@ -72,7 +79,7 @@ def ensure_i2(model) -> bool:
         return False
     if lays != {"t5"}:
         model.repack_linears("i2")
-    model._fused_ok = model._fused_plan = None        # layouts may have changed by hand
+    model._fused_ok = model._fused_plan = model._fused_native = None   # layouts may have changed by hand
     return supported(model)
 
 
@@ -90,32 +97,28 @@ def forward_one(model, tokens, cache):
     tok = int(tokens[0])
     if not 0 <= tok < cfg.vocab_size:
         raise ValueError(f"token ids must be in 0..{cfg.vocab_size - 1}")
-    layers, eps, theta, scale, act = _plan(model)
-    layout = model._fused_layout
-    x = s.x[0]
+    _plan(model)
     w.embed(s.x[:1], tokens)
-    dec = K.bitnet_decode_layer
-    kk, vv = cache.k, cache.v
-    t = PROFILER.tic()                                # profile: the fused layers are one phase
-    ks, vs = (cache.ks, cache.vs) if i8 else ((None,) * len(layers),) * 2   # None: float32 cache
-    for l, (ws, mults) in enumerate(layers):
-        dec(x, kk[l], vv[l], pos, ws, mults, eps, theta, scale, act, ks[l], vs[l], layout)
-    PROFILER.toc("layers", t)
-    t = PROFILER.tic()
+    x = s.x[0]
+    ks, vs = (cache.ks, cache.vs) if i8 else (None, None)     # None: float32 cache
     out = np.empty((1, cfg.vocab_size), np.float32)
-    xb = s.xb[:1]
-    K.rmsnorm(xb, s.x[:1], w.norm, cfg.norm_eps)
-    if w.lm_head_q is not None:                       # int8 head: the streaming one-token GEMV
-        xq, xs = s.xq[:1], s.xs[:1]
-        K.quantize_rows_i8(xq, xs, xb)
-        K.lm_head_i8(out, xq, xs, w.lm_head_q, w.lm_head_s)   # == matmul_i8, bitwise
-    elif w.lm_head_p4 is not None:                    # int4 head (head4.h): same call as forward's
-        xq, xs = s.xq[:1], s.xs[:1]
-        K.quantize_rows_i8(xq, xs, xb)
-        K.lm_head_i4(out, xq, xs, w.lm_head_p4, w.lm_head_s4)
+    if model._fused_head:                             # layers, final norm and int8 head: one call
+        layers_s, head_s = K.bitnet_decode_token(model._fused_native, x, cache.k, cache.v, pos, ks, vs, out)
     else:
-        model._classifier(out, xb)
-    PROFILER.toc("lm_head", t)
+        layers_s, head_s = K.bitnet_decode_token(model._fused_native, x, cache.k, cache.v, pos, ks, vs)
+        t = PROFILER.tic()
+        xb = s.xb[:1]
+        K.rmsnorm(xb, s.x[:1], w.norm, cfg.norm_eps)
+        if w.lm_head_p4 is not None:                  # int4 head (head4.h): same call as forward's
+            xq, xs = s.xq[:1], s.xs[:1]
+            K.quantize_rows_i8(xq, xs, xb)
+            K.lm_head_i4(out, xq, xs, w.lm_head_p4, w.lm_head_s4)
+        else:
+            model._classifier(out, xb)
+        PROFILER.toc("lm_head", t)
+    PROFILER.add("layers", int(layers_s * 1e9))       # measured in C: argument checks count as python
+    if head_s:
+        PROFILER.add("lm_head", int(head_s * 1e9))
     cache.append([tok])
     model.tokens_processed += 1
     return out

@@ -226,12 +226,28 @@ def _noop(*a, **k):
 
 
 def python_overhead(model, n=16, repeat=5):
-    """Seconds per decode token spent outside the kernels: the decode step with every native
-    call of the engine (bitnet.py's and ternary.py's) replaced by a no-op."""
+    """Seconds per decode token spent outside the kernels, and the per-run figures.
+
+    Python path: the decode step with every native call of the engine (bitnet.py's and
+    ternary.py's) replaced by a no-op. Fused path (one C call per token): the decode step's wall
+    time minus the time of the native calls, the token call counting only the compute it
+    measures in C, so its argument checks count as overhead."""
     import ryzjupyter.bitnet as B
     import ryzjupyter.bitnet_fused as F
     import ryzjupyter.ternary as T
     cache = model.new_cache(n + 2)
+    if getattr(model, "fused_decode", False) and F.supported(model, cache):
+        timed = _TimedNative(F.K)
+        F.K = timed
+        try:
+            runs = []
+            decode_run(model, cache, 0, 2, greedy=False)
+            for _ in range(repeat):
+                timed.seconds = 0.0
+                runs.append((decode_run(model, cache, 0, n, greedy=False) - timed.seconds) / n)
+        finally:
+            F.K = timed.module
+        return statistics.median(runs), runs
     saved = B.K, getattr(B, "_native", None), T._native, F.K
     B.K, B._native, T._native, F.K = _Null(), _Null(), _Null(), _Null()
     try:
@@ -241,27 +257,30 @@ def python_overhead(model, n=16, repeat=5):
             runs.append(decode_run(model, cache, 0, n, greedy=False) / n)
     finally:
         B.K, B._native, T._native, F.K = saved
-    if getattr(model, "fused_decode", False) and F.supported(model, cache):
-        # the fused call checks its ~14 arrays in C before computing: time that part with a
-        # call that passes every check but the last (pos out of range) and add it per layer
-        layers, eps, theta, scale, act = F._plan(model)
-        ws, mults = layers[0]
-        x = np.zeros(model.config.dim, np.float32)
-        bad = cache.max_len
-        extra = (cache.ks[0], cache.vs[0]) if getattr(cache, "dtype", "f32") == "int8" else ()
-        t = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(100):
-                try:
-                    _native.bitnet_decode_layer(x, cache.k[0], cache.v[0], bad, ws, mults, eps, theta, scale, act,
-                                                *extra)
-                except ValueError:
-                    pass
-            t.append((time.perf_counter() - t0) / 100)
-        per_layer = statistics.median(t)
-        runs = [r + per_layer * len(layers) for r in runs]
     return statistics.median(runs), runs
+
+
+class _TimedNative:
+    """Stands in for the native module: every call runs and its wall time is summed in
+    `seconds`, except bitnet_decode_token's, for which the compute it reports is summed."""
+
+    def __init__(self, module):
+        self.module, self.seconds = module, 0.0
+
+    def __getattr__(self, name):
+        fn = getattr(self.module, name)
+        if not callable(fn):
+            return fn
+
+        def timed(*args):
+            t0 = time.perf_counter()
+            r = fn(*args)
+            if name == "bitnet_decode_token":
+                self.seconds += r[0] + r[1]
+            else:
+                self.seconds += time.perf_counter() - t0
+            return r
+        return timed
 
 
 class _path:

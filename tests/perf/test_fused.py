@@ -1,8 +1,10 @@
-"""The fused one-token decode (``_native.bitnet_decode_layer`` via ryzjupyter.bitnet_fused)
-gives bitwise the same logits and KV cache as the engine's Python forward pass, on every
-fixture checkpoint and every ISA level, with 1 and 2 threads, also past the attention split
-(long context: the cache is filled with random rows)."""
+"""The fused one-token decode (``_native.bitnet_decode_token`` via ryzjupyter.bitnet_fused, and
+``bitnet_decode_layer`` for one layer) gives bitwise the same logits and KV cache as the engine's
+Python forward pass, on every fixture checkpoint and every ISA level, with 1 and 2 threads, also
+past the attention split (long context: the cache is filled with random rows)."""
+import gc
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -196,3 +198,112 @@ def test_lm_head_i8_checks_arguments():
         _native.lm_head_i8(out, xq, xs, w.astype(np.uint8), ws)
     with pytest.raises(ValueError):
         _native.lm_head_i8(out, xq, xs, w, np.ones(7, np.float32))
+
+
+def _token_args(model):
+    """(plan with the int8 head, layers, eps, theta, scale, act) of a model with lm_head="int8"."""
+    assert bitnet_fused.ensure_i2(model)
+    layers, eps, theta, scale, act = bitnet_fused._plan(model)
+    w = model.weights
+    plan = _native.bitnet_decode_plan(layers, eps, theta, scale, act, "i2", (w.norm, w.lm_head_q, w.lm_head_s))
+    return plan, layers, eps, theta, scale, act
+
+
+def test_decode_token_equals_layer_calls_and_head(isa, threads, rng):
+    model = _load("packed", lm_head="int8")
+    plan, layers, eps, theta, scale, act = _token_args(model)
+    cfg, w = model.config, model.weights
+    ca, cb = model.new_cache(), model.new_cache()
+    x0 = rng.standard_normal(cfg.dim).astype(np.float32)
+    for pos in range(3):
+        xa, xb = x0.copy(), x0.copy()
+        for l, (ws, mults) in enumerate(layers):
+            _native.bitnet_decode_layer(xa, ca.k[l], ca.v[l], pos, ws, mults, eps, theta, scale, act)
+        ref = np.empty((1, cfg.vocab_size), np.float32)
+        h = np.empty((1, cfg.dim), np.float32)
+        xq, xs = np.empty((1, cfg.dim), np.int8), np.empty(1, np.float32)
+        _native.rmsnorm(h, xa[None], w.norm, cfg.norm_eps)
+        _native.quantize_rows_i8(xq, xs, h)
+        _native.lm_head_i8(ref, xq, xs, w.lm_head_q, w.lm_head_s)
+        got = np.full((1, cfg.vocab_size), np.nan, np.float32)
+        layers_s, head_s = _native.bitnet_decode_token(plan, xb, cb.k, cb.v, pos, None, None, got)
+        assert layers_s > 0 and head_s > 0
+        np.testing.assert_array_equal(xb, xa)                   # x: the last layer's output
+        np.testing.assert_array_equal(got, ref)
+        for l in range(cfg.n_layers):
+            np.testing.assert_array_equal(cb.k[l][:pos + 1], ca.k[l][:pos + 1])
+            np.testing.assert_array_equal(cb.v[l][:pos + 1], ca.v[l][:pos + 1])
+        xc = x0.copy()                                          # without logits: the layers only
+        assert _native.bitnet_decode_token(plan, xc, cb.k, cb.v, pos)[1] == 0.0
+        np.testing.assert_array_equal(xc, xa)
+
+
+def test_decode_plan_holds_its_weights(rng):
+    """The plan keeps the arrays' memory: copies dropped after the plan is made still give
+    the result of the originals."""
+    model = _load("packed", lm_head="int8")
+    plan, layers, eps, theta, scale, act = _token_args(model)
+    copies = [(tuple(np.array(a, copy=True) for a in ws), mults) for ws, mults in layers]
+    w = model.weights
+    head = (w.norm.copy(), w.lm_head_q.copy(), w.lm_head_s.copy())
+    wq = copies[0][0][1]
+    refs = sys.getrefcount(wq)
+    plan2 = _native.bitnet_decode_plan(copies, eps, theta, scale, act, "i2", head)
+    assert sys.getrefcount(wq) == refs + 1                      # its buffer is held
+    dropped = _native.bitnet_decode_plan(copies, eps, theta, scale, act, "i2", head)
+    del dropped
+    assert sys.getrefcount(wq) == refs + 1                      # and released with the plan
+    del copies, head, wq
+    gc.collect()
+    junk = [np.full(a.shape, 7, a.dtype) for ws, _ in layers for a in ws]   # reuse freed memory
+    cfg = model.config
+    x0 = rng.standard_normal(cfg.dim).astype(np.float32)
+    outs = []
+    for p in (plan, plan2):
+        c, x, out = model.new_cache(), x0.copy(), np.empty((1, cfg.vocab_size), np.float32)
+        _native.bitnet_decode_token(p, x, c.k, c.v, 0, None, None, out)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    del junk
+
+
+def test_decode_plan_and_token_check_arguments():
+    model = _load("packed", lm_head="int8")
+    plan, layers, eps, theta, scale, act = _token_args(model)
+    cfg, w = model.config, model.weights
+    c, x = model.new_cache(), np.zeros(cfg.dim, np.float32)
+    out = np.empty((1, cfg.vocab_size), np.float32)
+    with pytest.raises(ValueError, match="layers"):
+        _native.bitnet_decode_plan([], eps, theta, scale, act)
+    with pytest.raises(ValueError, match="layer 1: .*11"):
+        _native.bitnet_decode_plan([layers[0], (layers[1][0][:5], layers[1][1])], eps, theta, scale, act)
+    with pytest.raises(ValueError, match="act"):
+        _native.bitnet_decode_plan(layers, eps, theta, scale, 7)
+    with pytest.raises(ValueError, match="layout"):
+        _native.bitnet_decode_plan(layers, eps, theta, scale, act, "q4")
+    with pytest.raises(ValueError, match="head"):
+        _native.bitnet_decode_plan(layers, eps, theta, scale, act, "i2", (w.norm, w.lm_head_q))
+    with pytest.raises(ValueError):                             # head of the wrong width
+        _native.bitnet_decode_plan(layers, eps, theta, scale, act, "i2",
+                                   (w.norm, w.lm_head_q[:, :-1], w.lm_head_s))
+    with pytest.raises(TypeError, match="plan"):
+        _native.bitnet_decode_token(object(), x, c.k, c.v, 0)
+    with pytest.raises(ValueError, match="kcs holds"):
+        _native.bitnet_decode_token(plan, x, c.k[:-1], c.v, 0)
+    with pytest.raises(ValueError, match="layer 0: pos"):
+        _native.bitnet_decode_token(plan, x, c.k, c.v, c.max_len)
+    with pytest.raises(TypeError):
+        _native.bitnet_decode_token(plan, x.astype(np.float64), c.k, c.v, 0)
+    with pytest.raises(ValueError):                             # logits of the wrong width
+        _native.bitnet_decode_token(plan, x, c.k, c.v, 0, None, None, out[:, :-1])
+    with pytest.raises(ValueError, match="share memory"):       # logits over the head's weights
+        _native.bitnet_decode_token(plan, x, c.k, c.v, 0, None, None, w.lm_head_s[None])
+    with pytest.raises(ValueError, match="share memory"):       # x inside a cache
+        _native.bitnet_decode_token(plan, c.k[1].reshape(-1)[:cfg.dim], c.k, c.v, 0)
+    plain = _native.bitnet_decode_plan(layers, eps, theta, scale, act)
+    with pytest.raises(ValueError, match="no head"):
+        _native.bitnet_decode_token(plain, x, c.k, c.v, 0, None, None, out)
+    with pytest.raises(ValueError, match="both"):
+        _native.bitnet_decode_token(plan, x, c.k, c.v, 0, c.k, None)
+    with pytest.raises(ValueError, match="NaN"):
+        _native.bitnet_decode_token(plan, np.full_like(x, np.nan), c.k, c.v, 0)

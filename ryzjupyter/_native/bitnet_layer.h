@@ -1,0 +1,72 @@
+/* bitnet_layer.h: BitNet b1.58 decode (ONE token) in C, without Python (bitnet_layer.c).
+ *
+ * ryz_bitnet_decode_layer runs one decoder layer; ryz_bitnet_decode_token runs every layer
+ * and then the final norm and the int8 lm_head, so that nothing but C sits between the last
+ * GEMV of a layer and the first reads of the next (py_layer.c binds both). Every step calls
+ * the dispatch tables of the other families (ops, quant, ternary, attention, layer), so the
+ * selected ISA level runs and the result is bitwise that of bitnet.py's Python forward pass.
+ * The caller has checked every shape, pointer and overlap; nothing here checks again. */
+#ifndef RYZ_BITNET_LAYER_H
+#define RYZ_BITNET_LAYER_H
+#include "ryz.h"
+
+/* shapes and constants, the same for every layer */
+typedef struct {
+    int64_t D, Q, KVD, I;    /* model dim, q rows (Hq * hd), k/v rows (Hkv * hd), FFN dim */
+    int64_t Hq, Hkv, hd;     /* query heads, kv heads, head dim */
+    float eps, scale;        /* rms_norm_eps, attention scale (hd ** -0.5) */
+    double theta;            /* rope_theta */
+    int act;                 /* 0 relu2, 1 silu */
+    int t5;                  /* the seven matrices are T5-packed, else I2 */
+} ryz_bitnet_config;
+
+/* one layer's weights: four norms, seven packed ternary matrices and their scales */
+typedef struct {
+    const float *attn_norm, *attn_sub_norm, *ffn_norm, *ffn_sub_norm;
+    const uint8_t *wq, *wk, *wv, *wo, *wg, *wu, *wd;
+    float mult[7];           /* w_mult of q, k, v, o, gate, up, down */
+} ryz_bitnet_weights;
+
+/* one layer's KV cache [T, Hkv, hd]: float32 (kc, vc), or int8 (kc8, vc8) with float32
+ * scales [T, Hkv] (ks, vs); the pointers of the other kind are NULL */
+typedef struct {
+    float *kc, *vc;
+    int8_t *kc8, *vc8;
+    float *ks, *vs;
+} ryz_bitnet_kv;
+
+/* the int8 lm_head after the final norm: logits[n] = sum_k q(x)[k] w[n, k] / (xs * s[n]) */
+typedef struct {
+    const float *norm;       /* [D] */
+    const int8_t *w;         /* [V, D] */
+    const float *s;          /* [V] */
+    int64_t V;
+} ryz_bitnet_head;
+
+/* Rows [b, e) of the int8 head GEMV for one quantized token (a ryz_task_fn: ctx is a
+ * ryz_head_i8_job): out[n] = float(sum_k x[k] w[n, k]) / (xs * ws[n]), bitwise matmul_i8's. */
+typedef struct {
+    float *out;
+    const int8_t *w, *x;     /* w [N, K], x [K] */
+    const float *ws;         /* [N] */
+    int64_t K;
+    int32_t xsum;            /* sum_k x[k] */
+    float xs;
+} ryz_head_i8_job;
+void ryz_head_i8_task(void *ctx, int64_t b, int64_t e, int tid);
+
+/* Return codes: 0, -1 out of memory, -2 NaN or inf in the activations. */
+
+/* One layer for the token at position pos: x [D] (the residual stream) is updated in place,
+ * row pos of the cache is written and rows 0..pos are attended. */
+int ryz_bitnet_decode_layer(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, const ryz_bitnet_kv *kv,
+                            float *x, int64_t pos);
+
+/* Every layer (w[l], kv[l] for l < n_layers), then, if head is not NULL, the final norm and
+ * the lm_head into logits [V]. ns[0] gets the nanoseconds the layers took, ns[1] the head's
+ * (0 without). */
+int ryz_bitnet_decode_token(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, const ryz_bitnet_kv *kv,
+                            int n_layers, float *x, int64_t pos, const ryz_bitnet_head *head, float *logits,
+                            int64_t ns[2]);
+
+#endif
