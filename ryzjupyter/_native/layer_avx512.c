@@ -11,7 +11,8 @@
 
 /* software prefetch distance: the 4 rows of a tile are contiguous, so each step prefetches
  * the next 4 lines of the tile's bytes PF_BYTES ahead, in address order (one sequential
- * stream; per-row strided prefetches streamed slower, as in ternary_avx512.c) */
+ * stream; per-row strided prefetches streamed slower, as in ternary_avx512.c); non-temporal,
+ * as the decode GEMVs: the head is read once per token */
 #define PF_BYTES 8192
 
 static inline void rows4(float *out, const int8_t *w, const float *ws, int64_t K, const int8_t *x,
@@ -22,10 +23,10 @@ static inline void rows4(float *out, const int8_t *w, const float *ws, int64_t K
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     int64_t k = 0;
     for (; k + 64 <= K; k += 64) {
-        _mm_prefetch((const char *)(pf + 4 * k), _MM_HINT_T0);
-        _mm_prefetch((const char *)(pf + 4 * k + 64), _MM_HINT_T0);
-        _mm_prefetch((const char *)(pf + 4 * k + 128), _MM_HINT_T0);
-        _mm_prefetch((const char *)(pf + 4 * k + 192), _MM_HINT_T0);
+        _mm_prefetch((const char *)(pf + 4 * k), _MM_HINT_NTA);
+        _mm_prefetch((const char *)(pf + 4 * k + 64), _MM_HINT_NTA);
+        _mm_prefetch((const char *)(pf + 4 * k + 128), _MM_HINT_NTA);
+        _mm_prefetch((const char *)(pf + 4 * k + 192), _MM_HINT_NTA);
         const __m512i xv = _mm512_loadu_si512(x + k);
         a0 = _mm512_dpbusd_epi32(a0, _mm512_xor_si512(_mm512_loadu_si512(r0 + k), flip), xv);
         a1 = _mm512_dpbusd_epi32(a1, _mm512_xor_si512(_mm512_loadu_si512(r1 + k), flip), xv);

@@ -69,12 +69,19 @@ static ALWAYS_INLINE void store_4x4(const ryz_ternary_job *j, int64_t n, int64_t
 /* Load block b (bb bytes) of the NR contiguous rows w[0..NR-1] of a tile, prefetching the NR
  * lines PF_BYTES ahead of the tile's block in address order: over the tile that is one
  * sequential stream. Prefetching each row's own next line instead (4 strided addresses) covers
- * the same lines but streamed 20 % slower with 2 threads (45 vs 36 GB/s, docs/performance.md). */
+ * the same lines but streamed 20 % slower with 2 threads (45 vs 36 GB/s, docs/performance.md).
+ * `once` (decode, every byte read once per token): non-temporal prefetches, into L1 but not
+ * kept in L2/L3 when evicted, so the stream neither spends cache bandwidth on evictions nor
+ * pushes out the norms, activations and KV rows of the steps between GEMVs; prefill tiles
+ * read a row block again for every token tile and need it in L2 (T0). */
 static ALWAYS_INLINE void load_rows(__m512i raw[4], const uint8_t *const w[4], int64_t b, int64_t bb,
-                                    const int NR) {
+                                    const int NR, const int once) {
 #pragma GCC unroll 4
     for (int r = 0; r < NR; r++) {
-        _mm_prefetch((const char *)(w[0] + (b * NR + r) * bb + PF_BYTES), _MM_HINT_T0);
+        if (once)
+            _mm_prefetch((const char *)(w[0] + (b * NR + r) * bb + PF_BYTES), _MM_HINT_NTA);
+        else
+            _mm_prefetch((const char *)(w[0] + (b * NR + r) * bb + PF_BYTES), _MM_HINT_T0);
         raw[r] = _mm512_loadu_si512(w[r] + b * bb);
     }
 }
@@ -131,7 +138,7 @@ static ALWAYS_INLINE void tile_i2(const ryz_ternary_job *j, int64_t n, int64_t m
         for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_si512();
     for (int64_t b = 0; b < nb; b++) {
         __m512i raw[4];
-        load_rows(raw, w, b, RYZ_I2_BLOCK_BYTES, NR);
+        load_rows(raw, w, b, RYZ_I2_BLOCK_BYTES, NR, 0);
         mac_planes(acc, raw, q, b * RYZ_I2_BLOCK, 4, NR, NT);
     }
     store_tile(j, n, m, acc, NR, NT);
@@ -159,7 +166,7 @@ static ALWAYS_INLINE void gemv_i2_rows(const ryz_ternary_job *j, int64_t n, cons
     }
     for (int64_t b = 0; b < nb; b++) {
         __m512i raw[4];
-        load_rows(raw, w, b, RYZ_I2_BLOCK_BYTES, NR);
+        load_rows(raw, w, b, RYZ_I2_BLOCK_BYTES, NR, 1);
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++) {
             const __m512i a = _mm512_loadu_si512(q + b * RYZ_I2_BLOCK + 64 * i);
@@ -226,7 +233,7 @@ static ALWAYS_INLINE void gemv_t5_rows(const ryz_ternary_job *j, int64_t n, cons
         for (int r = 0; r < NR; r++) P[r] = N[r] = _mm512_setzero_si512();
         for (int64_t b = c0; b < c1; b++) {
             __m512i x[4];
-            load_rows(x, w, b, RYZ_T5_BLOCK_BYTES, NR);
+            load_rows(x, w, b, RYZ_T5_BLOCK_BYTES, NR, 1);
 #pragma GCC unroll 5
             for (int i = 0; i < 5; i++) {
                 __m512i a = _mm512_loadu_si512(q + b * RYZ_T5_BLOCK + 64 * i);
