@@ -93,6 +93,32 @@ extern const ryz_attention_kernels ryz_attention_scalar;
 extern const ryz_attention_kernels ryz_attention_avx2;
 extern const ryz_attention_kernels ryz_attention_avx512;
 extern const ryz_attention_kernels *ryz_attention;
+
+/* The KV cache an attention call reads: float32 k, v [T, Hkv, hd], or (k8 != NULL) int8 k8, v8
+ * with float32 scales ks, vs [T, Hkv]. */
+typedef struct {
+    const float *k, *v;
+    const int8_t *k8, *v8;
+    const float *ks, *vs;
+    int64_t Hkv, hd;
+} ryz_attn_cache;
+
+/* One unit with the selected kernel: the H kv heads from kvh (q: their H * G query vectors)
+ * over cache rows [t0, t1), into o (and ml when the rows are one part of a split). */
+static inline void ryz_attn_run_unit(const ryz_attn_cache *c, const float *q, int64_t kvh, int64_t H, int64_t G,
+                                     int64_t t0, int64_t t1, float scale, float *o, float *ml, float *scratch) {
+    const int64_t kstride = c->Hkv * c->hd, off = t0 * kstride + kvh * c->hd, soff = t0 * c->Hkv + kvh;
+    const ryz_attn_unit u = {
+        .q = q, .k = c->k8 ? NULL : c->k + off, .v = c->k8 ? NULL : c->v + off,
+        .k8 = c->k8 ? c->k8 + off : NULL, .v8 = c->k8 ? c->v8 + off : NULL,
+        .ks = c->k8 ? c->ks + soff : NULL, .vs = c->k8 ? c->vs + soff : NULL, .sstride = c->Hkv,
+        .o = o, .ml = ml, .H = H, .G = G, .hd = c->hd, .kstride = kstride, .L = t1 - t0, .scale = scale,
+    };
+    if (c->k8)
+        ryz_attention->attend_i8(&u, scratch);
+    else
+        ryz_attention->attend(&u, scratch);
+}
 /* int8 KV cache rows (see py_attention.c quantize_kv_i8): symmetric per (row, head),
  * d = max|x| / 127, q8 = clamp(rint(x * (127 / max|x|)), -127, 127); d = 0 and q8 = 0 for
  * an all-zero row. Returns 1 if x holds NaN/inf. Plain C, shared by every ISA level. */

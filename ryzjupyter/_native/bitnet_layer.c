@@ -188,23 +188,13 @@ static void attn1_task(void *ctx, int64_t b, int64_t e, int tid) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    const int64_t kstride = j->Hkv * j->hd;
+    const ryz_attn_cache c = {j->k, j->v, j->k8, j->v8, j->ks, j->vs, j->Hkv, j->hd};
     for (int64_t it = b; it < e; it++) {
         const int64_t kvh = it / j->S * j->H, part = it % j->S;
-        const int64_t t0 = j->L * part / j->S, t1 = j->L * (part + 1) / j->S;
-        const int64_t off = t0 * kstride + kvh * j->hd, soff = t0 * j->Hkv + kvh;
-        ryz_attn_unit u = {
-            .q = j->q + kvh * j->G * j->hd, .k = j->k8 ? NULL : j->k + off, .v = j->k8 ? NULL : j->v + off,
-            .k8 = j->k8 ? j->k8 + off : NULL, .v8 = j->k8 ? j->v8 + off : NULL,
-            .ks = j->k8 ? j->ks + soff : NULL, .vs = j->k8 ? j->vs + soff : NULL, .sstride = j->Hkv,
-            .o = j->S == 1 ? j->out + kvh * j->G * j->hd : j->part + it * HG * j->hd,
-            .ml = j->S == 1 ? NULL : j->ml + it * 2 * HG,
-            .H = j->H, .G = j->G, .hd = j->hd, .kstride = kstride, .L = t1 - t0, .scale = j->scale,
-        };
-        if (j->k8)
-            ryz_attention->attend_i8(&u, scratch);
-        else
-            ryz_attention->attend(&u, scratch);
+        ryz_attn_run_unit(&c, j->q + kvh * j->G * j->hd, kvh, j->H, j->G, j->L * part / j->S,
+                          j->L * (part + 1) / j->S, j->scale,
+                          j->S == 1 ? j->out + kvh * j->G * j->hd : j->part + it * HG * j->hd,
+                          j->S == 1 ? NULL : j->ml + it * 2 * HG, scratch);
     }
     free(scratch);
 }

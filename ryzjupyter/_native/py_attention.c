@@ -62,31 +62,16 @@ static void attn_task(void *ctx, int64_t b, int64_t e, int tid) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    const int64_t kstride = j->Hkv * j->hd;
+    const ryz_attn_cache c = {j->k, j->v, j->k8, j->v8, j->ks, j->vs, j->Hkv, j->hd};
     for (int64_t it = b; it < e; it++) {
         const int64_t unit = it / j->S, part = it % j->S;
         int64_t i, kvh;
         unit_rows(j, unit, &i, &kvh);
         const int64_t L = j->n_past + i + 1;
-        const int64_t t0 = L * part / j->S, t1 = L * (part + 1) / j->S;
-        const int64_t off = t0 * kstride + kvh * j->hd, soff = t0 * j->Hkv + kvh;
-        ryz_attn_unit u = {
-            .q = j->q + (i * j->Hq + kvh * j->G) * j->hd,
-            .k = j->k8 ? NULL : j->k + off,
-            .v = j->k8 ? NULL : j->v + off,
-            .k8 = j->k8 ? j->k8 + off : NULL,
-            .v8 = j->k8 ? j->v8 + off : NULL,
-            .ks = j->k8 ? j->ks + soff : NULL,
-            .vs = j->k8 ? j->vs + soff : NULL,
-            .sstride = j->Hkv,
-            .o = j->S == 1 ? j->out + (i * j->Hq + kvh * j->G) * j->hd : j->part + it * HG * j->hd,
-            .ml = j->S == 1 ? NULL : j->ml + it * 2 * HG,
-            .H = j->H, .G = j->G, .hd = j->hd, .kstride = kstride, .L = t1 - t0, .scale = j->scale,
-        };
-        if (j->k8)
-            ryz_attention->attend_i8(&u, scratch);
-        else
-            ryz_attention->attend(&u, scratch);
+        const int64_t qoff = (i * j->Hq + kvh * j->G) * j->hd;
+        ryz_attn_run_unit(&c, j->q + qoff, kvh, j->H, j->G, L * part / j->S, L * (part + 1) / j->S, j->scale,
+                          j->S == 1 ? j->out + qoff : j->part + it * HG * j->hd, j->S == 1 ? NULL : j->ml + it * 2 * HG,
+                          scratch);
     }
     free(scratch);
 }
