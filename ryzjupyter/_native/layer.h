@@ -5,7 +5,8 @@
  * matmul_i8, so the logits are bitwise those of matmul_i8 with M = 1. matmul_i8's 4 x 4 tiles
  * use masked loads everywhere (slow streaming on Zen 4) and no prefetch; a decode step reads
  * the whole head (V x D bytes, 328 MB for 2B-4T) for one token, so it gets its own loop:
- * 4 rows at a time, unmasked 64-byte loads (one masked tail), software prefetch ahead.
+ * one row at a time (one sequential stream), unmasked 64-byte loads (one masked tail),
+ * non-temporal software prefetch 8 KiB ahead.
  * x is zero padded by nobody: K is the true length; xsum = sum_k x[k]. */
 #ifndef RYZ_LAYER_H
 #define RYZ_LAYER_H

@@ -20,8 +20,11 @@
 #define T5_TOK_BLOCK 128
 /* software prefetch distance; 8 KiB measured best among 2-32 KiB for decode (M = 1) */
 #define PF_BYTES 8192
-/* rows per decode tile: 4 beat 1 and 2 (the 4 row streams are one contiguous range) */
-#define GEMV_NR 4
+/* rows per decode tile: 1, so the weights are read as one purely sequential stream (a 4-row
+ * tile loads 4 rows 640-1728 bytes apart per block). With non-temporal prefetch, 1 row streams
+ * ~12 % more than 4 when the machine reads ~85 GB/s and the same at ~50 GB/s (standalone GEMV
+ * loop, session 5; with T0 prefetch at ~45 GB/s, 4 rows had been 1.03x faster, session 4). */
+#define GEMV_NR 1
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 /* acc += vpdpbusd(w, a), in place (see gemv_i2_rows for why not the intrinsic) */
 #define RYZ_DPBUSD(acc, w, a) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(a))
