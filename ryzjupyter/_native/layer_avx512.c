@@ -15,7 +15,7 @@
 
 /* One row at a time: the head is read as one purely sequential stream (4 rows per step, sharing
  * each x load, read 4 rows K bytes apart per step and streamed ~8 % slower in the whole decode
- * when the machine reads ~90 GB/s; ternary_avx512.c, GEMV_NR, session 5). */
+ * when the machine reads ~90 GB/s; as the decode GEMVs of ternary_avx512.c, session 5). */
 static inline void row1(float *out, const int8_t *w, const float *ws, int64_t K, const int8_t *x, int32_t xsum,
                         float xs, int64_t n) {
     const __m512i flip = _mm512_set1_epi8((char)0x80);

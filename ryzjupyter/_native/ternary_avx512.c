@@ -4,7 +4,7 @@
  * multiplied with 64 int8 activations by vpdpbusd into int32 lanes. The GEMM is
  * register-blocked: a tile of up to 4 rows x 4 tokens keeps 16 accumulators in
  * registers, unpacks each weight vector once and uses it for every token of the
- * tile (decode has its own 4-row loop, gemv_i2_rows). Tokens are walked in blocks of TOK_BLOCK
+ * tile (decode has its own loop, one row at a time: gemv_i2_rows). Tokens are walked in blocks of TOK_BLOCK
  * and rows in blocks of ROW_BLOCK_BYTES (run_tiles). */
 #if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VNNI__)
 #error "ternary_avx512.c must be compiled with -mavx512f -mavx512bw -mavx512vnni"
@@ -20,11 +20,11 @@
 #define T5_TOK_BLOCK 128
 /* software prefetch distance; 8 KiB measured best among 2-32 KiB for decode (M = 1) */
 #define PF_BYTES 8192
-/* rows per decode tile: 1, so the weights are read as one purely sequential stream (a 4-row
- * tile loads 4 rows 640-1728 bytes apart per block). With non-temporal prefetch, 1 row streams
- * ~12 % more than 4 when the machine reads ~85 GB/s and the same at ~50 GB/s (standalone GEMV
- * loop, session 5; with T0 prefetch at ~45 GB/s, 4 rows had been 1.03x faster, session 4). */
-#define GEMV_NR 1
+/* Decode walks one row at a time (gemv_i2_rows / gemv_t5_rows with NR = 1), so the weights are
+ * read as one purely sequential stream (a 4-row tile loads 4 rows 640-1728 bytes apart per
+ * block). With non-temporal prefetch, 1 row streams ~12 % more than 4 when the machine reads
+ * ~85 GB/s and the same at ~50 GB/s (standalone GEMV loop, session 5; with T0 prefetch at
+ * ~45 GB/s, 4 rows had been 1.03x faster, session 4). The loops keep NR for that comparison. */
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 /* acc += vpdpbusd(w, a), in place (see gemv_i2_rows for why not the intrinsic) */
 #define RYZ_DPBUSD(acc, w, a) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(a))
@@ -184,11 +184,6 @@ static ALWAYS_INLINE void gemv_i2_rows(const ryz_ternary_job *j, int64_t n, cons
         ryz_ternary_store(j, 0, n + r, _mm512_reduce_add_epi32(s) - j->qsum[0]);
     }
 }
-static void gemv2_1(const ryz_ternary_job *j, int64_t n) { gemv_i2_rows(j, n, 1); }
-static void gemv2_2(const ryz_ternary_job *j, int64_t n) { gemv_i2_rows(j, n, 2); }
-static void gemv2_3(const ryz_ternary_job *j, int64_t n) { gemv_i2_rows(j, n, 3); }
-static void gemv2_4(const ryz_ternary_job *j, int64_t n) { gemv_i2_rows(j, n, 4); }
-static void (*const gemv2[4])(const ryz_ternary_job *, int64_t) = {gemv2_1, gemv2_2, gemv2_3, gemv2_4};
 
 #define TILE(NR, NT) static void tile_##NR##x##NT(const ryz_ternary_job *j, int64_t n, int64_t m) \
     { tile_i2(j, n, m, NR, NT); }
@@ -258,11 +253,6 @@ static ALWAYS_INLINE void gemv_t5_rows(const ryz_ternary_job *j, int64_t n, cons
     for (int r = 0; r < NR; r++)
         ryz_ternary_store(j, 0, n + r, _mm512_reduce_add_epi32(acc[r]) - j->qsum[0]);
 }
-static void gemv5_1(const ryz_ternary_job *j, int64_t n) { gemv_t5_rows(j, n, 1); }
-static void gemv5_2(const ryz_ternary_job *j, int64_t n) { gemv_t5_rows(j, n, 2); }
-static void gemv5_3(const ryz_ternary_job *j, int64_t n) { gemv_t5_rows(j, n, 3); }
-static void gemv5_4(const ryz_ternary_job *j, int64_t n) { gemv_t5_rows(j, n, 4); }
-static void (*const gemv5[4])(const ryz_ternary_job *, int64_t) = {gemv5_1, gemv5_2, gemv5_3, gemv5_4};
 
 /* The tile walk of a thread's rows [n0, n1): blocks of ROW_BLOCK_BYTES of weight rows, and in
  * each block every 4-token tile of a TOK_BLOCK passes over all its rows. A tile's activations
@@ -292,8 +282,7 @@ static void run_tiles(const tile_fn t[4][4], const ryz_ternary_job *j, int64_t n
 
 static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
     if (j->M == 1) { /* decode: 4-row GEMV blocks straight through the rows */
-        for (int64_t n = n0; n < n1; n += GEMV_NR)
-            gemv2[(n1 - n < GEMV_NR ? n1 - n : GEMV_NR) - 1](j, n);
+        for (int64_t n = n0; n < n1; n++) gemv_i2_rows(j, n, 1);
         return;
     }
     run_tiles(tiles, j, n0, n1);
@@ -364,8 +353,7 @@ static void gemm_t5(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
     const int64_t ng = (j->Kp / 64 + 3) / 4;
     /* 2-bit buffer of 4 rows, then the u8 codes of one row (256 ng bytes) */
     if (j->M == 1) {
-        for (int64_t n = n0; n < n1; n += GEMV_NR)
-            gemv5[(n1 - n < GEMV_NR ? n1 - n : GEMV_NR) - 1](j, n);
+        for (int64_t n = n0; n < n1; n++) gemv_t5_rows(j, n, 1);
         return;
     }
     uint8_t *C = aligned_alloc(64, (size_t)(4 * ng * 64 + 256 * ng + 64));
