@@ -13,18 +13,34 @@
  * the head is read once per token */
 #define PF_BYTES 8192
 
+/* acc += vpdpbusd(w, the 64 bytes at p), in place, p as the memory operand (one fused
+ * load-and-multiply; the intrinsic would load into a register first) */
+#define DPBUSD_M(acc, w, p) \
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const __m512i *)(const void *)(p)))
+
 /* One row at a time: the head is read as one purely sequential stream (4 rows per step, sharing
  * each x load, read 4 rows K bytes apart per step and streamed ~8 % slower in the whole decode
- * when the machine reads ~90 GB/s; as the decode GEMVs of ternary_avx512.c, session 5). */
+ * when the machine reads ~90 GB/s; as the decode GEMVs of ternary_avx512.c, session 5). Two
+ * accumulators: one was a chain of dependent vpdpbusd (one per 64 bytes, each waiting for the
+ * last), from L2 0.64x as fast as two, and it streamed 5-7 % less from DRAM at ~80 GB/s
+ * (standalone loop over a 128256 x 2560 head, session 6). The int32 sums wrap alike in any
+ * order, so the result is the same. */
 static inline void row1(float *out, const int8_t *w, const float *ws, int64_t K, const int8_t *x, int32_t xsum,
                         float xs, int64_t n) {
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     const int8_t *r = w + n * K;
-    __m512i a = _mm512_setzero_si512();
+    __m512i a = _mm512_setzero_si512(), a1 = a;
     int64_t k = 0;
+    for (; k + 128 <= K; k += 128) {
+        _mm_prefetch((const char *)(r + k + PF_BYTES), _MM_HINT_NTA);
+        _mm_prefetch((const char *)(r + k + 64 + PF_BYTES), _MM_HINT_NTA);
+        DPBUSD_M(a, _mm512_xor_si512(_mm512_loadu_si512(r + k), flip), x + k);
+        DPBUSD_M(a1, _mm512_xor_si512(_mm512_loadu_si512(r + k + 64), flip), x + k + 64);
+    }
+    a = _mm512_add_epi32(a, a1);
     for (; k + 64 <= K; k += 64) {
         _mm_prefetch((const char *)(r + k + PF_BYTES), _MM_HINT_NTA);
-        a = _mm512_dpbusd_epi32(a, _mm512_xor_si512(_mm512_loadu_si512(r + k), flip), _mm512_loadu_si512(x + k));
+        DPBUSD_M(a, _mm512_xor_si512(_mm512_loadu_si512(r + k), flip), x + k);
     }
     if (k < K) {  /* masked tail: masked-off lanes meet x = 0 */
         const __mmask64 mk = ((__mmask64)1 << (K - k)) - 1;

@@ -167,7 +167,7 @@ def test_bad_arguments():
         _native.bitnet_decode_layer(np.full_like(x, np.nan), c.k[0], c.v[0], 0, ws, mults, eps, theta, scale, act)
 
 
-@pytest.mark.parametrize("shape", [(37, 300), (128, 2560), (1000, 64), (5, 1), (16, 4096)])
+@pytest.mark.parametrize("shape", [(37, 300), (128, 2560), (1000, 64), (5, 1), (16, 4096), (7, 200)])
 def test_lm_head_i8_equals_matmul_i8(isa, threads, shape, rng):
     N, Kd = shape
     w = rng.integers(-128, 128, (N, Kd), dtype=np.int8)
