@@ -22,6 +22,13 @@
 #include "ryz.h"
 
 #define SPIN_ITERS 20000 /* ~ tens of microseconds of pause before sleeping */
+/* What one thread writes while another spins on it sits alone in LINE bytes (two 64-byte lines:
+ * the L2 fetches lines in pairs). A write to a line another core keeps reading costs a round
+ * trip between the cores, and when the two cores of this machine type sit far apart (the
+ * minutes in which it reads ~90 GB/s) that is ~0.3-0.5 us: with the job fields, the mutex and
+ * `done` in the line the workers spun on, publishing a job took ~0.7 us and a worker started its
+ * part ~1 us after the caller (session 6, instrumented decode). */
+#define LINE 128
 
 static inline void cpu_relax(void) { __builtin_ia32_pause(); }
 
@@ -30,19 +37,21 @@ typedef struct {
     int nthreads;        /* total, caller included */
     int started;         /* workers running */
     pthread_t *threads;  /* nthreads - 1 workers */
-    /* job */
+    unsigned start_gen;  /* generation when the workers were created */
+    /* job: written by the caller before it bumps gen, read by the workers after */
     ryz_task_fn fn;
     void *ctx;
     int64_t n, grain;
     int nparts;          /* threads taking part in this job */
-    /* synchronisation */
-    pthread_mutex_t mu;
+    /* sleeping workers */
+    _Alignas(LINE) pthread_mutex_t mu;
     pthread_cond_t cv;
-    atomic_uint gen;     /* bumped to publish a job */
-    atomic_int done;     /* parts of the current job finished */
+    atomic_int sleepers; /* workers blocked on cv (or about to be) */
+    /* what idle workers spin on: written only to publish a job or to stop */
+    _Alignas(LINE) atomic_uint gen;  /* bumped to publish a job */
     atomic_int stop;
-    int sleepers;        /* workers blocked on cv (under mu) */
-    unsigned start_gen;  /* generation when the workers were created */
+    /* what the caller spins on at the end of a job */
+    _Alignas(LINE) atomic_int done;  /* parts of the current job finished */
 } pool_t;
 
 static pool_t g_pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
@@ -62,8 +71,12 @@ static void part_range(int64_t n, int64_t grain, int parts, int i, int64_t *b, i
 }
 
 #define MAX_PARTS 1024
-/* g_claim[i]: the newest generation that has claimed part i */
-static atomic_uint g_claim[MAX_PARTS];
+/* g_claim[i].tag: the newest generation that has claimed part i (a line each: the caller and a
+ * worker claim parts 0 and 1 at the same moment) */
+typedef struct {
+    _Alignas(LINE) atomic_uint tag;
+} claim_tag;
+static claim_tag g_claim[MAX_PARTS];
 
 /* Claim part i of job `gen` and run it. A thread still holding an old generation
  * can never claim a part of a newer job (the tag would have to equal its old
@@ -73,10 +86,10 @@ static int try_run_part(pool_t *p, int i, unsigned gen) {
     /* Tags only move forward: a part is claimable by job `gen` only while its tag
      * is older than `gen` (wrap-safe), so a stale thread can never take back a
      * part that a newer job has claimed. */
-    unsigned cur = atomic_load_explicit(&g_claim[i], memory_order_relaxed);
+    unsigned cur = atomic_load_explicit(&g_claim[i].tag, memory_order_relaxed);
     for (;;) {
         if ((int)(cur - gen) >= 0) return 0;
-        if (atomic_compare_exchange_weak_explicit(&g_claim[i], &cur, gen, memory_order_acq_rel,
+        if (atomic_compare_exchange_weak_explicit(&g_claim[i].tag, &cur, gen, memory_order_acq_rel,
                                                   memory_order_relaxed))
             break;
     }
@@ -112,12 +125,14 @@ static void *worker_main(void *arg) {
                 cpu_relax();
                 continue;
             }
+            /* sleepers++ then a check of gen, against publish's gen++ then a check of
+             * sleepers (both sequentially consistent): either publish sees this worker and
+             * broadcasts under mu, or this worker sees the new generation */
             pthread_mutex_lock(&p->mu);
-            p->sleepers++;
-            while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
-                   !atomic_load_explicit(&p->stop, memory_order_relaxed))
+            atomic_fetch_add(&p->sleepers, 1);
+            while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->stop))
                 pthread_cond_wait(&p->cv, &p->mu);
-            p->sleepers--;
+            atomic_fetch_sub(&p->sleepers, 1);
             pthread_mutex_unlock(&p->mu);
             break;
         }
@@ -248,10 +263,13 @@ static unsigned publish(pool_t *p, ryz_task_fn fn, void *ctx, int64_t n, int64_t
     p->grain = grain;
     p->nparts = parts;
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    pthread_mutex_lock(&p->mu);
-    unsigned gen = atomic_fetch_add_explicit(&p->gen, 1, memory_order_release) + 1;
-    if (p->sleepers) pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
+    /* one write to the line the workers spin on; the mutex only when one sleeps */
+    unsigned gen = atomic_fetch_add(&p->gen, 1) + 1;
+    if (atomic_load(&p->sleepers)) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
     return gen;
 }
 
@@ -289,7 +307,7 @@ void ryz_parallel_for_n(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int
  * 64-bit word changed by compare-and-swap, so every chunk is claimed exactly once. */
 #define MAX_STEAL 64
 typedef struct {
-    _Alignas(64) _Atomic uint64_t fb;  /* next chunk from the front (low 32 bits), end (high) */
+    _Alignas(LINE) _Atomic uint64_t fb;  /* next chunk from the front (low 32 bits), end (high) */
     int64_t lo, hi;
 } steal_range;
 
@@ -368,15 +386,17 @@ void ryz_parallel_ranges(ryz_task_fn fn, void *ctx, const int64_t (*ranges)[2], 
  * claimed part 1 by then, the caller runs it, and fn sees the stop at once. */
 static ryz_side_fn g_side_fn;
 static void *g_side_ctx;
-static atomic_int g_side_stop;
 static unsigned g_side_gen;
+static struct {
+    _Alignas(LINE) atomic_int v;  /* polled by the side job's worker: a line of its own */
+} g_side_stop;
 
 static void side_task(void *ctx, int64_t b, int64_t e, int part) {
     RYZ_UNUSED(ctx); RYZ_UNUSED(b); RYZ_UNUSED(e);
     if (part == 1) g_side_fn(g_side_ctx);
 }
 
-int ryz_side_should_stop(void) { return atomic_load_explicit(&g_side_stop, memory_order_acquire); }
+int ryz_side_should_stop(void) { return atomic_load_explicit(&g_side_stop.v, memory_order_acquire); }
 
 int ryz_side_begin(ryz_side_fn fn, void *ctx) {
     pool_t *p = &g_pool;
@@ -387,7 +407,7 @@ int ryz_side_begin(ryz_side_fn fn, void *ctx) {
     pthread_mutex_lock(&g_job_mu);
     g_side_fn = fn;
     g_side_ctx = ctx;
-    atomic_store_explicit(&g_side_stop, 0, memory_order_relaxed);
+    atomic_store_explicit(&g_side_stop.v, 0, memory_order_relaxed);
     g_side_gen = publish(p, side_task, NULL, 2, 1, 2);
     try_run_part(p, 0, g_side_gen);  /* the caller's empty part */
     t_in_side = 1;
@@ -397,7 +417,7 @@ int ryz_side_begin(ryz_side_fn fn, void *ctx) {
 void ryz_side_end(int started) {
     pool_t *p = &g_pool;
     if (!started) return;
-    atomic_store_explicit(&g_side_stop, 1, memory_order_release);
+    atomic_store_explicit(&g_side_stop.v, 1, memory_order_release);
     try_run_part(p, 1, g_side_gen);  /* not claimed yet: fn returns at once */
     while (atomic_load_explicit(&p->done, memory_order_acquire) < 2) cpu_relax();
     t_in_side = 0;
