@@ -104,10 +104,33 @@ static int try_run_part(pool_t *p, int i, unsigned gen) {
     return 1;
 }
 
-/* Run this thread's own part, then any part still unclaimed. */
+/* The caller's part 0: no claim (no worker ever takes part 0) and not counted in done, so that
+ * nothing between publishing a job and starting its work is a locked instruction, which would
+ * wait for the workers' line to change hands (~0.5 us when the cores sit far apart). */
+static void run_own_part(pool_t *p) {
+    int64_t b, e;
+    part_range(p->n, p->grain, p->nparts, 0, &b, &e);
+    if (b < e) p->fn(p->ctx, b, e, 0);
+}
+
+/* A worker: its own part, then any part still unclaimed but the caller's (part 0, which only
+ * the caller runs). */
 static void run_parts(pool_t *p, int self, unsigned gen, int nparts) {
     try_run_part(p, self, gen);
-    for (int k = 1; k < nparts; k++) try_run_part(p, (self + k) % nparts, gen);
+    for (int k = 1; k < nparts; k++)
+        if ((self + k) % nparts) try_run_part(p, (self + k) % nparts, gen);
+}
+
+/* The caller, after its own part: wait for parts 1 .. parts - 1; only after HELP_SPINS pauses
+ * (a worker not running: descheduled or asleep) run the parts nobody has claimed. Looking at
+ * the workers' tags at once would cost each worker a round trip at its next claim. */
+#define HELP_SPINS 256  /* ~ a few microseconds */
+static void finish_parts(pool_t *p, unsigned gen, int parts) {
+    for (int spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) < parts - 1; spins++) {
+        if (spins == HELP_SPINS)
+            for (int k = 1; k < parts; k++) try_run_part(p, k, gen);
+        cpu_relax();
+    }
 }
 
 static void *worker_main(void *arg) {
@@ -255,7 +278,11 @@ int ryz_set_num_threads(int n) {
     return 0;
 }
 
-/* Publish a job of `parts` parts (g_job_mu held); returns its generation. */
+/* Publish a job of `parts` parts (g_job_mu held); returns its generation. One plain store to
+ * the line the workers spin on (only the caller, holding g_job_mu, writes gen), the mutex only
+ * when a worker sleeps. A worker falling asleep just as the job is published may miss it (no
+ * fence orders this store before the sleepers load): the caller then runs its part
+ * (finish_parts) and the next job wakes it. */
 static unsigned publish(pool_t *p, ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int parts) {
     p->fn = fn;
     p->ctx = ctx;
@@ -263,9 +290,9 @@ static unsigned publish(pool_t *p, ryz_task_fn fn, void *ctx, int64_t n, int64_t
     p->grain = grain;
     p->nparts = parts;
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    /* one write to the line the workers spin on; the mutex only when one sleeps */
-    unsigned gen = atomic_fetch_add(&p->gen, 1) + 1;
-    if (atomic_load(&p->sleepers)) {
+    const unsigned gen = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
+    atomic_store_explicit(&p->gen, gen, memory_order_release);
+    if (atomic_load_explicit(&p->sleepers, memory_order_relaxed)) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
@@ -294,8 +321,8 @@ void ryz_parallel_for_n(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int
     }
     pthread_mutex_lock(&g_job_mu);
     unsigned gen = publish(p, fn, ctx, n, grain, parts);
-    run_parts(p, 0, gen, parts); /* own part first, then whatever no worker took */
-    while (atomic_load_explicit(&p->done, memory_order_acquire) < parts) cpu_relax();
+    run_own_part(p);  /* own part first, then whatever no worker took */
+    finish_parts(p, gen, parts);
     pthread_mutex_unlock(&g_job_mu);
 }
 
@@ -304,7 +331,9 @@ void ryz_parallel_for_n(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int
  * chunks from the front; a thread that has finished its own range claims the others' chunks
  * from the back, so a job ends when its items do, not when the slowest thread does (on a
  * shared machine one core is often slower for a while). Front and end of a range are one
- * 64-bit word changed by compare-and-swap, so every chunk is claimed exactly once. */
+ * 64-bit word changed by compare-and-swap, so every chunk is claimed exactly once; a range's
+ * first chunk is never claimed (its front starts at 1): whoever runs part i runs it, at once
+ * (part i is run exactly once), with no locked instruction before the first work. */
 #define MAX_STEAL 64
 typedef struct {
     _Alignas(LINE) _Atomic uint64_t fb;  /* next chunk from the front (low 32 bits), end (high) */
@@ -337,6 +366,9 @@ static void steal_task(void *vctx, int64_t b, int64_t e, int tid) {
     steal_job *j = vctx;
     for (int64_t p = b; p < e; p++) {
         int64_t c;
+        const steal_range *own = &j->r[p];
+        if (own->lo < own->hi)   /* the first chunk of its own range: unclaimed, its own */
+            j->fn(j->ctx, own->lo, own->lo + j->chunk < own->hi ? own->lo + j->chunk : own->hi, (int)p);
         for (int k = 0; k < j->n; k++) {  /* own range from the front, then the others' backs */
             steal_range *r = &j->r[(p + k) % j->n];
             while (claim_chunk(r, k > 0, &c)) {
@@ -373,14 +405,14 @@ void ryz_parallel_ranges(ryz_task_fn fn, void *ctx, const int64_t (*ranges)[2], 
         r[i].lo = ranges[i][0];
         r[i].hi = ranges[i][1];
         const int64_t len = ranges[i][1] - ranges[i][0];
-        atomic_init(&r[i].fb, len > 0 ? (uint64_t)((len + chunk - 1) / chunk) << 32 : 0);
+        atomic_init(&r[i].fb, len > 0 ? (uint64_t)((len + chunk - 1) / chunk) << 32 | 1 : 0);
     }
     steal_job j = {fn, ctx, chunk, n, r};
     ryz_parallel_for_n(steal_task, &j, n, 1, n);
 }
 
 /* ---- side job: one worker runs a function while the caller goes on ----------------------
- * Published as a job of two parts: part 0 (the caller's) is empty and done at once, part 1
+ * Published as a job of two parts: part 0 (the caller's) is empty and never run, part 1
  * runs fn on whichever worker claims it (worker 1 with two threads). fn polls
  * ryz_side_should_stop() and returns soon after ryz_side_end() sets it; if no worker has
  * claimed part 1 by then, the caller runs it, and fn sees the stop at once. */
@@ -409,7 +441,6 @@ int ryz_side_begin(ryz_side_fn fn, void *ctx) {
     g_side_ctx = ctx;
     atomic_store_explicit(&g_side_stop.v, 0, memory_order_relaxed);
     g_side_gen = publish(p, side_task, NULL, 2, 1, 2);
-    try_run_part(p, 0, g_side_gen);  /* the caller's empty part */
     t_in_side = 1;
     return 1;
 }
@@ -418,8 +449,7 @@ void ryz_side_end(int started) {
     pool_t *p = &g_pool;
     if (!started) return;
     atomic_store_explicit(&g_side_stop.v, 1, memory_order_release);
-    try_run_part(p, 1, g_side_gen);  /* not claimed yet: fn returns at once */
-    while (atomic_load_explicit(&p->done, memory_order_acquire) < 2) cpu_relax();
+    finish_parts(p, g_side_gen, 2);  /* part 1 not claimed yet: fn returns at once */
     t_in_side = 0;
     pthread_mutex_unlock(&g_job_mu);
 }

@@ -125,6 +125,48 @@ def test_fused_split_gemv_any_thread_count(random_folder, isa, n_threads):
         _native.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def churn_folder(tmp_path_factory):
+    """Rows enough that every thread's range of the FFN GEMVs and of the head is several
+    64 KiB stealing chunks (gate + up: 4096 rows of 256 bytes; head: 8192 rows of 1024)."""
+    from ryzjupyter.bench import model as bm
+    shape = dict(hidden_size=1024, intermediate_size=2048, num_hidden_layers=2, num_attention_heads=8,
+                 num_key_value_heads=2, vocab_size=8192)
+    return bm.random_model_folder(shape, tmp_path_factory.mktemp("churn"))
+
+
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_token_call_churn_computes_every_row_once(churn_folder, n_threads):
+    """300 token calls at the same position (each ~20 pool jobs: GEMVs whose rows the threads
+    claim in chunks and steal from each other's ends, side jobs around the serial steps) give
+    the same logits, x and KV row every time. The logits start as NaN and x and the cache row
+    are reset: a row skipped or written twice by the pool shows. 3 threads oversubscribe this
+    machine, so the caller also runs parts no worker has claimed."""
+    previous = _native.get_num_threads()
+    _native.set_num_threads(n_threads)
+    try:
+        model = BitNetModel(churn_folder, lm_head="int8")
+        assert bitnet_fused.install(model)
+        bitnet_fused._plan(model)
+        assert model._fused_head                                # the int8 head is in the call
+        cache = model.new_cache(64)
+        _fill_random((cache,), 20)
+        x0 = np.random.default_rng(1).standard_normal(model.config.dim).astype(np.float32)
+        ref = None
+        for it in range(300):
+            x = x0.copy()
+            out = np.full((1, model.config.vocab_size), np.nan, np.float32)
+            _native.bitnet_decode_token(model._fused_native, x, cache.k, cache.v, 20, None, None, out)
+            got = (out.copy(), x, cache.k[0][20].copy(), cache.v[-1][20].copy())
+            if ref is None:
+                ref = got
+                assert np.isfinite(ref[0]).all()
+            for a, b in zip(got, ref):
+                assert np.array_equal(a, b), f"call {it}"
+    finally:
+        _native.set_num_threads(previous)
+
+
 def test_install_routes_single_tokens_only():
     model = _load("packed")
     seq = _seq()
