@@ -38,7 +38,10 @@ typedef struct {
     int started;         /* workers running */
     pthread_t *threads;  /* nthreads - 1 workers */
     unsigned start_gen;  /* generation when the workers were created */
-    /* job: written by the caller before it bumps gen, read by the workers after */
+    /* job: written by the caller before it bumps gen, read by the workers after; fields_seq is
+     * 2 gen - 1 while the fields of job gen are written, 2 gen once they are (a worker checks
+     * it around its reads: see try_run_part) */
+    atomic_uint fields_seq;
     ryz_task_fn fn;
     void *ctx;
     int64_t n, grain;
@@ -80,8 +83,10 @@ static claim_tag g_claim[MAX_PARTS];
 
 /* Claim part i of job `gen` and run it. A thread still holding an old generation
  * can never claim a part of a newer job (the tag would have to equal its old
- * generation), and the job's fields are read only after a successful claim: the
- * caller does not publish another job before every part of this one is done. */
+ * generation), and the job's fields are read only after a successful claim and only used
+ * if they are job gen's (fields_seq == 2 gen before and after reading them): a worker that
+ * saw gen late, when every part of job gen is done and the caller is already writing the
+ * next job's fields, claims a part job gen did not have and must not run it with them. */
 static int try_run_part(pool_t *p, int i, unsigned gen) {
     /* Tags only move forward: a part is claimable by job `gen` only while its tag
      * is older than `gen` (wrap-safe), so a stale thread can never take back a
@@ -95,11 +100,17 @@ static int try_run_part(pool_t *p, int i, unsigned gen) {
     }
     /* A thread with a stale part count may claim a part the current job does not
      * have, or claim under a generation that has ended: neither is run nor
-     * counted (the tag it left is not the current generation, so it is harmless). */
-    if (atomic_load_explicit(&p->gen, memory_order_acquire) != gen || i >= p->nparts) return 0;
+     * counted (the tag it left is older than any later job's, so it is harmless). */
+    if (atomic_load_explicit(&p->fields_seq, memory_order_acquire) != 2 * gen) return 0;
+    const ryz_task_fn fn = p->fn;
+    void *const ctx = p->ctx;
+    const int64_t n = p->n, grain = p->grain;
+    const int nparts = p->nparts;
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&p->fields_seq, memory_order_relaxed) != 2 * gen || i >= nparts) return 0;
     int64_t b, e;
-    part_range(p->n, p->grain, p->nparts, i, &b, &e);
-    if (b < e) p->fn(p->ctx, b, e, i);
+    part_range(n, grain, nparts, i, &b, &e);
+    if (b < e) fn(ctx, b, e, i);
     atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
     return 1;
 }
@@ -148,9 +159,9 @@ static void *worker_main(void *arg) {
                 cpu_relax();
                 continue;
             }
-            /* sleepers++ then a check of gen, against publish's gen++ then a check of
-             * sleepers (both sequentially consistent): either publish sees this worker and
-             * broadcasts under mu, or this worker sees the new generation */
+            /* sleepers++ then a check of gen under mu; publish stores gen and then reads
+             * sleepers without a fence, so a job published just now may be missed (the
+             * caller runs its part, the next job's broadcast wakes this worker) */
             pthread_mutex_lock(&p->mu);
             atomic_fetch_add(&p->sleepers, 1);
             while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->stop))
@@ -284,13 +295,16 @@ int ryz_set_num_threads(int n) {
  * fence orders this store before the sleepers load): the caller then runs its part
  * (finish_parts) and the next job wakes it. */
 static unsigned publish(pool_t *p, ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int parts) {
+    const unsigned gen = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
+    atomic_store_explicit(&p->fields_seq, 2 * gen - 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);  /* the odd value is seen before any new field */
     p->fn = fn;
     p->ctx = ctx;
     p->n = n;
     p->grain = grain;
     p->nparts = parts;
+    atomic_store_explicit(&p->fields_seq, 2 * gen, memory_order_release);
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    const unsigned gen = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
     atomic_store_explicit(&p->gen, gen, memory_order_release);
     if (atomic_load_explicit(&p->sleepers, memory_order_relaxed)) {
         pthread_mutex_lock(&p->mu);
