@@ -13,11 +13,6 @@
  * the head is read once per token */
 #define PF_BYTES 8192
 
-/* acc += vpdpbusd(w, the 64 bytes at p), in place, p as the memory operand (one fused
- * load-and-multiply; the intrinsic would load into a register first) */
-#define DPBUSD_M(acc, w, p) \
-    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const __m512i *)(const void *)(p)))
-
 /* One row at a time: the head is read as one purely sequential stream (4 rows per step, sharing
  * each x load, read 4 rows K bytes apart per step and streamed ~8 % slower in the whole decode
  * when the machine reads ~90 GB/s; as the decode GEMVs of ternary_avx512.c, session 5). Two
@@ -34,13 +29,13 @@ static inline void row1(float *out, const int8_t *w, const float *ws, int64_t K,
     for (; k + 128 <= K; k += 128) {
         _mm_prefetch((const char *)(r + k + PF_BYTES), _MM_HINT_NTA);
         _mm_prefetch((const char *)(r + k + 64 + PF_BYTES), _MM_HINT_NTA);
-        DPBUSD_M(a, _mm512_xor_si512(_mm512_loadu_si512(r + k), flip), x + k);
-        DPBUSD_M(a1, _mm512_xor_si512(_mm512_loadu_si512(r + k + 64), flip), x + k + 64);
+        RYZ_DPBUSD_M(a, _mm512_xor_si512(_mm512_loadu_si512(r + k), flip), x + k);
+        RYZ_DPBUSD_M(a1, _mm512_xor_si512(_mm512_loadu_si512(r + k + 64), flip), x + k + 64);
     }
     a = _mm512_add_epi32(a, a1);
     for (; k + 64 <= K; k += 64) {
         _mm_prefetch((const char *)(r + k + PF_BYTES), _MM_HINT_NTA);
-        DPBUSD_M(a, _mm512_xor_si512(_mm512_loadu_si512(r + k), flip), x + k);
+        RYZ_DPBUSD_M(a, _mm512_xor_si512(_mm512_loadu_si512(r + k), flip), x + k);
     }
     if (k < K) {  /* masked tail: masked-off lanes meet x = 0 */
         const __mmask64 mk = ((__mmask64)1 << (K - k)) - 1;

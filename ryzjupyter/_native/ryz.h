@@ -94,4 +94,14 @@ int ryz_side_begin(ryz_side_fn fn, void *ctx);
 void ryz_side_end(int started);
 int ryz_side_should_stop(void);
 
+#if defined(__AVX512VNNI__)
+/* acc += vpdpbusd(w, a) (u8 w times s8 a, summed 4 by 4 into int32 lanes) in place, as inline
+ * asm: with the intrinsic GCC 12 copied the decode loops' accumulators between registers every
+ * block. RYZ_DPBUSD_M takes the 64 bytes at p as the memory operand (one fused
+ * load-and-multiply instead of a load and a multiply). */
+#define RYZ_DPBUSD(acc, w, a) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(a))
+#define RYZ_DPBUSD_M(acc, w, p) \
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const __m512i *)(const void *)(p)))
+#endif
+
 #endif /* RYZ_H */

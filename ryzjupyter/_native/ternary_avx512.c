@@ -26,12 +26,6 @@
  * ~85 GB/s and the same at ~50 GB/s (standalone GEMV loop, session 5; with T0 prefetch at
  * ~45 GB/s, 4 rows had been 1.03x faster, session 4). The loops keep NR for that comparison. */
 #define ALWAYS_INLINE inline __attribute__((always_inline))
-/* acc += vpdpbusd(w, a), in place (see gemv_i2_rows for why not the intrinsic) */
-#define RYZ_DPBUSD(acc, w, a) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(a))
-/* the same with the 64 activation bytes at p as vpdpbusd's memory operand (one fused
- * load-and-multiply instead of a load and a multiply) */
-#define RYZ_DPBUSD_M(acc, w, p) \
-    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const __m512i *)(const void *)(p)))
 
 /* Reduce the 16 accumulators of a full 4 x 4 tile at once (45 vector ops instead of 16
  * horizontal sums) into one zmm whose 128-bit lane t holds rows n..n+3 of token m+t, then
