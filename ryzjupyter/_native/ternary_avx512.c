@@ -4,7 +4,7 @@
  * multiplied with 64 int8 activations by vpdpbusd into int32 lanes. The GEMM is
  * register-blocked: a tile of up to 4 rows x 4 tokens keeps 16 accumulators in
  * registers, unpacks each weight vector once and uses it for every token of the
- * tile (decode has its own loop, one row at a time: gemv_i2_rows). Tokens are walked in blocks of TOK_BLOCK
+ * tile (decode has its own loop, one row at a time: gemv_i2_row). Tokens are walked in blocks of TOK_BLOCK
  * and rows in blocks of ROW_BLOCK_BYTES (run_tiles). */
 #if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VNNI__)
 #error "ternary_avx512.c must be compiled with -mavx512f -mavx512bw -mavx512vnni"
@@ -20,11 +20,11 @@
 #define T5_TOK_BLOCK 128
 /* software prefetch distance; 8 KiB measured best among 2-32 KiB for decode (M = 1) */
 #define PF_BYTES 8192
-/* Decode walks one row at a time (gemv_i2_rows / gemv_t5_rows with NR = 1), so the weights are
- * read as one purely sequential stream (a 4-row tile loads 4 rows 640-1728 bytes apart per
- * block). With non-temporal prefetch, 1 row streams ~12 % more than 4 when the machine reads
- * ~85 GB/s and the same at ~50 GB/s (standalone GEMV loop, session 5; with T0 prefetch at
- * ~45 GB/s, 4 rows had been 1.03x faster, session 4). The loops keep NR for that comparison. */
+/* Decode walks one row at a time (gemv_i2_row / gemv_t5_row), so the weights are read as one
+ * purely sequential stream (a 4-row tile loads 4 rows 640-1728 bytes apart per block). With
+ * non-temporal prefetch, 1 row streams ~12 % more than 4 when the machine reads ~85 GB/s and
+ * the same at ~50 GB/s (standalone GEMV loop, session 5; with T0 prefetch at ~45 GB/s, 4 rows
+ * had been 1.03x faster, session 4). */
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* Reduce the 16 accumulators of a full 4 x 4 tile at once (45 vector ops instead of 16
@@ -145,43 +145,34 @@ static ALWAYS_INLINE void tile_i2(const ryz_ternary_job *j, int64_t n, int64_t m
     store_tile(j, n, m, acc, NR, NT);
 }
 
-/* Decode (M = 1): the sums of tile_i2 with NT = 1, with fewer ops. Code plane i of a byte is
- * masked in place, (raw & 3 << 2i) = 4^i c_i, so no shifts: row r keeps one accumulator per
- * plane (16 zmm for 4 rows) and plane i's sum is acc[r][i] >> 2i, exact (every product is a
+/* Decode (M = 1), row n: the sums of tile_i2 with NT = 1, with fewer ops. Code plane i of a
+ * byte is masked in place, (raw & 3 << 2i) = 4^i c_i, so no shifts: one accumulator per
+ * plane, and plane i's sum is acc[i] >> 2i, exact (every product is a
  * multiple of 4^i; |sum| <= Kp / 256 * 4 * 192 * 128 < 1.7e9 for Kp <= RYZ_TERNARY_MAX_K). The same int32
- * result as tile_i2. vpdpbusd goes through RYZ_DPBUSD: with the intrinsic GCC 12 copies the
- * 16 accumulators between registers (and the stack) every block; in place it runs 1.5x
+ * result as tile_i2. vpdpbusd goes through RYZ_DPBUSD: with the intrinsic GCC 12 copied the
+ * accumulators of a 4-row loop between registers (and the stack) every block; in place it ran 1.5x
  * faster from L1/L2 (2560 x 640, 1 thread: 62 -> 96 GB/s). The activations are vpdpbusd's
  * memory operand (RYZ_DPBUSD_M): one row from L2 1.08x faster, and 2-4 % more of the probe
  * streaming from DRAM when the machine reads ~75 GB/s (standalone loop, session 6). */
-static ALWAYS_INLINE void gemv_i2_rows(const ryz_ternary_job *j, int64_t n, const int NR) {
+static ALWAYS_INLINE void gemv_i2_row(const ryz_ternary_job *j, int64_t n) {
     const int64_t nb = j->Kp / RYZ_I2_BLOCK;
     const int8_t *q = j->q;
     const __m512i mask[4] = {_mm512_set1_epi8(3), _mm512_set1_epi8(12), _mm512_set1_epi8(48),
                              _mm512_set1_epi8((char)192)};
-    __m512i acc[4][4];
-    const uint8_t *w[4];
+    __m512i acc[4];
+    const uint8_t *w[4] = {j->w + n * j->rb};  /* load_rows takes 4 row pointers; one is used */
 #pragma GCC unroll 4
-    for (int r = 0; r < NR; r++) {
-        w[r] = j->w + (n + r) * j->rb;
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) acc[r][i] = _mm512_setzero_si512();
-    }
+    for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_si512();
     for (int64_t b = 0; b < nb; b++) {
         __m512i raw[4];
-        load_rows(raw, w, b, RYZ_I2_BLOCK_BYTES, NR, 1);
+        load_rows(raw, w, b, RYZ_I2_BLOCK_BYTES, 1, 1);
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++)
-#pragma GCC unroll 4
-            for (int r = 0; r < NR; r++)
-                RYZ_DPBUSD_M(acc[r][i], _mm512_and_si512(raw[r], mask[i]), q + b * RYZ_I2_BLOCK + 64 * i);
+            RYZ_DPBUSD_M(acc[i], _mm512_and_si512(raw[0], mask[i]), q + b * RYZ_I2_BLOCK + 64 * i);
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < NR; r++) {
-        __m512i s = _mm512_add_epi32(_mm512_add_epi32(acc[r][0], _mm512_srai_epi32(acc[r][1], 2)),
-                                     _mm512_add_epi32(_mm512_srai_epi32(acc[r][2], 4), _mm512_srai_epi32(acc[r][3], 6)));
-        ryz_ternary_store(j, 0, n + r, _mm512_reduce_add_epi32(s) - j->qsum[0]);
-    }
+    const __m512i s = _mm512_add_epi32(_mm512_add_epi32(acc[0], _mm512_srai_epi32(acc[1], 2)),
+                                       _mm512_add_epi32(_mm512_srai_epi32(acc[2], 4), _mm512_srai_epi32(acc[3], 6)));
+    ryz_ternary_store(j, 0, n, _mm512_reduce_add_epi32(s) - j->qsum[0]);
 }
 
 #define TILE(NR, NT) static void tile_##NR##x##NT(const ryz_ternary_job *j, int64_t n, int64_t m) \
@@ -199,7 +190,7 @@ static const tile_fn tiles[4][4] = {
  * with (3, 0) / (0, 3) pairs gives 3 x of the even / odd bytes as int16 (<= 765): the
  * code is the high byte of each, shifted down (even) or kept in place (odd) and merged
  * by one vpternlogd; 3 x mod 256 is x + x + x in u8 (wrapping). Decode (M = 1) uses no
- * codes (gemv_t5_rows below); prefill transcodes rows to 2-bit codes with t5_code
+ * codes (gemv_t5_row below); prefill transcodes rows to 2-bit codes with t5_code
  * (gemm_t5). */
 static ALWAYS_INLINE __m512i t5_code(__m512i x) {
     const __m512i e3 = _mm512_set1_epi16(3), o3 = _mm512_set1_epi16(3 << 8);
@@ -216,41 +207,29 @@ static ALWAYS_INLINE __m512i t5_code(__m512i x) {
  * |3 P - N| grows by <= 4 * 5 * 4 * 255 * 128 per block and lane, so P and N are folded
  * into the accumulator ((3 P - N) >> 8, exact) every T5_FOLD blocks, far below 2^31. */
 #define T5_FOLD 512
-static ALWAYS_INLINE void gemv_t5_rows(const ryz_ternary_job *j, int64_t n, const int NR) {
+static ALWAYS_INLINE void gemv_t5_row(const ryz_ternary_job *j, int64_t n) {
     const int64_t nb = j->Kp / RYZ_T5_BLOCK;
     const int8_t *q = j->q;
-    const uint8_t *w[4];
-    __m512i acc[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < NR; r++) w[r] = j->w + (n + r) * j->rb, acc[r] = _mm512_setzero_si512();
+    const uint8_t *w[4] = {j->w + n * j->rb};  /* load_rows takes 4 row pointers; one is used */
+    __m512i acc = _mm512_setzero_si512();
     for (int64_t c0 = 0; c0 < nb; c0 += T5_FOLD) {
         const int64_t c1 = c0 + T5_FOLD < nb ? c0 + T5_FOLD : nb;
-        __m512i P[4], N[4];
-#pragma GCC unroll 4
-        for (int r = 0; r < NR; r++) P[r] = N[r] = _mm512_setzero_si512();
+        __m512i P = _mm512_setzero_si512(), N = P;
         for (int64_t b = c0; b < c1; b++) {
             __m512i x[4];
-            load_rows(x, w, b, RYZ_T5_BLOCK_BYTES, NR, 1);
+            load_rows(x, w, b, RYZ_T5_BLOCK_BYTES, 1, 1);
 #pragma GCC unroll 5
-            for (int i = 0; i < 5; i++) {
-                __m512i a = _mm512_loadu_si512(q + b * RYZ_T5_BLOCK + 64 * i);
-#pragma GCC unroll 4
-                for (int r = 0; r < NR; r++) { /* in place (RYZ_DPBUSD): 1.1x from L2 */
-                    RYZ_DPBUSD(P[r], x[r], a);
-                    x[r] = _mm512_add_epi8(_mm512_add_epi8(x[r], x[r]), x[r]);
-                    RYZ_DPBUSD(N[r], x[r], a);
-                }
+            for (int i = 0; i < 5; i++) {  /* in place (RYZ_DPBUSD): 1.1x from L2 */
+                const __m512i a = _mm512_loadu_si512(q + b * RYZ_T5_BLOCK + 64 * i);
+                RYZ_DPBUSD(P, x[0], a);
+                x[0] = _mm512_add_epi8(_mm512_add_epi8(x[0], x[0]), x[0]);
+                RYZ_DPBUSD(N, x[0], a);
             }
         }
-#pragma GCC unroll 4
-        for (int r = 0; r < NR; r++) {
-            __m512i t = _mm512_sub_epi32(_mm512_add_epi32(_mm512_add_epi32(P[r], P[r]), P[r]), N[r]);
-            acc[r] = _mm512_add_epi32(acc[r], _mm512_srai_epi32(t, 8));
-        }
+        const __m512i t = _mm512_sub_epi32(_mm512_add_epi32(_mm512_add_epi32(P, P), P), N);
+        acc = _mm512_add_epi32(acc, _mm512_srai_epi32(t, 8));
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < NR; r++)
-        ryz_ternary_store(j, 0, n + r, _mm512_reduce_add_epi32(acc[r]) - j->qsum[0]);
+    ryz_ternary_store(j, 0, n, _mm512_reduce_add_epi32(acc) - j->qsum[0]);
 }
 
 /* The tile walk of a thread's rows [n0, n1): blocks of ROW_BLOCK_BYTES of weight rows, and in
@@ -280,8 +259,8 @@ static void run_tiles(const tile_fn t[4][4], const ryz_ternary_job *j, int64_t n
 }
 
 static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
-    if (j->M == 1) { /* decode: 4-row GEMV blocks straight through the rows */
-        for (int64_t n = n0; n < n1; n++) gemv_i2_rows(j, n, 1);
+    if (j->M == 1) { /* decode: one row after the other */
+        for (int64_t n = n0; n < n1; n++) gemv_i2_row(j, n);
         return;
     }
     run_tiles(tiles, j, n0, n1);
@@ -352,7 +331,7 @@ static void gemm_t5(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
     const int64_t ng = (j->Kp / 64 + 3) / 4;
     /* 2-bit buffer of 4 rows, then the u8 codes of one row (256 ng bytes) */
     if (j->M == 1) {
-        for (int64_t n = n0; n < n1; n++) gemv_t5_rows(j, n, 1);
+        for (int64_t n = n0; n < n1; n++) gemv_t5_row(j, n);
         return;
     }
     uint8_t *C = aligned_alloc(64, (size_t)(4 * ng * 64 + 256 * ng + 64));

@@ -6,10 +6,11 @@
  * (decode issues hundreds of short jobs per token, and a futex wake costs more
  * than the job), then sleep on a condition variable. A job is cut into one part
  * per thread; any thread may run any part, claiming it first (a compare-and-swap
- * of the part's generation tag), and the caller, after its own part, runs the
- * parts no worker has claimed yet. On a loaded machine a descheduled worker then
- * costs nothing: the caller does its share instead of waiting for it to get a
- * CPU. The partition does not depend on who runs a part, so results are the same.
+ * of the part's generation tag; part 0 is the caller's alone), and the caller, after
+ * its own part and a few microseconds of waiting (HELP_SPINS), runs the parts no worker
+ * has claimed yet. On a loaded machine a descheduled worker then costs little: the
+ * caller does its share instead of waiting for it to get a CPU. The partition does not
+ * depend on who runs a part, so results are the same.
  * Started lazily; after fork() the child starts a fresh pool on first use. */
 #include <pthread.h>
 #include <sched.h>

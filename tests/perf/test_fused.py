@@ -139,8 +139,8 @@ def churn_folder(tmp_path_factory):
 def test_token_call_churn_computes_every_row_once(churn_folder, n_threads):
     """300 token calls at the same position (each ~20 pool jobs: GEMVs whose rows the threads
     claim in chunks and steal from each other's ends, side jobs around the serial steps) give
-    the same logits, x and KV row every time. The logits start as NaN and x and the cache row
-    are reset: a row skipped or written twice by the pool shows. 3 threads oversubscribe this
+    the same logits, x and KV row every time. The logits start as NaN, x is reset and each call
+    rewrites the cache row: a row the pool skips or computes twice shows. 3 threads oversubscribe this
     machine, so the caller also runs parts no worker has claimed."""
     previous = _native.get_num_threads()
     _native.set_num_threads(n_threads)
