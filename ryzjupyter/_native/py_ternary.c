@@ -87,7 +87,7 @@ static PyObject *do_pack(PyObject *args, layout_t l, const char *fmt) {
     int64_t rb = layout_row_bytes(l, K);
     Py_BEGIN_ALLOW_THREADS
     if (l == LAYOUT_I2)
-        for (int64_t n = 0; n < N; n++) ryz_pack_i2(o + n * rb, t + n * K, K);
+        ryz_pack_i2(o, t, N, K);
     else if (l == LAYOUT_T5)
         for (int64_t n = 0; n < N; n++) ryz_pack_t5(o + n * rb, t + n * K, K);
     else
@@ -134,7 +134,7 @@ static PyObject *do_unpack(PyObject *args, layout_t l, const char *fmt) {
     int8_t *t = ryz_data(out);
     Py_BEGIN_ALLOW_THREADS
     if (l == LAYOUT_I2)
-        for (int64_t n = 0; n < N; n++) ryz_unpack_i2(t + n * K, p + n * rb, K);
+        ryz_unpack_i2(t, p, N, K);
     else if (l == LAYOUT_T5)
         for (int64_t n = 0; n < N; n++) ryz_unpack_t5(t + n * K, p + n * rb, K);
     else

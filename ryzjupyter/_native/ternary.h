@@ -11,7 +11,15 @@
  * u8 codes, each lining up with 64 consecutive int8 activations: exactly the
  * operands of vpdpbusd (u8 x s8, 4 products summed into each int32 lane).
  * AVX2 uses the two 32-byte halves the same way with vpmaddubsw + vpmaddwd.
- * Rows follow each other (packed is uint8 [N, i2_row_bytes(K)], 2.0 bpw).
+ * Rows are interleaved block by block in tiles of RYZ_I2_TILE = 4 (the last tile has
+ * h = N % 4 rows if that is not 0): block b of row n of a tile starting at row n0 with h
+ * rows lives at  n0 * rb + (b h + n - n0) * 64  (ryz_i2_offset), so a kernel that
+ * computes a tile's rows together reads one sequential stream and loads each block of
+ * activations once for all of them. The packed array is still [N, rb] (2.0 bpw), but
+ * packed row n is not row n's bytes: only slices of whole tiles (multiples of 4 rows)
+ * are matrices of their own. Why: one row at a time loads 4 activation vectors per 64
+ * bytes of weights, and on Zen 4 that L1 traffic halved the DRAM stream (11 vs 30 GB/s
+ * a core, docs/performance.md, session 7); 4 rows in 4 separate streams read 18 GB/s.
  *
  * Math: sum_k t[k] q[k] = sum_k c[k] q[k] - sum_k q[k]. Kernels compute the first
  * sum on the padded row (activations are zero-padded to Kp, so padding adds
@@ -53,6 +61,7 @@
 
 #define RYZ_I2_BLOCK 256        /* weights per block */
 #define RYZ_I2_BLOCK_BYTES 64   /* bytes per block: 4 weights a byte */
+#define RYZ_I2_TILE 4           /* rows interleaved block by block */
 _Static_assert(RYZ_I2_BLOCK == 4 * RYZ_I2_BLOCK_BYTES, "I2 block: 4 codes per byte");
 _Static_assert(RYZ_I2_BLOCK_BYTES == 64, "I2 block must be one zmm register (vpdpbusd)");
 
@@ -93,6 +102,15 @@ static inline int ryz_t5_decode(unsigned c[5], unsigned byte) {
         x = (3 * x) & 255;
     }
     return ryz_t5_encode(c) == byte;
+}
+/* rows in the I2 tile that starts at row n0 (a multiple of RYZ_I2_TILE) of an N-row matrix */
+static inline int64_t ryz_i2_tile_rows(int64_t n0, int64_t N) {
+    return N - n0 < RYZ_I2_TILE ? N - n0 : RYZ_I2_TILE;
+}
+/* byte offset of block b of row n in an I2-packed [N, rb] matrix */
+static inline int64_t ryz_i2_offset(int64_t n, int64_t b, int64_t N, int64_t rb) {
+    const int64_t n0 = n / RYZ_I2_TILE * RYZ_I2_TILE;
+    return n0 * rb + (b * ryz_i2_tile_rows(n0, N) + n - n0) * RYZ_I2_BLOCK_BYTES;
 }
 /* byte offset of byte c of row n in a TL-packed [N, rb] matrix */
 static inline int64_t ryz_tl_offset(int64_t n, int64_t c, int64_t N, int64_t rb) {
@@ -153,11 +171,11 @@ void ryz_tl_build_table(int16_t *T, const int8_t *q, int64_t Kp);
 void ryz_tl_rows_scalar(const ryz_ternary_job *j, int64_t m, const int16_t *T, int64_t n0, int64_t n1);
 
 /* layout conversions (scalar, exact); trits must hold only -1, 0, +1 */
-void ryz_pack_i2(uint8_t *out, const int8_t *trits, int64_t K);   /* one row */
-void ryz_unpack_i2(int8_t *trits, const uint8_t *in, int64_t K);  /* one row */
 void ryz_pack_t5(uint8_t *out, const int8_t *trits, int64_t K);   /* one row */
 void ryz_unpack_t5(int8_t *trits, const uint8_t *in, int64_t K);  /* one row, valid bytes */
-/* TL interleaves rows: whole matrices [N, K] */
+/* I2 and TL interleave rows: whole matrices [N, K] */
+void ryz_pack_i2(uint8_t *out, const int8_t *trits, int64_t N, int64_t K);
+void ryz_unpack_i2(int8_t *trits, const uint8_t *in, int64_t N, int64_t K);
 void ryz_pack_tl(uint8_t *out, const int8_t *trits, int64_t N, int64_t K);
 void ryz_unpack_tl(int8_t *trits, const uint8_t *in, int64_t N, int64_t K);
 

@@ -29,9 +29,13 @@ static ALWAYS_INLINE void tile_i2(const ryz_ternary_job *j, int64_t n, int64_t m
     const int64_t nb = j->Kp / RYZ_I2_BLOCK;
     __m256i acc[2][2];
     const uint8_t *w[2];
+    int64_t step[2];  /* bytes from one block of a row to its next (ternary.h: 64 x rows of its tile) */
     const int8_t *q[2];
 #pragma GCC unroll 2
-    for (int r = 0; r < NR; r++) w[r] = j->w + (n + r) * j->rb;
+    for (int r = 0; r < NR; r++) {
+        w[r] = j->w + ryz_i2_offset(n + r, 0, j->N, j->rb);
+        step[r] = ryz_i2_tile_rows((n + r) / RYZ_I2_TILE * RYZ_I2_TILE, j->N) * RYZ_I2_BLOCK_BYTES;
+    }
 #pragma GCC unroll 2
     for (int t = 0; t < NT; t++) q[t] = j->q + (m + t) * j->ldq;
 #pragma GCC unroll 2
@@ -49,7 +53,7 @@ static ALWAYS_INLINE void tile_i2(const ryz_ternary_job *j, int64_t n, int64_t m
             __m256i raw[2];
 #pragma GCC unroll 2
             for (int r = 0; r < NR; r++)
-                raw[r] = _mm256_loadu_si256((const __m256i *)(w[r] + b * RYZ_I2_BLOCK_BYTES + 32 * h));
+                raw[r] = _mm256_loadu_si256((const __m256i *)(w[r] + b * step[r] + 32 * h));
 #pragma GCC unroll 4
             for (int i = 0; i < 4; i++) {
                 __m256i wv[2];

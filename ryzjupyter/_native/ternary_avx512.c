@@ -4,8 +4,9 @@
  * multiplied with 64 int8 activations by vpdpbusd into int32 lanes. The GEMM is
  * register-blocked: a tile of up to 4 rows x 4 tokens keeps 16 accumulators in
  * registers, unpacks each weight vector once and uses it for every token of the
- * tile (decode has its own loop, one row at a time: gemv_i2_row). Tokens are walked in blocks of TOK_BLOCK
- * and rows in blocks of ROW_BLOCK_BYTES (run_tiles). */
+ * tile (decode has its own loop over a tile's rows: gemv_i2_rows). Tokens are walked in
+ * blocks of TOK_BLOCK and rows in blocks of ROW_BLOCK_BYTES (run_tiles). A tile's rows are
+ * stored block by block (ternary.h), so a tile reads one sequential stream. */
 #if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VNNI__)
 #error "ternary_avx512.c must be compiled with -mavx512f -mavx512bw -mavx512vnni"
 #endif
@@ -20,11 +21,14 @@
 #define T5_TOK_BLOCK 128
 /* software prefetch distance; 8 KiB measured best among 2-32 KiB for decode (M = 1) */
 #define PF_BYTES 8192
-/* Decode walks one row at a time (gemv_i2_row / gemv_t5_row), so the weights are read as one
- * purely sequential stream (a 4-row tile loads 4 rows 640-1728 bytes apart per block). With
- * non-temporal prefetch, 1 row streams ~12 % more than 4 when the machine reads ~85 GB/s and
- * the same at ~50 GB/s (standalone GEMV loop, session 5; with T0 prefetch at ~45 GB/s, 4 rows
- * had been 1.03x faster, session 4). */
+/* Decode (gemv_i2_rows): no software prefetch. On Zen 4 a 4-row tile streamed 30 GB/s a core
+ * from DRAM without and 22-24 GB/s with NTA or T0 prefetches 8 KiB ahead (standalone loop,
+ * session 7; the hardware prefetcher follows the single sequential stream). */
+#ifndef DECODE_PF
+#define DECODE_PF 0
+#endif
+/* T5 decode walks one row at a time (gemv_t5_row): T5 rows follow each other, so that is one
+ * sequential stream (4 rows of a tile would be 4 streams 512-1408 bytes apart). */
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* Reduce the 16 accumulators of a full 4 x 4 tile at once (45 vector ops instead of 16
@@ -67,23 +71,22 @@ static ALWAYS_INLINE void store_4x4(const ryz_ternary_job *j, int64_t n, int64_t
     }
 }
 
-/* Load block b (bb bytes) of the NR contiguous rows w[0..NR-1] of a tile, prefetching the NR
- * lines PF_BYTES ahead of the tile's block in address order: over the tile that is one
- * sequential stream. Prefetching each row's own next line instead (4 strided addresses) covers
- * the same lines but streamed 20 % slower with 2 threads (45 vs 36 GB/s, docs/performance.md).
- * `once` (decode, every byte read once per token): non-temporal prefetches, into L1 but not
- * kept in L2/L3 when evicted, so the stream neither spends cache bandwidth on evictions nor
- * pushes out the norms, activations and KV rows of the steps between GEMVs; prefill tiles
- * read a row block again for every token tile and need it in L2 (T0). */
-static ALWAYS_INLINE void load_rows(__m512i raw[4], const uint8_t *const w[4], int64_t b, int64_t bb,
-                                    const int NR, const int once) {
+/* Load block b of NR rows that lie in one I2 tile (ternary.h): row r's block b is at
+ * w + b * step + 64 r (step = 64 x the tile's rows; a T5 row: NR = 1, step = 64). The tile's
+ * blocks follow each other, so the rows are one sequential stream. `pf`: prefetch the lines
+ * PF_BYTES ahead in address order, non-temporally when `once` (decode: every byte read once
+ * per token; into L1, not kept in L2 / L3 when evicted), else T0 (prefill tiles read a row
+ * block again for every token tile and need it in L2). */
+static ALWAYS_INLINE void load_rows(__m512i raw[4], const uint8_t *w, int64_t step, int64_t b,
+                                    const int NR, const int pf, const int once) {
 #pragma GCC unroll 4
     for (int r = 0; r < NR; r++) {
-        if (once)
-            _mm_prefetch((const char *)(w[0] + (b * NR + r) * bb + PF_BYTES), _MM_HINT_NTA);
-        else
-            _mm_prefetch((const char *)(w[0] + (b * NR + r) * bb + PF_BYTES), _MM_HINT_T0);
-        raw[r] = _mm512_loadu_si512(w[r] + b * bb);
+        const uint8_t *p = w + b * step + 64 * r;
+        if (pf && once)
+            _mm_prefetch((const char *)(p + PF_BYTES), _MM_HINT_NTA);
+        else if (pf)
+            _mm_prefetch((const char *)(p + PF_BYTES), _MM_HINT_T0);
+        raw[r] = _mm512_loadu_si512(p);
     }
 }
 
@@ -127,10 +130,9 @@ static ALWAYS_INLINE void tile_i2(const ryz_ternary_job *j, int64_t n, int64_t m
                                   const int NT) {
     const int64_t nb = j->Kp / RYZ_I2_BLOCK;
     __m512i acc[4][4];
-    const uint8_t *w[4];
+    const uint8_t *w = j->w + n * j->rb;  /* n starts a tile (gemm_i2) */
+    const int64_t step = ryz_i2_tile_rows(n, j->N) * RYZ_I2_BLOCK_BYTES;
     const int8_t *q[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < NR; r++) w[r] = j->w + (n + r) * j->rb;
 #pragma GCC unroll 4
     for (int t = 0; t < NT; t++) q[t] = j->q + (m + t) * j->ldq;
 #pragma GCC unroll 4
@@ -139,41 +141,57 @@ static ALWAYS_INLINE void tile_i2(const ryz_ternary_job *j, int64_t n, int64_t m
         for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_si512();
     for (int64_t b = 0; b < nb; b++) {
         __m512i raw[4];
-        load_rows(raw, w, b, RYZ_I2_BLOCK_BYTES, NR, 0);
+        load_rows(raw, w, step, b, NR, 1, 0);
         mac_planes(acc, raw, q, b * RYZ_I2_BLOCK, 4, NR, NT);
     }
     store_tile(j, n, m, acc, NR, NT);
 }
 
-/* Decode (M = 1), row n: the sums of tile_i2 with NT = 1, with fewer ops. Code plane i of a
- * byte is masked in place, (raw & 3 << 2i) = 4^i c_i, so no shifts: one accumulator per
- * plane, and plane i's sum is acc[i] >> 2i, exact (every product is a
- * multiple of 4^i; |sum| <= Kp / 256 * 4 * 192 * 128 < 1.7e9 for Kp <= RYZ_TERNARY_MAX_K). The same int32
- * result as tile_i2. vpdpbusd goes through RYZ_DPBUSD: with the intrinsic GCC 12 copied the
- * accumulators of a 4-row loop between registers (and the stack) every block; in place it ran 1.5x
- * faster from L1/L2 (2560 x 640, 1 thread: 62 -> 96 GB/s). The activations are vpdpbusd's
- * memory operand (RYZ_DPBUSD_M): one row from L2 1.08x faster, and 2-4 % more of the probe
- * streaming from DRAM when the machine reads ~75 GB/s (standalone loop, session 6). */
-static ALWAYS_INLINE void gemv_i2_row(const ryz_ternary_job *j, int64_t n) {
+/* Decode (M = 1), rows n .. n+NR-1 of one tile: the sums of tile_i2 with NT = 1, with fewer
+ * ops. Code plane i of a byte is masked in place, (raw & 3 << 2i) = 4^i c_i, so no shifts: one
+ * accumulator per row and plane, and plane i's sum is acc[r][i] >> 2i, exact (every product
+ * is a multiple of 4^i; |sum| <= Kp / 256 * 4 * 192 * 128 < 1.7e9 for Kp <= RYZ_TERNARY_MAX_K).
+ * The same int32 result as tile_i2. Each vector of activations is loaded once for the tile's
+ * 4 rows: one row at a time loaded 4 of them per 64 bytes of weights, and on Zen 4 that L1
+ * traffic held the DRAM stream to 11 GB/s a core against 30 for a 4-row tile (standalone
+ * loop, session 7). vpdpbusd goes through RYZ_DPBUSD: with the intrinsic GCC 12 copied the
+ * accumulators between registers (and the stack) every block (1.5x slower from L1/L2).
+ * Software prefetch: DECODE_PF below. */
+static ALWAYS_INLINE void gemv_i2_rows(const ryz_ternary_job *j, int64_t n, const int NR) {
     const int64_t nb = j->Kp / RYZ_I2_BLOCK;
+    const int64_t step = ryz_i2_tile_rows(n, j->N) * RYZ_I2_BLOCK_BYTES;
+    const uint8_t *w = j->w + n * j->rb;
     const int8_t *q = j->q;
     const __m512i mask[4] = {_mm512_set1_epi8(3), _mm512_set1_epi8(12), _mm512_set1_epi8(48),
                              _mm512_set1_epi8((char)192)};
-    __m512i acc[4];
-    const uint8_t *w[4] = {j->w + n * j->rb};  /* load_rows takes 4 row pointers; one is used */
+    __m512i acc[4][4];
 #pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_si512();
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) acc[r][i] = _mm512_setzero_si512();
     for (int64_t b = 0; b < nb; b++) {
         __m512i raw[4];
-        load_rows(raw, w, b, RYZ_I2_BLOCK_BYTES, 1, 1);
+        load_rows(raw, w, step, b, NR, DECODE_PF, 1);
 #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++)
-            RYZ_DPBUSD_M(acc[i], _mm512_and_si512(raw[0], mask[i]), q + b * RYZ_I2_BLOCK + 64 * i);
+        for (int i = 0; i < 4; i++) {
+            const __m512i a = _mm512_loadu_si512(q + b * RYZ_I2_BLOCK + 64 * i);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) RYZ_DPBUSD(acc[r][i], _mm512_and_si512(raw[r], mask[i]), a);
+        }
     }
-    const __m512i s = _mm512_add_epi32(_mm512_add_epi32(acc[0], _mm512_srai_epi32(acc[1], 2)),
-                                       _mm512_add_epi32(_mm512_srai_epi32(acc[2], 4), _mm512_srai_epi32(acc[3], 6)));
-    ryz_ternary_store(j, 0, n, _mm512_reduce_add_epi32(s) - j->qsum[0]);
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++) {
+        const __m512i s = _mm512_add_epi32(_mm512_add_epi32(acc[r][0], _mm512_srai_epi32(acc[r][1], 2)),
+                                           _mm512_add_epi32(_mm512_srai_epi32(acc[r][2], 4),
+                                                            _mm512_srai_epi32(acc[r][3], 6)));
+        ryz_ternary_store(j, 0, n + r, _mm512_reduce_add_epi32(s) - j->qsum[0]);
+    }
 }
+static void gemv_i2_1(const ryz_ternary_job *j, int64_t n) { gemv_i2_rows(j, n, 1); }
+static void gemv_i2_2(const ryz_ternary_job *j, int64_t n) { gemv_i2_rows(j, n, 2); }
+static void gemv_i2_3(const ryz_ternary_job *j, int64_t n) { gemv_i2_rows(j, n, 3); }
+static void gemv_i2_4(const ryz_ternary_job *j, int64_t n) { gemv_i2_rows(j, n, 4); }
+static void (*const gemv_i2[4])(const ryz_ternary_job *, int64_t) = {gemv_i2_1, gemv_i2_2, gemv_i2_3, gemv_i2_4};
 
 #define TILE(NR, NT) static void tile_##NR##x##NT(const ryz_ternary_job *j, int64_t n, int64_t m) \
     { tile_i2(j, n, m, NR, NT); }
@@ -210,14 +228,14 @@ static ALWAYS_INLINE __m512i t5_code(__m512i x) {
 static ALWAYS_INLINE void gemv_t5_row(const ryz_ternary_job *j, int64_t n) {
     const int64_t nb = j->Kp / RYZ_T5_BLOCK;
     const int8_t *q = j->q;
-    const uint8_t *w[4] = {j->w + n * j->rb};  /* load_rows takes 4 row pointers; one is used */
+    const uint8_t *w = j->w + n * j->rb;
     __m512i acc = _mm512_setzero_si512();
     for (int64_t c0 = 0; c0 < nb; c0 += T5_FOLD) {
         const int64_t c1 = c0 + T5_FOLD < nb ? c0 + T5_FOLD : nb;
         __m512i P = _mm512_setzero_si512(), N = P;
         for (int64_t b = c0; b < c1; b++) {
             __m512i x[4];
-            load_rows(x, w, b, RYZ_T5_BLOCK_BYTES, 1, 1);
+            load_rows(x, w, RYZ_T5_BLOCK_BYTES, b, 1, 1, 1);
 #pragma GCC unroll 5
             for (int i = 0; i < 5; i++) {  /* in place (RYZ_DPBUSD): 1.1x from L2 */
                 const __m512i a = _mm512_loadu_si512(q + b * RYZ_T5_BLOCK + 64 * i);
@@ -259,8 +277,16 @@ static void run_tiles(const tile_fn t[4][4], const ryz_ternary_job *j, int64_t n
 }
 
 static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
-    if (j->M == 1) { /* decode: one row after the other */
-        for (int64_t n = n0; n < n1; n++) gemv_i2_row(j, n);
+    /* rows before the first whole tile (never with the engine's 16-row grains): the reference */
+    const int64_t a = (n0 + RYZ_I2_TILE - 1) / RYZ_I2_TILE * RYZ_I2_TILE;
+    if (n0 < a) {
+        ryz_gemm_i2_scalar(j, n0, a < n1 ? a : n1);
+        n0 = a;
+    }
+    if (n0 >= n1) return;
+    if (j->M == 1) { /* decode: a tile's rows at a time */
+        for (int64_t n = n0; n < n1; n += RYZ_I2_TILE)
+            gemv_i2[(n1 - n < RYZ_I2_TILE ? n1 - n : RYZ_I2_TILE) - 1](j, n);
         return;
     }
     run_tiles(tiles, j, n0, n1);

@@ -5,41 +5,46 @@
 #include "ternary.h"
 
 /* ---- I2 layout ------------------------------------------------------------- */
-void ryz_pack_i2(uint8_t *out, const int8_t *trits, int64_t K) {
-    int64_t Kp = ryz_i2_padded_k(K);
-    for (int64_t b = 0; b < Kp / RYZ_I2_BLOCK; b++)
-        for (int j = 0; j < RYZ_I2_BLOCK_BYTES; j++) {
-            unsigned v = 0;
-            for (int i = 0; i < 4; i++) {
-                int64_t k = b * RYZ_I2_BLOCK + 64 * i + j;
-                unsigned c = k < K ? (unsigned)(trits[k] + 1) : 1u;
-                v |= c << (2 * i);
+void ryz_pack_i2(uint8_t *out, const int8_t *trits, int64_t N, int64_t K) {
+    const int64_t Kp = ryz_i2_padded_k(K), rb = ryz_i2_row_bytes(K);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t b = 0; b < Kp / RYZ_I2_BLOCK; b++) {
+            uint8_t *o = out + ryz_i2_offset(n, b, N, rb);
+            for (int j = 0; j < RYZ_I2_BLOCK_BYTES; j++) {
+                unsigned v = 0;
+                for (int i = 0; i < 4; i++) {
+                    int64_t k = b * RYZ_I2_BLOCK + 64 * i + j;
+                    unsigned c = k < K ? (unsigned)(trits[n * K + k] + 1) : 1u;
+                    v |= c << (2 * i);
+                }
+                o[j] = (uint8_t)v;
             }
-            out[b * RYZ_I2_BLOCK_BYTES + j] = (uint8_t)v;
         }
 }
 
-void ryz_unpack_i2(int8_t *trits, const uint8_t *in, int64_t K) {
-    for (int64_t k = 0; k < K; k++) {
-        int64_t b = k / RYZ_I2_BLOCK, r = k % RYZ_I2_BLOCK;
-        unsigned byte = in[b * RYZ_I2_BLOCK_BYTES + r % 64];
-        trits[k] = (int8_t)((int)((byte >> (2 * (r / 64))) & 3u) - 1);
-    }
+void ryz_unpack_i2(int8_t *trits, const uint8_t *in, int64_t N, int64_t K) {
+    const int64_t rb = ryz_i2_row_bytes(K);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k++) {
+            int64_t b = k / RYZ_I2_BLOCK, r = k % RYZ_I2_BLOCK;
+            unsigned byte = in[ryz_i2_offset(n, b, N, rb) + r % 64];
+            trits[n * K + k] = (int8_t)((int)((byte >> (2 * (r / 64))) & 3u) - 1);
+        }
 }
 
 /* acc = sum_k code[k] q[k] over the padded row, minus the activation sum */
 void ryz_gemm_i2_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
     const int64_t nb = j->Kp / RYZ_I2_BLOCK;
     for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *w = j->w + n * j->rb;
         for (int64_t m = 0; m < j->M; m++) {
             const int8_t *q = j->q + m * j->ldq;
             int32_t acc = 0;
-            for (int64_t b = 0; b < nb; b++)
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *w = j->w + ryz_i2_offset(n, b, j->N, j->rb);
                 for (int i = 0; i < 4; i++)
                     for (int jj = 0; jj < RYZ_I2_BLOCK_BYTES; jj++)
-                        acc += (int32_t)((w[b * 64 + jj] >> (2 * i)) & 3) *
-                               q[b * RYZ_I2_BLOCK + 64 * i + jj];
+                        acc += (int32_t)((w[jj] >> (2 * i)) & 3) * q[b * RYZ_I2_BLOCK + 64 * i + jj];
+            }
             ryz_ternary_store(j, m, n, acc - j->qsum[m]);
         }
     }

@@ -167,16 +167,25 @@ def i2_row_bytes(K: int) -> int:
 
 
 def pack_i2(trits: np.ndarray) -> np.ndarray:
-    """I2 layout written from its definition: byte j of block b, bits 2i..2i+1 hold
-    code t[256 b + 64 i + j] + 1 (padding trits are 0, code 1)."""
+    """I2 layout written from its definition: in a row, byte j of block b, bits 2i..2i+1 hold
+    code t[256 b + 64 i + j] + 1 (padding trits are 0, code 1); rows are interleaved block by
+    block in tiles of 4 (the last tile has N % 4 rows if that is not 0): block b of row n of
+    the tile starting at n0 with h rows is at n0 * rb + (b h + n - n0) * 64."""
     trits = np.asarray(trits, np.int8)
     N, K = trits.shape
     Kp = -(-K // 256) * 256
     codes = np.ones((N, Kp), np.uint8)
     codes[:, :K] = trits + 1
     c = codes.reshape(N, Kp // 256, 4, 64)  # [n, block, i, j]
-    packed = c[:, :, 0] | (c[:, :, 1] << 2) | (c[:, :, 2] << 4) | (c[:, :, 3] << 6)
-    return packed.reshape(N, Kp // 4).astype(np.uint8)
+    rows = (c[:, :, 0] | (c[:, :, 1] << 2) | (c[:, :, 2] << 4) | (c[:, :, 3] << 6)).astype(np.uint8)
+    packed = np.empty((N, Kp // 4), np.uint8)
+    flat = packed.reshape(-1)
+    rb = Kp // 4
+    for n0 in range(0, N, 4):
+        h = min(4, N - n0)
+        tile = rows[n0:n0 + h].transpose(1, 0, 2)  # [block, row, j]
+        flat[n0 * rb:(n0 + h) * rb] = tile.reshape(-1)
+    return packed
 
 
 def t5_row_bytes(K: int) -> int:
