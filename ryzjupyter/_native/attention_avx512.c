@@ -9,6 +9,8 @@
  *   v:      blocks of RYZ_ATTN_VBLOCK rows; per (kv head, 4 query heads, 64 columns)
  *           16 accumulators, partial sums between blocks in scratch.
  * Both passes prefetch the rows they will read next (software prefetch in address order).
+ * Over a float cache, a decode unit (every kv head of its rows) takes seq_scores / seq_v
+ * instead: the same sums, the rows read one after the other without prefetch (Zen 4).
  * Prefill over a float cache uses attend_block instead (blocks of query rows, scores against
  * transposed keys: see attention.h and the comment above it). 
  * Whole vectors use plain loads: masked loads that miss the cache stream about 4x
@@ -18,6 +20,7 @@
 #endif
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #include "attention.h"
 #include "ops.h"
@@ -60,6 +63,90 @@ static inline void prefetch_bytes(const void *p, int64_t n) {
     for (; c < e; c += 64) _mm_prefetch(c, RYZ_ATTN_PF_HINT);
 }
 
+/* ---- float cache, rows in address order (decode units: every kv head of a row) ---------
+ * seq_scores: the rows of a block of 4 one after the other, each over all its kv heads; the
+ * 4 accumulators of (row r, kv head h, query heads g0..g0+3) go to blk[h, g0 / 4][4 gg + r],
+ * and the block's 16 vectors per (h, g0) are reduced at once as in the blocked pass (same
+ * FMAs per lane in the same order, same tree): the same scores. */
+#define SEQ_MAX_GROUPS 16   /* kv heads x query-head groups of 4 per unit (16 KiB of stack) */
+static void seq_scores(const ryz_attn_unit *u, float *RYZ_RESTRICT sc, int64_t Lp) {
+    const int64_t G = u->G, H = u->H, hd = u->hd, L = u->L, kstride = u->kstride;
+    const int64_t NG = (G + 3) / 4;
+    const float *RYZ_RESTRICT kf = u->k, *RYZ_RESTRICT qb = u->q;
+    const __m512 kscale = _mm512_set1_ps(u->scale);
+    __m512 blk[SEQ_MAX_GROUPS][16];
+    for (int64_t t = 0; t < L; t += 4) {
+        for (int r = 0; r < 4; r++) {
+            const float *row = kf + (t + r < L ? t + r : L - 1) * kstride;  /* a short last block
+                                                                  * repeats its last row */
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t g0 = 0; g0 < G; g0 += 4) {
+                    const int64_t gn = G - g0 < 4 ? G - g0 : 4;
+                    const float *qh[4];
+                    for (int gg = 0; gg < 4; gg++) qh[gg] = qb + (h * G + g0 + (gg < gn ? gg : gn - 1)) * hd;
+                    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                                   _mm512_setzero_ps()};
+                    int64_t j = 0;
+                    for (; j + 16 <= hd; j += 16) {
+                        const __m512 kv = _mm512_loadu_ps(row + h * hd + j);
+                        for (int gg = 0; gg < 4; gg++) a[gg] = _mm512_fmadd_ps(_mm512_loadu_ps(qh[gg] + j), kv, a[gg]);
+                    }
+                    if (j < hd) {
+                        const __mmask16 m = ryz_tail16(hd - j);
+                        const __m512 kv = ryz_ld16(row + h * hd + j, m);
+                        for (int gg = 0; gg < 4; gg++) a[gg] = _mm512_fmadd_ps(ryz_ld16(qh[gg] + j, m), kv, a[gg]);
+                    }
+                    for (int gg = 0; gg < 4; gg++) blk[h * NG + g0 / 4][gg * 4 + r] = a[gg];
+                }
+        }
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t g0 = 0; g0 < G; g0 += 4) {
+                const int64_t gn = G - g0 < 4 ? G - g0 : 4;
+                const __m512 s = _mm512_mul_ps(reduce16(blk[h * NG + g0 / 4]), kscale);
+                for (int gg = 0; gg < 4; gg++) {  /* lanes 4 gg .. 4 gg + 3: head gg, rows t .. t+3 */
+                    float *dst = sc + (h * G + g0 + (gg < gn ? gg : gn - 1)) * Lp + t;
+                    switch (gg) {
+                    case 0: _mm_storeu_ps(dst, _mm512_castps512_ps128(s)); break;
+                    case 1: _mm_storeu_ps(dst, _mm512_extractf32x4_ps(s, 1)); break;
+                    case 2: _mm_storeu_ps(dst, _mm512_extractf32x4_ps(s, 2)); break;
+                    default: _mm_storeu_ps(dst, _mm512_extractf32x4_ps(s, 3)); break;
+                    }
+                }
+            }
+    }
+}
+
+/* seq_v: out[hg] = inv[hg] * sum_t p[hg][t] v[t, h], the rows one after the other, the partial
+ * sums in acc (L1): per lane the same FMAs in the same order (t ascending) as the blocked
+ * pass, so the same outputs. */
+static void seq_v(const ryz_attn_unit *u, const float *RYZ_RESTRICT sc, int64_t Lp, float *RYZ_RESTRICT acc,
+                  const float *RYZ_RESTRICT inv) {
+    const int64_t G = u->G, H = u->H, hd = u->hd, L = u->L, kstride = u->kstride, HG = H * G;
+    const float *RYZ_RESTRICT vf = u->v;
+    memset(acc, 0, sizeof(float) * (size_t)(HG * hd));  /* exactly: inv follows acc */
+    const __mmask16 mt = ryz_tail16(hd % 16);
+    for (int64_t t = 0; t < L; t++) {
+        const float *row = vf + t * kstride;
+        for (int64_t h = 0, hg = 0; h < H; h++) {
+            const float *vr = row + h * hd;
+            for (int64_t g = 0; g < G; g++, hg++) {
+                const __m512 pg = _mm512_set1_ps(sc[hg * Lp + t]);
+                float *a = acc + hg * hd;
+                int64_t j = 0;
+                for (; j + 16 <= hd; j += 16)
+                    _mm512_storeu_ps(a + j, _mm512_fmadd_ps(pg, _mm512_loadu_ps(vr + j), _mm512_loadu_ps(a + j)));
+                if (j < hd) _mm512_mask_storeu_ps(a + j, mt, _mm512_fmadd_ps(pg, ryz_ld16(vr + j, mt), ryz_ld16(a + j, mt)));
+            }
+        }
+    }
+    for (int64_t hg = 0; hg < HG; hg++) {
+        const __m512 s = _mm512_set1_ps(inv[hg]);
+        int64_t j = 0;
+        for (; j + 16 <= hd; j += 16) _mm512_storeu_ps(u->o + hg * hd + j, _mm512_mul_ps(_mm512_loadu_ps(acc + hg * hd + j), s));
+        if (j < hd) _mm512_mask_storeu_ps(u->o + hg * hd + j, mt, _mm512_mul_ps(ryz_ld16(acc + hg * hd + j, mt), s));
+    }
+}
+
 static inline __attribute__((always_inline)) void
 attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
     /* fields copied to locals: stores to the float scratch could otherwise alias them
@@ -85,9 +172,16 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
 #define LOADK(t, h, j, m) (i8 ? ld_i8(k8 + (t) * kstride + (h) * hd + (j), m) : ld_f32(kf + (t) * kstride + (h) * hd + (j), m))
 #define LOADV(t, h, j, m) (i8 ? ld_i8(v8 + (t) * kstride + (h) * hd + (j), m) : ld_f32(vf + (t) * kstride + (h) * hd + (j), m))
 
+    /* Float cache, every kv head of each row (decode units): both passes read the rows in
+     * address order, row after row, without software prefetch (seq_scores, seq_v below). On
+     * Zen 4 the blocked passes, which read 4 or 16 rows 2.5 KB apart column block by column
+     * block, streamed ~12 GB/s a core; one row after the other 21-23 (the probe: 23-24;
+     * standalone loop, session 7). Same float operations in the same order: same results. */
+    const int seq = !i8 && H * hd == kstride && H * ((G + 3) / 4) <= SEQ_MAX_GROUPS;
+    if (seq) seq_scores(u, sc, Lp);
     /* ---- scores: rows 4 at a time (a short last block repeats its last row; the copies
      * land in the padding of sc, Lp >= L rounded up to 16) ---- */
-    for (int64_t t = 0; t < L; t += 4) {
+    for (int64_t t = 0; t < (seq ? 0 : L); t += 4) {
         int64_t tr[4];
         for (int r = 0; r < 4; r++) tr[r] = t + r < L ? t + r : L - 1;
         /* the rows RYZ_ATTN_PF_ROWS ahead (then the first v rows), one line per line read */
@@ -146,7 +240,7 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
         }
     }
     /* the first block of v rows, while the softmax runs (later blocks: in the v pass) */
-    for (int64_t t = 0; t < (contig ? 0 : L < RYZ_ATTN_VBLOCK ? L : RYZ_ATTN_VBLOCK); t++)
+    for (int64_t t = 0; t < (contig || seq ? 0 : L < RYZ_ATTN_VBLOCK ? L : RYZ_ATTN_VBLOCK); t++)
         prefetch_bytes(vbytes + t * kstride * esz, H * hd * esz);
     /* ---- softmax numerators, in place (scores are in L1/L2: masks are cheap here) ---- */
     for (int64_t hg = 0; hg < HG; hg++) {
@@ -172,7 +266,8 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
      * the next block is one stretch of memory and is prefetched in address order, pstep bytes per
      * step (as the GEMVs do): 41 -> 28 us for 128 rows of 2B-4T heads from DRAM, 1 thread. */
     const int rows_contig = H * hd == kstride;
-    for (int64_t tb = 0; tb < L; tb += RYZ_ATTN_VBLOCK) {
+    if (seq) seq_v(u, sc, Lp, acc, inv);
+    for (int64_t tb = 0; tb < (seq ? 0 : L); tb += RYZ_ATTN_VBLOCK) {
         const int64_t te = L - tb < RYZ_ATTN_VBLOCK ? L : tb + RYZ_ATTN_VBLOCK;
         const int64_t ne = L - te < RYZ_ATTN_VBLOCK ? L : te + RYZ_ATTN_VBLOCK;
         const char *pwk = vbytes + te * kstride * esz, *const pwe = vbytes + ne * kstride * esz;
