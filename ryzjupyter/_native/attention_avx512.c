@@ -63,6 +63,15 @@ static inline void prefetch_bytes(const void *p, int64_t n) {
     for (; c < e; c += 64) _mm_prefetch(c, RYZ_ATTN_PF_HINT);
 }
 
+/* Scores of 4 rows x 4 query heads: lanes 4 gg .. 4 gg + 3 of s are head gg's rows, stored at
+ * dst + gg * Lp; heads gn.. repeat head gn - 1 (they store its values to the same place). */
+static inline void store_scores(float *dst, int64_t Lp, int64_t gn, __m512 s) {
+    _mm_storeu_ps(dst, _mm512_castps512_ps128(s));
+    _mm_storeu_ps(dst + (gn > 1 ? 1 : gn - 1) * Lp, _mm512_extractf32x4_ps(s, 1));
+    _mm_storeu_ps(dst + (gn > 2 ? 2 : gn - 1) * Lp, _mm512_extractf32x4_ps(s, 2));
+    _mm_storeu_ps(dst + (gn > 3 ? 3 : gn - 1) * Lp, _mm512_extractf32x4_ps(s, 3));
+}
+
 /* ---- float cache, rows in address order (decode units: every kv head of a row) ---------
  * seq_scores: the rows of a block of 4 one after the other, each over all its kv heads; the
  * 4 accumulators of (row r, kv head h, query heads g0..g0+3) go to blk[h, g0 / 4][4 gg + r],
@@ -102,16 +111,7 @@ static void seq_scores(const ryz_attn_unit *u, float *RYZ_RESTRICT sc, int64_t L
         for (int64_t h = 0; h < H; h++)
             for (int64_t g0 = 0; g0 < G; g0 += 4) {
                 const int64_t gn = G - g0 < 4 ? G - g0 : 4;
-                const __m512 s = _mm512_mul_ps(reduce16(blk[h * NG + g0 / 4]), kscale);
-                for (int gg = 0; gg < 4; gg++) {  /* lanes 4 gg .. 4 gg + 3: head gg, rows t .. t+3 */
-                    float *dst = sc + (h * G + g0 + (gg < gn ? gg : gn - 1)) * Lp + t;
-                    switch (gg) {
-                    case 0: _mm_storeu_ps(dst, _mm512_castps512_ps128(s)); break;
-                    case 1: _mm_storeu_ps(dst, _mm512_extractf32x4_ps(s, 1)); break;
-                    case 2: _mm_storeu_ps(dst, _mm512_extractf32x4_ps(s, 2)); break;
-                    default: _mm_storeu_ps(dst, _mm512_extractf32x4_ps(s, 3)); break;
-                    }
-                }
+                store_scores(sc + (h * G + g0) * Lp + t, Lp, gn, _mm512_mul_ps(reduce16(blk[h * NG + g0 / 4]), kscale));
             }
     }
 }
@@ -224,18 +224,7 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
                 }
                 if (j < hd) SCORE_COLS(ryz_tail16(hd - j))
 #undef SCORE_COLS
-                /* lanes 4gg .. 4gg+3: head gg, rows t .. t+3 (repeated heads store the same
-                 * values to the same place) */
-                const __m512 s = _mm512_mul_ps(reduce16(a), kscale);
-                for (int gg = 0; gg < 4; gg++) {
-                    float *dst = sc + (h * G + g0 + (gg < gn ? gg : gn - 1)) * Lp + t;
-                    switch (gg) {
-                    case 0: _mm_storeu_ps(dst, _mm512_castps512_ps128(s)); break;
-                    case 1: _mm_storeu_ps(dst, _mm512_extractf32x4_ps(s, 1)); break;
-                    case 2: _mm_storeu_ps(dst, _mm512_extractf32x4_ps(s, 2)); break;
-                    default: _mm_storeu_ps(dst, _mm512_extractf32x4_ps(s, 3)); break;
-                    }
-                }
+                store_scores(sc + (h * G + g0) * Lp + t, Lp, gn, _mm512_mul_ps(reduce16(a), kscale));
             }
         }
     }
