@@ -15,6 +15,8 @@ KS = [1, 3, 4, 5, 63, 64, 65, 255, 256, 257, 319, 320, 321, 511, 640, 1000, 2560
 SHAPES = [(1, 1, 1), (1, 7, 300), (1, 1, 2560), (2, 5, 17), (3, 9, 256), (4, 4, 257),
           (5, 13, 1000), (7, 33, 100), (9, 6, 513), (17, 5, 64), (66, 19, 130),
           (2, 64, 100), (3, 130, 300), (1, 200, 257), (5, 129, 2560), (1, 9, 641), (6, 11, 960), (131, 6, 641),
+          # decode (M = 1) with every I2 tile tail: N % 4 = 1 (9 above), 2, 3 (7 above), 0 (200 above)
+          (1, 6, 513),
           # several 64 KiB row blocks of the AVX-512 GEMM walk (100 rows each at K = 2560) with a
           # ragged last one, and a token block plus a tail
           (70, 301, 2560)]
@@ -46,7 +48,7 @@ def rand_trits(rng, N, K):
 
 @pytest.mark.parametrize("K", KS)
 def test_pack_matches_layout_definition(rng, K):
-    t = rand_trits(rng, 3, K)
+    t = rand_trits(rng, 7, K)  # one whole I2 tile of 4 rows and a last one of 3
     assert _native.i2_row_bytes(K) == ref.i2_row_bytes(K)
     assert _native.tl_row_bytes(K) == ref.tl_row_bytes(K)
     assert _native.t5_row_bytes(K) == ref.t5_row_bytes(K)
@@ -109,6 +111,17 @@ def test_t5_encodes_all_243_combinations_exactly(isa, rng):
     np.testing.assert_array_equal(u, t)
     q = rng.integers(-128, 128, (5, 320), dtype=np.int8)
     np.testing.assert_array_equal(matmul("t5", p, q), ref.ternary_matmul(t, q))
+
+
+def test_i2_whole_tiles_slice_into_matrices(rng):
+    # I2 interleaves rows in tiles of 4: the first 8 rows of a packed 11-row matrix are the
+    # packed 8-row matrix (what test_interrupt and any row split at tile boundaries rely on)
+    t = rand_trits(rng, 11, 600)
+    p = packed_of("i2", t)
+    np.testing.assert_array_equal(p[:8], packed_of("i2", t[:8]))
+    assert not np.array_equal(p[:6], packed_of("i2", t[:6]))   # a cut inside a tile is not
+    q = rng.integers(-128, 128, (1, 600), dtype=np.int8)
+    np.testing.assert_array_equal(matmul("i2", np.ascontiguousarray(p[:8]), q), ref.ternary_matmul(t[:8], q))
 
 
 # ---- kernels vs reference ------------------------------------------------------------------
