@@ -49,7 +49,7 @@ extern const ryz_matmul_kernels *ryz_matmul;
 /* ---- probes for `python -m ryzjupyter.bench kernels` (matmul_avx512.c / _scalar.c) ---- */
 /* Stream-read `bytes` bytes (multiple of 256) from p, return a checksum. */
 uint64_t ryz_probe_read_scalar(const void *p, int64_t bytes);
-uint64_t ryz_probe_read_avx512(const void *p, int64_t bytes);
+uint64_t ryz_probe_read_avx512(const void *p, int64_t bytes, int prefetch);
 /* Register-only vpdpbusd loop: `iters` iterations of 16 independent vpdpbusd zmm. */
 int64_t ryz_probe_vnni_avx512(int64_t iters);
 #endif

@@ -108,17 +108,20 @@ static void f32(const ryz_matmul_job *j, int64_t n0, int64_t n1) { run_tiles(til
 const ryz_matmul_kernels ryz_matmul_avx512 = {.name = "avx512vnni", .i8 = i8, .f32 = f32};
 
 /* ---- probes ------------------------------------------------------------------- */
-uint64_t ryz_probe_read_avx512(const void *p, int64_t bytes) {
+uint64_t ryz_probe_read_avx512(const void *p, int64_t bytes, int prefetch) {
     const char *c = p;
     __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
-    /* software prefetch PF_BYTES ahead, non-temporal, as the decode kernels do: with 2 threads
-     * it reads ~10 % more than plain loads and ~1.5 % more than T0 prefetches, so the kernels
-     * are measured against the best streaming read we know */
+    /* `prefetch`: software prefetch PF_BYTES ahead, non-temporal. On the Zen 5 of sessions 1-6
+     * it read ~10 % more than plain loads with 2 threads (and ~1.5 % more than T0); on the Zen 4
+     * of session 7 plain loads read 5-10 % more with 1 thread. The binding times both and keeps
+     * the faster, so the kernels are measured against the best streaming read we know. */
     for (int64_t i = 0; i < bytes; i += 256) {
-        _mm_prefetch(c + i + PF_BYTES, _MM_HINT_NTA);
-        _mm_prefetch(c + i + PF_BYTES + 64, _MM_HINT_NTA);
-        _mm_prefetch(c + i + PF_BYTES + 128, _MM_HINT_NTA);
-        _mm_prefetch(c + i + PF_BYTES + 192, _MM_HINT_NTA);
+        if (prefetch) {
+            _mm_prefetch(c + i + PF_BYTES, _MM_HINT_NTA);
+            _mm_prefetch(c + i + PF_BYTES + 64, _MM_HINT_NTA);
+            _mm_prefetch(c + i + PF_BYTES + 128, _MM_HINT_NTA);
+            _mm_prefetch(c + i + PF_BYTES + 192, _MM_HINT_NTA);
+        }
         s0 = _mm512_add_epi64(s0, _mm512_load_si512(c + i));
         s1 = _mm512_add_epi64(s1, _mm512_load_si512(c + i + 64));
         s2 = _mm512_add_epi64(s2, _mm512_load_si512(c + i + 128));

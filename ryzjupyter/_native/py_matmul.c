@@ -134,7 +134,7 @@ static double now_s(void) {
 
 typedef struct {
     const char *base;
-    int use512;
+    int use512, prefetch;
     uint64_t sink[64];
     int64_t iters;
 } probe_ctx;
@@ -142,7 +142,7 @@ typedef struct {
 static void read_part(void *vctx, int64_t b, int64_t e, int tid) {
     probe_ctx *c = vctx;
     /* items are 4 KiB pages */
-    uint64_t s = c->use512 ? ryz_probe_read_avx512(c->base + b * 4096, (e - b) * 4096)
+    uint64_t s = c->use512 ? ryz_probe_read_avx512(c->base + b * 4096, (e - b) * 4096, c->prefetch)
                            : ryz_probe_read_scalar(c->base + b * 4096, (e - b) * 4096);
     c->sink[tid & 63] += s;
 }
@@ -153,8 +153,9 @@ static void vnni_part(void *vctx, int64_t b, int64_t e, int tid) {
 }
 
 PyDoc_STRVAR(probe_read_doc,
-"probe_read(buf, threads) -> float\n\nSeconds to stream-read the 4 KiB-aligned part of uint8 "
-"array buf once,\nsplit over `threads` threads (AVX-512 loads where the CPU has them).");
+"probe_read(buf, threads) -> (seconds, bytes)\n\nSeconds to stream-read the 4 KiB-aligned part of "
+"uint8 array buf once,\nsplit over `threads` threads (AVX-512 loads where the CPU has them: read\n"
+"twice, with non-temporal prefetches and with plain loads, and the faster kept).");
 static PyObject *py_probe_read(PyObject *self, PyObject *args) {
     RYZ_UNUSED(self);
     PyObject *ob;
@@ -170,14 +171,18 @@ static PyObject *py_probe_read(PyObject *self, PyObject *args) {
     c.base = (const char *)p0;
     c.use512 = ryz_isa_supported(RYZ_ISA_AVX512VNNI);
     int64_t pages = len > 0 ? len / 4096 : 0;
-    double t0, t1;
+    double best = 0.0;
     Py_BEGIN_ALLOW_THREADS
-    t0 = now_s();
-    ryz_parallel_for_n(read_part, &c, pages, 256, threads < 1 ? 1 : threads);
-    t1 = now_s();
+    for (int pass = 0; pass < (c.use512 ? 2 : 1); pass++) {  /* AVX-512: prefetch, then plain loads */
+        c.prefetch = pass == 0;
+        const double t0 = now_s();
+        ryz_parallel_for_n(read_part, &c, pages, 256, threads < 1 ? 1 : threads);
+        const double dt = now_s() - t0;
+        if (pass == 0 || dt < best) best = dt;
+    }
     Py_END_ALLOW_THREADS
     ryz_args_release(&a);
-    return Py_BuildValue("(dL)", t1 - t0, (long long)(pages * 4096));
+    return Py_BuildValue("(dL)", best, (long long)(pages * 4096));
 fail:
     ryz_args_release(&a);
     return NULL;
