@@ -191,8 +191,8 @@ arithmetic is exactly what happens with a big model.
     code("%ryz load {MODEL} --name demo", IGNORE),
     code("""
 import numpy as np
-from ryzjupyter.magics import REGISTRY
-from ryzjupyter.sampling import filter_logits
+from ryzjupyter.jupyter.magics import REGISTRY
+from ryzjupyter.engine.sampling import filter_logits
 
 model = REGISTRY.get("demo")
 tok = model.tokenizer
@@ -262,7 +262,7 @@ Tokens already in the context have their logit divided by the penalty (multiplie
 negative), so the model is less likely to repeat itself.
 """),
     code("""
-from ryzjupyter.sampling import apply_repetition_penalty
+from ryzjupyter.engine.sampling import apply_repetition_penalty
 penalised = apply_repetition_penalty(logits.astype(np.float32).copy(), ids, 1.5).astype(np.float64)
 show([("penalty=1", probs(logits.copy())), ("penalty=1.5", probs(penalised))])
 print("tokens of the prompt:", sorted(set(ids))[:12], "...")

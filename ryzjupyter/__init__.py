@@ -1,16 +1,18 @@
 """ryzjupyter: fast, exact LLM inference on the CPU inside a Jupyter kernel.
 
 Public names are resolved lazily, so `%load_ext ryzjupyter` stays cheap and the
-C extension is imported only when something uses it.
+C extension is imported only when something uses it. This facade sits above every layer
+(docs/architecture.md) and names its modules as strings: the engine imports
+``ryzjupyter._native`` through this package and must not see the surfaces from here.
 """
 from importlib import import_module
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": ("ryzjupyter.loading", "load"),
-    "Tokenizer": ("ryzjupyter.tokenizer", "Tokenizer"),
-    "native_info": ("ryzjupyter.native", "native_info"),
+    "load": ("ryzjupyter.families.loading", "load"),
+    "Tokenizer": ("ryzjupyter.engine.tokenizer", "Tokenizer"),
+    "native_info": ("ryzjupyter.engine.native", "native_info"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__", "load_ipython_extension", "unload_ipython_extension"]
@@ -28,12 +30,8 @@ def __getattr__(name):
 
 def load_ipython_extension(ipython):
     """`%load_ext ryzjupyter`: register the %ryz / %%ryz magics and the sidebar's comm target."""
-    from ryzjupyter.magics import load_ipython_extension as _load
-
-    _load(ipython)
-    from ryzjupyter.comm import register
-
-    register()
+    import_module("ryzjupyter.jupyter.magics").load_ipython_extension(ipython)
+    import_module("ryzjupyter.jupyter.comm").register()
 
 
 def _jupyter_labextension_paths():
@@ -42,6 +40,4 @@ def _jupyter_labextension_paths():
 
 
 def unload_ipython_extension(ipython):
-    from ryzjupyter.magics import unload_ipython_extension as _unload
-
-    _unload(ipython)
+    import_module("ryzjupyter.jupyter.magics").unload_ipython_extension(ipython)

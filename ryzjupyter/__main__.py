@@ -60,8 +60,8 @@ def _print_stats(r):
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .loading import load
+    from ryzjupyter.engine.checkpoint import CheckpointError
+    from ryzjupyter.families.loading import load
     try:
         model = load(a.model, max_context=a.max_context, allow_pickle=a.allow_pickle)
         if a.command == "generate":

@@ -36,12 +36,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ryzjupyter.models import MODELS_DIR, bundled_names, is_bundled
+
 __all__ = ["ModelManager", "ModelInfo", "ModelBusyError", "MemoryBudgetError", "MANAGER",
            "parse_bytes", "format_bytes", "estimate_model_bytes"]
 
 KV_RESERVE_TOKENS = 2048          # the KV cache is counted for this many tokens (or the context, if smaller)
 STATS_INTERVAL_S = 0.2            # live stats pushes: at most 5 per second
-PACKAGE_MODELS = Path(__file__).parent / "models"
 
 
 class ModelBusyError(RuntimeError):
@@ -168,7 +169,7 @@ def estimate_model_bytes(folder, *, lm_head="f32", max_context=None) -> dict:
     if family == "bitnet":
         q, kvd = nh * hd, nkv * hd
         linear = L * (q * D + 2 * kvd * D + D * q + 3 * I * D)
-        # ternary: 2 bits a weight, in up to two layouts (I2 and lookup-table: ryzjupyter.ternary
+        # ternary: 2 bits a weight, in up to two layouts (I2 and lookup-table: ryzjupyter.engine.ternary
         # keeps the one measured fastest per shape and batch size, often both)
         lin_bytes = linear * 4 if variant == "float" else 2 * (linear // 4) + linear // 16 + L * 7 * 64
         if lm_head == "int4":        # 4 bits a weight + a float16 scale per 32 columns (head4.h)
@@ -189,7 +190,7 @@ def estimate_model_bytes(folder, *, lm_head="f32", max_context=None) -> dict:
 
 def _family_of(cfg: dict, folder: Path):
     try:
-        from .checkpoint import detect_kind   # the engine's detection (config only: no tensor names)
+        from ryzjupyter.engine.checkpoint import detect_kind   # the engine's detection (config only: no tensor names)
         kind = detect_kind(cfg)
         variant = kind.variant
         if kind.family == "bitnet" and variant == "packed":
@@ -284,7 +285,7 @@ def generation_report(result, name=None) -> dict:
     s = stats.as_dict() if hasattr(stats, "as_dict") else dict(getattr(stats, "__dict__", {}) or {})
     prof = getattr(result, "profile", None) or getattr(stats, "profile", None)
     profile = None
-    if prof is not None and hasattr(prof, "phases"):           # ryzjupyter.profiling.Profile
+    if prof is not None and hasattr(prof, "phases"):           # ryzjupyter.engine.profiling.Profile
         try:
             items = [(k, v) for k, v, _ in prof.ordered()]
         except Exception:
@@ -451,8 +452,8 @@ class ModelManager:
                 if progress is not None:
                     progress(done, total)
 
-            from .loading import load as _load
-            load_spec = spec if spec is None or _is_bundled_name(spec) or target is None else str(target)
+            from ryzjupyter.families.loading import load as _load
+            load_spec = spec if spec is None or is_bundled(spec) or target is None else str(target)
             options.setdefault("name", name or label)
             try:
                 model = _load(load_spec, progress=on_progress, **options)
@@ -540,10 +541,8 @@ class ModelManager:
 
     def _candidates(self) -> dict[str, Path]:
         out: dict[str, Path] = {}
-        if PACKAGE_MODELS.is_dir():
-            for p in sorted(PACKAGE_MODELS.iterdir()):
-                if (p / "config.json").is_file():
-                    out[p.name] = p
+        for name in bundled_names():
+            out[name] = MODELS_DIR / name
         for entry in filter(None, os.environ.get("RYZ_MODEL_DIRS", "").split(os.pathsep)):
             d = Path(entry).expanduser()
             if (d / "config.json").is_file():
@@ -570,7 +569,7 @@ class ModelManager:
             rows.append({"name": name, "path": str(folder), "family": est["family"], "variant": est["variant"],
                          "params": est["params"], "file_bytes": est["files"], "estimate_bytes": est["total"],
                          "loaded": loaded_as is not None, "loaded_as": loaded_as,
-                         "bundled": folder.parent == PACKAGE_MODELS})
+                         "bundled": folder.parent == MODELS_DIR})
         return rows
 
     def estimate(self, spec=None, **options) -> dict:
@@ -583,7 +582,7 @@ class ModelManager:
         """A local folder for spec, or None (e.g. a hub id not downloaded: the engine resolves it)."""
         if spec is None:
             try:
-                from .loading import bundled_model_path
+                from ryzjupyter.families.loading import bundled_model_path
                 return bundled_model_path()
             except Exception:
                 return None
@@ -793,10 +792,6 @@ def _same_path(a: str, b: str) -> bool:
         return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
     except (OSError, ValueError):
         return False
-
-
-def _is_bundled_name(spec) -> bool:
-    return isinstance(spec, str) and (PACKAGE_MODELS / spec / "config.json").is_file()
 
 
 def _unique(name, taken):

@@ -14,7 +14,7 @@ import numpy as np
 
 def main(argv: list[str] | None = None) -> int:
     from ryzjupyter import _native
-    from ryzjupyter.native import native_info
+    from ryzjupyter.engine.native import native_info
 
     info = native_info()
     print("ryzjupyter native_info():")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ryzjupyter import _native
-from ryzjupyter.native import ISA_LEVELS
+from ryzjupyter.engine.native import ISA_LEVELS
 
 FORCED = os.environ.get("RYZ_ISA")
 

@@ -11,7 +11,7 @@ import { ISignal, Signal } from '@lumino/signaling';
 
 export const TARGET = 'ryzjupyter';
 export const BOOTSTRAP =
-  'import ryzjupyter.comm as _ryz_comm\n_ryz_comm.register()\ndel _ryz_comm';
+  'import ryzjupyter.jupyter.comm as _ryz_comm\n_ryz_comm.register()\ndel _ryz_comm';
 
 /** Where the link stands. */
 export type LinkState =
@@ -107,7 +107,7 @@ export class KernelLink {
         return;
       }
       if (!this._options.autoImport) {
-        this._fail('missing', 'ryzjupyter is not imported in this kernel (run `import ryzjupyter.comm; ryzjupyter.comm.register()` or `%load_ext ryzjupyter`)');
+        this._fail('missing', 'ryzjupyter is not imported in this kernel (run `import ryzjupyter.jupyter.comm; ryzjupyter.jupyter.comm.register()` or `%load_ext ryzjupyter`)');
         return;
       }
       // the silent import waits for a running cell: say so

@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from ryzjupyter import _native
-from ryzjupyter.ternary import packed_empty
+from ryzjupyter.engine.ternary import packed_empty
 
 # BitNet-b1.58-2B-4T linear shapes (N x K) and how often each occurs in a layer
 SHAPES_2B4T = [("attn q/o 2560x2560", 2560, 2560, 2), ("attn k/v 640x2560", 640, 2560, 2),
@@ -133,7 +133,7 @@ def _lm_head_section(args, quick, repeat, threads_list, rng, rec):
     """The decode lm_head at 2B-4T shape (128256 x 2560): lm_head_i8 (int8 + f32 row scales) and
     lm_head_i4 (int4 groups of 32 + float16 scales), alternating, each round next to a read
     probe of about the same size (the fraction is per round: a shared machine drifts)."""
-    from ryzjupyter.bitnet import quantize_head4
+    from ryzjupyter.families.bitnet import quantize_head4
     V, D = (1024, 256) if quick else (128256, 2560)
     print(f"\n== decode: lm_head GEMV {V}x{D}, int8 (lm_head_i8) vs int4 (lm_head_i4), alternating ==")
     w = rng.standard_normal((V, D), dtype=np.float32) * np.float32(0.02)

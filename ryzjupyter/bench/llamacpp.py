@@ -2,7 +2,7 @@
 
 Needs the ``[bench]`` extra: ``gguf`` (writes the file) and ``llama-cpp-python`` (runs it).
 
-* :func:`write_gguf` converts a random BitNet folder written by ``ryzjupyter.random_model``
+* :func:`write_gguf` converts a random BitNet folder written by ``ryzjupyter.families.random_bitnet``
   (uint8 packed trits + ``weight_scale``, bf16 embedding tied as lm_head) into a GGUF with
   exactly the same trits: every ternary linear as **TQ2_0** (2.0625 bpw: 64 bytes of 2-bit
   codes + one f16 scale per 256 weights; the scale is the tensor's ``1/weight_scale``), the
@@ -65,8 +65,8 @@ def write_gguf(folder, path, arch="bitnet", progress=None) -> Path:
     import numpy as np
     import gguf
     from gguf import GGMLQuantizationType as QT
-    from ryzjupyter.checkpoint import Checkpoint, to_f32
-    from ryzjupyter.ternary import trits_from_bitnet_packed
+    from ryzjupyter.engine.checkpoint import Checkpoint, to_f32
+    from ryzjupyter.engine.ternary import trits_from_bitnet_packed
 
     folder, path = Path(folder), Path(path)
     ck = Checkpoint(folder)

@@ -7,7 +7,7 @@ What it does (docs/performance.md, "Whole model"):
 1. Limits, measured here with the probes of ``bench kernels``: streaming read bandwidth and the
    register-only int8 VNNI peak, for each thread count.
 2. A model: ``--model PATH`` (a real checkpoint), or a random-weight BitNet b1.58 of the chosen
-   shape written with ``ryzjupyter.random_model`` (no download; kept in ``--model-dir``).
+   shape written with ``ryzjupyter.families.random_bitnet`` (no download; kept in ``--model-dir``).
 3. Per thread count, median of ``--repeat`` runs:
    - decode tokens/s at context 0 and 2k (``--contexts``): ``--decode-tokens`` single-token
      forward passes, each followed by a greedy pick (what generation does per token). The long
@@ -40,7 +40,7 @@ import numpy as np
 
 from ryzjupyter import _native
 from ryzjupyter.bench import rss
-from ryzjupyter.bitnet import LINEARS
+from ryzjupyter.families.bitnet import LINEARS
 
 SHAPES = {
     "bitnet-2b4t": dict(hidden_size=2560, intermediate_size=6912, num_hidden_layers=30, num_attention_heads=20,
@@ -84,7 +84,7 @@ def add_parser(sub):
                    help="repack the ternary linears after loading: i2 (2 bits a weight) or t5 (5 trits "
                    "a byte, 1.6 bits); auto keeps the loader's choice")
     p.add_argument("--paths", default="python,fused", help="decode paths: 'python' (bitnet.forward, a "
-                   "native call per op) and/or 'fused' (bitnet_fused: one C call per layer)")
+                   "native call per op) and/or 'fused' (bitnet_decode: one C call per layer)")
     p.add_argument("--no-overhead", action="store_true", help="skip the Python-overhead measurement")
     p.add_argument("--tables", metavar="JSON", help="only print the markdown tables of an earlier --json file")
     p.add_argument("--quick", action="store_true", help="tiny model and sizes (for tests), not meaningful")
@@ -109,7 +109,7 @@ def shape_key(shape: dict, seed=0) -> str:
 
 def random_model_folder(shape: dict, model_dir=None, seed=0) -> Path:
     """A random BitNet folder of this shape, written once and reused (config.json written last)."""
-    from ryzjupyter.random_model import write_random_bitnet
+    from ryzjupyter.families.random_bitnet import write_random_bitnet
     base = Path(model_dir or os.environ.get("RYZ_BENCH_DIR") or Path.home() / ".cache" / "ryzjupyter" / "bench")
     folder = base / shape_key(shape, seed)
     if not (folder / "config.json").is_file():
@@ -123,7 +123,7 @@ def random_model_folder(shape: dict, model_dir=None, seed=0) -> Path:
 
 
 def load_model(folder, lm_head="int8", prefill_chunk=None, max_context=None, kv_cache="f32"):
-    from ryzjupyter.bitnet import BitNetModel
+    from ryzjupyter.families.bitnet import BitNetModel
     kw = {} if prefill_chunk is None else {"prefill_chunk": prefill_chunk}
     if kv_cache != "f32":
         kw["kv_cache"] = kv_cache
@@ -232,9 +232,9 @@ def python_overhead(model, n=16, repeat=5):
     ternary.py's) replaced by a no-op. Fused path (one C call per token): the decode step's wall
     time minus the time of the native calls, the token call counting only the compute it
     measures in C, so its argument checks count as overhead."""
-    import ryzjupyter.bitnet as B
-    import ryzjupyter.bitnet_fused as F
-    import ryzjupyter.ternary as T
+    import ryzjupyter.families.bitnet as B
+    import ryzjupyter.families.bitnet_decode as F
+    import ryzjupyter.engine.ternary as T
     cache = model.new_cache(n + 2)
     if getattr(model, "fused_decode", False) and F.supported(model, cache):
         timed = _TimedNative(F.K)
@@ -290,15 +290,15 @@ class _path:
         self.model, self.path = model, path
 
     def __enter__(self):
-        from ryzjupyter import bitnet_fused
+        from ryzjupyter.families import bitnet_decode
         if self.path == "fused":
-            bitnet_fused.install(self.model)
+            bitnet_decode.install(self.model)
         else:
-            bitnet_fused.uninstall(self.model)
+            bitnet_decode.uninstall(self.model)
 
     def __exit__(self, *exc):
-        from ryzjupyter import bitnet_fused
-        bitnet_fused.uninstall(self.model)
+        from ryzjupyter.families import bitnet_decode
+        bitnet_decode.uninstall(self.model)
 
 
 # ---- the benchmark ------------------------------------------------------------------------------
@@ -392,9 +392,9 @@ def run(args) -> int:
         print(f"  llama.cpp: {vs.describe()}")
     vs_contexts = [int(c) for c in args.vs_contexts.split(",") if c.strip()]
 
-    from ryzjupyter import bitnet_fused
+    from ryzjupyter.families import bitnet_decode
     paths = [p for p in args.paths.split(",") if p]
-    if "fused" in paths and not bitnet_fused.ensure_i2(model):
+    if "fused" in paths and not bitnet_decode.ensure_i2(model):
         print("  (the fused decode needs ternary I2 or T5 weights: measuring the Python path only)")
         paths = [p for p in paths if p != "fused"] or ["python"]
     rng = np.random.default_rng(0)

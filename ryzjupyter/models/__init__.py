@@ -2,19 +2,26 @@
 
 ``demo``        tiny BitNet b1.58 (packed ternary, transformers ``BitNetForCausalLM`` layout), the default model
 ``demo-draft``  a smaller BitNet b1.58 with the same tokenizer, the draft for speculative decoding
+
+This folder is the one place that knows where bundled models live; the loader, the model manager
+and the widgets ask it.
 """
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
-MODELS_DIR = os.path.dirname(os.path.abspath(__file__))
+MODELS_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = "demo"
-DEFAULT_DRAFT = "demo-draft"
-BUNDLED = ("demo", "demo-draft")
 
 
-def bundled_path(name: str = DEFAULT_MODEL) -> str:
-    """Folder of a bundled model ("demo" or "demo-draft")."""
-    if name not in BUNDLED:
-        raise ValueError(f"unknown bundled model {name!r}; choose one of {', '.join(BUNDLED)}")
-    return os.path.join(MODELS_DIR, name)
+def bundled_names() -> list[str]:
+    """Names of the bundled models (sub-folders with a config.json), sorted."""
+    try:
+        return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "config.json").is_file())
+    except OSError:
+        return []
+
+
+def is_bundled(name) -> bool:
+    """True when `name` is the name of a bundled model."""
+    return isinstance(name, str) and "/" not in name and (MODELS_DIR / name / "config.json").is_file()

@@ -14,12 +14,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from ryzjupyter.tokenizer import Tokenizer
+    from ryzjupyter.engine.tokenizer import Tokenizer
     return Tokenizer.from_pretrained(TINY_TOK)
 
 
-from ryzjupyter.generation import LanguageModel  # noqa: E402
-from ryzjupyter.kv_cache import KVCache  # noqa: E402
+from ryzjupyter.engine.generation import LanguageModel  # noqa: E402
+from ryzjupyter.engine.kv_cache import KVCache  # noqa: E402
 
 
 class ToyLM(LanguageModel):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from ryzjupyter.checkpoint import CheckpointError
-from ryzjupyter.loading import load
+from ryzjupyter.engine.checkpoint import CheckpointError
+from ryzjupyter.families.loading import load
 
 from .conftest import FIXTURES, REPO
 
@@ -22,8 +22,8 @@ def _missing_kernels():
 
     from ryzjupyter import _native
     missing = [k for k in _KERNELS if not hasattr(_native, k)]
-    if find_spec("ryzjupyter.ternary") is None:
-        missing.append("ryzjupyter.ternary")
+    if find_spec("ryzjupyter.engine.ternary") is None:
+        missing.append("ryzjupyter.engine.ternary")
     return missing
 
 
@@ -185,7 +185,7 @@ def test_int4_lm_head_option(models, fmt):
 def test_int4_lm_head_generates_with_the_demo_model():
     """Greedy generation with the bundled demo model and the int4 head: the decode path (fused)
     picks the argmax of the batched path's int4 logits, and mostly agrees with the exact head."""
-    from ryzjupyter.loading import bundled_model_path
+    from ryzjupyter.families.loading import bundled_model_path
     m4 = load(str(bundled_model_path()), lm_head="int4")
     r = m4.generate("Once upon a time", max_new_tokens=24, temperature=0, ignore_eos=True)
     assert r.stats.n_generated == 24 and isinstance(r.text, str) and r.text
@@ -297,7 +297,7 @@ def test_bad_load_option():
 def test_random_model_with_2b4t_shapes_loads_and_generates(tmp_path):
     """The real microsoft/bitnet-b1.58-2B-4T shapes (packed format, ~1.2 GB), made on the fly.
     The int8 lm_head keeps memory and time down; the f32 head is covered by the fixtures."""
-    from ryzjupyter.random_model import SHAPES_2B4T, write_random_bitnet
+    from ryzjupyter.families.random_bitnet import SHAPES_2B4T, write_random_bitnet
     folder = write_random_bitnet(tmp_path / "bitnet-2b-random", **SHAPES_2B4T, seed=0)
     m = load(str(folder), max_context=256, lm_head="int8")
     c = m.config
@@ -387,7 +387,7 @@ def test_head_quantized_in_row_chunks_is_the_same(monkeypatch, name, lm_head):
     """Loading quantizes the head HEAD_CHUNK_ROWS rows at a time (no float32 copy of the whole
     head): with chunks of 80 rows (the last one shorter) the arrays are bitwise
     those of one pass over the whole head."""
-    import ryzjupyter.bitnet as bitnet
+    import ryzjupyter.families.bitnet as bitnet
     whole = load(str(FIXTURES / name), lm_head=lm_head)
     monkeypatch.setattr(bitnet, "HEAD_CHUNK_ROWS", 80)
     chunked = load(str(FIXTURES / name), lm_head=lm_head)

@@ -4,9 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from ryzjupyter.checkpoint import (Checkpoint, CheckpointError, SafetensorsFile, bf16_to_f32, detect_kind,
+from ryzjupyter.engine.checkpoint import (Checkpoint, CheckpointError, SafetensorsFile, bf16_to_f32, detect_kind,
                                    read_config, resolve_model_path, rope_theta)
-from ryzjupyter.random_model import _bf16_bits, write_random_bitnet
+from ryzjupyter.families.random_bitnet import _bf16_bits, write_random_bitnet
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_hub_id_from_cache(tmp_path, tiny_folder):
 @pytest.mark.parametrize("key,value", [("hidden_size", "64"), ("num_key_value_heads", 3), ("head_dim", 0),
                                        ("rms_norm_eps", "tiny"), ("hidden_act", "gelu"), ("num_hidden_layers", -1)])
 def test_bad_config_values(key, value):
-    from ryzjupyter.bitnet import Config
+    from ryzjupyter.families.bitnet import Config
     cfg = {"model_type": "bitnet", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100}
     cfg[key] = value

@@ -148,7 +148,7 @@ def test_interrupt_keeps_partial(toy_lm):
 
 
 def test_chat_follow_up_reuses_the_reply_tokens(tiny_tokenizer):
-    from ryzjupyter.tokenizer import Tokenizer
+    from ryzjupyter.engine.tokenizer import Tokenizer
 
     from .conftest import TINY_TOK
     tok = Tokenizer.from_pretrained(TINY_TOK)

@@ -1,6 +1,6 @@
 import pytest
 
-from ryzjupyter.kv_cache import KVCache
+from ryzjupyter.engine.kv_cache import KVCache
 
 
 def test_prefix_reuse_and_truncate():

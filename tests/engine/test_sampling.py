@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ryzjupyter.sampling import Sampler, SamplingSettings, apply_repetition_penalty, filter_logits
+from ryzjupyter.engine.sampling import Sampler, SamplingSettings, apply_repetition_penalty, filter_logits
 
 
 def settings(**kw):
@@ -91,7 +91,7 @@ def test_seed_none_is_recorded():
 @pytest.mark.parametrize("top_k,top_p,min_p", [(0, 0.9, 0.0), (0, 0.999, 0.0), (40, 0.95, 0.05), (0, 0.5, 0.02),
                                                (0, 1.0, 0.1), (3000, 0.99, 0.0)])
 def test_fast_candidates_equal_full_vocab_filters(top_k, top_p, min_p):
-    from ryzjupyter.sampling import candidates
+    from ryzjupyter.engine.sampling import candidates
     rng = np.random.default_rng(2)
     for scale in (0.3, 1.0, 4.0):                      # flat and peaked distributions, large vocab
         x = (rng.standard_normal(50000) * scale).astype(np.float32)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from ryzjupyter.checkpoint import CheckpointError
-from ryzjupyter.tokenizer import Tokenizer
+from ryzjupyter.engine.checkpoint import CheckpointError
+from ryzjupyter.engine.tokenizer import Tokenizer
 
 from .conftest import TINY_TOK
 

@@ -22,7 +22,7 @@ def shell():
 @pytest.fixture
 def ip(shell):
     """The shell with fresh magics state: no models, default settings, empty history."""
-    from ryzjupyter.magics import REGISTRY
+    from ryzjupyter.jupyter.magics import REGISTRY
     m = shell._ryz_magics
     REGISTRY.clear()
     m.history.clear()
@@ -48,7 +48,7 @@ def tiny(ip):
     ip.run_line_magic("ryz", f"load {TINY} --name tiny")
     ip.run_line_magic("config", "RyzMagics.temperature = 0")
     ip.run_line_magic("config", "RyzMagics.show_stats = False")
-    from ryzjupyter.magics import REGISTRY
+    from ryzjupyter.jupyter.magics import REGISTRY
     return REGISTRY.get("tiny")
 
 

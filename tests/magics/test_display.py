@@ -5,7 +5,7 @@ The throttling unit test drives LiveOutput with a recording stand-in for IPython
 end to end, through a real kernel and the real engine, in test_kernel.py::test_streaming_messages."""
 from types import SimpleNamespace
 
-from ryzjupyter.magics.display import (INTERRUPTED_MARK, LiveOutput, Reply, StatsFooter, extract_code,
+from ryzjupyter.jupyter.magics.display import (INTERRUPTED_MARK, LiveOutput, Reply, StatsFooter, extract_code,
                                        format_bytes, reply_bundle)
 
 
@@ -111,7 +111,7 @@ def test_format_bytes():
 
 
 def test_get_magics_and_unload(shell):
-    from ryzjupyter.magics import RyzMagics, get_magics, unload_ipython_extension, load_ipython_extension
+    from ryzjupyter.jupyter.magics import RyzMagics, get_magics, unload_ipython_extension, load_ipython_extension
     m = get_magics(shell)
     assert isinstance(m, RyzMagics) and m in shell.configurables
     load_ipython_extension(shell)                       # loading twice registers once

@@ -20,7 +20,7 @@ LATENCY_LIMIT_S = 0.2
 
 @pytest.fixture(scope="module")
 def big_model(tmp_path_factory):
-    from ryzjupyter.random_model import write_random_bitnet
+    from ryzjupyter.families.random_bitnet import write_random_bitnet
     return write_random_bitnet(tmp_path_factory.mktemp("big"), hidden_size=1024, intermediate_size=2816,
                                num_hidden_layers=6, num_attention_heads=16, num_key_value_heads=4,
                                vocab_size=1024, max_position_embeddings=4096)

@@ -244,7 +244,7 @@ def test_real_failures_are_not_swallowed(ip, tiny, monkeypatch):
 @pytest.fixture(scope="module")
 def slow_model_path(tmp_path_factory):
     """A random BitNet model big enough that decoding many tokens takes seconds."""
-    from ryzjupyter.random_model import write_random_bitnet
+    from ryzjupyter.families.random_bitnet import write_random_bitnet
     return write_random_bitnet(tmp_path_factory.mktemp("slow"), hidden_size=512, intermediate_size=1376,
                                num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
                                vocab_size=1024, max_position_embeddings=2048)
@@ -316,7 +316,7 @@ def test_default_model_is_loaded_by_the_first_cell(ip):
 def test_terminal_ipython_streams_pieces_once(ip, tiny, capsys):
     """In terminal IPython (display prints every update in full) the pieces are printed as they
     come and the reply is not printed again."""
-    from ryzjupyter.magics.display import is_plain_terminal
+    from ryzjupyter.jupyter.magics.display import is_plain_terminal
     assert is_plain_terminal(ip)
     capsys.readouterr()
     r = run(ip, "-n 12 --stream", "The train left the station")

@@ -2,7 +2,7 @@
 import pytest
 from IPython.core.error import UsageError
 
-from ryzjupyter.magics.parsers import (FORMATS, LINE_COMMANDS, cell_help, full_help, interpolate,
+from ryzjupyter.jupyter.magics.parsers import (FORMATS, LINE_COMMANDS, cell_help, full_help, interpolate,
                                        parse_cell_line, parse_line_command)
 
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ryzjupyter import _native
-from ryzjupyter import ternary as T
+from ryzjupyter.engine import ternary as T
 
 from . import reference as ref
 

@@ -39,8 +39,8 @@ def test_decode_bytes_is_weights_head_and_kv(tiny_folder):
 
 
 def test_python_overhead_restores_the_kernels(tiny_folder):
-    import ryzjupyter.bitnet as B
-    import ryzjupyter.ternary as T
+    import ryzjupyter.families.bitnet as B
+    import ryzjupyter.engine.ternary as T
     m = bm.load_model(tiny_folder, "int8")
     before = (B.K, T._native)
     s, runs = bm.python_overhead(m, n=2, repeat=2)

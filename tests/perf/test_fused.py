@@ -1,4 +1,4 @@
-"""The fused one-token decode (``_native.bitnet_decode_token`` via ryzjupyter.bitnet_fused, and
+"""The fused one-token decode (``_native.bitnet_decode_token`` via ryzjupyter.families.bitnet_decode, and
 ``bitnet_decode_layer`` for one layer) gives bitwise the same logits and KV cache as the engine's
 Python forward pass, on every fixture checkpoint and every ISA level, with 1 and 2 threads, also
 past the attention split (long context: the cache is filled with random rows)."""
@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ryzjupyter import _native, bitnet_fused
-from ryzjupyter.bitnet import BitNetModel
+from ryzjupyter import _native
+from ryzjupyter.families import bitnet_decode
+from ryzjupyter.families.bitnet import BitNetModel
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "bitnet"
 FORMATS = ["packed", "autobitlinear_offline", "online", "onebitllm", "untied", "rope_parameters"]
@@ -27,14 +28,14 @@ def _seq():
 
 
 def _check_same(model, prompt, steps, n_prefill=4):
-    assert bitnet_fused.ensure_i2(model)
+    assert bitnet_decode.ensure_i2(model)
     model.fused_decode = False                                  # the reference: the Python path
     ca, cb = model.new_cache(), model.new_cache()
     model.forward(prompt[:n_prefill], ca)
     model.forward(prompt[:n_prefill], cb)
     for t in prompt[n_prefill:n_prefill + steps]:
         ref = model.forward([t], ca)
-        got = bitnet_fused.forward_one(model, [t], cb)
+        got = bitnet_decode.forward_one(model, [t], cb)
         np.testing.assert_array_equal(got, ref)
     n = len(ca)
     assert len(cb) == n and ca.tokens == cb.tokens
@@ -82,12 +83,12 @@ def _fill_random(caches, ctx):
 def test_fused_int8_head_and_long_context(isa):
     """Past RYZ_ATTN_MIN_PART_ROWS rows the attention splits each kv head's rows (and merges)."""
     model = _load("packed", lm_head="int8")
-    assert bitnet_fused.ensure_i2(model)
+    assert bitnet_decode.ensure_i2(model)
     model.fused_decode = False
     ca, cb = model.new_cache(1200), model.new_cache(1200)
     _fill_random((ca, cb), 1100)
     for t in (5, 17, 3):
-        np.testing.assert_array_equal(bitnet_fused.forward_one(model, [t], cb), model.forward([t], ca))
+        np.testing.assert_array_equal(bitnet_decode.forward_one(model, [t], cb), model.forward([t], ca))
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +111,13 @@ def test_fused_split_gemv_any_thread_count(random_folder, isa, n_threads):
     _native.set_num_threads(n_threads)
     try:
         model = BitNetModel(random_folder, lm_head="int8")
-        assert bitnet_fused.ensure_i2(model)
+        assert bitnet_decode.ensure_i2(model)
         model.fused_decode = False
         for ctx in (3, 300):
             ca, cb = model.new_cache(400), model.new_cache(400)
             _fill_random((ca, cb), ctx)
             for t in (5, 17, 3, 900):
-                np.testing.assert_array_equal(bitnet_fused.forward_one(model, [t], cb), model.forward([t], ca))
+                np.testing.assert_array_equal(bitnet_decode.forward_one(model, [t], cb), model.forward([t], ca))
             n = len(ca)
             for l in range(ca.n_layers):
                 np.testing.assert_array_equal(cb.k[l][:n], ca.k[l][:n])
@@ -146,8 +147,8 @@ def test_token_call_churn_computes_every_row_once(churn_folder, n_threads):
     _native.set_num_threads(n_threads)
     try:
         model = BitNetModel(churn_folder, lm_head="int8")
-        assert bitnet_fused.install(model)
-        bitnet_fused._plan(model)
+        assert bitnet_decode.install(model)
+        bitnet_decode._plan(model)
         assert model._fused_head                                # the int8 head is in the call
         cache = model.new_cache(64)
         _fill_random((cache,), 20)
@@ -170,14 +171,14 @@ def test_token_call_churn_computes_every_row_once(churn_folder, n_threads):
 def test_install_routes_single_tokens_only():
     model = _load("packed")
     seq = _seq()
-    bitnet_fused.uninstall(model)
+    bitnet_decode.uninstall(model)
     ref = model.forward(seq[:5], model.new_cache(), all_logits=True)
-    assert bitnet_fused.install(model)
+    assert bitnet_decode.install(model)
     c = model.new_cache()
     out = model.forward(seq[:4], c, all_logits=True)          # prefill: the Python path
     np.testing.assert_array_equal(out, ref[:4])
     np.testing.assert_array_equal(model.forward(seq[4:5], c), ref[4:5])
-    bitnet_fused.uninstall(model)
+    bitnet_decode.uninstall(model)
     assert "forward" not in model.__dict__ and model.fused_decode is False
     np.testing.assert_array_equal(model.forward(seq[:1], model.new_cache()), ref[:1])
 
@@ -185,8 +186,8 @@ def test_install_routes_single_tokens_only():
 def layer0_args(model):
     """(x, cache, weights, mults, eps, theta, scale, act) for calling bitnet_decode_layer on
     layer 0 of `model` (repacked to I2) by hand."""
-    assert bitnet_fused.ensure_i2(model)
-    layers, eps, theta, scale, act = bitnet_fused._plan(model)
+    assert bitnet_decode.ensure_i2(model)
+    layers, eps, theta, scale, act = bitnet_decode._plan(model)
     ws, mults = layers[0]
     return np.zeros(model.config.dim, np.float32), model.new_cache(), ws, mults, eps, theta, scale, act
 
@@ -244,8 +245,8 @@ def test_lm_head_i8_checks_arguments():
 
 def _token_args(model):
     """(plan with the int8 head, layers, eps, theta, scale, act) of a model with lm_head="int8"."""
-    assert bitnet_fused.ensure_i2(model)
-    layers, eps, theta, scale, act = bitnet_fused._plan(model)
+    assert bitnet_decode.ensure_i2(model)
+    layers, eps, theta, scale, act = bitnet_decode._plan(model)
     w = model.weights
     plan = _native.bitnet_decode_plan(layers, eps, theta, scale, act, "i2", (w.norm, w.lm_head_q, w.lm_head_s))
     return plan, layers, eps, theta, scale, act

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ryzjupyter import _native, bitnet_fused
-from ryzjupyter.bitnet import LINEARS as _LINEARS
-from ryzjupyter.bitnet import BitNetModel
+from ryzjupyter import _native
+from ryzjupyter.families import bitnet_decode
+from ryzjupyter.families.bitnet import LINEARS as _LINEARS
+from ryzjupyter.families.bitnet import BitNetModel
 from .test_fused import layer0_args
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "bitnet"
@@ -25,9 +26,9 @@ def test_fused_t5_equals_forward_and_i2(fmt, kv, isa, threads):
     seq = _seq()
     i2 = BitNetModel(FIX / fmt, lm_head="f32", kv_cache=kv)
     t5 = BitNetModel(FIX / fmt, lm_head="f32", kv_cache=kv)
-    assert bitnet_fused.ensure_i2(i2)
+    assert bitnet_decode.ensure_i2(i2)
     t5.repack_linears("t5")
-    assert bitnet_fused.ensure_i2(t5) and bitnet_fused.supported(t5)   # an all-T5 model stays T5
+    assert bitnet_decode.ensure_i2(t5) and bitnet_decode.supported(t5)   # an all-T5 model stays T5
     assert {getattr(lw, n).layout for lw in t5.weights.layers for n in _LINEARS} == {"t5"}
     i2.fused_decode = t5.fused_decode = False
     ci, cp, cf = i2.new_cache(), t5.new_cache(), t5.new_cache()
@@ -36,7 +37,7 @@ def test_fused_t5_equals_forward_and_i2(fmt, kv, isa, threads):
     for tok in seq[4:10]:
         ref = i2.forward([tok], ci)
         py = t5.forward([tok], cp)
-        got = bitnet_fused.forward_one(t5, [tok], cf)
+        got = bitnet_decode.forward_one(t5, [tok], cf)
         np.testing.assert_array_equal(py, ref)
         np.testing.assert_array_equal(got, ref)
     n = len(ci)
@@ -49,8 +50,8 @@ def test_mixed_layouts_are_repacked_to_i2():
     model = BitNetModel(FIX / "packed", lm_head="f32")
     model.weights.layers[0].wq.repack("t5")
     model._fused_ok = None
-    assert not bitnet_fused.supported(model)
-    assert bitnet_fused.ensure_i2(model)
+    assert not bitnet_decode.supported(model)
+    assert bitnet_decode.ensure_i2(model)
     assert {getattr(lw, n).layout for lw in model.weights.layers for n in _LINEARS} == {"i2"}
 
 

@@ -31,7 +31,7 @@ def kernel_env(extra=None):
 @pytest.fixture(scope="module")
 def big_model(tmp_path_factory):
     """A random BitNet model large enough that generating 2000 tokens takes seconds."""
-    from ryzjupyter.random_model import write_random_bitnet
+    from ryzjupyter.families.random_bitnet import write_random_bitnet
     folder = tmp_path_factory.mktemp("models") / "slow"
     write_random_bitnet(folder, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
                         num_attention_heads=8, num_key_value_heads=4, vocab_size=4096,

@@ -90,7 +90,7 @@ def lab(tmp_path_factory):
         "print('GEN', r.finish_reason, r.stats.n_generated)",
     ])))
     # a model big enough that a generation runs long enough to be stopped from the sidebar
-    from ryzjupyter.random_model import write_random_bitnet
+    from ryzjupyter.families.random_bitnet import write_random_bitnet
     extra = tmp / "models"
     write_random_bitnet(extra / "slow", hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
                         num_attention_heads=8, num_key_value_heads=4, vocab_size=4096,
@@ -161,7 +161,7 @@ def _open_sidebar(page):
 
 def _magics_use_manager():
     try:
-        from ryzjupyter.magics import registry
+        from ryzjupyter.jupyter.magics import registry
         from ryzjupyter.manager import MANAGER
     except ImportError:
         return False

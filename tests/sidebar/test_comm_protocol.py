@@ -13,7 +13,7 @@ from .conftest import CommClient, execute
 @pytest.fixture(scope="module")
 def client(kernel):
     km, kc = kernel
-    r = execute(kc, "import ryzjupyter.comm as _rc; assert _rc.register()")
+    r = execute(kc, "import ryzjupyter.jupyter.comm as _rc; assert _rc.register()")
     assert r["status"] == "ok", r
     c = CommClient(kc)
     hello = c.open()
@@ -176,12 +176,12 @@ def test_stop_and_stats_during_generation_over_a_subshell(kernel, big_model):
 def test_stale_comms_are_bounded(kernel):
     """A page reload leaves its comm open in the kernel; only the newest MAX_OPEN_COMMS stay."""
     km, kc = kernel
-    from ryzjupyter.comm import MAX_OPEN_COMMS
+    from ryzjupyter.jupyter.comm import MAX_OPEN_COMMS
     clients = [CommClient(kc) for _ in range(MAX_OPEN_COMMS + 2)]
     for c in clients:
         c.open()
     assert clients[-1].request("status")["ok"] is True
-    r = execute(kc, "import ryzjupyter.comm as _c\n"
+    r = execute(kc, "import ryzjupyter.jupyter.comm as _c\n"
                     "assert len(_c._comms) == _c.MAX_OPEN_COMMS, len(_c._comms)\n"
                     f"assert {clients[0].comm_id!r} not in _c._comms and {clients[-1].comm_id!r} in _c._comms")
     assert r["status"] == "ok", r

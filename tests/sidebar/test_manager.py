@@ -129,7 +129,7 @@ def test_generation_lock_and_stop(mgr, big_model):
 def test_estimate_counts_each_lm_head_format():
     """The estimate's weights differ between lm_head formats by exactly the head bytes the engine
     keeps (f32; int8 + row scales; int4 nibbles + float16 group scales)."""
-    from ryzjupyter.loading import bundled_model_path, load
+    from ryzjupyter.families.loading import bundled_model_path, load
     folder = bundled_model_path()
     est = {h: estimate_model_bytes(folder, lm_head=h)["weights"] for h in ("f32", "int8", "int4")}
     head = {h: sum(a.nbytes for a in load(folder, lm_head=h).weights.head_arrays()) for h in est}

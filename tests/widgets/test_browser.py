@@ -53,7 +53,7 @@ def _free_port():
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     _need(os.path.exists(CHROMIUM), f"no chromium at {CHROMIUM} (apt-get install chromium)")
-    for mod in ("playwright", "jupyterlab", "anywidget", "ryzjupyter.magics", "ryzjupyter.generation"):
+    for mod in ("playwright", "jupyterlab", "anywidget", "ryzjupyter.jupyter.magics", "ryzjupyter.engine.generation"):
         _need(_importable(mod), f"{mod} is not installed")
     root = tmp_path_factory.mktemp("lab")
     port, token = _free_port(), secrets.token_hex(16)
@@ -116,7 +116,7 @@ def test_chart_and_controls_in_jupyterlab(lab):
 
     # A mid-sized random model and 400 tokens: about a second of decoding here (~500 tok/s), so the
     # chart draws many frames at its 20 updates/s, however fast the tiny fixture would decode.
-    from ryzjupyter.random_model import write_random_bitnet
+    from ryzjupyter.families.random_bitnet import write_random_bitnet
     model = write_random_bitnet(lab["root"] / "medium", hidden_size=1024, intermediate_size=2816,
                                 num_hidden_layers=6, num_attention_heads=16, num_key_value_heads=4)
     cells = [

@@ -3,9 +3,9 @@ import re
 
 import pytest
 
-from ryzjupyter.profiling import Profiler
-from ryzjupyter.widgets import ThroughputChart, ThroughputRecorder, render_svg
-from ryzjupyter.widgets.chart import MAX_RATE, StaticChart, downsample
+from ryzjupyter.engine.profiling import Profiler
+from ryzjupyter.jupyter.widgets import ThroughputChart, ThroughputRecorder, render_svg
+from ryzjupyter.jupyter.widgets.chart import MAX_RATE, StaticChart, downsample
 
 
 class FakeClock:
@@ -156,7 +156,7 @@ def test_broken_token_hook_is_dropped():
 
 
 def test_scale_ignores_a_few_spikes():
-    from ryzjupyter.widgets.chart import robust_max
+    from ryzjupyter.jupyter.widgets.chart import robust_max
     assert robust_max([]) == 0.0 and robust_max([1.0, 5.0]) == 5.0
     vals = [8000.0, 5000.0] + [30.0 + i % 5 for i in range(198)]
     assert robust_max(vals) < 60

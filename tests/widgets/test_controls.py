@@ -2,8 +2,8 @@
 import pytest
 import ipywidgets as W
 
-from ryzjupyter.widgets import controls_panel
-from ryzjupyter.widgets.controls import bundled_models
+from ryzjupyter.jupyter.widgets import controls_panel
+from ryzjupyter.models import bundled_names
 
 from widget_helpers import FakeMagics, FakeRegistry
 
@@ -89,7 +89,7 @@ def test_model_dropdown_lists_loaded_and_bundled_and_switches(magics, update):
     p = controls_panel(magics, registry=reg)
     values = [v for _, v in p.model.options]
     assert values[:2] == ["a", "b"]
-    for name in bundled_models():
+    for name in bundled_names():
         assert name in values
     assert p.model.value == "a"
     update(p.model, index=values.index("b"))
@@ -142,7 +142,7 @@ def test_close_unlinks(magics):
 
 
 def test_real_ryzmagics_if_available(update):
-    mod = pytest.importorskip("ryzjupyter.magics")
+    mod = pytest.importorskip("ryzjupyter.jupyter.magics")
     from IPython.testing.globalipapp import get_ipython
     shell = get_ipython()
     m = mod.RyzMagics(shell=shell)
@@ -155,7 +155,7 @@ def test_real_ryzmagics_if_available(update):
 
 
 def test_generate_shows_the_panel_chart(magics):
-    from ryzjupyter.profiling import PROFILER
+    from ryzjupyter.engine.profiling import PROFILER
 
     def runner(prompt):                       # stands in for the engine: marks tokens on the profiler
         PROFILER.begin()
@@ -173,7 +173,7 @@ def test_generate_shows_the_panel_chart(magics):
 
 
 def test_model_list_follows_generations_elsewhere(magics):
-    from ryzjupyter.profiling import PROFILER
+    from ryzjupyter.engine.profiling import PROFILER
     reg = FakeRegistry(["a"])
     p = controls_panel(magics, registry=reg)
     reg._names.append("b")                   # a %%ryz -m b cell loaded and used another model

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("ryzjupyter.magics")
-pytest.importorskip("ryzjupyter.generation")
+pytest.importorskip("ryzjupyter.jupyter.magics")
+pytest.importorskip("ryzjupyter.engine.generation")
 pytest.importorskip("anywidget")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ def test_controls_panel_in_the_kernel(kernel):
     assert content["status"] == "ok", _errors(msgs)
     assert any(m["msg_type"] == "display_data" and
                "application/vnd.jupyter.widget-view+json" in m["content"]["data"] for m in msgs)
-    code = ("from ryzjupyter.widgets import controls_panel\n"
+    code = ("from ryzjupyter.jupyter.widgets import controls_panel\n"
             "m = get_ipython()._ryz_magics\n"
             "p = controls_panel(m)\n"
             "p.controls['temperature'].value = 0.25\n"

@@ -1,7 +1,7 @@
 import time
 
-from ryzjupyter.profiling import Profiler
-from ryzjupyter.widgets import ProfileDisplay, profile_html, profile_view
+from ryzjupyter.engine.profiling import Profiler
+from ryzjupyter.jupyter.widgets import ProfileDisplay, profile_html, profile_view
 
 
 def _profile(p):

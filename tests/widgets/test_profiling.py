@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from ryzjupyter.profiling import PHASE_ORDER, Profiler
+from ryzjupyter.engine.profiling import PHASE_ORDER, Profiler
 
 
 def spin(seconds):
@@ -100,8 +100,8 @@ def test_phase_order_has_the_issue_names():
 
 def test_profiling_imports_no_surface():
     import subprocess, sys
-    code = ("import sys, ryzjupyter.profiling; "
-            "bad=[m for m in ('IPython','ipywidgets','anywidget','ryzjupyter.widgets','ryzjupyter.magics') "
+    code = ("import sys, ryzjupyter.engine.profiling; "
+            "bad=[m for m in ('IPython','ipywidgets','anywidget','ryzjupyter.jupyter.widgets','ryzjupyter.jupyter.magics') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -12,9 +12,8 @@ fixture and every ISA level); ``_native.bitnet_decode_layer`` runs one layer alo
 
 Hook (the engine calls it for one-token passes)::
 
-    from ryzjupyter import bitnet_fused
-    if M == 1 and self.fused_decode and bitnet_fused.supported(self, cache):
-        return bitnet_fused.forward_one(self, tokens, cache)
+    if M == 1 and self.fused_decode and bitnet_decode.supported(self, cache):
+        return bitnet_decode.forward_one(self, tokens, cache)
 
 ``supported`` needs every ternary weight in the I2 layout, or every one in the T5 layout
 (5 trits a byte, ``TernaryWeight.repack("t5")``); ``ensure_i2`` repacks any other mix to I2
@@ -25,11 +24,13 @@ from __future__ import annotations
 import numpy as np
 
 from ryzjupyter import _native as K
-from ryzjupyter.bitnet import LINEARS as _LINEARS
-from ryzjupyter.profiling import PROFILER
+from ryzjupyter.engine.profiling import PROFILER
 
+# a layer's weights (bitnet.LayerWeights fields) in the order bitnet_decode_plan takes them;
+# the "w*" ones are the seven ternary linears
 _NAMES = ("attn_norm", "wq", "wk", "wv", "attn_sub_norm", "wo", "ffn_norm", "w_gate", "w_up",
           "ffn_sub_norm", "w_down")
+_LINEARS = tuple(n for n in _NAMES if n.startswith("w"))
 
 
 def _plan(model):

@@ -7,9 +7,9 @@ view. Importing this package does not import the engine or the C extension.
 """
 
 from .chart import StaticChart, ThroughputChart, ThroughputRecorder, live_chart, render_svg
-from .controls import ControlsPanel, TwoWayLink, bundled_models, controls_panel
+from .controls import ControlsPanel, TwoWayLink, controls_panel
 from .profile_view import ProfileDisplay, ProfileView, profile_html, profile_view
 
-__all__ = ["controls_panel", "ControlsPanel", "TwoWayLink", "bundled_models", "ThroughputChart",
+__all__ = ["controls_panel", "ControlsPanel", "TwoWayLink", "ThroughputChart",
            "ThroughputRecorder", "StaticChart", "live_chart", "render_svg", "ProfileDisplay",
            "ProfileView", "profile_html", "profile_view"]

@@ -35,7 +35,7 @@ MAX_POINTS = 2000                          # points kept in the synced trait / S
 
 
 def _static(name: str) -> str:
-    return resources.files("ryzjupyter.widgets").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("ryzjupyter.jupyter.widgets").joinpath("static", name).read_text(encoding="utf-8")
 
 
 if anywidget is not None:
@@ -84,7 +84,7 @@ else:                                      # pragma: no cover
 class ThroughputRecorder:
     """Turns token timestamps into chart points and sends them in batches, at most `max_rate`
     messages per second. Feed it with token() per token, or poll() to read a Profiler's token
-    timestamps (ryzjupyter.profiling); prefill() marks the end of the prompt pass; finish() sends
+    timestamps (ryzjupyter.engine.profiling); prefill() marks the end of the prompt pass; finish() sends
     the summary and leaves the final figure.
 
     Works without a chart (chart=None): it only records (`points`, `summary`)."""
@@ -390,7 +390,7 @@ def live_chart(title="", *, profiler=None, max_rate=MAX_RATE, display=True):
         rec.finish(result.stats, result.profile, freeze=True)
     """
     if profiler is None:
-        from ryzjupyter.profiling import PROFILER as profiler
+        from ryzjupyter.engine.profiling import PROFILER as profiler
     rec = ThroughputRecorder(ThroughputChart(), max_rate=max_rate, profiler=profiler, title=title)
     if display:
         rec.display()

@@ -17,9 +17,10 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from .checkpoint import CheckpointError, detect_kind, read_config, resolve_model_path
+from ryzjupyter.models import DEFAULT_MODEL, MODELS_DIR, bundled_names, is_bundled
 
-MODELS_DIR = Path(__file__).parent / "models"
+from ryzjupyter.engine.checkpoint import CheckpointError, detect_kind, read_config, resolve_model_path
+
 _ENGINE_OPTIONS = {"max_context", "lm_head", "prefill_chunk", "progress", "name", "convert_cache", "kv_cache",
                    "ternary_layout"}
 _FIND_OPTIONS = {"revision", "local_files_only", "allow_pickle", "cache_dir"}
@@ -27,18 +28,17 @@ _FIND_OPTIONS = {"revision", "local_files_only", "allow_pickle", "cache_dir"}
 
 def bundled_model_path() -> Path:
     """The bundled demo model folder (ryzjupyter/models/demo, else the only model there)."""
-    demo = MODELS_DIR / "demo"
-    if (demo / "config.json").is_file():
-        return demo
-    found = sorted(p for p in MODELS_DIR.glob("*") if (p / "config.json").is_file()) if MODELS_DIR.is_dir() else []
+    found = bundled_names()
+    if DEFAULT_MODEL in found:
+        return MODELS_DIR / DEFAULT_MODEL
     if len(found) == 1:
-        return found[0]
+        return MODELS_DIR / found[0]
     if not found:
         raise CheckpointError("no model given and this ryzjupyter has no bundled model (ryzjupyter/models/ "
                               "is empty); pass a folder or a hub id, e.g. "
                               "ryzjupyter.load('microsoft/bitnet-b1.58-2B-4T')")
     raise CheckpointError(f"no model given and several bundled models exist "
-                          f"({', '.join(p.name for p in found)}); pass one of their names")
+                          f"({', '.join(found)}); pass one of their names")
 
 
 def load(path_or_id=None, **options):
@@ -49,7 +49,7 @@ def load(path_or_id=None, **options):
                         f"{', '.join(sorted(_ENGINE_OPTIONS | _FIND_OPTIONS))}")
     if path_or_id is None:
         folder = bundled_model_path()
-    elif isinstance(path_or_id, str) and (MODELS_DIR / path_or_id / "config.json").is_file():
+    elif is_bundled(path_or_id):
         folder = MODELS_DIR / path_or_id                       # a bundled model by name
     else:
         folder = resolve_model_path(path_or_id, revision=options.get("revision"),
@@ -65,12 +65,12 @@ def load(path_or_id=None, **options):
         from .bitnet import BitNetModel
         return BitNetModel(folder, tokenizer=tokenizer, allow_pickle=options.get("allow_pickle", False),
                            **engine_opts)
-    # other families live in their own engine modules: ryzjupyter/<family>.py with from_pretrained()
+    # other families live in their own modules: ryzjupyter/families/<family>.py with from_pretrained()
     module = {"mamba": "mamba", "mamba2": "mamba", "rwkv": "rwkv"}[kind.family]
     try:
-        mod = importlib.import_module(f"ryzjupyter.{module}")
+        mod = importlib.import_module(f"ryzjupyter.families.{module}")
     except ModuleNotFoundError as e:
-        if e.name != f"ryzjupyter.{module}":
+        if e.name != f"ryzjupyter.families.{module}":
             raise
         raise CheckpointError(f"{folder.name} is a {kind.family} model, and this build of ryzjupyter has no "
                               f"{kind.family} engine") from None
@@ -79,7 +79,7 @@ def load(path_or_id=None, **options):
 
 
 def _load_tokenizer(folder):
-    from .tokenizer import Tokenizer
+    from ryzjupyter.engine.tokenizer import Tokenizer
     if not (Path(folder) / "tokenizer.json").is_file():
         return None                                            # logits() still works; text prompts do not
     return Tokenizer.from_pretrained(folder)

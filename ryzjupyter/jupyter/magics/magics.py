@@ -24,7 +24,7 @@ from . import parsers
 from .display import LiveOutput, Reply, StatsFooter, TerminalStream, format_bytes, is_plain_terminal
 from .parsers import FORMATS, full_help, interpolate, line_help, parse_cell_line, parse_line_command
 from .registry import REGISTRY
-from ryzjupyter.profiling import PROFILER
+from ryzjupyter.engine.profiling import PROFILER
 
 MODEL_HINT = ("give a folder with config.json + model.safetensors + tokenizer.json, a Hugging Face id "
               "(e.g. microsoft/bitnet-b1.58-2B-4T, downloaded once with network access), or nothing for "
@@ -33,7 +33,7 @@ MODEL_HINT = ("give a folder with config.json + model.safetensors + tokenizer.js
 
 def _checkpoint_error():
     try:
-        from ryzjupyter.checkpoint import CheckpointError
+        from ryzjupyter.engine.checkpoint import CheckpointError
         return CheckpointError
     except ImportError:                 # engine not built in: nothing is a checkpoint error
         return ()
@@ -205,7 +205,7 @@ class RyzMagics(Magics):
         if not self.live_chart or getattr(self.shell, "kernel", None) is None:
             return None
         try:
-            from ryzjupyter.widgets import live_chart
+            from ryzjupyter.jupyter.widgets import live_chart
         except ImportError:                  # anywidget missing: stream text only
             return None
         rec = live_chart(str(name), profiler=PROFILER)
@@ -371,11 +371,11 @@ class RyzMagics(Magics):
             print(f"{k:<{w}}  {v}")
         profile = getattr(r, "profile", None)
         if profile is not None:
-            from ryzjupyter.widgets.profile_view import ProfileDisplay
+            from ryzjupyter.jupyter.widgets.profile_view import ProfileDisplay
             display(ProfileDisplay(profile, title=f"where the time went ({r.model})"))
 
     def _cmd_controls(self, cmd):
-        from ryzjupyter.widgets import controls_panel
+        from ryzjupyter.jupyter.widgets import controls_panel
         display(controls_panel(self))
 
     def _cmd_bench(self, cmd):

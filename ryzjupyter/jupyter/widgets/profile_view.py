@@ -1,5 +1,5 @@
 """Where the time of a generation went: a rich display (`%ryz stats`) and a widget that follows
-every generation. The numbers are the engine's counters (ryzjupyter.profiling.Profile), not
+every generation. The numbers are the engine's counters (ryzjupyter.engine.profiling.Profile), not
 estimates: `python` is the wall time outside every measured phase.
 """
 
@@ -9,7 +9,7 @@ import html
 
 import ipywidgets as W
 
-from ryzjupyter.profiling import PHASE_HELP, Profile, _fmt_bytes
+from ryzjupyter.engine.profiling import PHASE_HELP, Profile, _fmt_bytes
 
 COLORS = {
     "matmul": "#1976d2", "attention": "#7b1fa2", "lm_head": "#00897b", "norm": "#5c6bc0",
@@ -89,7 +89,7 @@ class ProfileView(W.VBox):
         self.html.add_class("ryz-profile-view")
         super().__init__([self.html], **kw)
         if profiler is None:
-            from ryzjupyter.profiling import PROFILER as profiler
+            from ryzjupyter.engine.profiling import PROFILER as profiler
         self.profiler = profiler
         self.updates = 0
         self.update(profile if profile is not None else profiler.last)

@@ -2,7 +2,7 @@
 
 For benchmarks and tests that need the real sizes without a download:
 
-    from ryzjupyter.random_model import write_random_bitnet, SHAPES_2B4T
+    from ryzjupyter.families.random_bitnet import write_random_bitnet, SHAPES_2B4T
     write_random_bitnet("/tmp/bitnet-2b-random", **SHAPES_2B4T)   # ~1.2 GB, a few seconds
 
 The folder is in the microsoft/bitnet-b1.58-2B-4T layout: uint8 ternary weights packed 4 per

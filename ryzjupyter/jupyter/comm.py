@@ -1,6 +1,6 @@
 """The kernel comm target `ryzjupyter`: how the JupyterLab sidebar talks to the models in the kernel.
 
-    import ryzjupyter.comm; ryzjupyter.comm.register()      # %load_ext ryzjupyter does this too
+    import ryzjupyter.jupyter.comm; ryzjupyter.jupyter.comm.register()      # %load_ext ryzjupyter does this too
 
 Protocol (JSON; version PROTOCOL):
   frontend -> kernel: {"id": <int|str>, "op": <op>, ...arguments}
@@ -32,7 +32,7 @@ import json
 import threading
 import warnings
 
-from .manager import MANAGER, MemoryBudgetError, ModelBusyError, format_bytes
+from ryzjupyter.manager import MANAGER, MemoryBudgetError, ModelBusyError, format_bytes
 
 TARGET = "ryzjupyter"
 PROTOCOL = 1
@@ -55,7 +55,7 @@ class RequestError(ValueError):
 
 def _version():
     try:
-        from . import __version__
+        from ryzjupyter import __version__
         return __version__
     except Exception:
         return "unknown"

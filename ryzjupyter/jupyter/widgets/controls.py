@@ -1,7 +1,7 @@
 """`%ryz controls`: sampling controls bound live, both ways, to the `RyzMagics` settings, and a
 Generate area (prompt box, button, output) usable without writing a magic.
 
-    from ryzjupyter.widgets import controls_panel
+    from ryzjupyter.jupyter.widgets import controls_panel
     panel = controls_panel(magics)        # magics: the RyzMagics instance (any HasTraits with
                                           # those trait names works)
 
@@ -15,10 +15,11 @@ control snaps back; nothing raises inside the widget machinery.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import ipywidgets as W
 import traitlets
+
+from ryzjupyter.models import bundled_names
 
 # trait name -> (label, widget factory, (to_widget, to_trait) converters or None)
 _LAYOUT = W.Layout(width="auto")
@@ -140,15 +141,6 @@ class TwoWayLink:
         self.widget.unobserve(self._widget_changed, names="value")
 
 
-def bundled_models() -> list[str]:
-    """Names of the models shipped in ryzjupyter/models/ (folders with a config.json)."""
-    base = Path(__file__).resolve().parent.parent / "models"
-    try:
-        return sorted(p.name for p in base.iterdir() if (p / "config.json").is_file())
-    except OSError:
-        return []
-
-
 _GENERATE_LOCK = threading.Lock()
 
 
@@ -179,7 +171,7 @@ class ControlsPanel(W.VBox):
         if isinstance(magics, traitlets.HasTraits) and magics.has_trait("default_model"):
             magics.observe(lambda _c: self.refresh_models(), names="default_model")
         # after every generation (a %%ryz cell may have loaded or switched models) re-read the list
-        from ryzjupyter.profiling import PROFILER
+        from ryzjupyter.engine.profiling import PROFILER
         self._profiler = PROFILER
         self._listener = lambda _profile: self.refresh_models(quiet=True)
         PROFILER.listeners.append(self._listener)
@@ -238,7 +230,7 @@ class ControlsPanel(W.VBox):
                 if n not in seen:
                     opts.append((f"{n} (loaded)", n))
                     seen.add(n)
-        for n in bundled_models():
+        for n in bundled_names():
             if n not in seen:
                 opts.append((f"{n} (bundled)", n))
                 seen.add(n)
@@ -312,7 +304,7 @@ class ControlsPanel(W.VBox):
         if not getattr(self.magics, "live_chart", True):
             return None
         try:
-            from ryzjupyter.profiling import PROFILER
+            from ryzjupyter.engine.profiling import PROFILER
             from .chart import ThroughputChart, ThroughputRecorder
             if self.chart is None:
                 self.chart = ThroughputChart(height=140)

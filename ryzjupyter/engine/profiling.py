@@ -6,7 +6,7 @@ imports a surface (IPython, widgets): the engine runs in plain scripts too.
 
 Use (the engine):
 
-    from ryzjupyter.profiling import PROFILER as prof
+    from ryzjupyter.engine.profiling import PROFILER as prof
 
     prof.begin()                       # a generation starts (TextStream)
     prof.stage("prefill")              # phases below are booked to the prefill ...

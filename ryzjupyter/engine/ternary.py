@@ -22,7 +22,7 @@ import weakref
 import numpy as np
 
 from ryzjupyter import _native
-from ryzjupyter.profiling import PROFILER
+from ryzjupyter.engine.profiling import PROFILER
 
 __all__ = ["TernaryWeight", "trits_from_bitnet_packed", "bitnet_packed_from_trits",
            "absmean_quantize", "LAYOUTS"]

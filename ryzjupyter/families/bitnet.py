@@ -37,12 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _native
-from .checkpoint import Checkpoint, CheckpointError, ModelKind, detect_kind, rope_theta, to_f32
-from .generation import LanguageModel
-from .kv_cache import KVCache
-from .profiling import PROFILER, InstrumentedKernels
-from .ternary import LAYOUTS
+from ryzjupyter import _native
+from ryzjupyter.engine.checkpoint import Checkpoint, CheckpointError, ModelKind, detect_kind, rope_theta, to_f32
+from ryzjupyter.engine.generation import LanguageModel
+from ryzjupyter.engine.kv_cache import KVCache
+from ryzjupyter.engine.profiling import PROFILER, InstrumentedKernels
+from ryzjupyter.engine.ternary import LAYOUTS
+from ryzjupyter.families import bitnet_decode
 
 # The kernels as the forward pass calls them: each call is booked to a profile phase
 # (ryzjupyter/profiling.py; RYZ_PROFILE=0 turns the counting off). Ternary linears book
@@ -197,7 +198,7 @@ class ConvertedCache:
         self._file = None
         if self.path.is_file():
             try:
-                from .checkpoint import SafetensorsFile
+                from ryzjupyter.engine.checkpoint import SafetensorsFile
                 self._file = SafetensorsFile(self.path)
                 self.hit = True
             except CheckpointError:
@@ -302,11 +303,11 @@ def quantize_head4(head, group=None):
 
 
 class Weights:
-    """All weights in compute format. Ternary linears are ryzjupyter.ternary.TernaryWeight
+    """All weights in compute format. Ternary linears are ryzjupyter.engine.ternary.TernaryWeight
     (packed 2-bit, converted once at load); norms and embeddings float32."""
 
     def __init__(self, cfg: Config, ck: Checkpoint, *, lm_head="f32", progress=None, convert_cache=None):
-        from .ternary import TernaryWeight
+        from ryzjupyter.engine.ternary import TernaryWeight
         cache = convert_cache            # ConvertedCache or None: quantized latents saved on disk
         self.from_cache = cache is not None and cache.hit
         self.cfg = cfg
@@ -573,7 +574,7 @@ class BitNetModel(LanguageModel):
         self.state = State(self.config, prefill_chunk)
         self.tokenizer = tokenizer
         self.tokens_processed = 0
-        self.fused_decode = True             # one-token passes through bitnet_fused (same logits)
+        self.fused_decode = True             # one-token passes through bitnet_decode (same logits)
         if ternary_layout != "auto":
             self.repack_linears(ternary_layout)
 
@@ -609,10 +610,9 @@ class BitNetModel(LanguageModel):
             raise ValueError(f"{pos0} cached + {M} new tokens exceed the context of {cache.max_len}")
         if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
             raise ValueError(f"token ids must be in 0..{cfg.vocab_size - 1}")
-        if M == 1 and self.fused_decode:                # decode: one C call per layer (bitnet_fused.py),
-            from . import bitnet_fused                  # bitwise the same logits and cache rows
-            if bitnet_fused.supported(self, cache):     # (books its own profile phases)
-                return bitnet_fused.forward_one(self, tokens, cache)
+        if M == 1 and self.fused_decode:                # decode: one C call per layer (bitnet_decode.py),
+            if bitnet_decode.supported(self, cache):    # bitwise the same logits and cache rows
+                return bitnet_decode.forward_one(self, tokens, cache)   # (books its own profile phases)
         out = np.empty((M if all_logits else 1, cfg.vocab_size), np.float32)
         for c0 in range(0, M, s.chunk):                 # prefill in chunks of up to s.chunk tokens
             m = min(s.chunk, M - c0)

@@ -52,7 +52,7 @@ class GenerationResult:
     settings: dict
     finish_reason: str = "length"   # "length", "stop" (stop token or string), "context", "interrupted"
     prompt_tokens: list = field(default_factory=list, repr=False)
-    profile: object = field(default=None, repr=False)   # ryzjupyter.profiling.Profile: where the time went
+    profile: object = field(default=None, repr=False)   # ryzjupyter.engine.profiling.Profile: where the time went
 
     def __str__(self):
         return self.text

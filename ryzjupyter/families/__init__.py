@@ -1,0 +1,7 @@
+"""Model families on the engine, and the loader that picks one for a checkpoint.
+
+bitnet.py          BitNet b1.58 (packed 2B-4T, bf16 "online", autobitlinear, float, 1bitLLM)
+bitnet_decode.py   BitNet's fused decode: one C call per token
+random_bitnet.py   random-weight BitNet folders of any shape (tests and benchmarks)
+loading.py         ``ryzjupyter.load``: find a checkpoint, detect its family, build the model
+"""
