@@ -30,9 +30,10 @@ def test_the_tree_keeps_every_contract():
 @pytest.mark.parametrize("module, line, contract", [
     ("engine/sampling.py", "import ryzjupyter.jupyter.magics", "Layers"),
     ("engine/kv_cache.py", "from ryzjupyter.manager import MANAGER", "Layers"),
+    ("decoding/generation.py", "from ryzjupyter.families import loading", "Layers"),
     ("families/bitnet.py", "import IPython", "Engine runs outside any kernel"),
-    ("engine/generation.py", "import ryzjupyter.bench.model", "Tools"),
-    ("engine/profiling.py", "from ryzjupyter.engine import generation", "cycles"),
+    ("decoding/generation.py", "import ryzjupyter.bench.model", "Tools"),
+    ("engine/profiling.py", "from ryzjupyter.engine import ternary", "cycles"),
 ])
 def test_a_planted_wrong_import_breaks_its_contract(tmp_path, module, line, contract):
     shutil.copytree(ROOT / "ryzjupyter", tmp_path / "ryzjupyter",
@@ -50,7 +51,7 @@ def test_a_planted_wrong_import_breaks_its_contract(tmp_path, module, line, cont
 
 def _layer_modules():
     pkg = ROOT / "ryzjupyter"
-    for sub in ("engine", "families", "jupyter"):
+    for sub in ("engine", "decoding", "families", "jupyter"):
         for f in sorted((pkg / sub).rglob("*.py")):
             if f.name != "__init__.py":
                 yield f.relative_to(pkg)

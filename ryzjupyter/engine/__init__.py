@@ -5,7 +5,6 @@ tokenizer.py    BPE tokenizer, incremental decoding, chat templates (jinja2 sand
 ternary.py      packed ternary weights (I2, LUT, T5 layouts) and the kernel that fits each
 kv_cache.py     the attention cache (f32 or int8), prefix reuse and truncation
 sampling.py     greedy / temperature / top-k / top-p / min-p / repetition penalty, seeded
-generation.py   sessions, the decode loop, streaming, stop rules, chat, stats (LanguageModel)
 profiling.py    named-phase time counters the surfaces read
 native.py       the C extension's ISA level and thread count as Python sees them
 

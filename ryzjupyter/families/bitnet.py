@@ -39,7 +39,7 @@ import numpy as np
 
 from ryzjupyter import _native
 from ryzjupyter.engine.checkpoint import Checkpoint, CheckpointError, ModelKind, detect_kind, rope_theta, to_f32
-from ryzjupyter.engine.generation import LanguageModel
+from ryzjupyter.decoding.generation import LanguageModel
 from ryzjupyter.engine.kv_cache import KVCache
 from ryzjupyter.engine.profiling import PROFILER, InstrumentedKernels
 from ryzjupyter.engine.ternary import LAYOUTS

@@ -18,7 +18,7 @@ def tiny_tokenizer():
     return Tokenizer.from_pretrained(TINY_TOK)
 
 
-from ryzjupyter.engine.generation import LanguageModel  # noqa: E402
+from ryzjupyter.decoding.generation import LanguageModel  # noqa: E402
 from ryzjupyter.engine.kv_cache import KVCache  # noqa: E402
 
 

@@ -53,7 +53,7 @@ def _free_port():
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     _need(os.path.exists(CHROMIUM), f"no chromium at {CHROMIUM} (apt-get install chromium)")
-    for mod in ("playwright", "jupyterlab", "anywidget", "ryzjupyter.jupyter.magics", "ryzjupyter.engine.generation"):
+    for mod in ("playwright", "jupyterlab", "anywidget", "ryzjupyter.jupyter.magics", "ryzjupyter.decoding.generation"):
         _need(_importable(mod), f"{mod} is not installed")
     root = tmp_path_factory.mktemp("lab")
     port, token = _free_port(), secrets.token_hex(16)

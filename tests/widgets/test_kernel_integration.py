@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("ryzjupyter.jupyter.magics")
-pytest.importorskip("ryzjupyter.engine.generation")
+pytest.importorskip("ryzjupyter.decoding.generation")
 pytest.importorskip("anywidget")
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .profiling import PROFILER
-from .sampling import Sampler, SamplingSettings
+from ryzjupyter.engine.profiling import PROFILER
+from ryzjupyter.engine.sampling import Sampler, SamplingSettings
 
 
 # ----------------------------------------------------------------------------
