@@ -2,7 +2,7 @@
 
 Prints native_info(), checks the selected quantization kernel against numpy, then runs a
 short kernel benchmark on this machine (`python -m ryzjupyter.bench kernels --repeat 3`: the
-machine's read bandwidth and VNNI peak, and the ternary kernels at BitNet-2B-4T shapes)."""
+machine's read bandwidth and int8 peak, and the ternary kernels at BitNet-2B-4T shapes)."""
 from __future__ import annotations
 
 import json

@@ -46,10 +46,22 @@ extern const ryz_matmul_kernels ryz_matmul_avx2;
 extern const ryz_matmul_kernels ryz_matmul_avx512;
 extern const ryz_matmul_kernels *ryz_matmul;
 
-/* ---- probes for `python -m ryzjupyter.bench kernels` (matmul_avx512.c / _scalar.c) ---- */
-/* Stream-read `bytes` bytes (multiple of 256) from p, return a checksum. */
+/* ---- probes for `python -m ryzjupyter.bench` (matmul_{scalar,avx2,avx512}.c) ---------- */
+/* Stream-read `bytes` bytes (multiple of 256, p 32-byte aligned) from p once; return the sum of
+ * the little-endian uint64 words read (mod 2^64: every variant returns the same checksum, so a
+ * test can check each byte was read exactly once). `prefetch`: software prefetch ahead,
+ * non-temporal (the binding times a pass with it and one without and keeps the faster). */
 uint64_t ryz_probe_read_scalar(const void *p, int64_t bytes);
+uint64_t ryz_probe_read_avx2(const void *p, int64_t bytes, int prefetch);
 uint64_t ryz_probe_read_avx512(const void *p, int64_t bytes, int prefetch);
-/* Register-only vpdpbusd loop: `iters` iterations of 16 independent vpdpbusd zmm. */
+/* int8 compute peaks: `iters` iterations of a register-only loop of 1024 int8 multiply-adds
+ * (u8 1 x s8 1) in the instruction sequence of that level's ternary kernels; the return value
+ * is the sum of the int32 accumulators, which is the number of multiply-adds done (1024 iters,
+ * exact for iters <= 2^20).
+ *   avx512vnni: 16 independent vpdpbusd zmm (64 MACs each).
+ *   avx2: 4 independent chains of 8 x (vpmaddubsw ymm -> int16 pair sums, vpaddw into an int16
+ *         sum) then vpmaddwd (x 1) + vpaddd into an int32 accumulator: what ternary_avx2.c does
+ *         per 64-weight block (8 x 32 MACs). */
 int64_t ryz_probe_vnni_avx512(int64_t iters);
+int64_t ryz_probe_int8_avx2(int64_t iters);
 #endif

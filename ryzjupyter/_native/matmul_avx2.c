@@ -109,3 +109,61 @@ static void i8(const ryz_matmul_job *j, int64_t n0, int64_t n1) { run_tiles(tile
 static void f32(const ryz_matmul_job *j, int64_t n0, int64_t n1) { run_tiles(tiles_f32, j, n0, n1); }
 
 const ryz_matmul_kernels ryz_matmul_avx2 = {.name = "avx2", .i8 = i8, .f32 = f32};
+
+/* ---- probes (matmul.h) ----------------------------------------------------------- */
+#define PROBE_PF_BYTES 8192
+
+uint64_t ryz_probe_read_avx2(const void *p, int64_t bytes, int prefetch) {
+    const char *c = p;
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+    for (int64_t i = 0; i < bytes; i += 256) {
+        if (prefetch) {
+            _mm_prefetch(c + i + PROBE_PF_BYTES, _MM_HINT_NTA);
+            _mm_prefetch(c + i + PROBE_PF_BYTES + 64, _MM_HINT_NTA);
+            _mm_prefetch(c + i + PROBE_PF_BYTES + 128, _MM_HINT_NTA);
+            _mm_prefetch(c + i + PROBE_PF_BYTES + 192, _MM_HINT_NTA);
+        }
+        /* 8 aligned 32-byte loads, into 4 independent 64-bit sums */
+        s0 = _mm256_add_epi64(s0, _mm256_load_si256((const __m256i *)(c + i)));
+        s1 = _mm256_add_epi64(s1, _mm256_load_si256((const __m256i *)(c + i + 32)));
+        s2 = _mm256_add_epi64(s2, _mm256_load_si256((const __m256i *)(c + i + 64)));
+        s3 = _mm256_add_epi64(s3, _mm256_load_si256((const __m256i *)(c + i + 96)));
+        s0 = _mm256_add_epi64(s0, _mm256_load_si256((const __m256i *)(c + i + 128)));
+        s1 = _mm256_add_epi64(s1, _mm256_load_si256((const __m256i *)(c + i + 160)));
+        s2 = _mm256_add_epi64(s2, _mm256_load_si256((const __m256i *)(c + i + 192)));
+        s3 = _mm256_add_epi64(s3, _mm256_load_si256((const __m256i *)(c + i + 224)));
+    }
+    __m256i s = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
+    __m128i h = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    return (uint64_t)_mm_cvtsi128_si64(h) + (uint64_t)_mm_extract_epi64(h, 1);
+}
+
+/* One step of chain S: 32 u8 x s8 products summed in pairs into int16 (vpmaddubsw, here into a
+ * scratch register T), added to the chain's int16 sum (vpaddw). The first step of a block writes
+ * the sum directly (the kernel's zeroed sum plus the first product). AT&T operand order. */
+#define P_FIRST(S) "vpmaddubsw %[v], %[u], %[" #S "]\n\t"
+#define P_STEP(S) "vpmaddubsw %[v], %[u], %[t]\n\tvpaddw %[t], %[" #S "], %[" #S "]\n\t"
+/* the block's int16 sum widened to int32 pairs (vpmaddwd by 1) and added to the accumulator */
+#define P_FLUSH(S, A) "vpmaddwd %[one], %[" #S "], %[t]\n\tvpaddd %[t], %[" #A "], %[" #A "]\n\t"
+#define P_STEP4 P_STEP(s0) P_STEP(s1) P_STEP(s2) P_STEP(s3)
+
+int64_t ryz_probe_int8_avx2(int64_t iters) {
+    /* written in asm so that the compiler can neither hoist the products of constant inputs
+     * out of the loop nor fold the four chains into one: the instructions are the kernel's */
+    const __m256i u = _mm256_set1_epi8(1), v = _mm256_set1_epi8(1), one = _mm256_set1_epi16(1);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, s0, s1, s2, s3, t;
+    for (int64_t it = 0; it < iters; it++) {
+        __asm__ volatile(P_FIRST(s0) P_FIRST(s1) P_FIRST(s2) P_FIRST(s3)
+                         P_STEP4 P_STEP4 P_STEP4 P_STEP4 P_STEP4 P_STEP4 P_STEP4
+                         P_FLUSH(s0, a0) P_FLUSH(s1, a1) P_FLUSH(s2, a2) P_FLUSH(s3, a3)
+                         : [a0] "+x"(a0), [a1] "+x"(a1), [a2] "+x"(a2), [a3] "+x"(a3),
+                           [s0] "=&x"(s0), [s1] "=&x"(s1), [s2] "=&x"(s2), [s3] "=&x"(s3), [t] "=&x"(t)
+                         : [u] "x"(u), [v] "x"(v), [one] "x"(one));
+    }
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3));
+    return hsum_epi32(s);
+}
+#undef P_FIRST
+#undef P_STEP
+#undef P_FLUSH
+#undef P_STEP4

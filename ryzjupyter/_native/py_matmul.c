@@ -132,9 +132,51 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The read loop: the widest loads the CPU has, whatever level the kernels are forced to (the
+ * roofline is the machine's bandwidth, not a level's). */
+typedef uint64_t (*read_fn)(const void *p, int64_t bytes, int prefetch);
+static uint64_t read_scalar(const void *p, int64_t bytes, int prefetch) {
+    RYZ_UNUSED(prefetch);
+    return ryz_probe_read_scalar(p, bytes);
+}
+static const struct {
+    const char *name;
+    ryz_isa needs;
+    read_fn fn;
+} read_loops[] = {{"avx512", RYZ_ISA_AVX512VNNI, ryz_probe_read_avx512},
+                  {"avx2", RYZ_ISA_AVX2, ryz_probe_read_avx2},
+                  {"scalar", RYZ_ISA_SCALAR, read_scalar}};
+#define N_READ_LOOPS (int)(sizeof read_loops / sizeof *read_loops)
+static const char *read_loop(read_fn *fn) {
+    for (int i = 0; i < N_READ_LOOPS; i++)
+        if (ryz_isa_supported(read_loops[i].needs)) {
+            if (fn) *fn = read_loops[i].fn;
+            return read_loops[i].name;
+        }
+    return NULL; /* not reached: scalar is always supported */
+}
+
+/* The int8 peak loop: the active level's (what its ternary kernels run), none at scalar. */
+typedef int64_t (*int8_fn)(int64_t iters);
+static const char *int8_loop(int8_fn *fn) {
+    switch (ryz_active_isa()) {
+    case RYZ_ISA_AVX512VNNI:
+        if (fn) *fn = ryz_probe_vnni_avx512;
+        return "avx512vnni: 16 independent vpdpbusd zmm (64 int8 MACs each)";
+    case RYZ_ISA_AVX2:
+        if (fn) *fn = ryz_probe_int8_avx2;
+        return "avx2: vpmaddubsw ymm (32 int8 MACs) + vpaddw, 8 per vpmaddwd + vpaddd, 4 chains";
+    default:
+        if (fn) *fn = NULL;
+        return NULL;
+    }
+}
+
 typedef struct {
     const char *base;
-    int use512, prefetch;
+    read_fn read;
+    int8_fn int8;
+    int prefetch;
     uint64_t sink[64];
     int64_t iters;
 } probe_ctx;
@@ -142,25 +184,49 @@ typedef struct {
 static void read_part(void *vctx, int64_t b, int64_t e, int tid) {
     probe_ctx *c = vctx;
     /* items are 4 KiB pages */
-    uint64_t s = c->use512 ? ryz_probe_read_avx512(c->base + b * 4096, (e - b) * 4096, c->prefetch)
-                           : ryz_probe_read_scalar(c->base + b * 4096, (e - b) * 4096);
-    c->sink[tid & 63] += s;
+    c->sink[tid & 63] += c->read(c->base + b * 4096, (e - b) * 4096, c->prefetch);
 }
 
-static void vnni_part(void *vctx, int64_t b, int64_t e, int tid) {
+static void int8_part(void *vctx, int64_t b, int64_t e, int tid) {
     probe_ctx *c = vctx;
-    for (int64_t i = b; i < e; i++) c->sink[tid & 63] += (uint64_t)ryz_probe_vnni_avx512(c->iters);
+    for (int64_t i = b; i < e; i++) c->sink[tid & 63] += (uint64_t)c->int8(c->iters);
+}
+
+static uint64_t sink_sum(const probe_ctx *c) {
+    uint64_t s = 0;
+    for (int i = 0; i < 64; i++) s += c->sink[i];
+    return s;
 }
 
 PyDoc_STRVAR(probe_read_doc,
-"probe_read(buf, threads) -> (seconds, bytes)\n\nSeconds to stream-read the 4 KiB-aligned part of "
-"uint8 array buf once,\nsplit over `threads` threads (AVX-512 loads where the CPU has them: read\n"
-"twice, with non-temporal prefetches and with plain loads, and the faster kept).");
+"probe_read(buf, threads, loop=None) -> (seconds, bytes, checksum)\n\nSeconds to stream-read the "
+"4 KiB-aligned part of uint8 array buf once, split over\n`threads` threads, with the widest loads the "
+"CPU has (AVX-512, AVX2, else 64-bit\nscalar; probe_loops()['read'] says which) or the `loop` named "
+"('avx512', 'avx2',\n'scalar'): read twice, with non-temporal prefetches and with plain loads, and "
+"the\nfaster kept. checksum: the sum mod 2^64 of the uint64 words read (the same for\nevery loop: "
+"each byte read exactly once).");
 static PyObject *py_probe_read(PyObject *self, PyObject *args) {
     RYZ_UNUSED(self);
     PyObject *ob;
     int threads;
-    if (!PyArg_ParseTuple(args, "Oi:probe_read", &ob, &threads)) return NULL;
+    const char *loop = NULL;
+    if (!PyArg_ParseTuple(args, "Oi|z:probe_read", &ob, &threads, &loop)) return NULL;
+    read_fn fn = NULL;
+    if (!loop) read_loop(&fn);
+    for (int i = 0; loop && i < N_READ_LOOPS; i++)
+        if (!strcmp(loop, read_loops[i].name)) {
+            if (!ryz_isa_supported(read_loops[i].needs)) {
+                PyErr_Format(PyExc_ValueError, "probe_read: this CPU cannot run the %s loop (it has: %s)",
+                             loop, read_loop(NULL));
+                return NULL;
+            }
+            fn = read_loops[i].fn;
+        }
+    if (!fn) {
+        PyErr_Format(PyExc_ValueError, "probe_read: unknown loop %R (use 'avx512', 'avx2' or 'scalar')",
+                     PyTuple_GET_ITEM(args, 2));
+        return NULL;
+    }
     ryz_args a = {0};
     ryz_arr *buf;
     if (!(buf = ryz_arr_get(&a, ob, "buf", RYZ_U8, 1, 0))) goto fail;
@@ -169,54 +235,79 @@ static PyObject *py_probe_read(PyObject *self, PyObject *args) {
     probe_ctx c;
     memset(&c, 0, sizeof c);
     c.base = (const char *)p0;
-    c.use512 = ryz_isa_supported(RYZ_ISA_AVX512VNNI);
+    c.read = fn;
     int64_t pages = len > 0 ? len / 4096 : 0;
     double best = 0.0;
+    uint64_t checksum = 0;
     Py_BEGIN_ALLOW_THREADS
-    for (int pass = 0; pass < (c.use512 ? 2 : 1); pass++) {  /* AVX-512: prefetch, then plain loads */
+    for (int pass = 0; pass < 2; pass++) {  /* prefetch, then plain loads (scalar: the same loop) */
         c.prefetch = pass == 0;
+        memset(c.sink, 0, sizeof c.sink);
         const double t0 = now_s();
         ryz_parallel_for_n(read_part, &c, pages, 256, threads < 1 ? 1 : threads);
         const double dt = now_s() - t0;
         if (pass == 0 || dt < best) best = dt;
+        checksum = sink_sum(&c);
     }
     Py_END_ALLOW_THREADS
     ryz_args_release(&a);
-    return Py_BuildValue("(dL)", best, (long long)(pages * 4096));
+    return Py_BuildValue("(dLK)", best, (long long)(pages * 4096), (unsigned long long)checksum);
 fail:
     ryz_args_release(&a);
     return NULL;
 }
 
-PyDoc_STRVAR(probe_vnni_doc,
-"probe_vnni(iters, threads) -> float\n\nSeconds for each of `threads` threads to run `iters` x 16 "
-"independent\nregister-only vpdpbusd zmm (64 int8 MACs each). RuntimeError without AVX-512 VNNI.");
-static PyObject *py_probe_vnni(PyObject *self, PyObject *args) {
+#define PROBE_INT8_MAX_ITERS (1LL << 20) /* the accumulators' sum stays exact in int32 */
+
+PyDoc_STRVAR(probe_int8_doc,
+"probe_int8(iters, threads) -> (seconds, macs)\n\nEach of `threads` threads runs `iters` iterations "
+"of a register-only loop of 1024\nint8 multiply-adds in the instruction sequence of the active ISA "
+"level's ternary\nkernels (probe_loops()['int8'] names it); seconds for all, and the multiply-adds "
+"done\nas counted by the loops' accumulators (1024 x iters x threads). iters <= 2^20.\n"
+"RuntimeError at the scalar level (no SIMD int8 peak).");
+static PyObject *py_probe_int8(PyObject *self, PyObject *args) {
     RYZ_UNUSED(self);
     long long iters;
     int threads;
-    if (!PyArg_ParseTuple(args, "Li:probe_vnni", &iters, &threads)) return NULL;
-    if (!ryz_isa_supported(RYZ_ISA_AVX512VNNI)) {
-        PyErr_SetString(PyExc_RuntimeError, "this CPU has no AVX-512 VNNI");
+    if (!PyArg_ParseTuple(args, "Li:probe_int8", &iters, &threads)) return NULL;
+    if (iters < 1 || iters > PROBE_INT8_MAX_ITERS) {
+        PyErr_Format(PyExc_ValueError, "probe_int8: iters must be in 1..%lld, got %lld",
+                     PROBE_INT8_MAX_ITERS, iters);
         return NULL;
     }
     if (threads < 1) threads = 1;
     probe_ctx c;
     memset(&c, 0, sizeof c);
+    if (!int8_loop(&c.int8)) {
+        PyErr_SetString(PyExc_RuntimeError, "the scalar ISA level has no SIMD int8 peak to probe "
+                        "(RYZ_ISA=avx2 or avx512vnni, where the CPU has it)");
+        return NULL;
+    }
     c.iters = iters;
     double t0, t1;
     Py_BEGIN_ALLOW_THREADS
     t0 = now_s();
-    ryz_parallel_for_n(vnni_part, &c, threads, 1, threads);
+    ryz_parallel_for_n(int8_part, &c, threads, 1, threads);
     t1 = now_s();
     Py_END_ALLOW_THREADS
-    return PyFloat_FromDouble(t1 - t0);
+    return Py_BuildValue("(dK)", t1 - t0, (unsigned long long)sink_sum(&c));
+}
+
+PyDoc_STRVAR(probe_loops_doc,
+"probe_loops() -> dict\n\nThe loops the probes run here: 'read' (the loads of probe_read: 'avx512', "
+"'avx2' or\n'scalar') and 'int8' (the active level's int8 peak loop, None at the scalar level).");
+static PyObject *py_probe_loops(PyObject *self, PyObject *noargs) {
+    RYZ_UNUSED(self);
+    RYZ_UNUSED(noargs);
+    const char *i8 = int8_loop(NULL);
+    return Py_BuildValue("{s:s,s:s}", "read", read_loop(NULL), "int8", i8);
 }
 
 PyMethodDef ryz_matmul_methods[] = {
     {"matmul_i8", py_matmul_i8, METH_VARARGS, matmul_i8_doc},
     {"matmul_f32", py_matmul_f32, METH_VARARGS, matmul_f32_doc},
     {"probe_read", py_probe_read, METH_VARARGS, probe_read_doc},
-    {"probe_vnni", py_probe_vnni, METH_VARARGS, probe_vnni_doc},
+    {"probe_int8", py_probe_int8, METH_VARARGS, probe_int8_doc},
+    {"probe_loops", py_probe_loops, METH_NOARGS, probe_loops_doc},
     {NULL, NULL, 0, NULL},
 };

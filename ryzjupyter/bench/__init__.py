@@ -1,4 +1,6 @@
 """Benchmarks: ``python -m ryzjupyter.bench kernels [--json FILE] [--repeat N]``.
 
-``kernels`` measures this machine's limits (streaming read bandwidth, register-only
-VNNI int8 peak) and the ternary kernels against them (see docs/performance.md)."""
+``kernels`` measures this machine's limits (streaming read bandwidth, the register-only
+int8 peak of the ISA level in use: ``bench/probes.py``) and the ternary kernels against them;
+``model`` a whole model's decode and prefill against them (and llama.cpp); ``ppl`` perplexity
+(see docs/performance.md)."""

@@ -1,8 +1,10 @@
 """`python -m ryzjupyter.bench kernels`: the ternary kernels against this machine's limits.
 
-1. Limits, measured here: streaming read bandwidth (C loop of AVX-512 loads over a
-   buffer >= 1 GiB, 1 and 2 threads) and the int8 VNNI peak (register-only loop of
-   independent vpdpbusd; GOPS = 2 x MACs).
+1. Limits, measured here (``ryzjupyter.bench.probes``): streaming read bandwidth (C loop of the
+   widest loads the CPU has over a buffer >= 1 GiB, 1 and 2 threads) and the int8 compute peak
+   of the ISA level in use (register-only loop in the instruction sequence of that level's
+   ternary kernels: vpdpbusd on avx512vnni, vpmaddubsw + vpmaddwd on avx2; none at scalar;
+   GOPS = 2 x MACs).
 2. Decode (GEMV, M = 1): ``ternary_linear_i2`` called the way a model calls it, one pass
    over a set of BitNet-2B-4T-shaped packed matrices far larger than L3 (copies of each
    shape totalling ``--gemv-mib``, and the 30-layer mix of q,k,v,o,gate,up,down = one
@@ -12,7 +14,7 @@
 3. The decode lm_head (128256 x 2560): the int8 head (``lm_head_i8``) and the optional int4 head
    (``lm_head_i4``, docs/performance.md "4-bit lm_head") alternating, GB/s as a fraction of a
    read probe taken in the same round (``--no-lm-head`` skips it).
-4. Prefill (GEMM, M = 128 and 512): GOPS = 2 M N K / time, as a fraction of the VNNI peak.
+4. Prefill (GEMM, M = 128 and 512): GOPS = 2 M N K / time, as a fraction of the int8 peak.
 5. I2 vs T5 (5 trits a byte, 1.6 bpw): the model pass and the prefill GEMMs in both layouts,
    run alternately (I2, T5, I2, T5, ...) so both see the same machine; medians and the
    median of the per-round time ratios T5 / I2.
@@ -24,13 +26,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 
 import numpy as np
 
 from ryzjupyter import _native
+from ryzjupyter.bench import probes
+from ryzjupyter.bench.probes import measure_bandwidth, measure_int8_peak
 from ryzjupyter.engine.ternary import packed_empty
 
 # BitNet-b1.58-2B-4T linear shapes (N x K) and how often each occurs in a layer
@@ -40,7 +43,7 @@ LAYERS_2B4T = 30
 
 
 def add_parser(sub):
-    p = sub.add_parser("kernels", help="ternary kernels vs measured bandwidth and VNNI peak")
+    p = sub.add_parser("kernels", help="ternary kernels vs measured bandwidth and int8 peak")
     p.add_argument("--json", metavar="FILE", help="write one JSON record per measurement")
     p.add_argument("--repeat", type=int, default=7, help="runs per figure (median); default 7")
     p.add_argument("--threads", default="1,2", help="thread counts, comma separated")
@@ -62,36 +65,6 @@ def _median_time(fn, repeat):
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def measure_bandwidth(mib, threads, repeat):
-    buf = np.ones(mib << 20, np.uint8)  # touched: every page is real memory
-    runs = []
-    for _ in range(repeat + 1):
-        dt, nbytes = _native.probe_read(buf, threads)
-        runs.append(nbytes / dt / 1e9)
-    del buf
-    return statistics.median(runs[1:]), runs[1:]
-
-
-def measure_vnni_peak(threads, repeat, iters=100_000):
-    # many short runs (~2 ms each): on a shared machine a long run is mostly preemption
-    runs = []
-    for _ in range(20 * repeat + 1):
-        dt = _native.probe_vnni(iters, threads)
-        runs.append(2 * 64 * 16 * iters * threads / dt / 1e9)
-    return statistics.median(runs[1:]), runs[1:]
 
 
 def _random_packed(rng, N, K):
@@ -148,20 +121,19 @@ def _lm_head_section(args, quick, repeat, threads_list, rng, rec):
     pbuf = np.ones((8 if quick else 256) << 20, np.uint8)
     for th in threads_list:
         _native.set_num_threads(th)
-        gb, frac, probes = {k: [] for k in heads}, {k: [] for k in heads}, []
+        gb, frac, probe_gbps = {k: [] for k in heads}, {k: [] for k in heads}, []
         for _ in range(3 * repeat):
-            dt, nb = _native.probe_read(pbuf, th)
-            probes.append(nb / dt / 1e9)
+            probe_gbps.append(probes.read_gbps(pbuf, th))
             for k, (fn, nbytes) in heads.items():
                 t0 = time.perf_counter()
                 fn()
                 g = nbytes / (time.perf_counter() - t0) / 1e9
                 gb[k].append(g)
-                frac[k].append(g / probes[-1])
+                frac[k].append(g / probe_gbps[-1])
         for k, (_, nbytes) in heads.items():
             med = statistics.median(gb[k])
             r = rec(kind="lm_head_gemv", format=k, V=V, D=D, M=1, threads=th, bytes=nbytes,
-                    seconds=nbytes / med / 1e9, gbps=med, best=max(gb[k]), probe_gbps=statistics.median(probes),
+                    seconds=nbytes / med / 1e9, gbps=med, best=max(gb[k]), probe_gbps=statistics.median(probe_gbps),
                     frac_bw=statistics.median(frac[k]), runs=gb[k])
             print(f"  lm_head {k}  {th} thr {nbytes / 1e6:6.1f} MB  {med:6.1f} GB/s (best {max(gb[k]):.1f}) "
                   f"{r['seconds'] * 1e3:6.2f} ms  {r['frac_bw']:4.0%} of the probe next to it "
@@ -181,11 +153,11 @@ def run(args) -> int:
     if quick:
         gemm_ms = [4]
     info = _native.info()
-    has_vnni = "avx512vnni" in info["supported_isas"]
+    peak_loop = probes.int8_peak_loop()
     records = []
     prev_threads = _native.get_num_threads()
     load = os.getloadavg()
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, isa {info['isa']}, "
+    print(f"machine: {probes.cpu_model()}, {os.cpu_count()} logical CPUs, isa {info['isa']}, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"repeats: {repeat} (median)  threads: {threads_list}")
     rng = np.random.default_rng(0)
@@ -197,7 +169,7 @@ def run(args) -> int:
 
     try:
         bw, bwbest, peak = {}, {}, {}
-        print("\n== machine limits ==")
+        print(f"\n== machine limits (read loop: {probes.read_loop()}) ==")
         for th in threads_list:
             bw[th], runs = measure_bandwidth(bw_mib, th, repeat)
             bwbest[th] = max(runs)
@@ -205,11 +177,14 @@ def run(args) -> int:
                 runs=runs)
             print(f"  read bandwidth, {th} thr, {bw_mib} MiB buffer: {bw[th]:6.1f} GB/s "
                   f"(best {max(runs):.1f})")
-            if has_vnni:
-                peak[th], runs = measure_vnni_peak(th, repeat, 20_000 if quick else 100_000)
-                rec(kind="vnni_peak", threads=th, gops=peak[th], best=max(runs), runs=runs)
-                print(f"  VNNI int8 peak, {th} thr: {peak[th]:7.1f} GOPS (2 ops per MAC; "
-                      f"best {max(runs):.1f})")
+            if peak_loop:
+                peak[th], runs = measure_int8_peak(th, repeat, 20_000 if quick else probes.INT8_ITERS)
+                rec(kind="int8_peak", threads=th, level=info["isa"], loop=peak_loop, gops=peak[th],
+                    best=max(runs), runs=runs)
+                print(f"  int8 peak ({info['isa']}), {th} thr: {peak[th]:7.1f} GOPS (2 ops per MAC; "
+                      f"best {max(runs):.1f}); loop {peak_loop}")
+            elif th == threads_list[0]:
+                print("  int8 peak: none at the scalar level (no SIMD int8 peak; GEMM fractions not given)")
 
         print("\n== decode: ternary GEMV (M=1, ternary_linear_i2), weights streamed from DRAM ==")
         print(f"  {'shape (N x K)':24s} {'thr':>3s} {'GB/s':>7s} {'of BW':>6s} {'us/mat':>8s}"
@@ -362,7 +337,8 @@ def run(args) -> int:
     print(f"\nload average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": _cpu_model(), "native": {k: info[k] for k in ("isa", "threads", "version")},
+            json.dump({"machine": probes.machine(getattr(args, "argv", None)),
+                       "native": {k: info[k] for k in ("isa", "threads", "version")},
                        "records": records}, f, indent=1)
         print(f"wrote {len(records)} records to {args.json}")
     return 0

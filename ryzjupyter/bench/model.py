@@ -4,8 +4,8 @@
         [--json FILE] [--vs llamacpp] [--model PATH] [--lm-head int8|int4|f32]
 
 What it does (docs/performance.md, "Whole model"):
-1. Limits, measured here with the probes of ``bench kernels``: streaming read bandwidth and the
-   register-only int8 VNNI peak, for each thread count.
+1. Limits, measured here with ``ryzjupyter.bench.probes``: streaming read bandwidth and the
+   register-only int8 peak of the ISA level in use (none at scalar), for each thread count.
 2. A model: ``--model PATH`` (a real checkpoint), or a random-weight BitNet b1.58 of the chosen
    shape written with ``ryzjupyter.families.random_bitnet`` (no download; kept in ``--model-dir``).
 3. Per thread count, median of ``--repeat`` runs:
@@ -18,7 +18,7 @@ What it does (docs/performance.md, "Whole model"):
    - the roofline: decode bytes per token = packed ternary weights + norms + lm_head (+ its
      scales) + the KV rows read at that context (average over the measured tokens); decode
      roofline tokens/s = measured bandwidth / bytes per token. Prefill ops = 2 x (ternary MACs per
-     token x n + the lm_head row of the last token) int8 ops, as a fraction of the VNNI peak
+     token x n + the lm_head row of the last token) int8 ops, as a fraction of the int8 peak
      read right after each prefill run, as long as it (and of the peak read at the start);
      attention's float work is not counted: it is reported in the attention row.
    - Python overhead per decode token: the same decode step with every native kernel replaced by
@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from ryzjupyter import _native
-from ryzjupyter.bench import rss
+from ryzjupyter.bench import probes, rss
+from ryzjupyter.bench.probes import bandwidth_for, peak_for
 from ryzjupyter.families.bitnet import LINEARS
 
 SHAPES = {
@@ -55,7 +56,7 @@ _SHAPE_FLAGS = {"hidden_size": "dim", "intermediate_size": "ffn", "num_hidden_la
 
 
 def add_parser(sub):
-    p = sub.add_parser("model", help="whole-model decode/prefill vs bandwidth and VNNI peak (and llama.cpp)")
+    p = sub.add_parser("model", help="whole-model decode/prefill vs bandwidth and int8 peak (and llama.cpp)")
     p.add_argument("--shape", default="bitnet-2b4t", choices=sorted(SHAPES), help="random-weight model shape")
     for key, flag in _SHAPE_FLAGS.items():
         p.add_argument(f"--{flag.replace('_', '-')}", type=int, default=None, help=f"override {key}")
@@ -168,29 +169,6 @@ def fill_cache(model, cache, ctx, rng):
         cache.v[l][:ctx] = rng.standard_normal(cache.v[l][:ctx].shape, dtype=np.float32)
     cache.truncate(0)
     cache.append([1] * ctx)
-
-
-def probe_for(buf, threads, seconds) -> float:
-    """GB/s of streaming `buf` again and again for about `seconds` (at least once): a probe as
-    long as the run it is compared with sees the same drift of a shared machine's bandwidth."""
-    total_b, total_t = 0, 0.0
-    while total_t < seconds or total_b == 0:
-        dt, nb = _native.probe_read(buf, threads)
-        total_b, total_t = total_b + nb, total_t + dt
-    return total_b / total_t / 1e9
-
-
-def peak_for(threads, seconds, iters=100_000) -> float:
-    """Median int8 GOPS of ~2 ms VNNI probes run for about `seconds` (at least one): the
-    compute this machine gives right now, read right after a prefill and as long as it (a
-    shared machine's compute drifts like its bandwidth; short probes, as in ``bench kernels``,
-    so a preemption spoils one probe, not the figure)."""
-    runs, total = [], 0.0
-    while total < seconds or not runs:
-        dt = _native.probe_vnni(iters, threads)
-        runs.append(2 * 64 * 16 * iters * threads / dt / 1e9)
-        total += dt
-    return statistics.median(runs)
 
 
 def decode_run(model, cache, ctx, n, greedy=True):
@@ -308,7 +286,6 @@ def _median(xs):
 
 
 def run(args) -> int:
-    from ryzjupyter.bench.kernels import _cpu_model, measure_bandwidth, measure_vnni_peak
     if args.tables:
         with open(args.tables) as f:
             print(markdown_tables(json.load(f)))
@@ -322,12 +299,12 @@ def run(args) -> int:
     if quick:
         contexts, prefills, ndec = [0, 64], [16], 4
     info = _native.info()
-    has_vnni = "avx512vnni" in info["supported_isas"]
+    peak_loop = probes.int8_peak_loop()
     load0 = os.getloadavg()
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, isa {info['isa']}, "
+    print(f"machine: {probes.cpu_model()}, {os.cpu_count()} logical CPUs, isa {info['isa']}, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     records = []
-    meta = {"machine": _cpu_model(), "native": {k: info[k] for k in ("isa", "threads", "version")},
+    meta = {"machine": probes.machine(getattr(args, "argv", None)), "native": {k: info[k] for k in ("isa", "threads", "version")},
             "load_before": load0, "repeat": repeat}
 
     def rec(**kw):
@@ -338,15 +315,16 @@ def run(args) -> int:
 
     # 1. machine limits
     bw, peak = {}, {}
-    print("\n== machine limits ==")
+    print(f"\n== machine limits (read loop: {probes.read_loop()}; int8 peak loop: "
+          f"{peak_loop or 'none at the scalar level'}) ==")
     for th in threads_list:
-        bw[th], runs = measure_bandwidth(32 if quick else args.bw_mib, th, repeat)
+        bw[th], runs = probes.measure_bandwidth(32 if quick else args.bw_mib, th, repeat)
         rec(phase="read_bandwidth", threads=th, gbps=bw[th], best=max(runs), runs=runs)
         msg = f"  {th} thr: read bandwidth {bw[th]:6.1f} GB/s (best {max(runs):.1f})"
-        if has_vnni:
-            peak[th], runs = measure_vnni_peak(th, repeat, 20_000 if quick else 100_000)
-            rec(phase="vnni_peak", threads=th, gops=peak[th], best=max(runs))
-            msg += f", int8 VNNI peak {peak[th]:7.1f} GOPS (best {max(runs):.1f})"
+        if peak_loop:
+            peak[th], runs = probes.measure_int8_peak(th, repeat, 20_000 if quick else probes.INT8_ITERS)
+            rec(phase="int8_peak", threads=th, level=info["isa"], gops=peak[th], best=max(runs))
+            msg += f", int8 peak ({info['isa']}) {peak[th]:7.1f} GOPS (best {max(runs):.1f})"
         print(msg)
 
     # 2. the model
@@ -432,7 +410,7 @@ def run(args) -> int:
                         with _path(model, p):
                             t = decode_run(model, cache, ctx, ndec)
                         runs[p].append(t)
-                        bw_paired[p].append(probe_for(pbuf, th, t))   # the bandwidth, right after
+                        bw_paired[p].append(bandwidth_for(pbuf, th, t))   # the bandwidth, right after
                     if theirs:
                         their_t.append(vs.decode(ctx, ndec))
                 # roofline bandwidth: the median of the probes read right after each run, each as
@@ -491,25 +469,28 @@ def run(args) -> int:
                 ours_t, their_t, peak_paired = [], [], []
                 for _ in range(repeat):
                     ours_t.append(prefill_run(model, cache, tokens))
-                    peak_paired.append(peak_for(th, ours_t[-1]))     # the peak, right after
+                    if peak_loop:
+                        peak_paired.append(peak_for(th, ours_t[-1]))  # the peak, right after
                     if vs:
                         their_t.append(vs.prefill(n))
                 sec = _median(ours_t)
                 tok_s = n / sec
                 # the int8 peak: the median of the probes run right after each prefill, each as
                 # long as it (as the decode roofline's bandwidth); the start-of-run peak too
-                peak_run = _median(peak_paired)
-                frac = ops / sec / 1e9 / peak_run
-                paired = _median([ops / t / 1e9 / pk for t, pk in zip(ours_t, peak_paired)])
+                # (none at the scalar level: no SIMD peak, no fraction)
+                peak_run = _median(peak_paired) if peak_paired else None
+                frac = ops / sec / 1e9 / peak_run if peak_run else None
+                paired = _median([ops / t / 1e9 / pk for t, pk in zip(ours_t, peak_paired)]) if peak_run else None
                 frac_start = ops / sec / 1e9 / peak[th] if th in peak else None
                 rec(threads=th, phase="prefill", n_tokens=n, context=0, tok_s=tok_s, roofline_fraction=frac,
                     roofline_fraction_paired=paired, roofline_fraction_start_peak=frac_start,
                     ttft_s=sec, int8_gops=ops / sec / 1e9, peak_gops=peak_run, peak_runs=peak_paired,
                     peak_gops_start=peak.get(th), runs_tok_s=[n / t for t in ours_t])
                 row = {"th": th, "what": f"prefill {n}", "tok_s": tok_s, "frac": frac,
-                       "extra": f"TTFT {sec * 1e3:.0f} ms, {ops / sec / 1e9:.0f} int8 GOPS of a "
-                                f"{peak_run:.0f} GOPS peak read after each run (per-run pairs {paired:.0%}"
-                                + (f"; {frac_start:.0%} of the peak at the start)" if frac_start else ")")}
+                       "extra": f"TTFT {sec * 1e3:.0f} ms, {ops / sec / 1e9:.0f} int8 GOPS"
+                                + (f" of a {peak_run:.0f} GOPS peak read after each run (per-run pairs {paired:.0%}"
+                                   f"; {frac_start:.0%} of the peak at the start)" if peak_run
+                                   else " (no SIMD int8 peak at the scalar level)")}
                 if vs:
                     lt = n / _median(their_t)
                     rec(engine="llama.cpp", threads=th, phase="prefill", n_tokens=n, context=0, tok_s=lt,
@@ -570,12 +551,13 @@ def markdown_tables(d: dict) -> str:
     R = d["records"]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        print(f"Machine: {d['machine']}, ISA {d['native']['isa']}; load average before {d['load_before'][0]:.2f} / after {d['load_after'][0]:.2f}; repeats {d['repeat']} (medians).\n")
+        m = d["machine"]
+        print(f"Machine: {m['cpu']}, ISA {d['native']['isa']}; load average before {d['load_before'][0]:.2f} / after {d['load_after'][0]:.2f}; repeats {d['repeat']} (medians).\n")
         lim = {}
         for r in R:
             if r["phase"] == "read_bandwidth": lim.setdefault(r["threads"], {})["bw"] = (r["gbps"], r["best"])
-            if r["phase"] == "vnni_peak": lim.setdefault(r["threads"], {})["vnni"] = (r["gops"], r["best"])
-        print("| threads | read bandwidth GB/s (median / best) | int8 VNNI peak GOPS (median / best) |\n|---|---|---|")
+            if r["phase"] == "int8_peak": lim.setdefault(r["threads"], {})["vnni"] = (r["gops"], r["best"])
+        print(f"| threads | read bandwidth GB/s (median / best) | int8 peak GOPS ({d['native']['isa']}; median / best) |\n|---|---|---|")
         for th, v in sorted(lim.items()):
             print(f"| {th} | {v['bw'][0]:.1f} / {v['bw'][1]:.1f} | {v.get('vnni', (0, 0))[0]:.0f} / {v.get('vnni', (0, 0))[1]:.0f} |")
         print()
@@ -590,17 +572,17 @@ def markdown_tables(d: dict) -> str:
                 ash = f"{a['seconds_per_token'] * r['tok_s']:.0%}" if a else "-"
                 bwb = max([lim[r['threads']]['bw'][1]] + list(r.get('bandwidth_runs', [])))
                 cons = r['tok_s'] * r['bytes_per_token'] / (bwb * 1e9)
-                pr = f"{r['roofline_fraction_paired']:.0%}" if "roofline_fraction_paired" in r else "-"
+                pr = f"{r['roofline_fraction_paired']:.0%}" if r.get("roofline_fraction_paired") is not None else "-"
                 print(f"| {r['threads']} | {r['context']} | {r['path']} | **{r['tok_s']:.1f}** ({max(r['runs_tok_s']):.1f}) | {r['roofline_tok_s']:.1f} ({r['bytes_per_token']/1e6:.0f} @ {r['bandwidth_gbps']:.1f}) | **{r['roofline_fraction']:.0%}** ({cons:.0%} @ {bwb:.1f}) | {pr} | {ash} | "
                       + (f"{l['tok_s']:.1f} ({max(l['runs_tok_s']):.1f}) | **{r['tok_s']/l['tok_s']:.2f}x** |" if l else "- | - |"))
         print("\nPrefill (empty cache; TTFT = the pass + the greedy pick):\n")
-        print("| threads | tokens | tok/s median (best) | TTFT ms | int8 GOPS | of VNNI peak (GOPS: median of the probes right after each run) | median of per-run fractions | of the peak at the start, median (best) probe | llama.cpp TQ2_0 tok/s median (best) | ratio of medians |\n|---|---|---|---|---|---|---|---|---|---|")
+        print("| threads | tokens | tok/s median (best) | TTFT ms | int8 GOPS | of int8 peak (GOPS: median of the probes right after each run) | median of per-run fractions | of the peak at the start, median (best) probe | llama.cpp TQ2_0 tok/s median (best) | ratio of medians |\n|---|---|---|---|---|---|---|---|---|---|")
         for r in R:
             if r["phase"] == "prefill" and r.get("engine") == "ryzjupyter":
                 l = llama.get((r["threads"], "prefill", r["n_tokens"], 0))
                 pm, pb = lim[r['threads']].get('vnni', (0, 0))
                 start = f"{r['int8_gops'] / pm:.0%} ({r['int8_gops'] / pb:.0%})" if pb else "-"
-                pr = f"{r['roofline_fraction_paired']:.0%}" if "roofline_fraction_paired" in r else "-"
+                pr = f"{r['roofline_fraction_paired']:.0%}" if r.get("roofline_fraction_paired") is not None else "-"
                 # records written before the paired peak (no peak_runs): their fraction is the
                 # start-of-run one, shown in that column only
                 paired_peak = f"**{r['roofline_fraction']:.0%}** ({r['peak_gops']:.0f})" if r.get("peak_runs") else "-"

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,6 +26,19 @@ def test_bench_kernels_quick(tmp_path):
     assert {r["format"] for r in data["records"] if r["kind"] == "lm_head_gemv"} == {"int8", "int4"}
     assert {r["layout"] for r in data["records"] if r["kind"] == "layout_model_pass"} == {"i2", "t5"}
     assert {r["layout"] for r in data["records"] if r["kind"] == "layout_gemv"} == {"i2", "tl", "t5"}
+    peaks = [r for r in data["records"] if r["kind"] == "int8_peak"]
+    if data["native"]["isa"] == "scalar":
+        assert not peaks and "none at the scalar level" in proc.stdout
+    else:   # the peak of the level in use, for each thread count, and the GEMMs against it
+        assert {r["threads"] for r in peaks} == {1, 2} and {r["level"] for r in peaks} == {data["native"]["isa"]}
+        assert all(r["gops"] > 0 for r in peaks)
+        for r in data["records"]:
+            if r["kind"] == "gemm":
+                peak = next(p["gops"] for p in peaks if p["threads"] == r["threads"])
+                assert r["frac_peak"] == pytest.approx(r["gops"] / peak)
+    m = data["machine"]
+    assert m["command"] == f"python -m ryzjupyter.bench kernels --quick --json {out}"
+    assert m["isa"] == data["native"]["isa"] and m["probe_loops"]["read"] in ("avx512", "avx2", "scalar")
     for r in data["records"]:
         assert r["threads"] in (1, 2) and r["repeat"] >= 1 and r["isa"]
         if r["kind"] == "gemv":
@@ -40,18 +55,3 @@ def test_bench_help():
     proc = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "kernels", "--help"], cwd=ROOT,
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
     assert proc.returncode == 0 and "--repeat" in proc.stdout and "--json" in proc.stdout
-
-
-def test_probe_read_counts_the_aligned_pages():
-    # probe_read times the whole 4 KiB-aligned part of the buffer (both access patterns on
-    # AVX-512, the faster kept): bytes are exactly those pages, the time is a real duration
-    import numpy as np
-    from ryzjupyter import _native
-    buf = np.ones((4 << 20) + 8192, np.uint8)[1000:]   # starts off a page boundary
-    p = buf.ctypes.data
-    start = (p + 4095) // 4096 * 4096
-    pages = (buf.size - (start - p)) // 4096
-    for threads in (1, 2):
-        seconds, nbytes = _native.probe_read(buf, threads)
-        assert nbytes == pages * 4096
-        assert 0 < seconds < 5

@@ -70,7 +70,7 @@ def test_quick_run_writes_records(tmp_path, tiny_folder, capsys):
         per_run = [tok_s * r["bytes_per_token"] / (b * 1e9) for tok_s, b in zip(r["runs_tok_s"], r["bandwidth_runs"])]
         assert len(per_run) == len(r["runs_tok_s"]) >= 1
         assert r["roofline_fraction_paired"] == pytest.approx(statistics.median(per_run))
-    for r in pre:   # prefill ops against the VNNI peak read right after each run (as long as it)
+    for r in pre:   # prefill ops against the int8 peak read right after each run (as long as it)
         ops = r["int8_gops"] * r["ttft_s"]
         assert len(r["peak_runs"]) == len(r["runs_tok_s"]) >= 1 and min(r["peak_runs"]) > 0
         assert r["peak_gops"] == pytest.approx(statistics.median(r["peak_runs"]))
@@ -94,6 +94,23 @@ def test_quick_run_writes_records(tmp_path, tiny_folder, capsys):
     assert main(["model", "--tables", str(old_file)]) == 0
     old_row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(f"| 1 | {pre[0]['n_tokens']} |"))
     assert old_row.split("|")[6].strip() == "-" and old_row.split("|")[7].strip() == "-"
+
+
+def test_quick_run_at_the_scalar_level(tmp_path, tiny_folder):
+    # no SIMD int8 peak at scalar: the run completes, prefill has no fraction of a peak
+    from ryzjupyter.engine.native import using_isa
+    out = tmp_path / "s.json"
+    with using_isa("scalar"):
+        rc = main(["model", "--quick", "--threads", "1", "--no-overhead", "--paths", "python",
+                   "--model-dir", str(tiny_folder.parent), "--json", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert doc["native"]["isa"] == "scalar" and doc["machine"]["probe_loops"]["int8"] is None
+    recs = doc["records"]
+    assert not [r for r in recs if r["phase"] == "int8_peak"]
+    pre = [r for r in recs if r["phase"] == "prefill"]
+    assert pre and all(r["tok_s"] > 0 and r["roofline_fraction"] is None and r["peak_runs"] == [] for r in pre)
+    assert all(r["roofline_fraction"] > 0 for r in recs if r["phase"] == "decode")
 
 
 def test_rss():
