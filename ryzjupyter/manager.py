@@ -39,7 +39,7 @@ from pathlib import Path
 from ryzjupyter.models import MODELS_DIR, bundled_names, is_bundled
 
 __all__ = ["ModelManager", "ModelInfo", "ModelBusyError", "MemoryBudgetError", "MANAGER",
-           "parse_bytes", "format_bytes", "estimate_model_bytes"]
+           "parse_bytes", "format_bytes", "estimate_model_bytes", "finish_info", "token_text"]
 
 KV_RESERVE_TOKENS = 2048          # the KV cache is counted for this many tokens (or the context, if smaller)
 STATS_INTERVAL_S = 0.2            # live stats pushes: at most 5 per second
@@ -279,7 +279,65 @@ class Generation:
         return d
 
 
-def generation_report(result, name=None) -> dict:
+FINISH_LABELS = {"length": "max tokens reached", "context": "context full", "stop_token": "stop token",
+                 "stop_string": "stop string", "interrupted": "interrupted"}
+
+
+def finish_info(result, tokenizer=None, max_context=None) -> dict:
+    """Why a generation stopped, for people: {"reason", "label", "detail"}.
+
+    reason: "length" (max_new_tokens reached), "context" (the model's context is full), "stop_token"
+    (the model wrote a stop token, e.g. end of turn), "stop_string" (a --stop string appeared) or
+    "interrupted"; the engine's single "stop" is split into the last two by looking at the last
+    token. label: a short phrase for footers ("stop token '</s>'", "context full (256 tokens)")."""
+    reason = getattr(result, "finish_reason", None) or "length"
+    tokens = list(getattr(result, "tokens", None) or [])
+    settings = getattr(result, "settings", None) or {}
+    stops = settings.get("stop") or []
+    stop_ids = {s for s in stops if isinstance(s, int) and not isinstance(s, bool)}
+    detail = None
+    if reason == "stop":
+        if tokens and (tokens[-1] in stop_ids or (tokenizer is not None
+                                                  and tokens[-1] in getattr(tokenizer, "stop_token_ids", ()))):
+            reason, detail = "stop_token", token_text(tokenizer, tokens[-1])
+        else:
+            reason = "stop_string"
+            strings = [s for s in stops if isinstance(s, str)]
+            detail = _which_stop_string(result, tokenizer, strings)
+    elif reason == "length":
+        detail = settings.get("max_new_tokens")
+    elif reason == "context":
+        detail = max_context
+    label = FINISH_LABELS.get(reason, str(reason))
+    if reason in ("stop_token", "stop_string") and detail is not None:
+        label += f" {detail!r}"
+    elif reason in ("length", "context") and detail:
+        label += f" ({detail} tokens)"
+    return {"reason": reason, "label": label, "detail": detail}
+
+
+def token_text(tokenizer, token_id) -> str:
+    """A token id as its text in the vocabulary ('</s>', '<|eot_id|>'), or '#id' without a tokenizer."""
+    try:
+        t = tokenizer.id_to_token(int(token_id))
+    except Exception:
+        t = None
+    return t if isinstance(t, str) and t else f"#{token_id}"
+
+
+def _which_stop_string(result, tokenizer, strings):
+    if len(strings) == 1 or tokenizer is None:
+        return strings[0] if len(strings) == 1 else None
+    try:                # the stop string is cut from the text: find it in the decoded tokens
+        full = tokenizer.decode(list(result.tokens))
+    except Exception:
+        return None
+    at = [(full.find(s, max(0, len(result.text) - 1)), s) for s in strings]
+    at = [(i, s) for i, s in at if i >= 0]
+    return min(at)[1] if at else None
+
+
+def generation_report(result, name=None, tokenizer=None, max_context=None) -> dict:
     """Stats and profile breakdown of a finished generation (an engine GenerationResult)."""
     stats = getattr(result, "stats", None)
     s = stats.as_dict() if hasattr(stats, "as_dict") else dict(getattr(stats, "__dict__", {}) or {})
@@ -302,6 +360,7 @@ def generation_report(result, name=None) -> dict:
                    "other": max(0.0, total - prefill - first - decode)}
     return {"model": name, "running": False, "stats": {k: v for k, v in s.items() if k != "profile"},
             "profile": profile, "finish_reason": getattr(result, "finish_reason", None),
+            "finish": finish_info(result, tokenizer, max_context),
             "tok_s": float(s.get("decode_tok_s", 0.0)), "tokens": int(s.get("n_generated", 0))}
 
 
@@ -314,6 +373,7 @@ class ModelManager:
         self._load_lock = threading.Lock()           # one load at a time
         self._models: dict[str, object] = {}         # name -> model, in LRU order (oldest first)
         self._sources: dict[str, str] = {}
+        self._folders: dict[str, Path] = {}           # name -> the local folder it was loaded from
         self._mem: dict[str, int] = {}                # name -> bytes counted against the budget
         self._weights: dict[str, int] = {}
         self._last_used: dict[str, float] = {}
@@ -385,6 +445,12 @@ class ModelManager:
                 for name, src in self._sources.items():
                     if _same_path(src, str(folder)):
                         return name
+            if self._folders:                  # a model name of a folder that is loaded under another name
+                folder = self._candidates().get(spec)
+                folder = folder.resolve() if folder is not None and folder.exists() else None
+                for name, f in self._folders.items():
+                    if folder is not None and f == folder:
+                        return name
             return None
 
     def list(self) -> list[ModelInfo]:
@@ -403,6 +469,9 @@ class ModelManager:
                 self._check_swap_allowed(name)
             self._models[name] = model
             self._sources[name] = source or name
+            folder = Path(str(source)).expanduser() if source else None
+            if folder is not None and (folder / "config.json").is_file():
+                self._folders[name] = folder.resolve()
             w = _nbytes(model)
             self._weights[name] = w
             self._mem[name] = int(nbytes) if nbytes is not None else w + _kv_reserve(model)
@@ -474,6 +543,8 @@ class ModelManager:
                 self._loading = None
                 self._models[final] = model
                 self._sources[final] = str(spec) if spec is not None else "bundled"
+                if target is not None:
+                    self._folders[final] = Path(target).resolve()
                 self._weights[final] = w
                 self._mem[final] = int(counted or 0)
                 self._touch(final)
@@ -557,15 +628,20 @@ class ModelManager:
 
     def available(self) -> list[dict]:
         """Models that can be loaded: bundled (ryzjupyter/models/*), registered, $RYZ_MODEL_DIRS."""
-        loaded_sources = {name: src for name, src in self._sources.items()}
+        with self._lock:
+            loaded_sources = dict(self._sources)
+            loaded_folders = dict(self._folders)
         rows = []
         for name, folder in self._candidates().items():
             try:
                 est = estimate_model_bytes(folder)
             except OSError:
                 continue
-            loaded_as = next((n for n, s in loaded_sources.items()
-                              if s == name or _same_path(s, str(folder))), None)
+            resolved = folder.resolve() if folder.exists() else folder
+            # loaded already (under this name or another, from this folder): the sidebar lists it
+            # under Loaded only
+            loaded_as = next((n for n, f in loaded_folders.items() if f == resolved), None) or next(
+                (n for n, s in loaded_sources.items() if s == name or _same_path(s, str(folder))), None)
             rows.append({"name": name, "path": str(folder), "family": est["family"], "variant": est["variant"],
                          "params": est["params"], "file_bytes": est["files"], "estimate_bytes": est["total"],
                          "loaded": loaded_as is not None, "loaded_as": loaded_as,
@@ -637,7 +713,7 @@ class ModelManager:
 
     def _drop(self, name):
         model = self._models.pop(name)
-        for d in (self._sources, self._mem, self._weights, self._last_used, self._busy):
+        for d in (self._sources, self._folders, self._mem, self._weights, self._last_used, self._busy):
             d.pop(name, None)
         if self._current == name:
             self._current = next(reversed(self._models), None) if self._models else None
@@ -679,16 +755,19 @@ class ModelManager:
                 s = gen.stream
                 result = getattr(s, "result", None) if s is not None else None
                 if result is not None:
-                    self.last_generation = generation_report(result, name)
+                    session = getattr(s, "session", None)
+                    self.last_generation = generation_report(
+                        result, name, getattr(getattr(session, "model", None), "tokenizer", None),
+                        getattr(session, "max_context", None))
                 elif gen.n_tokens:
                     self.last_generation = {**gen.live(), "running": False, "profile": {}, "stats": {}}
                 report = self.last_generation
             self._emit({"event": "generation", "running": False, "model": name, "last": report})
 
-    def record(self, result, name=None):
+    def record(self, result, name=None, tokenizer=None, max_context=None):
         """Record a finished generation's stats (for generations not run under generating())."""
         with self._lock:
-            self.last_generation = generation_report(result, name or self._current)
+            self.last_generation = generation_report(result, name or self._current, tokenizer, max_context)
         self._emit({"event": "stats", "last": self.last_generation})
 
     def generate(self, prompt, max_new_tokens=128, *, model=None, **kw):

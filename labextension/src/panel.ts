@@ -26,6 +26,7 @@ interface IModelRow {
   memory: string;
   variant?: string;
   params?: number;
+  weights_bytes?: number;
 }
 
 const STATE_TEXT: { [k in LinkState]: string } = {
@@ -50,6 +51,10 @@ export function formatBytes(n: number): string {
     i++;
   }
   return i === 0 ? `${n.toFixed(0)} B` : `${n.toFixed(1)} ${units[i]}`;
+}
+
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
 
 function el<K extends keyof HTMLElementTagNameMap>(
@@ -370,8 +375,16 @@ export class RyzSidebar extends Widget {
     const running = this._isGenerating();
     const live = el('div', 'ryz-live');
     if (running && this._live) {
-      live.append(el('span', 'ryz-tps', `${(this._live.tok_s || 0).toFixed(1)} tok/s`));
-      live.append(el('span', 'ryz-live-tokens', ` · ${this._live.tokens || 0} tokens · ${this._live.model ?? ''}`));
+      // tokens/s needs two tokens; before that, say how long the first one took
+      const n = this._live.tokens || 0;
+      const speed =
+        n > 1 && this._live.tok_s > 0
+          ? `${this._live.tok_s.toFixed(1)} tok/s`
+          : n === 1 && this._live.ttft_s !== undefined
+            ? `first token after ${(this._live.ttft_s * 1000).toFixed(0)} ms`
+            : 'starting…';
+      live.append(el('span', 'ryz-tps', speed));
+      live.append(el('span', 'ryz-live-tokens', ` · ${plural(n, 'token')} · ${this._live.model ?? ''}`));
     } else {
       live.append(el('span', 'ryz-idle', 'No generation running.'));
     }
@@ -398,10 +411,20 @@ export class RyzSidebar extends Widget {
         dl.append(row);
       };
       add('tokens', `${s.n_generated ?? this._last.tokens ?? 0} (prompt ${s.n_prompt ?? 0}, cached ${s.n_cached ?? 0})`);
-      add('decode', `${(s.decode_tok_s ?? 0).toFixed(1)} tok/s`);
+      if ((s.n_generated ?? 0) < 2) {
+        // decode speed needs two tokens
+        s.decode_tok_s = undefined;
+      }
+      add('decode', s.decode_tok_s === undefined ? '–' : `${s.decode_tok_s.toFixed(1)} tok/s`);
       add('prefill', `${(s.prefill_tok_s ?? 0).toFixed(1)} tok/s`);
       add('time to first token', `${((s.ttft_s ?? 0) * 1000).toFixed(0)} ms`);
-      add('finish', String(this._last.finish_reason ?? ''));
+      // why it stopped: max tokens, context full, a stop token or string, interrupted
+      const finish = this._last.finish;
+      add('stopped', finish?.label ?? String(this._last.finish_reason ?? ''));
+      dl.lastElementChild?.classList.add('ryz-finish');
+      if (finish?.reason) {
+        (dl.lastElementChild as HTMLElement).dataset.reason = finish.reason;
+      }
       last.append(dl);
       const prof = this._last.profile || {};
       const total = Object.values(prof).reduce((a: number, b: any) => a + Number(b), 0) as number;
@@ -424,9 +447,12 @@ export class RyzSidebar extends Widget {
       body.append(last);
     }
 
-    // models
-    const loaded = this._models.filter(m => m.loaded);
-    const avail = this._models.filter(m => !m.loaded);
+    // models: the loaded ones from the kernel's latest state (pushed with every change, so they
+    // agree with "Current model" even while a list request waits), the others from the last list
+    const loaded = this._loadedRows();
+    const loadedNames = new Set(loaded.map(m => m.name));
+    const loadedSources = new Set(loaded.map(m => m.source));
+    const avail = this._models.filter(m => !m.loaded && !loadedNames.has(m.name) && !loadedSources.has(m.source));
     const ls = el('div', 'ryz-section ryz-loaded');
     ls.append(el('h3', '', `Loaded (${loaded.length})`));
     if (!loaded.length) {
@@ -457,7 +483,7 @@ export class RyzSidebar extends Widget {
     for (const m of avail) {
       const row = this._row(m);
       const ld = el('button', 'ryz-button ryz-load jp-mod-styled', 'Load');
-      ld.title = `Load ${m.name} (needs about ${m.memory.replace('~', '')})`;
+      ld.title = `Load ${m.name} (estimated to need ${formatBytes(m.memory_bytes)}: weights + KV cache reserve)`;
       ld.disabled = !!this._progress;
       ld.onclick = () => void this.load(m.name);
       row.append(ld);
@@ -467,6 +493,37 @@ export class RyzSidebar extends Widget {
     const rf = el('button', 'ryz-button ryz-refresh jp-mod-styled', 'Refresh');
     rf.onclick = () => void this.refresh();
     body.append(rf);
+  }
+
+  /** The loaded models as rows: the pushed state's list, else the last list reply's. */
+  private _loadedRows(): IModelRow[] {
+    const st = this._state;
+    if (!st || !Array.isArray(st.loaded)) {
+      return this._models.filter(m => m.loaded);
+    }
+    return st.loaded.map((i: any) => ({
+      name: i.name,
+      source: i.source,
+      loaded: true,
+      current: !!i.current,
+      busy: !!i.busy,
+      family: i.family,
+      memory_bytes: i.nbytes,
+      weights_bytes: i.weights_bytes,
+      memory: formatBytes(i.nbytes)
+    }));
+  }
+
+  /** What a row's memory figure is: loaded, weights + KV cache reserve; available, an estimate. */
+  private _memoryText(m: IModelRow): string {
+    if (!m.loaded) {
+      return `needs ~${formatBytes(m.memory_bytes)} (estimate)`;
+    }
+    const w = m.weights_bytes ?? 0;
+    if (w > 0 && m.memory_bytes > w) {
+      return `${formatBytes(m.memory_bytes)} = ${formatBytes(w)} weights + ${formatBytes(m.memory_bytes - w)} KV cache`;
+    }
+    return formatBytes(m.memory_bytes);
   }
 
   private _row(m: IModelRow): HTMLDivElement {
@@ -480,7 +537,7 @@ export class RyzSidebar extends Widget {
     }
     const info = el('div', 'ryz-model-info');
     info.append(el('span', 'ryz-model-name', m.name));
-    const details = [m.family, m.variant, m.memory].filter(Boolean).join(' · ');
+    const details = [m.family, m.variant, this._memoryText(m)].filter(Boolean).join(' · ');
     info.append(el('span', 'ryz-model-details', details + (m.busy ? ' · generating' : '')));
     info.title = m.source;
     row.append(info);

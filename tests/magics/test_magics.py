@@ -338,3 +338,55 @@ def test_chat_without_a_chat_template_is_a_usage_error(ip, tmp_path):
     assert "no chat template" in str(r.error_in_exec) and "--no-chat" in str(r.error_in_exec)
     assert ip._ryz_magics.history == []
     assert run(ip, "--no-chat -n 2", "Hi").finish_reason in ("length", "stop")   # plain completion works
+
+
+def test_why_a_reply_stopped(ip, tiny):
+    """The footer, reply.finish and the manager's report (what the sidebar shows) say why a reply
+    ended: max tokens, a stop string, the context being full; a stop token is named by its text."""
+    from ryzjupyter.jupyter.magics.display import StatsFooter
+    from ryzjupyter.manager import MANAGER, finish_info
+    r = run(ip, "-n 3 --no-stream", "Once upon a time")
+    assert r.finish == {"reason": "length", "label": "max tokens reached (3 tokens)", "detail": 3}
+    assert StatsFooter(r).line().endswith(" \u00b7 stopped: max tokens reached (3 tokens)")
+    assert MANAGER.last_generation["finish"]["reason"] == "length"
+
+    full = run(ip, "-n 16 --no-stream", "Once upon a time").text
+    stop = full.strip()[4:7]
+    assert len(stop.strip()) == 3
+    r = run(ip, f"-n 16 --no-stream --stop '{stop}'", "Once upon a time")
+    assert r.finish_reason == "stop" and stop not in r.text and full.startswith(r.text)
+    assert r.finish["reason"] == "stop_string" and r.finish["detail"] == stop
+    assert f"stopped: stop string {stop!r}" in StatsFooter(r).line()
+
+    # a stop token (the engine's API takes token ids): the third greedy token
+    ref = tiny.new_session().generate("Once upon a time", 8, temperature=0.0)
+    tid = ref.tokens[2]
+    res = tiny.new_session().generate("Once upon a time", 8, temperature=0.0, stop=[tid])
+    assert res.finish_reason == "stop" and res.tokens[-1] == tid
+    info = finish_info(res, tiny.tokenizer)
+    assert info["reason"] == "stop_token" and info["detail"] == tiny.tokenizer.id_to_token(tid)
+    assert info["label"] == f"stop token {tiny.tokenizer.id_to_token(tid)!r}"
+
+    # the context is full: a model loaded with a 16-token context
+    ip.run_line_magic("ryz", f"load {TINY} --name short --max-context 16")
+    r = run(ip, "-m short -n 40 --no-stream", "Once upon a time")
+    # the cache holds the prompt and every generated token but the last (sampled from a full cache)
+    assert r.finish_reason == "context" and r.stats.n_prompt + r.stats.n_generated - 1 == 16
+    assert r.finish["label"] == "context full (16 tokens)"
+    assert "stopped: context full (16 tokens)" in StatsFooter(r).line()
+    assert MANAGER.last_generation["finish"] == r.finish
+
+
+def test_stats_reads_as_text(ip, tiny):
+    """%ryz stats: the model once, stop tokens as their text, no 'None'."""
+    run(ip, "-n 4 --no-stream --stop END", "Once upon a time")
+    with capture_output() as cap:
+        ip.run_line_magic("ryz", "stats")
+    out = cap.stdout
+    rows = {ln.split()[0]: ln.split(None, 1)[1] for ln in out.splitlines() if ln.strip()}
+    assert [ln.split()[0] for ln in out.splitlines()].count("model") == 1
+    assert rows["system"] == "(none)" and "None" not in out
+    stop_ids = tiny.tokenizer.stop_token_ids
+    assert stop_ids
+    assert rows["stop"] == ", ".join(["'END'"] + [f"{tiny.tokenizer.id_to_token(i)} (token {i})" for i in stop_ids])
+    assert rows["stopped"] == "max tokens reached (4 tokens)"

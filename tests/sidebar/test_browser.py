@@ -24,8 +24,9 @@ import ryzjupyter
 from .conftest import kernel_env
 
 PKG = Path(ryzjupyter.__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("RYZ_TEST_ARTIFACTS", "/tmp/ryzjupyter-test-artifacts"))
+ARTIFACTS = Path(os.environ.get("RYZ_ARTIFACTS") or REPO / "build" / "test-artifacts")
 CHROME_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--no-first-run"]
@@ -73,6 +74,13 @@ def lab(tmp_path_factory):
     root, jpath, cfg, data, rt = (tmp / d for d in ("root", "jupyter_path", "config", "data", "runtime"))
     for d in (root, jpath / "labextensions", cfg, data, rt):
         d.mkdir(parents=True)
+    # every cell in the DOM (no windowing), so the tests can look at any cell's output
+    tracker = cfg / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    news = cfg / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"     # no news pop-up
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
     # the extension, found through JUPYTER_PATH (whether or not the package is installed)
     if ext.parent.name != "labextensions":
         (jpath / "labextensions" / "ryzjupyter").symlink_to(ext, target_is_directory=True)
@@ -96,6 +104,10 @@ def lab(tmp_path_factory):
                         num_attention_heads=8, num_key_value_heads=4, vocab_size=4096,
                         max_position_embeddings=4096, fmt="packed", seed=3)
     (root / "nopkg.ipynb").write_text(json.dumps(_notebook(["1 + 1"], kernel="nopkg")))
+    shutil.copy(REPO / "notebooks" / "quickstart.ipynb", root / "quickstart.ipynb")
+    # a model loaded by a %%ryz cell (the bundled demo: no %ryz load first)
+    (root / "implicit.ipynb").write_text(json.dumps(_notebook([
+        "%load_ext ryzjupyter", "%%ryz -n 8 -t 0\nAnd God said"])))
 
     port, token = _free_port(), os.urandom(12).hex()
     env = kernel_env({"RYZ_MODEL_DIRS": os.pathsep.join([kernel_env()["RYZ_MODEL_DIRS"], str(extra)]),
@@ -107,7 +119,7 @@ def lab(tmp_path_factory):
          f"--IdentityProvider.token={token}", "--ServerApp.allow_root=True",
          f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
          "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-         "--LabApp.extension_manager=readonly"],
+         "--LabApp.extension_manager=readonly", "--LabApp.expose_app_in_browser=True"],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(root))
     base = f"http://127.0.0.1:{port}"
     try:
@@ -142,6 +154,7 @@ def page(lab):
         pg.set_default_timeout(30000)
         errors = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.add_init_script("window.__ryz_charts = {};")            # the live chart's test hook
         pg.errors = errors
         try:
             yield pg
@@ -168,9 +181,9 @@ def _magics_use_manager():
     return getattr(registry, "REGISTRY", None) is MANAGER
 
 
-def _shot(page, name):
+def _shot(page, name, locator=None):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name))
+    (locator or page).screenshot(path=str(ARTIFACTS / name))
 
 
 def test_sidebar_loads_and_swaps_models(lab, page):
@@ -233,6 +246,14 @@ def test_sidebar_loads_and_swaps_models(lab, page):
     busy = page.locator('#ryzjupyter-sidebar[data-state="busy"] .ryz-state')
     busy.filter(has_text="generating").wait_for(timeout=10000)
     page.wait_for_timeout(1500)
+    # one story while it generates: the current model is listed under Loaded, busy, with a speed
+    assert side.locator(".ryz-current").inner_text() == "slow"
+    assert page.locator(".ryz-loaded .ryz-model-row[data-name='slow'].ryz-mod-busy").count() == 1
+    assert side.locator(".ryz-loaded h3").inner_text().lower() != "loaded (0)"
+    assert page.locator(".ryz-available .ryz-model-row[data-name='slow']").count() == 0
+    tps = side.locator(".ryz-tps").inner_text()
+    assert re.fullmatch(r"\d+\.\d tok/s", tps) and not tps.startswith("0.0"), tps
+    assert re.search(r"· \d+ tokens · slow", side.locator(".ryz-live").inner_text())
     _shot(page, "sidebar-generating.png")
     t0 = time.monotonic()
     page.locator("#ryzjupyter-sidebar .ryz-stop").click()
@@ -245,6 +266,9 @@ def test_sidebar_loads_and_swaps_models(lab, page):
     assert stop_s < 1.5, stop_s
     last = page.locator("#ryzjupyter-sidebar .ryz-last")
     last.filter(has_text="interrupted").wait_for(timeout=15000)
+    finish = last.locator(".ryz-finish")
+    assert finish.get_attribute("data-reason") == "interrupted"
+    assert finish.locator(".ryz-stat-key").inner_text() == "stopped"
     assert last.locator(".ryz-profile-row").count() >= 2
     assert "tok/s" in last.inner_text() and "matmul" in last.inner_text()   # the engine's profile
     page.locator(".ryz-loaded .ryz-model-row[data-name='slow']:not(.ryz-mod-busy)").wait_for(timeout=5000)
@@ -291,3 +315,92 @@ def test_kernel_restart_state_and_reconnect(lab, page):
     assert page.locator(".ryz-loaded .ryz-model-row").count() == 0
     assert state.is_hidden() or "restarting" not in state.inner_text()
     assert int(side.get_attribute("data-connections")) >= 2      # reconnected after the restart
+
+
+def _cell_with(page, text):
+    return page.locator(".jp-Notebook .jp-CodeCell").filter(
+        has=page.locator(".jp-InputArea-editor", has_text=text)).first
+
+
+def test_quickstart_with_the_sidebar(lab, page):
+    """The quickstart notebook run in JupyterLab with the sidebar installed: the %ryz stats profile
+    table keeps its table layout (the sidebar's CSS is scoped to its panel), the live chart's time
+    axis fits the demo model's short replies, and the sidebar lists the demo model once, under
+    Loaded, with what its memory figure is made of and why the last reply stopped."""
+    base, token = lab["base"], lab["token"]
+    page.goto(f"{base}/lab/tree/quickstart.ipynb?token={token}&reset")
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").wait_for()
+    side = _open_sidebar(page)
+    page.locator('#ryzjupyter-sidebar[data-state="ready"]').wait_for(timeout=60000)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    bench = _cell_with(page, "%ryz bench")
+    try:
+        bench.locator(".jp-OutputArea-output").filter(has_text="demo: prefill 32 tokens").wait_for(timeout=120000)
+    finally:
+        _shot(page, "quickstart-run.png")
+
+    # the profile table in the notebook's output: real table rows, header cells over their columns
+    stats = _cell_with(page, "%ryz stats")
+    table = stats.locator(".jp-OutputArea-output .ryz-profile table")
+    table.wait_for()
+    layout = table.evaluate("""t => {
+        const rows = [...t.querySelectorAll('tr')];
+        const lefts = r => [...r.children].map(c => Math.round(c.getBoundingClientRect().left));
+        return {display: rows.slice(1).map(r => getComputedStyle(r).display),
+                cells: rows.slice(1).map(r => getComputedStyle(r.children[1]).display),
+                head: lefts(rows[0]), body: rows.slice(1).map(lefts)};
+    }""")
+    assert page.locator("#ryzjupyter-sidebar").count() == 1              # the extension is installed
+    assert set(layout["display"]) == {"table-row"} and set(layout["cells"]) == {"table-cell"}, layout
+    assert all(b == layout["head"] for b in layout["body"]), layout     # columns line up under the header
+    _shot(page, "quickstart-profile-table.png", stats.locator(".jp-OutputArea-output .ryz-profile"))
+
+    # the chart of the first reply: the final figure stays (SVG); the live canvas's time axis ended
+    # just past the last point (the demo model answers in a few ms)
+    first = _cell_with(page, "And it came to pass")
+    figure = first.locator(".jp-OutputArea-output img[src^='data:image/svg'], .jp-RenderedSVG svg").first
+    figure.wait_for()
+    charts = page.evaluate("() => window.__ryz_charts")
+    done = [e for e in charts.values() if e.get("done") and e.get("tLast")]
+    assert done, charts
+    for e in done:
+        assert e["tLast"] <= e["tEnd"] < 1.5 * e["tLast"] + 1e-3, e
+        assert "tokens/s while the reply was written" in e["caption"] and "decode" not in e["caption"]
+    _shot(page, "quickstart-chart.png", first.locator(".jp-Cell-outputWrapper"))
+
+    # the sidebar: demo once, under Loaded, its memory figure explained; why the last reply stopped
+    page.locator(".ryz-loaded .ryz-model-row[data-name='demo']").wait_for()
+    assert page.locator(".ryz-available .ryz-model-row[data-name='demo']").count() == 0
+    details = side.locator(".ryz-loaded .ryz-model-row[data-name='demo'] .ryz-model-details").inner_text()
+    assert re.search(r"MiB = [\d.]+ MiB weights \+ [\d.]+ MiB KV cache", details), details
+    chat = _cell_with(page, "And what can you do?")
+    footer = chat.locator(".jp-OutputArea-output").last.inner_text()
+    reason = footer.split("stopped: ", 1)[1].strip()
+    finish = side.locator(".ryz-last .ryz-finish .ryz-stat-value")
+    finish.wait_for()
+    assert finish.inner_text() == reason, (finish.inner_text(), footer)
+    _shot(page, "quickstart-sidebar-after.png")
+    assert not [e for e in page.errors if "ryz" in e.lower()], page.errors
+
+
+def test_a_model_loaded_by_a_cell_is_listed_once(lab, page):
+    base, token = lab["base"], lab["token"]
+    page.goto(f"{base}/lab/tree/implicit.ipynb?token={token}&reset")
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").wait_for()
+    side = _open_sidebar(page)
+    page.locator('#ryzjupyter-sidebar[data-state="ready"]').wait_for(timeout=60000)
+    page.locator(".ryz-available .ryz-model-row[data-name='demo']").wait_for()
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    out = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea-output")
+    out.filter(has_text="stopped: ").first.wait_for(timeout=60000)
+    page.locator(".ryz-loaded .ryz-model-row[data-name='demo'].ryz-mod-current").wait_for(timeout=10000)
+    page.wait_for_timeout(500)                                    # the list refresh after the pushes
+    assert page.locator(".ryz-available .ryz-model-row[data-name='demo']").count() == 0
+    assert side.locator(".ryz-loaded h3").inner_text().lower() == "loaded (1)"
+    # the cell's load message gives the same memory figure as the sidebar, and says what it is
+    text = out.first.inner_text()
+    m = re.search(r"loaded demo in [\d.]+ s: ([\d.]+ MiB) \(([\d.]+ MiB) weights \+ ([\d.]+ MiB) KV cache reserve\)", text)
+    assert m, text
+    details = side.locator(".ryz-loaded .ryz-model-row[data-name='demo'] .ryz-model-details").inner_text()
+    assert f"{m.group(1)} = {m.group(2)} weights + {m.group(3)} KV cache" in details, details
+    _shot(page, "sidebar-loaded-by-a-cell.png")

@@ -4,7 +4,7 @@ fixture model, and check that the live chart drew points on its canvas, the fina
 the output, and the controls panel changes the settings and generates.
 
 Skipped when chromium, playwright, jupyterlab, the engine or the magics are missing, unless
-RYZ_REQUIRE_BROWSER=1 (then it fails). Screenshots go to $RYZ_SCREENSHOTS (if set).
+RYZ_REQUIRE_BROWSER=1 (then it fails). Screenshots go to $RYZ_ARTIFACTS (default build/test-artifacts).
 """
 import base64
 import json
@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "fixtures" / "bitnet" / "packed"
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 REQUIRED = os.environ.get("RYZ_REQUIRE_BROWSER") == "1"
+ARTIFACTS = Path(os.environ.get("RYZ_ARTIFACTS") or REPO / "build" / "test-artifacts")
 
 
 def _need(cond, why):
@@ -105,10 +106,8 @@ def _notebook(cells):
 
 
 def _shot(page, name, locator=None):
-    d = os.environ.get("RYZ_SCREENSHOTS")
-    if d:
-        Path(d).mkdir(parents=True, exist_ok=True)
-        (locator or page).screenshot(path=str(Path(d) / f"{name}.png"))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (locator or page).screenshot(path=str(ARTIFACTS / f"widgets-{name}.png"))
 
 
 def test_chart_and_controls_in_jupyterlab(lab):
@@ -157,10 +156,8 @@ def test_chart_and_controls_in_jupyterlab(lab):
             assert entry["frames"] >= 2 and entry["maxPoints"] >= 21
             png = base64.b64decode(entry["png"].split(",", 1)[1])
             assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000          # not a blank canvas
-            d = os.environ.get("RYZ_SCREENSHOTS")
-            if d:
-                Path(d).mkdir(parents=True, exist_ok=True)
-                (Path(d) / "live-chart-canvas.png").write_bytes(png)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            (ARTIFACTS / "widgets-live-chart-canvas.png").write_bytes(png)
 
             # the final figure stays in the output (static SVG with the decode line)
             svg = page.locator(".jp-OutputArea-output img[src^='data:image/svg'], .jp-RenderedSVG svg")
@@ -179,6 +176,9 @@ def test_chart_and_controls_in_jupyterlab(lab):
             # the controls panel: move the temperature setting from the browser, see it in the kernel
             panel = page.locator(".ryz-controls")
             panel.wait_for(timeout=30000)
+            # before the first generation: no empty bordered output box, no finish line
+            assert panel.locator(".ryz-controls-output").is_hidden()
+            assert panel.locator(".ryz-controls-finish").is_hidden()
             _shot(page, "controls", panel)
             temp = panel.locator(".ryz-control-temperature .widget-readout")
             temp.click()
@@ -197,6 +197,11 @@ def test_chart_and_controls_in_jupyterlab(lab):
             page.wait_for_function(
                 "() => Object.values(window.__ryz_charts).filter(e => e.done).length >= 2", timeout=30000)
             assert panel.locator(".ryz-controls-chart canvas").count() == 1
+            # why the reply stopped, next to the Generate button (8 tokens: max tokens, or a stop token)
+            finish = panel.locator(".ryz-controls-finish .ryz-finish")
+            finish.wait_for(timeout=10000)
+            assert "stopped: " in finish.inner_text()
+            assert finish.get_attribute("data-reason") in ("length", "stop_token")
             _shot(page, "controls-after-generate", panel)
             # re-run the last cell: the kernel sees the settings the browser set
             page.evaluate("() => { const nb = window.jupyterapp.shell.currentWidget.content;"

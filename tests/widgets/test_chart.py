@@ -125,7 +125,9 @@ def test_svg_final_figure_and_downsampling():
     assert len(small) == 500 and small[0][2] == "prefill" and small[-1] == pts[-1]
     svg = render_svg(small, {"n_generated": 5000, "decode_tok_s": 103.0, "prefill_tok_s": 40.0, "total_s": 50.2})
     assert svg.startswith("<svg") and svg.endswith("</svg>")
-    assert svg.count(",") > 400 and "prefill 40.0 tok/s" in svg and "5000 tokens" in svg
+    assert svg.count(",") > 400 and "prefill 40.0 tok/s" in svg
+    assert "5000 tokens" not in svg and "50.2 s" not in svg   # the numbers are the footer's, not repeated
+    assert "tokens/s while the reply was written (shaded: the prompt pass)" in svg
     bundle = StaticChart(small, {"n_generated": 1}, "t")._repr_mimebundle_()
     assert "image/svg+xml" in bundle and "text/plain" in bundle
 
@@ -160,3 +162,22 @@ def test_scale_ignores_a_few_spikes():
     assert robust_max([]) == 0.0 and robust_max([1.0, 5.0]) == 5.0
     vals = [8000.0, 5000.0] + [30.0 + i % 5 for i in range(198)]
     assert robust_max(vals) < 60
+
+
+@pytest.mark.parametrize("t_last, end, step", [(0.013, 0.015, 0.005), (0.2, 0.2, 0.05), (0.21, 0.3, 0.1),
+                                               (0.9, 1.0, 0.25), (3.7, 4.0, 1.0), (52.0, 60.0, 20.0)])
+def test_time_axis_ends_just_past_the_last_point(t_last, end, step):
+    from ryzjupyter.jupyter.widgets.chart import time_axis
+    e, st = time_axis(t_last)
+    assert e == pytest.approx(end) and st == pytest.approx(step)
+    assert t_last <= e < t_last + st and 3 <= round(e / st) <= 5
+
+
+def test_a_short_reply_fills_the_chart():
+    """The bundled model writes a reply in 0.01-0.2 s: its curve spans the plot, ticks in ms."""
+    pts = [[0.002, 3000.0, "prefill"]] + [[0.002 + 0.0004 * i, 2500.0, "decode"] for i in range(1, 31)]
+    svg = render_svg(pts, {}, width=640)
+    xs = [float(v.split(",")[0]) for v in re.search(r'class="ryz-decode" points="([^"]+)"', svg).group(1).split()]
+    L, R = 44, 8
+    assert (max(xs) - L) / (640 - L - R) > 0.85          # the last point near the right edge
+    assert "15.0 ms" in svg and " s<" not in svg          # axis 0 .. 15 ms (the last point at 14 ms)

@@ -132,13 +132,22 @@ def test_controls_panel_in_the_kernel(kernel):
             "get_ipython().run_line_magic('config', 'RyzMagics.top_k = 7')\n"
             "assert p.controls['top_k'].value == 7\n"
             "p.controls['max_new_tokens'].value = 6\n"
+            "print('before', p.output.layout.display, p.finish.layout.display)\n"
             "p.prompt.value = 'Hello'\n"
             "p.generate_button.click()\n"
             "r = m.last_reply\n"
-            "print(r.settings['temperature'], r.settings['top_k'], r.stats.n_generated <= 6)\n")
+            "print(r.settings['temperature'], r.settings['top_k'], r.stats.n_generated <= 6)\n"
+            "print('after', p.output.layout.display, repr(p.finish.value))\n"
+            "print('expect', repr(f'{r.stats.n_generated} tokens &middot; stopped: {r.finish[\"label\"]}'))\n")
     content, msgs, _ = kernel.execute(code)
     assert content["status"] == "ok", _errors(msgs)
     out = "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream")
     assert "0.25 7 True" in out
+    # no empty bordered output box (nor an empty finish line) before the first generation
+    assert "before none none" in out
+    after = next(ln for ln in out.splitlines() if ln.startswith("after"))
+    expect = next(ln for ln in out.splitlines() if ln.startswith("expect")).split(" ", 1)[1]
+    assert after.startswith("after None ") and "stopped: max tokens reached (6 tokens)" in after
+    assert expect.strip("'") in after, (expect, after)        # the reply's own reason, next to Generate
     kernel.execute("%config RyzMagics.temperature = 0\n%config RyzMagics.top_k = 40\n"
                    "%config RyzMagics.max_new_tokens = 128")

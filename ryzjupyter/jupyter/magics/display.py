@@ -11,16 +11,20 @@ import html
 import re
 import time
 
+from ryzjupyter.manager import finish_info
+
 INTERRUPTED_MARK = "[interrupted]"
 
 
 class Reply:
     """One `%%ryz` answer: `.text`, `.tokens`, `.stats` (n_prompt, n_generated, ttft_s,
     prefill_tok_s, decode_tok_s, ...), `.settings` (every sampling setting used), `.model`,
-    `.finish_reason`, `.interrupted`. `str(reply)` is the text. Shown as text or Markdown."""
+    `.finish_reason` (the engine's: length, stop, context, interrupted), `.finish` (why it stopped,
+    for people: {"reason": length | context | stop_token | stop_string | interrupted, "label",
+    "detail"}), `.interrupted`. `str(reply)` is the text. Shown as text or Markdown."""
 
     def __init__(self, text="", tokens=(), stats=None, settings=None, *, model=None, format="text",
-                 finish_reason="length", prompt=None):
+                 finish_reason="length", prompt=None, finish=None):
         self.text = text
         self.tokens = list(tokens)
         self.stats = stats
@@ -29,13 +33,16 @@ class Reply:
         self.format = format
         self.finish_reason = finish_reason
         self.prompt = prompt
+        self.finish = finish or finish_info(self)
 
     @classmethod
-    def from_result(cls, result, *, model, format, prompt=None, extra_settings=None):
+    def from_result(cls, result, *, model, format, prompt=None, extra_settings=None, tokenizer=None,
+                    max_context=None):
         settings = dict(result.settings)
         settings.update(extra_settings or {})
         return cls(result.text, result.tokens, result.stats, settings, model=model, format=format,
-                   finish_reason=result.finish_reason, prompt=prompt)
+                   finish_reason=result.finish_reason, prompt=prompt,
+                   finish=finish_info(result, tokenizer, max_context))
 
     @property
     def interrupted(self) -> bool:
@@ -187,8 +194,7 @@ class StatsFooter:
             bits.append(f"first token {s.ttft_s:.2f} s")
         if r.model:
             bits.append(str(r.model))
-        if r.interrupted:
-            bits.append("interrupted")
+        bits.append(f"stopped: {r.finish['label']}")       # why: max tokens, context full, stop token ...
         return " \u00b7 ".join(bits)
 
     def __repr__(self):

@@ -189,9 +189,12 @@ class RyzMagics(Magics):
         interrupted = interrupted or result.finish_reason == "interrupted"
         if interrupted:
             result.finish_reason = "interrupted"
+        session = getattr(ts, "session", None)
         reply = Reply.from_result(result, model=name, format=fmt, prompt=prompt,
                                   extra_settings={"model": name, "chat": bool(chat), "system": system,
-                                                  "format": fmt})
+                                                  "format": fmt},
+                                  tokenizer=getattr(model, "tokenizer", None),
+                                  max_context=getattr(session, "max_context", None))
         reply.profile = getattr(result, "profile", None)
         if chart is not None:
             chart.finish(result.stats, reply.profile, freeze=True)
@@ -239,7 +242,8 @@ class RyzMagics(Magics):
         return ts
 
     def _finish(self, reply, live, *, history, output):
-        meta = {"ryzjupyter": {"model": reply.model, "finish_reason": reply.finish_reason}}
+        meta = {"ryzjupyter": {"model": reply.model, "finish_reason": reply.finish_reason,
+                               "finish": reply.finish["label"]}}
         if live is not None:
             live.finish(reply, metadata=meta)
         else:
@@ -272,10 +276,24 @@ class RyzMagics(Magics):
 
     def _load(self, spec, name=None, make_current=True, **options):
         previous = self.registry.current_name
-        bar = _ProgressBar(f"loading {spec or 'the bundled demo model'}")
+        in_kernel = getattr(self.shell, "kernel", None) is not None and not is_plain_terminal(self.shell)
+        bar = _ProgressBar(f"loading {spec or 'the bundled demo model'}", terminal=not in_kernel)
         t0 = time.perf_counter()
         try:
-            name, model = self.registry.load(spec, name=name, progress=bar, **options)
+            name, model = self._registry_load(spec, name, bar, **options)
+        except BaseException:
+            bar.close()
+            raise
+        if not make_current and previous is not None:
+            self.registry.use(previous)
+        _warm_traceback_formatter(self.shell)
+        dt = time.perf_counter() - t0
+        bar.close(f"loaded {name} in {dt:.2f} s: {self._memory_text(name, model)}")
+        return name, model
+
+    def _registry_load(self, spec, name, progress, **options):
+        try:
+            return self.registry.load(spec, name=name, progress=progress, **options)
         except _checkpoint_error() as e:
             msg = str(e)
             if spec is None:
@@ -288,14 +306,17 @@ class RyzMagics(Magics):
             if "load option" in str(e):
                 raise UsageError(str(e)) from None
             raise
-        finally:
-            bar.close()
-        if not make_current and previous is not None:
-            self.registry.use(previous)
-        _warm_traceback_formatter(self.shell)
-        dt = time.perf_counter() - t0
-        print(f"loaded {name} ({format_bytes(getattr(model, 'nbytes', 0))}) in {dt:.2f} s")
-        return name, model
+
+    def _memory_text(self, name, model):
+        """The memory a loaded model is counted for, and what it is made of (one number everywhere:
+        the load message, %ryz list and the sidebar)."""
+        weights = int(getattr(model, "nbytes", 0) or 0)
+        info = next((m for m in self.registry.list() if m.name == name), None)
+        total = info.nbytes if info is not None else weights
+        if total > weights > 0:
+            return (f"{format_bytes(total)} ({format_bytes(weights)} weights + "
+                    f"{format_bytes(total - weights)} KV cache reserve)")
+        return f"{format_bytes(total or weights)}"
 
     # ------------------------------------------------------------------ %ryz
     def _line(self, line):
@@ -314,10 +335,13 @@ class RyzMagics(Magics):
             print("no model loaded; %ryz load [MODEL] loads one (a %%ryz cell loads "
                   "RyzMagics.default_model or the bundled demo model)")
             return
-        w = max(len(m.name) for m in models)
+        w = max([len("model")] + [len(m.name) for m in models])
+        # memory: what the model is counted for against the budget (weights + KV cache reserve)
+        print(f"  {'model':<{w}}  {'family':<8} {'memory':>10}  source")
         for m in models:
             mark = "*" if m.current else " "
             print(f"{mark} {m.name:<{w}}  {m.family:<8} {format_bytes(m.nbytes):>10}  {m.source}")
+        print("(* = current; memory = weights + KV cache reserve, counted against the memory budget)")
 
     def _cmd_load(self, cmd):
         opts = {}
@@ -358,14 +382,23 @@ class RyzMagics(Magics):
             print("no reply yet: run a %%ryz cell first")
             return
         s = r.stats
-        rows = [("model", r.model), ("finish", r.finish_reason),
+        rows = [("model", r.model), ("stopped", r.finish["label"]),
                 ("prompt tokens", f"{s.n_prompt} ({getattr(s, 'n_cached', 0)} from the cache)"),
                 ("generated tokens", s.n_generated),
                 ("time to first token", f"{s.ttft_s:.3f} s"),
                 ("prefill", f"{s.prefill_tok_s:.1f} tok/s"),
                 ("decode", f"{s.decode_tok_s:.1f} tok/s"),
                 ("total", f"{getattr(s, 'total_s', 0.0):.3f} s")]
-        rows += [(k, v) for k, v in r.settings.items()]
+        model = self.registry.get(r.model) if r.model else None
+        tokenizer = getattr(model, "tokenizer", None)
+        for k, v in r.settings.items():
+            if k == "model":                       # already the first row
+                continue
+            if k == "stop":
+                v = _stop_text(v, tokenizer)
+            elif v is None:
+                v = "(none)"
+            rows.append((k, v))
         w = max(len(k) for k, _ in rows)
         for k, v in rows:
             print(f"{k:<{w}}  {v}")
@@ -391,6 +424,18 @@ class RyzMagics(Magics):
 RyzMagics.ryz.__doc__ = ("%%ryz [options]  (prompt in the cell)  /  %ryz COMMAND\n\n" + full_help())
 
 
+def _stop_text(stops, tokenizer):
+    """reply.settings["stop"] (stop strings and stop token ids) as text: '###', </s> (token 2)."""
+    from ryzjupyter.manager import token_text
+    parts = []
+    for x in stops or []:
+        if isinstance(x, str):
+            parts.append(repr(x))
+        else:
+            parts.append(f"{token_text(tokenizer, x)} (token {x})")
+    return ", ".join(parts) or "(none)"
+
+
 def _raise_interrupt():
     raise KeyboardInterrupt
 
@@ -413,25 +458,46 @@ def _warm_traceback_formatter(shell):
 
 
 class _ProgressBar:
-    """A tqdm.auto bar (a widget in a notebook, text elsewhere) fed by the loader's
-    progress(done, total) callback; created on the first call so instant loads show nothing odd."""
+    """Load progress fed by the loader's progress(done, total) callback, shown from the first call
+    (an instant load shows nothing). In a notebook: one display line updated in place that becomes
+    the "loaded ..." message at the end (so a saved notebook keeps no stale bar); in a terminal: a
+    tqdm bar, then the message printed."""
 
-    def __init__(self, desc):
+    def __init__(self, desc, terminal=True):
         self.desc = desc
+        self.terminal = terminal
         self.bar = None
+        self.handle = None
+        self.closed = False
 
     def __call__(self, done, total):
-        if self.bar is None:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:          # tqdm is optional: no bar
-                self.bar = False
-                return
-            self.bar = tqdm(total=total, desc=self.desc, unit="layer", leave=False)
-        if self.bar:
-            self.bar.n = done
-            self.bar.refresh()
+        if self.terminal:
+            if self.bar is None:
+                try:
+                    from tqdm import tqdm
+                except ImportError:          # tqdm is optional: no bar
+                    self.bar = False
+                    return
+                self.bar = tqdm(total=total, desc=self.desc, unit="layer", leave=False)
+            if self.bar:
+                self.bar.n = done
+                self.bar.refresh()
+            return
+        text = f"{self.desc}: {done}/{total} layers" if total else f"{self.desc}\u2026"
+        bundle = {"text/plain": text}
+        if self.handle is None:
+            self.handle = display(bundle, raw=True, display_id=True)
+        else:
+            self.handle.update(bundle, raw=True)
 
-    def close(self):
+    def close(self, message=None):
+        if self.closed:
+            return
+        self.closed = True
         if self.bar:
             self.bar.close()
+        if self.handle is not None:
+            # the progress line becomes the final message (or nothing visible, after an error)
+            self.handle.update({"text/plain": message or ""}, raw=True)
+        elif message:
+            print(message)

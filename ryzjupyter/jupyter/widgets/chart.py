@@ -291,7 +291,7 @@ def render_svg(points, summary=None, *, title="", width=640, height=160) -> str:
     pw, ph = W - L - R, H - T - B
     dec = [p for p in points if p[2] != "prefill"]
     pf = [p for p in points if p[2] == "prefill"]
-    tmax = max([p[0] for p in points] + [0.5]) * 1.02
+    tmax, tstep = time_axis(max([p[0] for p in points] + [0.0]))
     ymax = (robust_max([p[1] for p in dec]) or max([p[1] for p in pf] or [1.0])) * 1.1
     ymax = _nice(ymax)
 
@@ -308,9 +308,12 @@ def render_svg(points, summary=None, *, title="", width=640, height=160) -> str:
         y = Y(v)
         out.append(f'<line x1="{L}" y1="{y:.1f}" x2="{L + pw}" y2="{y:.1f}" stroke="#ddd"/>')
         out.append(f'<text x="{L - 4}" y="{y + 3:.1f}" text-anchor="end" fill="#888">{_fmt(v)}</text>')
-    for i in range(5):
-        t = tmax * i / 4
-        out.append(f'<text x="{X(t):.1f}" y="{T + ph + 13}" text-anchor="middle" fill="#888">{_fmt(t)} s</text>')
+    n_ticks = int(round(tmax / tstep))
+    for i in range(n_ticks + 1):
+        t = i * tstep
+        anchor = "end" if i == n_ticks else "middle"          # the last label stays inside the figure
+        out.append(f'<text x="{X(t):.1f}" y="{T + ph + 13}" text-anchor="{anchor}" fill="#888">'
+                   f'{time_label(t, tmax)}</text>')
     out.append(f'<text x="10" y="{T + ph / 2:.1f}" transform="rotate(-90 10 {T + ph / 2:.1f})" '
                f'text-anchor="middle" fill="#888">tok/s</text>')
     if pf:
@@ -321,7 +324,7 @@ def render_svg(points, summary=None, *, title="", width=640, height=160) -> str:
     if dec:
         pts = " ".join(f"{X(p[0]):.1f},{Y(p[1]):.1f}" for p in dec)
         out.append(f'<polyline class="ryz-decode" points="{pts}" fill="none" stroke="#1976d2" stroke-width="1.5"/>')
-    label = summary_line(summary, title)
+    label = caption(title, bool(pf))
     out.append(f'<text x="{L}" y="{H + 12}" fill="#666">{html.escape(label)}</text>')
     out.append("</svg>")
     return "".join(out)
@@ -338,16 +341,30 @@ def robust_max(vals):
     return min(v[-1], 1.25 * v[int(0.95 * (len(v) - 1))])
 
 
-def summary_line(sm, title="") -> str:
-    bits = [title] if title else []
-    if sm.get("n_generated") is not None:
-        bits.append(f"{sm['n_generated']} tokens")
-        bits.append(f"decode {_fmt(sm.get('decode_tok_s') or 0.0)} tok/s")
-        if sm.get("prefill_tok_s"):
-            bits.append(f"prefill {_fmt(sm['prefill_tok_s'])} tok/s")
-        if sm.get("total_s") is not None:
-            bits.append(f"{_fmt(sm['total_s'])} s")
-    return " \u00b7 ".join(bits)
+def time_axis(t_last):
+    """(axis end, tick step) for a time axis that ends just past the last point: 4-5 ticks at
+    1, 2, 2.5 or 5 x 10^k seconds, so a 0.03 s reply fills the chart like a 30 s one."""
+    import math
+    t = max(float(t_last), 1e-4)
+    raw = t / 4
+    e = 10 ** math.floor(math.log10(raw))
+    step = next(m * e for m in (1, 2, 2.5, 5, 10) if m * e >= raw)
+    n = math.ceil(t / step - 1e-9)
+    return n * step, step
+
+
+def time_label(t, axis_end) -> str:
+    """A tick label: milliseconds below one second, else seconds."""
+    if axis_end < 1:
+        ms = t * 1e3
+        return f"{ms:.0f} ms" if axis_end >= 0.02 else f"{ms:.1f} ms"
+    return f"{t:.0f} s" if axis_end >= 10 else f"{t:.1f} s"
+
+
+def caption(title="", prefill=False) -> str:
+    """The line under the final figure: what is drawn (the numbers are in the stats footer)."""
+    what = "tokens/s while the reply was written" + (" (shaded: the prompt pass)" if prefill else "")
+    return f"{title} \u00b7 {what}" if title else what
 
 
 def _fmt(x) -> str:
@@ -378,7 +395,7 @@ class StaticChart:
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return {"image/svg+xml": render_svg(self.points, self.summary, title=self.title),
-                "text/plain": "tokens/s chart: " + summary_line(self.summary, self.title)}
+                "text/plain": "tokens/s chart: " + caption(self.title, any(p[2] == "prefill" for p in self.points))}
 
 
 def live_chart(title="", *, profiler=None, max_rate=MAX_RATE, display=True):

@@ -195,9 +195,12 @@ class ControlsPanel(W.VBox):
         self.generate_button = W.Button(description="Generate", button_style="primary", icon="play")
         self.generate_button.add_class("ryz-controls-generate")
         self.generate_button.on_click(lambda _b: self.generate())
+        # hidden until the first generation: no empty bordered box under Generate
         self.output = W.Output(layout=W.Layout(border="1px solid var(--jp-border-color2, #ddd)",
-                                               min_height="2em", padding="4px"))
+                                               min_height="2em", padding="4px", display="none"))
         self.output.add_class("ryz-controls-output")
+        self.finish = W.HTML(value="", layout=W.Layout(display="none"))    # why the last reply stopped
+        self.finish.add_class("ryz-controls-finish")
         self.runner = runner if runner is not None else self._default_runner
         self.generations = 0
         self.chart = None                   # the panel's own live chart, created on first use
@@ -208,7 +211,8 @@ class ControlsPanel(W.VBox):
                        "and <code>%config RyzMagics</code>)")
         gen_title = W.HTML("<b>Generate</b> with these settings")
         settings_box = W.VBox(rows)
-        gen_box = W.VBox([gen_title, self.prompt, W.HBox([self.generate_button]), self.chart_box, self.output])
+        gen_box = W.VBox([gen_title, self.prompt, W.HBox([self.generate_button, self.finish]), self.chart_box,
+                          self.output])
         super().__init__([title, settings_box, self.status, gen_box], **kw)
         self.add_class("ryz-controls")
 
@@ -328,6 +332,9 @@ class ControlsPanel(W.VBox):
         rec = None
         try:
             self.output.clear_output()
+            self.output.layout.display = None
+            self.finish.value = "generating&hellip;"
+            self.finish.layout.display = None
             rec = self._recorder()
             before = getattr(self.magics, "last_reply", None)
             with self.output:
@@ -345,6 +352,7 @@ class ControlsPanel(W.VBox):
                 if last is before:          # no new reply (an error): what the recorder saw
                     last = None
                 rec.finish(getattr(last, "stats", None), getattr(last, "profile", None))
+            self._show_finish(before)
             self.generations += 1
             return result
         finally:
@@ -356,6 +364,17 @@ class ControlsPanel(W.VBox):
                 self.refresh_models()
             except Exception:
                 pass
+
+    def _show_finish(self, before):
+        """Next to the Generate button: how many tokens the reply has and why it stopped."""
+        last = getattr(self.magics, "last_reply", None)
+        finish = getattr(last, "finish", None)
+        if last is None or last is before or not finish:
+            self.finish.value = ""
+            return
+        n = getattr(getattr(last, "stats", None), "n_generated", len(getattr(last, "tokens", ())))
+        self.finish.value = (f'<span class="ryz-finish" data-reason="{_esc(finish["reason"])}">'
+                             f'{n} token{"s" if n != 1 else ""} &middot; stopped: {_esc(finish["label"])}</span>')
 
     # ------------------------------------------------------------------
     def close(self):

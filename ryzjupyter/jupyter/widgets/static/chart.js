@@ -79,6 +79,23 @@ function niceMax(v) {
   return 10 * e;
 }
 
+// time axis: ends just past the last point, 4-5 ticks at 1, 2, 2.5 or 5 x 10^k s (a 0.03 s reply
+// fills the chart like a 30 s one); the same rule as chart.py's time_axis
+function timeAxis(tLast) {
+  const t = Math.max(tLast, 1e-4);
+  const raw = t / 4;
+  const e = Math.pow(10, Math.floor(Math.log10(raw)));
+  let step = 10 * e;
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * e >= raw) { step = m * e; break; }
+  const n = Math.ceil(t / step - 1e-9);
+  return [n * step, step];
+}
+
+function timeLabel(t, end) {
+  if (end < 1) { const ms = t * 1e3; return (end >= 0.02 ? ms.toFixed(0) : ms.toFixed(1)) + " ms"; }
+  return (end >= 10 ? t.toFixed(0) : t.toFixed(1)) + " s";
+}
+
 function draw(view, s) {
   const { canvas, label, el } = view;
   const dpr = window.devicePixelRatio || 1;
@@ -107,7 +124,8 @@ function draw(view, s) {
   for (const p of pts) tmax = Math.max(tmax, p[0]);
   ymax = robustMax(dec.map((p) => p[1]));          // spikes above the scale are drawn at the top
   if (!dec.length) for (const p of pf) ymax = Math.max(ymax, p[1]);
-  tmax = Math.max(tmax, 0.5) * 1.02;
+  const [tend, tstep] = timeAxis(tmax);
+  tmax = tend;
   ymax = niceMax(ymax * 1.1);
   const X = (t) => L + (t / tmax) * pw;
   const Y = (v) => T + ph - (Math.min(v, ymax) / ymax) * ph;
@@ -122,9 +140,11 @@ function draw(view, s) {
     ctx.fillText(fmt(v), L - 4, y);
   }
   ctx.textAlign = "center"; ctx.textBaseline = "top";
-  for (let i = 0; i <= 4; i++) {
-    const t = (tmax * i) / 4;
-    ctx.fillText(fmt(t) + " s", X(t), T + ph + 4);
+  const nTicks = Math.round(tmax / tstep);
+  for (let i = 0; i <= nTicks; i++) {
+    const t = i * tstep;
+    ctx.textAlign = i === nTicks ? "right" : "center";     // the last label stays inside the canvas
+    ctx.fillText(timeLabel(t, tmax), X(t), T + ph + 4);
   }
   ctx.save(); ctx.translate(10, T + ph / 2); ctx.rotate(-Math.PI / 2);
   ctx.textAlign = "center"; ctx.textBaseline = "middle"; ctx.fillText("tok/s", 0, 0); ctx.restore();
@@ -148,9 +168,8 @@ function draw(view, s) {
   const sm = s.summary || {};
   let text = s.title ? s.title + " \u00b7 " : "";
   if (sm.n_generated !== undefined) {
-    text += `${sm.n_generated} tokens \u00b7 decode ${fmt(sm.decode_tok_s || 0)} tok/s`;
-    if (sm.prefill_tok_s) text += ` \u00b7 prefill ${fmt(sm.prefill_tok_s)} tok/s`;
-    if (sm.total_s !== undefined) text += ` \u00b7 ${fmt(sm.total_s)} s`;
+    // what is drawn; the numbers are in the stats footer under the reply
+    text += "tokens/s while the reply was written" + (pf.length ? " (shaded: the prompt pass)" : "");
   } else if (dec.length) {
     text += `generating\u2026 ${fmt(dec[dec.length - 1][1])} tok/s`;
   } else {
@@ -171,6 +190,7 @@ function draw(view, s) {
     e.maxPoints = Math.max(e.maxPoints, pts.length);
     e.maxDecode = Math.max(e.maxDecode, dec.length);
     e.done = e.done || sm.n_generated !== undefined;
+    e.tEnd = tmax; e.tLast = pts.length ? Math.max(...pts.map((p) => p[0])) : 0; e.caption = text;
     if (dec.length >= 2) e.png = canvas.toDataURL("image/png");
   }
 }
