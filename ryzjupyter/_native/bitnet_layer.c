@@ -256,7 +256,7 @@ static void *carve(char *base, size_t *off, int64_t nbytes) {
 }
 
 /* rope at position pos: cos/sin table as py_ops.c (inv_freq via double pow, cos/sin in double) */
-static void rope_table(float *cs, int64_t pos, double theta, int64_t hd) {
+void ryz_bitnet_rope_table(float *cs, int64_t pos, double theta, int64_t hd) {
     const int64_t half = hd / 2;
     const float p = (float)pos;
     for (int64_t i = 0; i < half; i++) {
@@ -344,7 +344,7 @@ int ryz_bitnet_decode_layer(const ryz_bitnet_config *c, const ryz_bitnet_weights
      * parallel job of its own and the worker reads wo during the sub-norm only */
     side = overlap_begin(&pf, w->wo, D * rbQ);
     if (sc->rope_pos != pos || sc->rope_theta != c->theta || sc->rope_hd != hd) {
-        rope_table(b.cs, pos, c->theta, hd);
+        ryz_bitnet_rope_table(b.cs, pos, c->theta, hd);
         sc->rope_pos = pos; sc->rope_theta = c->theta; sc->rope_hd = hd;
     }
     ryz_ops->rope_row(b.qv, c->Hq, hd, b.cs);

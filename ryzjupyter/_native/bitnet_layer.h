@@ -1,4 +1,5 @@
-/* bitnet_layer.h: BitNet b1.58 decode (ONE token) in C, without Python (bitnet_layer.c).
+/* bitnet_layer.h: BitNet b1.58 decode (ONE token) in C, without Python (bitnet_layer.c), and
+ * one decode step for several sequences at once (bitnet_batch.c).
  *
  * ryz_bitnet_decode_layer runs one decoder layer; ryz_bitnet_decode_token runs every layer
  * and then the final norm and the int8 lm_head, so that nothing but C sits between the last
@@ -68,5 +69,18 @@ int ryz_bitnet_decode_layer(const ryz_bitnet_config *c, const ryz_bitnet_weights
 int ryz_bitnet_decode_token(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, const ryz_bitnet_kv *kv,
                             int n_layers, float *x, int64_t pos, const ryz_bitnet_head *head, float *logits,
                             int64_t ns[2]);
+
+/* cs [hd] = cos | sin (hd / 2 each) of RoPE at position pos, as py_ops.c's rope_table */
+void ryz_bitnet_rope_table(float *cs, int64_t pos, double theta, int64_t hd);
+
+/* One decode step for B streams at once (bitnet_batch.c, continuous batching): stream m's token
+ * embedding is row m of x [B, D] (updated in place), it sits at position pos[m] of its own cache
+ * kv[m * n_layers + l] (all float32 or all int8; streams share no cache memory); then, if head
+ * is not NULL, the final norm and the int8 head write row m of logits [B, V]. Bitwise what
+ * ryz_bitnet_decode_token gives each stream alone; the seven linears of a layer run as GEMMs
+ * with M = B. ns as ryz_bitnet_decode_token. */
+int ryz_bitnet_decode_batch(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, const ryz_bitnet_kv *kv,
+                            int n_layers, int64_t B, float *x, const int64_t *pos, const ryz_bitnet_head *head,
+                            float *logits, int64_t ns[2]);
 
 #endif

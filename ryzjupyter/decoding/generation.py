@@ -15,6 +15,7 @@ previous prompt + answer costs only its new tokens.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -136,16 +137,18 @@ class Session:
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
-        kept = self.cache.reuse(ids)
-        new = ids[kept:]
-        logits = self.model.forward(np.asarray(new, dtype=np.int64), self.cache, all_logits=False)
+        with self.model.forward_lock:
+            kept = self.cache.reuse(ids)
+            new = ids[kept:]
+            logits = self.model.forward(np.asarray(new, dtype=np.int64), self.cache, all_logits=False)
         self.tokens_processed += len(new)
         self.tokens_reused += kept
         return logits[-1], kept
 
     def step(self, token_id):
         """Run one token after the cached ones; returns its logits [vocab]."""
-        logits = self.model.forward(np.asarray([int(token_id)], dtype=np.int64), self.cache, all_logits=False)
+        with self.model.forward_lock:
+            logits = self.model.forward(np.asarray([int(token_id)], dtype=np.int64), self.cache, all_logits=False)
         self.tokens_processed += 1
         return logits[-1]
 
@@ -376,10 +379,46 @@ class TextStream:
 # ----------------------------------------------------------------------------
 # what every engine's model class inherits
 
+_LOCK_INIT = threading.Lock()
+
+
 class LanguageModel:
     """generate / stream / chat / logits on top of an engine's forward()."""
 
     _default_session: Session | None = None
+    _forward_lock: threading.Lock | None = None
+
+    @property
+    def forward_lock(self) -> threading.Lock:
+        """Held around every forward pass a Session or a batcher runs: a model's activation
+        buffers are shared, so two threads (a notebook cell and the server) take turns token by
+        token instead of running the model at the same time."""
+        lock = self._forward_lock
+        if lock is None:
+            with _LOCK_INIT:
+                if self._forward_lock is None:
+                    self._forward_lock = threading.Lock()
+                lock = self._forward_lock
+        return lock
+
+    def forward_batch(self, tokens, caches) -> np.ndarray:
+        """One new token for each of several sequences: ``tokens[m]`` runs at position
+        ``len(caches[m])`` of ``caches[m]``. Returns float32 logits [len(tokens), vocab], row m
+        the same as ``forward([tokens[m]], caches[m])``. Families with a batched step (BitNet:
+        the linears as one GEMM over the streams) override this; this one runs them in turn."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if tokens.size == 0 or tokens.size != len(caches):
+            raise ValueError(f"forward_batch needs one token per cache, got {tokens.size} tokens for "
+                             f"{len(caches)} caches")
+        if len({id(c) for c in caches}) != len(caches):
+            raise ValueError("forward_batch: a cache appears twice; each stream needs a cache of its own")
+        if tokens.min() < 0 or tokens.max() >= self.vocab_size:
+            raise ValueError(f"token ids must be in 0..{self.vocab_size - 1}")
+        for m, c in enumerate(caches):                 # checked first: nothing runs if one cannot
+            if len(c) + 1 > c.max_len:
+                raise ValueError(f"stream {m}: {len(c)} cached + 1 new token exceed the context of {c.max_len}")
+        return np.concatenate([self.forward(tokens[m:m + 1], c, all_logits=False)
+                               for m, c in enumerate(caches)])
 
     @property
     def session(self) -> Session:

@@ -640,6 +640,21 @@ class BitNetModel(LanguageModel):
         self.tokens_processed += M
         return out
 
+    def forward_batch(self, tokens, caches):
+        """One token for each of B sequences (``tokens[m]`` at position ``len(caches[m])`` of
+        ``caches[m]``): one fused native step in which every linear is a GEMM over the B tokens
+        (bitnet_decode.forward_batch); float32 logits [B, vocab], row m bitwise
+        ``forward([tokens[m]], caches[m])``. Float linears run the streams in turn."""
+        if self.fused_decode and caches and all(bitnet_decode.supported(self, c) for c in caches):
+            return bitnet_decode.forward_batch(self, tokens, caches)
+        return super().forward_batch(tokens, caches)
+
+    def prepare_batching(self) -> bool:
+        """Make forward_batch take the batched native step: lookup-table (TL) linears are
+        repacked to I2 once (the same trits: the logits do not change). False for float linears
+        (forward_batch then runs the streams in turn)."""
+        return bitnet_decode.ensure_i2(self)
+
     def _classifier(self, out, xb):
         w = self.weights
         if w.lm_head_f32 is not None:

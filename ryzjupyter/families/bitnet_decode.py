@@ -114,14 +114,67 @@ def forward_one(model, tokens, cache):
             xq, xs = s.xq[:1], s.xs[:1]
             K.quantize_rows_i8(xq, xs, xb)
             K.lm_head_i4(out, xq, xs, w.lm_head_p4, w.lm_head_s4)
-        else:
-            model._classifier(out, xb)
+        else:                                         # f32 head (forward_one: model._classifier)
+            K.matmul_f32(out, xb, w.lm_head_f32)
         PROFILER.toc("lm_head", t)
     PROFILER.add("layers", int(layers_s * 1e9))       # measured in C: argument checks count as python
     if head_s:
         PROFILER.add("lm_head", int(head_s * 1e9))
     cache.append([tok])
     model.tokens_processed += 1
+    return out
+
+
+def forward_batch(model, tokens, caches):
+    """One token for each of B sequences (``tokens[m]`` goes to ``caches[m]``, at position
+    ``len(caches[m])``) through ONE ``_native.bitnet_decode_batch`` call: every linear runs as
+    a GEMM over the B tokens, attention per stream over its own cache. Returns float32 logits
+    [B, vocab]; appends each token to its cache. Row m is bitwise ``forward_one(model,
+    [tokens[m]], caches[m])`` (tests/serve/test_forward_batch.py checks it)."""
+    cfg, w = model.config, model.weights
+    tokens = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
+    B = tokens.size
+    if B == 0 or B != len(caches):
+        raise ValueError(f"forward_batch needs one token per cache, got {B} tokens for {len(caches)} caches")
+    if len({id(c) for c in caches}) != B:
+        raise ValueError("forward_batch: a cache appears twice; each stream needs a cache of its own")
+    if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+        raise ValueError(f"token ids must be in 0..{cfg.vocab_size - 1}")
+    kinds = {getattr(c, "dtype", "f32") for c in caches}
+    if len(kinds) != 1:
+        raise ValueError("forward_batch: every cache must be of the same kind (all f32 or all int8)")
+    pos = np.array([len(c) for c in caches], np.int64)
+    for m, c in enumerate(caches):
+        if pos[m] + 1 > c.max_len:
+            raise ValueError(f"stream {m}: {pos[m]} cached + 1 new token exceed the context of {c.max_len}")
+    _plan(model)
+    x = np.empty((B, cfg.dim), np.float32)
+    w.embed(x, tokens)
+    i8 = kinds == {"int8"}
+    entries = [(c.k, c.v, c.ks, c.vs) if i8 else (c.k, c.v) for c in caches]
+    out = np.empty((B, cfg.vocab_size), np.float32)
+    if model._fused_head:                             # layers, final norms and int8 head: one call
+        layers_s, head_s = K.bitnet_decode_batch(model._fused_native, x, entries, pos, out)
+    else:
+        layers_s, head_s = K.bitnet_decode_batch(model._fused_native, x, entries, pos)
+        # forward_one's head on B rows at once: row kernels, and the f32 / int4 heads accumulate
+        # each logit in the same order whatever the number of rows (bitwise the one-row result)
+        t = PROFILER.tic()
+        xb = np.empty_like(x)
+        K.rmsnorm(xb, x, w.norm, cfg.norm_eps)
+        if w.lm_head_p4 is not None:
+            xq, xs = np.empty((B, cfg.dim), np.int8), np.empty(B, np.float32)
+            K.quantize_rows_i8(xq, xs, xb)
+            K.lm_head_i4(out, xq, xs, w.lm_head_p4, w.lm_head_s4)
+        else:                                         # f32 head (forward_one: model._classifier)
+            K.matmul_f32(out, xb, w.lm_head_f32)
+        PROFILER.toc("lm_head", t)
+    PROFILER.add("layers", int(layers_s * 1e9))
+    if head_s:
+        PROFILER.add("lm_head", int(head_s * 1e9))
+    for m, c in enumerate(caches):
+        c.append([int(tokens[m])])
+    model.tokens_processed += B
     return out
 
 
