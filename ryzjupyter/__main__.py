@@ -1,7 +1,9 @@
-"""Command line: `python -m ryzjupyter generate --model PATH "prompt"` and `python -m ryzjupyter chat`.
+"""Command line: `python -m ryzjupyter generate --model PATH "prompt"`, `python -m ryzjupyter chat` and
+`python -m ryzjupyter serve`.
 
     python -m ryzjupyter generate --model microsoft/bitnet-b1.58-2B-4T -n 64 "The KV cache is"
     python -m ryzjupyter chat --model PATH --system "Be brief."
+    python -m ryzjupyter serve --model demo --port 8000          # OpenAI-compatible, docs/serving.md
 
 Without --model the bundled demo model is used. Text streams to stdout; stats go to stderr.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 
 def _sampling_args(p):
@@ -43,7 +46,50 @@ def build_parser():
     _sampling_args(c)
     c.add_argument("--system", default=None, help="system prompt")
     c.add_argument("--stats", action="store_true", help="print stats after each reply")
+    s = sub.add_parser("serve", help="an OpenAI-compatible server (continuous batching) for the models",
+                       description="Serve models over OpenAI's API (/v1/chat/completions, /v1/completions, "
+                                   "/v1/models, /v1/embeddings) until Ctrl-C. Models are named as the model "
+                                   "manager names them (demo for the bundled model).")
+    s.add_argument("--model", "-m", action="append", default=None, metavar="MODEL",
+                   help="a model to load and serve (name, folder or hub id; repeatable; default: demo)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--api-key", default=None, metavar="KEY",
+                   help="the key clients must send (default: a new random key, printed at start)")
+    g.add_argument("--no-auth", action="store_true", help="no key (only allowed with --host 127.0.0.1)")
+    s.add_argument("--max-context", type=int, default=None, help="limit each model's context")
+    s.add_argument("--max-batch", type=int, default=16, help="streams decoded together per model (default 16)")
+    s.add_argument("--max-tokens-limit", type=int, default=4096,
+                   help="the largest max_tokens a request may ask for (default 4096)")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     return ap
+
+
+def _serve(a):
+    from ryzjupyter import serve
+    from ryzjupyter.manager import MANAGER
+    opts = {"max_context": a.max_context} if a.max_context else {}
+    names = []
+    for spec in a.model or [None]:
+        name, _ = MANAGER.load(None if spec == "demo" else spec, **opts)
+        names.append(name)
+    h = serve.start(MANAGER, host=a.host, port=a.port, api_key=a.api_key, auth=not a.no_auth,
+                    max_batch=a.max_batch, max_tokens_limit=a.max_tokens_limit, max_body_bytes=a.max_body_bytes)
+    print(f"serving {', '.join(names)} at {h.url}", flush=True)
+    if h.api_key:
+        print(f"API key: {h.api_key}", flush=True)
+    else:
+        print("no API key (--no-auth): anyone on this machine can use the server", flush=True)
+    print("Ctrl-C stops the server", file=sys.stderr, flush=True)
+    try:
+        while h.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+    finally:
+        serve.stop()
+    return 0
 
 
 def _options(a):
@@ -62,6 +108,13 @@ def main(argv=None):
     a = build_parser().parse_args(argv)
     from ryzjupyter.engine.checkpoint import CheckpointError
     from ryzjupyter.families.loading import load
+    if a.command == "serve":
+        from ryzjupyter.serve import ServeConfigError
+        try:
+            return _serve(a)
+        except (CheckpointError, ServeConfigError, ValueError, ImportError, MemoryError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         model = load(a.model, max_context=a.max_context, allow_pickle=a.allow_pickle)
         if a.command == "generate":

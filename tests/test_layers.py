@@ -34,6 +34,9 @@ def test_the_tree_keeps_every_contract():
     ("families/bitnet.py", "import IPython", "Engine runs outside any kernel"),
     ("decoding/generation.py", "import ryzjupyter.bench.model", "Tools"),
     ("engine/profiling.py", "from ryzjupyter.engine import ternary", "cycles"),
+    ("serve/app.py", "import ryzjupyter.jupyter.magics", "Layers"),
+    ("serve/backend.py", "import ipykernel", "Engine runs outside any kernel"),
+    ("decoding/batching.py", "from ryzjupyter.serve import protocol", "Layers"),
 ])
 def test_a_planted_wrong_import_breaks_its_contract(tmp_path, module, line, contract):
     shutil.copytree(ROOT / "ryzjupyter", tmp_path / "ryzjupyter",
@@ -51,7 +54,7 @@ def test_a_planted_wrong_import_breaks_its_contract(tmp_path, module, line, cont
 
 def _layer_modules():
     pkg = ROOT / "ryzjupyter"
-    for sub in ("engine", "decoding", "families", "jupyter"):
+    for sub in ("engine", "decoding", "families", "jupyter", "serve"):
         for f in sorted((pkg / sub).rglob("*.py")):
             if f.name != "__init__.py":
                 yield f.relative_to(pkg)

@@ -11,6 +11,7 @@ def main(argv=None) -> int:
     kernels.add_parser(sub)
     ppl.add_parser(sub)
     __import__("ryzjupyter.bench.model", fromlist=["add_parser"]).add_parser(sub)
+    __import__("ryzjupyter.bench.serve", fromlist=["add_parser"]).add_parser(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv                  # recorded with the results (--json)

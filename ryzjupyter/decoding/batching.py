@@ -226,7 +226,10 @@ class Batcher:
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.on_activity, self.on_step = on_activity, on_step
         prepare = getattr(model, "prepare_batching", None)
-        self.batched = bool(prepare()) if callable(prepare) else False
+        self.batched = False
+        if callable(prepare):
+            with model.forward_lock:            # it may repack weights a notebook cell is using
+                self.batched = bool(prepare())
         self._cv = threading.Condition()
         self._queue: collections.deque = collections.deque()
         self._active: list[_Stream] = []
