@@ -11,29 +11,44 @@ from safetensors.numpy import load_file, save_file
 from ryzjupyter.engine.checkpoint import CheckpointError
 from ryzjupyter.families.loading import load
 
+from . import engine_error
 from .conftest import FIXTURES, REPO
 
-_KERNELS = ("rmsnorm", "rope", "attention", "relu2", "silu", "mul", "add", "matmul_f32", "matmul_i8",
-            "quantize_rows_i8")
+FORMATS = engine_error.FORMATS
+
+# Tolerances: 10x the worst error measured (python -m tests.engine.engine_error; AMD EPYC family 25
+# model 17 (Zen 4) under KVM, kernels scalar and avx2, the worse of the two levels), as
+# max|got - ref| (absolute) and max|got - ref| / max|ref| (relative), per sequence. The references
+# themselves move by up to 6.3e-6 when made on another CPU (torch's float32 matmul rounds
+# differently: tools/README.md), which these bounds take in.
+MARGIN = 10
+# prefill: model.logits(input_ids_i) against transformers' logits_i
+MEASURED_PREFILL = {              # format: (worst abs, worst rel) over scalar, avx2
+    "packed": (3.81e-6, 3.55e-7),
+    "online": (4.77e-6, 4.19e-7),
+    "online_fp32": (6.20e-6, 5.19e-7),
+    "autobitlinear_offline": (6.68e-6, 5.87e-7),
+    "float_noquant": (1.88e-5, 1.57e-6),   # float linears: no int8 rounding to absorb differences
+    "onebitllm": (4.05e-6, 3.56e-7),
+    "untied": (4.05e-6, 3.66e-7),
+    "sharded": (4.77e-6, 3.82e-7),
+    "rope_parameters": (3.81e-6, 3.55e-7),
+}
+# decode: prompt prefilled, then one-token passes (the fused decode) against the logits each step of
+# transformers' generate chose from (greedy_logits_i)
+MEASURED_DECODE = {
+    "packed": (3.81e-6, 3.28e-7),
+    "onebitllm": (3.81e-6, 3.70e-7),
+}
+GREEDY_FORMATS = sorted(MEASURED_DECODE)
 
 
-def _missing_kernels():
-    from importlib.util import find_spec
-
-    from ryzjupyter import _native
-    missing = [k for k in _KERNELS if not hasattr(_native, k)]
-    if find_spec("ryzjupyter.engine.ternary") is None:
-        missing.append("ryzjupyter.engine.ternary")
-    return missing
-
-
-# The forward pass needs the native kernels; until they are in the build this module cannot run.
-pytestmark = pytest.mark.skipif(bool(_missing_kernels()),
-                                reason=f"native kernels not built yet: {', '.join(_missing_kernels())}")
-
-FORMATS = ["packed", "online", "online_fp32", "autobitlinear_offline", "float_noquant", "onebitllm",
-           "untied", "sharded", "rope_parameters"]
-REL_TOL = 1e-4   # max|diff| / max|ref| (issue 3)
+def _check_close(got, want, measured, what):
+    """got within MARGIN x the measured (abs, rel) error of want."""
+    abs_err, rel_err = engine_error.error(got, want)
+    atol, rtol = MARGIN * measured[0], MARGIN * measured[1]
+    assert abs_err <= atol and rel_err <= rtol, \
+        f"{what}: max|diff| {abs_err:.3g} (limit {atol:.3g}), max|diff|/max|ref| {rel_err:.3g} (limit {rtol:.3g})"
 
 
 def fixture_dirs():
@@ -60,18 +75,21 @@ def _reference(name):
     return load_file(str(FIXTURES / name / "reference.safetensors"))
 
 
+def test_tolerances_cover_every_format():
+    assert sorted(MEASURED_PREFILL) == sorted(FORMATS)
+    for name in FORMATS:                               # the formats with greedy references have decode bounds
+        assert bool(engine_error.greedy_indices(_reference(name))) == (name in MEASURED_DECODE), name
+
+
 @pytest.mark.parametrize("name", FORMATS)
 def test_logits_match_transformers(models, name):
     m, ref = models(name), _reference(name)
-    seqs = sorted(k for k in ref if k.startswith("input_ids_"))
-    assert seqs
-    for k in seqs:
-        i = k.rsplit("_", 1)[1]
-        got = m.logits(ref[k])
-        want = ref["logits_" + i]
-        assert got.shape == want.shape and got.dtype == np.float32
-        rel = np.abs(got - want).max() / np.abs(want).max()
-        assert rel <= REL_TOL, f"{name} seq {i}: max|diff|/max|ref| = {rel:.2e}"
+    seqs = engine_error.sequences(ref)
+    assert seqs == [0, 1, 2], seqs
+    for i in seqs:
+        got = m.logits(ref[f"input_ids_{i}"])
+        assert got.dtype == np.float32
+        _check_close(got, ref[f"logits_{i}"], MEASURED_PREFILL[name], f"{name} seq {i}")
 
 
 def test_variants_detected(models):
@@ -84,14 +102,20 @@ def test_variants_detected(models):
     assert models("untied").weights.tied is False and models("packed").weights.tied is True
 
 
-@pytest.mark.parametrize("name", ["packed", "onebitllm"])
+@pytest.mark.parametrize("name", GREEDY_FORMATS)
 def test_greedy_matches_transformers_generate(models, name):
+    """Greedy tokens equal transformers' generate, and the logits of every decode step (prompt
+    prefilled, then one-token passes: the fused decode) equal the logits generate chose from."""
     m, ref = models(name), _reference(name)
-    for k in sorted(k for k in ref if k.startswith("greedy_") and not k.startswith("greedy_logits")):
-        i = k.rsplit("_", 1)[1]
-        prompt = ref["input_ids_" + i].tolist()
-        r = m.new_session().generate(prompt, max_new_tokens=len(ref[k]), temperature=0, ignore_eos=True)
-        assert r.tokens == ref[k].tolist()
+    runs = engine_error.greedy_indices(ref)
+    assert runs, f"{name}: the fixture has no greedy reference to compare"
+    for i in runs:
+        prompt, want = ref[f"input_ids_{i}"].tolist(), ref[f"greedy_{i}"].tolist()
+        assert len(want) == 16 and ref[f"greedy_logits_{i}"].shape == (16, m.vocab_size)
+        r = m.new_session().generate(prompt, max_new_tokens=len(want), temperature=0, ignore_eos=True)
+        assert r.tokens == want
+        steps = engine_error.decode_step_logits(m, prompt, want)
+        _check_close(steps, ref[f"greedy_logits_{i}"], MEASURED_DECODE[name], f"{name} greedy_{i} steps")
 
 
 def test_greedy_is_argmax_of_logits_and_deterministic(models):
@@ -129,17 +153,24 @@ def test_kv_cache_reuse_runs_only_new_tokens(models):
 
 
 def test_chunked_prefill_equals_whole(models):
+    """Chunks of 5 tokens give the logits of one pass: every op works row by row, so bitwise on
+    scalar and AVX2 (measured: 0). AVX-512's blocked prefill attention groups query rows, which
+    is held to the prefill tolerance (not measured on this machine)."""
+    from ryzjupyter import _native
     ids = _reference("packed")["input_ids_0"]
     a = models("packed").logits(ids)
     b = models("packed", prefill_chunk=5).logits(ids)
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(a).max())
+    if _native.info()["isa"] in ("scalar", "avx2"):
+        np.testing.assert_array_equal(a, b)
+    else:
+        _check_close(b, a, MEASURED_PREFILL["packed"], "chunked prefill")
 
 
 def test_int8_lm_head_option(models):
     ref = _reference("packed")
     got = models("packed", lm_head="int8").logits(ref["input_ids_0"])
     rel = np.abs(got - ref["logits_0"]).max() / np.abs(ref["logits_0"]).max()
-    assert rel < 2e-2
+    assert 0 < rel < 2e-2          # lossy: measured 1.03e-2 (scalar, avx2), a 2x margin
 
 
 def _int4_error_bound(xb, head, G=32):
@@ -345,7 +376,7 @@ def test_int8_kv_cache_option(models):
     m = models("packed", kv_cache="int8")
     got = m.logits(ref["input_ids_0"])
     rel = np.abs(got - ref["logits_0"]).max() / np.abs(ref["logits_0"]).max()
-    assert 0 < rel < 0.1          # close, not exact: int8 rows (4.8e-2 on this tiny head_dim-16 model)
+    assert 0 < rel < 0.1          # lossy: int8 rows, measured 4.84e-2 (scalar, avx2) on this head_dim-16 model
     s = m.new_session()
     assert s.cache.k[0].dtype == np.int8
     r = s.generate(ref["input_ids_1"].tolist(), max_new_tokens=8, temperature=0, ignore_eos=True)
