@@ -15,7 +15,23 @@ from .conftest import REPO, TINY
 
 pytestmark = pytest.mark.slow
 
-LATENCY_LIMIT_S = 0.2
+# The README's claim: the stop button ends a generation "within 0.1 s" (docs/magics.md: ~15 ms on an
+# idle 2-core Zen 4; medians of 102 ms during prefill and 68 ms during decode with the machine's
+# load average at 17 on its 2 cores). On a shared machine a try can lose the CPU for a scheduler
+# period, so the tests take the median of several tries and allow it twice the claim; no single
+# try may pass 1 s.
+CLAIM_S = 0.1
+NOISE_MARGIN = 2
+LATENCY_LIMIT_S = CLAIM_S * NOISE_MARGIN
+SINGLE_TRY_LIMIT_S = 1.0
+
+
+def _check_latencies(latencies, what):
+    import statistics
+    med = statistics.median(latencies)
+    print(f"\ninterrupt latency {what}: median {med * 1000:.0f} ms of {[round(t * 1000) for t in latencies]} ms")
+    assert max(latencies) < SINGLE_TRY_LIMIT_S, latencies
+    assert med < LATENCY_LIMIT_S, f"median {med:.3f} s of {latencies} (claim {CLAIM_S} s x {NOISE_MARGIN})"
 
 
 @pytest.fixture(scope="module")
@@ -175,26 +191,20 @@ def test_stop_button_during_prefill(kernel):
     tok_s = float(kernel.value("get_ipython()._ryz_magics.last_bench['prefill_tok_s']"))
     n = int(min(4000, max(256, 3.0 * tok_s)))
     kernel.execute(f"long_prompt = 'a' * {n}")            # the byte tokenizer: one token per character
-    t_start = {}
-
-    def started(msg):                                    # the cell is running; give it 0.7 s of prefill
-        if msg["msg_type"] == "execute_input":
-            t_start["t"] = time.monotonic()
-        return False
-
-    msg_id = kernel.kc.execute("%%ryz -n 50 --no-stream\n{long_prompt}")
-    kernel.collect(msg_id, timeout=30, stop_on=lambda m: m["msg_type"] == "execute_input")
-    time.sleep(0.7)
-    t0 = time.monotonic()
-    kernel.km.interrupt_kernel()
-    _, after, times = kernel.collect(msg_id, timeout=30, stop_on=lambda m: m["msg_type"] == "error")
-    latency = times[-1] - t0
-    assert after[-1]["content"]["ename"] == "KeyboardInterrupt"
-    kernel.collect(msg_id, timeout=30)
-    print(f"\ninterrupt latency during prefill ({n} prompt tokens at {tok_s:.0f} tok/s): {latency * 1000:.0f} ms")
-    assert kernel.value("_.interrupted") == "True"
-    assert kernel.value("_.stats.n_generated") == "0", "the interrupt landed after the prefill"
-    assert latency < LATENCY_LIMIT_S, f"{latency:.3f} s"
+    latencies = []
+    for _ in range(3):
+        msg_id = kernel.kc.execute("%%ryz -n 50 --no-stream\n{long_prompt}")
+        kernel.collect(msg_id, timeout=30, stop_on=lambda m: m["msg_type"] == "execute_input")
+        time.sleep(0.7)                                  # the cell is running: 0.7 s into the prefill
+        t0 = time.monotonic()
+        kernel.km.interrupt_kernel()
+        _, after, times = kernel.collect(msg_id, timeout=30, stop_on=lambda m: m["msg_type"] == "error")
+        latencies.append(times[-1] - t0)
+        assert after[-1]["content"]["ename"] == "KeyboardInterrupt"
+        kernel.collect(msg_id, timeout=30)
+        assert kernel.value("_.interrupted") == "True"
+        assert kernel.value("_.stats.n_generated") == "0", "the interrupt landed after the prefill"
+    _check_latencies(latencies, f"during prefill ({n} prompt tokens at {tok_s:.0f} tok/s)")
     content, msgs, _ = kernel.execute("%%ryz -n 3 --no-stream\nagain")     # works normally afterwards
     assert content["status"] == "ok", errors(msgs)
     assert kernel.value("_.interrupted") == "False"
@@ -208,15 +218,18 @@ def test_stop_button_during_decode_keeps_partial_text(kernel):
         return (msg["msg_type"] == "update_display_data" and
                 len(msg["content"]["data"]["text/plain"]) > 20)
 
-    latency, msgs = _interrupt_latency(kernel, "%%ryz -m big --chat -n 3000 -t 0\nTell me a story", decoding)
-    print(f"\ninterrupt latency during decode: {latency * 1000:.0f} ms")
-    assert latency < LATENCY_LIMIT_S, f"{latency:.3f} s"
-    shown = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "update_display_data"]
-    assert shown[-1].endswith("[interrupted]")           # the partial answer stays in the cell
-    text = eval(kernel.value("_.text"))
-    assert text and shown[-1].startswith(text)
-    assert kernel.value("get_ipython()._ryz_magics.history[-1]['interrupted']") == "True"
-    assert eval(kernel.value("get_ipython()._ryz_magics.history[-1]['content']")) == text
+    latencies = []
+    for _ in range(5):
+        kernel.execute("%ryz reset")
+        latency, msgs = _interrupt_latency(kernel, "%%ryz -m big --chat -n 3000 -t 0\nTell me a story", decoding)
+        latencies.append(latency)
+        shown = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "update_display_data"]
+        assert shown[-1].endswith("[interrupted]")           # the partial answer stays in the cell
+        text = eval(kernel.value("_.text"))
+        assert text and shown[-1].startswith(text)
+        assert kernel.value("get_ipython()._ryz_magics.history[-1]['interrupted']") == "True"
+        assert eval(kernel.value("get_ipython()._ryz_magics.history[-1]['content']")) == text
+    _check_latencies(latencies, "during decode")
     content, msgs, _ = kernel.execute("%%ryz --chat -n 3 --no-stream\nGo on")
     assert content["status"] == "ok", errors(msgs)
     kernel.execute("%ryz reset")

@@ -1,6 +1,6 @@
 """Long kernel calls stay responsive: a real SIGINT interrupts a multi-second ternary
-GEMM within 0.2 s (chunks are ~10 ms and Ctrl-C is checked between them), and other
-Python threads keep running while a kernel computes (the GIL is released)."""
+GEMM within 0.1 s (chunks are ~10 ms and Ctrl-C is checked between them; the README's stop-button
+claim), and other Python threads keep running while a kernel computes (the GIL is released)."""
 import os
 import signal
 import threading
@@ -47,15 +47,14 @@ def _interrupt_latency(out, packed, q):
 @pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
 def test_sigint_interrupts_long_gemm_quickly(big_gemm):
     # Chunks are ~2-5 ms of one core. On a shared, oversubscribed machine the process can
-    # lose its CPU for a scheduler period at any moment, so the signal is sent up to 3
-    # times: the best latency must be under 0.2 s and none may exceed 1 s.
+    # lose its CPU for a scheduler period at any moment, so the signal is sent 3 times: the
+    # median latency must be under twice the 0.1 s claim and none may exceed 1 s.
+    import statistics
     latencies = []
     for _ in range(3):
         latencies.append(_interrupt_latency(*big_gemm))
         assert latencies[-1] < 1.0, f"KeyboardInterrupt came {latencies[-1]:.3f} s after SIGINT"
-        if latencies[-1] < 0.2:
-            break
-    assert min(latencies) < 0.2, f"KeyboardInterrupt latencies {latencies} (s), want < 0.2"
+    assert statistics.median(latencies) < 0.2, f"KeyboardInterrupt latencies {latencies} (s), want a median < 0.2"
 
 
 def test_other_python_threads_run_during_a_kernel(big_gemm):

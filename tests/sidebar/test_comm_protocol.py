@@ -162,7 +162,9 @@ def test_stop_and_stats_during_generation_over_a_subshell(kernel, big_model):
             out += m["content"]["text"]
         if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
             break
-    assert time.monotonic() - t_stop < 2.0          # stopped at the next token, not at the end
+    # the comm stop, not the end of the 3000 tokens nor the sidebar's 2 s interrupt fallback
+    # (docs/sidebar.md; that it stops at the next token is counted in test_manager.py)
+    assert time.monotonic() - t_stop < 2.0
     assert "FINISH interrupted" in out, out
     n = int(out.split()[-1])
     assert 0 < n < 3000

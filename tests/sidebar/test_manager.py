@@ -116,10 +116,12 @@ def test_generation_lock_and_stop(mgr, big_model):
     assert "slow" in mgr.names()
     t0 = time.monotonic()
     assert mgr.stop() is True
+    seen = mgr.live_stats()["running"][0]["tokens"]     # tokens counted once the stop is requested
     t.join(10)
     assert not t.is_alive() and time.monotonic() - t0 < 2
     r = result["r"]
-    assert r.finish_reason == "interrupted" and 0 < r.stats.n_generated < 3000
+    # docs/sidebar.md: stop ends the generation at its next token (the one being computed)
+    assert r.finish_reason == "interrupted" and 0 < r.stats.n_generated <= seen + 1, (r.stats.n_generated, seen)
     assert mgr.last_generation["finish_reason"] == "interrupted"
     assert mgr.stop() is False
     mgr.use("packed")
