@@ -27,7 +27,7 @@ def test_best_isa_selected_by_default():
 def test_ci_machine_runs_avx512vnni():
     """On the project's machine type the fast path must be the one selected."""
     if "avx512vnni" not in _native.info()["cpu_features"]:
-        pytest.skip("CPU has no AVX-512 VNNI")
+        pytest.skip("this CPU does not support ISA level 'avx512vnni'")
     if os.environ.get("RYZ_ISA"):
         pytest.skip("RYZ_ISA forces a level in this run")
     assert ryzjupyter.native_info()["isa"] == "avx512vnni"

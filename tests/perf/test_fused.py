@@ -49,8 +49,6 @@ def _check_same(model, prompt, steps, n_prefill=4):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_fused_logits_equal_forward(fmt, isa, threads):
-    if not (FIX / fmt / "config.json").is_file():
-        pytest.skip(f"fixture {fmt} missing")
     model = _load(fmt, lm_head="f32")
     _check_same(model, _seq(), steps=6)
 

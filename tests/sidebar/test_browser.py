@@ -173,11 +173,8 @@ def _open_sidebar(page):
 
 
 def _magics_use_manager():
-    try:
-        from ryzjupyter.jupyter.magics import registry
-        from ryzjupyter.manager import MANAGER
-    except ImportError:
-        return False
+    from ryzjupyter.jupyter.magics import registry
+    from ryzjupyter.manager import MANAGER
     return getattr(registry, "REGISTRY", None) is MANAGER
 
 
@@ -219,13 +216,13 @@ def test_sidebar_loads_and_swaps_models(lab, page):
     page.keyboard.press("Shift+Enter")
     out = page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-OutputArea-output")
     out.filter(has_text="CURRENT packed").wait_for(timeout=30000)
-    # and so does %ryz list, when the magics use the manager
-    if _magics_use_manager():
-        page.keyboard.press("Shift+Enter")
-        out2 = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea-output")
-        out2.first.wait_for(timeout=30000)
-        text = out2.first.inner_text()
-        assert "online" in text and re.search(r"^\*\s+packed", text, re.M), text   # * = current
+    # and so does %ryz list (the magics use the manager)
+    assert _magics_use_manager()
+    page.keyboard.press("Shift+Enter")
+    out2 = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea-output")
+    out2.first.wait_for(timeout=30000)
+    text = out2.first.inner_text()
+    assert "online" in text and re.search(r"^\*\s+packed", text, re.M), text   # * = current
 
     _shot(page, "sidebar-loaded.png")
 

@@ -141,8 +141,8 @@ def test_close_unlinks(magics):
     assert t.value != 0.5
 
 
-def test_real_ryzmagics_if_available(update):
-    mod = pytest.importorskip("ryzjupyter.jupyter.magics")
+def test_real_ryzmagics(update):
+    from ryzjupyter.jupyter import magics as mod
     from IPython.testing.globalipapp import get_ipython
     shell = get_ipython()
     m = mod.RyzMagics(shell=shell)

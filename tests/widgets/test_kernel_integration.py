@@ -1,18 +1,14 @@
 """End to end in a real IPython kernel (jupyter_client, the path JupyterLab uses): a streamed
 %%ryz reply on the real tiny BitNet fixture draws the live chart (anywidget comm messages, at most
 20 a second, a final summary, a static SVG left in the output), the reply carries the engine's
-profile, `%ryz stats` shows it, and `%ryz controls` builds the panel bound to the settings.
-Skipped until the engine and the magics are in the tree."""
+profile, `%ryz stats` shows it, and `%ryz controls` builds the panel bound to the settings."""
 import os
 import queue
 import time
 from pathlib import Path
 
+import anywidget  # noqa: F401  (a dependency: its absence is an error, not a skip)
 import pytest
-
-pytest.importorskip("ryzjupyter.jupyter.magics")
-pytest.importorskip("ryzjupyter.decoding.generation")
-pytest.importorskip("anywidget")
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "fixtures" / "bitnet" / "packed"
