@@ -47,13 +47,15 @@ def _interrupt_latency(out, packed, q):
 @pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
 def test_sigint_interrupts_long_gemm_quickly(big_gemm):
     # Chunks are ~2-5 ms of one core. On a shared, oversubscribed machine the process can
-    # lose its CPU for a scheduler period at any moment, so the signal is sent 3 times: the
-    # median latency must be under twice the 0.1 s claim and none may exceed 1 s.
+    # lose its CPU for scheduler periods at any moment (single tries of 1.3-1.7 s were seen with
+    # the load average at 18 on 2 cores), so the signal is sent 3 times: the median latency must
+    # be under twice the 0.1 s claim (a chunk takes ms here, unlike a kernel's prefill in
+    # test_kernel.py: no message round trips) and no try may pass 3 s (a call that never checks).
     import statistics
     latencies = []
     for _ in range(3):
         latencies.append(_interrupt_latency(*big_gemm))
-        assert latencies[-1] < 1.0, f"KeyboardInterrupt came {latencies[-1]:.3f} s after SIGINT"
+        assert latencies[-1] < 3.0, f"KeyboardInterrupt came {latencies[-1]:.3f} s after SIGINT"
     assert statistics.median(latencies) < 0.2, f"KeyboardInterrupt latencies {latencies} (s), want a median < 0.2"
 
 

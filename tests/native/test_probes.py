@@ -23,7 +23,7 @@ def test_probe_read_reads_each_aligned_byte_once(loop, threads, rng):
     if LOOP_NEEDS[loop] not in _native.info()["supported_isas"]:
         with pytest.raises(ValueError, match=f"cannot run the {loop} loop"):
             _native.probe_read(np.ones(8192, np.uint8), 1, loop)
-        pytest.skip(f"this CPU cannot run the {loop} read loop")
+        pytest.skip(f"this CPU does not support ISA level {LOOP_NEEDS[loop]!r} (the {loop} read loop)")
     words = rng.integers(0, 2**63, (3 << 20) // 8 + 1024, dtype=np.uint64)
     buf = words.view(np.uint8)[1000:]                    # starts off a page boundary
     part = _aligned_part(buf)
