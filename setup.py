@@ -9,10 +9,17 @@ Never -march=native: the same build runs on every x86-64 CPU.
 RYZ_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer.
 
 The JupyterLab sidebar (labextension/, TypeScript) ships prebuilt in
-share/jupyter/labextensions/ryzjupyter: building a wheel or installing runs
-tools/build_labextension.py first (npm ci from the committed lockfile + npm run
-build:prod, only when ryzjupyter/labextension/ is missing or older than its sources).
+share/jupyter/labextensions/ryzjupyter: building a wheel or installing from a checkout
+runs tools/build_labextension.py first (npm ci from the committed lockfile + npm run
+build:prod, only when ryzjupyter/labextension/ is missing or older than its sources);
+the sdist carries the built sidebar and a wheel built from it uses that (no node).
 RYZJUPYTER_SKIP_LABEXTENSION=1 installs without the sidebar (no node needed).
+
+The wheel: `python -m build` (an sdist, then a wheel built from it) and
+`auditwheel repair -w dist/wheelhouse dist/*.whl` (the manylinux tag; the extension
+needs only libc, libm and pthreads). It holds every ISA level's kernels (the per-ISA
+sources are all compiled; the CPU picks at import) and the prebuilt sidebar, and
+installs with no compiler and no node (tools/check_wheel.py checks that).
 """
 import glob
 import os
@@ -75,7 +82,10 @@ INSTALLING = {"bdist_wheel", "editable_wheel", "install", "develop", "build", "b
 def labextension_data_files():
     if os.environ.get("RYZJUPYTER_SKIP_LABEXTENSION") == "1":
         return []
-    if INSTALLING & set(sys.argv[1:]) and os.path.isdir(os.path.join(HERE, "labextension", "src")):
+    # an sdist (PKG-INFO at its root) carries the built sidebar: use it as it is, never rebuild
+    from_sdist = os.path.isfile(os.path.join(HERE, "PKG-INFO")) and \
+        os.path.isfile(os.path.join(HERE, LABEXT_BUILT, "package.json"))
+    if INSTALLING & set(sys.argv[1:]) and not from_sdist and os.path.isdir(os.path.join(HERE, "labextension", "src")):
         subprocess.run([sys.executable, os.path.join(HERE, "tools", "build_labextension.py")],
                        cwd=HERE, check=True)
     if not os.path.isfile(os.path.join(HERE, LABEXT_BUILT, "package.json")):
