@@ -7,6 +7,7 @@ random BitNet model big enough that prefill and decode take seconds (written wit
 random_model helper)."""
 import os
 import queue
+import re
 import time
 
 import pytest
@@ -234,3 +235,30 @@ def test_stop_button_during_decode_keeps_partial_text(kernel):
     content, msgs, _ = kernel.execute("%%ryz --chat -n 3 --no-stream\nGo on")
     assert content["status"] == "ok", errors(msgs)
     kernel.execute("%ryz reset")
+
+
+def test_load_progress_becomes_the_loaded_message(kernel):
+    """In a kernel the load progress is one display line, updated per layer, that ends as the
+    'loaded ...' message: a saved notebook keeps that message, not a stale progress bar."""
+    content, msgs, _ = kernel.execute(f"%ryz load {TINY} --name again")
+    assert content["status"] == "ok", errors(msgs)
+    shown = [m for m in msgs if m["msg_type"] in ("display_data", "update_display_data", "stream")]
+    assert shown[0]["msg_type"] == "display_data" and "widget" not in str(shown[0]["content"]["data"])
+    display_id = shown[0]["content"]["transient"]["display_id"]
+    assert "loading" in shown[0]["content"]["data"]["text/plain"]
+    assert all(m["msg_type"] == "update_display_data" and m["content"]["transient"]["display_id"] == display_id
+               for m in shown[1:]), [m["msg_type"] for m in shown]
+    final = shown[-1]["content"]["data"]["text/plain"]
+    assert re.fullmatch(r"loaded again in [\d.]+ s: [\d.]+ KiB \([\d.]+ KiB weights \+ [\d.]+ KiB KV cache reserve\)",
+                        final), final
+    kernel.execute("%ryz unload again\n%ryz use tiny")
+
+
+def test_committed_notebooks_keep_no_progress_bars():
+    import json
+    for nb in sorted((REPO / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            for out in cell.get("outputs", []):
+                text = json.dumps(out)
+                assert "application/vnd.jupyter.widget-view+json" not in text, (nb.name, text[:200])
+                assert "%|" not in text and "layer/s" not in text, (nb.name, text[:200])
