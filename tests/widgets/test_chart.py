@@ -164,13 +164,14 @@ def test_scale_ignores_a_few_spikes():
     assert robust_max(vals) < 60
 
 
-@pytest.mark.parametrize("t_last, end, step", [(0.013, 0.015, 0.005), (0.2, 0.2, 0.05), (0.21, 0.3, 0.1),
-                                               (0.9, 1.0, 0.25), (3.7, 4.0, 1.0), (52.0, 60.0, 20.0)])
+@pytest.mark.parametrize("t_last, end, step", [(0.013, 0.015, 0.005), (0.044, 0.05, 0.01), (0.2, 0.2, 0.05),
+                                               (0.21, 0.25, 0.05), (0.9, 1.0, 0.2), (3.7, 4.0, 1.0),
+                                               (52.0, 60.0, 20.0)])
 def test_time_axis_ends_just_past_the_last_point(t_last, end, step):
     from ryzjupyter.jupyter.widgets.chart import time_axis
     e, st = time_axis(t_last)
     assert e == pytest.approx(end) and st == pytest.approx(step)
-    assert t_last <= e < t_last + st and 3 <= round(e / st) <= 5
+    assert t_last <= e < t_last + st and 3 <= round(e / st) <= 6
 
 
 def test_a_short_reply_fills_the_chart():
@@ -180,4 +181,11 @@ def test_a_short_reply_fills_the_chart():
     xs = [float(v.split(",")[0]) for v in re.search(r'class="ryz-decode" points="([^"]+)"', svg).group(1).split()]
     L, R = 44, 8
     assert (max(xs) - L) / (640 - L - R) > 0.85          # the last point near the right edge
-    assert "15.0 ms" in svg and " s<" not in svg          # axis 0 .. 15 ms (the last point at 14 ms)
+    assert ">15 ms<" in svg and ">5 ms<" in svg and " s<" not in svg   # axis 0 .. 15 ms (last point at 14 ms)
+
+
+def test_time_labels_keep_the_tick_digits():
+    from ryzjupyter.jupyter.widgets.chart import time_label
+    assert [time_label(t, 0.0125) for t in (0, 0.0025, 0.0125)] == ["0 ms", "2.5 ms", "12.5 ms"]
+    assert [time_label(t, 12.5) for t in (0, 7.5, 12.5)] == ["0 s", "7.5 s", "12.5 s"]
+    assert time_label(0.6000000000000001, 1.0) == "0.6 s"

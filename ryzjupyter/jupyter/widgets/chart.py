@@ -342,11 +342,11 @@ def robust_max(vals):
 
 
 def time_axis(t_last):
-    """(axis end, tick step) for a time axis that ends just past the last point: 4-5 ticks at
+    """(axis end, tick step) for a time axis that ends just past the last point: 3-5 intervals of
     1, 2, 2.5 or 5 x 10^k seconds, so a 0.03 s reply fills the chart like a 30 s one."""
     import math
     t = max(float(t_last), 1e-4)
-    raw = t / 4
+    raw = t / 5
     e = 10 ** math.floor(math.log10(raw))
     step = next(m * e for m in (1, 2, 2.5, 5, 10) if m * e >= raw)
     n = math.ceil(t / step - 1e-9)
@@ -354,11 +354,10 @@ def time_axis(t_last):
 
 
 def time_label(t, axis_end) -> str:
-    """A tick label: milliseconds below one second, else seconds."""
+    """A tick label: milliseconds below one second, else seconds, with the digits the tick has."""
     if axis_end < 1:
-        ms = t * 1e3
-        return f"{ms:.0f} ms" if axis_end >= 0.02 else f"{ms:.1f} ms"
-    return f"{t:.0f} s" if axis_end >= 10 else f"{t:.1f} s"
+        return f"{round(t * 1e3, 6):g} ms"
+    return f"{round(t, 6):g} s"
 
 
 def caption(title="", prefill=False) -> str:

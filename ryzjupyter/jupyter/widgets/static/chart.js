@@ -79,11 +79,11 @@ function niceMax(v) {
   return 10 * e;
 }
 
-// time axis: ends just past the last point, 4-5 ticks at 1, 2, 2.5 or 5 x 10^k s (a 0.03 s reply
+// time axis: ends just past the last point, 3-5 intervals of 1, 2, 2.5 or 5 x 10^k s (a 0.03 s reply
 // fills the chart like a 30 s one); the same rule as chart.py's time_axis
 function timeAxis(tLast) {
   const t = Math.max(tLast, 1e-4);
-  const raw = t / 4;
+  const raw = t / 5;
   const e = Math.pow(10, Math.floor(Math.log10(raw)));
   let step = 10 * e;
   for (const m of [1, 2, 2.5, 5, 10]) if (m * e >= raw) { step = m * e; break; }
@@ -92,8 +92,8 @@ function timeAxis(tLast) {
 }
 
 function timeLabel(t, end) {
-  if (end < 1) { const ms = t * 1e3; return (end >= 0.02 ? ms.toFixed(0) : ms.toFixed(1)) + " ms"; }
-  return (end >= 10 ? t.toFixed(0) : t.toFixed(1)) + " s";
+  // milliseconds below one second, else seconds, with the digits the tick has (2.5 ms, 7.5 s)
+  return end < 1 ? String(+(t * 1e3).toFixed(6)) + " ms" : String(+t.toFixed(6)) + " s";
 }
 
 function draw(view, s) {
