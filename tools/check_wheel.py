@@ -62,7 +62,9 @@ def check(wheel: Path, python: str, keep: Path | None):
                    *NO_BUILD_TOOLS], env, tmp).stdout.strip()
     assert missing == "[]", f"build tools on the check's PATH: {missing}"
     # binary wheels only: nothing, ryzjupyter or a dependency, may be built from source here
-    r = run([vpy, "-m", "pip", "install", "--only-binary", ":all:", str(wheel)], env, tmp, timeout=900)
+    # (--no-compile: no .pyc writing, the slow part of installing JupyterLab's dependencies)
+    r = run([vpy, "-m", "pip", "install", "--no-compile", "--only-binary", ":all:", str(wheel)], env, tmp,
+            timeout=1200)
     assert "Building wheel" not in r.stdout and "setup.py" not in r.stdout, r.stdout[-2000:]
     print(f"installed {wheel.name} into a fresh venv in {time.monotonic() - t0:.0f} s (no compiler, no node)")
 
