@@ -3,7 +3,8 @@
  *
  * Sections: connection state, memory (used / budget), loaded models (use, unload), available
  * models (load, with their memory estimate), load progress, the running generation (live tokens/s,
- * stop) and the last generation's stats and profile breakdown.
+ * stop), the last generation's stats and profile breakdown, and the OpenAI server of %ryz serve
+ * (its URL and traffic) while one runs.
  */
 import { NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
@@ -137,6 +138,7 @@ export class RyzSidebar extends Widget {
     if (r.ok) {
       this._models = r.models as IModelRow[];
       this._state = r.state;
+      this._server = r.state?.server ?? null;
       this._last = r.state?.last ?? this._last;
     } else {
       this._error = r.error ?? 'list failed';
@@ -212,6 +214,7 @@ export class RyzSidebar extends Widget {
       this._state = null;
       this._live = null;
       this._progress = null;
+      this._server = null;
     }
     this._lastLinkState = state;
     this._render();
@@ -222,6 +225,7 @@ export class RyzSidebar extends Widget {
       case 'hello':
       case 'state':
         this._state = p.state;
+        this._server = p.state?.server ?? null;
         this._applyState(p.state);
         this._scheduleRefresh();
         break;
@@ -242,6 +246,9 @@ export class RyzSidebar extends Widget {
         if (p.last) {
           this._last = p.last;
         }
+        break;
+      case 'server':
+        this._server = p.server ?? null;
         break;
       case 'generation':
         this._state = p.state;
@@ -399,6 +406,10 @@ export class RyzSidebar extends Widget {
     gen.append(stop);
     body.append(gen);
 
+    if (this._server) {
+      body.append(this._serverSection(this._server));
+    }
+
     // last generation: stats + profile
     if (this._last && this._last.stats) {
       const last = el('div', 'ryz-section ryz-last');
@@ -496,6 +507,32 @@ export class RyzSidebar extends Widget {
   }
 
   /** The loaded models as rows: the pushed state's list, else the last list reply's. */
+  /** The OpenAI server of %ryz serve: where it listens and its traffic (pushed ~4 times a second). */
+  private _serverSection(sv: any): HTMLDivElement {
+    const box = el('div', 'ryz-section ryz-server');
+    box.append(el('h3', '', 'OpenAI server'));
+    const url = el('div', 'ryz-server-url');
+    url.append(el('span', 'ryz-label', 'URL: '), el('code', '', sv.url ?? ''));
+    box.append(url);
+    const dl = el('div', 'ryz-stats');
+    const add = (k: string, v: string, cls = '') => {
+      const row = el('div', `ryz-stat ${cls}`.trim());
+      row.append(el('span', 'ryz-stat-key', k), el('span', 'ryz-stat-value', v));
+      dl.append(row);
+    };
+    const ms = (x: number | null | undefined) => (x === null || x === undefined ? '–' : `${(x * 1000).toFixed(0)} ms`);
+    add('models', (sv.models || []).join(', ') || 'none');
+    add('key', sv.auth ? 'required' : 'none (127.0.0.1 only)');
+    add('requests', `${sv.requests ?? 0} (${sv.in_flight ?? 0} now, ${sv.errors ?? 0} errors)`, 'ryz-server-requests');
+    add('streams', `${sv.streams ?? 0} decoding together, ${sv.queued ?? 0} waiting`, 'ryz-server-streams');
+    add('decode', `${(sv.tok_s ?? 0).toFixed(1)} tok/s`);
+    add('tokens', `${sv.completion_tokens ?? 0} generated`);
+    add('time to first token', `p50 ${ms(sv.ttft_p50_s)} · p99 ${ms(sv.ttft_p99_s)}`);
+    box.append(dl);
+    box.append(el('div', 'ryz-hint', '%ryz serve stop ends it; the stop button above also cancels its generations.'));
+    return box;
+  }
+
   private _loadedRows(): IModelRow[] {
     const st = this._state;
     if (!st || !Array.isArray(st.loaded)) {
@@ -587,6 +624,7 @@ export class RyzSidebar extends Widget {
   private _state: any = null;
   private _live: any = null;
   private _last: any = null;
+  private _server: any = null;
   private _progress: any = null;
   private _spark: number[] = [];
   private _error = '';

@@ -241,6 +241,7 @@ class Batcher:
         self.tokens = 0
         self.steps = 0
         self.batched_tokens = 0                 # tokens produced by decode steps of more than one stream
+        self.last_result: GenerationResult | None = None   # of the generation that ended last
         self._recent = collections.deque(maxlen=64)   # (time, tokens) of recent decode steps
         self._thread = threading.Thread(target=self._loop, name=f"ryz-batcher-{self.name}", daemon=True)
         self._thread.start()
@@ -359,6 +360,8 @@ class Batcher:
                 done = [s for s in self._active if s.finish is not None]
                 self._active = [s for s in self._active if s.finish is None]
             self.finished += len(done)
+            if done:
+                self.last_result = done[-1].h.result
             if self.on_step is not None:
                 try:
                     self.on_step(self)

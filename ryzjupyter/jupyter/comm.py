@@ -5,7 +5,8 @@
 Protocol (JSON; version PROTOCOL):
   frontend -> kernel: {"id": <int|str>, "op": <op>, ...arguments}
   kernel -> frontend: {"id": <same>, "ok": true, ...result}  or  {"id": <same>, "ok": false, "error": "..."}
-  kernel -> frontend pushes (no id): {"push": "hello"|"state"|"progress"|"stats"|"generation", ...}
+  kernel -> frontend pushes (no id): {"push": "hello"|"state"|"progress"|"stats"|"generation"|"server", ...}
+  (state.server and the "server" push: the OpenAI server of %ryz serve, or null: ryzjupyter.serve.status())
 
 Ops:
   status                     -> {"protocol", "version", "state": snapshot}
@@ -77,6 +78,8 @@ def register(manager=None):
     _registered_on = cm
     if _unsubscribe is None:
         _unsubscribe = (manager or MANAGER).subscribe(_broadcast_event)
+        from ryzjupyter import serve       # the OpenAI server started by %ryz serve, when one runs
+        serve.subscribe(_broadcast_server)
     return True
 
 
@@ -182,9 +185,16 @@ def _broadcast_event(event):
         _broadcast({"push": "state", "reason": kind, "state": _state()})
 
 
+def _broadcast_server(event):
+    """The server's start, stop and traffic (at most ~4 pushes a second while it works)."""
+    _broadcast({"push": "server", "reason": event.get("reason"), "server": event.get("status")})
+
+
 def _state():
+    from ryzjupyter import serve
     snap = MANAGER.snapshot()
     snap["last"] = MANAGER.last_generation
+    snap["server"] = serve.status()        # None, or {"url", "models", "requests", "streams", "tok_s", ...}
     return snap
 
 

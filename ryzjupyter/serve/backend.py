@@ -14,6 +14,7 @@ import collections
 import contextlib
 import threading
 import time
+import types
 
 from ryzjupyter.decoding.batching import Batcher
 
@@ -21,12 +22,16 @@ from .protocol import APIError
 
 
 class _Stopper:
-    """What the manager's stop() reaches while the server generates: cancel every stream."""
-
-    result = None
+    """The manager's view of a batcher while it works: stop() cancels every stream, and the
+    generation the manager reports as the last one is the request that ended last."""
 
     def __init__(self, batcher):
         self.batcher = batcher
+        self.session = types.SimpleNamespace(model=batcher.model, max_context=batcher.model.max_context)
+
+    @property
+    def result(self):
+        return self.batcher.last_result
 
     def request_stop(self):
         self.batcher.cancel_all()

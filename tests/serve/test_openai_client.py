@@ -40,6 +40,19 @@ def test_completion_greedy_equals_engine(client, demo):
     assert r.usage.total_tokens == r.usage.prompt_tokens + 24
 
 
+def test_the_manager_sees_the_server_generate(client, manager):
+    """While the server decodes, the model is generating in the manager (the sidebar's live view);
+    afterwards the manager's last generation is the request that ended last."""
+    import time
+    client.completions.create(model="demo", prompt=PROMPT, max_tokens=17, temperature=0)
+    deadline = time.time() + 10
+    while manager.generating_now and time.time() < deadline:
+        time.sleep(0.01)
+    last = manager.last_generation
+    assert last["model"] == "demo" and last["stats"]["n_generated"] == 17 and last["finish_reason"] == "length"
+    assert not manager.list()[0].busy
+
+
 def test_completion_sampled_with_seed_equals_engine(client, demo):
     kw = dict(temperature=0.8, top_p=0.9, seed=1234)
     r = client.completions.create(model="demo", prompt=PROMPT, max_tokens=30, **kw)

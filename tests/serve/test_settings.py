@@ -104,3 +104,21 @@ def test_command_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ryzjupyter", "serve", "--host", "0.0.0.0", "--no-auth", "--port", "0"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "only allowed on 127.0.0.1" in r.stderr
+
+
+def test_magic_options():
+    from IPython.core.error import UsageError
+
+    from ryzjupyter.jupyter.magics.parsers import parse_line_command
+    c = parse_line_command("serve")
+    assert c.command == "serve" and c.options == {"action": "start", "port": 8000, "host": "127.0.0.1",
+                                                  "api_key": None, "no_auth": False, "max_batch": 16}
+    c = parse_line_command("serve --port 0 --host ::1 --no-auth --max-batch 4")
+    assert c.options == {"action": "start", "port": 0, "host": "::1", "api_key": None, "no_auth": True,
+                         "max_batch": 4}
+    assert parse_line_command("serve stop").options["action"] == "stop"
+    assert parse_line_command("serve status --api-key abcdefgh").options["api_key"] == "abcdefgh"
+    for bad in ("serve restart", "serve --port -1", "serve --max-batch 0", "serve --api-key k --no-auth",
+                "serve --prot 1"):
+        with pytest.raises(UsageError):
+            parse_line_command(bad)

@@ -411,6 +411,40 @@ class RyzMagics(Magics):
         from ryzjupyter.jupyter.widgets import controls_panel
         display(controls_panel(self))
 
+    def _cmd_serve(self, cmd):
+        """%ryz serve [--port N] / stop / status: the OpenAI-compatible server over the kernel's
+        models (ryzjupyter.serve), on a background thread."""
+        from ryzjupyter import serve
+        o = cmd.options
+        h = serve.current()
+        if o["action"] == "stop":
+            print(f"stopped the server at {h.url}" if serve.stop() else "no server is running")
+            return
+        if o["action"] == "status" or (h is not None and h.running):
+            if h is None:
+                print("no server is running; %ryz serve [--port N] starts one")
+                return
+            if o["action"] == "start":
+                print(f"already serving at {h.url}; %ryz serve stop first to change its settings")
+            st = h.status()
+            ttft = f", time to first token p50 {st['ttft_p50_s'] * 1000:.0f} ms" if st["ttft_p50_s"] is not None else ""
+            print(f"serving {', '.join(st['models']) or 'no model'} at {h.url} "
+                  f"({'API key required' if st['auth'] else 'no key'}): {st['requests']} requests, "
+                  f"{st['streams']} streams now, {st['completion_tokens']} tokens generated{ttft}")
+            return
+        if not self.registry.names():                  # nothing to serve yet: what a %%ryz cell would load
+            self._load(self.default_model or None)
+        try:
+            h = serve.start(self.registry, host=o["host"], port=o["port"], api_key=o["api_key"],
+                            auth=not o["no_auth"], max_batch=o["max_batch"])
+        except (serve.ServeConfigError, ImportError) as e:
+            raise UsageError(str(e)) from None
+        print(f"serving {', '.join(self.registry.names())} at {h.url} (OpenAI API; the notebook keeps working)")
+        if h.api_key:
+            print(f"API key: {h.api_key}")
+        print(f'from openai import OpenAI; client = OpenAI(base_url="{h.url}", api_key=...)   '
+              "# %ryz serve stop ends it")
+
     def _cmd_bench(self, cmd):
         name, model = self._model_for_cell(None)
         from .bench import quick_bench

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from IPython.core.error import UsageError
 
 FORMATS = ("text", "markdown", "code")
-LINE_COMMANDS = ("list", "load", "unload", "use", "stats", "controls", "reset", "help", "bench")
+LINE_COMMANDS = ("list", "load", "unload", "use", "stats", "controls", "reset", "help", "bench", "serve")
 
 # names of the sampling settings, as the engine spells them (model.generate keywords)
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
@@ -126,6 +126,12 @@ def _cell_parser():
     return p
 
 
+def _serve_action(text):
+    if text not in ("start", "stop", "status"):
+        raise argparse.ArgumentTypeError(f"%ryz serve takes start, stop or status, got {text!r}")
+    return text
+
+
 def _format(text):
     if text not in FORMATS:
         near = difflib.get_close_matches(text, FORMATS, n=1)
@@ -219,6 +225,20 @@ def _line_parsers():
     p.add_argument("-n", "--new-tokens", type=_number("--new-tokens", 2, integer=True), default=32,
                    metavar="N", help="tokens to decode (default 32)")
     sub["bench"] = p
+    p = _Parser(prog="%ryz serve", hint=LINE_USAGE_HINT,
+                description="Serve the kernel's loaded models over OpenAI's API from a background thread (the "
+                            "notebook keeps working): %ryz serve [--port N] starts, %ryz serve status shows the "
+                            "traffic, %ryz serve stop stops (docs/serving.md).")
+    p.add_argument("action", nargs="?", default="start", type=_serve_action, metavar="start|stop|status")
+    p.add_argument("--port", type=_number("--port", 0, 65535, integer=True), default=8000, metavar="N",
+                   help="port (default 8000; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--api-key", metavar="KEY", help="the key clients must send (default: a new random key)")
+    g.add_argument("--no-auth", action="store_true", help="no key (only with --host 127.0.0.1)")
+    p.add_argument("--max-batch", type=_number("--max-batch", 1, 256, integer=True), default=16, metavar="N",
+                   help="streams decoded together per model (default 16)")
+    sub["serve"] = p
     for cmd, what in (("list", "List loaded models and their memory."),
                       ("stats", "Statistics and the profile (where the time went) of the last reply."),
                       ("controls", "Sampling controls bound to these settings, and a Generate box."),
