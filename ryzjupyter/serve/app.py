@@ -21,6 +21,7 @@ import logging
 import time
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -146,9 +147,11 @@ def create_app(backend, settings) -> Starlette:
         created = int(time.time())
         n_prompt = sum(len(ids) for ids in prompts)
         if req.stream:
-            resp = StreamingResponse(_sse(backend, events, handles, rid, created, name, chat, req, n_prompt),
+            ended = _Ended(backend, handles, n_prompt)
+            resp = StreamingResponse(_sse(ended, events, handles, rid, created, name, chat, req),
                                      media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                     background=BackgroundTask(ended.end, 499))
             resp.ryz_tracks_itself = True
             return resp
         done = 0
@@ -293,12 +296,32 @@ def _sse_line(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def _sse(backend, events, handles, rid, created, model, chat, req, n_prompt):
+class _Ended:
+    """The end of a streamed response, recorded once: by the stream when it finishes or is
+    cancelled, or by the response's background task if the client left before the stream began
+    (the generations are cancelled either way)."""
+
+    def __init__(self, backend, handles, n_prompt):
+        self.backend, self.handles, self.n_prompt = backend, handles, n_prompt
+        self.n_out = 0
+        self.done = False
+
+    def end(self, status):
+        if self.done:
+            return
+        self.done = True
+        b = self.backend
+        b.traffic.add(prompt=self.n_prompt, completion=self.n_out, cancelled=_cancel(self.handles))
+        b.traffic.end(status)
+        b.changed()
+
+
+async def _sse(ended, events, handles, rid, created, model, chat, req):
     """The streamed response: OpenAI chunks per piece, a last chunk per choice with its
     finish_reason, the usage chunk when asked, then [DONE]. Cancelled (client gone) -> the
     generations are cancelled in `finally`."""
     status = 200
-    n_out, done = 0, 0
+    done = 0
     try:
         if chat:
             for i in range(len(handles)):
@@ -316,23 +339,20 @@ async def _sse(backend, events, handles, rid, created, model, chat, req, n_promp
                                              "server_error"))
                 continue
             r = h.result
-            n_out += len(r.tokens)
-            backend.traffic.add(ttft=r.stats.ttft_s if r.tokens else None)
+            ended.n_out += len(r.tokens)
+            ended.backend.traffic.add(ttft=r.stats.ttft_s if r.tokens else None)
             reason = P.finish_reason(r.finish_reason)
             yield _sse_line(P.chat_chunk(rid, created, model, i, {}, reason) if chat else
                             P.completion_chunk(rid, created, model, i, "", reason))
         if req.include_usage:
             yield _sse_line(P.usage_chunk(rid, created, model, "chat.completion.chunk" if chat else "text_completion",
-                                          n_prompt, n_out))
+                                          ended.n_prompt, ended.n_out))
         yield "data: [DONE]\n\n"
     except BaseException:
         status = 499                          # the client went away (the task was cancelled)
         raise
     finally:
-        cancelled = _cancel(handles)
-        backend.traffic.add(prompt=n_prompt, completion=n_out, cancelled=cancelled)
-        backend.traffic.end(status)
-        backend.changed()
+        ended.end(status)
 
 
 def _embed(model, inputs, fmt):

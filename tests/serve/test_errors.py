@@ -176,3 +176,27 @@ def test_client_drops_non_streaming(server):
         with pytest.raises(httpx.TimeoutException):
             c.post("/completions", json=body, timeout=0.3)
     assert _wait(lambda: backend.snapshot()["cancelled"] > before and backend.snapshot()["streams"] == 0)
+
+
+def test_client_gone_before_the_stream_starts(server, http):
+    """Streaming requests whose client closes the socket right after sending: every generation
+    is cancelled and every request accounted for (nothing left in flight)."""
+    import socket
+    backend = server.backend
+    host, port = server.url.split("//")[1].split("/")[0].split(":")
+    body = json.dumps({**GOOD, "prompt": "And " * 150, "max_tokens": 100, "ignore_eos": True, "stream": True,
+                       "n": 4}).encode()
+    before = backend.snapshot()
+    for _ in range(5):
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + server.api_key.encode()
+                         + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+                         + b"\r\n\r\n" + body)
+    assert _wait(lambda: backend.snapshot()["in_flight"] == 0 and backend.snapshot()["streams"] == 0)
+    after = backend.snapshot()
+    assert after["requests"] == before["requests"] + 5
+    engine = [e for e in after["engines"] if e["model"] == "demo"][0]
+    engine_before = [e for e in before["engines"] if e["model"] == "demo"][0]
+    assert engine["finished"] - engine_before["finished"] == 20            # 5 requests x n=4, all ended
+    assert engine["tokens"] - engine_before["tokens"] < 20 * 100 // 2      # cancelled, not run to the end
+    still_serving(http)
