@@ -68,8 +68,9 @@ def batch_rate(model, B, n_prompt, n_new, seed) -> dict:
     try:
         # stream k starts decoding after k prefill steps: B - 1 extra tokens each give n_new steps
         # in which all B decode
-        hs = [b.submit(rng.integers(3, model.vocab_size, n_prompt).tolist(), n_new + B - 1, temperature=0,
-                       ignore_eos=True) for _ in range(B)]
+        with model.forward_lock:      # all B queued before the engine runs its first pass
+            hs = [b.submit(rng.integers(3, model.vocab_size, n_prompt).tolist(), n_new + B - 1, temperature=0,
+                           ignore_eos=True) for _ in range(B)]
         for h in hs:
             h.wait(3600)
     finally:
@@ -81,6 +82,34 @@ def batch_rate(model, B, n_prompt, n_new, seed) -> dict:
             t_all += t1 - t0
             n_all += k1 - k0
     return {"streams": B, "tokens": n_all, "seconds": t_all, "tok_s": n_all / t_all if t_all else 0.0}
+
+
+def step_breakdown(model, streams, args, rec, calls=3):
+    """Where a batched decode step goes: the seconds the layers and the int8 head take in one
+    forward_batch of B streams (measured in C), median of `calls`; per token, against B = 1."""
+    from ryzjupyter import _native
+    from ryzjupyter.families import bitnet_decode
+    model.prepare_batching()
+    bitnet_decode._plan(model)
+    print("\n== one batched decode step, measured in C (median of 3) ==")
+    base = None
+    for B in streams:
+        caches = [model.new_cache(8) for _ in range(B)]
+        x0 = np.random.default_rng(B).standard_normal((B, model.config.dim)).astype(np.float32)
+        out = np.empty((B, model.config.vocab_size), np.float32)
+        lay, head = [], []
+        for _ in range(calls):
+            ls, hs = _native.bitnet_decode_batch(model._fused_native, x0.copy(), [(c.k, c.v) for c in caches],
+                                                 np.zeros(B, np.int64), out)
+            lay.append(ls)
+            head.append(hs)
+        L, H = statistics.median(lay), statistics.median(head)
+        base = base or (L, H)
+        rec(kind="serve_step", shape=args.shape, threads=args.threads, streams=B, layers_s=L, head_s=H,
+            layers_runs=lay, head_runs=head)
+        print(f"  {B:2d} streams: layers {L * 1e3:7.1f} ms, head {H * 1e3:6.1f} ms; per token "
+              f"{(L + H) / B * 1e3:7.1f} ms = {(base[0] + base[1]) / ((L + H) / B):.2f}x one stream's rate "
+              f"(layers {base[0] / (L / B):.2f}x, head {base[1] / (H / B):.2f}x)", flush=True)
 
 
 def run_batching(args, rec):
@@ -100,6 +129,7 @@ def run_batching(args, rec):
             runs[B].append(res["tok_s"])
             print(f"  run {r + 1}: {B:2d} streams  {res['tok_s']:7.2f} tok/s aggregate "
                   f"({res['tokens']} tokens in {res['seconds']:.2f} s)", flush=True)
+    step_breakdown(model, streams, args, rec)
     med = {B: statistics.median(runs[B]) for B in streams}
     base = med.get(1)
     print("\n== aggregate decode tokens/s (median) ==")
