@@ -187,16 +187,23 @@ def test_client_gone_before_the_stream_starts(server, http):
     body = json.dumps({**GOOD, "prompt": "And " * 150, "max_tokens": 100, "ignore_eos": True, "stream": True,
                        "n": 4}).encode()
     before = backend.snapshot()
-    for _ in range(5):
+    sent = 0
+    # a request whose connection is already gone when uvicorn reads it never reaches the app:
+    # send until three have reached it
+    while backend.snapshot()["requests"] - before["requests"] < 3 and sent < 40:
         with socket.create_connection((host, int(port)), timeout=30) as sock:
             sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + server.api_key.encode()
                          + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
                          + b"\r\n\r\n" + body)
+            time.sleep(0.002 * sent)
+        sent += 1
+        time.sleep(0.05)
     assert _wait(lambda: backend.snapshot()["in_flight"] == 0 and backend.snapshot()["streams"] == 0)
     after = backend.snapshot()
-    assert after["requests"] == before["requests"] + 5
+    n = after["requests"] - before["requests"]
+    assert 3 <= n <= sent
     engine = [e for e in after["engines"] if e["model"] == "demo"][0]
     engine_before = [e for e in before["engines"] if e["model"] == "demo"][0]
-    assert engine["finished"] - engine_before["finished"] == 20            # 5 requests x n=4, all ended
-    assert engine["tokens"] - engine_before["tokens"] < 20 * 100 // 2      # cancelled, not run to the end
+    assert engine["finished"] - engine_before["finished"] == 4 * n          # n=4 each, all ended
+    assert engine["tokens"] - engine_before["tokens"] <= 4 * n * 100 // 2   # cancelled, not run to the end
     still_serving(http)
