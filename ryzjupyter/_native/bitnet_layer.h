@@ -83,4 +83,25 @@ int ryz_bitnet_decode_batch(const ryz_bitnet_config *c, const ryz_bitnet_weights
                             int n_layers, int64_t B, float *x, const int64_t *pos, const ryz_bitnet_head *head,
                             float *logits, int64_t ns[2]);
 
+/* ---- the verify pass of speculative decoding (bitnet_verify.c) ----------------------------
+ * n tokens through every layer as one batch: x [n, D] (their embeddings, updated in place to
+ * the last layer's output), node i at position pos + depth[i]. depth describes a tree in
+ * depth-first preorder: depth[0] = 0 (the root, right after the cached rows 0..pos-1),
+ * 1 <= depth[i] <= depth[i-1] + 1 for i > 0, a node's parent being the last earlier node one
+ * level up (a chain: depth[i] = i). Row i of the result (x, logits) is bitwise what
+ * ryz_bitnet_decode_token gives for token i decoded right after its ancestors. The cache rows
+ * pos + d are written as the walk goes (after the call they hold its last path); stash (NULL,
+ * or one per layer) receives every node's key / value row: float32 kf, vf [n, KVD] for a float
+ * cache, int8 k8, v8 [n, KVD] with scales ks, vs [n, Hkv] for an int8 one. With head: the
+ * final norm and the int8 lm_head into logits [n, V]. ns as ryz_bitnet_decode_token. */
+typedef struct {
+    float *kf, *vf;
+    int8_t *k8, *v8;
+    float *ks, *vs;
+} ryz_bitnet_stash;
+
+int ryz_bitnet_verify(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, const ryz_bitnet_kv *kv,
+                      const ryz_bitnet_stash *st, int n_layers, float *x, int64_t n, const int32_t *depth,
+                      int64_t pos, const ryz_bitnet_head *head, float *logits, int64_t ns[2]);
+
 #endif

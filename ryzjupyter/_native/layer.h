@@ -16,11 +16,21 @@ typedef struct {
     const char *name;
     void (*gemv_i8)(float *out, const int8_t *w, const float *ws, int64_t K, const int8_t *x,
                     int32_t xsum, float xs, int64_t n0, int64_t n1);
+    /* gemm_i8: the int8 lm_head for M tokens at once (the verify pass of speculative decoding):
+     * out[m * ldo + n] = float(sum_k x[m * ldx + k] w[n, k]) / (xs[m] * ws[n]) for n in [n0, n1),
+     * m < M, each weight row read once for all M tokens; bitwise gemv_i8's result for each token
+     * (exact integer sum, ryz_i8_epilogue). Any M >= 1, any int8 values. */
+    const char *gemm_name;
+    void (*gemm_i8)(float *out, int64_t ldo, const int8_t *w, const float *ws, int64_t K, const int8_t *x,
+                    int64_t ldx, const float *xs, int64_t M, int64_t n0, int64_t n1);
 } ryz_layer_kernels;
 
 extern const ryz_layer_kernels ryz_layer_scalar;
 extern const ryz_layer_kernels ryz_layer_avx2;
 extern const ryz_layer_kernels ryz_layer_avx512;
 extern const ryz_layer_kernels *ryz_layer;
+/* the AVX2 gemm_i8, also the avx512vnni level's (no AVX-512 variant) */
+void ryz_layer_gemm_i8_avx2(float *out, int64_t ldo, const int8_t *w, const float *ws, int64_t K, const int8_t *x,
+                            int64_t ldx, const float *xs, int64_t M, int64_t n0, int64_t n1);
 
 #endif

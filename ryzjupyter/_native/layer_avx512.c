@@ -45,4 +45,6 @@ static void gemv_i8(float *out, const int8_t *w, const float *ws, int64_t K, con
     for (int64_t n = n0; n < n1; n++) row1(out, w, ws, K, x, xsum, xs, n);
 }
 
-const ryz_layer_kernels ryz_layer_avx512 = {.name = "avx512vnni", .gemv_i8 = gemv_i8};
+/* gemm_i8 (the verify pass's head for several tokens): the AVX2 variant; this level has none of its own */
+const ryz_layer_kernels ryz_layer_avx512 = {.name = "avx512vnni", .gemv_i8 = gemv_i8, .gemm_name = "avx2",
+                                            .gemm_i8 = ryz_layer_gemm_i8_avx2};

@@ -33,6 +33,8 @@ void ryz_layer_select(ryz_isa isa) {
         &ryz_layer_scalar, &ryz_layer_avx2, &ryz_layer_avx512};
     ryz_layer = by_isa[isa];
     ryz_register_kernel("lm_head_i8", ryz_layer->name);
+    ryz_register_kernel("lm_head_i8_tokens", ryz_layer->gemm_name);
+    ryz_register_kernel("bitnet_verify", ryz_layer->name); /* composes the selected tables */
     ryz_register_kernel("bitnet_decode_layer", ryz_layer->name); /* composes the selected tables */
 }
 
@@ -614,6 +616,240 @@ done:
     return ret;
 }
 
+/* ---- the verify pass of speculative decoding: n tokens (a chain or a tree) ---------------- */
+#define VERIFY_MAX_NODES 256
+
+PyDoc_STRVAR(verify_doc,
+"bitnet_verify(plan, x, kcs, vcs, pos, depth[, k_scales, v_scales[, logits[, stash]]]) -> (float, float)\n\n"
+"The verify pass of speculative decoding: n tokens through every layer of a bitnet_decode_plan as one\n"
+"batch (each weight row read once for all of them), GIL released once. x float32 [n, D]: the tokens'\n"
+"embeddings, updated in place to the last layer's output. depth int32 [n]: node i sits at position\n"
+"pos + depth[i]; the nodes form a tree in depth-first preorder (depth[0] = 0, 1 <= depth[i] <=\n"
+"depth[i-1] + 1, a node's parent is the last earlier node one level up; a chain is 0, 1, 2, ...).\n"
+"Row i of the results is bitwise what bitnet_decode_token gives for token i decoded right after its\n"
+"ancestors (and the cached rows 0..pos-1). kcs, vcs (k_scales, v_scales) as bitnet_decode_token; rows\n"
+"pos + d are written as the walk goes and hold its last path afterwards. logits float32 [n, V]: with a\n"
+"plan made with a head, the final norm and the int8 lm_head follow. stash: None, or (k, v) float32\n"
+"[n_layers, n, Hkv * hd] for a float cache, (k, v, k_scales, v_scales) int8 [n_layers, n, Hkv * hd] and\n"
+"float32 [n_layers, n, Hkv] for an int8 one: every node's key / value row of every layer, so the caller\n"
+"can copy an accepted path into place. Returns the seconds of the layers and of the head (measured in C).");
+
+static PyObject *py_verify(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    PyObject *oplan, *ox, *okcs, *ovcs, *odepth, *okss = Py_None, *ovss = Py_None, *ologits = Py_None,
+             *ostash = Py_None;
+    long long pos;
+    if (!PyArg_ParseTuple(args, "OOOOLO|OOOO:bitnet_verify", &oplan, &ox, &okcs, &ovcs, &pos, &odepth, &okss,
+                          &ovss, &ologits, &ostash))
+        return NULL;
+    decode_plan *p = PyCapsule_GetPointer(oplan, PLAN_CAPSULE);
+    if (!p) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "plan must come from bitnet_decode_plan");
+        return NULL;
+    }
+    const int i8 = okss != Py_None || ovss != Py_None, nl = p->n_layers;
+    if (i8 && (okss == Py_None || ovss == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "the int8 KV cache needs both k_scales and v_scales");
+        return NULL;
+    }
+    if (ologits != Py_None && !p->has_head) {
+        PyErr_SetString(PyExc_ValueError, "logits given but the plan has no head");
+        return NULL;
+    }
+    PyObject *seqs[4] = {NULL, NULL, NULL, NULL}, *objs[4] = {okcs, ovcs, okss, ovss};
+    static const char *const snames[4] = {"kcs", "vcs", "k_scales", "v_scales"};
+    ryz_args xa = {0}, sa = {0}, *ca = NULL;
+    ryz_bitnet_kv *kv = NULL;
+    ryz_bitnet_stash *st = NULL;
+    PyObject *ret = NULL;
+    for (int s = 0; s < (i8 ? 4 : 2); s++) {
+        if (!(seqs[s] = PySequence_Fast(objs[s], "kcs, vcs, k_scales and v_scales must be sequences of arrays")))
+            goto done;
+        if (PySequence_Fast_GET_SIZE(seqs[s]) != nl) {
+            PyErr_Format(PyExc_ValueError, "%s holds %zd arrays but the plan has %d layers", snames[s],
+                         PySequence_Fast_GET_SIZE(seqs[s]), nl);
+            goto done;
+        }
+    }
+    ryz_arr *x, *dep, *logits = NULL;
+    if (!(x = ryz_arr_get(&xa, ox, "x", RYZ_F32, 2, 1)) || ryz_check_dim(x, 1, p->c.D, "attn_norm.shape[0]") ||
+        !(dep = ryz_arr_get(&xa, odepth, "depth", RYZ_I32, 1, 0)))
+        goto done;
+    const int64_t n = ryz_dim(x, 0);
+    if (n < 1 || n > VERIFY_MAX_NODES) {
+        PyErr_Format(PyExc_ValueError, "x must hold 1 to %d tokens, got %lld", VERIFY_MAX_NODES, (long long)n);
+        goto done;
+    }
+    if (ryz_check_dim(dep, 0, n, "x.shape[0]") || ryz_check_no_overlap(x, dep)) goto done;
+    const int32_t *depth = ryz_data(dep);
+    int32_t max_depth = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const int32_t d = depth[i];
+        if ((i == 0 && d != 0) || (i > 0 && (d < 1 || d > depth[i - 1] + 1))) {
+            PyErr_Format(PyExc_ValueError, "depth[%lld] = %d: a tree in depth-first preorder needs depth[0] = 0 and "
+                         "1 <= depth[i] <= depth[i-1] + 1", (long long)i, (int)d);
+            goto done;
+        }
+        max_depth = d > max_depth ? d : max_depth;
+    }
+    if (pos < 0) {
+        PyErr_Format(PyExc_ValueError, "pos must be >= 0, got %lld", pos);
+        goto done;
+    }
+    if (ologits != Py_None &&
+        (!(logits = ryz_arr_get(&xa, ologits, "logits", RYZ_F32, 2, 1)) || ryz_check_dim(logits, 0, n, "x.shape[0]") ||
+         ryz_check_dim(logits, 1, p->head.V, "the head's V") || ryz_check_no_overlap(logits, x) ||
+         ryz_check_no_overlap(logits, dep) || check_out_vs(logits, &p->held[nl])))
+        goto done;
+    ca = calloc((size_t)nl, sizeof *ca);
+    kv = calloc((size_t)nl, sizeof *kv);
+    if (!ca || !kv) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    ryz_bitnet_config c = p->c;
+    for (int l = 0; l < nl; l++) {
+        ryz_bitnet_config cl = p->c;
+        /* get_cache checks pos < T: pass the deepest row the walk writes */
+        if (check_out_vs(x, &p->held[l]) || (logits && check_out_vs(logits, &p->held[l])) ||
+            get_cache(&ca[l], PySequence_Fast_GET_ITEM(seqs[0], l), PySequence_Fast_GET_ITEM(seqs[1], l),
+                      i8 ? PySequence_Fast_GET_ITEM(seqs[2], l) : Py_None,
+                      i8 ? PySequence_Fast_GET_ITEM(seqs[3], l) : Py_None, i8, x, &p->held[l], pos + max_depth, &cl,
+                      &kv[l]) ||
+            (logits && (ryz_check_no_overlap(logits, &ca[l].a[0]) || ryz_check_no_overlap(logits, &ca[l].a[1]))) ||
+            ryz_check_no_overlap(&ca[l].a[0], dep) || ryz_check_no_overlap(&ca[l].a[1], dep)) {
+            prefix_layer(l);
+            goto done;
+        }
+        if (l == 0) {
+            c = cl;
+        } else if (cl.Hkv != c.Hkv || cl.hd != c.hd) {
+            PyErr_Format(PyExc_ValueError, "layer %d: the cache has %lld kv heads of %lld but layer 0's %lld of %lld",
+                         l, (long long)cl.Hkv, (long long)cl.hd, (long long)c.Hkv, (long long)c.hd);
+            goto done;
+        }
+    }
+    if (p->has_head && check_out_vs(x, &p->held[nl])) goto done;
+    if (ostash != Py_None) {
+        const Py_ssize_t want = i8 ? 4 : 2;
+        if (!PyTuple_Check(ostash) || PyTuple_GET_SIZE(ostash) != want) {
+            PyErr_Format(PyExc_ValueError, "stash must be None or a tuple of %zd arrays (%s)", want,
+                         i8 ? "k, v int8 [n_layers, n, KVD], k_scales, v_scales float32 [n_layers, n, Hkv]"
+                            : "k, v float32 [n_layers, n, KVD]");
+            goto done;
+        }
+        static const char *const stn[4] = {"stash k", "stash v", "stash k_scales", "stash v_scales"};
+        ryz_arr *sarr[4];
+        for (int s = 0; s < want; s++) {
+            const int scales = s >= 2;
+            if (!(sarr[s] = ryz_arr_get(&sa, PyTuple_GET_ITEM(ostash, s), stn[s],
+                                        i8 && !scales ? RYZ_I8 : RYZ_F32, 3, 1)) ||
+                ryz_check_dim(sarr[s], 0, nl, "the plan's layers") || ryz_check_dim(sarr[s], 1, n, "x.shape[0]") ||
+                ryz_check_dim(sarr[s], 2, scales ? c.Hkv : c.KVD, scales ? "Hkv" : "Hkv * hd") ||
+                ryz_check_no_overlap(sarr[s], x) || ryz_check_no_overlap(sarr[s], dep) ||
+                (logits && ryz_check_no_overlap(sarr[s], logits)))
+                goto done;
+            for (int s2 = 0; s2 < s; s2++)
+                if (ryz_check_no_overlap(sarr[s], sarr[s2])) goto done;
+            for (int l = 0; l < nl; l++)
+                for (int h = 0; h < ca[l].n; h++)
+                    if (ryz_check_no_overlap(sarr[s], &ca[l].a[h])) goto done;
+            for (int l = 0; l <= nl; l++)
+                if (check_out_vs(sarr[s], &p->held[l])) goto done;
+        }
+        if (!(st = calloc((size_t)nl, sizeof *st))) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        for (int l = 0; l < nl; l++) {
+            if (i8) {
+                st[l].k8 = (int8_t *)ryz_data(sarr[0]) + (int64_t)l * n * c.KVD;
+                st[l].v8 = (int8_t *)ryz_data(sarr[1]) + (int64_t)l * n * c.KVD;
+                st[l].ks = (float *)ryz_data(sarr[2]) + (int64_t)l * n * c.Hkv;
+                st[l].vs = (float *)ryz_data(sarr[3]) + (int64_t)l * n * c.Hkv;
+            } else {
+                st[l].kf = (float *)ryz_data(sarr[0]) + (int64_t)l * n * c.KVD;
+                st[l].vf = (float *)ryz_data(sarr[1]) + (int64_t)l * n * c.KVD;
+            }
+        }
+    }
+    float *xp = ryz_data(x), *lp = logits ? ryz_data(logits) : NULL;
+    const ryz_bitnet_head *head = logits ? &p->head : NULL;
+    int64_t ns[2] = {0, 0};
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ryz_bitnet_verify(&c, p->w, kv, st, nl, xp, n, depth, pos, head, lp, ns);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        set_decode_error(rc);
+        goto done;
+    }
+    ret = Py_BuildValue("(dd)", (double)ns[0] * 1e-9, (double)ns[1] * 1e-9);
+done:
+    if (ca)
+        for (int l = 0; l < nl; l++) ryz_args_release(&ca[l]);
+    free(ca);
+    free(kv);
+    free(st);
+    ryz_args_release(&sa);
+    ryz_args_release(&xa);
+    for (int s = 0; s < 4; s++) Py_XDECREF(seqs[s]);
+    if (ret && PyErr_CheckSignals() != 0) Py_CLEAR(ret);
+    return ret;
+}
+
+/* ---- int8 lm_head, several tokens ------------------------------------------------------------ */
+typedef struct {
+    float *out;
+    const int8_t *w, *x;
+    const float *ws, *xs;
+    int64_t K, M, N;
+} head_tokens_job;
+
+static void head_tokens_task(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    const head_tokens_job *j = ctx;
+    ryz_layer->gemm_i8(j->out, j->N, j->w, j->ws, j->K, j->x, j->K, j->xs, j->M, b, e);
+}
+
+PyDoc_STRVAR(lm_head_i8_tokens_doc,
+"lm_head_i8_tokens(out, xq, xs, wq, ws) -> None\n\n"
+"matmul_i8 for a few tokens with each head row read once for all of them: out float32 [M, N] =\n"
+"float(sum_k xq[m, k] wq[n, k]) / (xs[m] * ws[n]), xq int8 [M, K], xs float32 [M], wq int8 [N, K],\n"
+"ws float32 [N]; each row bitwise lm_head_i8's for that token. Threads split N; GIL released;\n"
+"Ctrl-C checked between chunks.");
+static PyObject *py_lm_head_i8_tokens(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    PyObject *oo, *oq, *os, *ow, *ows;
+    if (!PyArg_ParseTuple(args, "OOOOO:lm_head_i8_tokens", &oo, &oq, &os, &ow, &ows)) return NULL;
+    ryz_args a = {0};
+    ryz_arr *out, *xq, *xs, *wq, *ws;
+    if (!(out = ryz_arr_get(&a, oo, "out", RYZ_F32, 2, 1)) || !(xq = ryz_arr_get(&a, oq, "xq", RYZ_I8, 2, 0)) ||
+        !(xs = ryz_arr_get(&a, os, "xs", RYZ_F32, 1, 0)) || !(wq = ryz_arr_get(&a, ow, "wq", RYZ_I8, 2, 0)) ||
+        !(ws = ryz_arr_get(&a, ows, "ws", RYZ_F32, 1, 0)))
+        goto fail;
+    const int64_t M = ryz_dim(xq, 0), N = ryz_dim(wq, 0), K = ryz_dim(wq, 1);
+    if (ryz_check_dim(xq, 1, K, "wq.shape[1]") || ryz_check_dim(xs, 0, M, "xq.shape[0]") ||
+        ryz_check_dim(ws, 0, N, "wq.shape[0]") || ryz_check_dim(out, 0, M, "xq.shape[0]") ||
+        ryz_check_dim(out, 1, N, "wq.shape[0]") || ryz_check_no_overlap(out, xq) || ryz_check_no_overlap(out, xs) ||
+        ryz_check_no_overlap(out, wq) || ryz_check_no_overlap(out, ws))
+        goto fail;
+    if (K > RYZ_MATMUL_I8_MAX_K) {
+        PyErr_Format(PyExc_ValueError, "wq.shape[1] (K=%lld) exceeds %d", (long long)K, RYZ_MATMUL_I8_MAX_K);
+        goto fail;
+    }
+    head_tokens_job j = {ryz_data(out), ryz_data(wq), ryz_data(xq), ryz_data(ws), ryz_data(xs), K, M, N};
+    int64_t chunk = K > 0 && M > 0 ? ((int64_t)250000000 / (K * M)) / 16 * 16 : N;
+    if (chunk < 64) chunk = 64;
+    if (M > 0 && N > 0 && ryz_run_chunked(head_tokens_task, &j, N, chunk, 16) != 0) goto fail;
+    ryz_args_release(&a);
+    Py_RETURN_NONE;
+fail:
+    ryz_args_release(&a);
+    return NULL;
+}
+
 /* ---- int8 lm_head, one token ------------------------------------------------------------ */
 PyDoc_STRVAR(lm_head_i8_doc,
 "lm_head_i8(out, xq, xs, wq, ws) -> None\n\n"
@@ -662,5 +898,7 @@ PyMethodDef ryz_layer_methods[] = {
     {"bitnet_decode_plan", py_decode_plan, METH_VARARGS, decode_plan_doc},
     {"bitnet_decode_token", py_decode_token, METH_VARARGS, decode_token_doc},
     {"bitnet_decode_batch", py_decode_batch, METH_VARARGS, decode_batch_doc},
+    {"bitnet_verify", py_verify, METH_VARARGS, verify_doc},
+    {"lm_head_i8_tokens", py_lm_head_i8_tokens, METH_VARARGS, lm_head_i8_tokens_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -62,6 +62,7 @@
 #define RYZ_I2_BLOCK 256        /* weights per block */
 #define RYZ_I2_BLOCK_BYTES 64   /* bytes per block: 4 weights a byte */
 #define RYZ_I2_TILE 4           /* rows interleaved block by block */
+#define RYZ_I2_SMALL_M 16       /* up to this many tokens: the few-token kernels (verify passes) */
 _Static_assert(RYZ_I2_BLOCK == 4 * RYZ_I2_BLOCK_BYTES, "I2 block: 4 codes per byte");
 _Static_assert(RYZ_I2_BLOCK_BYTES == 64, "I2 block must be one zmm register (vpdpbusd)");
 

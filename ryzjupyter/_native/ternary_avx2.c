@@ -178,7 +178,123 @@ static void run_tiles(const tile_fn t[2][2], const ryz_ternary_job *j, int64_t n
     }
 }
 
-static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) { run_tiles(tiles, j, n0, n1); }
+
+/* ---- I2 for a few tokens (M = 2..RYZ_I2_SMALL_M: the verify pass of speculative decoding) ----
+ * Decode (M = 1) streams each weight once per token; verifying k draft tokens must not cost k
+ * decode steps. Here each 64-byte block of two rows is loaded and unpacked once ((v >> 2i) & 3)
+ * and multiplied with up to 4 tokens' activations (the activation vector is vpmaddubsw's memory
+ * operand, so a token costs one multiply and one add per 32 weights). The int16 sums of a
+ * (row, token) grow by at most 8 * 512 = 4096 per block (|pair| <= 2 * 2 * 128), so they are
+ * flushed to int32 (vpmaddwd with ones) every 8 blocks: |sum| <= 32768 never leaves int16
+ * (-32768 is the most negative value a lane can reach). A tile's rows 2r, 2r + 1 are walked
+ * in one pass per group of 4 tokens; the tile (4 rows x Kp / 4 bytes, 2.5 KB at K = 2560)
+ * stays in L1 for the next pass. Same integers as the reference. */
+#define SMALL_FLUSH_BLOCKS 8
+/* acc += vpmaddubsw(w, the 32 bytes at p) (int16 lanes), as inline asm: with the intrinsics GCC
+ * hoisted all multiplies of an unrolled block ahead of their adds and spilled the products */
+#define MADD_ACC(acc, w, p)                                                                      \
+    do {                                                                                         \
+        __m256i tmp_;                                                                            \
+        __asm__("vpmaddubsw %2, %3, %1\n\tvpaddw %1, %0, %0"                                    \
+                : "+x"(acc), "=&x"(tmp_)                                                         \
+                : "m"(*(const __m256i *)(const void *)(p)), "x"(w));                              \
+    } while (0)
+
+static ALWAYS_INLINE void small_i2(const ryz_ternary_job *j, int64_t n, int64_t m, const int NR, const int NT) {
+    const __m256i mask3 = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+    const int64_t nb = j->Kp / RYZ_I2_BLOCK;
+    __m256i acc[2][4];
+    const uint8_t *w[2];
+    int64_t step[2];
+    const int8_t *q[4];
+#pragma GCC unroll 2
+    for (int r = 0; r < NR; r++) {
+        w[r] = j->w + ryz_i2_offset(n + r, 0, j->N, j->rb);
+        step[r] = ryz_i2_tile_rows((n + r) / RYZ_I2_TILE * RYZ_I2_TILE, j->N) * RYZ_I2_BLOCK_BYTES;
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) q[t] = j->q + (m + t) * j->ldq;
+#pragma GCC unroll 2
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_si256();
+    for (int64_t b0 = 0; b0 < nb; b0 += SMALL_FLUSH_BLOCKS) {
+        const int64_t b1 = b0 + SMALL_FLUSH_BLOCKS < nb ? b0 + SMALL_FLUSH_BLOCKS : nb;
+        __m256i s16[2][4];
+#pragma GCC unroll 2
+        for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) s16[r][t] = _mm256_setzero_si256();
+        for (int64_t b = b0; b < b1; b++) {
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                __m256i raw[2];
+#pragma GCC unroll 2
+                for (int r = 0; r < NR; r++)
+                    raw[r] = _mm256_loadu_si256((const __m256i *)(w[r] + b * step[r] + 32 * h));
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++) {
+#pragma GCC unroll 2
+                    for (int r = 0; r < NR; r++) {
+                        const __m256i wv = _mm256_and_si256(i ? _mm256_srli_epi16(raw[r], 2 * i) : raw[r], mask3);
+#pragma GCC unroll 4
+                        for (int t = 0; t < NT; t++)
+                            MADD_ACC(s16[r][t], wv, q[t] + b * RYZ_I2_BLOCK + 64 * i + 32 * h);
+                    }
+                }
+            }
+        }
+#pragma GCC unroll 2
+        for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(s16[r][t], ones));
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++)
+            ryz_ternary_store(j, m + t, n + r, hsum_epi32(acc[r][t]) - j->qsum[m + t]);
+}
+
+#define SMALL(NR, NT) \
+    static void small_##NR##x##NT(const ryz_ternary_job *j, int64_t n, int64_t m) { small_i2(j, n, m, NR, NT); }
+SMALL(1, 1) SMALL(1, 2) SMALL(1, 3) SMALL(1, 4) SMALL(2, 1) SMALL(2, 2) SMALL(2, 3) SMALL(2, 4)
+static const tile_fn small_tiles[2][4] = {{small_1x1, small_1x2, small_1x3, small_1x4},
+                                          {small_2x1, small_2x2, small_2x3, small_2x4}};
+
+/* rows [n0, n1), all M tokens: in chunks of SMALL_CHUNK_ROWS rows (their weights stay in L2
+ * while every group of up to 4 tokens walks them: the activations of one group stay in L1, of
+ * all 16 tokens they would not), per tile of 4 rows (a sequential 256-byte run per block) its
+ * row pairs */
+#define SMALL_CHUNK_ROWS 64
+static void gemm_i2_small(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+    for (int64_t c0 = n0; c0 < n1; c0 += SMALL_CHUNK_ROWS) {
+        const int64_t c1 = c0 + SMALL_CHUNK_ROWS < n1 ? c0 + SMALL_CHUNK_ROWS : n1;
+        /* tokens in ceil(M / 4) groups as even as can be (5 = 3 + 2, not 4 + 1: a group of one
+         * unpacks the weights for a single token) */
+        const int64_t groups = (j->M + 3) / 4;
+        for (int64_t gi = 0, m = 0; gi < groups; gi++) {
+            const int nt = (int)((j->M - m) / (groups - gi));
+            int64_t n = c0;
+            while (n < c1) {
+                const int64_t tile_end = (n / RYZ_I2_TILE + 1) * RYZ_I2_TILE, e = tile_end < c1 ? tile_end : c1;
+                for (int64_t r = n; r < e; r += 2) {
+                    const int nr = e - r < 2 ? (int)(e - r) : 2;
+                    small_tiles[nr - 1][nt - 1](j, r, m);
+                }
+                n = e;
+            }
+            m += nt;
+        }
+    }
+}
+
+static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+    if (j->M >= 2 && j->M <= RYZ_I2_SMALL_M)
+        gemm_i2_small(j, n0, n1);
+    else
+        run_tiles(tiles, j, n0, n1);
+}
 static void gemm_t5(const ryz_ternary_job *j, int64_t n0, int64_t n1) { run_tiles(tiles5, j, n0, n1); }
 
 /* ---- TL: vpshufb lookups over 64 interleaved rows (two ymm halves) ---------------

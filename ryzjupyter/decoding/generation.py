@@ -8,6 +8,10 @@ A model engine (bitnet.py, ...) provides four things and inherits the rest from 
                                              token only); runs the tokens at positions len(cache)...,
                                              writes their keys/values and appends them to cache.tokens
 
+and may override the verify pass of speculative decoding (``verify``, ``verify_tree``: row i of
+their logits must be bitwise what a one-token forward() gives for token i after its ancestors; the
+defaults here run the tokens one by one, exact but no faster than decoding).
+
 A Session owns one cache. Feeding it a token sequence keeps the longest cached prefix and runs
 only the rest (`tokens_processed` counts what really ran), so a follow-up prompt that extends the
 previous prompt + answer costs only its new tokens.
@@ -447,6 +451,43 @@ class LanguageModel:
     def chat(self, messages, max_new_tokens=256, **kw):
         """Chat with the checkpoint's template; a string continues the default session's history."""
         return self.session.chat(messages, max_new_tokens, **kw)
+
+    def verify(self, tokens, cache) -> np.ndarray:
+        """The verify pass of speculative decoding: run `tokens` after the cached ones (they are
+        appended to the cache) and return float32 logits [n, vocab], row i bitwise what a one-token
+        forward() gives for tokens[i] after tokens[:i]. This default runs them one by one; a
+        family with a batched pass (BitNet) overrides it."""
+        rows = [self.forward(np.asarray([int(t)], np.int64), cache, all_logits=False)[-1] for t in tokens]
+        return np.stack(rows)
+
+    def verify_tree(self, tokens, depths, cache):
+        """A tree of tokens after the cached ones (depth-first preorder, depths as in
+        ryzjupyter.decoding.tree): returns (logits [n, vocab], commit). Row i is bitwise what a
+        one-token forward() gives for tokens[i] right after its ancestors; cache.tokens are left
+        as they were, and ``commit(path)`` appends the nodes of a root-to-node path. This default
+        runs the nodes one by one with the cache as a stack and reruns the committed path."""
+        from ryzjupyter.decoding.tree import parents_of
+        tokens = [int(t) for t in tokens]
+        depths = [int(d) for d in depths]
+        parents = parents_of(depths)
+        pos = len(cache)
+        if pos + max(depths) + 1 > cache.max_len:
+            raise ValueError(f"{pos} cached + {max(depths) + 1} new positions exceed the context of {cache.max_len}")
+        rows = []
+        for t, d in zip(tokens, depths):
+            cache.truncate(pos + d)
+            rows.append(self.forward(np.asarray([t], np.int64), cache, all_logits=False)[-1])
+        cache.truncate(pos)
+
+        def commit(path):
+            path = [int(i) for i in path]
+            if path and (path[0] != 0 or any(parents[b] != a for a, b in zip(path, path[1:]))):
+                raise ValueError(f"commit needs a root-to-node path of the verified tree, got {path}")
+            if len(cache) != pos:
+                raise ValueError("the cache changed since the verify pass; commit the path right after it")
+            for i in path:
+                self.forward(np.asarray([tokens[i]], np.int64), cache, all_logits=False)
+        return np.stack(rows), commit
 
     def logits(self, token_ids) -> np.ndarray:
         """float32 logits [len(token_ids), vocab] for a whole sequence (one batched prefill)."""

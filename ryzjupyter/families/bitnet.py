@@ -655,6 +655,31 @@ class BitNetModel(LanguageModel):
         (forward_batch then runs the streams in turn)."""
         return bitnet_decode.ensure_i2(self)
 
+    # -- the verify pass of speculative decoding (one batched pass; see bitnet_decode.verify)
+    def _batched_verify(self, cache) -> bool:
+        """True when the verify pass can run as one batched call: the fused decode's weights (every
+        linear I2, or every one T5; weights in another layout are repacked to I2 once, the same
+        trits) and a float32 or int8 cache."""
+        if not self.fused_decode:
+            return False
+        if not bitnet_decode.supported(self, cache):
+            if getattr(cache, "dtype", "f32") not in ("f32", "int8") or not bitnet_decode.ensure_i2(self):
+                return False
+        return True
+
+    def verify(self, tokens, cache):
+        """Speculative decoding's verify pass (LanguageModel.verify) in one batched pass: each weight
+        row read once for all tokens; each row of logits bitwise a decode step's."""
+        if not self._batched_verify(cache):
+            return super().verify(tokens, cache)
+        return bitnet_decode.verify(self, tokens, cache)
+
+    def verify_tree(self, tokens, depths, cache):
+        """A tree of draft tokens (LanguageModel.verify_tree) in one batched pass."""
+        if not self._batched_verify(cache):
+            return super().verify_tree(tokens, depths, cache)
+        return bitnet_decode.verify(self, tokens, cache, depths)
+
     def _classifier(self, out, xb):
         w = self.weights
         if w.lm_head_f32 is not None:

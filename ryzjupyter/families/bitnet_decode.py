@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ryzjupyter import _native as K
+from ryzjupyter.decoding.tree import parents_of
 from ryzjupyter.engine.profiling import PROFILER
 
 # a layer's weights (bitnet.LayerWeights fields) in the order bitnet_decode_plan takes them;
@@ -212,3 +213,86 @@ def uninstall(model) -> None:
     if getattr(model, "_fused_installed", False):
         del model.forward
         model._fused_installed = False
+
+
+# ---- the verify pass of speculative decoding ---------------------------------------------------
+
+def verify(model, tokens, cache, depths=None):
+    """Run `tokens` as one batch (``_native.bitnet_verify``): token i at position len(cache) +
+    depths[i] (a chain: depths = 0, 1, 2, ...; a tree in depth-first preorder otherwise, see
+    ``ryzjupyter.decoding.generation.LanguageModel.verify_tree``). Row i of the float32 logits
+    [n, vocab] is bitwise what :func:`forward_one` gives for token i decoded right after its
+    ancestors. A chain is appended to the cache; a tree leaves cache.tokens as they were and
+    returns ``(logits, commit)``: ``commit(path)`` appends the nodes of a root-to-node path
+    (indices into tokens) to the cache, their key/value rows copied from the pass's stash."""
+    cfg, w = model.config, model.weights
+    tokens = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
+    n, pos = tokens.size, len(cache)
+    chain = depths is None
+    depth = np.arange(n, dtype=np.int32) if chain else np.ascontiguousarray(depths, dtype=np.int32).reshape(-1)
+    if n == 0 or depth.size != n:
+        raise ValueError(f"verify needs at least one token and one depth per token, got {n} tokens, "
+                         f"{depth.size} depths")
+    parent = None if chain else parents_of(depth)            # ValueError unless a preorder tree
+    if pos + int(depth.max()) + 1 > cache.max_len:
+        raise ValueError(f"{pos} cached + {int(depth.max()) + 1} new positions exceed the context of "
+                         f"{cache.max_len}")
+    if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+        raise ValueError(f"token ids must be in 0..{cfg.vocab_size - 1}")
+    _plan(model)
+    i8 = getattr(cache, "dtype", "f32") == "int8"
+    x = np.empty((n, cfg.dim), np.float32)
+    w.embed(x, tokens)
+    ks, vs = (cache.ks, cache.vs) if i8 else (None, None)
+    out = np.empty((n, cfg.vocab_size), np.float32)
+    stash = None
+    if not chain:
+        L, KVD = cfg.n_layers, cfg.n_kv_heads * cfg.head_dim
+        if i8:
+            stash = (np.empty((L, n, KVD), np.int8), np.empty((L, n, KVD), np.int8),
+                     np.empty((L, n, cfg.n_kv_heads), np.float32), np.empty((L, n, cfg.n_kv_heads), np.float32))
+        else:
+            stash = (np.empty((L, n, KVD), np.float32), np.empty((L, n, KVD), np.float32))
+    if model._fused_head:
+        layers_s, head_s = K.bitnet_verify(model._fused_native, x, cache.k, cache.v, pos, depth, ks, vs, out, stash)
+    else:
+        layers_s, head_s = K.bitnet_verify(model._fused_native, x, cache.k, cache.v, pos, depth, ks, vs, None, stash)
+        t = PROFILER.tic()
+        xb = np.empty_like(x)
+        K.rmsnorm(xb, x, w.norm, cfg.norm_eps)
+        if w.lm_head_p4 is not None:                  # int4 head: each row on its own, as decode
+            xq, xs = np.empty((n, cfg.dim), np.int8), np.empty(n, np.float32)
+            K.quantize_rows_i8(xq, xs, xb)
+            for i in range(n):
+                K.lm_head_i4(out[i:i + 1], xq[i:i + 1], xs[i:i + 1], w.lm_head_p4, w.lm_head_s4)
+        elif w.lm_head_f32 is not None:               # float head: per-row sums in the same order
+            K.matmul_f32(out, xb, w.lm_head_f32)
+        else:
+            raise RuntimeError("the int8 head runs inside the fused call")
+        PROFILER.toc("lm_head", t)
+    PROFILER.add("layers", int(layers_s * 1e9))
+    if head_s:
+        PROFILER.add("lm_head", int(head_s * 1e9))
+    model.tokens_processed += n
+    if chain:
+        cache.append(tokens.tolist())
+        return out
+
+    def commit(path):
+        path = [int(i) for i in path]
+        if not path:
+            return
+        if path[0] != 0 or any(parent[b] != a for a, b in zip(path, path[1:])):
+            raise ValueError(f"commit needs a root-to-node path of the verified tree, got {path}")
+        if len(cache) != pos:
+            raise ValueError("the cache changed since the verify pass; commit the path right after it")
+        idx = np.asarray(path)
+        m = len(path)
+        for l in range(cfg.n_layers):
+            cache.k[l][pos:pos + m] = stash[0][l, idx].reshape(m, cfg.n_kv_heads, cfg.head_dim)
+            cache.v[l][pos:pos + m] = stash[1][l, idx].reshape(m, cfg.n_kv_heads, cfg.head_dim)
+            if i8:
+                cache.ks[l][pos:pos + m] = stash[2][l, idx]
+                cache.vs[l][pos:pos + m] = stash[3][l, idx]
+        cache.append([int(tokens[i]) for i in path])
+    return out, commit
