@@ -5,14 +5,13 @@
  * the same small-M product, so every weight row is read once for all the streams), attention
  * runs per stream over its own cache (one thread-pool job over the units of every stream), and
  * the rest (norms, quantization, rope, activations, residual adds) runs row by row. The int8
- * head runs the one-token GEMV for every stream over blocks of rows small enough to stay in
- * L2 while all the streams read them (the block comes from DRAM once).
+ * head is gemm_i8 over the B tokens (each block of head rows read once for all of them).
  *
  * Each stream's logits and cache rows are bitwise those ryz_bitnet_decode_token gives it
  * alone: the same kernels on the same rows. The GEMM's integer sums are exact and its float
  * epilogue is per row (acc / sx[m] * w_mult); quantization, norms, rope and the elementwise ops
  * are row kernels; attention uses, per stream, the plan, units and merge of the one-token path
- * (ryz_attn_plan depends on the stream's length only); the head is the same GEMV per row.
+ * (ryz_attn_plan depends on the stream's length only); gemm_i8 gives each token gemv_i8's logits.
  * No ISA code: every step calls the dispatch tables of the other families. */
 #include <pthread.h>
 #include <stdlib.h>
@@ -135,26 +134,19 @@ static void merge_task(void *ctx, int64_t b, int64_t e, int tid) {
     }
 }
 
-/* ---- the int8 head for B tokens ----------------------------------------------------------- */
-#define HEAD_BLOCK_ROWS 32   /* 32 x 2560 bytes (2B-4T): 80 KiB, read from L2 by every stream */
-
+/* ---- the int8 head for B tokens: gemm_i8 reads each block of head rows once for all of them,
+ * each token's logits bitwise gemv_i8's (layer.h) ------------------------------------------ */
 typedef struct {
     float *logits;           /* [B, V] */
     const int8_t *w, *q;     /* head [V, K]; tokens [B, ldq] */
     const float *ws, *xs;    /* [V]; [B] */
-    const int32_t *xsum;     /* [B] */
     int64_t K, V, ldq, B;
 } head_batch;
 
 static void head_task(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     const head_batch *h = ctx;
-    for (int64_t r0 = b; r0 < e; r0 += HEAD_BLOCK_ROWS) {
-        const int64_t r1 = r0 + HEAD_BLOCK_ROWS < e ? r0 + HEAD_BLOCK_ROWS : e;
-        for (int64_t m = 0; m < h->B; m++)
-            ryz_layer->gemv_i8(h->logits + m * h->V, h->w, h->ws, h->K, h->q + m * h->ldq, h->xsum[m], h->xs[m],
-                               r0, r1);
-    }
+    ryz_layer->gemm_i8(h->logits, h->V, h->w, h->ws, h->K, h->q, h->ldq, h->xs, h->B, b, e);
 }
 
 /* ---- scratch: per thread, grown as needed, freed when the thread exits ------------------ */
@@ -372,10 +364,9 @@ int ryz_bitnet_decode_batch(const ryz_bitnet_config *c, const ryz_bitnet_weights
     for (int64_t m = 0; m < B; m++) {
         ryz_ops->rmsnorm_row(bb.xb + m * D, x + m * D, head->norm, D, c->eps);
         if (ryz_quant->quantize_row_i8(bb.q8 + m * bb.ldq, &bb.sx[m], bb.xb + m * D, D)) return -2;
-        bb.qsum[m] = ryz_quant->sum_i8(bb.q8 + m * bb.ldq, D);
     }
-    head_batch hj = {logits, head->w, bb.q8, head->s, bb.sx, bb.qsum, D, head->V, bb.ldq, B};
-    ryz_parallel_for(head_task, &hj, head->V, HEAD_BLOCK_ROWS);
+    head_batch hj = {logits, head->w, bb.q8, head->s, bb.sx, D, head->V, bb.ldq, B};
+    ryz_parallel_for(head_task, &hj, head->V, 16);
     ns[1] = now_ns() - t1;
     return 0;
 }
