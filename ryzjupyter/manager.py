@@ -59,6 +59,19 @@ class MemoryBudgetError(MemoryError):
 
 @dataclass
 class ModelInfo:
+    """One loaded model, as ``ModelManager.list()`` reports it.
+
+    Attributes:
+        name: its name in the manager.
+        source: what it was loaded from (folder, hub id, bundled name).
+        nbytes: the memory it is counted for against the budget (weights + KV cache reserve).
+        current: whether it is the current model.
+        family: the model family (``"bitnet"``).
+        busy: whether a generation is running on it.
+        last_used: ``time.time()`` of its last use.
+        weights_bytes: the memory of its weights alone.
+    """
+
     name: str
     source: str        # what it was loaded from (folder, hub id, "bundled")
     nbytes: int        # memory it is counted for (weights + KV reserve)
@@ -124,6 +137,7 @@ def available_ram() -> int:
 
 
 def default_memory_budget() -> int:
+    """``RYZ_MEMORY_BUDGET`` if set, else 80 % of the memory available now."""
     env = os.environ.get("RYZ_MEMORY_BUDGET")
     if env:
         return parse_bytes(env)
@@ -368,6 +382,20 @@ def generation_report(result, name=None, tokenizer=None, max_context=None) -> di
 # the manager
 
 class ModelManager:
+    """Several models loaded at once under a memory budget, one of them current.
+
+    The kernel has one, ``ryzjupyter.manager.MANAGER``: ``%ryz load | use | unload | list``, the
+    ``%%ryz`` cells, the widgets and the sidebar all go through it. A load estimates the model's
+    memory first and unloads idle models (least recently used first) to make room, or refuses
+    with ``MemoryBudgetError``; a model that is generating is never unloaded or swapped out
+    (``ModelBusyError``). ``stop()`` ends running generations at their next token; ``subscribe``
+    reports loads, changes and live generation stats.
+
+    Args:
+        memory_budget: bytes or a string like ``"6GiB"``; None: 80 % of the memory available
+            (``RYZ_MEMORY_BUDGET`` sets the kernel's).
+    """
+
     def __init__(self, memory_budget=None):
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()           # one load at a time
@@ -390,6 +418,7 @@ class ModelManager:
     # -- budget
     @property
     def memory_budget(self) -> int:
+        """The budget in bytes (settable: bytes, a string like ``"6GiB"``, None for the default)."""
         if self._budget is not None:
             return self._budget
         if self._auto_budget is None:
@@ -409,23 +438,28 @@ class ModelManager:
 
     @property
     def used_bytes(self) -> int:
+        """Bytes counted against the budget by the loaded models."""
         with self._lock:
             return sum(self._mem.values())
 
     # -- registry interface (what the magics use)
     def names(self) -> list[str]:
+        """The loaded models' names, least recently used first."""
         with self._lock:
             return list(self._models)
 
     def get(self, name):
+        """The loaded model called ``name``, or None."""
         with self._lock:
             return self._models.get(name)
 
     @property
     def current_name(self) -> str | None:
+        """The current model's name, or None."""
         return self._current
 
     def current(self):
+        """The current model, or None when none is loaded."""
         with self._lock:
             return self._models.get(self._current) if self._current else None
 
@@ -454,6 +488,7 @@ class ModelManager:
             return None
 
     def list(self) -> list[ModelInfo]:
+        """A ``ModelInfo`` for each loaded model."""
         with self._lock:
             return [ModelInfo(name, self._sources[name], self._mem.get(name, 0), name == self._current,
                               getattr(m, "family", type(m).__name__), self._busy.get(name, 0) > 0,
@@ -570,6 +605,8 @@ class ModelManager:
         return found, model
 
     def unload(self, spec) -> str:
+        """Unload a loaded model (by name or source) and return its name. KeyError if it is not
+        loaded; ModelBusyError while it generates."""
         with self._lock:
             found = self.find(spec)
             if found is None:
@@ -583,6 +620,7 @@ class ModelManager:
         return found
 
     def clear(self):
+        """Unload every model that is not generating."""
         for name in self.names():
             try:
                 self.unload(name)
@@ -649,6 +687,9 @@ class ModelManager:
         return rows
 
     def estimate(self, spec=None, **options) -> dict:
+        """What loading ``spec`` (a local folder or a known model name; None: the bundled model)
+        would take, without loading it: ``estimate_model_bytes``'s dict (bytes of the weights
+        and the KV cache). ``options``: ``lm_head``, ``max_context``."""
         folder = self._resolve_local(spec)
         if folder is None:
             raise FileNotFoundError(f"cannot estimate {spec!r}: not a local model folder or a known model name")
@@ -794,10 +835,13 @@ class ModelManager:
 
     @property
     def generating_now(self) -> bool:
+        """Whether a generation is running."""
         with self._lock:
             return bool(self._generations)
 
     def live_stats(self) -> dict:
+        """``{"running": [...], "last": ...}``: the running generations' live stats (tokens,
+        tokens/s) and the last finished generation's report."""
         with self._lock:
             gens = list(self._generations)
             last = self.last_generation
@@ -805,6 +849,7 @@ class ModelManager:
 
     # -- state for the sidebar
     def snapshot(self) -> dict:
+        """The state the sidebar shows: current model, loaded models, memory, loading, generating."""
         with self._lock:
             return {
                 "current": self._current,

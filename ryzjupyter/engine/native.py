@@ -21,6 +21,7 @@ def native_info() -> dict:
 
 
 def supported_isas() -> list[str]:
+    """The ISA levels this CPU (and OS) can run, lowest first."""
     return list(_native.info()["supported_isas"])
 
 
@@ -41,15 +42,18 @@ def using_isa(name: str):
 
 
 def set_num_threads(n: int) -> None:
+    """Size the kernels' thread pool (default: the physical cores, or ``RYZ_NUM_THREADS``)."""
     _native.set_num_threads(int(n))
 
 
 def get_num_threads() -> int:
+    """Threads the kernels run on (the caller included)."""
     return _native.get_num_threads()
 
 
 @contextmanager
 def using_threads(n: int):
+    """Run a block with ``n`` kernel threads, then restore the previous count."""
     previous = _native.get_num_threads()
     _native.set_num_threads(int(n))
     try:

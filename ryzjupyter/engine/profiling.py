@@ -105,8 +105,26 @@ class StageProfile:
 
 @dataclass
 class Profile:
-    """One generation: wall time split into phases (seconds), per stage and in total, token
-    timestamps, throughput and memory. ``phases['python']`` = wall - measured phases."""
+    """Where one generation's time went (``result.profile``, ``%ryz stats``).
+
+    Attributes:
+        wall_s: the generation's wall time.
+        phases: phase name (``"layers"``, ``"matmul"``, ``"attention"``, ``"lm_head"``, ``"sampling"``,
+            ...) -> seconds, over the whole generation; ``"python"`` is the wall time the
+            measured phases do not cover (interpreter and framework overhead).
+        counts: phase name -> number of measured intervals.
+        stages: ``"prefill"`` / ``"decode"`` / ... -> the same split for that stage alone.
+        token_times: seconds from the start to each sampled token.
+        n_prompt: prompt tokens; ``n_prefill`` of them were computed (the rest came from the
+            KV cache).
+        n_generated: tokens generated.
+        prefill_s: seconds of the prefill; ``prefill_tok_s`` its tokens per second.
+        decode_s: seconds from the first token to the end; ``decode_tok_s`` tokens per second.
+        memory: ``rss_bytes``, ``peak_rss_bytes`` and what the engine adds (model and KV cache
+            bytes).
+        profiler_overhead_s: the estimated cost of the profiler's own calls (inside the phases).
+        enabled: False when ``RYZ_PROFILE=0`` turned the counters off (phases then empty).
+    """
 
     wall_s: float
     phases: dict
@@ -126,9 +144,11 @@ class Profile:
 
     @property
     def measured_s(self) -> float:
+        """Seconds covered by measured phases (all but ``python``)."""
         return sum(v for k, v in self.phases.items() if k != "python")
 
     def fractions(self) -> dict:
+        """Phase name -> fraction of the wall time."""
         w = self.wall_s or 1.0
         return {k: v / w for k, v in self.phases.items()}
 
@@ -137,6 +157,7 @@ class Profile:
         return [(k, v, v / (self.wall_s or 1.0)) for k, v in _ordered(self.phases)]
 
     def as_dict(self) -> dict:
+        """Plain data (JSON-ready), stages included."""
         d = dict(self.__dict__)
         d["stages"] = {k: dict(v.__dict__) for k, v in self.stages.items()}
         d["token_times"] = list(self.token_times)

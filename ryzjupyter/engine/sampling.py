@@ -18,6 +18,18 @@ import numpy as np
 
 @dataclass
 class SamplingSettings:
+    """The sampling options of ``generate`` / ``stream`` / ``chat`` (keyword arguments of the
+    same names), applied in transformers' order.
+
+    Attributes:
+        temperature: 0 = greedy (argmax, ties to the lowest id); otherwise logits / temperature.
+        top_k: keep the k most likely tokens (0 = off).
+        top_p: keep the smallest set of tokens with probability >= top_p (1 = off).
+        min_p: drop tokens with probability < min_p x the top one's (0 = off).
+        repetition_penalty: > 1 discourages tokens already in the context, prompt included
+            (1 = off).
+        seed: the random seed; None draws a fresh one, recorded in the result's ``settings``.
+    """
     temperature: float = 0.8         # 0 = greedy; otherwise logits / temperature
     top_k: int = 40                  # keep the k most likely tokens (0 = off)
     top_p: float = 0.95              # keep the smallest set with probability >= top_p (1 = off)

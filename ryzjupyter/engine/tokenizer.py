@@ -185,7 +185,21 @@ class IncrementalDecoder:
 # the tokenizer
 
 class Tokenizer:
-    """A checkpoint's tokenizer (tokenizer.json + tokenizer_config.json)."""
+    """A checkpoint's tokenizer: ``tokenizer.json`` (read by the ``tokenizers`` library) with
+    the special tokens and the chat template of ``tokenizer_config.json``.
+
+    Usually made by ``Tokenizer.from_pretrained(folder)`` or found as ``model.tokenizer``.
+
+    Attributes:
+        bos_token_id: the beginning-of-text token id, or None.
+        eos_token_id: the end-of-text token id, or None.
+        eos_token_ids: every end-of-sequence id the checkpoint states (its config files and the
+            tokenizer), sorted.
+        end_of_turn_ids: the special tokens the chat template writes after each message.
+        stop_token_ids: ``eos_token_ids`` and ``end_of_turn_ids``: generation stops at these.
+        chat_template: the Jinja2 chat template, or None.
+        special_tokens: ``{"bos_token": ..., "eos_token": ..., ...}`` as text.
+    """
 
     def __init__(self, tokenizer_json, tokenizer_config=None, *, model_config=None, generation_config=None,
                  chat_template=None):
@@ -256,23 +270,32 @@ class Tokenizer:
     # -- basic
     @property
     def vocab_size(self) -> int:
+        """Tokens in the vocabulary, added tokens included."""
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def token_to_id(self, token):
+        """The id of a token's text (``"<|eot_id|>"``), None if it is not in the vocabulary."""
         return None if token is None else self._tok.token_to_id(token)
 
     def id_to_token(self, i):
+        """The text of token ``i`` as the vocabulary spells it (byte-level symbols included)."""
         return self._tok.id_to_token(int(i))
 
     def encode(self, text: str, add_special_tokens=True) -> list[int]:
+        """Token ids of ``text``; ``add_special_tokens`` adds what the tokenizer's post-processor
+        adds (for BitNet-2B-4T a beginning-of-text token), as transformers does."""
         if not isinstance(text, str):
             raise TypeError(f"encode() takes a str, got {type(text).__name__}")
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids, skip_special_tokens=True) -> str:
+        """The text of token ids (special tokens left out unless ``skip_special_tokens=False``)."""
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def decoder(self, context_ids=(), skip_special_tokens=True) -> IncrementalDecoder:
+        """An incremental decoder for streaming: ``push(id)`` returns the new text once it is
+        whole (a multi-byte character split over tokens waits for its last byte), ``flush()``
+        the rest. ``context_ids`` (the prompt) decide how the first pieces are spaced."""
         return IncrementalDecoder(self, context_ids, skip_special_tokens)
 
     # -- chat

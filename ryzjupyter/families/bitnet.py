@@ -535,7 +535,23 @@ def default_cache_dir() -> Path:
 
 
 class BitNetModel(LanguageModel):
-    """A loaded BitNet b1.58 model. Use generate / stream / chat / logits (see generation.py)."""
+    """A loaded BitNet b1.58 model (also 1bitLLM and float BitNet checkpoints): ``generate``,
+    ``stream``, ``chat`` and ``logits`` come from ``LanguageModel``.
+
+    Made by ``ryzjupyter.load``, which passes its options on (see there for each):
+    ``max_context``, ``lm_head``, ``prefill_chunk``, ``allow_pickle``, ``progress``, ``name``,
+    ``convert_cache``, ``kv_cache``, ``ternary_layout``; ``tokenizer`` is the folder's
+    ``Tokenizer`` (None: token ids only).
+
+    Attributes:
+        config: the model's shape and constants (``Config``: dims, heads, eps, rope theta...).
+        weights: the loaded weights (packed ternary linears, norms, embedding, lm_head).
+        max_context: tokens a session's KV cache holds.
+        vocab_size: logits per token.
+        tokenizer: the ``Tokenizer``, or None.
+        fused_decode: True: one-token passes run one C call per layer (the same logits as the
+            op-by-op path, which False selects).
+    """
 
     family = "bitnet"
 
@@ -595,6 +611,8 @@ class BitNetModel(LanguageModel):
         return n
 
     def new_cache(self, max_len=None) -> KVCache:
+        """An empty KV cache for ``max_len`` tokens (default ``max_context``) in the model's
+        ``kv_cache`` format; sessions make their own, ``forward`` takes one."""
         c = self.config
         return KVCache(c.n_layers, max_len or self.max_context, c.n_kv_heads, c.head_dim, self.kv_dtype)
 

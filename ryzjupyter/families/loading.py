@@ -42,7 +42,45 @@ def bundled_model_path() -> Path:
 
 
 def load(path_or_id=None, **options):
-    """Load a model from a folder, a hub id or (no argument) the bundled demo model."""
+    """Load a model from a folder, a Hugging Face hub id, a bundled model's name, or (no argument)
+    the bundled demo model.
+
+    Args:
+        path_or_id: a folder with ``config.json``, the weights (``*.safetensors``) and
+            ``tokenizer.json``; a hub id such as ``"microsoft/bitnet-b1.58-2B-4T"`` (the local
+            hub cache first, downloaded once with network access); a bundled model's name
+            (``"demo"``); or None for the bundled demo model.
+        **options: where to find the checkpoint:
+
+            - ``revision``, ``local_files_only``, ``cache_dir``: as in ``huggingface_hub``.
+            - ``allow_pickle`` (False): ``.bin`` pickle checkpoints are refused unless True
+              (unpickling can run code).
+
+            and how to load it:
+
+            - ``max_context``: tokens the KV cache holds (default and upper bound: the model's).
+            - ``lm_head``: ``"f32"`` (exact, default), ``"int8"`` or ``"int4"`` (smaller and
+              faster to decode, lossy; docs/performance.md has their measured cost).
+            - ``kv_cache``: ``"f32"`` (exact, default) or ``"int8"`` (a quarter of the cache's
+              memory and traffic, not exact).
+            - ``ternary_layout``: ``"auto"`` (default, per matrix), ``"i2"``, ``"tl"`` or
+              ``"t5"`` (1.6 bits a weight: faster decode, slower prefill; the same logits).
+            - ``prefill_chunk``: tokens per prefill pass (default 64).
+            - ``convert_cache``: True (default) keeps latent checkpoints' weights, once
+              quantized to ternary, on disk (``$RYZ_CACHE_DIR`` or
+              ``~/.cache/ryzjupyter/converted``) so the next load skips the conversion; False
+              never; or a folder.
+            - ``progress``: ``callable(done, total)`` called while the layers load.
+            - ``name``: the model's name (default: ``path_or_id``).
+
+    Returns:
+        The model of the checkpoint's family (a ``BitNetModel`` for BitNet b1.58 and 1bitLLM
+        checkpoints), with ``generate``, ``stream``, ``chat`` and ``logits``.
+
+    Raises:
+        TypeError: an unknown option (the message lists the valid ones).
+        CheckpointError: the checkpoint is missing, damaged, of an unsupported format or family.
+    """
     unknown = set(options) - _ENGINE_OPTIONS - _FIND_OPTIONS
     if unknown:
         raise TypeError(f"unknown load option(s): {', '.join(sorted(unknown))}; valid: "
