@@ -7,9 +7,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ryzjupyter.bench",
                                      description="ryzjupyter benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
-    from ryzjupyter.bench import kernels, ppl
+    from ryzjupyter.bench import kernels, ppl, report
     kernels.add_parser(sub)
     ppl.add_parser(sub)
+    report.add_parser(sub)
     __import__("ryzjupyter.bench.model", fromlist=["add_parser"]).add_parser(sub)
     __import__("ryzjupyter.bench.serve", fromlist=["add_parser"]).add_parser(sub)
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -337,7 +337,7 @@ def run(args) -> int:
     print(f"\nload average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": probes.machine(getattr(args, "argv", None)),
+            json.dump({"bench": "kernels", "machine": probes.machine(getattr(args, "argv", None)),
                        "native": {k: info[k] for k in ("isa", "threads", "version")},
                        "records": records}, f, indent=1)
         print(f"wrote {len(records)} records to {args.json}")

@@ -87,7 +87,6 @@ def add_parser(sub):
     p.add_argument("--paths", default="python,fused", help="decode paths: 'python' (bitnet.forward, a "
                    "native call per op) and/or 'fused' (bitnet_decode: one C call per layer)")
     p.add_argument("--no-overhead", action="store_true", help="skip the Python-overhead measurement")
-    p.add_argument("--tables", metavar="JSON", help="only print the markdown tables of an earlier --json file")
     p.add_argument("--quick", action="store_true", help="tiny model and sizes (for tests), not meaningful")
     p.set_defaults(run=run)
     return p
@@ -286,10 +285,6 @@ def _median(xs):
 
 
 def run(args) -> int:
-    if args.tables:
-        with open(args.tables) as f:
-            print(markdown_tables(json.load(f)))
-        return 0
     quick = args.quick
     repeat = max(1, 1 if quick else args.repeat)
     threads_list = [int(t) for t in args.threads.split(",") if t.strip()]
@@ -304,7 +299,7 @@ def run(args) -> int:
     print(f"machine: {probes.cpu_model()}, {os.cpu_count()} logical CPUs, isa {info['isa']}, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     records = []
-    meta = {"machine": probes.machine(getattr(args, "argv", None)), "native": {k: info[k] for k in ("isa", "threads", "version")},
+    meta = {"bench": "model", "machine": probes.machine(getattr(args, "argv", None)), "native": {k: info[k] for k in ("isa", "threads", "version")},
             "load_before": load0, "repeat": repeat}
 
     def rec(**kw):
@@ -367,7 +362,8 @@ def run(args) -> int:
         gguf = Path(args.gguf) if args.gguf else folder / "model-tq2_0.gguf"
         vs = llamacpp.Worker.start(folder, gguf, python=args.llamacpp_python,
                                    n_ctx=max(prefills + [c + ndec for c in contexts]) + 16)
-        print(f"  llama.cpp: {vs.describe()}")
+        meta["llamacpp"] = vs.describe()
+        print(f"  llama.cpp: {meta['llamacpp']}")
     vs_contexts = [int(c) for c in args.vs_contexts.split(",") if c.strip()]
 
     from ryzjupyter.families import bitnet_decode
@@ -529,7 +525,7 @@ def run(args) -> int:
     print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     if args.json:
         meta["model"] = {"path": str(args.model or folder), "shape": shape, "lm_head": args.lm_head,
-                         "ternary_params": P}
+                         "kv_cache": args.kv_cache, "ternary_layout": args.ternary_layout, "ternary_params": P}
         with open(args.json, "w") as f:
             json.dump({**meta, "records": records}, f, indent=1)
         print(f"wrote {len(records)} records to {args.json}")
@@ -542,62 +538,3 @@ def _fmt_row(row):
     if "llama" in row:
         s += f"  | llama.cpp {row['llama']:.1f} tok/s ({row['tok_s'] / row['llama']:.2f}x)"
     return s
-
-
-def markdown_tables(d: dict) -> str:
-    """The tables of docs/performance.md ("Whole model") from a --json document."""
-    import io
-    import contextlib
-    R = d["records"]
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        m = d["machine"]
-        print(f"Machine: {m['cpu']}, ISA {d['native']['isa']}; load average before {d['load_before'][0]:.2f} / after {d['load_after'][0]:.2f}; repeats {d['repeat']} (medians).\n")
-        lim = {}
-        for r in R:
-            if r["phase"] == "read_bandwidth": lim.setdefault(r["threads"], {})["bw"] = (r["gbps"], r["best"])
-            if r["phase"] == "int8_peak": lim.setdefault(r["threads"], {})["vnni"] = (r["gops"], r["best"])
-        print(f"| threads | read bandwidth GB/s (median / best) | int8 peak GOPS ({d['native']['isa']}; median / best) |\n|---|---|---|")
-        for th, v in sorted(lim.items()):
-            print(f"| {th} | {v['bw'][0]:.1f} / {v['bw'][1]:.1f} | {v.get('vnni', (0, 0))[0]:.0f} / {v.get('vnni', (0, 0))[1]:.0f} |")
-        print()
-        llama = {(r["threads"], r["phase"], r["n_tokens"], r["context"]): r for r in R if r.get("engine") == "llama.cpp"}
-        att = {(r["threads"], r["context"]): r for r in R if r["phase"] == "attention"}
-        print("Decode (32 tokens per run, greedy):\n")
-        print("| threads | context | path | tok/s median (best) | roofline tok/s (MB/token @ GB/s) | of roofline (of the roofline at the best probe) | median of per-run fractions (run / probe right after it) | attention share | llama.cpp TQ2_0 tok/s median (best) | ratio of medians |\n|---|---|---|---|---|---|---|---|---|---|")
-        for r in R:
-            if r["phase"] == "decode" and r.get("engine") == "ryzjupyter":
-                l = llama.get((r["threads"], "decode", r["n_tokens"], r["context"]))
-                a = att.get((r["threads"], r["context"]))
-                ash = f"{a['seconds_per_token'] * r['tok_s']:.0%}" if a else "-"
-                bwb = max([lim[r['threads']]['bw'][1]] + list(r.get('bandwidth_runs', [])))
-                cons = r['tok_s'] * r['bytes_per_token'] / (bwb * 1e9)
-                pr = f"{r['roofline_fraction_paired']:.0%}" if r.get("roofline_fraction_paired") is not None else "-"
-                print(f"| {r['threads']} | {r['context']} | {r['path']} | **{r['tok_s']:.1f}** ({max(r['runs_tok_s']):.1f}) | {r['roofline_tok_s']:.1f} ({r['bytes_per_token']/1e6:.0f} @ {r['bandwidth_gbps']:.1f}) | **{r['roofline_fraction']:.0%}** ({cons:.0%} @ {bwb:.1f}) | {pr} | {ash} | "
-                      + (f"{l['tok_s']:.1f} ({max(l['runs_tok_s']):.1f}) | **{r['tok_s']/l['tok_s']:.2f}x** |" if l else "- | - |"))
-        print("\nPrefill (empty cache; TTFT = the pass + the greedy pick):\n")
-        print("| threads | tokens | tok/s median (best) | TTFT ms | int8 GOPS | of int8 peak (GOPS: median of the probes right after each run) | median of per-run fractions | of the peak at the start, median (best) probe | llama.cpp TQ2_0 tok/s median (best) | ratio of medians |\n|---|---|---|---|---|---|---|---|---|---|")
-        for r in R:
-            if r["phase"] == "prefill" and r.get("engine") == "ryzjupyter":
-                l = llama.get((r["threads"], "prefill", r["n_tokens"], 0))
-                pm, pb = lim[r['threads']].get('vnni', (0, 0))
-                start = f"{r['int8_gops'] / pm:.0%} ({r['int8_gops'] / pb:.0%})" if pb else "-"
-                pr = f"{r['roofline_fraction_paired']:.0%}" if r.get("roofline_fraction_paired") is not None else "-"
-                # records written before the paired peak (no peak_runs): their fraction is the
-                # start-of-run one, shown in that column only
-                paired_peak = f"**{r['roofline_fraction']:.0%}** ({r['peak_gops']:.0f})" if r.get("peak_runs") else "-"
-                print(f"| {r['threads']} | {r['n_tokens']} | **{r['tok_s']:.1f}** ({max(r['runs_tok_s']):.1f}) | {r['ttft_s']*1e3:.0f} | {r['int8_gops']:.0f} | {paired_peak} | {pr} | {start} | "
-                      + (f"{l['tok_s']:.1f} ({max(l['runs_tok_s']):.1f}) | **{r['tok_s']/l['tok_s']:.2f}x** |" if l else "- | - |"))
-        print("\nPython overhead per decode token:\n")
-        print("| threads | path | ms / token | of a decode step |\n|---|---|---|---|")
-        for r in R:
-            if r["phase"] == "python_overhead":
-                print(f"| {r['threads']} | {r['path']} | {r['seconds_per_token']*1e3:.3f} | {r['fraction_of_step']:.2%} |")
-        print()
-        for r in R:
-            if r["phase"] == "memory":
-                if r["what"] == "after_load":
-                    print(f"Memory: RSS after load {r['rss_bytes']/2**20:.0f} MiB, peak while loading {r['peak_rss_bytes']/2**20:.0f} MiB (load {r['load_s']:.1f} s); ", end="")
-                else:
-                    print(f"peak during the measurements {r['peak_rss_bytes']/2**20:.0f} MiB.")
-    return buf.getvalue()

@@ -87,5 +87,7 @@ def run(args) -> int:
         print(f"trainer's validation perplexity {trainer:.4f}: engine/trainer - 1 = "
               f"{res['relative_difference']:+.2e}")
     if args.json:
+        from ryzjupyter.bench.probes import machine
+        res = {"bench": "ppl", "machine": machine(getattr(args, "argv", None)), **res}
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0

@@ -81,19 +81,21 @@ def test_quick_run_writes_records(tmp_path, tiny_folder, capsys):
     assert any(r["phase"] == "python_overhead" for r in recs)
     assert any(r["phase"] == "memory" and r.get("peak_rss_bytes") for r in recs)
     assert "decode ctx 0 fused" in capsys.readouterr().out
-    assert main(["model", "--tables", str(out)]) == 0
+    assert doc["bench"] == "model" and doc["model"]["kv_cache"] == "f32"
+    assert main(["report", str(out)]) == 0
     tables = capsys.readouterr().out
-    assert "| 1 | 0 | fused |" in tables and "Prefill" in tables and "Python overhead" in tables
+    assert "| 1 | 0 | fused | **" in tables and "Prefill" in tables and "Python ms (share)" in tables
+    # the rows are the records' figures
+    dec0 = next(r for r in dec if r["path"] == "fused" and r["context"] == 0)
+    row = next(l for l in tables.splitlines() if l.startswith("| 1 | 0 | fused |"))
+    assert f"**{dec0['tok_s']:.1f}**" in row and f"{dec0['roofline_tok_s']:.1f}" in row
+    assert row.split("|")[7].strip() == f"{dec0['roofline_fraction']:.0%}".replace("%", " %")
     pre_row = next(l for l in tables.splitlines() if l.startswith(f"| 1 | {pre[0]['n_tokens']} |"))
-    assert f"({pre[0]['peak_gops']:.0f})" in pre_row          # the paired peak, with its fraction
-    # a record from before the paired peak: no paired column, the start-of-run fraction only
-    old = dict(doc, records=[{k: v for k, v in r.items() if not k.startswith(("peak_runs", "roofline_fraction_"))}
-                             for r in recs])
-    old_file = tmp_path / "old.json"
-    old_file.write_text(json.dumps(old))
-    assert main(["model", "--tables", str(old_file)]) == 0
-    old_row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(f"| 1 | {pre[0]['n_tokens']} |"))
-    assert old_row.split("|")[6].strip() == "-" and old_row.split("|")[7].strip() == "-"
+    if doc["native"]["isa"] == "scalar":
+        assert pre_row.split("|")[6].strip() == "-"
+    else:
+        assert pre_row.split("|")[6].strip() == f"{pre[0]['roofline_fraction']:.0%}".replace("%", " %")
+    assert f"`{doc['machine']['command']}`" in tables
 
 
 def test_quick_run_at_the_scalar_level(tmp_path, tiny_folder):

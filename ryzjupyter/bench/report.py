@@ -1,0 +1,246 @@
+"""`python -m ryzjupyter.bench report FILE.json [FILE.json ...]`: the markdown tables of bench records.
+
+The figures in docs/ are this command's output on the records committed in docs/data/ (written by
+the benches' ``--json``). A page embeds them between two markers:
+
+    <!-- bench report: docs/data/NAME.json [more files] -->
+
+    ...the output of `python -m ryzjupyter.bench report docs/data/NAME.json`...
+    <!-- end bench report -->
+
+and tests/test_docs_figures.py checks each block against a fresh rendering, so a page's figures
+are exactly its records'. One file of ``bench kernels`` or ``bench model``, or any number of
+``bench ppl`` files (one table, each row against the first file's perplexity).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+BLOCK_START = re.compile(r"<!-- bench report: (?P<files>[^>]+?) -->\n\n")
+BLOCK_END = "<!-- end bench report -->"
+
+
+def add_parser(sub):
+    p = sub.add_parser("report", help="markdown tables of --json bench records (what docs/ shows)")
+    p.add_argument("files", nargs="+", metavar="FILE.json")
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args) -> int:
+    print(render([Path(f) for f in args.files]), end="")
+    return 0
+
+
+# ---- formatting helpers --------------------------------------------------------------------------
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.0%}".replace("%", " %")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _machine_lines(d: dict) -> list[str]:
+    m = d["machine"]
+    fam = (f" (family {m['cpu_family']}, model {m['cpu_model']})" if m.get("cpu_family") is not None else "")
+    hyp = ", under a hypervisor" if m.get("hypervisor") else ""
+    loops = m.get("probe_loops") or {}
+    peak = loops.get("int8")
+    lines = [f"- Machine: {m['cpu']}{fam}{hyp}, {m['logical_cpus']} logical CPUs "
+             f"({m['physical_cores']} cores); ISA level **{m['isa']}** "
+             f"(the CPU has: {', '.join(m['supported_isas'])})."]
+    if "repeat" in d or "load_before" in d:
+        run = f"- Run: {m['date']}, commit `{(m.get('commit') or 'unknown')[:12]}`"
+        if "load_before" in d:
+            run += f", load average {d['load_before'][0]:.2f} before / {d['load_after'][0]:.2f} after"
+        if d.get("repeat"):
+            run += f", {d['repeat']} runs a figure (medians)"
+        lines.append(run + ".")
+        lines.append(f"- Probes: read loop `{loops.get('read')}`; int8 peak loop: "
+                     + (f"`{peak}`." if peak else "none (no SIMD int8 peak at the scalar level)."))
+    else:
+        lines.append(f"- Run: {m['date']}, commit `{(m.get('commit') or 'unknown')[:12]}`.")
+    if m.get("command"):
+        lines.append(f"- Command: `{m['command']}`")
+    return lines
+
+
+def _limits(bw: dict, peak: dict, level: str) -> list[str]:
+    return _table(["threads", "read bandwidth GB/s (median)", f"int8 peak GOPS, {level} (median)"],
+                  [[th, f"{bw[th]:.1f}", f"{peak[th]:.0f}" if th in peak else "-"] for th in sorted(bw)])
+
+
+# ---- bench model ---------------------------------------------------------------------------------
+
+def model_tables(d: dict) -> str:
+    R = d["records"]
+    level = d["native"]["isa"]
+    bw = {r["threads"]: r["gbps"] for r in R if r["phase"] == "read_bandwidth"}
+    peak = {r["threads"]: r["gops"] for r in R if r["phase"] == "int8_peak"}
+    theirs = {(r["threads"], r["phase"], r["n_tokens"], r["context"]): r
+              for r in R if r.get("engine") == "llama.cpp"}
+    ours = [r for r in R if r.get("engine") == "ryzjupyter"]
+    m = d.get("model") or {}
+    shape = m.get("shape") or {}
+    out = _machine_lines(d)
+    desc = (f"- Model: random-weight BitNet b1.58, hidden {shape['hidden_size']}, {shape['num_hidden_layers']} "
+            f"layers, vocab {shape['vocab_size']} ({m['ternary_params'] / 1e9:.3f} G ternary weights)"
+            if shape else f"- Model: `{m.get('path')}`")
+    desc += (f"; lm_head {m.get('lm_head')}, KV cache {m.get('kv_cache', 'f32')}, ternary layout "
+             f"{m.get('ternary_layout', 'auto')}.")
+    out.append(desc)
+    if d.get("llamacpp"):
+        out.append(f"- llama.cpp: {d['llamacpp']}; timed alternately with ryzjupyter in the same command.")
+    out += ["", *_limits(bw, peak, level), ""]
+
+    dec = [r for r in ours if r["phase"] == "decode"]
+    if dec:
+        out.append(f"Decode, {dec[0]['n_tokens']} tokens a run (greedy); roofline = read bandwidth / bytes a "
+                   "token:")
+        out.append("")
+        rows = []
+        for r in dec:
+            lr = theirs.get((r["threads"], "decode", r["n_tokens"], r["context"]))
+            rows.append([r["threads"], r["context"], r["path"], f"**{r['tok_s']:.1f}**",
+                         f"{r['bytes_per_token'] / 1e6:.0f}", f"{r['roofline_tok_s']:.1f}",
+                         _pct(r["roofline_fraction"]),
+                         f"{lr['tok_s']:.1f}" if lr else "-",
+                         f"**{r['tok_s'] / lr['tok_s']:.2f}x**" if lr else "-"])
+        out += _table(["threads", "context", "path", "tok/s", "MB a token", "roofline tok/s", "of roofline",
+                       "llama.cpp tok/s", "ryzjupyter / llama.cpp"], rows)
+        out.append("")
+    pre = [r for r in ours if r["phase"] == "prefill"]
+    if pre:
+        out.append("Prefill into an empty cache; time to first token = the pass + the greedy pick; the "
+                   "roofline is the int8 peak:")
+        out.append("")
+        rows = []
+        for r in pre:
+            lr = theirs.get((r["threads"], "prefill", r["n_tokens"], 0))
+            rows.append([r["threads"], r["n_tokens"], f"**{r['tok_s']:.1f}**", f"{r['ttft_s'] * 1e3:.0f}",
+                         f"{r['int8_gops']:.0f}", _pct(r["roofline_fraction"]),
+                         f"{lr['tok_s']:.1f}" if lr else "-",
+                         f"**{r['tok_s'] / lr['tok_s']:.2f}x**" if lr else "-"])
+        out += _table(["threads", "tokens", "tok/s", "TTFT ms", "int8 GOPS", "of int8 peak", "llama.cpp tok/s",
+                       "ryzjupyter / llama.cpp"], rows)
+        out.append("")
+    att = {(r["threads"], r["context"]): r for r in ours if r["phase"] == "attention"}
+    ovh = {(r["threads"], r["path"]): r for r in ours if r["phase"] == "python_overhead"}
+    if att or ovh:
+        out.append("Where a decode step goes (fused path): attention alone over the cache, all layers, and "
+                   "the Python around the C call:")
+        out.append("")
+        rows = []
+        for r in dec:
+            if r["path"] != "fused":
+                continue
+            a = att.get((r["threads"], r["context"]))
+            o = ovh.get((r["threads"], "fused")) if r["context"] == 0 else None
+            rows.append([r["threads"], r["context"], f"{1e3 / r['tok_s']:.1f}",
+                         f"{a['seconds_per_token'] * 1e3:.1f} ({_pct(a['seconds_per_token'] * r['tok_s'])})" if a
+                         else "-",
+                         f"{o['seconds_per_token'] * 1e3:.2f} ({o['fraction_of_step']:.1%})".replace("%", " %")
+                         if o else "-"])
+        out += _table(["threads", "context", "ms a token", "attention ms (share)", "Python ms (share)"], rows)
+        out.append("")
+    mem = {r["what"]: r for r in ours if r["phase"] == "memory"}
+    if "after_load" in mem:
+        out.append(f"Memory: RSS {mem['after_load']['rss_bytes'] / 2**20:.0f} MiB after loading (peak "
+                   f"{mem['after_load']['peak_rss_bytes'] / 2**20:.0f} MiB while loading)"
+                   + (f", peak {mem['measurements']['peak_rss_bytes'] / 2**20:.0f} MiB while measuring"
+                      if "measurements" in mem else "") + ".")
+        out.append("")
+    return "\n".join(out)
+
+
+# ---- bench kernels -------------------------------------------------------------------------------
+
+def kernels_tables(d: dict) -> str:
+    R = d["records"]
+    level = d["native"]["isa"]
+    bw = {r["threads"]: r["gbps"] for r in R if r["kind"] == "read_bandwidth"}
+    peak = {r["threads"]: r["gops"] for r in R if r["kind"] == "int8_peak"}
+    out = _machine_lines(d) + ["", *_limits(bw, peak, level), ""]
+    gemv = [r for r in R if r["kind"] in ("gemv", "gemv_model_pass")]
+    if gemv:
+        out += ["Decode: ternary GEMV (`ternary_linear_i2`, M = 1), weights streamed from DRAM:", ""]
+        rows = [[r.get("shape") if r["kind"] == "gemv" else f"model pass ({r['bytes'] / 2**20:.0f} MiB)",
+                 r["threads"], f"{r['gbps']:.1f}", _pct(r["frac_bw"]),
+                 f"{r['seconds'] / r.get('copies', 1) * 1e6:.0f}" if r["kind"] == "gemv"
+                 else f"{r['seconds'] * 1e3:.1f} ms"] for r in gemv]
+        out += _table(["shape (N x K)", "threads", "GB/s", "of read bandwidth", "µs a matrix"], rows) + [""]
+    head = [r for r in R if r["kind"] == "lm_head_gemv"]
+    if head:
+        out += [f"Decode lm_head GEMV ({head[0]['V']} x {head[0]['D']}), int8 and int4 alternating, each "
+                "against a read probe in the same round:", ""]
+        rows = [[r["format"], r["threads"], f"{r['bytes'] / 1e6:.0f}", f"{r['gbps']:.1f}",
+                 f"{r['seconds'] * 1e3:.1f}", _pct(r["frac_bw"])] for r in head]
+        out += _table(["lm_head", "threads", "MB", "GB/s", "ms", "of the probe"], rows) + [""]
+    gemm = [r for r in R if r["kind"] == "gemm"]
+    if gemm:
+        out += ["Prefill: ternary GEMM (`ternary_linear_i2`), GOPS = 2 M N K / time:", ""]
+        rows = [[r["shape"], r["M"], r["threads"], f"{r['gops']:.0f}", _pct(r.get("frac_peak")),
+                 f"{r['seconds'] * 1e3:.2f}"] for r in gemm]
+        out += _table(["shape (N x K)", "M", "threads", "GOPS", "of int8 peak", "ms"], rows) + [""]
+    lay = [r for r in R if r["kind"] in ("layout_model_pass", "layout_gemm")]
+    if lay:
+        out += ["Layouts I2 (2 bits a weight) and T5 (1.6 bits), run alternately; T5 / I2 is the median of "
+                "the per-round time ratios:", ""]
+        rows = []
+        for r in lay:
+            if r["layout"] != "i2":
+                continue
+            t5 = next(x for x in lay if x["layout"] == "t5" and x["kind"] == r["kind"]
+                      and x["threads"] == r["threads"] and x.get("shape") == r.get("shape")
+                      and x.get("M") == r.get("M"))
+            what = ("model pass (decode)" if r["kind"] == "layout_model_pass"
+                    else f"GEMM {r['shape']}, M = {r['M']}")
+            rows.append([what, r["threads"], f"{r['seconds'] * 1e3:.2f}", f"{t5['seconds'] * 1e3:.2f}",
+                         f"**{r['t5_over_i2']:.3f}**"])
+        out += _table(["what", "threads", "I2 ms", "T5 ms", "T5 / I2"], rows) + [""]
+    return "\n".join(out)
+
+
+# ---- bench ppl -----------------------------------------------------------------------------------
+
+def ppl_table(docs: list[dict]) -> str:
+    base = docs[0]["ppl"]
+    out = _machine_lines(docs[0])
+    for d in docs[1:]:
+        if d.get("machine", {}).get("command"):
+            out.append(f"- Command: `{d['machine']['command']}`")
+    out += ["", *_table(["lm_head", "perplexity", "vs " + docs[0]["lm_head"], "predicted tokens", "windows"],
+                        [[d["lm_head"], f"{d['ppl']:.4f}", f"{(d['ppl'] / base - 1):+.2%}".replace("%", " %"),
+                          f"{d['predicted_tokens']:,}", d["windows"]] for d in docs]), ""]
+    return "\n".join(out)
+
+
+# ---- dispatch ------------------------------------------------------------------------------------
+
+def render(files: list[Path]) -> str:
+    """The markdown of the records in ``files``, ending in a blank line (so the end marker that
+    follows it in a page stands on its own)."""
+    docs = [json.loads(Path(f).read_text()) for f in files]
+    kinds = {d.get("bench") for d in docs}
+    if kinds == {"ppl"}:
+        text = ppl_table(docs)
+    elif len(docs) != 1 or kinds - {"model", "kernels"}:
+        raise SystemExit("report: one bench kernels or bench model record, or bench ppl records")
+    else:
+        text = model_tables(docs[0]) if docs[0]["bench"] == "model" else kernels_tables(docs[0])
+    return text.rstrip("\n") + "\n\n"
+
+
+def blocks(text: str):
+    """(files, embedded text) of each report block in a page."""
+    for m in BLOCK_START.finditer(text):
+        end = text.find(BLOCK_END, m.end())
+        if end < 0:
+            raise ValueError(f"a bench report block for {m['files']} has no end marker")
+        yield m["files"].split(), text[m.end():end]
