@@ -308,7 +308,164 @@ print(r.settings)
 """),
 ]
 
-NOTEBOOKS = {"quickstart": QUICKSTART, "sampling_explained": SAMPLING}
+ROOFLINE = [
+    md("""
+# Kernels and the roofline, on this CPU
+
+ryzjupyter's C kernels are held to two limits of the machine they run on: how fast it can **stream
+memory** (decode reads every weight once per token, so its speed is bandwidth / bytes a token)
+and how fast it can **multiply int8** (prefill reuses each weight for many tokens, so it is bound by
+compute). This notebook measures both on your CPU, times the ternary kernels against them at
+small sizes, plots the roofline, and shows where a generation's time goes. It runs in a few
+seconds; the numbers are your machine's (they change from run to run on a busy machine).
+
+`python -m ryzjupyter.bench kernels` and `python -m ryzjupyter.bench model` do the same at
+BitNet-2B-4T sizes; docs/performance.md has their results on the machines measured.
+"""),
+    code("""
+import numpy as np
+import matplotlib.pyplot as plt
+import ryzjupyter
+from ryzjupyter import _native
+from ryzjupyter.bench import probes
+
+info = ryzjupyter.native_info()
+THREADS = info["threads"]
+print("CPU:", probes.cpu_model())
+print("kernel level:", info["isa"], "| this CPU can run:", ", ".join(info["supported_isas"]),
+      "| threads:", THREADS)
+print("read probe loads:", probes.read_loop(), "| int8 peak loop:", probes.int8_peak_loop())
+""", IGNORE),
+    md("""
+## The machine's limits
+
+**Read bandwidth**: a C loop streams a 256 MiB buffer (far larger than the caches) with the widest
+loads the CPU has; GB/s = bytes / seconds, the median of a few passes. **int8 peak**: a loop of
+int8 multiply-adds that never touches memory, in the instruction sequence the ternary kernels of
+the selected level use (`vpdpbusd` with AVX-512 VNNI; `vpmaddubsw` + `vpmaddwd` with AVX2); GOPS
+counts a multiply-add as 2 operations. The plain-C level has no SIMD peak to measure.
+"""),
+    code("""
+limits = {}
+for th in sorted({1, THREADS}):
+    bw, _ = probes.measure_bandwidth(256, th, repeat=3)
+    peak, _ = probes.measure_int8_peak(th, repeat=1)
+    limits[th] = (bw, peak)
+    print(f"{th} thread(s): read bandwidth {bw:6.1f} GB/s,  int8 peak "
+          + (f"{peak:6.0f} GOPS" if peak else "- (scalar level)"))
+BW, PEAK = limits[THREADS]
+""", IGNORE),
+    md("""
+## A ternary matrix product, checked
+
+A BitNet linear layer multiplies int8 activations by ternary weights (-1, 0, +1) packed 4 to a byte
+(the I2 layout). `ternary_linear_i2` quantizes each row of `x` to int8 and sums exactly in integers;
+the same product written in numpy gives the same floats:
+"""),
+    code("""
+rng = np.random.default_rng(0)
+N, K = 2560, 2560                                  # one attention projection of BitNet-2B-4T
+trits = rng.integers(-1, 2, (N, K), dtype=np.int8)
+packed = np.empty((N, _native.i2_row_bytes(K)), np.uint8)
+_native.pack_i2(packed, trits)
+x = rng.standard_normal((4, K)).astype(np.float32)
+out = np.empty((4, N), np.float32)
+_native.ternary_linear_i2(out, packed, x, 0.5)
+
+scale = np.float32(127) / np.abs(x).max(axis=1)                  # per-row int8 quantization
+q = np.clip(np.rint(x * scale[:, None]), -128, 127).astype(np.int64)
+ref = (q @ trits.T.astype(np.int64)).astype(np.float32) / scale[:, None] * np.float32(0.5)
+print("packed:", packed.nbytes // 1024, "KiB for", N * K, "weights (2 bits each)")
+print("matches numpy exactly:", np.array_equal(out, ref))
+"""),
+    md("""
+## Throughput against the roofline
+
+A pass multiplies `M` tokens by a set of such matrices larger than the last-level cache, so the
+weights come from memory once per pass. Each pass does `2 M N K` operations on `N K / 4` bytes of
+weights: **8 M operations per byte**. The roofline says a pass can go no faster than
+`min(peak, 8 M x bandwidth)`: memory-bound for small `M` (decode is `M = 1`), compute-bound once
+`8 M` passes the ridge point `peak / bandwidth`.
+"""),
+    code("""
+import time
+
+import os
+l3 = os.sysconf("SC_LEVEL3_CACHE_SIZE") if "SC_LEVEL3_CACHE_SIZE" in os.sysconf_names else 0
+target = max(64 << 20, 2 * max(l3, 0))             # twice the last-level cache, at least 64 MiB
+mats = [packed.copy() for _ in range(-(-target // packed.nbytes))]
+print(f"weights per pass: {sum(m.nbytes for m in mats) / 2**20:.0f} MiB in {len(mats)} matrices")
+
+def pass_time(M, repeat=3):
+    xm = rng.standard_normal((M, K)).astype(np.float32)
+    om = np.empty((M, N), np.float32)
+    times = []
+    for _ in range(repeat + 1):
+        t0 = time.perf_counter()
+        for w in mats:
+            _native.ternary_linear_i2(om, w, xm, 1.0)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+rows = []
+for M in (1, 2, 4, 8, 16, 32, 64):
+    t = pass_time(M)
+    gops = 2 * M * N * K * len(mats) / t / 1e9
+    bound = min(PEAK or np.inf, 8 * M * BW)
+    rows.append((M, 8 * M, gops, bound))
+    print(f"M={M:3d}  {8 * M:4d} ops/byte  {gops:7.1f} GOPS  roofline {bound:7.1f}  ({gops / bound:4.0%})")
+""", IGNORE),
+    code("""
+fig, ax = plt.subplots(figsize=(7, 4.2))
+ai = np.logspace(0, np.log10(1024), 200)
+ax.plot(ai, ai * BW, "--", color="tab:blue", label=f"memory: {BW:.0f} GB/s x ops/byte")
+if PEAK:
+    ax.axhline(PEAK, ls="--", color="tab:red", label=f"int8 peak ({info['isa']}): {PEAK:.0f} GOPS")
+ax.plot([r[1] for r in rows], [r[2] for r in rows], "o-", color="black", label="ternary_linear_i2, M tokens")
+for M, a, g, _ in rows:
+    ax.annotate(f"M={M}", (a, g), textcoords="offset points", xytext=(4, -12), fontsize=8)
+ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (int8 ops per byte of weights)",
+       ylabel="GOPS", title=f"Roofline, {THREADS} thread(s)",
+       ylim=(min(r[2] for r in rows) / 2, max([PEAK or 0] + [r[2] for r in rows]) * 2))
+ax.legend(loc="lower right", fontsize=8)
+plt.show()
+""", IGNORE),
+    md("""
+## Where a generation's time goes
+
+Every generation carries a profile: the wall time split into phases measured inside the engine
+(`matmul`: the ternary linear layers; `layers`: whole decode layers when one C call runs each;
+`attention`, `lm_head` the vocabulary projection, `sampling`, ...; `python` is the rest, the
+interpreter between the calls). `%ryz stats` shows the same for the last `%%ryz` cell. The bundled
+demo model is small enough to sit in the caches, so its decode is not bound by DRAM: for a real
+checkpoint the linear layers' share grows with the bytes a token reads.
+"""),
+    code("""
+model = ryzjupyter.load("demo")
+result = model.generate("And God said", max_new_tokens=48, temperature=0)
+print(result.text)
+"""),
+    code("""
+prof = result.profile
+print(prof.table())
+""", IGNORE),
+    code("""
+names, secs, fracs = zip(*[(n, s, f) for n, s, f in prof.ordered() if s > 0])
+fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1))
+ax.barh(names[::-1], [1e3 * s for s in secs[::-1]], color="tab:green")
+for i, (s, f) in enumerate(zip(secs[::-1], fracs[::-1])):
+    ax.annotate(f"{f:.0%}", (1e3 * s, i), textcoords="offset points", xytext=(3, -3), fontsize=8)
+ax.set(xlabel="milliseconds", title=f"{prof.n_generated} tokens: prefill {prof.prefill_tok_s:.0f} tok/s, "
+       f"decode {prof.decode_tok_s:.0f} tok/s")
+plt.show()
+""", IGNORE),
+    md("""
+At BitNet-2B-4T size a decode step reads about 850 MB; `python -m ryzjupyter.bench model` measures
+that against this machine's bandwidth (and llama.cpp on the same weights with `--vs llamacpp`).
+"""),
+]
+
+NOTEBOOKS = {"quickstart": QUICKSTART, "sampling_explained": SAMPLING, "kernels_and_roofline": ROOFLINE}
 
 
 def build(name, cells):
