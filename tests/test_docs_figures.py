@@ -80,3 +80,16 @@ def test_the_check_catches_a_changed_figure(tmp_path):
     fig = re.search(r"\*\*(\d+\.\d)\*\*", body).group(1)
     assert body.replace(fig, fig + "1", 1) != report.render([ROOT / f for f in files])
     assert "123.4" in _figures(_strip_blocks(text + "\nDecode ran at 123.4 tok/s.\n")) - _numbers(body)
+
+
+def test_report_update_rewrites_the_blocks(tmp_path):
+    # `bench report --update PAGE` puts each block's fresh rendering between its markers
+    rec = ROOT / "docs" / "data" / "ppl-demo-int4.json"
+    page = tmp_path / "page.md"
+    page.write_text(f"intro\n\n<!-- bench report: {rec.relative_to(ROOT)} -->\n\nstale 9.99 tok/s\n"
+                    f"<!-- end bench report -->\n\nafter\n")
+    assert report.update(page, ROOT) == 1
+    text = page.read_text()
+    (files, body), = list(report.blocks(text))
+    assert body == report.render([rec]) and "9.99" not in text
+    assert text.startswith("intro\n\n") and text.endswith("<!-- end bench report -->\n\nafter\n")

@@ -12,7 +12,7 @@
    where TernaryWeight puts them (``ternary.packed_empty``: huge-page-backed arena). GB/s = packed
    bytes / time, as a fraction of the measured read bandwidth.
 3. The decode lm_head (128256 x 2560): the int8 head (``lm_head_i8``) and the optional int4 head
-   (``lm_head_i4``, docs/performance.md "4-bit lm_head") alternating, GB/s as a fraction of a
+   (``lm_head_i4``, head4.h) alternating, GB/s as a fraction of a
    read probe taken in the same round (``--no-lm-head`` skips it).
 4. Prefill (GEMM, M = 128 and 512): GOPS = 2 M N K / time, as a fraction of the int8 peak.
 5. I2 vs T5 (5 trits a byte, 1.6 bpw): the model pass and the prefill GEMMs in both layouts,

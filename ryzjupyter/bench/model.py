@@ -3,7 +3,7 @@
     python -m ryzjupyter.bench model --shape bitnet-2b4t [--threads 1,2] [--repeat 5]
         [--json FILE] [--vs llamacpp] [--model PATH] [--lm-head int8|int4|f32]
 
-What it does (docs/performance.md, "Whole model"):
+What it does (docs/performance.md, "How the figures are made"):
 1. Limits, measured here with ``ryzjupyter.bench.probes``: streaming read bandwidth and the
    register-only int8 peak of the ISA level in use (none at scalar), for each thread count.
 2. A model: ``--model PATH`` (a real checkpoint), or a random-weight BitNet b1.58 of the chosen

@@ -9,7 +9,7 @@ the benches' ``--json``). A page embeds them between two markers:
     <!-- end bench report -->
 
 and tests/test_docs_figures.py checks each block against a fresh rendering, so a page's figures
-are exactly its records'. One file of ``bench kernels`` or ``bench model``, or any number of
+are exactly its records'. ``report --update PAGE.md`` rewrites a page's blocks in place. One file of ``bench kernels`` or ``bench model``, or any number of
 ``bench ppl`` files (one table, each row against the first file's perplexity).
 """
 from __future__ import annotations
@@ -24,14 +24,38 @@ BLOCK_END = "<!-- end bench report -->"
 
 def add_parser(sub):
     p = sub.add_parser("report", help="markdown tables of --json bench records (what docs/ shows)")
-    p.add_argument("files", nargs="+", metavar="FILE.json")
+    p.add_argument("files", nargs="*", metavar="FILE.json")
+    p.add_argument("--update", nargs="+", metavar="PAGE.md",
+                   help="rewrite every report block of these pages from the records it names")
     p.set_defaults(run=run)
     return p
 
 
 def run(args) -> int:
-    print(render([Path(f) for f in args.files]), end="")
+    for page in args.update or []:
+        n = update(Path(page))
+        print(f"{page}: {n} report block(s) rewritten")
+    if args.files:
+        print(render([Path(f) for f in args.files]), end="")
+    elif not args.update:
+        raise SystemExit("report: give record files, or --update PAGE.md")
     return 0
+
+
+def update(page: Path, root: Path | None = None) -> int:
+    """Rewrite each report block of ``page`` from its records (paths relative to ``root``,
+    default the current folder); returns the number of blocks."""
+    root = Path.cwd() if root is None else root
+    text = page.read_text()
+    out, pos, n = [], 0, 0
+    for m in BLOCK_START.finditer(text):
+        end = text.find(BLOCK_END, m.end())
+        if end < 0:
+            raise ValueError(f"{page}: a bench report block for {m['files']} has no end marker")
+        out += [text[pos:m.end()], render([root / f for f in m["files"].split()])]
+        pos, n = end, n + 1
+    page.write_text("".join(out) + text[pos:])
+    return n
 
 
 # ---- formatting helpers --------------------------------------------------------------------------
@@ -46,6 +70,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _commit(m: dict) -> str:
+    c = m.get("commit") or "unknown"
+    return c[:12] + ("-dirty" if c.endswith("-dirty") else "")
+
+
 def _machine_lines(d: dict) -> list[str]:
     m = d["machine"]
     fam = (f" (family {m['cpu_family']}, model {m['cpu_model']})" if m.get("cpu_family") is not None else "")
@@ -56,7 +85,7 @@ def _machine_lines(d: dict) -> list[str]:
              f"({m['physical_cores']} cores); ISA level **{m['isa']}** "
              f"(the CPU has: {', '.join(m['supported_isas'])})."]
     if "repeat" in d or "load_before" in d:
-        run = f"- Run: {m['date']}, commit `{(m.get('commit') or 'unknown')[:12]}`"
+        run = f"- Run: {m['date']}, commit `{_commit(m)}`"
         if "load_before" in d:
             run += f", load average {d['load_before'][0]:.2f} before / {d['load_after'][0]:.2f} after"
         if d.get("repeat"):
@@ -65,7 +94,7 @@ def _machine_lines(d: dict) -> list[str]:
         lines.append(f"- Probes: read loop `{loops.get('read')}`; int8 peak loop: "
                      + (f"`{peak}`." if peak else "none (no SIMD int8 peak at the scalar level)."))
     else:
-        lines.append(f"- Run: {m['date']}, commit `{(m.get('commit') or 'unknown')[:12]}`.")
+        lines.append(f"- Run: {m['date']}, commit `{_commit(m)}`.")
     if m.get("command"):
         lines.append(f"- Command: `{m['command']}`")
     return lines
@@ -115,6 +144,15 @@ def model_tables(d: dict) -> str:
         out += _table(["threads", "context", "path", "tok/s", "MB a token", "roofline tok/s", "of roofline",
                        "llama.cpp tok/s", "ryzjupyter / llama.cpp"], rows)
         out.append("")
+        by = {(r["threads"], r["context"], r["path"]): r for r in dec}
+        pairs = [(th, ctx) for (th, ctx, p) in by if p == "fused" and (th, ctx, "python") in by]
+        if pairs:
+            out.append("The fused decode (one C call a token) against the op-by-op Python path, same run:")
+            out.append("")
+            out += _table(["threads", "context", "fused / python tok/s"],
+                          [[th, ctx, f"**{by[th, ctx, 'fused']['tok_s'] / by[th, ctx, 'python']['tok_s']:.2f}x**"]
+                           for th, ctx in pairs])
+            out.append("")
     pre = [r for r in ours if r["phase"] == "prefill"]
     if pre:
         out.append("Prefill into an empty cache; time to first token = the pass + the greedy pick; the "
@@ -215,8 +253,10 @@ def ppl_table(docs: list[dict]) -> str:
     for d in docs[1:]:
         if d.get("machine", {}).get("command"):
             out.append(f"- Command: `{d['machine']['command']}`")
-    out += ["", *_table(["lm_head", "perplexity", "vs " + docs[0]["lm_head"], "predicted tokens", "windows"],
-                        [[d["lm_head"], f"{d['ppl']:.4f}", f"{(d['ppl'] / base - 1):+.2%}".replace("%", " %"),
+    out += ["", *_table(["lm_head", "perplexity", "vs " + docs[0]["lm_head"], "the trainer's perplexity",
+                         "predicted tokens", "windows"],
+                        [[d["lm_head"], f"{d['ppl']:.4f}", f"{(d['ppl'] / base - 1):+.3%}".replace("%", " %"),
+                          f"{d['trainer_ppl']:.4f}" if "trainer_ppl" in d else "-",
                           f"{d['predicted_tokens']:,}", d["windows"]] for d in docs]), ""]
     return "\n".join(out)
 

@@ -3,7 +3,7 @@
 A :class:`TernaryWeight` holds the trits of an [N, K] matrix packed for the C kernels
 (layout "i2", or "tl" where the lookup-table kernel is measured to be faster, or "t5",
 5 trits a byte, on request: it streams 20 % fewer bytes in decode, see
-docs/performance.md "1.6-bit packing") plus the
+docs/kernels.md "Layout T5") plus the
 float multiplier ``w_mult``: ``linear(x)`` returns ``x_q @ trits.T / s_x * w_mult``, with
 x quantized per row exactly as BitNet does (int8 absmax, see ``quantize_rows_i8``).
 

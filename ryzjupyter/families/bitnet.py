@@ -280,7 +280,7 @@ class LayerWeights:
 # the seven ternary linears of a layer (LayerWeights fields), in the order q, k, v, o, gate, up, down
 LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
-HEAD4_GROUP = 32   # columns per float16 scale of the int4 lm_head (chosen in docs/performance.md "4-bit lm_head")
+HEAD4_GROUP = 32   # columns per float16 scale of the int4 lm_head (head4.h; its cost: docs/performance.md)
 
 
 HEAD_CHUNK_ROWS = 8192   # head rows widened to float32 at a time while quantizing (multiple of 16)
@@ -404,7 +404,7 @@ class Weights:
         # lm_head "f32": exact float matmul (as transformers); "int8": per-row int8 (4x less memory
         # traffic, logits differ by ~1e-3 relative); "int4" (lossy): int4 in groups of HEAD4_GROUP
         # columns with float16 scales (head4.h; ~7x less traffic than f32, perplexity cost in
-        # docs/performance.md "4-bit lm_head"). Only the quantized head is kept, and it is built
+        # docs/performance.md "What a lossy lm_head costs"). Only the quantized head is kept, and it is built
         # HEAD_CHUNK_ROWS rows at a time (both formats quantize rows independently), so loading
         # never holds a float32 copy of the whole head (1.3 GB for a 128k x 2560 head).
         self.lm_head = lm_head
@@ -597,7 +597,7 @@ class BitNetModel(LanguageModel):
     def repack_linears(self, layout) -> int:
         """Store every ternary linear in `layout` ('i2', 'tl' or 't5'; the same trits, so the
         logits do not change); returns how many were repacked. 't5' (5 trits a byte) reads 20 %
-        fewer bytes per decode token but prefills up to ~10 % slower (docs/performance.md)."""
+        fewer bytes per decode token but prefills slower (docs/performance.md has the ratio)."""
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         n = 0
