@@ -263,17 +263,24 @@ def ppl_table(docs: list[dict]) -> str:
 
 # ---- dispatch ------------------------------------------------------------------------------------
 
+# bench name (the record's "bench") -> renderer of one record; a new benchmark adds its own here
+RENDERERS = {"kernels": kernels_tables, "model": model_tables}
+
+
 def render(files: list[Path]) -> str:
     """The markdown of the records in ``files``, ending in a blank line (so the end marker that
-    follows it in a page stands on its own)."""
+    follows it in a page stands on its own): one record, or any number of ``bench ppl`` ones."""
     docs = [json.loads(Path(f).read_text()) for f in files]
     kinds = {d.get("bench") for d in docs}
     if kinds == {"ppl"}:
         text = ppl_table(docs)
-    elif len(docs) != 1 or kinds - {"model", "kernels"}:
-        raise SystemExit("report: one bench kernels or bench model record, or bench ppl records")
+    elif len(docs) != 1:
+        raise SystemExit("report: one record at a time (several only for bench ppl records)")
+    elif docs[0].get("bench") not in RENDERERS:
+        raise SystemExit(f"report: no renderer for bench {docs[0].get('bench')!r} ({files[0]}); add one to "
+                         "RENDERERS in ryzjupyter/bench/report.py")
     else:
-        text = model_tables(docs[0]) if docs[0]["bench"] == "model" else kernels_tables(docs[0])
+        text = RENDERERS[docs[0]["bench"]](docs[0])
     return text.rstrip("\n") + "\n\n"
 
 
