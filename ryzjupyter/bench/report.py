@@ -263,24 +263,67 @@ def ppl_table(docs: list[dict]) -> str:
 
 # ---- dispatch ------------------------------------------------------------------------------------
 
+# ---- bench serve ---------------------------------------------------------------------------------
+
+def serve_tables(d: dict) -> str:
+    R = d["records"]
+    out = _machine_lines(d)
+    if "load_before" in d and not any(l.startswith("- Run:") and "load average" in l for l in out):
+        out.insert(1, f"- Load average {d['load_before'][0]:.2f} before / {d['load_after'][0]:.2f} after.")
+    batch = [r for r in R if r["kind"] == "serve_batch"]
+    if batch:
+        out += ["", f"Aggregate decode, BitNet-2B-4T shapes, {batch[0]['threads']} threads, "
+                f"{batch[0]['decode_tokens']} decode steps a run:", ""]
+        out += _table(["streams", f"tok/s (median of {len(batch[0]['runs'])})", "runs", "vs one stream (of medians)",
+                       "per run"],
+                      [[r["streams"], f"{r['tok_s']:.2f}", ", ".join(f"{x:.2f}" for x in r["runs"]),
+                        f"**{r['ratio_vs_1']:.2f}x**", ", ".join(f"{x:.2f}" for x in r["ratio_runs"])
+                        if r["streams"] != 1 else ""] for r in batch])
+    step = [r for r in R if r["kind"] == "serve_step"]
+    if step:
+        out += ["", "One batched step timed in C (layers / int8 head, ms, each call):", ""]
+        out += _table(["streams", "layers ms", "head ms"],
+                      [[r["streams"], ", ".join(f"{x * 1e3:.0f}" for x in r["layers_runs"]),
+                        ", ".join(f"{x * 1e3:.0f}" for x in r["head_runs"])] for r in step])
+    for r in R:
+        if r["kind"] == "serve_load":
+            out += ["", f"Load test ({r['model']} model): {r['requests']} streaming requests from {r['clients']} "
+                    f"clients, {r['lost']} lost, {r['mixed']} mixed up, {r['req_s']:.1f} requests/s "
+                    f"({r['wall_s']:.1f} s); time to first token p50 {r['ttft_p50_s'] * 1e3:.0f} ms, p99 "
+                    f"{r['ttft_p99_s'] * 1e3:.0f} ms; latency p50 {r['latency_p50_s'] * 1e3:.0f} ms, p99 "
+                    f"{r['latency_p99_s'] * 1e3:.0f} ms; server RSS {r['rss_before'] / 2**20:.1f} MiB after the "
+                    f"warm-up, {r['rss_after'] / 2**20:.1f} MiB after the requests; still serving: "
+                    f"{'yes' if r['serving_after'] else 'no'}."]
+    out.append("")
+    return "\n".join(out)
+
+
 # bench name (the record's "bench") -> renderer of one record; a new benchmark adds its own here
-RENDERERS = {"kernels": kernels_tables, "model": model_tables}
+RENDERERS = {"kernels": kernels_tables, "model": model_tables, "serve": serve_tables}
+
+
+def _bench_of(d: dict):
+    """The bench that wrote a record: its "bench" field, else told by its records' kinds."""
+    if d.get("bench"):
+        return d["bench"]
+    kinds = {r.get("kind", "") for r in d.get("records", [])}
+    return "serve" if kinds and all(k.startswith("serve_") for k in kinds) else None
 
 
 def render(files: list[Path]) -> str:
     """The markdown of the records in ``files``, ending in a blank line (so the end marker that
     follows it in a page stands on its own): one record, or any number of ``bench ppl`` ones."""
     docs = [json.loads(Path(f).read_text()) for f in files]
-    kinds = {d.get("bench") for d in docs}
+    kinds = {_bench_of(d) for d in docs}
     if kinds == {"ppl"}:
         text = ppl_table(docs)
     elif len(docs) != 1:
         raise SystemExit("report: one record at a time (several only for bench ppl records)")
-    elif docs[0].get("bench") not in RENDERERS:
-        raise SystemExit(f"report: no renderer for bench {docs[0].get('bench')!r} ({files[0]}); add one to "
+    elif _bench_of(docs[0]) not in RENDERERS:
+        raise SystemExit(f"report: no renderer for bench {_bench_of(docs[0])!r} ({files[0]}); add one to "
                          "RENDERERS in ryzjupyter/bench/report.py")
     else:
-        text = RENDERERS[docs[0]["bench"]](docs[0])
+        text = RENDERERS[_bench_of(docs[0])](docs[0])
     return text.rstrip("\n") + "\n\n"
 
 
