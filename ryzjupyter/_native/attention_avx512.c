@@ -176,7 +176,7 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
      * address order, row after row, without software prefetch (seq_scores, seq_v below). On
      * Zen 4 the blocked passes, which read 4 or 16 rows 2.5 KB apart column block by column
      * block, streamed ~12 GB/s a core; one row after the other 21-23 (the probe: 23-24;
-     * standalone loop, session 7). Same float operations in the same order: same results. */
+     * standalone loop). Same float operations in the same order: same results. */
     const int seq = !i8 && H * hd == kstride && H * ((G + 3) / 4) <= SEQ_MAX_GROUPS;
     if (seq) seq_scores(u, sc, Lp);
     /* ---- scores: rows 4 at a time (a short last block repeats its last row; the copies

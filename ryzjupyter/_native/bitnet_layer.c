@@ -118,7 +118,7 @@ static int64_t overlap_end(prefetch_job *pf, int started) {
  * the others' last chunks (ryz_parallel_ranges), so a job ends with its rows, not with the
  * slower thread (2B-4T, 2 threads: the two ranges' ends were 4.2 us apart on average, as the
  * memory bus favours one core or the other; 2.2 us with stealing). 64 KiB chunks: 1.5 % more
- * streaming than 16 KiB with 2 threads (a standalone GEMV loop, session 5), the same ends. */
+ * streaming than 16 KiB with 2 threads (a standalone GEMV loop on a Zen 5), the same ends. */
 #define STEAL_BYTES (64 << 10)
 #define MAX_SPLIT 64
 

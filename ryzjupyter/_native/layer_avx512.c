@@ -11,13 +11,13 @@
 
 /* One row at a time: the head is read as one purely sequential stream (4 rows per step, sharing
  * each x load, read 4 rows K bytes apart per step and streamed ~8 % slower in the whole decode
- * when the machine reads ~90 GB/s; as the decode GEMVs of ternary_avx512.c, session 5). Two
+ * when the machine reads ~90 GB/s; on a Zen 5, as the decode GEMVs of ternary_avx512.c). Two
  * accumulators: one was a chain of dependent vpdpbusd (one per 64 bytes, each waiting for the
  * last), from L2 0.64x as fast as two, and it streamed 5-7 % less from DRAM at ~80 GB/s
- * (standalone loop over a 128256 x 2560 head, session 6). The int32 sums wrap alike in any
+ * (standalone loop over a 128256 x 2560 head). The int32 sums wrap alike in any
  * order, so the result is the same. No software prefetch: on Zen 4 the row loop streamed
  * 30-31 GB/s a core from DRAM without and 27-29 with NTA prefetches 8 KiB ahead (standalone
- * loop over a 128256 x 2560 head, session 7), as the I2 decode GEMV (ternary_avx512.c). */
+ * loop over a 128256 x 2560 head), as the I2 decode GEMV (ternary_avx512.c). */
 static inline void row1(float *out, const int8_t *w, const float *ws, int64_t K, const int8_t *x, int32_t xsum,
                         float xs, int64_t n) {
     const __m512i flip = _mm512_set1_epi8((char)0x80);

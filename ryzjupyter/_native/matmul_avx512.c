@@ -111,9 +111,9 @@ const ryz_matmul_kernels ryz_matmul_avx512 = {.name = "avx512vnni", .i8 = i8, .f
 uint64_t ryz_probe_read_avx512(const void *p, int64_t bytes, int prefetch) {
     const char *c = p;
     __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
-    /* `prefetch`: software prefetch PF_BYTES ahead, non-temporal. On the Zen 5 of sessions 1-6
-     * it read ~10 % more than plain loads with 2 threads (and ~1.5 % more than T0); on the Zen 4
-     * of session 7 plain loads read 5-10 % more with 1 thread. The binding times both and keeps
+    /* `prefetch`: software prefetch PF_BYTES ahead, non-temporal. On a Zen 5
+     * it read ~10 % more than plain loads with 2 threads (and ~1.5 % more than T0); on a Zen 4
+     * plain loads read 5-10 % more with 1 thread. The binding times both and keeps
      * the faster, so the kernels are measured against the best streaming read we know. */
     for (int64_t i = 0; i < bytes; i += 256) {
         if (prefetch) {

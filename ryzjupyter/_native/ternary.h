@@ -19,7 +19,7 @@
  * packed row n is not row n's bytes: only slices of whole tiles (multiples of 4 rows)
  * are matrices of their own. Why: one row at a time loads 4 activation vectors per 64
  * bytes of weights, and on Zen 4 that L1 traffic halved the DRAM stream (11 vs 30 GB/s
- * a core, docs/performance.md, session 7); 4 rows in 4 separate streams read 18 GB/s.
+ * a core in a standalone loop); 4 rows in 4 separate streams read 18 GB/s.
  *
  * Math: sum_k t[k] q[k] = sum_k c[k] q[k] - sum_k q[k]. Kernels compute the first
  * sum on the padded row (activations are zero-padded to Kp, so padding adds

@@ -22,8 +22,8 @@
 /* software prefetch distance; 8 KiB measured best among 2-32 KiB for decode (M = 1) */
 #define PF_BYTES 8192
 /* Decode (gemv_i2_rows): no software prefetch. On Zen 4 a 4-row tile streamed 30 GB/s a core
- * from DRAM without and 22-24 GB/s with NTA or T0 prefetches 8 KiB ahead (standalone loop,
- * session 7; the hardware prefetcher follows the single sequential stream). */
+ * from DRAM without and 22-24 GB/s with NTA or T0 prefetches 8 KiB ahead (standalone loop;
+ * the hardware prefetcher follows the single sequential stream). */
 #ifndef DECODE_PF
 #define DECODE_PF 0
 #endif
@@ -154,7 +154,7 @@ static ALWAYS_INLINE void tile_i2(const ryz_ternary_job *j, int64_t n, int64_t m
  * The same int32 result as tile_i2. Each vector of activations is loaded once for the tile's
  * 4 rows: one row at a time loaded 4 of them per 64 bytes of weights, and on Zen 4 that L1
  * traffic held the DRAM stream to 11 GB/s a core against 30 for a 4-row tile (standalone
- * loop, session 7). vpdpbusd goes through RYZ_DPBUSD: with the intrinsic GCC 12 copied the
+ * loop). vpdpbusd goes through RYZ_DPBUSD: with the intrinsic GCC 12 copied the
  * accumulators between registers (and the stack) every block (1.5x slower from L1/L2).
  * Software prefetch: DECODE_PF below. */
 static ALWAYS_INLINE void gemv_i2_rows(const ryz_ternary_job *j, int64_t n, const int NR) {
@@ -256,7 +256,7 @@ static ALWAYS_INLINE void gemv_t5_row(const ryz_ternary_job *j, int64_t n) {
  * which feed 4x more vpdpbusd per byte (2-bit codes), come from L2; walking all tiles of one
  * 4-row group instead streams 4 x 64 bytes of activations from L2 per 64 vpdpbusd. 64 KiB:
  * 1.05-1.07x the GEMM GOPS of the 4-row-group walk for the 2B-4T linears at M = 64, 2 threads
- * (32 KiB 1.06x, 128 KiB 1.05x, 256 KiB 0.97x; docs/performance.md, session 4). */
+ * (32 KiB 1.06x, 128 KiB 1.05x, 256 KiB 0.97x on a Zen 5; the commit that set it says how). */
 #define ROW_BLOCK_BYTES 65536
 static void run_tiles(const tile_fn t[4][4], const ryz_ternary_job *j, int64_t n0, int64_t n1) {
     int64_t rows = j->rb > 0 ? ROW_BLOCK_BYTES / j->rb / 4 * 4 : n1 - n0; /* rb = 0: K = 0 */

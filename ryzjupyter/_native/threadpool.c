@@ -28,7 +28,7 @@
  * trip between the cores, and when the two cores of this machine type sit far apart (the
  * minutes in which it reads ~90 GB/s) that is ~0.3-0.5 us: with the job fields, the mutex and
  * `done` in the line the workers spun on, publishing a job took ~0.7 us and a worker started its
- * part ~1 us after the caller (session 6, instrumented decode). */
+ * part ~1 us after the caller (an instrumented decode on a Zen 5). */
 #define LINE 128
 
 static inline void cpu_relax(void) { __builtin_ia32_pause(); }
