@@ -322,7 +322,7 @@ def run(args) -> int:
     load1 = os.getloadavg()
     print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     if args.json:
-        meta = {"machine": where, "native": {k: info[k] for k in ("isa", "threads", "version")},
+        meta = {"bench": "serve", "machine": where, "native": {k: info[k] for k in ("isa", "threads", "version")},
                 "load_before": load0, "load_after": load1}
         with open(args.json, "w") as f:
             json.dump({**meta, "records": records}, f, indent=1)
