@@ -77,8 +77,10 @@ def _serve(a):
     h = serve.start(MANAGER, host=a.host, port=a.port, api_key=a.api_key, auth=not a.no_auth,
                     max_batch=a.max_batch, max_tokens_limit=a.max_tokens_limit, max_body_bytes=a.max_body_bytes)
     print(f"serving {', '.join(names)} at {h.url}", flush=True)
-    if h.api_key:
+    if h.api_key and not a.api_key:
         print(f"API key: {h.api_key}", flush=True)
+    elif h.api_key:
+        print("API key: the one given with --api-key", flush=True)
     else:
         print("no API key (--no-auth): anyone on this machine can use the server", flush=True)
     print("Ctrl-C stops the server", file=sys.stderr, flush=True)

@@ -137,3 +137,13 @@ def test_bad_settings_are_usage_errors(kernel):
         status, out, err = kernel.execute(cell)
         assert status == "error" and err.startswith("UsageError") and text in err, (cell, err)
     assert kernel.value("__import__('ryzjupyter.serve', fromlist=['x']).status()") == "None"
+
+
+def test_a_given_key_is_not_echoed(kernel):
+    status, out, err = kernel.execute("KEY = 'my-secret-key-123'\n%ryz serve --port 0 --api-key $KEY")
+    assert status == "ok", err
+    assert "my-secret-key-123" not in out and "the one given" in out
+    url = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", out).group(1)
+    client = openai.OpenAI(base_url=url, api_key="my-secret-key-123", max_retries=0, timeout=60)
+    assert [m.id for m in client.models.list()] == ["demo"]
+    kernel.execute("%ryz serve stop")

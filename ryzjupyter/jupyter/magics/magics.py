@@ -440,8 +440,10 @@ class RyzMagics(Magics):
         except (serve.ServeConfigError, ImportError) as e:
             raise UsageError(str(e)) from None
         print(f"serving {', '.join(self.registry.names())} at {h.url} (OpenAI API; the notebook keeps working)")
-        if h.api_key:
+        if h.api_key and not o["api_key"]:      # a generated key (one given is not echoed into the notebook)
             print(f"API key: {h.api_key}")
+        elif h.api_key:
+            print("API key: the one given with --api-key")
         print(f'from openai import OpenAI; client = OpenAI(base_url="{h.url}", api_key=...)   '
               "# %ryz serve stop ends it")
 
