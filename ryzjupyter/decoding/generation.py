@@ -34,6 +34,11 @@ from ryzjupyter.engine.sampling import Sampler, SamplingSettings
 
 @dataclass
 class GenerationStats:
+    """Counts and timings of one generation (`result.stats`, the footer of a `%%ryz` cell).
+
+    Times are wall-clock seconds measured around the engine's calls; speeds are tokens per second
+    of the phase they name. `as_dict()` gives a plain dict (what the surfaces and the JSON records
+    carry)."""
     n_prompt: int = 0          # prompt tokens
     n_cached: int = 0          # prompt tokens reused from the KV cache (not recomputed)
     n_prefill: int = 0         # prompt tokens actually run
@@ -51,6 +56,13 @@ class GenerationStats:
 
 @dataclass
 class GenerationResult:
+    """What `model.generate`, `Session.generate` and `model.chat` return.
+
+    `text` is the decoded reply (without the prompt), `tokens` its token ids, `stats` a
+    `GenerationStats`, `settings` the sampling settings used, `finish_reason` why it ended
+    ("length": max tokens, "stop": a stop token or string, "context": the context is full,
+    "interrupted": the stop button or KeyboardInterrupt, keeping the partial reply), `profile` where
+    the time went when profiling was on. `str(result)` is the text."""
     text: str
     tokens: list
     stats: GenerationStats
