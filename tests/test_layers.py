@@ -37,6 +37,11 @@ def test_the_tree_keeps_every_contract():
     ("serve/app.py", "import ryzjupyter.jupyter.magics", "Layers"),
     ("serve/backend.py", "import ipykernel", "Engine runs outside any kernel"),
     ("decoding/batching.py", "from ryzjupyter.serve import protocol", "Layers"),
+    ("distributed.py", "import ryzjupyter.jupyter.magics", "Layers"),
+    ("distributed.py", "from ryzjupyter.serve import app", "Layers"),
+    ("serve/backend.py", "import ryzjupyter.distributed", "Layers"),
+    ("manager.py", "import ryzjupyter.distributed", "Layers"),
+    ("distributed.py", "from ryzjupyter.bench import ppl", "Tools"),
 ])
 def test_a_planted_wrong_import_breaks_its_contract(tmp_path, module, line, contract):
     shutil.copytree(ROOT / "ryzjupyter", tmp_path / "ryzjupyter",
@@ -59,6 +64,7 @@ def _layer_modules():
             if f.name != "__init__.py":
                 yield f.relative_to(pkg)
     yield Path("manager.py")
+    yield Path("distributed.py")
 
 
 def test_architecture_map_and_the_tree_agree():

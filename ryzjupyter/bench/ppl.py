@@ -1,55 +1,31 @@
 """`python -m ryzjupyter.bench ppl`: perplexity of a model over a text file, computed by the engine.
 
-The windowing is the one the bundled models' trainer documents (ryzjupyter/train/train.py), so
-the figure can be compared with the trainer's own validation perplexity:
-
-    ids = tokenizer.encode(text, add_special_tokens=False)        (no BOS, no EOS)
-    windows ids[i*n : (i+1)*n] for i = 0, 1, ...  (n = --ctx, default the model's context);
-    the last window keeps the remainder and is dropped if it has fewer than 2 tokens;
-    each window runs on its own from position 0 (one batched prefill, fresh cache);
-    in a window of length L, tokens 1..L-1 are predicted from the tokens before them;
-    ppl = exp(sum of -log p / number of predicted tokens)   (log-softmax in float64)
+The windowing and the NLL of a window are ryzjupyter/decoding/perplexity.py's (the one the bundled
+models' trainer documents, so the figure can be compared with the trainer's own validation
+perplexity).
 """
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
-import numpy as np
+from ryzjupyter.decoding.perplexity import summary, text_ids, window_nll, windows
 
-
-def windows(ids: list[int], n_ctx: int) -> list[list[int]]:
-    wins = [ids[i:i + n_ctx] for i in range(0, len(ids), n_ctx)]
-    return [w for w in wins if len(w) >= 2]
-
-
-def window_nll(model, window: list[int]) -> float:
-    """Sum of -log p(token j+1 | tokens 0..j) over one window, from the engine's logits."""
-    logits = model.logits(window[:-1]).astype(np.float64)          # [L-1, vocab]
-    m = logits.max(axis=1, keepdims=True)
-    logz = (m[:, 0] + np.log(np.exp(logits - m).sum(axis=1)))
-    target = logits[np.arange(len(window) - 1), window[1:]]
-    return float(np.sum(logz - target))
+__all__ = ["perplexity", "windows", "window_nll"]
 
 
 def perplexity(model, text: str, n_ctx: int | None = None, max_windows: int | None = None) -> dict:
-    if model.tokenizer is None:
-        raise ValueError("the model has no tokenizer.json: perplexity over text needs one")
     n_ctx = int(n_ctx or model.max_context)
-    ids = model.tokenizer.encode(text, add_special_tokens=False)
+    ids = text_ids(model, text)
     wins = windows(ids, n_ctx)[:max_windows] if max_windows else windows(ids, n_ctx)
     if not wins:
         raise ValueError("the text is too short: it needs at least 2 tokens")
     t0 = time.perf_counter()
     nlls = [window_nll(model, w) for w in wins]
     dt = time.perf_counter() - t0
-    count = sum(len(w) - 1 for w in wins)
-    total = math.fsum(nlls)
-    return {"ppl": math.exp(total / count), "nll_sum": total, "predicted_tokens": count,
-            "tokens": len(ids), "windows": len(wins), "n_ctx": n_ctx, "seconds": dt,
-            "tok_s": sum(len(w) - 1 for w in wins) / dt}
+    res = summary(nlls, wins, len(ids), n_ctx)
+    return {**res, "seconds": dt, "tok_s": res["predicted_tokens"] / dt}
 
 
 def add_parser(sub) -> None:

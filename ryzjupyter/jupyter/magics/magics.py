@@ -122,6 +122,8 @@ class RyzMagics(Magics):
         __tracebackhide__ = True          # an interrupt's traceback shows the cell, not our frames
         if cell is None:
             return self._line(line)
+        if line.split()[:1] == ["map"]:
+            return self._cmd_map(parse_line_command(line), cell)
         return self._cell(line, cell)
 
     # ------------------------------------------------------------------ %%ryz
@@ -446,6 +448,56 @@ class RyzMagics(Magics):
             print("API key: the one given with --api-key")
         print(f'from openai import OpenAI; client = OpenAI(base_url="{h.url}", api_key=...)   '
               "# %ryz serve stop ends it")
+
+    def _cmd_map(self, cmd, cell=None):
+        """%ryz map VAR / %%ryz map VAR (template in the cell): generate_many on a Dask cluster (the
+        process's default client, else a LocalCluster), the progress streamed into the cell."""
+        o = cmd.options
+        if cmd.command == "help":
+            print(line_help("map"))
+            return None
+        if o["var"] not in self.shell.user_ns:
+            raise UsageError(f"%ryz map: no variable named {o['var']!r} in the notebook; give the name of a list")
+        try:
+            items = list(self.shell.user_ns[o["var"]])
+        except TypeError:
+            raise UsageError(f"%ryz map: {o['var']} is not a list (or any iterable)") from None
+        template = (cell or "").strip()
+        prompts = []
+        for i, item in enumerate(items):
+            if template:
+                ns = {**self.shell.user_ns, "item": item, **(item if isinstance(item, dict) else {})}
+                prompts.append(interpolate(template, ns).strip())
+            elif isinstance(item, str):
+                prompts.append(item)
+            else:
+                raise UsageError(f"%ryz map: item {i} of {o['var']} is a {type(item).__name__}, not a prompt; "
+                                 "write a template in the cell (%%ryz map VAR, with {item} in the prompt)")
+        gen = {k: getattr(self, k) if o[k] is None else o[k] for k in ("max_new_tokens",) + parsers.SAMPLING_KEYS}
+        if gen["seed"] is not None:
+            gen["seed"] = [gen["seed"] + i for i in range(len(prompts))]
+        if o["stop"]:
+            gen["stop"] = list(o["stop"])
+        model = self._map_model(cmd.model)
+        out = [None] * len(prompts)
+        if o["output"]:
+            self.shell.user_ns[o["output"]] = out       # filled as results arrive
+        from ryzjupyter import distributed as rd
+        try:
+            rd.generate_many(prompts, model=model, batch_size=o["batch_size"], out=out, **gen)
+        except (ValueError, TypeError, rd.ModelLoadError) as e:
+            raise UsageError(f"%ryz map: {e}") from None
+        self.last_map = out
+        if o["output"]:
+            return None
+        return out
+
+    def _map_model(self, spec):
+        """What the workers load: a loaded model's folder, or the spec as given (a folder, hub id, name)."""
+        found = self.registry.find(spec) if spec else self.registry.current_name
+        if found is not None:
+            return getattr(self.registry.get(found), "path", None) or spec
+        return spec or self.default_model or None
 
     def _cmd_bench(self, cmd):
         name, model = self._model_for_cell(None)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from IPython.core.error import UsageError
 
 FORMATS = ("text", "markdown", "code")
-LINE_COMMANDS = ("list", "load", "unload", "use", "stats", "controls", "reset", "help", "bench", "serve")
+LINE_COMMANDS = ("list", "load", "unload", "use", "stats", "controls", "reset", "help", "bench", "serve", "map")
 
 # names of the sampling settings, as the engine spells them (model.generate keywords)
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
@@ -239,6 +239,28 @@ def _line_parsers():
     p.add_argument("--max-batch", type=_number("--max-batch", 1, 256, integer=True), default=16, metavar="N",
                    help="streams decoded together per model (default 16)")
     sub["serve"] = p
+    p = _Parser(prog="%ryz map", hint=LINE_USAGE_HINT,
+                description="Run a prompt for every item of the list VAR on a Dask cluster (ryzjupyter.distributed): "
+                            "%%ryz map VAR with the prompt template in the cell ({item} is the item; a dict item's "
+                            "keys are names too), or %ryz map VAR when the items are the prompts. The progress "
+                            "shows in the cell; the results are GenerationResults in the items' order.")
+    p.add_argument("var", metavar="VAR", help="the name of a list (or any iterable) in the notebook")
+    p.add_argument("-o", "--output", type=_identifier, metavar="NAME",
+                   help="store the results in NAME (filled as they arrive: an interrupted run keeps them)")
+    p.add_argument("-m", "--model", dest="model", help="the model the workers load (default: the current model's "
+                                                       "folder, else the bundled demo model)")
+    p.add_argument("-n", "--max-new-tokens", type=_number("--max-new-tokens", 0, integer=True), metavar="N")
+    p.add_argument("-t", "--temperature", type=_number("--temperature", 0), metavar="T", help="0 = greedy")
+    p.add_argument("--top-k", type=_number("--top-k", 0, integer=True), metavar="K")
+    p.add_argument("--top-p", type=_number("--top-p", 0, 1, lo_open=True), metavar="P")
+    p.add_argument("--min-p", type=_number("--min-p", 0, 1), metavar="P")
+    p.add_argument("--repetition-penalty", type=_number("--repetition-penalty", 0, lo_open=True), metavar="R")
+    p.add_argument("--seed", type=_number("--seed", 0, integer=True), metavar="S",
+                   help="item i is sampled with seed S + i (the same results on every run)")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop when TEXT is generated (repeatable)")
+    p.add_argument("--batch-size", type=_number("--batch-size", 1, integer=True), metavar="N",
+                   help="prompts per Dask task, decoded together on a worker")
+    sub["map"] = p
     for cmd, what in (("list", "List loaded models and their memory."),
                       ("stats", "Statistics and the profile (where the time went) of the last reply."),
                       ("controls", "Sampling controls bound to these settings, and a Generate box."),
