@@ -465,7 +465,78 @@ that against this machine's bandwidth (and llama.cpp on the same weights with `-
 """),
 ]
 
-NOTEBOOKS = {"quickstart": QUICKSTART, "sampling_explained": SAMPLING, "kernels_and_roofline": ROOFLINE}
+SCALEOUT = [
+    md("""
+# Scale-out on Dask
+
+`ryzjupyter.distributed` runs many prompts (or a perplexity sweep over many texts) on a
+[Dask](https://distributed.dask.org) cluster: here a `LocalCluster` of two single-threaded worker
+processes on this machine; on a real cluster only the client changes (docs/distributed.md). Each
+worker loads the model once; each task's prompts are decoded together on its worker; results come
+back in the prompts' order, with a progress bar in the cell.
+"""),
+    code("""
+from ryzjupyter.distributed import generate_many, perplexity, local_client, model_loads
+
+client = local_client(2)          # a LocalCluster: 2 worker processes x 1 thread (RYZ_NUM_THREADS=1)
+print(len(client.scheduler_info()["workers"]), "workers")
+"""),
+    md("""
+## Many prompts
+
+`generate_many` returns one `GenerationResult` per prompt, each the one `model.generate` gives that
+prompt alone (greedy here; sampled prompts take a seed each, `seed=[...]`). The bar counts the
+prompts as their tasks finish, then the tokens and the rate.
+"""),
+    code("""
+prompts = ["In the beginning", "And God said", "Blessed are the", "The LORD is my", "And Moses said unto",
+           "Now the serpent was", "Honour thy father", "And it came to pass"]
+results = generate_many(prompts, model="demo", client=client, max_new_tokens=16, temperature=0, batch_size=2)
+"""),
+    code("""
+for p, r in zip(prompts, results):
+    print(f"{p!r:22} -> {r.text!r}")
+"""),
+    md("""
+The model was loaded once in each worker process (a worker plugin; a second call reuses it):
+"""),
+    code("""
+print(sorted(count for counts in model_loads(client).values() for count in counts.values()))
+"""),
+    md("""
+## Perplexity over many texts
+
+Each text is cut into windows as `python -m ryzjupyter.bench ppl` cuts them; the windows of all the
+texts are spread over the workers.
+"""),
+    code("""
+texts = ["In the beginning God created the heaven and the earth.",
+         "And the LORD spake unto Moses, saying, Speak unto the children of Israel."]
+for r in perplexity(texts, model="demo", client=client, progress=False):
+    print(f"{r['source']}: perplexity {r['ppl']:.2f} over {r['predicted_tokens']} predicted tokens")
+"""),
+    md("""
+## `%ryz map`: a prompt template over a list
+
+The cell is the template (`{item}` is the item); `-o` names the list the results land in, as they
+arrive. It runs on the process's Dask client (the one made above) or a local cluster.
+"""),
+    code("""
+%load_ext ryzjupyter
+names = ["Moses", "Aaron", "David", "Pharaoh"]
+"""),
+    code("""
+%%ryz map names -o replies -m demo -n 12 -t 0
+And {item} went up to
+"""),
+    code("""
+print([r.text for r in replies[:3]])
+"""),
+]
+
+
+NOTEBOOKS = {"quickstart": QUICKSTART, "sampling_explained": SAMPLING, "kernels_and_roofline": ROOFLINE,
+             "scale_out_on_dask": SCALEOUT}
 
 
 def build(name, cells):

@@ -6,8 +6,9 @@
 
 ``client``: a ``distributed.Client`` (any cluster: a ``LocalCluster``, dask-jobqueue,
 dask-kubernetes, a scheduler address); None takes the client already made in this process
-(``distributed.Client(...)`` makes itself the default), else starts a ``LocalCluster`` of one
-single-threaded worker process per physical core (:func:`local_client`).
+(``distributed.Client(...)`` makes itself the default), else the last :func:`local_client`
+started here, else starts one: a ``LocalCluster`` of one single-threaded worker process per
+physical core (:func:`local_cluster`).
 
 How a run goes:
 
@@ -49,7 +50,7 @@ from pathlib import Path
 import distributed
 from distributed.diagnostics.plugin import WorkerPlugin
 
-__all__ = ["generate_many", "perplexity", "embed_many", "ModelPlugin", "local_client", "model_loads",
+__all__ = ["generate_many", "perplexity", "embed_many", "ModelPlugin", "local_cluster", "local_client", "model_loads",
            "ModelLoadError"]
 
 # the options of model.generate a prompt may have a value of its own for (lists, one per prompt)
@@ -159,19 +160,24 @@ def _nll_task(name, model, options, wins):
 _LOCAL: dict = {}
 
 
-def local_client(n_workers=None, threads=1):
-    """The ``LocalCluster`` this process starts when no client is given (started on first use,
-    reused, closed at exit): ``n_workers`` worker processes (default: the physical cores), each
-    with ``threads`` Dask threads and the same number of kernel threads (``RYZ_NUM_THREADS``)."""
+def local_cluster(n_workers=None, threads=1, **kwargs):
+    """A ``LocalCluster`` of ``n_workers`` worker processes (default: the physical cores), each with
+    ``threads`` Dask threads and as many kernel threads (``RYZ_NUM_THREADS``); no dashboard (its
+    HTTP server on a free port). ``kwargs`` go to ``LocalCluster``."""
     import psutil
     n = int(n_workers or psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-    key = (n, threads)
+    opts = dict(n_workers=n, threads_per_worker=threads, processes=True, dashboard_address=None,
+                scheduler_kwargs={"dashboard_address": ":0"}, env={"RYZ_NUM_THREADS": str(threads)})
+    return distributed.LocalCluster(**{**opts, **kwargs})
+
+
+def local_client(n_workers=None, threads=1):
+    """The client of the :func:`local_cluster` this process starts when no client is given (started
+    on first use, reused, closed at exit)."""
+    key = (n_workers, threads)
     c = _LOCAL.get(key)
     if c is None or c.status in ("closed", "closing"):
-        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
-                                           dashboard_address=None,
-                                           env={"RYZ_NUM_THREADS": str(threads)})
-        c = _LOCAL[key] = distributed.Client(cluster, set_as_default=False)
+        c = _LOCAL[key] = distributed.Client(local_cluster(n_workers, threads), set_as_default=False)
     return c
 
 
@@ -180,8 +186,9 @@ def _client(client):
         return client
     try:
         return distributed.default_client()
-    except ValueError:                         # no client in this process: start a local cluster
-        return local_client()
+    except ValueError:                         # no default client: a local one started here, or a new one
+        live = [c for c in _LOCAL.values() if c.status == "running"]
+        return live[-1] if live else local_client()
 
 
 def _model_spec(model):
@@ -316,8 +323,8 @@ def generate_many(prompts, model=None, client=None, *, batch_size=None, out=None
         prompts: strings or lists of token ids.
         model: what ``ryzjupyter.load`` takes (a folder, a hub id, a bundled name, None for the
             demo model), or a model loaded from a folder; every worker loads it once.
-        client: a ``distributed.Client``; None: this process's default client, else a
-            ``LocalCluster`` (:func:`local_client`).
+        client: a ``distributed.Client``; None: this process's default client, else the last
+            :func:`local_client` started here, else a new one.
         batch_size: prompts per task, decoded together on a worker (default: about four tasks
             per worker thread, at most 16 prompts each).
         out: a list of ``len(prompts)`` to fill (None entries are computed, others kept); results

@@ -298,8 +298,28 @@ def serve_tables(d: dict) -> str:
     return "\n".join(out)
 
 
+# ---- bench dask ----------------------------------------------------------------------------------
+
+def dask_tables(d: dict) -> str:
+    R = d["records"]
+    out = _machine_lines(d)
+    r0 = R[0]
+    out += ["", f"generate_many on Dask LocalClusters, model {d['model']}: {r0['prompts']} prompts x "
+            f"{r0['max_new_tokens']} tokens (greedy, ignore_eos), tasks of {r0['batch_size']} prompts, every "
+            f"worker 1 Dask thread and 1 kernel thread; outputs identical on every cluster: "
+            f"{'yes' if d['outputs_identical'] else 'NO'}:", ""]
+    out += _table(["workers x threads", f"seconds (median of {len(r0['runs'])})", "runs", "tok/s",
+                   "vs one worker (of medians)", "per run", "model loads per worker"],
+                  [[f"{r['workers']} x 1", f"{r['seconds']:.2f}", ", ".join(f"{x:.2f}" for x in r["runs"]),
+                    f"{r['tok_s']:.1f}", f"**{r['ratio_vs_1']:.2f}x**",
+                    ", ".join(f"{x:.2f}" for x in r["ratio_runs"]) if r["workers"] != 1 else "",
+                    ", ".join(str(x) for x in r["model_loads"])] for r in R])
+    out.append("")
+    return "\n".join(out)
+
+
 # bench name (the record's "bench") -> renderer of one record; a new benchmark adds its own here
-RENDERERS = {"kernels": kernels_tables, "model": model_tables, "serve": serve_tables}
+RENDERERS = {"kernels": kernels_tables, "model": model_tables, "serve": serve_tables, "dask": dask_tables}
 
 
 def _bench_of(d: dict):
