@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ryzjupyter.decoding import speculative
 from ryzjupyter.engine.profiling import PROFILER
 from ryzjupyter.engine.sampling import Sampler, SamplingSettings
 
@@ -49,6 +50,16 @@ class GenerationStats:
     total_s: float = 0.0
     prefill_tok_s: float = 0.0
     decode_tok_s: float = 0.0  # (n_generated - 1) / decode_s
+    # speculative decoding (draft=...): zero / plain figures without it
+    drafter: str = ""          # "", "lookup", "adjacency", "auto" or "model"
+    drafted: int = 0           # draft tokens verified by the target
+    accepted: int = 0          # emitted tokens that were draft tokens (each emitted token counted once)
+    target_passes: int = 0     # target forward passes that produced tokens (the prefill included)
+    acceptance: float = 0.0    # accepted / drafted
+    tokens_per_pass: float = 0.0   # n_generated / target_passes (1.0 for plain decoding)
+    draft_s: float = 0.0       # seconds drafting (the draft model's passes, lookups, the tree)
+    verify_s: float = 0.0      # seconds in the target's passes while decoding (verify passes, plain steps)
+    sampling_s: float = 0.0    # seconds in the sampler while decoding (the acceptance rule included)
 
     def as_dict(self):
         return dict(self.__dict__)
@@ -168,6 +179,35 @@ class Session:
         self.tokens_processed += 1
         return logits[-1]
 
+    def verify(self, tokens):
+        """Speculative decoding's chain verify pass after the cached tokens (model.verify): the
+        tokens are appended to the cache; returns logits [n, vocab]."""
+        with self.model.forward_lock:
+            rows = self.model.verify(tokens, self.cache)
+        self.tokens_processed += len(tokens)
+        return rows
+
+    def verify_tree(self, tokens, depths):
+        """A draft tree's verify pass (model.verify_tree): (logits, commit(path))."""
+        with self.model.forward_lock:
+            rows, commit = self.model.verify_tree(tokens, depths, self.cache)
+        self.tokens_processed += len(tokens)
+
+        def locked_commit(path):
+            with self.model.forward_lock:
+                commit(path)
+        return rows, locked_commit
+
+    def _draft_session(self, draft_model):
+        """This session's session on a draft model (its cache follows this one's context)."""
+        ds = getattr(self, "_draft_sessions", None)
+        if ds is None:
+            ds = self._draft_sessions = {}
+        s = ds.get(id(draft_model))
+        if s is None or s.model is not draft_model:
+            s = ds[id(draft_model)] = Session(draft_model, min(draft_model.max_context, self.max_context))
+        return s
+
     def reset(self):
         self.cache.truncate(0)
         self.history.clear()
@@ -259,11 +299,12 @@ class TextStream:
     """Iterator over the text pieces of one generation (see Session.stream)."""
 
     def __init__(self, session, prompt, max_new_tokens, *, stop=None, ignore_eos=False, add_special_tokens=True,
-                 on_done=None, **sampling):
+                 on_done=None, draft=None, num_draft=None, **sampling):
         unknown = set(sampling) - set(SamplingSettings.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown generation option(s): {', '.join(sorted(unknown))}; valid: "
-                            f"max_new_tokens, stop, ignore_eos, {', '.join(SamplingSettings.__dataclass_fields__)}")
+                            f"max_new_tokens, stop, ignore_eos, draft, num_draft, "
+                            f"{', '.join(SamplingSettings.__dataclass_fields__)}")
         self.session = session
         self.max_new_tokens = _check_max_new_tokens(max_new_tokens)
         self.stop_strings, stop_ids = _split_stop(stop)
@@ -272,6 +313,8 @@ class TextStream:
         if not ignore_eos and tok is not None:
             self.stop_ids |= set(tok.stop_token_ids)
         self.sampler = Sampler(SamplingSettings(**sampling))      # validates the options
+        self.draft_kind, self.draft_model, self.num_draft = speculative.resolve(session.model, draft, num_draft)
+        self.draft = draft if isinstance(draft, str) or draft is None else getattr(draft, "name", "model")
         self.prompt_ids = session._prompt_ids(prompt, add_special_tokens)
         self.on_done = on_done
         self.result: GenerationResult | None = None
@@ -297,7 +340,39 @@ class TextStream:
     def settings(self):
         d = self.sampler.settings.as_dict()
         d.update(max_new_tokens=self.max_new_tokens, stop=self.stop_strings + sorted(self.stop_ids))
+        if self.draft_kind is not None:
+            d.update(draft=self.draft, num_draft=self.num_draft)
         return d
+
+    def _tokens(self, logits, ctx, spec):
+        """The emitted tokens, one at a time, as (token, was_a_draft). Plain decoding: one step a
+        token. Speculative: a round emits up to its accepted drafts + 1 (never more than the
+        budget and the context leave room for). The caller stops asking when it is done, so no
+        pass runs after the last token."""
+        session, prof = self.session, PROFILER
+        pt = prof.tic()
+        t = self.sampler.sample(logits, ctx)
+        prof.toc("sampling", pt)
+        if spec is not None:
+            spec.target_passes += 1
+        yield t, False
+        while True:
+            ctx.append(t)
+            if spec is None:
+                logits = session.step(t)
+                pt = prof.tic()
+                t = self.sampler.sample(logits, ctx)
+                prof.toc("sampling", pt)
+                yield t, False
+                continue
+            left = self.max_new_tokens - (len(ctx) - len(self.prompt_ids))
+            room = session.max_context - len(session.cache)
+            out, acc = spec.round(session, ctx, min(left, room) - 1)
+            for i, t in enumerate(out[:-1]):
+                yield t, True
+                ctx.append(t)
+            t = out[-1]
+            yield t, False
 
     def _run(self):
         session, model = self.session, self.session.model
@@ -311,6 +386,7 @@ class TextStream:
         prof.begin()
         t0 = time.perf_counter()
         t_first = None
+        spec_obj = None
         decoder = tok.decoder(context_ids=self.prompt_ids) if tok is not None else None
         try:
             if self.max_new_tokens > 0 and not self._interrupted:
@@ -320,16 +396,21 @@ class TextStream:
                 stats.n_cached, stats.n_prefill = kept, len(self.prompt_ids) - kept
                 stats.prefill_s = time.perf_counter() - t0
                 ctx = list(self.prompt_ids)
+                spec = None
+                if self.draft_kind is not None:
+                    spec = speculative.Speculation(session, self.draft_kind, self.draft_model, self.num_draft,
+                                                   self.sampler)
+                    stats.drafter = self.draft_kind
+                    spec_obj = spec
+                tokens = self._tokens(logits, ctx, spec)
                 while True:
                     if self._interrupted:
                         finish = "interrupted"
                         break
-                    pt = prof.tic()
-                    t = self.sampler.sample(logits, ctx)
-                    prof.toc("sampling", pt)
+                    t, was_draft = next(tokens)
                     prof.token()
                     out.append(t)
-                    ctx.append(t)
+                    stats.accepted += was_draft
                     if t_first is None:
                         t_first = time.perf_counter()
                     if t in self.stop_ids:
@@ -355,13 +436,19 @@ class TextStream:
                         yield piece
                     if len(out) >= self.max_new_tokens:
                         break
-                    if len(session.cache.tokens) + 1 > session.max_context:
+                    # the next token needs a pass over the last one: room for it in the context
+                    # (counted as plain decoding would: the cache holds the prompt + out[:-1])
+                    if len(self.prompt_ids) + len(out) > session.max_context:
                         finish = "context"
                         break
                     if self._interrupted:
                         finish = "interrupted"
                         break
-                    logits = session.step(t)
+                tokens.close()
+                # speculative passes may have run accepted tokens past where the output ended
+                # (a stop): the cache keeps what plain decoding keeps, the prompt + out[:-1]
+                if spec is not None and out and len(session.cache) > len(self.prompt_ids) + len(out) - 1:
+                    session.cache.truncate(len(self.prompt_ids) + len(out) - 1)
             if finish != "stop" and decoder is not None:
                 pending += decoder.flush()
             if pending:
@@ -381,6 +468,14 @@ class TextStream:
                 stats.prefill_tok_s = stats.n_prefill / stats.prefill_s
             if stats.decode_s > 0 and len(out) > 1:
                 stats.decode_tok_s = (len(out) - 1) / stats.decode_s
+            if spec_obj is not None:
+                stats.drafted, stats.target_passes = spec_obj.drafted, spec_obj.target_passes
+                stats.draft_s, stats.verify_s, stats.sampling_s = spec_obj.draft_s, spec_obj.verify_s, spec_obj.sampling_s
+                stats.acceptance = stats.accepted / stats.drafted if stats.drafted else 0.0
+            elif out:
+                stats.target_passes = len(out)
+            if stats.target_passes:
+                stats.tokens_per_pass = len(out) / stats.target_passes
             self.result = GenerationResult("".join(text_parts), out, stats, self.settings, finish,
                                            list(self.prompt_ids))
             self.result.profile = prof.end(
@@ -463,6 +558,12 @@ class LanguageModel:
     def chat(self, messages, max_new_tokens=256, **kw):
         """Chat with the checkpoint's template; a string continues the default session's history."""
         return self.session.chat(messages, max_new_tokens, **kw)
+
+    def load_draft(self, name):
+        """The draft model named `name` (a bundled name or a folder) for ``draft=name``. Families
+        that can load models override this; here only a loaded model can be given."""
+        raise ValueError(f"this model cannot load a draft model by name ({name!r}); pass a loaded model "
+                         "as draft=")
 
     def verify(self, tokens, cache) -> np.ndarray:
         """The verify pass of speculative decoding: run `tokens` after the cached ones (they are
