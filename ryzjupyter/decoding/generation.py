@@ -559,11 +559,18 @@ class LanguageModel:
         """Chat with the checkpoint's template; a string continues the default session's history."""
         return self.session.chat(messages, max_new_tokens, **kw)
 
+    _loader = None                      # ryzjupyter.load sets it on the models it makes
+
     def load_draft(self, name):
-        """The draft model named `name` (a bundled name or a folder) for ``draft=name``. Families
-        that can load models override this; here only a loaded model can be given."""
-        raise ValueError(f"this model cannot load a draft model by name ({name!r}); pass a loaded model "
-                         "as draft=")
+        """The draft model named `name` (a bundled name such as ``"demo-draft"`` or a folder) for
+        ``draft=name``, loaded once per target model with the loader that made this one."""
+        drafts = self.__dict__.setdefault("_draft_models", {})
+        if name not in drafts:
+            if self._loader is None:
+                raise ValueError(f"this model cannot load a draft model by name ({name!r}): it was not made "
+                                 "by ryzjupyter.load; pass a loaded model as draft=")
+            drafts[name] = self._loader(name)
+        return drafts[name]
 
     def verify(self, tokens, cache) -> np.ndarray:
         """The verify pass of speculative decoding: run `tokens` after the cached ones (they are

@@ -673,16 +673,7 @@ class BitNetModel(LanguageModel):
         (forward_batch then runs the streams in turn)."""
         return bitnet_decode.ensure_i2(self)
 
-    # -- speculative decoding: the draft model by name, the verify pass (see bitnet_decode.verify)
-    def load_draft(self, name):
-        """The draft model for ``draft=name`` (a bundled name such as ``"demo-draft"`` or a folder),
-        loaded once per target model and kept."""
-        drafts = self.__dict__.setdefault("_draft_models", {})
-        if name not in drafts:
-            from ryzjupyter.families.loading import load
-            drafts[name] = load(name)
-        return drafts[name]
-
+    # -- the verify pass of speculative decoding (one batched pass; see bitnet_decode.verify)
     def _batched_verify(self, cache) -> bool:
         """True when the verify pass can run as one batched call: the fused decode's weights (every
         linear I2, or every one T5; weights in another layout are repacked to I2 once, the same

@@ -101,8 +101,10 @@ def load(path_or_id=None, **options):
     engine_opts.setdefault("name", str(path_or_id) if path_or_id is not None else folder.name)
     if kind.family == "bitnet":
         from .bitnet import BitNetModel
-        return BitNetModel(folder, tokenizer=tokenizer, allow_pickle=options.get("allow_pickle", False),
-                           **engine_opts)
+        model = BitNetModel(folder, tokenizer=tokenizer, allow_pickle=options.get("allow_pickle", False),
+                            **engine_opts)
+        model._loader = load                                   # draft=<name> loads its draft model with it
+        return model
     # other families live in their own modules: ryzjupyter/families/<family>.py with from_pretrained()
     module = {"mamba": "mamba", "mamba2": "mamba", "rwkv": "rwkv"}[kind.family]
     try:
@@ -112,8 +114,10 @@ def load(path_or_id=None, **options):
             raise
         raise CheckpointError(f"{folder.name} is a {kind.family} model, and this build of ryzjupyter has no "
                               f"{kind.family} engine") from None
-    return mod.from_pretrained(folder, tokenizer=tokenizer, allow_pickle=options.get("allow_pickle", False),
-                               **engine_opts)
+    model = mod.from_pretrained(folder, tokenizer=tokenizer, allow_pickle=options.get("allow_pickle", False),
+                                **engine_opts)
+    model._loader = load
+    return model
 
 
 def _load_tokenizer(folder):
