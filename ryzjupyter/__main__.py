@@ -3,6 +3,7 @@
 
     python -m ryzjupyter generate --model microsoft/bitnet-b1.58-2B-4T -n 64 "The KV cache is"
     python -m ryzjupyter chat --model PATH --system "Be brief."
+    python -m ryzjupyter generate --draft lookup "..."             # speculative decoding, docs/speculative.md
     python -m ryzjupyter serve --model demo --port 8000          # OpenAI-compatible, docs/serving.md
 
 Without --model the bundled demo model is used. Text streams to stdout; stats go to stderr.
@@ -25,6 +26,12 @@ def _sampling_args(p):
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off (default 1.0)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: fresh, printed in stats)")
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    g = p.add_argument_group("speculative decoding (lossless: same output, fewer target passes)")
+    g.add_argument("--draft", default=None, metavar="DRAFT",
+                   help="lookup, adjacency, auto, or a draft model with the same tokenizer (a bundled name "
+                        "such as demo-draft, or a folder); default: off")
+    g.add_argument("--num-draft", type=int, default=None, metavar="K",
+                   help="draft tokens per verify pass, 0..15 (default: adaptive)")
 
 
 def _model_args(p):
@@ -96,7 +103,8 @@ def _serve(a):
 
 def _options(a):
     return dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
-                repetition_penalty=a.repetition_penalty, seed=a.seed, stop=a.stop)
+                repetition_penalty=a.repetition_penalty, seed=a.seed, stop=a.stop,
+                draft=a.draft, num_draft=a.num_draft)
 
 
 def _print_stats(r):
@@ -104,6 +112,10 @@ def _print_stats(r):
     print(f"[{s.n_prompt} prompt tokens ({s.n_cached} cached), {s.n_generated} generated, "
           f"ttft {s.ttft_s * 1000:.0f} ms, prefill {s.prefill_tok_s:.1f} tok/s, decode {s.decode_tok_s:.1f} tok/s, "
           f"seed {r.settings['seed']}, finish: {r.finish_reason}]", file=sys.stderr)
+    if s.drafter:
+        print(f"[draft {r.settings.get('draft')}: {s.accepted}/{s.drafted} draft tokens accepted "
+              f"({s.acceptance:.0%}), {s.tokens_per_pass:.2f} tokens per target pass; draft {s.draft_s * 1000:.0f} ms, "
+              f"verify {s.verify_s * 1000:.0f} ms, sampling {s.sampling_s * 1000:.0f} ms]", file=sys.stderr)
 
 
 def main(argv=None):

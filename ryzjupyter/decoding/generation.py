@@ -60,6 +60,7 @@ class GenerationStats:
     draft_s: float = 0.0       # seconds drafting (the draft model's passes, lookups, the tree)
     verify_s: float = 0.0      # seconds in the target's passes while decoding (verify passes, plain steps)
     sampling_s: float = 0.0    # seconds in the sampler while decoding (the acceptance rule included)
+    pass_sizes: dict = field(default_factory=dict)   # draft tokens in a decode pass -> passes (0: plain steps)
 
     def as_dict(self):
         return dict(self.__dict__)
@@ -472,6 +473,7 @@ class TextStream:
                 stats.drafted, stats.target_passes = spec_obj.drafted, spec_obj.target_passes
                 stats.draft_s, stats.verify_s, stats.sampling_s = spec_obj.draft_s, spec_obj.verify_s, spec_obj.sampling_s
                 stats.acceptance = stats.accepted / stats.drafted if stats.drafted else 0.0
+                stats.pass_sizes = dict(sorted(spec_obj.pass_sizes.items()))
             elif out:
                 stats.target_passes = len(out)
             if stats.target_passes:

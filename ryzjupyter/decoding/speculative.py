@@ -427,6 +427,7 @@ class Speculation:
         self.target_passes = 0
         self.draft_s = self.verify_s = self.sampling_s = 0.0
         self.last = None                  # the plain step's proposal, checked against what follows
+        self.pass_sizes: dict[int, int] = {}    # draft tokens in a decode pass -> passes (0: plain steps)
 
     # -- one round: returns the emitted tokens (the last is never a draft) and how many were drafts
     def round(self, session, ctx, cap):
@@ -434,11 +435,12 @@ class Speculation:
         prop = self._propose(ctx, cap)
         t1 = time.perf_counter()
         self.draft_s += t1 - t0
-        if prop is None or not len(prop):
+        n = 0 if prop is None else len(prop)
+        self.pass_sizes[n] = self.pass_sizes.get(n, 0) + 1
+        if not n:
             out = self._plain(session, ctx)
             self.ctrl.measured(1, time.perf_counter() - t1)
             return out, 0
-        n = len(prop)
         out, acc = self._verify(session, ctx, prop)
         self.ctrl.measured(n + 1, time.perf_counter() - t1)
         return out, acc

@@ -390,3 +390,24 @@ def test_stats_reads_as_text(ip, tiny):
     assert stop_ids
     assert rows["stop"] == ", ".join(["'END'"] + [f"{tiny.tokenizer.id_to_token(i)} (token {i})" for i in stop_ids])
     assert rows["stopped"] == "max tokens reached (4 tokens)"
+
+
+def test_draft_option_and_config(ip, tiny):
+    """--draft / %config RyzMagics.draft: speculative decoding, the same greedy reply, its figures
+    in the footer and %ryz stats."""
+    prompt = "the cat sat on the mat and the cat sat on the hat and the cat"
+    ref = tiny.new_session().generate(prompt, 20, temperature=0.0)
+    r = run(ip, "-n 20 -t 0 --no-stream --draft lookup --num-draft 4", prompt)
+    assert r.tokens == ref.tokens
+    assert (r.settings["draft"], r.settings["num_draft"]) == ("lookup", 4)
+    assert r.stats.drafter == "lookup" and r.stats.target_passes == r.stats.n_generated - r.stats.accepted
+    ip.run_line_magic("config", "RyzMagics.draft = 'adjacency'")
+    r = run(ip, "-n 20 -t 0 --no-stream", prompt)
+    assert r.tokens == ref.tokens and r.settings["draft"] == "adjacency"
+    with capture_output() as cap:
+        ip.run_line_magic("ryz", "stats")
+    assert "draft tokens accepted" in cap.stdout and "tokens per target pass" in cap.stdout
+    r = run(ip, "-n 5 -t 0 --no-stream --draft off", prompt)
+    assert "draft" not in r.settings and r.stats.drafter == ""
+    with pytest.raises(UsageError, match="same tokenizer"):
+        run(ip, "-n 3 --draft demo-draft", prompt)

@@ -189,3 +189,22 @@ def test_time_labels_keep_the_tick_digits():
     assert [time_label(t, 0.0125) for t in (0, 0.0025, 0.0125)] == ["0 ms", "2.5 ms", "12.5 ms"]
     assert [time_label(t, 12.5) for t in (0, 7.5, 12.5)] == ["0 s", "7.5 s", "12.5 s"]
     assert time_label(0.6000000000000001, 1.0) == "0.6 s"
+
+
+def test_summary_and_caption_show_speculative_figures():
+    from ryzjupyter.decoding.generation import GenerationStats
+    rec = ThroughputRecorder(None, clock=FakeClock())
+    rec.start()
+    plain = rec.finish(GenerationStats(n_generated=10, decode_tok_s=50.0))
+    assert "drafter" not in plain and "acceptance" not in plain
+    st = GenerationStats(n_generated=10, drafter="lookup", drafted=8, accepted=6, acceptance=0.75,
+                         tokens_per_pass=2.5, draft_s=0.001, verify_s=0.08, sampling_s=0.003)
+    rec = ThroughputRecorder(None, clock=FakeClock())
+    rec.start()
+    sm = rec.finish(st)
+    assert (sm["drafter"], sm["accepted"], sm["drafted"]) == ("lookup", 6, 8)
+    svg = render_svg([[0.1, 5.0, "decode"], [0.2, 6.0, "decode"]], sm)
+    assert "draft lookup: 75% accepted, 2.50 tokens/pass (draft 1 ms, verify 80 ms, sampling 3 ms)" in svg
+    js = open(__import__("ryzjupyter.jupyter.widgets.chart", fromlist=["x"]).__file__.replace("chart.py",
+                                                                                            "static/chart.js")).read()
+    assert "sm.drafter" in js and "tokens/pass" in js

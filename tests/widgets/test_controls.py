@@ -183,3 +183,21 @@ def test_model_list_follows_generations_elsewhere(magics):
     assert "b" in [v for _, v in p.model.options] and p.model.value == "b"
     p.close()
     assert p._listener not in PROFILER.listeners
+
+
+def test_draft_selector_both_ways(magics, update):
+    p = controls_panel(magics, registry=FakeRegistry())
+    d, k = p.controls["draft"], p.controls["num_draft"]
+    assert {"off", "lookup", "adjacency", "auto", "demo-draft"} <= set(d.options)
+    update(d, value="lookup")
+    assert magics.draft == "lookup"
+    update(d, value="off")
+    assert magics.draft == ""
+    magics.draft = "demo-draft"                              # %config RyzMagics.draft = 'demo-draft'
+    assert d.value == "demo-draft"
+    update(k, value="4")
+    assert magics.num_draft == 4
+    update(k, value="")
+    assert magics.num_draft is None
+    update(k, value="99")                                    # refused, reported, snaps back
+    assert magics.num_draft is None and "0..15" in p.status.value

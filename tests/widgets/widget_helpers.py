@@ -27,6 +27,8 @@ class FakeMagics(HasTraits):
     stream = Bool(True)
     show_stats = Bool(True)
     max_updates_per_s = Float(15.0)
+    draft = Unicode("")
+    num_draft = Int(None, allow_none=True)
 
     @validate("temperature")
     def _t(self, p):

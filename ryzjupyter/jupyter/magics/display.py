@@ -191,6 +191,9 @@ class StatsFooter:
                 bits.append(f"{s.n_cached} cached")
             if s.n_generated > 1:
                 bits.append(f"decode {s.decode_tok_s:.1f} tok/s")
+            if getattr(s, "drafter", ""):
+                bits.append(f"draft {s.drafter}: {s.accepted}/{s.drafted} accepted, "
+                            f"{s.tokens_per_pass:.2f} tok/pass")
             bits.append(f"first token {s.ttft_s:.2f} s")
         if r.model:
             bits.append(str(r.model))

@@ -53,6 +53,11 @@ class RyzMagics(Magics):
     repetition_penalty = Float(1.0, help="> 1 discourages repeats; 1 = off.").tag(config=True)
     seed = Int(None, allow_none=True, help="Random seed; None = a fresh seed per reply (recorded in "
                                            "reply.settings).").tag(config=True)
+    draft = Unicode("", help="Speculative decoding (lossless: the same output in fewer target passes): "
+                             "'lookup', 'adjacency', 'auto', or a draft model with the same tokenizer "
+                             "('demo-draft' for demo); empty = off (--draft).").tag(config=True)
+    num_draft = Int(None, allow_none=True, help="Draft tokens per verify pass, 0..15; None = adaptive "
+                                                "(--num-draft).").tag(config=True)
     system = Unicode(None, allow_none=True, help="Default system prompt (uses the chat template).").tag(config=True)
     chat = Bool(False, help="Multi-turn chat by default: keep the conversation across cells.").tag(config=True)
     format = Enum(FORMATS, default_value="markdown", help="Reply format: text, markdown or code.").tag(config=True)
@@ -102,6 +107,12 @@ class RyzMagics(Magics):
             MANAGER.set_memory_budget(str(proposal.value).strip() or None)
         except ValueError as e:
             raise TraitError(f"RyzMagics.memory_budget: {e}") from None
+        return proposal.value
+
+    @validate("num_draft")
+    def _check_num_draft(self, proposal):
+        if proposal.value is not None and not 0 <= proposal.value <= 15:
+            raise TraitError(f"RyzMagics.num_draft must be in 0..15 or None (adaptive), got {proposal.value}")
         return proposal.value
 
     @validate("seed")
@@ -222,6 +233,10 @@ class RyzMagics(Magics):
             v = getattr(args, key)
             return getattr(self, key) if v is None else v
         gen = {k: pick(k) for k in ("max_new_tokens",) + parsers.SAMPLING_KEYS}
+        draft = pick("draft")
+        if draft and draft.lower() not in ("off", "none"):
+            gen["draft"] = draft
+            gen["num_draft"] = pick("num_draft")
         if args.stop:
             gen["stop"] = list(args.stop)
         return gen
@@ -391,6 +406,11 @@ class RyzMagics(Magics):
                 ("prefill", f"{s.prefill_tok_s:.1f} tok/s"),
                 ("decode", f"{s.decode_tok_s:.1f} tok/s"),
                 ("total", f"{getattr(s, 'total_s', 0.0):.3f} s")]
+        if getattr(s, "drafter", ""):
+            rows += [("draft tokens accepted", f"{s.accepted} / {s.drafted} ({s.acceptance:.0%})"),
+                     ("tokens per target pass", f"{s.tokens_per_pass:.2f} ({s.target_passes} passes)"),
+                     ("time: draft / verify / sampling",
+                      f"{s.draft_s:.3f} / {s.verify_s:.3f} / {s.sampling_s:.3f} s")]
         model = self.registry.get(r.model) if r.model else None
         tokenizer = getattr(model, "tokenizer", None)
         for k, v in r.settings.items():

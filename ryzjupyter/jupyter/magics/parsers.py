@@ -110,6 +110,10 @@ def _cell_parser():
       help="1 = off")
     a("--seed", type=_number("--seed", 0, integer=True), metavar="S", help="fixes the sampled tokens")
     a("--stop", action="append", metavar="TEXT", help="stop when TEXT is generated (repeatable)")
+    a("--draft", metavar="DRAFT", help="speculative decoding (same output, fewer passes): lookup, adjacency, "
+                                       "auto, off, or a draft model with the same tokenizer (demo-draft)")
+    a("--num-draft", type=_number("--num-draft", 0, 15, integer=True), metavar="K",
+      help="draft tokens per verify pass (default: adaptive)")
     a("--system", metavar="TEXT", help="system prompt (uses the model's chat template)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--chat", dest="chat", action="store_const", const=True,
@@ -152,6 +156,8 @@ class CellArgs:
     repetition_penalty: float | None = None
     seed: int | None = None
     stop: list | None = None
+    draft: str | None = None
+    num_draft: int | None = None
     system: str | None = None
     chat: bool | None = None
     format: str | None = None

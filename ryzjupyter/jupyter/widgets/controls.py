@@ -50,6 +50,24 @@ def _text_to_seed(s):
         raise ValueError(f"seed must be a whole number >= 0 or empty (a fresh seed per reply), got {s!r}") from None
 
 
+def _text_to_int_or_none(s, what, lo, hi):
+    s = (s or "").strip()
+    if s == "" or s.lower() in ("none", "adaptive"):
+        return None
+    try:
+        v = int(s)
+    except ValueError:
+        v = None
+    if v is None or not lo <= v <= hi:
+        raise ValueError(f"{what} must be a whole number in {lo}..{hi} or empty (adaptive), got {s!r}")
+    return v
+
+
+def _draft_options():
+    """The draft selector's choices: the draft-free drafters, then the bundled draft models."""
+    return ["off", "lookup", "adjacency", "auto"] + [n for n in bundled_names() if "draft" in n]
+
+
 def _text_to_system(s):
     return s if s and s.strip() else None
 
@@ -74,10 +92,14 @@ CONTROLS = [
     ("chat", "chat (keep history)", lambda v: W.Checkbox(value=bool(v), indent=False), None),
     ("show_stats", "stats footer", lambda v: W.Checkbox(value=bool(v), indent=False), None),
     # features that other parts add to RyzMagics later; shown only when the trait exists
-    ("speculative", "speculative decoding", lambda v: W.Checkbox(value=bool(v), indent=False), None),
-    ("draft_model", "draft model",
-     lambda v: W.Text(value=_none_to_text(v), placeholder="(none)", continuous_update=False, style=_STYLE),
-     (_none_to_text, lambda s: s.strip() or None)),
+    ("draft", "speculative decoding",
+     lambda v: W.Combobox(value=v or "", options=_draft_options(), placeholder="off", ensure_option=False,
+                          continuous_update=False, style=_STYLE, layout=W.Layout(width="420px")),
+     (lambda v: v or "", lambda s: "" if (s or "").strip().lower() in ("", "off", "none") else s.strip())),
+    ("num_draft", "draft tokens per pass",
+     lambda v: W.Text(value=_none_to_text(v), placeholder="adaptive", continuous_update=False, style=_STYLE,
+                      layout=W.Layout(width="300px")),
+     (_none_to_text, lambda s: _text_to_int_or_none(s, "draft tokens per pass", 0, 15))),
     ("recycling", "token recycling", lambda v: W.Checkbox(value=bool(v), indent=False), None),
     ("live_chart", "live tokens/s chart", lambda v: W.Checkbox(value=bool(v), indent=False), None),
     ("show_profile", "profile after reply", lambda v: W.Checkbox(value=bool(v), indent=False), None),

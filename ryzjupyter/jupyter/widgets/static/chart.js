@@ -170,6 +170,13 @@ function draw(view, s) {
   if (sm.n_generated !== undefined) {
     // what is drawn; the numbers are in the stats footer under the reply
     text += "tokens/s while the reply was written" + (pf.length ? " (shaded: the prompt pass)" : "");
+    if (sm.drafter) {
+      // speculative decoding: how many drafts the target kept and where the time went
+      const ms = (v) => Math.round((v || 0) * 1000);
+      text += ` \u00b7 draft ${sm.drafter}: ${Math.round((sm.acceptance || 0) * 100)}% accepted, ` +
+        `${(sm.tokens_per_pass || 0).toFixed(2)} tokens/pass (draft ${ms(sm.draft_s)} ms, ` +
+        `verify ${ms(sm.verify_s)} ms, sampling ${ms(sm.sampling_s)} ms)`;
+    }
   } else if (dec.length) {
     text += `generating\u2026 ${fmt(dec[dec.length - 1][1])} tok/s`;
   } else {
