@@ -480,9 +480,11 @@ class Speculation:
         return gain / self.ctrl.time(n + 1)
 
     def _plain(self, session, ctx):
+        t0 = time.perf_counter()
         logits = session.step(ctx[-1])
-        self.target_passes += 1
         t = time.perf_counter()
+        self.verify_s += t - t0
+        self.target_passes += 1
         _topk(logits, [ctx[-1]], self.table)
         pt = PROFILER.tic()
         x = self.sampler.sample(logits, ctx)
