@@ -318,8 +318,53 @@ def dask_tables(d: dict) -> str:
     return "\n".join(out)
 
 
+# ---- bench speculative ---------------------------------------------------------------------------
+
+def speculative_tables(d: dict) -> str:
+    R = d["records"]
+    out = _machine_lines(d)
+    if "load_before" in d and not any(l.startswith("- Run:") and "load average" in l for l in out):
+        out.insert(1, f"- Load average {d['load_before'][0]:.2f} before / {d['load_after'][0]:.2f} after.")
+    ver = [r for r in R if r["kind"] == "spec_verify"]
+    if ver:
+        v0 = ver[0]
+        out += ["", f"Verify cost, {v0['shape']} shape (random weights, int8 head), {v0['threads']} threads; one "
+                f"decode step {v0['step_s'] * 1e3:.1f} ms (median); r = verify time / step time:", ""]
+        out += _table(["positions (draft tokens + 1)", "verify ms (median)", "r"],
+                      [[r["positions"], f"{r['verify_s'] * 1e3:.1f}", f"{r['ratio']:.2f}"] for r in ver])
+    for r in R:
+        if r["kind"] == "spec_draft_cost":
+            ds = r["draft_shape"]
+            out += ["", f"Draft shape (hidden {ds['hidden_size']}, {ds['num_hidden_layers']} layers, vocabulary "
+                    f"{ds['vocab_size']}): one step {r['draft_step_s'] * 1e3:.1f} ms, c = {r['c']:.3f} of a "
+                    "target step."]
+    txt = [r for r in R if r["kind"] == "spec_text"]
+    if txt:
+        pred = any("predicted_2b4t" in r for r in txt)
+        out += ["", f"Real text on `{txt[0]['model']}`, greedy, {txt[0]['n_generated']} new tokens; tokens/s are "
+                "medians, speedups against plain decoding in the same runs"
+                + ("; the last column prices each configuration's passes with the r and c above" if pred else "")
+                + ":", ""]
+        head = ["text", "drafter", "k", "tok/s", "speedup", "per run", "accepted / drafted", "tokens / pass"]
+        if pred:
+            head.append("2B-4T predicted")
+        rows = []
+        for r in txt:
+            row = [r["text"], r["drafter"], r["k"], f"{r['tok_s']:.1f}", f"**{r['speedup']:.2f}x**",
+                   f"{min(r['speedup_runs']):.2f}-{max(r['speedup_runs']):.2f}",
+                   f"{r['accepted']} / {r['drafted']} ({_pct(r['acceptance'])})" if r["drafter"] != "plain" else "",
+                   f"{r['tokens_per_pass']:.2f}"]
+            if pred:
+                row.append(f"{r['predicted_2b4t']:.2f}x" if "predicted_2b4t" in r else "")
+            rows.append(row)
+        out += _table(head, rows)
+    out.append("")
+    return "\n".join(out)
+
+
 # bench name (the record's "bench") -> renderer of one record; a new benchmark adds its own here
-RENDERERS = {"kernels": kernels_tables, "model": model_tables, "serve": serve_tables, "dask": dask_tables}
+RENDERERS = {"kernels": kernels_tables, "model": model_tables, "serve": serve_tables, "dask": dask_tables,
+             "speculative": speculative_tables}
 
 
 def _bench_of(d: dict):

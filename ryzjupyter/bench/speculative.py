@@ -32,7 +32,17 @@ import numpy as np
 # a draft for the 2B-4T shape: ~1/20 of its parameters (the 128k-token embedding/head included)
 DRAFT_SHAPE = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=12, num_attention_heads=8,
                    num_key_value_heads=4, vocab_size=128256)
+# a draft for any other shape: a quarter of the width, a third of the layers, the same vocabulary
 DRAFTERS = ("lookup", "adjacency", "auto", "demo-draft")
+
+
+def draft_shape_for(shape_name, shape):
+    if shape_name == "bitnet-2b4t":
+        return DRAFT_SHAPE
+    h = max(64, shape["hidden_size"] // 4 // 64 * 64)
+    return dict(hidden_size=h, intermediate_size=max(128, shape["intermediate_size"] // 4 // 64 * 64),
+                num_hidden_layers=max(1, shape["num_hidden_layers"] // 3), num_attention_heads=max(1, h // 64),
+                num_key_value_heads=1, vocab_size=shape["vocab_size"])
 
 
 def add_parser(sub):
@@ -236,13 +246,14 @@ def run(args) -> int:
         rk = {k: ratio_at(r, k + 1) for k in (4, 8)}
         print(f"  r(4) = {rk[4]:.2f} (bar 1.3), r(8) = {rk[8]:.2f} (bar 1.8)  [r(k): k draft tokens, k + 1 positions]")
         del target
-        dfolder = random_model_folder(DRAFT_SHAPE, args.model_dir)
+        dshape = draft_shape_for(args.shape, SHAPES[args.shape])
+        dfolder = random_model_folder(dshape, args.model_dir)
         draft = ryzjupyter.load(str(dfolder), lm_head="int8", max_context=args.context + 32)
         ds = step_time(draft, args.repeat, args.context)
         c = ds / step
-        print(f"  draft shape {DRAFT_SHAPE['hidden_size']}x{DRAFT_SHAPE['num_hidden_layers']} layers: one step "
+        print(f"  draft shape {dshape['hidden_size']}x{dshape['num_hidden_layers']} layers: one step "
               f"{ds * 1e3:.1f} ms = c {c:.3f} of a target step")
-        rec(kind="spec_draft_cost", shape=args.shape, draft_shape=DRAFT_SHAPE, threads=args.threads,
+        rec(kind="spec_draft_cost", shape=args.shape, draft_shape=dshape, threads=args.threads,
             draft_step_s=ds, step_s=step, c=c)
         del draft
     print(f"\n== real text: {args.model} (greedy; every reply checked against plain decoding) ==")

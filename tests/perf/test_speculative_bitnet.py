@@ -65,3 +65,17 @@ def test_bundled_draft_model_by_name(isa):
     assert spec.stats.drafted > 0 and spec.settings["draft"] == "demo-draft"
     with pytest.raises(ValueError, match="same tokenizer"):
         m.generate(prompt, 2, draft=str(FIX / "packed"))
+
+
+def test_cli_draft_prints_the_same_text_and_its_figures(capsys):
+    from ryzjupyter.__main__ import main
+    args = ["generate", "--model", str(FIX / "packed"), "-t", "0", "-n", "24", "--stats", PROMPT]
+    assert main(args) == 0
+    plain = capsys.readouterr()
+    assert main(args[:1] + ["--draft", "lookup", "--num-draft", "4"] + args[1:]) == 0
+    spec = capsys.readouterr()
+    assert spec.out == plain.out
+    assert "[draft lookup:" in spec.err and "tokens per target pass" in spec.err
+    assert "[draft" not in plain.err
+    assert main(args[:1] + ["--draft", "demo-draft"] + args[1:]) == 2          # another tokenizer
+    assert "same tokenizer" in capsys.readouterr().err
