@@ -477,6 +477,8 @@ class Speculation:
             par = prop.parents[i]
             reach.append((reach[par] if par >= 0 else 1.0) * self.ctrl._rate(prop.key, prop.slots[i]))
             gain += reach[-1]
+        if self.ctrl.fixed is not None:              # a fixed k: the expected tokens alone (no timing in the choice)
+            return gain
         return gain / self.ctrl.time(n + 1)
 
     def _plain(self, session, ctx):
