@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 BLOCK_START = re.compile(r"<!-- bench report: (?P<files>[^>]+?) -->\n\n")
@@ -309,10 +310,13 @@ def dask_tables(d: dict) -> str:
             f"worker 1 Dask thread and 1 kernel thread; outputs identical on every cluster: "
             f"{'yes' if d['outputs_identical'] else 'NO'}:", ""]
     out += _table(["workers x threads", f"seconds (median of {len(r0['runs'])})", "runs", "tok/s",
-                   "vs one worker (of medians)", "per run", "model loads per worker"],
+                   "vs one worker (of medians)", "per run", "cores the workers had, per run",
+                   "tokens per worker CPU second (median)", "model loads per worker"],
                   [[f"{r['workers']} x 1", f"{r['seconds']:.2f}", ", ".join(f"{x:.2f}" for x in r["runs"]),
                     f"{r['tok_s']:.1f}", f"**{r['ratio_vs_1']:.2f}x**",
                     ", ".join(f"{x:.2f}" for x in r["ratio_runs"]) if r["workers"] != 1 else "",
+                    ", ".join(f"{x:.2f}" for x in r.get("cores_runs", [])) or "-",
+                    f"{r['tokens'] / statistics.median(r['cpu_s_runs']):.0f}" if r.get("cpu_s_runs") else "-",
                     ", ".join(str(x) for x in r["model_loads"])] for r in R])
     out.append("")
     return "\n".join(out)

@@ -11,8 +11,10 @@ decodes exactly ``--max-new-tokens`` tokens, in tasks of ``--batch-size`` prompt
 and then the other, the order alternating run by run. A figure is the median of ``--repeat`` runs;
 the ratio of each run is the one-worker time over the many-worker time of that run. Both clusters'
 outputs must be the same tokens, and each worker must have loaded the model exactly once
-(``model_loads``); the record says so. The load average before and after is recorded: on a
-machine shared with other work the ratio is what that work left.
+(``model_loads``); the record says so. The load average before and after is recorded, and the
+CPU seconds the workers ran in each run (``time.process_time`` in each worker process): their
+ratio to the run's time is the number of cores the workers had on average; on a machine shared
+with other work the ratio is bounded by what that work left.
 """
 from __future__ import annotations
 
@@ -61,21 +63,25 @@ def run(args) -> int:
         for n, (_, c) in clusters.items():        # warm-up: the plugin loads the model on every worker
             rd.generate_many(prompts[:n * 2], model=args.model, client=c, batch_size=1, progress=False, **opts)
         times = {n: [] for n in clusters}
+        cpu = {n: [] for n in clusters}           # CPU seconds the workers got in each run
         tokens = {}
         outputs = {}
         for r in range(args.repeat):
             order = sorted(clusters) if r % 2 == 0 else sorted(clusters, reverse=True)
             for n in order:
                 c = clusters[n][1]
+                cpu0 = sum(c.run(time.process_time).values())
                 t0 = time.perf_counter()
                 res = rd.generate_many(prompts, model=args.model, client=c, batch_size=args.batch_size,
                                        progress=False, **opts)
                 dt = time.perf_counter() - t0
+                cpu[n].append(sum(c.run(time.process_time).values()) - cpu0)
                 times[n].append(dt)
                 tokens[n] = sum(x.stats.n_generated for x in res)
                 outputs.setdefault(n, [x.tokens for x in res])
                 print(f"  run {r + 1}: {n} worker(s) x 1 thread: {len(prompts)} prompts, {tokens[n]} tokens in "
-                      f"{dt:.2f} s ({tokens[n] / dt:.1f} tok/s)", flush=True)
+                      f"{dt:.2f} s ({tokens[n] / dt:.1f} tok/s); the workers ran {cpu[n][-1]:.2f} CPU s "
+                      f"({cpu[n][-1] / dt:.2f} cores on average)", flush=True)
         name = rd.ModelPlugin(rd._model_spec(args.model)).name
         loads = {n: sorted(counts.get(name, 0) for counts in rd.model_loads(c).values())
                  for n, (_, c) in clusters.items()}
@@ -94,7 +100,8 @@ def run(args) -> int:
         records.append({"kind": "dask_generate", "workers": n, "threads_per_worker": 1, "prompts": len(prompts),
                         "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "tokens": tokens[n],
                         "seconds": med, "runs": times[n], "tok_s": tokens[n] / med, "ratio_vs_1": base / med,
-                        "ratio_runs": per_run, "model_loads": loads[n]})
+                        "ratio_runs": per_run, "model_loads": loads[n], "cpu_s_runs": cpu[n],
+                        "cores_runs": [a / b for a, b in zip(cpu[n], times[n])]})
         print(f"  {n} worker(s): {med:.2f} s, {tokens[n] / med:.1f} tok/s, {base / med:.2f}x one worker "
               f"(per run: {', '.join(f'{x:.2f}' for x in per_run)}); model loads per worker: {loads[n]}")
     print(f"  outputs identical on every cluster: {same}; load average {load_before[0]:.2f} before, "

@@ -27,6 +27,7 @@ def test_bench_dask_records(tmp_path):
     for x in (one, two):
         assert x["tokens"] == 6 * 5 and x["prompts"] == 6 and len(x["runs"]) == 2
         assert x["model_loads"] == [1] * x["workers"]
+        assert len(x["cpu_s_runs"]) == 2 and all(c > 0 for c in x["cpu_s_runs"])
     assert two["ratio_vs_1"] == pytest.approx(one["seconds"] / two["seconds"])
     assert two["ratio_runs"] == pytest.approx([a / b for a, b in zip(one["runs"], two["runs"])])
     rep = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "report", str(out)], cwd=REPO,

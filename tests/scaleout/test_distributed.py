@@ -80,6 +80,22 @@ def test_out_keeps_given_results_and_computes_only_the_missing(client, model):
     assert out[3].tokens == model.generate(PROMPTS[3], 6, temperature=0).tokens
 
 
+def test_an_interrupted_run_keeps_what_came_back_and_resumes(client, model):
+    def interrupt(done, total):
+        raise KeyboardInterrupt                         # the stop button, after the first task's results
+
+    out = [None] * 8
+    with pytest.raises(KeyboardInterrupt):
+        rd.generate_many(PROMPTS[:8], model="demo", client=client, max_new_tokens=6, temperature=0,
+                         batch_size=2, out=out, progress=interrupt)
+    kept = {i: r for i, r in enumerate(out) if r is not None}
+    assert 2 <= len(kept) < 8
+    rd.generate_many(PROMPTS[:8], model="demo", client=client, max_new_tokens=6, temperature=0,
+                     batch_size=2, out=out, progress=False)
+    assert all(out[i] is r for i, r in kept.items())    # not run again
+    assert [r.tokens for r in out] == [model.generate(p, 6, temperature=0).tokens for p in PROMPTS[:8]]
+
+
 def test_a_failing_task_raises_and_the_results_that_came_back_stay(client, model):
     too_long = list(range(300))                         # the demo model's context holds 256 tokens
     prompts = PROMPTS[:5] + [too_long]
@@ -177,6 +193,10 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(client, model):
     assert killed and killed[0] < len(prompts)
     assert sorted(writes) == list(range(len(prompts)))                # every result exactly once
     assert [r.tokens for r in out] == [r.tokens for r in refs]
-    client.wait_for_workers(2, timeout=60)
+    client.wait_for_workers(2, timeout=300)           # the nanny restarts the killed worker
     assert victim not in client.run(os.getpid).values()
-    assert all(c[rd.ModelPlugin("demo").name] == 1 for c in rd.model_loads(client).values())
+    name = rd.ModelPlugin("demo").name
+    deadline = time.monotonic() + 300                   # its plugin loads the model after it registers
+    while (loads := [c.get(name, 0) for c in rd.model_loads(client).values()]) != [1, 1]:
+        assert time.monotonic() < deadline and all(n <= 1 for n in loads), loads
+        time.sleep(0.5)
