@@ -163,11 +163,51 @@ void ryz_gemm_tl_scalar(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
     free(T);
 }
 
+/* ---- I2 at the scalar level: each block unpacked once for every token ------------------
+ * The reference above unpacks a row again for every token. Here the activations are widened to
+ * int16 once per call, a block of a row is unpacked once into 256 int16 codes (in L1), and the
+ * codes are dotted with each token's activations (int16 x int16 into int32: plain C loops that
+ * the compiler turns into SSE2 pmaddwd), up to RYZ_I2_SMALL_M tokens a pass, so the batched
+ * decode step and the verify pass read and unpack each weight once for all their tokens. Same
+ * integer sums as the reference. */
+static int32_t dot_codes(const int16_t *c, const int16_t *q) {
+    int32_t s = 0;
+    for (int k = 0; k < RYZ_I2_BLOCK; k++) s += (int32_t)c[k] * q[k];
+    return s;
+}
+
+static void gemm_i2_blocks(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
+    const int64_t nb = j->Kp / RYZ_I2_BLOCK;
+    int16_t *q16 = malloc(sizeof(int16_t) * (size_t)(j->M * j->Kp));
+    if (!q16) {   /* no memory for the widened activations: the reference */
+        ryz_gemm_i2_scalar(j, n0, n1);
+        return;
+    }
+    for (int64_t m = 0; m < j->M; m++)
+        for (int64_t k = 0; k < j->Kp; k++) q16[m * j->Kp + k] = j->q[m * j->ldq + k];
+    int16_t codes[RYZ_I2_BLOCK];
+    int32_t acc[RYZ_I2_SMALL_M];
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t m0 = 0; m0 < j->M; m0 += RYZ_I2_SMALL_M) {
+            const int64_t nt = j->M - m0 < RYZ_I2_SMALL_M ? j->M - m0 : RYZ_I2_SMALL_M;
+            memset(acc, 0, sizeof acc);
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *w = j->w + ryz_i2_offset(n, b, j->N, j->rb);
+                for (int i = 0; i < 4; i++)   /* code c[64 i + jj] = bits 2i..2i+1 of byte jj */
+                    for (int jj = 0; jj < RYZ_I2_BLOCK_BYTES; jj++)
+                        codes[64 * i + jj] = (int16_t)((w[jj] >> (2 * i)) & 3);
+                for (int64_t t = 0; t < nt; t++) acc[t] += dot_codes(codes, q16 + (m0 + t) * j->Kp + b * RYZ_I2_BLOCK);
+            }
+            for (int64_t t = 0; t < nt; t++) ryz_ternary_store(j, m0 + t, n, acc[t] - j->qsum[m0 + t]);
+        }
+    free(q16);
+}
+
 const ryz_ternary_kernels ryz_ternary_scalar = {
     .name = "scalar",
     .tl_name = "scalar",
     .t5_name = "scalar",
-    .gemm_i2 = ryz_gemm_i2_scalar,
+    .gemm_i2 = gemm_i2_blocks,
     .gemm_tl = ryz_gemm_tl_scalar,
     .gemm_t5 = ryz_gemm_t5_scalar,
 };
