@@ -199,14 +199,14 @@ def _model_spec(model):
             raise TypeError("model must be what ryzjupyter.load takes (a folder, a hub id, a bundled "
                             f"name or None), or a model loaded from a folder; got {type(model).__name__}")
         model = path
-    if isinstance(model, os.PathLike) or (isinstance(model, str) and Path(model).expanduser().exists()):
-        return str(Path(model).expanduser().resolve())
+    if isinstance(model, os.PathLike) or (isinstance(model, str) and (Path(model).expanduser() / "config.json").is_file()):
+        return str(Path(model).expanduser().resolve())   # a model folder here: the same path on the workers
     return model
 
 
 def _ensure_model(client, model, options) -> str:
     """Register the model's plugin (each worker loads the model once); a load error is raised here."""
-    if not client.scheduler_info().get("workers"):
+    if not client.nthreads():
         raise RuntimeError("the Dask cluster has no workers; start some (or wait for them: "
                            "client.wait_for_workers(1)) before running on it")
     plugin = ModelPlugin(model, options)
@@ -276,7 +276,7 @@ def _batch_size(client, n, batch_size):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         return batch_size
-    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()) or 1
+    threads = sum(client.nthreads().values()) or 1
     # enough tasks to keep every thread busy to the end (about 4 per thread), at most 16 prompts each
     return max(1, min(16, math.ceil(n / (4 * threads))))
 

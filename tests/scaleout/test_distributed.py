@@ -20,7 +20,8 @@ PROMPTS = [f"And {w} said unto" for w in ("Moses", "Aaron", "the LORD", "David",
 @pytest.fixture(scope="module")
 def client():
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, env={"RYZ_NUM_THREADS": "1"})
+                                       dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"},
+                                       env={"RYZ_NUM_THREADS": "1"})
     c = distributed.Client(cluster, set_as_default=False)
     yield c
     c.close()
@@ -58,6 +59,18 @@ def test_the_model_is_loaded_once_per_worker(client):
     assert len(loads) == 2
     name = rd.ModelPlugin("demo").name
     assert [counts[name] for counts in loads.values()] == [1, 1]
+
+
+def test_a_relative_model_folder_is_sent_as_an_absolute_path(client, model, tmp_path, monkeypatch):
+    monkeypatch.chdir(MODELS_DIR)                       # the workers' working folder is not this one
+    got = rd.generate_many(["In the beginning"], model="./demo", client=client, max_new_tokens=4,
+                           temperature=0, progress=False)
+    assert got[0].tokens == model.generate("In the beginning", 4, temperature=0).tokens
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()                         # a folder that is not a model: "demo" stays the bundled name
+    got = rd.generate_many(["In the beginning"], model="demo", client=client, max_new_tokens=4,
+                           temperature=0, progress=False)
+    assert got[0].tokens == model.generate("In the beginning", 4, temperature=0).tokens
 
 
 def test_terminal_progress_bar_and_the_callback(client, capsys):
