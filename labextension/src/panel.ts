@@ -429,6 +429,15 @@ export class RyzSidebar extends Widget {
       add('decode', s.decode_tok_s === undefined ? '–' : `${s.decode_tok_s.toFixed(1)} tok/s`);
       add('prefill', `${(s.prefill_tok_s ?? 0).toFixed(1)} tok/s`);
       add('time to first token', `${((s.ttft_s ?? 0) * 1000).toFixed(0)} ms`);
+      if (s.drafter) {
+        // speculative decoding: how many drafts the model kept, and where the decode time went
+        const pct = Math.round(100 * (s.acceptance ?? 0));
+        add('speculative', `${s.drafter}: ${s.accepted ?? 0}/${s.drafted ?? 0} drafts accepted (${pct}%), ` +
+          `${(s.tokens_per_pass ?? 0).toFixed(2)} tokens/pass`);
+        dl.lastElementChild?.classList.add('ryz-speculative');
+        const ms = (v: number | undefined) => `${((v ?? 0) * 1000).toFixed(0)} ms`;
+        add('draft / verify / sampling', `${ms(s.draft_s)} / ${ms(s.verify_s)} / ${ms(s.sampling_s)}`);
+      }
       // why it stopped: max tokens, context full, a stop token or string, interrupted
       const finish = this._last.finish;
       add('stopped', finish?.label ?? String(this._last.finish_reason ?? ''));

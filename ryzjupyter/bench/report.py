@@ -334,14 +334,15 @@ def speculative_tables(d: dict) -> str:
         v0 = ver[0]
         out += ["", f"Verify cost, {v0['shape']} shape (random weights, int8 head), {v0['threads']} threads; one "
                 f"decode step {v0['step_s'] * 1e3:.1f} ms (median); r = verify time / step time:", ""]
-        out += _table(["positions (draft tokens + 1)", "verify ms (median)", "r"],
-                      [[r["positions"], f"{r['verify_s'] * 1e3:.1f}", f"{r['ratio']:.2f}"] for r in ver])
+        out += _table(["positions (draft tokens + 1)", "verify ms (median)", "r", "r in CPU time"],
+                      [[r["positions"], f"{r['verify_s'] * 1e3:.1f}", f"{r['ratio']:.2f}",
+                        f"{r['ratio_cpu']:.2f}"] for r in ver])
     for r in R:
         if r["kind"] == "spec_draft_cost":
             ds = r["draft_shape"]
             out += ["", f"Draft shape (hidden {ds['hidden_size']}, {ds['num_hidden_layers']} layers, vocabulary "
                     f"{ds['vocab_size']}): one step {r['draft_step_s'] * 1e3:.1f} ms, c = {r['c']:.3f} of a "
-                    "target step."]
+                    f"target step ({r['price']} time)."]
     txt = [r for r in R if r["kind"] == "spec_text"]
     if txt:
         pred = any("predicted_2b4t" in r for r in txt)
@@ -349,13 +350,14 @@ def speculative_tables(d: dict) -> str:
                 "medians, speedups against plain decoding in the same runs"
                 + ("; the last column prices each configuration's passes with the r and c above" if pred else "")
                 + ":", ""]
-        head = ["text", "drafter", "k", "tok/s", "speedup", "per run", "accepted / drafted", "tokens / pass"]
+        head = ["text", "drafter", "k", "tok/s", "speedup", "per run", "CPU time speedup", "accepted / drafted",
+                "tokens / pass"]
         if pred:
             head.append("2B-4T predicted")
         rows = []
         for r in txt:
             row = [r["text"], r["drafter"], r["k"], f"{r['tok_s']:.1f}", f"**{r['speedup']:.2f}x**",
-                   f"{min(r['speedup_runs']):.2f}-{max(r['speedup_runs']):.2f}",
+                   f"{min(r['speedup_runs']):.2f}-{max(r['speedup_runs']):.2f}", f"{r['cpu_speedup']:.2f}x",
                    f"{r['accepted']} / {r['drafted']} ({_pct(r['acceptance'])})" if r["drafter"] != "plain" else "",
                    f"{r['tokens_per_pass']:.2f}"]
             if pred:

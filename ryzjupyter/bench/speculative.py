@@ -60,6 +60,9 @@ def add_parser(sub):
     p.add_argument("--new-tokens", type=int, default=96, help="tokens per reply on the bundled model (default 96)")
     p.add_argument("--ks", default="auto,2,4,8", help="draft lengths: auto (adaptive) and fixed k (default auto,2,4,8)")
     p.add_argument("--model", default="demo", help="bundled target model (default demo)")
+    p.add_argument("--price", choices=("wall", "cpu"), default="wall",
+                   help="which r(n) prices the 2B-4T prediction: wall-clock medians (default) or CPU time "
+                        "(all threads; steadier on a loaded machine)")
     p.add_argument("--json", metavar="FILE", help="write the records (and the machine) to FILE")
     p.set_defaults(run=run)
     return p
@@ -83,34 +86,40 @@ def verify_costs(model, positions, repeat, context):
     cache = _filled_cache(model, context)
     toks = list(range(5, 5 + max(positions)))
     runs = {n: [] for n in positions}
-    step = []
+    cpu = {n: [] for n in positions}
+    step, step_cpu = [], []
     model.verify(toks[:2], cache)                       # warm: the plan, the I2 repack
     cache.truncate(context)
     for _ in range(repeat):
         for n in positions:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model.forward(np.array([7]), cache)
             step.append(time.perf_counter() - t0)
+            step_cpu.append(time.process_time() - c0)
             cache.truncate(context)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model.verify(toks[:n], cache)
             runs[n].append(time.perf_counter() - t0)
+            cpu[n].append(time.process_time() - c0)
             cache.truncate(context)
-    s = statistics.median(step)
-    return {n: statistics.median(v) for n, v in runs.items()}, s, runs, step
+    med = {n: statistics.median(v) for n, v in runs.items()}
+    med_cpu = {n: statistics.median(v) for n, v in cpu.items()}
+    return med, statistics.median(step), runs, step, med_cpu, statistics.median(step_cpu)
 
 
 def step_time(model, repeat, context):
+    """(wall, CPU time) medians of one decode step."""
     cache = _filled_cache(model, context)
     model.forward(np.array([7]), cache)
     cache.truncate(context)
-    ts = []
+    ts, cs = [], []
     for _ in range(max(3, repeat)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model.forward(np.array([7]), cache)
         ts.append(time.perf_counter() - t0)
+        cs.append(time.process_time() - c0)
         cache.truncate(context)
-    return statistics.median(ts)
+    return statistics.median(ts), statistics.median(cs)
 
 
 def ratio_at(r, n):
@@ -167,14 +176,17 @@ def run_texts(args, rec, model, r=None, c=None):
         n_prompt = len(model.tokenizer.encode(prompt))
         print(f"\n-- {name} ({n_prompt} prompt tokens, {args.new_tokens} new) --")
         res = {cfg: [] for cfg in configs}
+        cpu = {cfg: [] for cfg in configs}                      # CPU seconds of the whole call (prefill included)
         ref = None
         model._adjacency_table = None                       # every text starts with a cold table
         for rep in range(args.repeat):
             for cfg in configs:
                 d, k = cfg
                 s = model.new_session()
+                c0 = time.process_time()
                 g = s.generate(prompt, args.new_tokens, temperature=0, ignore_eos=True,
                                **({} if d is None else dict(draft=d, num_draft=k)))
+                cpu[cfg].append(time.process_time() - c0)
                 if d is None and ref is None:
                     ref = g.tokens
                 if g.tokens != ref:
@@ -186,16 +198,18 @@ def run_texts(args, rec, model, r=None, c=None):
             sts = res[cfg]
             tps = statistics.median([st.decode_tok_s for st in sts])
             per_run = [st.decode_tok_s / b.decode_tok_s for st, b in zip(sts, res[(None, None)])]
+            cpu_speedup = statistics.median(cpu[(None, None)]) / statistics.median(cpu[cfg])
             last = sts[-1]
             row = dict(kind="spec_text", text=name, model=args.model, drafter=d or "plain",
                        k="auto" if k is None else k, n_prompt=n_prompt, n_generated=last.n_generated,
                        tok_s=tps, tok_s_runs=[st.decode_tok_s for st in sts], speedup=tps / base,
-                       speedup_runs=per_run, drafted=last.drafted, accepted=last.accepted,
+                       speedup_runs=per_run, cpu_s=cpu[cfg], cpu_speedup=cpu_speedup,
+                       drafted=last.drafted, accepted=last.accepted,
                        acceptance=last.acceptance, target_passes=last.target_passes,
                        tokens_per_pass=last.tokens_per_pass, pass_sizes={str(a): b for a, b in last.pass_sizes.items()},
                        draft_s=last.draft_s, verify_s=last.verify_s, sampling_s=last.sampling_s)
             line = (f"  {row['drafter']:>10} k={row['k']!s:>4}: {tps:7.1f} tok/s  {tps / base:5.2f}x "
-                    f"(runs {min(per_run):.2f}-{max(per_run):.2f})")
+                    f"(runs {min(per_run):.2f}-{max(per_run):.2f}; CPU time {cpu_speedup:.2f}x)")
             if d is not None:
                 line += (f"  accepted {last.accepted:3d}/{last.drafted:<3d} ({last.acceptance:4.0%}), "
                          f"{last.tokens_per_pass:4.2f} tok/pass")
@@ -235,26 +249,32 @@ def run(args) -> int:
               f"tokens; median of {args.repeat}) ==")
         folder = random_model_folder(SHAPES[args.shape], args.model_dir)
         target = ryzjupyter.load(str(folder), lm_head="int8", max_context=args.context + 32)
-        med, step, runs, steps = verify_costs(target, positions, args.repeat, args.context)
+        med, step, runs, steps, med_cpu, step_cpu = verify_costs(target, positions, args.repeat, args.context)
         r = {n: med[n] / step for n in positions}
-        print(f"  one decode step {step * 1e3:.1f} ms")
+        r_cpu = {n: med_cpu[n] / step_cpu for n in positions}
+        print(f"  one decode step {step * 1e3:.1f} ms wall, {step_cpu * 1e3:.1f} ms CPU time (all threads)")
         for n in positions:
             print(f"  verify {n:2d} positions ({n - 1:2d} draft tokens): {med[n] * 1e3:7.1f} ms = "
-                  f"{r[n]:.2f} x a step", flush=True)
+                  f"{r[n]:.2f} x a step (CPU time {r_cpu[n]:.2f} x)", flush=True)
             rec(kind="spec_verify", shape=args.shape, threads=args.threads, positions=n, verify_s=med[n],
-                step_s=step, ratio=r[n], verify_runs=runs[n])
+                step_s=step, ratio=r[n], verify_runs=runs[n], verify_cpu_s=med_cpu[n], step_cpu_s=step_cpu,
+                ratio_cpu=r_cpu[n])
         rk = {k: ratio_at(r, k + 1) for k in (4, 8)}
-        print(f"  r(4) = {rk[4]:.2f} (bar 1.3), r(8) = {rk[8]:.2f} (bar 1.8)  [r(k): k draft tokens, k + 1 positions]")
+        rkc = {k: ratio_at(r_cpu, k + 1) for k in (4, 8)}
+        print(f"  r(4) = {rk[4]:.2f} (bar 1.3), r(8) = {rk[8]:.2f} (bar 1.8)  [r(k): k draft tokens, k + 1 "
+              f"positions]; in CPU time r(4) = {rkc[4]:.2f}, r(8) = {rkc[8]:.2f}")
+        if args.price == "cpu":
+            r = r_cpu
         del target
         dshape = draft_shape_for(args.shape, SHAPES[args.shape])
         dfolder = random_model_folder(dshape, args.model_dir)
         draft = ryzjupyter.load(str(dfolder), lm_head="int8", max_context=args.context + 32)
-        ds = step_time(draft, args.repeat, args.context)
-        c = ds / step
+        ds, ds_cpu = step_time(draft, args.repeat, args.context)
+        c = ds / step if args.price == "wall" else ds_cpu / step_cpu
         print(f"  draft shape {dshape['hidden_size']}x{dshape['num_hidden_layers']} layers: one step "
               f"{ds * 1e3:.1f} ms = c {c:.3f} of a target step")
         rec(kind="spec_draft_cost", shape=args.shape, draft_shape=dshape, threads=args.threads,
-            draft_step_s=ds, step_s=step, c=c)
+            draft_step_s=ds, step_s=step, draft_step_cpu_s=ds_cpu, step_cpu_s=step_cpu, c=c, price=args.price)
         del draft
     print(f"\n== real text: {args.model} (greedy; every reply checked against plain decoding) ==")
     model = ryzjupyter.load(args.model)

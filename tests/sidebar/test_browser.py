@@ -107,7 +107,7 @@ def lab(tmp_path_factory):
     shutil.copy(REPO / "notebooks" / "quickstart.ipynb", root / "quickstart.ipynb")
     # a model loaded by a %%ryz cell (the bundled demo: no %ryz load first)
     (root / "implicit.ipynb").write_text(json.dumps(_notebook([
-        "%load_ext ryzjupyter", "%%ryz -n 8 -t 0\nAnd God said"])))
+        "%load_ext ryzjupyter", "%%ryz -n 8 -t 0 --draft lookup --num-draft 3\nAnd God said"])))
 
     port, token = _free_port(), os.urandom(12).hex()
     env = kernel_env({"RYZ_MODEL_DIRS": os.pathsep.join([kernel_env()["RYZ_MODEL_DIRS"], str(extra)]),
@@ -400,4 +400,9 @@ def test_a_model_loaded_by_a_cell_is_listed_once(lab, page):
     assert m, text
     details = side.locator(".ryz-loaded .ryz-model-row[data-name='demo'] .ryz-model-details").inner_text()
     assert f"{m.group(1)} = {m.group(2)} weights + {m.group(3)} KV cache" in details, details
+    # the cell decoded speculatively: the last generation shows the acceptance and where the time went
+    spec = side.locator(".ryz-last .ryz-speculative .ryz-stat-value")
+    spec.wait_for(timeout=10000)
+    assert re.fullmatch(r"lookup: \d+/\d+ drafts accepted \(\d+%\), \d\.\d\d tokens/pass", spec.inner_text())
+    assert "draft / verify / sampling" in side.locator(".ryz-last").inner_text()
     _shot(page, "sidebar-loaded-by-a-cell.png")
