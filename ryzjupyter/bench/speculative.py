@@ -81,8 +81,21 @@ def _filled_cache(model, n):
     return c
 
 
+def _timed(fn, split):
+    """(wall s, CPU s) of fn(); split[...] gets the C-measured seconds of the layers and the head."""
+    from ryzjupyter.engine.profiling import PROFILER
+    PROFILER.begin()
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    t, c = time.perf_counter() - t0, time.process_time() - c0
+    ph = PROFILER.end().phases
+    split.append((ph.get("layers", 0.0), ph.get("lm_head", 0.0)))
+    return t, c
+
+
 def verify_costs(model, positions, repeat, context):
-    """{n: median seconds of a verify pass over n positions}, {'step': median decode step}."""
+    """Medians of a verify pass over n positions and of one decode step: wall, CPU time and the
+    C-measured split between the layers and the head."""
     cache = _filled_cache(model, context)
     toks = list(range(5, 5 + max(positions)))
     runs = {n: [] for n in positions}
@@ -90,21 +103,23 @@ def verify_costs(model, positions, repeat, context):
     step, step_cpu = [], []
     model.verify(toks[:2], cache)                       # warm: the plan, the I2 repack
     cache.truncate(context)
+    split = {n: [] for n in positions}
+    step_split = []
     for _ in range(repeat):
         for n in positions:
-            t0, c0 = time.perf_counter(), time.process_time()
-            model.forward(np.array([7]), cache)
-            step.append(time.perf_counter() - t0)
-            step_cpu.append(time.process_time() - c0)
+            t, c = _timed(lambda: model.forward(np.array([7]), cache), step_split)
+            step.append(t)
+            step_cpu.append(c)
             cache.truncate(context)
-            t0, c0 = time.perf_counter(), time.process_time()
-            model.verify(toks[:n], cache)
-            runs[n].append(time.perf_counter() - t0)
-            cpu[n].append(time.process_time() - c0)
+            t, c = _timed(lambda: model.verify(toks[:n], cache), split[n])
+            runs[n].append(t)
+            cpu[n].append(c)
             cache.truncate(context)
     med = {n: statistics.median(v) for n, v in runs.items()}
     med_cpu = {n: statistics.median(v) for n, v in cpu.items()}
-    return med, statistics.median(step), runs, step, med_cpu, statistics.median(step_cpu)
+    med_split = {n: tuple(statistics.median(x) for x in zip(*v)) for n, v in split.items()}
+    med_split["step"] = tuple(statistics.median(x) for x in zip(*step_split))
+    return med, statistics.median(step), runs, step, med_cpu, statistics.median(step_cpu), med_split
 
 
 def step_time(model, repeat, context):
@@ -249,16 +264,20 @@ def run(args) -> int:
               f"tokens; median of {args.repeat}) ==")
         folder = random_model_folder(SHAPES[args.shape], args.model_dir)
         target = ryzjupyter.load(str(folder), lm_head="int8", max_context=args.context + 32)
-        med, step, runs, steps, med_cpu, step_cpu = verify_costs(target, positions, args.repeat, args.context)
+        med, step, runs, steps, med_cpu, step_cpu, split = verify_costs(target, positions, args.repeat, args.context)
         r = {n: med[n] / step for n in positions}
         r_cpu = {n: med_cpu[n] / step_cpu for n in positions}
-        print(f"  one decode step {step * 1e3:.1f} ms wall, {step_cpu * 1e3:.1f} ms CPU time (all threads)")
+        sl, sh = split["step"]
+        print(f"  one decode step {step * 1e3:.1f} ms wall, {step_cpu * 1e3:.1f} ms CPU time (all threads); "
+              f"in C: layers {sl * 1e3:.1f} ms, head {sh * 1e3:.1f} ms")
         for n in positions:
+            vl, vh = split[n]
             print(f"  verify {n:2d} positions ({n - 1:2d} draft tokens): {med[n] * 1e3:7.1f} ms = "
-                  f"{r[n]:.2f} x a step (CPU time {r_cpu[n]:.2f} x)", flush=True)
+                  f"{r[n]:.2f} x a step (CPU time {r_cpu[n]:.2f} x; layers {vl / sl:.2f} x, head "
+                  f"{vh / sh if sh else 0:.2f} x a step's)", flush=True)
             rec(kind="spec_verify", shape=args.shape, threads=args.threads, positions=n, verify_s=med[n],
                 step_s=step, ratio=r[n], verify_runs=runs[n], verify_cpu_s=med_cpu[n], step_cpu_s=step_cpu,
-                ratio_cpu=r_cpu[n])
+                ratio_cpu=r_cpu[n], verify_layers_s=vl, verify_head_s=vh, step_layers_s=sl, step_head_s=sh)
         rk = {k: ratio_at(r, k + 1) for k in (4, 8)}
         rkc = {k: ratio_at(r_cpu, k + 1) for k in (4, 8)}
         print(f"  r(4) = {rk[4]:.2f} (bar 1.3), r(8) = {rk[8]:.2f} (bar 1.8)  [r(k): k draft tokens, k + 1 "
