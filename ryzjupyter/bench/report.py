@@ -337,8 +337,9 @@ def speculative_tables(d: dict) -> str:
         out += _table(["positions (draft tokens + 1)", "verify ms (median)", "r", "r in CPU time",
                        "layers / a step's (C)", "head / a step's (C)"],
                       [[r["positions"], f"{r['verify_s'] * 1e3:.1f}", f"{r['ratio']:.2f}",
-                        f"{r['ratio_cpu']:.2f}", f"{r['verify_layers_s'] / r['step_layers_s']:.2f}",
-                        f"{r['verify_head_s'] / r['step_head_s']:.2f}" if r["step_head_s"] else "-"] for r in ver])
+                        f"{r['ratio_cpu']:.2f}",
+                        f"{r['verify_layers_s'] / r['step_layers_s']:.2f}" if r.get("step_layers_s") else "-",
+                        f"{r['verify_head_s'] / r['step_head_s']:.2f}" if r.get("step_head_s") else "-"] for r in ver])
     for r in R:
         if r["kind"] == "spec_draft_cost":
             ds = r["draft_shape"]
