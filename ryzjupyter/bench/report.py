@@ -347,11 +347,13 @@ def speculative_tables(d: dict) -> str:
                     f"{ds['vocab_size']}): one step {r['draft_step_s'] * 1e3:.1f} ms, c = {r['c']:.3f} of a "
                     f"target step ({r['price']} time)."]
     txt = [r for r in R if r["kind"] == "spec_text"]
+    price = next((r.get("price", "wall") for r in R if r["kind"] == "spec_draft_cost"), "wall")
     if txt:
         pred = any("predicted_2b4t" in r for r in txt)
         out += ["", f"Real text on `{txt[0]['model']}`, greedy, {txt[0]['n_generated']} new tokens; tokens/s are "
                 "medians, speedups against plain decoding in the same runs"
-                + ("; the last column prices each configuration's passes with the r and c above" if pred else "")
+                + (f"; the last column prices each configuration's passes with the r ({price} time) and c above"
+                   if pred else "")
                 + ":", ""]
         head = ["text", "drafter", "k", "tok/s", "speedup", "per run", "CPU time speedup", "accepted / drafted",
                 "tokens / pass"]
