@@ -25,10 +25,10 @@ Drafters:
     ModelDrafter      a smaller model with the same tokenizer drafts a chain
 
 `Controller` picks how many draft tokens to verify each round from the running acceptance of each
-draft position and the measured time of a verify pass over n positions (the cost model is the
-pass times this generation measures, started from the ratios `python -m ryzjupyter.bench
-speculative` records for the model when it has run): the number of tokens a round is expected to
-emit divided by its expected time, against a plain decode step. A drafter that does not pay is
+draft position and the measured time of a round over n positions (the cost model is the round
+times this generation measures; `python -m ryzjupyter.bench speculative` measures the same ratios
+r(n) offline): the number of tokens a round is expected to emit divided by its expected time,
+against a plain decode step. A drafter that does not pay is
 backed off to plain decoding; its first draft token is still checked against what was emitted, so
 it comes back when it starts to pay.
 """
@@ -292,15 +292,14 @@ class Controller:
 
     acceptance: per (drafter key, slot) the decayed counts of 'accepted' over 'tried' (a node is
     tried when its parent was accepted); a node's chance to be on the accepted path is the product
-    of its and its ancestors' rates. cost: the seconds of a round over n positions, measured
-    (exponential average), before any measurement the recorded ratios r(n) times the measured
-    plain step (or 1 + 0.15 (n - 1) when the bench never ran for this model)."""
+    of its and its ancestors' rates. cost: the seconds of a round over n positions (the pass, the
+    sampling, the table update), measured as an exponential average; before n was measured, the
+    measured plain step times 1 + 0.15 (n - 1)."""
 
     DECAY = 0.97
 
-    def __init__(self, num_draft=None, ratios=None):
+    def __init__(self, num_draft=None):
         self.fixed = num_draft
-        self.ratios = dict(ratios or {})
         self.round_s: dict[int, float] = {}
         self.acc: dict[tuple, list] = {}
         self.idle = 0
@@ -322,9 +321,8 @@ class Controller:
             base = min((v / self._ratio(m) for m, v in self.round_s.items()), default=1.0)
         return base * self._ratio(n)
 
-    def _ratio(self, n):
-        if n in self.ratios:
-            return float(self.ratios[n])
+    @staticmethod
+    def _ratio(n):
         return 1.0 + 0.15 * (n - 1)
 
     def measured(self, n, seconds):
@@ -422,7 +420,7 @@ class Speculation:
         if kind == "model":
             dsess = session._draft_session(draft_model)
             self.model_drafter = ModelDrafter(dsess, sampler.settings, self.greedy)
-        self.ctrl = Controller(num_draft, getattr(model, "_verify_cost_ratios", None))
+        self.ctrl = Controller(num_draft)
         self.drafted = self.accepted_round = 0
         self.target_passes = 0
         self.draft_s = self.verify_s = self.sampling_s = 0.0
