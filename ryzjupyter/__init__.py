@@ -13,6 +13,7 @@ _LAZY = {
     "load": ("ryzjupyter.families.loading", "load"),
     "Tokenizer": ("ryzjupyter.engine.tokenizer", "Tokenizer"),
     "native_info": ("ryzjupyter.engine.native", "native_info"),
+    "embed": ("ryzjupyter.memory.embedding", "embed"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__", "load_ipython_extension", "unload_ipython_extension"]

@@ -7,6 +7,11 @@
  *   softmax  m = max(x), e = exp(x - m), x = e * (1/sum(e)); a row that is all -inf
  *            becomes all zeros (torch gives NaN there); NaN / +inf entries give NaN
  *   silu     x / (1 + exp(-x));  relu2  max(x, 0)^2;  mul a*b;  add a+b
+ *   layernorm  mu = sum(x)/D, var = sum((x - mu)^2)/D (two passes, fp32),
+ *            out = (x - mu) * (1/sqrt(var + eps)) * w + b   (BERT's post-LN blocks)
+ *   gelu     x * 0.5 * (1 + erf(x / sqrt(2)))  (the exact GELU of BERT / torch's default);
+ *            the reference uses libm erff, the AVX2 variant erf from Abramowitz & Stegun
+ *            7.1.26 (|error| <= 1.5e-7 in erf), so gelu differs by <= 1e-7 * |x| + 1 ulp
  * Element-wise kernels take no restrict on out: out may be exactly a (or b).
  *
  * The vector exp used by every float family (ops, attention, recurrent) lives
@@ -26,7 +31,16 @@ typedef struct {
     void (*relu2)(float *out, const float *x, int64_t n);
     void (*mul)(float *out, const float *a, const float *b, int64_t n);
     void (*add)(float *out, const float *a, const float *b, int64_t n);
+    void (*layernorm_row)(float *out, const float *x, const float *RYZ_RESTRICT w,
+                          const float *RYZ_RESTRICT b, int64_t D, float eps);
+    void (*gelu)(float *out, const float *x, int64_t n);
+    const char *encoder_name; /* the variant layernorm and gelu are (avx512vnni uses AVX2's) */
 } ryz_ops_kernels;
+
+/* the AVX2 layernorm / gelu (ops_avx2.c), also the AVX-512 level's */
+void ryz_layernorm_row_avx2(float *out, const float *x, const float *RYZ_RESTRICT w,
+                            const float *RYZ_RESTRICT b, int64_t D, float eps);
+void ryz_gelu_avx2(float *out, const float *x, int64_t n);
 
 extern const ryz_ops_kernels ryz_ops_scalar;
 extern const ryz_ops_kernels ryz_ops_avx2;

@@ -121,6 +121,64 @@ static void add(float *out, const float *a, const float *b, int64_t n) {
     }
 }
 
+/* LayerNorm: sum, then the sum of squares of the centred row, then the affine output */
+void ryz_layernorm_row_avx2(float *out, const float *x, const float *RYZ_RESTRICT w,
+                            const float *RYZ_RESTRICT b, int64_t D, float eps) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= D; i += 16) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(x + i));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(x + i + 8));
+    }
+    for (; i < D; i += 8) a0 = _mm256_add_ps(a0, _mm256_maskload_ps(x + i, ryz_tail8(D - i)));
+    const __m256 mu = _mm256_set1_ps(ryz_hsum_avx2(_mm256_add_ps(a0, a1)) / (float)D);
+    a0 = _mm256_setzero_ps();
+    a1 = _mm256_setzero_ps();
+    for (i = 0; i + 16 <= D; i += 16) {
+        __m256 v0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), mu), v1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), mu);
+        a0 = _mm256_fmadd_ps(v0, v0, a0);
+        a1 = _mm256_fmadd_ps(v1, v1, a1);
+    }
+    for (; i < D; i += 8) {
+        __m256i m = ryz_tail8(D - i);
+        __m256 v = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), mu), _mm256_castsi256_ps(m));
+        a0 = _mm256_fmadd_ps(v, v, a0);
+    }
+    const float ss = ryz_hsum_avx2(_mm256_add_ps(a0, a1));
+    const __m256 r = _mm256_set1_ps(1.0f / sqrtf(ss / (float)D + eps));
+    for (i = 0; i < D; i += 8) {
+        const int64_t m = D - i;
+        __m256 v = _mm256_mul_ps(_mm256_sub_ps(ryz_ld8(x + i, m), mu), r);
+        ryz_st8(out + i, m, _mm256_fmadd_ps(v, ryz_ld8(w + i, m), ryz_ld8(b + i, m)));
+    }
+}
+
+/* exact GELU with erf(z) = sign(z) (1 - poly(t) exp(-z^2)), t = 1 / (1 + p |z|)
+ * (Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7) */
+void ryz_gelu_avx2(float *out, const float *x, int64_t n) {
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    const __m256 rs2 = _mm256_set1_ps(0.70710678118654752f), p = _mm256_set1_ps(0.3275911f);
+    const __m256 a1 = _mm256_set1_ps(0.254829592f), a2 = _mm256_set1_ps(-0.284496736f),
+                 a3 = _mm256_set1_ps(1.421413741f), a4 = _mm256_set1_ps(-1.453152027f),
+                 a5 = _mm256_set1_ps(1.061405429f);
+    for (int64_t i = 0; i < n; i += 8) {
+        const int64_t m = n - i;
+        const __m256 v = ryz_ld8(x + i, m);
+        const __m256 z = _mm256_mul_ps(v, rs2);
+        const __m256 az = _mm256_andnot_ps(sign, z);
+        const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(p, az, one));
+        __m256 y = _mm256_fmadd_ps(a5, t, a4);
+        y = _mm256_fmadd_ps(y, t, a3);
+        y = _mm256_fmadd_ps(y, t, a2);
+        y = _mm256_fmadd_ps(y, t, a1);
+        y = _mm256_mul_ps(y, t);
+        const __m256 e = ryz_exp_avx2(_mm256_xor_ps(_mm256_mul_ps(az, az), sign));
+        __m256 erf = _mm256_fnmadd_ps(y, e, one);                  /* erf(|z|) */
+        erf = _mm256_or_ps(erf, _mm256_and_ps(z, sign));            /* sign of z */
+        ryz_st8(out + i, m, _mm256_mul_ps(_mm256_mul_ps(v, half), _mm256_add_ps(one, erf)));
+    }
+}
+
 const ryz_ops_kernels ryz_ops_avx2 = {
     .name = "avx2",
     .rmsnorm_row = rmsnorm_row,
@@ -130,4 +188,7 @@ const ryz_ops_kernels ryz_ops_avx2 = {
     .relu2 = relu2,
     .mul = mul,
     .add = add,
+    .layernorm_row = ryz_layernorm_row_avx2,
+    .gelu = ryz_gelu_avx2,
+    .encoder_name = "avx2",
 };

@@ -121,4 +121,8 @@ const ryz_ops_kernels ryz_ops_avx512 = {
     .relu2 = relu2,
     .mul = mul,
     .add = add,
+    /* LayerNorm and GELU (the encoder's): the AVX2 variants; this level has none of its own */
+    .layernorm_row = ryz_layernorm_row_avx2,
+    .gelu = ryz_gelu_avx2,
+    .encoder_name = "avx2",
 };

@@ -65,6 +65,24 @@ static void add(float *out, const float *a, const float *b, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
+/* LayerNorm over one row: mean, then the variance of the centred row (two passes, as the
+ * definition; no E[x^2] - mu^2 cancellation) */
+static void layernorm_row(float *out, const float *x, const float *RYZ_RESTRICT w,
+                          const float *RYZ_RESTRICT b, int64_t D, float eps) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < D; i++) s += x[i];
+    const float mu = s / (float)D;
+    float ss = 0.0f;
+    for (int64_t i = 0; i < D; i++) ss += (x[i] - mu) * (x[i] - mu);
+    const float r = 1.0f / sqrtf(ss / (float)D + eps);
+    for (int64_t i = 0; i < D; i++) out[i] = (x[i] - mu) * r * w[i] + b[i];
+}
+
+/* exact GELU: x * Phi(x) = x * 0.5 * (1 + erf(x / sqrt 2)) */
+static void gelu(float *out, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] * 0.5f * (1.0f + erff(x[i] * 0.70710678118654752f));
+}
+
 const ryz_ops_kernels ryz_ops_scalar = {
     .name = "scalar",
     .rmsnorm_row = rmsnorm_row,
@@ -74,4 +92,7 @@ const ryz_ops_kernels ryz_ops_scalar = {
     .relu2 = relu2,
     .mul = mul,
     .add = add,
+    .layernorm_row = layernorm_row,
+    .gelu = gelu,
+    .encoder_name = "scalar",
 };

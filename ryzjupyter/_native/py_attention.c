@@ -15,6 +15,7 @@ void ryz_attention_select(ryz_isa isa) {
     ryz_register_kernel("attention", ryz_attention->name);
     ryz_register_kernel("attention_i8kv", ryz_attention->name);
     ryz_register_kernel("quantize_kv_i8", "scalar"); /* one plain C version for every level */
+    ryz_register_kernel("attention_segments", ryz_attention->name);
 }
 
 typedef struct {
@@ -330,9 +331,113 @@ fail:
     return NULL;
 }
 
+
+/* ---- bidirectional attention within segments (the encoder's) ------------------------------
+ * Many sequences packed one after another (no padding): query row i of segment s attends to
+ * every row of its own segment, none of another (the padding mask, without the padding). One
+ * unit per query row over all heads (H = Hkv, G = 1), the same unit kernels as attention(). */
+typedef struct {
+    float *out;
+    const float *q, *k, *v;
+    const int64_t *offsets;
+    int64_t B, H, hd, maxL;
+    float scale;
+    int failed;
+} seg_job;
+
+static void seg_task(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    seg_job *j = ctx;
+    float *scratch = malloc(sizeof(float) * (size_t)ryz_attn_scratch_floats(j->H, j->hd, j->maxL));
+    if (!scratch) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    const ryz_attn_cache c = {j->k, j->v, NULL, NULL, NULL, NULL, j->H, j->hd};
+    int64_t lo = 0, hi = j->B; /* the segment of row b: offsets[s] <= b < offsets[s + 1] */
+    while (hi - lo > 1) {
+        const int64_t mid = (lo + hi) / 2;
+        if (j->offsets[mid] <= b) lo = mid; else hi = mid;
+    }
+    int64_t s = lo;
+    for (int64_t i = b; i < e; i++) {
+        while (j->offsets[s + 1] <= i) s++;
+        const int64_t qoff = i * j->H * j->hd;
+        ryz_attn_run_unit(&c, j->q + qoff, 0, j->H, 1, j->offsets[s], j->offsets[s + 1], j->scale, j->out + qoff,
+                          NULL, scratch);
+    }
+    free(scratch);
+}
+
+PyDoc_STRVAR(attention_segments_doc,
+"attention_segments(out, q, k, v, offsets, scale) -> None\n\n"
+"Bidirectional multi-head attention over sequences packed one after another (an encoder's\n"
+"self-attention with the padding mask, without the padding): out, q, k, v float32 [T, H, hd];\n"
+"offsets int64 [B + 1], offsets[0] = 0, increasing strictly, offsets[B] = T: segment s is rows\n"
+"offsets[s] .. offsets[s+1]-1. For query row i of segment s and head h:\n"
+"out[i, h] = softmax(scale * k[seg, h] @ q[i, h]) @ v[seg, h]. out must not overlap q, k or v.\n"
+"Interruptible (Ctrl-C) between chunks of rows.");
+static PyObject *py_attention_segments(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    PyObject *oo, *oq, *ok, *ov, *ooff;
+    double scale;
+    if (!PyArg_ParseTuple(args, "OOOOOd:attention_segments", &oo, &oq, &ok, &ov, &ooff, &scale)) return NULL;
+    ryz_args a = {0};
+    ryz_arr *out, *q, *k, *v, *off;
+    if (!(out = ryz_arr_get(&a, oo, "out", RYZ_F32, 3, 1)) || !(q = ryz_arr_get(&a, oq, "q", RYZ_F32, 3, 0)) ||
+        !(k = ryz_arr_get(&a, ok, "k", RYZ_F32, 3, 0)) || !(v = ryz_arr_get(&a, ov, "v", RYZ_F32, 3, 0)) ||
+        !(off = ryz_arr_get(&a, ooff, "offsets", RYZ_I64, 1, 0)))
+        goto fail;
+    const int64_t T = ryz_dim(q, 0), H = ryz_dim(q, 1), hd = ryz_dim(q, 2), B = ryz_dim(off, 0) - 1;
+    for (int d = 0; d < 3; d++) {
+        const int64_t want = ryz_dim(q, d);
+        if (ryz_check_dim(out, d, want, "q") || ryz_check_dim(k, d, want, "q") || ryz_check_dim(v, d, want, "q"))
+            goto fail;
+    }
+    if (ryz_check_no_overlap(out, q) || ryz_check_no_overlap(out, k) || ryz_check_no_overlap(out, v)) goto fail;
+    if (!isfinite(scale)) {
+        PyErr_Format(PyExc_ValueError, "scale must be finite, got %g", scale);
+        goto fail;
+    }
+    const int64_t *o = ryz_data(off);
+    if (B < 0 || o[0] != 0 || o[B] != T) {
+        PyErr_Format(PyExc_ValueError, "offsets must start at 0 and end at T = q.shape[0] = %lld (got %lld "
+                     "entries)", (long long)T, (long long)(B + 1));
+        goto fail;
+    }
+    int64_t maxL = 0;
+    for (int64_t s = 0; s < B; s++) {
+        if (o[s + 1] <= o[s]) {
+            PyErr_Format(PyExc_ValueError, "offsets must increase strictly (an empty segment has nothing to "
+                         "attend to): offsets[%lld] = %lld, offsets[%lld] = %lld", (long long)s, (long long)o[s],
+                         (long long)(s + 1), (long long)o[s + 1]);
+            goto fail;
+        }
+        if (o[s + 1] - o[s] > maxL) maxL = o[s + 1] - o[s];
+    }
+    if (T == 0 || H == 0 || hd == 0) goto done;
+    seg_job j = {ryz_data(out), ryz_data(q), ryz_data(k), ryz_data(v), o, B, H, hd, maxL, (float)scale, 0};
+    /* chunks of about 2^26 multiply-adds between Ctrl-C checks */
+    const int64_t per_row = maxL * hd * H * 2;
+    int64_t chunk = ((int64_t)1 << 26) / (per_row > 0 ? per_row : 1);
+    if (chunk < 2 * (int64_t)ryz_num_threads()) chunk = 2 * (int64_t)ryz_num_threads();
+    if (ryz_run_chunked(seg_task, &j, T, chunk, 1) != 0) goto fail;
+    if (j.failed) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+done:
+    ryz_args_release(&a);
+    Py_RETURN_NONE;
+fail:
+    ryz_args_release(&a);
+    return NULL;
+}
+
 PyMethodDef ryz_attention_methods[] = {
     {"attention", py_attention, METH_VARARGS, attention_doc},
     {"attention_i8kv", py_attention_i8kv, METH_VARARGS, attention_i8kv_doc},
     {"quantize_kv_i8", py_quantize_kv_i8, METH_VARARGS, quantize_kv_i8_doc},
+    {"attention_segments", py_attention_segments, METH_VARARGS, attention_segments_doc},
     {NULL, NULL, 0, NULL},
 };

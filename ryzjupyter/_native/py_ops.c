@@ -15,6 +15,8 @@ void ryz_ops_select(ryz_isa isa) {
     static const char *const names[] = {"rmsnorm", "rope", "rope_apply", "softmax", "silu", "relu2", "mul", "add"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) ryz_register_kernel(names[i], ryz_ops->name);
     ryz_register_kernel("rope_table", "scalar"); /* one plain C version for every level */
+    ryz_register_kernel("layernorm", ryz_ops->encoder_name);
+    ryz_register_kernel("gelu", ryz_ops->encoder_name);
 }
 
 /* ---- shared checks ---------------------------------------------------------- */
@@ -59,7 +61,7 @@ static int get_finite(PyObject *o, const char *name, double *out) {
 }
 
 /* ---- element-wise ----------------------------------------------------------- */
-enum { EW_SILU, EW_RELU2, EW_MUL, EW_ADD };
+enum { EW_SILU, EW_RELU2, EW_MUL, EW_ADD, EW_GELU };
 typedef struct {
     int op;
     float *out;
@@ -74,6 +76,7 @@ static void ew_task(void *ctx, int64_t b, int64_t e, int tid) {
     case EW_RELU2: ryz_ops->relu2(j->out + b, j->a + b, e - b); break;
     case EW_MUL: ryz_ops->mul(j->out + b, j->a + b, j->b + b, e - b); break;
     case EW_ADD: ryz_ops->add(j->out + b, j->a + b, j->b + b, e - b); break;
+    case EW_GELU: ryz_ops->gelu(j->out + b, j->a + b, e - b); break;
     }
 }
 
@@ -125,6 +128,10 @@ PyDoc_STRVAR(relu2_doc, "relu2(out, x) -> None\n\nout = max(x, 0)**2 element-wis
                         "ReLU; NaN stays NaN).\nout may be x itself (in place).");
 static PyObject *py_relu2(PyObject *s, PyObject *args) { RYZ_UNUSED(s); return ew_unary(args, EW_RELU2, "OO:relu2"); }
 
+PyDoc_STRVAR(gelu_doc, "gelu(out, x) -> None\n\nout = x * 0.5 * (1 + erf(x / sqrt(2))) element-wise (the exact "
+                       "GELU of BERT;\nfloat32, same shape, any rank). out may be x itself (in place).");
+static PyObject *py_gelu(PyObject *s, PyObject *args) { RYZ_UNUSED(s); return ew_unary(args, EW_GELU, "OO:gelu"); }
+
 PyDoc_STRVAR(mul_doc, "mul(out, a, b) -> None\n\nout = a * b element-wise (float32, same shapes).\n"
                       "out may be exactly a or b (in place); partial overlap is refused.");
 static PyObject *py_mul(PyObject *s, PyObject *args) { RYZ_UNUSED(s); return ew_binary(args, EW_MUL, "OOO:mul"); }
@@ -174,6 +181,58 @@ static PyObject *py_rmsnorm(PyObject *self, PyObject *args) {
     if (D > 0) {
         int64_t grain = D >= 4096 ? 1 : 4096 / D;
         if (ryz_run_chunked(rms_task, &j, M, grain * 1024, grain) != 0) goto fail;
+    }
+    ryz_args_release(&a);
+    Py_RETURN_NONE;
+fail:
+    ryz_args_release(&a);
+    return NULL;
+}
+
+/* ---- layernorm ---------------------------------------------------------------- */
+typedef struct {
+    float *out;
+    const float *x, *w, *b;
+    int64_t D;
+    float eps;
+} ln_job;
+
+static void ln_task(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    ln_job *j = ctx;
+    for (int64_t m = b; m < e; m++)
+        ryz_ops->layernorm_row(j->out + m * j->D, j->x + m * j->D, j->w, j->b, j->D, j->eps);
+}
+
+PyDoc_STRVAR(layernorm_doc,
+"layernorm(out, x, w, b, eps) -> None\n\n"
+"Row-wise LayerNorm in float32: for each row of x [M, D], mu = mean(x),\n"
+"var = mean((x - mu)**2), out = (x - mu) / sqrt(var + eps) * w + b, with w, b float32 [D]\n"
+"and eps > 0. out [M, D] may be x itself (in place); partial overlap is refused.");
+static PyObject *py_layernorm(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    PyObject *oo, *ox, *ow, *ob, *oeps;
+    if (!PyArg_ParseTuple(args, "OOOOO:layernorm", &oo, &ox, &ow, &ob, &oeps)) return NULL;
+    ryz_args a = {0};
+    ryz_arr *out, *x, *w, *bb;
+    double eps;
+    if (!(out = ryz_arr_get(&a, oo, "out", RYZ_F32, 2, 1)) ||
+        !(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 2, 0)) ||
+        !(w = ryz_arr_get(&a, ow, "w", RYZ_F32, 1, 0)) ||
+        !(bb = ryz_arr_get(&a, ob, "b", RYZ_F32, 1, 0)) || check_same_shape(out, x) ||
+        ryz_check_dim(w, 0, ryz_dim(x, 1), "x.shape[1]") || ryz_check_dim(bb, 0, ryz_dim(x, 1), "x.shape[1]") ||
+        check_alias_exact(out, x) || ryz_check_no_overlap(out, w) || ryz_check_no_overlap(out, bb) ||
+        get_finite(oeps, "eps", &eps))
+        goto fail;
+    if (eps <= 0) {
+        PyErr_Format(PyExc_ValueError, "eps must be > 0, got %g", eps);
+        goto fail;
+    }
+    int64_t M = ryz_dim(x, 0), D = ryz_dim(x, 1);
+    ln_job j = {ryz_data(out), ryz_data(x), ryz_data(w), ryz_data(bb), D, (float)eps};
+    if (D > 0) {
+        int64_t grain = D >= 4096 ? 1 : 4096 / D;
+        if (ryz_run_chunked(ln_task, &j, M, grain * 1024, grain) != 0) goto fail;
     }
     ryz_args_release(&a);
     Py_RETURN_NONE;
@@ -412,5 +471,7 @@ PyMethodDef ryz_ops_methods[] = {
     {"relu2", py_relu2, METH_VARARGS, relu2_doc},
     {"mul", py_mul, METH_VARARGS, mul_doc},
     {"add", py_add, METH_VARARGS, add_doc},
+    {"layernorm", py_layernorm, METH_VARARGS, layernorm_doc},
+    {"gelu", py_gelu, METH_VARARGS, gelu_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -373,9 +373,13 @@ def speculative_tables(d: dict) -> str:
     return "\n".join(out)
 
 
+def embed_tables(d: dict) -> str:
+    from ryzjupyter.bench.embed import embed_tables as lines
+    return "\n".join(_machine_lines(d) + [""] + lines(d) + [""])
+
+
 # bench name (the record's "bench") -> renderer of one record; a new benchmark adds its own here
-RENDERERS = {"kernels": kernels_tables, "model": model_tables, "serve": serve_tables, "dask": dask_tables,
-             "speculative": speculative_tables}
+RENDERERS = {"kernels": kernels_tables, "model": model_tables, "serve": serve_tables, "dask": dask_tables, "speculative": speculative_tables, "embed": embed_tables}
 
 
 def _bench_of(d: dict):

@@ -64,6 +64,33 @@ def silu(x):
         return x / (1.0 + np.exp(-x))
 
 
+def layernorm(x, w, b, eps):
+    x = np.asarray(x, np.float64)
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def gelu(x):
+    """Exact GELU: x * Phi(x) = x/2 (1 + erf(x / sqrt 2)), float64 (math.erf per element)."""
+    import math
+    x = np.asarray(x, np.float64)
+    return x * 0.5 * (1.0 + np.vectorize(math.erf, otypes=[np.float64])(x / math.sqrt(2.0)))
+
+
+def attention_segments(q, k, v, offsets, scale):
+    """Bidirectional attention of every row with the rows of its own segment, float64."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    out = np.zeros_like(q)
+    for s in range(len(offsets) - 1):
+        a, b = offsets[s], offsets[s + 1]
+        sc = np.einsum("ihd,jhd->hij", q[a:b], k[a:b]) * scale
+        p = np.exp(sc - sc.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        out[a:b] = np.einsum("hij,jhd->ihd", p, v[a:b])
+    return out
+
+
 def relu2(x):
     return np.maximum(np.asarray(x, np.float64), 0.0) ** 2
 

@@ -368,3 +368,43 @@ def test_decode_split_identical_for_1_and_2_threads(isa, rng, i8):
         _native.set_num_threads(prev)
     assert np.isfinite(a).all()
     np.testing.assert_array_equal(a, b)
+
+
+# ---- attention_segments: the encoder's bidirectional attention within packed texts ---------
+@pytest.mark.parametrize("lengths,H,hd", [([1], 1, 4), ([3, 1, 17], 12, 32), ([256, 2, 40], 4, 37),
+                                          ([5] * 30, 2, 16)])
+def test_segments_match_reference(isa, rng, lengths, H, hd):
+    T = sum(lengths)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    q, k, v = (rng.standard_normal((T, H, hd)).astype(np.float32) for _ in range(3))
+    out = np.full_like(q, np.nan)
+    _native.attention_segments(out, q, k, v, offsets, 1 / np.sqrt(hd))
+    np.testing.assert_allclose(out, ref.attention_segments(q, k, v, offsets, 1 / np.sqrt(hd)), atol=ATT_ATOL)
+
+
+def test_segments_do_not_see_each_other(isa, rng):
+    """Changing one text's keys and values leaves the other texts' outputs bitwise unchanged."""
+    offsets = np.array([0, 4, 9], np.int64)
+    q, k, v = (rng.standard_normal((9, 2, 8)).astype(np.float32) for _ in range(3))
+    a = np.empty_like(q)
+    _native.attention_segments(a, q, k, v, offsets, 0.3)
+    k[4:] += 5
+    v[4:] -= 3
+    b = np.empty_like(q)
+    _native.attention_segments(b, q, k, v, offsets, 0.3)
+    np.testing.assert_array_equal(a[:4], b[:4])
+    assert not np.allclose(a[4:], b[4:])
+
+
+def test_segments_argument_errors():
+    q = np.zeros((5, 2, 4), np.float32)
+    with pytest.raises(ValueError, match="start at 0 and end at T"):
+        _native.attention_segments(np.empty_like(q), q, q, q, np.array([0, 4], np.int64), 1.0)
+    with pytest.raises(ValueError, match="increase strictly"):
+        _native.attention_segments(np.empty_like(q), q, q, q, np.array([0, 3, 3, 5], np.int64), 1.0)
+    with pytest.raises(ValueError, match="share memory"):
+        _native.attention_segments(q, q, q, q, np.array([0, 5], np.int64), 1.0)
+    with pytest.raises(TypeError):
+        _native.attention_segments(np.empty_like(q), q, q, q, np.array([0, 5], np.int32), 1.0)
+    with pytest.raises(ValueError):
+        _native.attention_segments(np.empty_like(q), q, q[:4], q, np.array([0, 5], np.int64), 1.0)

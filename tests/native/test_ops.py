@@ -1,4 +1,4 @@
-"""Float ops (rmsnorm, rope, softmax, silu, relu2, mul, add): every ISA variant against
+"""Float ops (rmsnorm, rope, softmax, silu, relu2, mul, add, and the encoder's layernorm, gelu): every ISA variant against
 the float64 numpy references in reference.py.
 
 Tolerances (float32 has a unit roundoff u = 6e-8):
@@ -10,6 +10,10 @@ Tolerances (float32 has a unit roundoff u = 6e-8):
                   is reproduced by the reference, so no position-dependent error is left.
   SM_RTOL 2e-5    exp is 1-2 ulp; the normalising sum of N terms adds ~sqrt(N)*u .. N*u.
   SILU_RTOL 2e-6  exp (2 ulp), one add, one divide.
+  LN_ATOL 1e-5    outputs O(|w| + |b|) ~ 4 here; the mean and the centred sum of squares of D
+                  float32 terms carry ~sqrt(D)*u relative error; a few more roundings.
+  GELU_ATOL       2e-7 * (1 + |x|): the AVX2 erf (Abramowitz & Stegun 7.1.26) is within 1.5e-7,
+                  times x/2, plus one float32 rounding of the product.
   relu2/mul/add   one float32 rounding each: compared bit for bit with float32 numpy.
 """
 import numpy as np
@@ -235,7 +239,55 @@ def test_hypothesis_softmax_rmsnorm_all_isas(x):
         close(r, want_rms, RMS_RTOL, 1e-5)
 
 
+# ---- the encoder's layernorm and gelu -------------------------------------------------
+@pytest.mark.parametrize("D", [1, 7, 8, 15, 16, 17, 33, 384, 1536])
+def test_layernorm(isa, rng, D):
+    x = (rng.standard_normal((6, D)) * rng.uniform(0.01, 30, (6, 1)) + rng.uniform(-5, 5, (6, 1))).astype(np.float32)
+    w = rng.standard_normal(D).astype(np.float32)
+    b = rng.standard_normal(D).astype(np.float32)
+    out = np.full_like(x, np.nan)
+    _native.layernorm(out, x, w, b, 1e-12)
+    np.testing.assert_allclose(out, ref.layernorm(x, w, b, 1e-12), atol=1e-5 * (1 + np.abs(w).max() * 4))
+    _native.layernorm(x, x, w, b, 1e-5)            # in place
+    assert np.isfinite(x).all()
+
+
+def test_layernorm_constant_row_gives_bias(isa):
+    x = np.full((2, 20), 3.5, np.float32)
+    w = np.ones(20, np.float32)
+    b = np.arange(20, dtype=np.float32)
+    out = np.empty_like(x)
+    _native.layernorm(out, x, w, b, 1e-12)
+    np.testing.assert_array_equal(out, np.broadcast_to(b, x.shape))
+
+
+def test_layernorm_argument_errors():
+    x = np.zeros((2, 8), np.float32)
+    w = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        _native.layernorm(np.empty_like(x), x, w, w, 0.0)
+    with pytest.raises(ValueError, match="b"):
+        _native.layernorm(np.empty_like(x), x, w, np.ones(7, np.float32), 1e-5)
+    with pytest.raises(TypeError):
+        _native.layernorm(np.empty_like(x), x.astype(np.float64), w, w, 1e-5)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 17, 1000, 40001])
+def test_gelu(isa, rng, n):
+    x = (rng.standard_normal(n) * 4).astype(np.float32)
+    if n > 8:
+        x[:8] = [0.0, -0.0, 10.0, -10.0, 30.0, -30.0, 1e-20, -1e-20]
+    out = np.full_like(x, np.nan)
+    _native.gelu(out, x)
+    want = ref.gelu(x)
+    assert (np.abs(out - want) <= 2e-7 * (1 + np.abs(x)) + 1e-37).all(), np.abs(out - want).max()
+    _native.gelu(x, x)                              # in place
+    np.testing.assert_array_equal(x, out)
+
+
 def test_registered_in_native_info(isa):
     kernels = _native.info()["kernels"]
     for k in ("rmsnorm", "rope", "softmax", "silu", "relu2", "mul", "add"):
         assert kernels[k] == isa
+    # the encoder's layernorm and gelu: scalar, avx2, and the avx2 code at the avx512vnni level
+    assert kernels["layernorm"] == kernels["gelu"] == ("avx2" if isa == "avx512vnni" else isa)
