@@ -14,6 +14,7 @@ _LAZY = {
     "Tokenizer": ("ryzjupyter.engine.tokenizer", "Tokenizer"),
     "native_info": ("ryzjupyter.engine.native", "native_info"),
     "embed": ("ryzjupyter.memory.embedding", "embed"),
+    "RecycleBank": ("ryzjupyter.memory.bank", "RecycleBank"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__", "load_ipython_extension", "unload_ipython_extension"]

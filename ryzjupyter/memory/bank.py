@@ -1,0 +1,447 @@
+"""`ryzjupyter.RecycleBank`: recycled semantic units (RSUs) kept in Qdrant.
+
+    bank = ryzjupyter.RecycleBank()                         # ~/.local/share/ryzjupyter/recycle
+    ids = bank.add(open("notes.md").read(), source="file")  # cut into RSUs, embedded, stored
+    for hit in bank.search("how do I open a file?", k=5):
+        print(hit.score, hit.text, hit.source, hit.meta)
+
+The store is Qdrant through qdrant-client: an embedded local store in a folder (the default,
+under the user's data directory, ``$RYZ_DATA_DIR`` or ``$XDG_DATA_HOME/ryzjupyter`` or
+``~/.local/share/ryzjupyter``), or a Qdrant server with ``url=``. A namespace (per user, per
+notebook) is one collection; every RSU carries its text, source (cell / reply / file / text),
+the embedding model's name, its time, its uses, and the caller's meta.
+
+Searching the embedded store: qdrant-client's local mode scans every point in Python (537 ms
+at 100k RSUs, docs/memory.md), so the bank keeps the namespace's vectors in one float32 matrix
+in memory (loaded from the store when the bank opens, updated with every write) and scores
+them with one matrix product on our kernels: exact, the same ranking the store would give.
+With ``url=`` the server searches (its own index).
+
+Writes are Qdrant upserts: each one is committed before ``add`` returns, so a crash loses at
+most the call in progress. One process at a time may open an embedded store (Qdrant's lock);
+a second kernel opening the same folder gets a BankBusyError saying what to do (use a server,
+or another path). The bank folder holds a ``ryz_bank.json`` marker; a folder that has files but
+no marker is refused rather than written into.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ryzjupyter import _native
+from ryzjupyter.memory.embedding import get_encoder
+from ryzjupyter.memory.segmentation import segment
+
+MARKER = "ryz_bank.json"
+MAX_TEXT_CHARS = 2_000_000       # add() refuses more in one call (cut it yourself, or add a file in parts)
+SOURCES = ("cell", "reply", "prompt", "file", "text")
+
+
+class BankError(ValueError):
+    """A bank that cannot be opened or an input it refuses; the message says what to do."""
+
+
+class BankBusyError(BankError):
+    """The embedded store is open in another process (another kernel)."""
+
+
+@dataclass
+class Hit:
+    """One retrieved RSU: its id, text, cosine similarity to the query, source and meta."""
+    id: str
+    text: str
+    score: float
+    source: str
+    meta: dict = field(default_factory=dict)
+    namespace: str = "default"
+    time: float = 0.0
+    uses: int = 0
+
+    def __repr__(self):
+        text = self.text if len(self.text) <= 60 else self.text[:57] + "..."
+        return f"Hit({self.score:.3f}, {self.source}, {text!r}, id={self.id[:8]})"
+
+
+def default_path() -> Path:
+    """Where the embedded bank lives unless a path is given."""
+    if os.environ.get("RYZ_DATA_DIR"):
+        return Path(os.environ["RYZ_DATA_DIR"]) / "recycle"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "ryzjupyter" / "recycle"
+
+
+def _collection(namespace: str) -> str:
+    if not isinstance(namespace, str) or not namespace or len(namespace) > 120:
+        raise BankError(f"namespace must be a non-empty string of at most 120 characters, got {namespace!r}")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in namespace)
+    return "rsu_" + safe
+
+
+class RecycleBank:
+    """A bank of recycled semantic units in Qdrant.
+
+    Args:
+        path: folder of the embedded store (default: the user's data directory, see default_path).
+        namespace: the collection this bank reads and writes (one per user or notebook).
+        url: a Qdrant server (``http://host:6333``) instead of the embedded store.
+        ttl: seconds an RSU lives after it was last added or used (None: forever); expired ones are
+            removed when the bank opens and on every add.
+        model: the embedder (None: all-MiniLM-L6-v2 on our kernels; see ryzjupyter.embed).
+        max_items: the size cap: past it, the least recently used RSUs are removed (None: no cap).
+        dedup: cosine at or above which a new RSU is merged into the nearest stored one (its uses
+            and time are updated) instead of being stored again; None turns merging off.
+        segment_threshold, max_tokens: how add() cuts a text into RSUs (ryzjupyter.memory.segmentation).
+        api_key, timeout: for a server.
+    """
+
+    def __init__(self, path=None, namespace: str = "default", url: str | None = None, ttl: float | None = None,
+                 model=None, max_items: int | None = None, dedup: float | None = 0.95,
+                 segment_threshold: float = 0.35, max_tokens: int = 128, api_key: str | None = None,
+                 timeout: float = 5.0):
+        from qdrant_client import QdrantClient
+
+        if ttl is not None and not (isinstance(ttl, (int, float)) and ttl > 0):
+            raise BankError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
+        if max_items is not None and not (isinstance(max_items, int) and max_items > 0):
+            raise BankError(f"max_items must be a positive int or None, got {max_items!r}")
+        if dedup is not None and not (0.0 < float(dedup) <= 1.0):
+            raise BankError(f"dedup must be a cosine in (0, 1] or None, got {dedup!r}")
+        self.namespace = namespace
+        self.collection = _collection(namespace)
+        self.ttl, self.max_items, self.dedup = ttl, max_items, dedup
+        self.segment_threshold, self.max_tokens = segment_threshold, max_tokens
+        self.encoder = get_encoder(model)
+        self.model_name = self.encoder.name
+        self.url = url
+        self._lock = threading.RLock()
+        self._closed = False
+        if url is not None:
+            self.path = None
+            self.client = QdrantClient(url=url, api_key=api_key, timeout=int(max(1, timeout)), check_compatibility=False)
+            try:
+                self.client.get_collections()
+            except Exception as e:
+                self.client.close()
+                raise ConnectionError(f"cannot reach the Qdrant server at {url} ({type(e).__name__}: {e}); start it "
+                                      "(docker run -p 6333:6333 qdrant/qdrant), check the URL, or leave url= "
+                                      "out to use the embedded store") from None
+        else:
+            self.path = Path(path).expanduser() if path is not None else default_path()
+            self._check_folder(self.path)
+            try:
+                self.client = QdrantClient(path=str(self.path))
+            except RuntimeError as e:
+                if "already accessed" in str(e):
+                    raise BankBusyError(f"the bank at {self.path} is already open (in another kernel, or another RecycleBank here); "
+                                        "close it there (bank.close() or restart that kernel), open a different "
+                                        "path=, or share one bank through a Qdrant server (url=)") from None
+                raise
+            marker = self.path / MARKER
+            if not marker.exists():
+                marker.write_text(json.dumps({"format": 1, "model": self.model_name, "dim": self.encoder.dim}))
+        self._ensure_collection()
+        self._mirror = self.url is None
+        self._ids: list = []
+        self._pos: dict = {}
+        self._vecs = np.empty((0, self.encoder.dim), np.float32)
+        if self._mirror:
+            self._load_mirror()
+        self.expire()
+
+    # ---- opening ---------------------------------------------------------------------------
+    @staticmethod
+    def _check_folder(path: Path):
+        if path.exists() and not path.is_dir():
+            raise BankError(f"{path} is a file, not a bank folder; pass a folder path (it is created if missing)")
+        if path.is_dir() and any(path.iterdir()) and not (path / MARKER).exists():
+            raise BankError(f"{path} is not a RecycleBank folder (it has files but no {MARKER}); pass an empty or "
+                            "new folder, or the folder of an existing bank")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BankError(f"cannot create the bank folder {path}: {e}") from None
+
+    def _ensure_collection(self):
+        from qdrant_client import models
+
+        if self.client.collection_exists(self.collection):
+            info = self.client.get_collection(self.collection)
+            size = info.config.params.vectors.size
+            if size != self.encoder.dim:
+                raise BankError(f"namespace {self.namespace!r} holds {size}-dimensional vectors but the embedder "
+                                f"{self.model_name} gives {self.encoder.dim}; use the model the bank was built with")
+            return
+        self.client.create_collection(self.collection, vectors_config=models.VectorParams(
+            size=self.encoder.dim, distance=models.Distance.COSINE))
+
+    def _scroll(self, with_vectors=False, flt=None):
+        offset = None
+        while True:
+            points, offset = self.client.scroll(self.collection, limit=1024, offset=offset, with_payload=True,
+                                                with_vectors=with_vectors, scroll_filter=flt)
+            yield from points
+            if offset is None:
+                return
+
+    def _load_mirror(self):
+        ids, vecs = [], []
+        for p in self._scroll(with_vectors=True):
+            ids.append(str(p.id))
+            vecs.append(np.asarray(p.vector, np.float32))
+        self._ids = ids
+        self._vecs = np.stack(vecs) if vecs else np.empty((0, self.encoder.dim), np.float32)
+        self._pos = {i: n for n, i in enumerate(ids)}
+
+    def _mirror_put(self, ids, vecs):
+        """Add or overwrite rows of the in-memory matrix (its capacity doubles as it grows)."""
+        for i, v in zip(ids, vecs):
+            n = self._pos.get(i)
+            if n is None:
+                n = len(self._ids)
+                if n == len(self._vecs):
+                    grown = np.empty((max(64, 2 * n), self.encoder.dim), np.float32)
+                    grown[:n] = self._vecs[:n]
+                    self._vecs = grown
+                self._pos[i] = n
+                self._ids.append(i)
+            self._vecs[n] = v
+
+    def _mirror_drop(self, ids):
+        drop = {self._pos[i] for i in ids if i in self._pos}
+        if not drop:
+            return
+        keep = [n for n in range(len(self._ids)) if n not in drop]
+        self._ids = [self._ids[n] for n in keep]
+        self._vecs = np.ascontiguousarray(self._vecs[keep]) if keep else np.empty((0, self.encoder.dim), np.float32)
+        self._pos = {i: n for n, i in enumerate(self._ids)}
+
+    def _check_open(self):
+        if self._closed:
+            raise BankError("this bank is closed; open it again with RecycleBank(...)")
+
+    # ---- writing ---------------------------------------------------------------------------
+    def add(self, text: str, source: str = "text", meta: dict | None = None, segment_text: bool = True) -> list:
+        """Cut ``text`` into RSUs, embed them and store them; returns their ids (an RSU that
+        duplicates a stored one returns the stored one's id). ``source``: cell, reply, prompt,
+        file or text; ``meta``: a JSON-serialisable dict kept with every RSU of this text."""
+        self._check_open()
+        if not isinstance(text, str):
+            raise BankError(f"add() takes text (str), got {type(text).__name__}")
+        if not text.strip():
+            raise BankError("add() got an empty text; there is nothing to remember")
+        if len(text) > MAX_TEXT_CHARS:
+            raise BankError(f"add() got {len(text):,} characters, more than the {MAX_TEXT_CHARS:,} one call takes; "
+                            "add the text in parts (e.g. a file section by section)")
+        if source not in SOURCES:
+            raise BankError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+        meta = dict(meta or {})
+        try:
+            json.dumps(meta)
+        except (TypeError, ValueError) as e:
+            raise BankError(f"meta must be JSON-serialisable ({e})") from None
+        pieces = (segment(text, self.encoder, threshold=self.segment_threshold, max_tokens=self.max_tokens)
+                  if segment_text else [text.strip()])
+        pieces = [p for p in pieces if p.strip()]
+        if not pieces:
+            raise BankError("add() got a text with no words in it; there is nothing to remember")
+        vecs = self.encoder.encode(pieces)
+        with self._lock:
+            self.expire()
+            return self._upsert(pieces, vecs, source, meta)
+
+    def _upsert(self, pieces, vecs, source, meta):
+        from qdrant_client import models
+
+        now = time.time()
+        ids, points, merged = [], [], []
+        for text, v in zip(pieces, vecs):
+            dup = self._nearest(v) if self.dedup is not None else None
+            if dup is not None and dup[1] >= self.dedup:
+                merged.append(dup[0])
+                ids.append(dup[0])
+                continue
+            pid = str(uuid.uuid4())
+            payload = {"text": text, "source": source, "model": self.model_name, "namespace": self.namespace,
+                       "time": now, "last_used": now, "uses": 0, "meta": meta}
+            points.append(models.PointStruct(id=pid, vector=v.tolist(), payload=payload))
+            ids.append(pid)
+            if self._mirror:
+                self._mirror_put([pid], v[None])
+        if points:
+            self.client.upsert(self.collection, points=points, wait=True)
+        for pid in set(merged):
+            self._touch(pid, now)
+        self._enforce_cap()
+        return ids
+
+    def _nearest(self, v):
+        if self._mirror:
+            if not self._ids:
+                return None
+            s = self._scores(v)
+            n = int(np.argmax(s))
+            return self._ids[n], float(s[n])
+        res = self.client.query_points(self.collection, query=v.tolist(), limit=1, with_payload=False).points
+        return (str(res[0].id), float(res[0].score)) if res else None
+
+    def _touch(self, pid, now, used=False):
+        got = self.client.retrieve(self.collection, [pid], with_payload=["uses"])
+        if not got:
+            return
+        upd = {"last_used": now}
+        if used:
+            upd["uses"] = int(got[0].payload.get("uses", 0)) + 1
+        self.client.set_payload(self.collection, payload=upd, points=[pid], wait=True)
+
+    def _enforce_cap(self):
+        if self.max_items is None:
+            return
+        n = self.count()
+        if n <= self.max_items:
+            return
+        pts = sorted(self._scroll(), key=lambda p: (p.payload.get("last_used", 0), p.payload.get("time", 0)))
+        self._delete([str(p.id) for p in pts[:n - self.max_items]])
+
+    def _delete(self, ids):
+        from qdrant_client import models
+
+        if not ids:
+            return
+        self.client.delete(self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=True)
+        if self._mirror:
+            self._mirror_drop(ids)
+
+    def expire(self) -> int:
+        """Remove the RSUs whose time-to-live is over; returns how many."""
+        if self.ttl is None:
+            return 0
+        from qdrant_client import models
+
+        cutoff = time.time() - self.ttl
+        flt = models.Filter(must=[models.FieldCondition(key="last_used", range=models.Range(lt=cutoff))])
+        with self._lock:
+            old = [str(p.id) for p in self._scroll(flt=flt)]
+            self._delete(old)
+        return len(old)
+
+    def forget(self, ids) -> int:
+        """Remove RSUs by id (one id or a list); returns how many were there."""
+        self._check_open()
+        ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
+        with self._lock:
+            there = [str(p.id) for p in self.client.retrieve(self.collection, ids, with_payload=False)] if ids else []
+            self._delete(there)
+        return len(there)
+
+    def clear(self) -> int:
+        """Remove every RSU of this namespace; returns how many there were."""
+        self._check_open()
+        with self._lock:
+            n = self.count()
+            self.client.delete_collection(self.collection)
+            self._ensure_collection()
+            self._ids, self._pos = [], {}
+            self._vecs = np.empty((0, self.encoder.dim), np.float32)
+        return n
+
+    # ---- reading ---------------------------------------------------------------------------
+    def _scores(self, q: np.ndarray) -> np.ndarray:
+        """Cosine of q (unit) with every mirrored vector (unit): one matrix product on our kernels."""
+        out = np.empty((1, len(self._ids)), np.float32)
+        _native.matmul_f32(out, np.ascontiguousarray(q[None], np.float32), self._vecs[:len(self._ids)])
+        return out[0]
+
+    def search(self, query: str, k: int = 5, min_score: float | None = None, count_use: bool = True) -> list:
+        """The k RSUs most similar to ``query`` (cosine, best first), as Hit objects. A hit's uses
+        and last-used time are updated unless count_use=False."""
+        self._check_open()
+        if not isinstance(query, str):
+            raise BankError(f"search() takes a query string, got {type(query).__name__}")
+        if not isinstance(k, int) or k < 1:
+            raise BankError(f"k must be a positive int, got {k!r}")
+        q = self.encoder.encode([query])[0]
+        return self.search_vector(q, k, min_score=min_score, count_use=count_use)
+
+    def search_vector(self, q: np.ndarray, k: int = 5, min_score: float | None = None,
+                      count_use: bool = True) -> list:
+        """search() for an embedding already computed (unit float32 [dim])."""
+        with self._lock:
+            if self._mirror:
+                if not self._ids:
+                    return []
+                s = self._scores(q)
+                kk = min(k, len(s))
+                top = np.argpartition(-s, kk - 1)[:kk]
+                top = top[np.argsort(-s[top], kind="stable")]
+                ids = [self._ids[n] for n in top]
+                scores = [float(s[n]) for n in top]
+                recs = {str(r.id): r for r in self.client.retrieve(self.collection, ids, with_payload=True)}
+                found = [(recs[i], sc) for i, sc in zip(ids, scores) if i in recs]
+            else:
+                res = self.client.query_points(self.collection, query=q.tolist(), limit=k, with_payload=True).points
+                found = [(r, float(r.score)) for r in res]
+            hits = [self._hit(r, sc) for r, sc in found if min_score is None or sc >= min_score]
+            if count_use:
+                now = time.time()
+                for h in hits:
+                    self._touch(h.id, now, used=True)
+            return hits
+
+    def _hit(self, r, score) -> Hit:
+        p = r.payload or {}
+        return Hit(id=str(r.id), text=p.get("text", ""), score=score, source=p.get("source", ""),
+                   meta=p.get("meta", {}), namespace=p.get("namespace", self.namespace), time=p.get("time", 0.0),
+                   uses=int(p.get("uses", 0)))
+
+    def list(self, limit: int | None = None) -> list:
+        """The stored RSUs (newest first) as Hit objects with score 0."""
+        self._check_open()
+        with self._lock:
+            pts = sorted(self._scroll(), key=lambda p: -p.payload.get("time", 0))
+        return [self._hit(p, 0.0) for p in pts[:limit]]
+
+    def count(self) -> int:
+        return self.client.count(self.collection, exact=True).count
+
+    def stats(self) -> dict:
+        """RSUs, namespaces, sources, uses, the store (path or URL), the model, ttl and cap."""
+        self._check_open()
+        with self._lock:
+            pts = list(self._scroll())
+            names = [c.name for c in self.client.get_collections().collections if c.name.startswith("rsu_")]
+        sources: dict = {}
+        for p in pts:
+            sources[p.payload.get("source", "")] = sources.get(p.payload.get("source", ""), 0) + 1
+        return {"namespace": self.namespace, "rsus": len(pts), "namespaces": len(names),
+                "sources": sources, "uses": sum(int(p.payload.get("uses", 0)) for p in pts),
+                "chars": sum(len(p.payload.get("text", "")) for p in pts),
+                "store": self.url or str(self.path), "embedded": self.url is None, "model": self.model_name,
+                "dim": self.encoder.dim, "ttl": self.ttl, "max_items": self.max_items, "dedup": self.dedup}
+
+    # ---- closing ---------------------------------------------------------------------------
+    def close(self):
+        """Release the store (another process may open it afterwards)."""
+        if not self._closed:
+            self._closed = True
+            self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __len__(self):
+        return self.count()
+
+    def __repr__(self):
+        where = self.url or str(self.path)
+        return f"RecycleBank({where!r}, namespace={self.namespace!r}, {'closed' if self._closed else len(self)} RSUs)"

@@ -1,0 +1,189 @@
+"""RecycleBank on an embedded Qdrant store: persistence, crash safety, namespaces, TTL, merging of
+near-duplicates, the size cap, one process at a time, and a clear error for every bad input."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("qdrant_client", reason="qdrant-client is in the memory extra (ci pulls it)")
+
+from ryzjupyter.memory.bank import MARKER, BankBusyError, BankError, RecycleBank  # noqa: E402
+
+DOCS = {
+    "asyncio": "The asyncio event loop runs coroutines and callbacks. Tasks wrap coroutines so they run "
+               "concurrently on the loop.",
+    "pickle": "The pickle module serializes Python objects to bytes. Never unpickle data from an untrusted source.",
+    "csv": "The csv module reads and writes comma-separated values. A csv.reader iterates over the rows of a file.",
+    "bread": "Knead the dough for ten minutes, let it rise for an hour, then bake it at 220 degrees.",
+}
+
+
+@pytest.fixture
+def bank(tmp_path):
+    b = RecycleBank(tmp_path / "bank")
+    yield b
+    b.close()
+
+
+def test_add_then_search_finds_the_right_unit(bank):
+    ids = {name: bank.add(text, source="file", meta={"doc": name}) for name, text in DOCS.items()}
+    assert all(ids.values()) and len(bank) == sum(len(v) for v in ids.values())
+    hits = bank.search("how do I read rows from a comma separated file?", k=3)
+    assert len(hits) == 3 and hits[0].meta == {"doc": "csv"} and hits[0].source == "file"
+    assert hits[0].score >= hits[1].score >= hits[2].score
+    assert hits[0].id in ids["csv"] and "csv" in hits[0].text
+    assert bank.search("serializing objects", k=1)[0].meta["doc"] == "pickle"
+    assert len(bank.search("anything", k=50)) == len(bank)
+
+
+def test_search_ranking_is_the_stores_own(bank):
+    """The in-memory scan ranks exactly as Qdrant's own search over the same vectors."""
+    for text in DOCS.values():
+        bank.add(text)
+    q = bank.encoder.encode(["event loop tasks"])[0]
+    ours = bank.search_vector(q, k=5, count_use=False)
+    theirs = bank.client.query_points(bank.collection, query=q.tolist(), limit=5).points
+    assert [h.id for h in ours] == [str(p.id) for p in theirs]
+    np.testing.assert_allclose([h.score for h in ours], [p.score for p in theirs], atol=1e-5)
+
+
+def test_survives_a_restart_and_counts_uses(tmp_path):
+    path = tmp_path / "bank"
+    with RecycleBank(path) as b:
+        ids = b.add(DOCS["pickle"], source="reply")
+        b.search("pickle", k=1)
+    assert (path / MARKER).is_file()
+    with RecycleBank(path) as b:                    # a new kernel, the same folder
+        assert {h.id for h in b.list()} == set(ids)
+        hit = b.search("serialize objects with pickle", k=1)[0]
+        assert hit.id in ids and hit.source == "reply" and hit.uses == 1
+
+
+def test_a_killed_writer_loses_nothing_committed(tmp_path):
+    """A kernel killed in the middle of add(): what add() had returned is there, the store opens."""
+    path = tmp_path / "bank"
+    script = textwrap.dedent(f"""
+        import sys
+        from ryzjupyter.memory.bank import RecycleBank
+        b = RecycleBank({str(path)!r})
+        ids = b.add({DOCS['csv']!r}, source="cell")
+        print("COMMITTED", ",".join(ids), flush=True)
+        while True:                                  # keep adding until killed
+            b.add("Some other sentence about topic number " + str(len(ids)) + ". " * 3, source="cell")
+            ids.append("x")
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    assert line.startswith("COMMITTED"), line
+    committed = line.split()[1].split(",")
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    with RecycleBank(path) as b:
+        stored = {h.id for h in b.list()}
+        assert set(committed) <= stored
+        assert b.search("comma separated values", k=1)[0].id in committed
+
+
+def test_namespaces_are_separate(tmp_path):
+    with RecycleBank(tmp_path / "b", namespace="alice") as a:
+        a.add(DOCS["bread"])
+    with RecycleBank(tmp_path / "b", namespace="bob") as b:
+        assert len(b) == 0 and b.search("bread", k=3) == []
+        b.add(DOCS["csv"])
+        assert b.stats()["namespaces"] == 2
+    with RecycleBank(tmp_path / "b", namespace="alice") as a:
+        assert len(a) == 1 and "dough" in a.search("baking", k=1)[0].text
+
+
+def test_near_duplicates_are_merged(bank):
+    first = bank.add(DOCS["pickle"])
+    again = bank.add(DOCS["pickle"])
+    assert again == first and len(bank) == len(first)
+    other = bank.add(DOCS["bread"])
+    assert not set(other) & set(first)
+    with RecycleBank(bank.path / "nodedup", dedup=None) as b:
+        b.add(DOCS["csv"])
+        b.add(DOCS["csv"])
+        assert len(b) == 2
+
+
+def test_ttl_removes_old_units(tmp_path):
+    with RecycleBank(tmp_path / "b", ttl=0.5) as b:
+        b.add(DOCS["csv"])
+        assert len(b) == 1
+        time.sleep(0.7)
+        b.add(DOCS["bread"])                          # expiry runs on every add
+        assert [h.text for h in b.list()] == [DOCS["bread"]]
+        time.sleep(0.7)
+        assert b.expire() == 1 and len(b) == 0
+
+
+def test_size_cap_drops_the_least_recently_used(tmp_path):
+    with RecycleBank(tmp_path / "b", max_items=3) as b:
+        ids = [b.add(t, segment_text=False)[0] for t in DOCS.values()]
+        assert len(b) == 3 and ids[0] not in {h.id for h in b.list()}
+        b.search("pickle serializes objects", k=1)     # pickle is used: it stays
+        b.add("A completely different note about the weather in spring.")
+        left = {h.id for h in b.list()}
+        assert len(left) == 3 and ids[1] in left and ids[2] not in left
+
+
+def test_forget_clear_and_stats(bank):
+    ids = bank.add(DOCS["asyncio"], source="cell")
+    ids += bank.add(DOCS["csv"], source="reply")
+    s = bank.stats()
+    assert s["rsus"] == len(ids) and set(s["sources"]) == {"cell", "reply"} and s["embedded"]
+    assert s["model"] == "all-MiniLM-L6-v2" and s["dim"] == 384
+    assert bank.forget(ids[0]) == 1 and bank.forget(ids[0]) == 0
+    assert len(bank) == len(ids) - 1 and ids[0] not in {h.id for h in bank.search("event loop", k=10)}
+    assert bank.clear() == len(ids) - 1 and len(bank) == 0 and bank.search("csv", k=2) == []
+
+
+def test_a_second_opener_gets_a_clear_message(tmp_path):
+    path = tmp_path / "b"
+    with RecycleBank(path):
+        code = f"from ryzjupyter.memory.bank import RecycleBank\nRecycleBank({str(path)!r})"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and "BankBusyError" in r.stderr and "already open" in r.stderr
+        with pytest.raises(BankBusyError, match="Qdrant server"):
+            RecycleBank(path)
+    RecycleBank(path).close()                          # free again once closed
+
+
+def test_bad_input_is_a_clear_error(tmp_path, bank):
+    with pytest.raises(BankError, match="empty text"):
+        bank.add("")
+    with pytest.raises(BankError, match="empty text"):
+        bank.add("  \n\t ")
+    with pytest.raises(BankError, match="add the text in parts"):
+        bank.add("word " * 500_000)
+    with pytest.raises(BankError, match="takes text"):
+        bank.add(b"bytes")
+    with pytest.raises(BankError, match="source must be one of"):
+        bank.add("hello", source="email")
+    with pytest.raises(BankError, match="JSON"):
+        bank.add("hello", meta={"f": object()})
+    with pytest.raises(BankError, match="k must be"):
+        bank.search("x", k=0)
+    assert len(bank) == 0
+    other = tmp_path / "not-a-bank"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(BankError, match="not a RecycleBank folder"):
+        RecycleBank(other)
+    assert os.listdir(other) == ["notes.txt"]
+    with pytest.raises(BankError, match="is a file"):
+        RecycleBank(other / "notes.txt")
+    with pytest.raises(BankError, match="ttl"):
+        RecycleBank(tmp_path / "x", ttl=-1)
+    with pytest.raises(ConnectionError, match="cannot reach the Qdrant server"):
+        RecycleBank(url="http://127.0.0.1:9", timeout=1)
+    bank.close()
+    with pytest.raises(BankError, match="closed"):
+        bank.search("x")
