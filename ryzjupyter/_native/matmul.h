@@ -31,11 +31,33 @@ typedef struct {
     int64_t M, K;
 } ryz_matmul_job;
 
+/* gemm_f32 (the encoder's linears, families/bert.py): out[m, n] = bias[n] + sum_k x[m, k] w[n, k]
+ * with w packed once into panels of 16 rows, wp[p][k][c] = w[16 p + c, k] (zeros past N), so
+ * the microkernel reads 16 outputs' weights for one k with two vector loads and multiplies them
+ * by ROWS broadcast activations (BLIS's 6x16 tile on AVX2: 12 accumulators). Work items are
+ * (block of GEMM_MB rows of x, panel), panel-minor: a thread keeps its x block in L2 while the
+ * panels stream. K is walked in blocks of GEMM_KC (a panel's block, 16 KB, stays in L1).
+ * Each output sums its k terms in increasing k order (one FMA chain), at every level. */
+#define RYZ_GEMM_NR 16
+#define RYZ_GEMM_MB 96
+#define RYZ_GEMM_KC 256
+typedef struct {
+    float *out;
+    const float *x, *wp, *bias; /* bias may be NULL */
+    int64_t M, K, N, P;         /* P = panels = ceil(N / 16) */
+    int64_t ldx, ldo;           /* floats between rows of x, of out (K and N when packed) */
+} ryz_gemm_f32_job;
+
 typedef struct {
     const char *name;
     void (*i8)(const ryz_matmul_job *j, int64_t n0, int64_t n1);
     void (*f32)(const ryz_matmul_job *j, int64_t n0, int64_t n1);
+    /* gemm_f32 items [i0, i1): item i = (row block i / P, panel i % P) */
+    void (*gemm_f32)(const ryz_gemm_f32_job *j, int64_t i0, int64_t i1);
+    const char *gemm_name; /* the variant gemm_f32 is (avx512vnni uses AVX2's) */
 } ryz_matmul_kernels;
+
+void ryz_gemm_f32_avx2(const ryz_gemm_f32_job *j, int64_t i0, int64_t i1);
 
 static inline float ryz_i8_epilogue(int32_t acc, float xs, float ws) {
     return (float)acc / (xs * ws);

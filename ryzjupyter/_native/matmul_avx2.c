@@ -4,8 +4,10 @@
 #error "matmul_avx2.c must be compiled with -mavx2 -mfma"
 #endif
 #include <immintrin.h>
+#include <string.h>
 
 #include "matmul.h"
+#include "ops.h"
 
 #define TOK_BLOCK 64
 #define ALWAYS_INLINE inline __attribute__((always_inline))
@@ -108,7 +110,82 @@ static void run_tiles(const tile_fn tiles[2][2], const ryz_matmul_job *j, int64_
 static void i8(const ryz_matmul_job *j, int64_t n0, int64_t n1) { run_tiles(tiles_i8, j, n0, n1); }
 static void f32(const ryz_matmul_job *j, int64_t n0, int64_t n1) { run_tiles(tiles_f32, j, n0, n1); }
 
-const ryz_matmul_kernels ryz_matmul_avx2 = {.name = "avx2", .i8 = i8, .f32 = f32};
+/* gemm_f32: ROWS rows of x x one 16-wide panel over k in [k0, k1); acc starts from the bias
+ * (first K block) or from out (later blocks), so every output is one FMA chain in k order */
+static ALWAYS_INLINE void gemm_tile(const ryz_gemm_f32_job *j, int64_t m, const float *wp, int64_t n0,
+                                    int64_t k0, int64_t k1, const int ROWS) {
+    const int64_t ldx = j->ldx, ldo = j->ldo, left = j->N - n0;
+    __m256 acc[6][2];
+    float tmp[16];
+#pragma GCC unroll 6
+    for (int r = 0; r < ROWS; r++) {
+        if (k0 == 0) {
+            if (j->bias) {
+                acc[r][0] = ryz_ld8(j->bias + n0, left);
+                acc[r][1] = left > 8 ? ryz_ld8(j->bias + n0 + 8, left - 8) : _mm256_setzero_ps();
+            } else {
+                acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+            }
+        } else {
+            acc[r][0] = ryz_ld8(j->out + (m + r) * ldo + n0, left);
+            acc[r][1] = left > 8 ? ryz_ld8(j->out + (m + r) * ldo + n0 + 8, left - 8) : _mm256_setzero_ps();
+        }
+    }
+    const float *x = j->x + m * ldx;
+    for (int64_t k = k0; k < k1; k++) {
+        const __m256 b0 = _mm256_loadu_ps(wp + k * 16), b1 = _mm256_loadu_ps(wp + k * 16 + 8);
+#pragma GCC unroll 6
+        for (int r = 0; r < ROWS; r++) {
+            const __m256 a = _mm256_broadcast_ss(x + r * ldx + k);
+            acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < ROWS; r++) {
+        float *o = j->out + (m + r) * ldo + n0;
+        if (left >= 16) {
+            _mm256_storeu_ps(o, acc[r][0]);
+            _mm256_storeu_ps(o + 8, acc[r][1]);
+        } else {
+            _mm256_storeu_ps(tmp, acc[r][0]);
+            _mm256_storeu_ps(tmp + 8, acc[r][1]);
+            memcpy(o, tmp, sizeof(float) * (size_t)left);
+        }
+    }
+}
+
+#define GEMM_TILE(R) static void gemm_tile_##R(const ryz_gemm_f32_job *j, int64_t m, const float *wp, int64_t n0, \
+                                              int64_t k0, int64_t k1) { gemm_tile(j, m, wp, n0, k0, k1, R); }
+GEMM_TILE(1) GEMM_TILE(2) GEMM_TILE(3) GEMM_TILE(4) GEMM_TILE(5) GEMM_TILE(6)
+typedef void (*gemm_tile_fn)(const ryz_gemm_f32_job *, int64_t, const float *, int64_t, int64_t, int64_t);
+static const gemm_tile_fn gemm_tiles[7] = {NULL, gemm_tile_1, gemm_tile_2, gemm_tile_3, gemm_tile_4, gemm_tile_5,
+                                           gemm_tile_6};
+
+void ryz_gemm_f32_avx2(const ryz_gemm_f32_job *j, int64_t i0, int64_t i1) {
+    const int64_t K = j->K;
+    for (int64_t it = i0; it < i1; it++) {
+        const int64_t mb = it / j->P, p = it % j->P, n0 = p * RYZ_GEMM_NR;
+        const int64_t m0 = mb * RYZ_GEMM_MB, m1 = m0 + RYZ_GEMM_MB < j->M ? m0 + RYZ_GEMM_MB : j->M;
+        const float *wp = j->wp + p * K * RYZ_GEMM_NR;
+        if (K == 0) {  /* out = bias */
+            for (int64_t m = m0; m < m1; m++)
+                for (int64_t c = 0; c < RYZ_GEMM_NR && n0 + c < j->N; c++)
+                    j->out[m * j->ldo + n0 + c] = j->bias ? j->bias[n0 + c] : 0.0f;
+            continue;
+        }
+        for (int64_t k0 = 0; k0 < K; k0 += RYZ_GEMM_KC) {
+            const int64_t k1 = k0 + RYZ_GEMM_KC < K ? k0 + RYZ_GEMM_KC : K;
+            for (int64_t m = m0; m < m1; m += 6) {
+                const int rows = m1 - m < 6 ? (int)(m1 - m) : 6;
+                gemm_tiles[rows](j, m, wp, n0, k0, k1);
+            }
+        }
+    }
+}
+
+const ryz_matmul_kernels ryz_matmul_avx2 = {.name = "avx2", .i8 = i8, .f32 = f32, .gemm_f32 = ryz_gemm_f32_avx2,
+                                            .gemm_name = "avx2"};
 
 /* ---- probes (matmul.h) ----------------------------------------------------------- */
 #define PROBE_PF_BYTES 8192

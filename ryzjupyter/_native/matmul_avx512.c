@@ -105,7 +105,9 @@ static void run_tiles(const tile_fn tiles[4][4], const ryz_matmul_job *j, int64_
 static void i8(const ryz_matmul_job *j, int64_t n0, int64_t n1) { run_tiles(tiles_i8, j, n0, n1); }
 static void f32(const ryz_matmul_job *j, int64_t n0, int64_t n1) { run_tiles(tiles_f32, j, n0, n1); }
 
-const ryz_matmul_kernels ryz_matmul_avx512 = {.name = "avx512vnni", .i8 = i8, .f32 = f32};
+/* gemm_f32 (the encoder's linears): the AVX2 variant; this level has none of its own */
+const ryz_matmul_kernels ryz_matmul_avx512 = {.name = "avx512vnni", .i8 = i8, .f32 = f32,
+                                              .gemm_f32 = ryz_gemm_f32_avx2, .gemm_name = "avx2"};
 
 /* ---- probes ------------------------------------------------------------------- */
 uint64_t ryz_probe_read_avx512(const void *p, int64_t bytes, int prefetch) {

@@ -37,4 +37,25 @@ uint64_t ryz_probe_read_scalar(const void *p, int64_t bytes) {
     return s0 + s1 + s2 + s3;
 }
 
-const ryz_matmul_kernels ryz_matmul_scalar = {.name = "scalar", .i8 = i8, .f32 = f32};
+/* the reference: each output's k terms summed in increasing k order, starting from the bias */
+static void gemm_f32(const ryz_gemm_f32_job *j, int64_t i0, int64_t i1) {
+    const int64_t K = j->K;
+    for (int64_t it = i0; it < i1; it++) {
+        const int64_t mb = it / j->P, p = it % j->P, n0 = p * RYZ_GEMM_NR;
+        const int64_t m1 = (mb + 1) * RYZ_GEMM_MB < j->M ? (mb + 1) * RYZ_GEMM_MB : j->M;
+        const int64_t nc = j->N - n0 < RYZ_GEMM_NR ? j->N - n0 : RYZ_GEMM_NR;
+        const float *wp = j->wp + p * K * RYZ_GEMM_NR;
+        for (int64_t m = mb * RYZ_GEMM_MB; m < m1; m++) {
+            float acc[RYZ_GEMM_NR];
+            for (int c = 0; c < RYZ_GEMM_NR; c++) acc[c] = j->bias && c < nc ? j->bias[n0 + c] : 0.0f;
+            for (int64_t k = 0; k < K; k++) {
+                const float xv = j->x[m * j->ldx + k];
+                for (int c = 0; c < RYZ_GEMM_NR; c++) acc[c] += xv * wp[k * RYZ_GEMM_NR + c];
+            }
+            for (int64_t c = 0; c < nc; c++) j->out[m * j->ldo + n0 + c] = acc[c];
+        }
+    }
+}
+
+const ryz_matmul_kernels ryz_matmul_scalar = {.name = "scalar", .i8 = i8, .f32 = f32, .gemm_f32 = gemm_f32,
+                                              .gemm_name = "scalar"};

@@ -4,6 +4,8 @@
 #include <string.h>
 
 #include "attention.h"
+#include "matmul.h"
+#include "ops.h"
 #include "ryz_py.h"
 
 const ryz_attention_kernels *ryz_attention = &ryz_attention_scalar;
@@ -15,7 +17,7 @@ void ryz_attention_select(ryz_isa isa) {
     ryz_register_kernel("attention", ryz_attention->name);
     ryz_register_kernel("attention_i8kv", ryz_attention->name);
     ryz_register_kernel("quantize_kv_i8", "scalar"); /* one plain C version for every level */
-    ryz_register_kernel("attention_segments", ryz_attention->name);
+    ryz_register_kernel("attention_segments", ryz_matmul->gemm_name); /* gemm_f32 + softmax_row */
 }
 
 typedef struct {
@@ -335,7 +337,11 @@ fail:
 /* ---- bidirectional attention within segments (the encoder's) ------------------------------
  * Many sequences packed one after another (no padding): query row i of segment s attends to
  * every row of its own segment, none of another (the padding mask, without the padding). One
- * unit per query row over all heads (H = Hkv, G = 1), the same unit kernels as attention(). */
+ * item = (segment, head), computed as two GEMMs with the matmul family's gemm_f32 microkernel:
+ *   kp = the head's keys packed into 16-key panels;       S = q kp^T       [L, L]
+ *   S = softmax(scale * S) row by row (ops' softmax_row);  vp = values packed into 16-dim panels
+ *   out = S vp^T                                                            [L, hd]
+ * (transformers' eager attention in float32, the mask being the segment). */
 typedef struct {
     float *out;
     const float *q, *k, *v;
@@ -345,28 +351,49 @@ typedef struct {
     int failed;
 } seg_job;
 
+/* panels of 16 rows of the [rows, cols] matrix src (row stride ld): dst[p][c][r] for row 16p + r
+ * (transposed: the "w" of gemm_f32 is rows x cols with cols the k dimension) */
+static void pack_rows(float *dst, const float *src, int64_t ld, int64_t rows, int64_t cols) {
+    const int64_t P = (rows + 15) / 16;
+    for (int64_t p = 0; p < P; p++)
+        for (int64_t c = 0; c < cols; c++)
+            for (int64_t r = 0; r < 16; r++) {
+                const int64_t row = p * 16 + r;
+                dst[(p * cols + c) * 16 + r] = row < rows ? src[row * ld + c] : 0.0f;
+            }
+}
+
 static void seg_task(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     seg_job *j = ctx;
-    float *scratch = malloc(sizeof(float) * (size_t)ryz_attn_scratch_floats(j->H, j->hd, j->maxL));
-    if (!scratch) {
+    const int64_t H = j->H, hd = j->hd, ld = H * hd, Lp = (j->maxL + 15) / 16 * 16, hdp = (hd + 15) / 16 * 16;
+    float *S = malloc(sizeof(float) * (size_t)(j->maxL * j->maxL + Lp * hd + j->maxL * hdp));
+    if (!S) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    const ryz_attn_cache c = {j->k, j->v, NULL, NULL, NULL, NULL, j->H, j->hd};
-    int64_t lo = 0, hi = j->B; /* the segment of row b: offsets[s] <= b < offsets[s + 1] */
-    while (hi - lo > 1) {
-        const int64_t mid = (lo + hi) / 2;
-        if (j->offsets[mid] <= b) lo = mid; else hi = mid;
+    float *kp = S + j->maxL * j->maxL, *vp = kp + Lp * hd;
+    for (int64_t it = b; it < e; it++) {
+        const int64_t s = it / H, h = it % H, r0 = j->offsets[s], L = j->offsets[s + 1] - r0;
+        const float *q = j->q + r0 * ld + h * hd, *k = j->k + r0 * ld + h * hd, *v = j->v + r0 * ld + h * hd;
+        pack_rows(kp, k, ld, L, hd);
+        const int64_t PL = (L + 15) / 16, Pd = (hd + 15) / 16;
+        ryz_gemm_f32_job sj = {S, q, kp, NULL, L, hd, L, PL, ld, L};
+        ryz_matmul->gemm_f32(&sj, 0, (L + RYZ_GEMM_MB - 1) / RYZ_GEMM_MB * PL);
+        for (int64_t i = 0; i < L; i++) {
+            float *row = S + i * L;
+            for (int64_t t = 0; t < L; t++) row[t] *= j->scale;
+            ryz_ops->softmax_row(row, L);
+        }
+        /* vp[p][t][c] = v[t][16p + c]: panels of 16 value dimensions over the L keys */
+        for (int64_t p = 0; p < Pd; p++)
+            for (int64_t t = 0; t < L; t++)
+                for (int64_t c = 0; c < 16; c++)
+                    vp[(p * L + t) * 16 + c] = p * 16 + c < hd ? v[t * ld + p * 16 + c] : 0.0f;
+        ryz_gemm_f32_job oj = {j->out + r0 * ld + h * hd, S, vp, NULL, L, L, hd, Pd, L, ld};
+        ryz_matmul->gemm_f32(&oj, 0, (L + RYZ_GEMM_MB - 1) / RYZ_GEMM_MB * Pd);
     }
-    int64_t s = lo;
-    for (int64_t i = b; i < e; i++) {
-        while (j->offsets[s + 1] <= i) s++;
-        const int64_t qoff = i * j->H * j->hd;
-        ryz_attn_run_unit(&c, j->q + qoff, 0, j->H, 1, j->offsets[s], j->offsets[s + 1], j->scale, j->out + qoff,
-                          NULL, scratch);
-    }
-    free(scratch);
+    free(S);
 }
 
 PyDoc_STRVAR(attention_segments_doc,
@@ -417,11 +444,11 @@ static PyObject *py_attention_segments(PyObject *self, PyObject *args) {
     }
     if (T == 0 || H == 0 || hd == 0) goto done;
     seg_job j = {ryz_data(out), ryz_data(q), ryz_data(k), ryz_data(v), o, B, H, hd, maxL, (float)scale, 0};
-    /* chunks of about 2^26 multiply-adds between Ctrl-C checks */
-    const int64_t per_row = maxL * hd * H * 2;
-    int64_t chunk = ((int64_t)1 << 26) / (per_row > 0 ? per_row : 1);
+    /* items (segment, head); chunks of about 2^26 multiply-adds between Ctrl-C checks */
+    const int64_t per_item = maxL * maxL * hd * 2;
+    int64_t chunk = ((int64_t)1 << 26) / (per_item > 0 ? per_item : 1);
     if (chunk < 2 * (int64_t)ryz_num_threads()) chunk = 2 * (int64_t)ryz_num_threads();
-    if (ryz_run_chunked(seg_task, &j, T, chunk, 1) != 0) goto fail;
+    if (ryz_run_chunked(seg_task, &j, B * H, chunk, 1) != 0) goto fail;
     if (j.failed) {
         PyErr_NoMemory();
         goto fail;

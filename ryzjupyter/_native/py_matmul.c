@@ -14,6 +14,7 @@ void ryz_matmul_select(ryz_isa isa) {
     ryz_matmul = by_isa[isa];
     ryz_register_kernel("matmul_i8", ryz_matmul->name);
     ryz_register_kernel("matmul_f32", ryz_matmul->name);
+    ryz_register_kernel("gemm_f32", ryz_matmul->gemm_name);
 }
 
 typedef struct {
@@ -117,6 +118,52 @@ static PyObject *py_matmul_f32(PyObject *self, PyObject *args) {
         c.job = (ryz_matmul_job){.out = ryz_data(out), .ldo = N, .x = ryz_data(x), .w = ryz_data(w),
                                  .M = M, .K = K};
         if (ryz_run_chunked(mm_rows, &c, N, chunk_rows(M, K, 0), 16) != 0) goto fail;
+    }
+    ryz_args_release(&a);
+    Py_RETURN_NONE;
+fail:
+    ryz_args_release(&a);
+    return NULL;
+}
+
+/* ---- gemm_f32: packed-panel float GEMM with bias (the encoder's linears) ------------- */
+static void gemm_items(void *vctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    ryz_matmul->gemm_f32((const ryz_gemm_f32_job *)vctx, b, e);
+}
+
+PyDoc_STRVAR(gemm_f32_doc,
+"gemm_f32(out, x, wp, bias) -> None\n\n"
+"out float32 [M, N] = x [M, K] @ w.T + bias, with w [N, K] packed into panels of 16 rows:\n"
+"wp float32 [ceil(N / 16), K, 16], wp[p, k, c] = w[16 p + c, k] (zeros past N; see\n"
+"families/bert.py pack_panels); bias float32 [N] or None. Each output sums its k terms in\n"
+"increasing k order (FMA on AVX2; the AVX-512 level runs the AVX2 code). Threads split\n"
+"(96-row blocks of x, panels); GIL released; Ctrl-C checked between chunks.");
+
+static PyObject *py_gemm_f32(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    PyObject *oo, *ox, *ow, *ob;
+    if (!PyArg_ParseTuple(args, "OOOO:gemm_f32", &oo, &ox, &ow, &ob)) return NULL;
+    ryz_args a = {0};
+    ryz_arr *out, *x, *wp, *bias = NULL;
+    if (!(out = ryz_arr_get(&a, oo, "out", RYZ_F32, 2, 1)) || !(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 2, 0)) ||
+        !(wp = ryz_arr_get(&a, ow, "wp", RYZ_F32, 3, 0)) ||
+        (ob != Py_None && !(bias = ryz_arr_get(&a, ob, "bias", RYZ_F32, 1, 0))))
+        goto fail;
+    const int64_t M = ryz_dim(x, 0), K = ryz_dim(x, 1), N = ryz_dim(out, 1), P = (N + 15) / 16;
+    if (ryz_check_dim(out, 0, M, "x.shape[0]") || ryz_check_dim(wp, 0, P, "ceil(out.shape[1] / 16)") ||
+        ryz_check_dim(wp, 1, K, "x.shape[1]") || ryz_check_dim(wp, 2, RYZ_GEMM_NR, "16 (the panel width)") ||
+        (bias && ryz_check_dim(bias, 0, N, "out.shape[1]")) || ryz_check_no_overlap(out, x) ||
+        ryz_check_no_overlap(out, wp) || (bias && ryz_check_no_overlap(out, bias)))
+        goto fail;
+    if (M > 0 && N > 0) {
+        ryz_gemm_f32_job j = {ryz_data(out), ryz_data(x), ryz_data(wp), bias ? ryz_data(bias) : NULL, M, K, N, P, K, N};
+        const int64_t items = (M + RYZ_GEMM_MB - 1) / RYZ_GEMM_MB * P;
+        /* chunks of about 2^28 multiply-adds between Ctrl-C checks */
+        const int64_t per_item = RYZ_GEMM_MB * RYZ_GEMM_NR * (K > 0 ? K : 1);
+        int64_t chunk = ((int64_t)1 << 28) / per_item;
+        if (chunk < 4 * (int64_t)ryz_num_threads()) chunk = 4 * (int64_t)ryz_num_threads();
+        if (ryz_run_chunked(gemm_items, &j, items, chunk, 1) != 0) goto fail;
     }
     ryz_args_release(&a);
     Py_RETURN_NONE;
@@ -306,6 +353,7 @@ static PyObject *py_probe_loops(PyObject *self, PyObject *noargs) {
 PyMethodDef ryz_matmul_methods[] = {
     {"matmul_i8", py_matmul_i8, METH_VARARGS, matmul_i8_doc},
     {"matmul_f32", py_matmul_f32, METH_VARARGS, matmul_f32_doc},
+    {"gemm_f32", py_gemm_f32, METH_VARARGS, gemm_f32_doc},
     {"probe_read", py_probe_read, METH_VARARGS, probe_read_doc},
     {"probe_int8", py_probe_int8, METH_VARARGS, probe_int8_doc},
     {"probe_loops", py_probe_loops, METH_NOARGS, probe_loops_doc},

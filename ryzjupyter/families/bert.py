@@ -75,6 +75,7 @@ class Config:
 # Weights
 @dataclass
 class Layer:
+    """One block's weights; the matrices (wq .. w2) packed into 16-row panels for gemm_f32."""
     wq: np.ndarray
     bq: np.ndarray
     wk: np.ndarray
@@ -125,7 +126,7 @@ def load_weights(folder: Path, c: Config) -> Weights:
         a = np.ascontiguousarray(t[name], dtype=np.float32)
         if a.shape != shape:
             raise CheckpointError(f"{folder}: {name} has shape {a.shape}, expected {shape}")
-        return a
+        return pack_panels(a) if name.endswith(".weight") and len(shape) == 2 and ".layer." in name else a
 
     D, F = c.dim, c.hidden_dim
     layers = []
@@ -148,13 +149,22 @@ def load_weights(folder: Path, c: Config) -> Weights:
                    ln_b=get("embeddings.LayerNorm.bias", (D,)), layers=layers)
 
 
+def pack_panels(w: np.ndarray) -> np.ndarray:
+    """w [N, K] -> panels of 16 rows [ceil(N/16), K, 16], wp[p, k, c] = w[16p + c, k] (zeros past N):
+    the layout gemm_f32 reads (matmul.h)."""
+    N, K = w.shape
+    P = (N + 15) // 16
+    padded = np.zeros((P * 16, K), np.float32)
+    padded[:N] = w
+    return np.ascontiguousarray(padded.reshape(P, 16, K).transpose(0, 2, 1))
+
+
 # ----------------------------------------------------------------------------
 # The blocks
-def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """x @ w.T + b (fp32 GEMM on our kernels; the bias added by numpy)."""
-    out = np.empty((x.shape[0], w.shape[0]), np.float32)
-    _native.matmul_f32(out, x, w)
-    out += b
+def linear(x: np.ndarray, wp: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x @ w.T + b: fp32 GEMM with the bias on our kernels (wp: w packed by pack_panels)."""
+    out = np.empty((x.shape[0], b.shape[0]), np.float32)
+    _native.gemm_f32(out, x, wp, b)
     return out
 
 

@@ -98,9 +98,80 @@ def test_threads_give_identical_results(rng):
     assert a.tobytes() == b.tobytes() and af.tobytes() == bf.tobytes()
 
 
+# ---- gemm_f32: packed 16-row panels, bias, the encoder's linears --------------------------------
+def pack_panels(w):
+    N, K = w.shape
+    P = (N + 15) // 16
+    padded = np.zeros((P * 16, K), np.float32)
+    padded[:N] = w
+    return np.ascontiguousarray(padded.reshape(P, 16, K).transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (1, 16, 8), (5, 17, 3), (6, 31, 257), (7, 33, 300),
+                                   (97, 48, 40), (200, 384, 384), (13, 1536, 64), (3, 5, 0)])
+def test_gemm_f32_within_bound(isa, rng, M, N, K):
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    out = np.full((M, N), np.nan, np.float32)
+    _native.gemm_f32(out, x, pack_panels(w), b)
+    exact, bound = ref.matmul_f32_with_bound(x, w)
+    assert (np.abs(out - (exact + b)) <= bound + 2.0**-23 * (np.abs(exact) + np.abs(b))).all()
+    nob = np.full((M, N), np.nan, np.float32)
+    _native.gemm_f32(nob, x, pack_panels(w), None)
+    assert (np.abs(nob - exact) <= bound + 1e-30).all()
+
+
+def test_gemm_f32_equals_in_order_fma_sum(isa, rng):
+    """Each output is one chain of k terms in increasing order from the bias: small integers make
+    every partial sum exact, so the result is bitwise the float64 one at every level."""
+    x = rng.integers(-8, 9, (50, 600)).astype(np.float32)
+    w = rng.integers(-8, 9, (40, 600)).astype(np.float32)
+    b = rng.integers(-100, 100, 40).astype(np.float32)
+    out = np.empty((50, 40), np.float32)
+    _native.gemm_f32(out, x, pack_panels(w), b)
+    np.testing.assert_array_equal(out, x.astype(np.float64) @ w.T.astype(np.float64) + b)
+
+
+def test_gemm_f32_threads_identical(rng):
+    x = rng.standard_normal((300, 384)).astype(np.float32)
+    wp = pack_panels(rng.standard_normal((100, 384)).astype(np.float32))
+    b = np.zeros(100, np.float32)
+    prev = _native.get_num_threads()
+    outs = []
+    try:
+        for t in (1, 2):
+            _native.set_num_threads(t)
+            o = np.empty((300, 100), np.float32)
+            _native.gemm_f32(o, x, wp, b)
+            outs.append(o)
+    finally:
+        _native.set_num_threads(prev)
+    assert outs[0].tobytes() == outs[1].tobytes()
+
+
+def test_gemm_f32_bad_arguments():
+    x = np.zeros((4, 8), np.float32)
+    wp = np.zeros((2, 8, 16), np.float32)
+    out = np.zeros((4, 20), np.float32)
+    _native.gemm_f32(out, x, wp, None)
+    with pytest.raises(ValueError, match="ceil"):
+        _native.gemm_f32(np.zeros((4, 40), np.float32), x, wp, None)
+    with pytest.raises(ValueError, match="panel width"):
+        _native.gemm_f32(out, x, np.zeros((2, 8, 8), np.float32), None)
+    with pytest.raises(ValueError, match="x.shape\\[1\\]"):
+        _native.gemm_f32(out, x, np.zeros((2, 9, 16), np.float32), None)
+    with pytest.raises(ValueError, match="out.shape\\[1\\]"):
+        _native.gemm_f32(out, x, wp, np.zeros(19, np.float32))
+    with pytest.raises(TypeError):
+        _native.gemm_f32(out, x.astype(np.float64), wp, None)
+    with pytest.raises(ValueError):
+        _native.gemm_f32(out, x, wp[:, :, ::2], None)
+
+
 def test_kernels_registered():
     kernels = _native.info()["kernels"]
-    for name in ("matmul_i8", "matmul_f32", "ternary_gemm_i2", "ternary_gemm_tl"):
+    for name in ("matmul_i8", "matmul_f32", "ternary_gemm_i2", "ternary_gemm_tl", "gemm_f32"):
         assert name in kernels
 
 
