@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ryzjupyter.decoding import speculative
+from ryzjupyter.decoding import recycling
 from ryzjupyter.engine.profiling import PROFILER
 from ryzjupyter.engine.sampling import Sampler, SamplingSettings
 
@@ -74,7 +75,8 @@ class GenerationResult:
     `GenerationStats`, `settings` the sampling settings used, `finish_reason` why it ended
     ("length": max tokens, "stop": a stop token or string, "context": the context is full,
     "interrupted": the stop button or KeyboardInterrupt, keeping the partial reply), `profile` where
-    the time went when profiling was on. `str(result)` is the text."""
+    the time went when profiling was on, `recycled` the RSUs retrieved into the prompt with
+    ``recycle=bank`` (decoding/recycling.py: id, text, score, source, tokens). `str(result)` is the text."""
     text: str
     tokens: list
     stats: GenerationStats
@@ -82,6 +84,7 @@ class GenerationResult:
     finish_reason: str = "length"   # "length", "stop" (stop token or string), "context", "interrupted"
     prompt_tokens: list = field(default_factory=list, repr=False)
     profile: object = field(default=None, repr=False)   # ryzjupyter.engine.profiling.Profile: where the time went
+    recycled: list = field(default_factory=list, repr=False)  # RSUs put into the prompt (recycle=bank): Recalled
 
     def __str__(self):
         return self.text
@@ -230,10 +233,20 @@ class Session:
 
     # -- generation
     def stream(self, prompt, max_new_tokens=128, *, stop=None, ignore_eos=False, add_special_tokens=True,
-               **sampling):
-        """An iterator of text pieces; after it is exhausted `.result` holds the GenerationResult."""
-        return TextStream(self, prompt, max_new_tokens, stop=stop, ignore_eos=ignore_eos,
-                          add_special_tokens=add_special_tokens, **sampling)
+               recycle=None, recycle_k=recycling.DEFAULT_K, recycle_budget=recycling.DEFAULT_BUDGET, **sampling):
+        """An iterator of text pieces; after it is exhausted `.result` holds the GenerationResult.
+        ``recycle=bank`` puts up to ``recycle_k`` RSUs retrieved for a text prompt before it, within
+        ``recycle_budget`` tokens (decoding/recycling.py); ``result.recycled`` lists them."""
+        recalled = []
+        if recycle is not None:
+            if not isinstance(prompt, str):
+                raise TypeError("recycle= needs a text prompt (the bank is searched with it), not token ids")
+            recalled = recycling.recall(recycle, prompt, self.model.tokenizer, recycle_k, recycle_budget)
+            prompt = recycling.with_context(prompt, recalled)
+        s = TextStream(self, prompt, max_new_tokens, stop=stop, ignore_eos=ignore_eos,
+                       add_special_tokens=add_special_tokens, **sampling)
+        s.recycled = recalled
+        return s
 
     def generate(self, prompt, max_new_tokens=128, **kw) -> GenerationResult:
         s = self.stream(prompt, max_new_tokens, **kw)
@@ -479,7 +492,7 @@ class TextStream:
             if stats.target_passes:
                 stats.tokens_per_pass = len(out) / stats.target_passes
             self.result = GenerationResult("".join(text_parts), out, stats, self.settings, finish,
-                                           list(self.prompt_ids))
+                                           list(self.prompt_ids), recycled=getattr(self, "recycled", []))
             self.result.profile = prof.end(
                 n_prompt=stats.n_prompt, n_prefill=stats.n_prefill, n_generated=len(out),
                 memory={"model_bytes": int(getattr(model, "nbytes", 0) or 0),

@@ -26,9 +26,11 @@ no marker is refused rather than written into.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import threading
+import weakref
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,6 +45,15 @@ from ryzjupyter.memory.segmentation import segment
 MARKER = "ryz_bank.json"
 MAX_TEXT_CHARS = 2_000_000       # add() refuses more in one call (cut it yourself, or add a file in parts)
 SOURCES = ("cell", "reply", "prompt", "file", "text")
+
+
+_OPEN = weakref.WeakSet()        # banks still open: closed at exit, before the interpreter tears down
+
+
+@atexit.register
+def _close_open_banks():
+    for bank in list(_OPEN):
+        bank.close()
 
 
 class BankError(ValueError):
@@ -147,6 +158,7 @@ class RecycleBank:
             marker = self.path / MARKER
             if not marker.exists():
                 marker.write_text(json.dumps({"format": 1, "model": self.model_name, "dim": self.encoder.dim}))
+        _OPEN.add(self)
         self._ensure_collection()
         self._mirror = self.url is None
         self._ids: list = []

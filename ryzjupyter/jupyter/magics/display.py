@@ -21,7 +21,8 @@ class Reply:
     prefill_tok_s, decode_tok_s, ...), `.settings` (every sampling setting used), `.model`,
     `.finish_reason` (the engine's: length, stop, context, interrupted), `.finish` (why it stopped,
     for people: {"reason": length | context | stop_token | stop_string | interrupted, "label",
-    "detail"}), `.interrupted`. `str(reply)` is the text. Shown as text or Markdown."""
+    "detail"}), `.interrupted`, `.recycled` (with --recycle: the memory units put before the prompt,
+    each with id, text, score, source). `str(reply)` is the text. Shown as text or Markdown."""
 
     def __init__(self, text="", tokens=(), stats=None, settings=None, *, model=None, format="text",
                  finish_reason="length", prompt=None, finish=None):
@@ -34,6 +35,7 @@ class Reply:
         self.finish_reason = finish_reason
         self.prompt = prompt
         self.finish = finish or finish_info(self)
+        self.recycled = []      # %%ryz --recycle: the units put before the prompt (id, text, score, source)
 
     @classmethod
     def from_result(cls, result, *, model, format, prompt=None, extra_settings=None, tokenizer=None,

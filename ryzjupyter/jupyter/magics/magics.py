@@ -65,6 +65,12 @@ class RyzMagics(Magics):
     show_stats = Bool(True, help="Show a one-line stats footer (tokens, tok/s) after each reply.").tag(config=True)
     max_updates_per_s = Float(15.0, help="Streaming display updates per second, at most.").tag(config=True)
     live_chart = Bool(True, help="Show a live tokens/s chart while a reply streams (Jupyter only).").tag(config=True)
+    recycle = Bool(False, help="Add every %%ryz prompt and reply to the memory bank (%ryz memory).").tag(config=True)
+    recycle_k = Int(5, help="Units --recycle puts before the prompt (without a number).").tag(config=True)
+    recycle_budget = Int(256, help="Tokens the recalled units may take (--recycle-budget).").tag(config=True)
+    memory_path = Unicode("", help="Folder of the memory bank; '' = the user's data directory "
+                                   "(ryzjupyter.memory.bank.default_path).").tag(config=True)
+    memory_namespace = Unicode("default", help="The bank's namespace (one per user or notebook).").tag(config=True)
     memory_budget = Unicode("", help="Memory for loaded models, e.g. '6GiB' or a number of bytes; idle models "
                                      "are unloaded (least recently used first) to make room, and a model that "
                                      "cannot fit is refused. Empty: 80% of the RAM available.").tag(config=True)
@@ -148,6 +154,9 @@ class RyzMagics(Magics):
         if not prompt:
             raise UsageError("the cell is empty: write the prompt below the %%ryz line")
         gen = self._generation_options(args)
+        if args.recycle is not None:
+            gen.update(recycle=self.bank(), recycle_k=args.recycle or self.recycle_k,
+                       recycle_budget=args.recycle_budget or self.recycle_budget)
         fmt = args.format or self.format
         chat = self.chat if args.chat is None else args.chat
         system = args.system if args.system is not None else self.system
@@ -155,6 +164,8 @@ class RyzMagics(Magics):
         name, model = self._model_for_cell(args.model)
 
         messages = None
+        if args.recycle is not None and (chat or system):
+            raise UsageError("--recycle works on plain completions for now; add --no-chat (and no --system)")
         if chat or system:
             messages = list(self.history) if chat else []
             has_system = bool(messages) and messages[0]["role"] == "system"
@@ -209,12 +220,76 @@ class RyzMagics(Magics):
                                   tokenizer=getattr(model, "tokenizer", None),
                                   max_context=getattr(session, "max_context", None))
         reply.profile = getattr(result, "profile", None)
+        reply.recycled = list(getattr(result, "recycled", []))
         if chart is not None:
             chart.finish(result.stats, reply.profile, freeze=True)
         self._finish(reply, live, history=messages if chat else None, output=args.output)
+        if self.recycle:
+            self._remember(prompt, reply)
         if interrupted:
             _raise_interrupt()                  # "Run All" stops here
         return None
+
+    # ------------------------------------------------------------------ memory
+    def bank(self):
+        """The memory bank (opened on first use with memory_path / memory_namespace)."""
+        from ryzjupyter.memory.bank import BankError, RecycleBank
+
+        want = (self.memory_path or None, self.memory_namespace)
+        if getattr(self, "_bank", None) is not None and self._bank_key == want and not self._bank._closed:
+            return self._bank
+        if getattr(self, "_bank", None) is not None:
+            self._bank.close()
+        try:
+            self._bank = RecycleBank(path=want[0], namespace=want[1])
+        except (BankError, ConnectionError) as e:
+            raise UsageError(str(e)) from None
+        self._bank_key = want
+        return self._bank
+
+    def _remember(self, prompt, reply):
+        """RyzMagics.recycle: the prompt and the reply go into the bank (a failure is a warning)."""
+        try:
+            bank = self.bank()
+            bank.add(prompt, source="prompt", meta={"model": str(reply.model)})
+            if reply.text.strip():
+                bank.add(reply.text, source="reply", meta={"model": str(reply.model)})
+        except Exception as e:                        # never lose the reply over the memory
+            print(f"ryzjupyter: not remembered ({e})")
+
+    def _cmd_memory(self, cmd):
+        action, words = cmd.options["action"], cmd.options["words"]
+        bank = self.bank()
+        if action == "list":
+            rsus = bank.list()
+            if not rsus:
+                print(f"the bank ({bank.stats()['store']}, namespace {bank.namespace!r}) is empty")
+            for h in rsus:
+                print(f"{h.id}  {h.source:<6} uses {h.uses:<3} {h.text[:70]!r}")
+            return None
+        if action == "search":
+            if not words:
+                raise UsageError("%ryz memory search needs the text to search for" + parsers.LINE_USAGE_HINT)
+            hits = bank.search(" ".join(words), k=cmd.options["k"], count_use=False)
+            for h in hits:
+                print(f"{h.score:.3f}  {h.id}  {h.source:<6} {h.text[:70]!r}")
+            if not hits:
+                print("no units in the bank")
+            return hits
+        if action == "forget":
+            if not words:
+                raise UsageError("%ryz memory forget needs the id(s) to forget (%ryz memory list shows them)")
+            n = bank.forget(words)
+            print(f"forgot {n} of {len(words)} unit(s)")
+            return None
+        if action == "clear":
+            print(f"cleared {bank.clear()} unit(s) from namespace {bank.namespace!r}")
+            return None
+        s = bank.stats()
+        print(f"{s['rsus']} units ({s['chars']:,} characters) in namespace {s['namespace']!r} of "
+              f"{s['store']}; sources {s['sources'] or '-'}; uses {s['uses']}; model {s['model']}; "
+              f"ttl {s['ttl'] or 'none'}; cap {s['max_items'] or 'none'}")
+        return s
 
     def _chart(self, name, ts):
         """The live tokens/s chart (only in a Jupyter kernel, with live_chart on), else None."""

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from IPython.core.error import UsageError
 
 FORMATS = ("text", "markdown", "code")
-LINE_COMMANDS = ("list", "load", "unload", "use", "stats", "controls", "reset", "help", "bench", "serve", "map")
+LINE_COMMANDS = ("list", "load", "unload", "use", "stats", "controls", "reset", "help", "bench", "serve", "map",
+                 "memory")
+MEMORY_ACTIONS = ("list", "search", "forget", "clear", "stats")
 
 # names of the sampling settings, as the engine spells them (model.generate keywords)
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
@@ -126,6 +128,11 @@ def _cell_parser():
     g.add_argument("--stream", dest="stream", action="store_const", const=True, help="stream tokens")
     g.add_argument("--no-stream", dest="stream", action="store_const", const=False,
                    help="show the reply only when it is complete")
+    a("--recycle", nargs="?", const=0, type=_number("--recycle", 1, integer=True), metavar="K",
+      help="put up to K (default %%config RyzMagics.recycle_k) units recalled from the memory bank "
+           "(%%ryz memory) before the prompt; the reply's .recycled lists them")
+    a("--recycle-budget", type=_number("--recycle-budget", 1, integer=True), metavar="N",
+      help="tokens the recalled units may take at most (default RyzMagics.recycle_budget)")
     a("-h", "--help", action="store_true", help="show this help and generate nothing")
     return p
 
@@ -133,6 +140,12 @@ def _cell_parser():
 def _serve_action(text):
     if text not in ("start", "stop", "status"):
         raise argparse.ArgumentTypeError(f"%ryz serve takes start, stop or status, got {text!r}")
+    return text
+
+
+def _memory_action(text):
+    if text not in MEMORY_ACTIONS:
+        raise argparse.ArgumentTypeError(f"%ryz memory takes {' | '.join(MEMORY_ACTIONS)}, got {text!r}")
     return text
 
 
@@ -163,6 +176,8 @@ class CellArgs:
     format: str | None = None
     output: str | None = None
     stream: bool | None = None
+    recycle: int | None = None          # --recycle [K]: 0 = the default K
+    recycle_budget: int | None = None
     help: bool = False
 
 
@@ -267,6 +282,14 @@ def _line_parsers():
     p.add_argument("--batch-size", type=_number("--batch-size", 1, integer=True), metavar="N",
                    help="prompts per Dask task, decoded together on a worker")
     sub["map"] = p
+    p = _Parser(prog="%ryz memory", hint=LINE_USAGE_HINT,
+                description="The memory bank of recycled semantic units (docs/memory.md): list | search TEXT | "
+                            "forget ID | clear | stats.")
+    p.add_argument("action", nargs="?", default="stats", type=_memory_action, metavar="list|search|forget|clear|stats")
+    p.add_argument("words", nargs="*", metavar="TEXT_OR_ID")
+    p.add_argument("-k", type=_number("-k", 1, integer=True), default=5, metavar="K",
+                   help="hits to show for search (default 5)")
+    sub["memory"] = p
     for cmd, what in (("list", "List loaded models and their memory."),
                       ("stats", "Statistics and the profile (where the time went) of the last reply."),
                       ("controls", "Sampling controls bound to these settings, and a Generate box."),
