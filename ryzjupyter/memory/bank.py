@@ -56,6 +56,17 @@ def _close_open_banks():
         bank.close()
 
 
+EXACT_ROWS = 4096   # up to this many units a search scores all of them in float32
+RESCORE = 64        # past it, the int8 pass keeps this many candidates (at least 4k) for the float32 pass
+
+
+def _quantize(v: np.ndarray):
+    """int8 copy of a vector for the first search pass: q = round(v * 127 / max|v|), and that scale."""
+    m = float(np.abs(v).max())
+    scale = 127.0 / m if m > 0 else 1.0
+    return np.clip(np.rint(v * scale), -127, 127).astype(np.int8), np.float32(scale)
+
+
 class BankError(ValueError):
     """A bank that cannot be opened or an input it refuses; the message says what to do."""
 
@@ -164,6 +175,7 @@ class RecycleBank:
         self._ids: list = []
         self._pos: dict = {}
         self._vecs = np.empty((0, self.encoder.dim), np.float32)
+        self._q8, self._s8 = np.empty((0, self.encoder.dim), np.int8), np.empty(0, np.float32)
         if self._mirror:
             self._load_mirror()
         self.expire()
@@ -208,23 +220,31 @@ class RecycleBank:
         for p in self._scroll(with_vectors=True):
             ids.append(str(p.id))
             vecs.append(np.asarray(p.vector, np.float32))
-        self._ids = ids
-        self._vecs = np.stack(vecs) if vecs else np.empty((0, self.encoder.dim), np.float32)
-        self._pos = {i: n for n, i in enumerate(ids)}
+        self._ids, self._pos = [], {}
+        self._vecs = np.empty((0, self.encoder.dim), np.float32)
+        self._q8, self._s8 = np.empty((0, self.encoder.dim), np.int8), np.empty(0, np.float32)
+        if vecs:
+            self._mirror_put(ids, np.stack(vecs))
 
     def _mirror_put(self, ids, vecs):
-        """Add or overwrite rows of the in-memory matrix (its capacity doubles as it grows)."""
+        """Add or overwrite rows of the in-memory matrices (their capacity doubles as they grow)."""
         for i, v in zip(ids, vecs):
             n = self._pos.get(i)
             if n is None:
                 n = len(self._ids)
                 if n == len(self._vecs):
-                    grown = np.empty((max(64, 2 * n), self.encoder.dim), np.float32)
+                    cap = max(64, 2 * n)
+                    grown = np.empty((cap, self.encoder.dim), np.float32)
                     grown[:n] = self._vecs[:n]
-                    self._vecs = grown
+                    g8 = np.empty((cap, self.encoder.dim), np.int8)
+                    g8[:n] = self._q8[:n]
+                    gs = np.empty(cap, np.float32)
+                    gs[:n] = self._s8[:n]
+                    self._vecs, self._q8, self._s8 = grown, g8, gs
                 self._pos[i] = n
                 self._ids.append(i)
             self._vecs[n] = v
+            self._q8[n], self._s8[n] = _quantize(v)
 
     def _mirror_drop(self, ids):
         drop = {self._pos[i] for i in ids if i in self._pos}
@@ -232,7 +252,9 @@ class RecycleBank:
             return
         keep = [n for n in range(len(self._ids)) if n not in drop]
         self._ids = [self._ids[n] for n in keep]
-        self._vecs = np.ascontiguousarray(self._vecs[keep]) if keep else np.empty((0, self.encoder.dim), np.float32)
+        self._vecs = np.ascontiguousarray(self._vecs[keep])
+        self._q8 = np.ascontiguousarray(self._q8[keep])
+        self._s8 = np.ascontiguousarray(self._s8[keep])
         self._pos = {i: n for n, i in enumerate(self._ids)}
 
     def _check_open(self):
@@ -298,9 +320,8 @@ class RecycleBank:
         if self._mirror:
             if not self._ids:
                 return None
-            s = self._scores(v)
-            n = int(np.argmax(s))
-            return self._ids[n], float(s[n])
+            rows, s = self._top(v, 1)
+            return self._ids[int(rows[0])], float(s[0])
         res = self.client.query_points(self.collection, query=v.tolist(), limit=1, with_payload=False).points
         return (str(res[0].id), float(res[0].score)) if res else None
 
@@ -362,14 +383,39 @@ class RecycleBank:
             self._ensure_collection()
             self._ids, self._pos = [], {}
             self._vecs = np.empty((0, self.encoder.dim), np.float32)
+            self._q8, self._s8 = np.empty((0, self.encoder.dim), np.int8), np.empty(0, np.float32)
         return n
 
     # ---- reading ---------------------------------------------------------------------------
-    def _scores(self, q: np.ndarray) -> np.ndarray:
-        """Cosine of q (unit) with every mirrored vector (unit): one matrix product on our kernels."""
-        out = np.empty((1, len(self._ids)), np.float32)
-        _native.matmul_f32(out, np.ascontiguousarray(q[None], np.float32), self._vecs[:len(self._ids)])
+    def _scores(self, q: np.ndarray, rows=None) -> np.ndarray:
+        """Cosine of q (unit) with the mirrored vectors (unit; all, or those of ``rows``): one float32
+        matrix product on our kernels."""
+        w = self._vecs[:len(self._ids)] if rows is None else np.ascontiguousarray(self._vecs[rows])
+        out = np.empty((1, len(w)), np.float32)
+        _native.matmul_f32(out, np.ascontiguousarray(q[None], np.float32), w)
         return out[0]
+
+    def _top(self, q: np.ndarray, k: int):
+        """Rows and cosines of the k nearest mirrored vectors, best first. Up to EXACT_ROWS rows:
+        every cosine in float32. Past that, two stages: an int8 pass over every row (matmul_i8, a
+        quarter of the float matrix's memory traffic) picks the best max(RESCORE, 4k) candidates,
+        whose cosines are then computed exactly in float32 (docs/memory.md: its recall against the
+        exact search, and the latency at 10k and 100k units)."""
+        n = len(self._ids)
+        if n <= EXACT_ROWS:
+            s = self._scores(q)
+            rows = np.arange(n)
+        else:
+            xq, xs = _quantize(q)
+            approx = np.empty((1, n), np.float32)
+            _native.matmul_i8(approx, xq[None], np.array([xs], np.float32), self._q8[:n], self._s8[:n])
+            c = min(n, max(RESCORE, 4 * k))
+            rows = np.argpartition(-approx[0], c - 1)[:c]
+            s = self._scores(q, rows)
+        kk = min(k, len(rows))
+        top = np.argpartition(-s, kk - 1)[:kk]
+        top = top[np.argsort(-s[top], kind="stable")]
+        return rows[top], s[top]
 
     def search(self, query: str, k: int = 5, min_score: float | None = None, count_use: bool = True) -> list:
         """The k RSUs most similar to ``query`` (cosine, best first), as Hit objects. A hit's uses
@@ -389,12 +435,9 @@ class RecycleBank:
             if self._mirror:
                 if not self._ids:
                     return []
-                s = self._scores(q)
-                kk = min(k, len(s))
-                top = np.argpartition(-s, kk - 1)[:kk]
-                top = top[np.argsort(-s[top], kind="stable")]
-                ids = [self._ids[n] for n in top]
-                scores = [float(s[n]) for n in top]
+                rows, s = self._top(q, k)
+                ids = [self._ids[int(n)] for n in rows]
+                scores = [float(x) for x in s]
                 recs = {str(r.id): r for r in self.client.retrieve(self.collection, ids, with_payload=True)}
                 found = [(recs[i], sc) for i, sc in zip(ids, scores) if i in recs]
             else:

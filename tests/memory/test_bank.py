@@ -187,3 +187,22 @@ def test_bad_input_is_a_clear_error(tmp_path, bank):
     bank.close()
     with pytest.raises(BankError, match="closed"):
         bank.search("x")
+
+
+def test_two_stage_search_past_the_exact_size_finds_the_exact_top(tmp_path, monkeypatch):
+    """Past EXACT_ROWS the search is an int8 pass then a float32 rescoring of the best candidates:
+    on real embeddings its top hits are the exact search's."""
+    from ryzjupyter.memory import bank as B
+
+    with RecycleBank(tmp_path / "b", dedup=None) as b:
+        for name, text in DOCS.items():
+            b.add(text, segment_text=False, meta={"doc": name})
+        for i in range(12):
+            b.add(f"Note {i}: the {['csv', 'pickle', 'bread', 'loop'][i % 4]} detail number {i}.", segment_text=False)
+        q = b.encoder.encode(["reading rows of a csv file"])[0]
+        exact = [h.id for h in b.search_vector(q, k=3, count_use=False)]
+        monkeypatch.setattr(B, "EXACT_ROWS", 4)
+        monkeypatch.setattr(B, "RESCORE", 6)              # 12 of 16 candidates
+        two = b.search_vector(q, k=3, count_use=False)
+        assert [h.id for h in two] == exact
+        assert two[0].score == pytest.approx(float(q @ b._vecs[b._pos[two[0].id]]), abs=1e-6)

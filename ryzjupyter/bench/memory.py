@@ -1,0 +1,260 @@
+"""`python -m ryzjupyter.bench memory`: the RSU bank's retrieval quality and search latency.
+
+    python -m ryzjupyter.bench memory [--docs DIR] [--modules 20] [--questions 200]
+                                      [--sizes 10000 100000] [--json FILE]
+
+Retrieval, on a labelled set built from real, openly licensed text: the Python 3.11 library
+reference as Debian's python3.11-doc ships it (reStructuredText sources under
+/usr/share/doc/python3.11/html/_sources/library; PSF licence). The first --modules module pages
+(sorted by name, from a fixed list of common modules) are cut into sections at their headings;
+every section goes into a fresh bank (add(): segmentation into RSUs, embedding, storage) with its
+section id in meta. The questions are generated from the API directives: for each
+``.. function:: name(...)`` / ``.. method::`` / ``.. class::`` the question is "What does
+MODULE.NAME do?" and its answer section is the section holding the directive. Over --questions
+of them (evenly spaced): hit rate at 5 (the answer section among the sections of the top 5
+RSUs), precision at 5 (the share of the top 5 RSUs from the answer section) and MRR (the
+reciprocal rank of the first RSU from it, over the top 10).
+
+Latency, at each --sizes number of units (random unit vectors: the scan's cost does not depend
+on the values): the bank's search (an int8 pass over every unit on our kernels, then the best 64
+rescored exactly in float32; all exact up to 4096 units) against qdrant-client's local mode
+(``QdrantClient(":memory:")``, the embedded store's own search), p50 / p99 over the queries. And
+the recall at 5 of the two-stage search against the exact one on the real RSU embeddings.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DOCS = Path("/usr/share/doc/python3.11/html/_sources/library")
+MODULES = ("argparse", "base64", "bisect", "calendar", "collections", "contextlib", "copy", "csv", "dataclasses",
+           "datetime", "difflib", "enum", "fnmatch", "functools", "glob", "gzip", "hashlib", "heapq", "itertools",
+           "json", "logging", "math", "operator", "os.path", "pathlib", "pickle", "random", "re", "secrets",
+           "shutil", "sqlite3", "statistics", "string", "struct", "subprocess", "tempfile", "textwrap", "time",
+           "uuid", "zipfile")
+_HEADING = re.compile(r"^([=\-~^\"'`#*+])\1{2,}\s*$")
+_DIRECTIVE = re.compile(r"^\.\. (function|method|class|classmethod|staticmethod)::\s*([\w.]+)")
+
+
+def sections(path: Path) -> list:
+    """(heading, text) of each section of a reST page (headings: a line underlined by a run of one
+    punctuation character at least as long); reST markup lightly cleaned."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    out, title, buf = [], path.stem, []
+    i = 0
+    while i < len(lines):
+        if i + 1 < len(lines) and lines[i].strip() and _HEADING.match(lines[i + 1]) \
+                and len(lines[i + 1].strip()) >= len(lines[i].strip()) and not _HEADING.match(lines[i]):
+            if "".join(buf).strip():
+                out.append((title, buf))
+            title, buf = lines[i].strip(), []
+            i += 2
+            continue
+        if not _HEADING.match(lines[i]):
+            buf.append(lines[i])
+        i += 1
+    if "".join(buf).strip():
+        out.append((title, buf))
+    return out
+
+
+def _clean(line: str) -> str:
+    line = re.sub(r"^\s*\.\. (function|method|class|classmethod|staticmethod|attribute|data|exception)::\s*",
+                  r"\1 ", line)
+    line = re.sub(r":(func|meth|class|mod|attr|data|exc|term|ref|const|envvar|pep|rfc|keyword|option):`~?([^`]*)`",
+                  r"\2", line)
+    return line.replace("``", "")
+
+
+def labelled_set(docs: Path, modules: int, questions: int):
+    """(section texts with ids, questions with their answer section id)."""
+    texts, qs = [], []
+    for mod in MODULES[:modules]:
+        path = docs / f"{mod}.rst.txt"
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: install Debian's python3.11-doc (apt-get install python3.11-doc) "
+                             "or pass --docs DIR")
+        for n, (title, lines) in enumerate(sections(path)):
+            sid = f"{mod}#{n}:{title}"
+            body = "\n".join(_clean(l) for l in lines if not l.strip().startswith((".. index::", ".. module::",
+                                                                                    ":synopsis:", ".. sectionauthor")))
+            body = re.sub(r"\n\s*\n+", "\n\n", body).strip()
+            if len(body) < 40:
+                continue
+            texts.append((sid, f"{title}\n\n{body}"))
+            for l in lines:
+                m = _DIRECTIVE.match(l.strip())
+                if m:
+                    name = m.group(2)
+                    qual = name if name.startswith(mod + ".") else f"{mod}.{name}"
+                    qs.append((f"What does {qual} do?", sid))
+    step = max(1, len(qs) // questions)
+    return texts, qs[::step][:questions]
+
+
+def retrieval(args, rec) -> np.ndarray:
+    from ryzjupyter.memory.bank import RecycleBank
+
+    texts, qs = labelled_set(Path(args.docs), args.modules, args.questions)
+    print(f"labelled set: {len(texts)} sections of {args.modules} module pages, {len(qs)} questions")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        bank = RecycleBank(Path(d) / "bank", dedup=None)
+        for sid, text in texts:
+            bank.add(text, source="file", meta={"section": sid})
+        build_s = time.perf_counter() - t0
+        n_rsus = len(bank)
+        print(f"bank: {n_rsus} RSUs in {build_s:.0f} s")
+        hits5, p5, rr = [], [], []
+        qv = bank.encoder.encode([q for q, _ in qs])
+        for (q, sid), v in zip(qs, qv):
+            got = [h.meta.get("section") for h in bank.search_vector(v, k=10, count_use=False)]
+            hits5.append(sid in got[:5])
+            p5.append(sum(g == sid for g in got[:5]) / 5)
+            rr.append(next((1 / (i + 1) for i, g in enumerate(got) if g == sid), 0.0))
+        vecs = bank._vecs[:len(bank._ids)].copy()
+        bank.close()
+    r = rec(kind="memory_retrieval", sections=len(texts), modules=args.modules, questions=len(qs), rsus=n_rsus,
+            build_s=build_s, hit_at_5=float(np.mean(hits5)), precision_at_5=float(np.mean(p5)), mrr=float(np.mean(rr)),
+            examples=[q for q, _ in qs[:3]])
+    print(f"hit@5 {r['hit_at_5']:.3f}  precision@5 {r['precision_at_5']:.3f}  MRR {r['mrr']:.3f}")
+    return np.concatenate([vecs, qv])
+
+
+def _bank_on(vectors: np.ndarray):
+    """A bank object whose mirror holds `vectors` (no store behind it): times the search itself."""
+    from ryzjupyter.memory import bank as B
+
+    b = object.__new__(B.RecycleBank)
+    b._ids, b._pos = [], {}
+
+    class _Enc:
+        dim = vectors.shape[1]
+    b.encoder = _Enc()
+    b._vecs = np.empty((0, vectors.shape[1]), np.float32)
+    b._q8, b._s8 = np.empty((0, vectors.shape[1]), np.int8), np.empty(0, np.float32)
+    b._mirror_put([str(i) for i in range(len(vectors))], vectors)
+    return b
+
+
+def recall_two_stage(real: np.ndarray, rec, n_queries=200):
+    from ryzjupyter.memory import bank as B
+
+    rng = np.random.default_rng(0)
+    b = _bank_on(real)
+    queries = real[rng.choice(len(real), min(n_queries, len(real)), replace=False)]
+    saved = B.EXACT_ROWS
+    agree = []
+    try:
+        for q in queries:
+            B.EXACT_ROWS = 1 << 40
+            exact = set(b._top(q, 5)[0].tolist())
+            B.EXACT_ROWS = 0
+            two = set(b._top(q, 5)[0].tolist())
+            agree.append(len(exact & two) / 5)
+    finally:
+        B.EXACT_ROWS = saved
+    r = rec(kind="memory_recall", vectors=len(real), queries=len(queries), recall_at_5=float(np.mean(agree)))
+    print(f"two-stage vs exact search on {len(real)} real RSU embeddings: recall@5 {r['recall_at_5']:.4f}")
+
+
+def latency(sizes, rec, n_queries=50, qdrant_queries=10):
+    from qdrant_client import QdrantClient, models
+
+    rng = np.random.default_rng(1)
+    for n in sizes:
+        v = rng.standard_normal((n, 384)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        b = _bank_on(v)
+        qs = rng.standard_normal((n_queries, 384)).astype(np.float32)
+        qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+        b._top(qs[0], 5)
+        ts = []
+        for q in qs:
+            t0 = time.perf_counter()
+            b._top(q, 5)
+            ts.append(time.perf_counter() - t0)
+        c = QdrantClient(":memory:")
+        c.create_collection("x", vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE))
+        for s in range(0, n, 2000):
+            c.upsert("x", points=models.Batch(ids=list(range(s, min(n, s + 2000))), vectors=v[s:s + 2000].tolist()),
+                     wait=True)
+        tq = []
+        for q in qs[:qdrant_queries]:
+            t0 = time.perf_counter()
+            c.query_points("x", query=q.tolist(), limit=5)
+            tq.append(time.perf_counter() - t0)
+        c.close()
+        r = rec(kind="memory_latency", units=n, queries=len(ts), p50_ms=1e3 * float(np.percentile(ts, 50)),
+                p99_ms=1e3 * float(np.percentile(ts, 99)), qdrant_local_queries=len(tq),
+                qdrant_local_p50_ms=1e3 * float(np.percentile(tq, 50)),
+                qdrant_local_p99_ms=1e3 * float(np.percentile(tq, 99)), load_avg=os.getloadavg()[0])
+        print(f"{n:>7} units: bank search p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms; qdrant-client local "
+              f"p50 {r['qdrant_local_p50_ms']:.0f} ms p99 {r['qdrant_local_p99_ms']:.0f} ms (load {r['load_avg']:.1f})")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("memory", help="the RSU bank: retrieval on the Python docs, search latency at 10k/100k")
+    p.add_argument("--docs", default=str(DOCS), help=f"reST sources of the library reference (default {DOCS})")
+    p.add_argument("--modules", type=int, default=20, help="module pages in the bank (default 20)")
+    p.add_argument("--questions", type=int, default=200, help="questions asked (default 200)")
+    p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000], help="bank sizes for the latency")
+    p.add_argument("--threads", type=int, default=2, help="native threads (default 2)")
+    p.add_argument("--json", metavar="FILE", help="write the records (and the machine) to FILE")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ryzjupyter import _native
+    from ryzjupyter.bench import probes
+
+    _native.set_num_threads(args.threads)
+    where = probes.machine(getattr(args, "argv", None))
+    load0 = os.getloadavg()
+    records = []
+
+    def rec(**kw):
+        records.append(kw)
+        return kw
+
+    real = retrieval(args, rec) if args.modules > 0 else None
+    if real is not None:
+        recall_two_stage(real, rec)
+    if args.sizes:
+        latency(args.sizes, rec)
+    load1 = os.getloadavg()
+    if args.json:
+        info = _native.info()
+        meta = {"bench": "memory", "machine": where, "native": {k: info[k] for k in ("isa", "threads", "version")},
+                "load_before": load0, "load_after": load1}
+        with open(args.json, "w") as f:
+            json.dump({**meta, "records": records}, f, indent=1)
+        print(f"wrote {len(records)} records to {args.json}")
+    return 0
+
+
+def memory_tables(d: dict) -> list:
+    """The report's lines for a `bench memory` record (bench/report.py)."""
+    out = []
+    for r in d["records"]:
+        if r["kind"] == "memory_retrieval":
+            out += [f"Retrieval: {r['questions']} questions (\"{r['examples'][0]}\") over {r['sections']} sections of "
+                    f"{r['modules']} pages of the Python 3.11 library reference, {r['rsus']} RSUs: hit rate at 5 "
+                    f"**{r['hit_at_5']:.3f}**, precision at 5 {r['precision_at_5']:.3f}, MRR {r['mrr']:.3f}.", ""]
+        elif r["kind"] == "memory_recall":
+            out += [f"Two-stage search (int8 pass, best 64 rescored in float32) against the exact search on "
+                    f"{r['vectors']} real RSU embeddings: recall at 5 **{r['recall_at_5']:.4f}** ({r['queries']} "
+                    "queries).", ""]
+    lat = [r for r in d["records"] if r["kind"] == "memory_latency"]
+    if lat:
+        out += ["| units | bank search p50 ms | p99 ms | qdrant-client local p50 ms | p99 ms |", "|---|---|---|---|---|"]
+        out += [f"| {r['units']:,} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['qdrant_local_p50_ms']:.0f} | "
+                f"{r['qdrant_local_p99_ms']:.0f} |" for r in lat]
+    return out

@@ -1,0 +1,77 @@
+"""`bench memory` end to end on a small labelled set written here (two reST pages in the layout of
+Debian's python3.11-doc), a 5000-unit latency run, and its report."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("qdrant_client", reason="qdrant-client is in the memory extra (ci pulls it)")
+
+PAGES = {
+    "argparse": """:mod:`argparse` --- Parser for command-line options
+=====================================================
+
+.. module:: argparse
+
+Introduction
+------------
+
+The argparse module makes it easy to write user-friendly command-line interfaces.
+
+ArgumentParser objects
+----------------------
+
+.. class:: ArgumentParser(prog=None, usage=None, description=None)
+
+   Create a new ArgumentParser object. All parameters should be passed as keyword arguments.
+
+The add_argument() method
+-------------------------
+
+.. method:: ArgumentParser.add_argument(name or flags..., [action], [nargs])
+
+   Define how a single command-line argument should be parsed.
+""",
+    "base64": """:mod:`base64` --- Base16, Base32, Base64, Base85 Data Encodings
+===============================================================
+
+Encoding
+--------
+
+.. function:: b64encode(s, altchars=None)
+
+   Encode the bytes-like object s using Base64 and return the encoded bytes.
+
+Decoding
+--------
+
+.. function:: b64decode(s, altchars=None, validate=False)
+
+   Decode the Base64 encoded bytes-like object or ASCII string s and return the decoded bytes.
+""",
+}
+
+
+def test_bench_memory_record_and_report(tmp_path):
+    docs = tmp_path / "library"
+    docs.mkdir()
+    for name, text in PAGES.items():
+        (docs / f"{name}.rst.txt").write_text(text)
+    out = tmp_path / "memory.json"
+    r = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "memory", "--docs", str(docs), "--modules", "2",
+                        "--questions", "10", "--sizes", "5000", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    d = json.loads(out.read_text())
+    kinds = {x["kind"]: x for x in d["records"]}
+    ret = kinds["memory_retrieval"]
+    assert ret["questions"] == 4 and ret["modules"] == 2        # ArgumentParser, add_argument, b64encode, b64decode
+    assert 0 <= ret["precision_at_5"] <= ret["hit_at_5"] <= 1 and ret["hit_at_5"] >= 0.75
+    assert kinds["memory_recall"]["recall_at_5"] >= 0.8
+    lat = kinds["memory_latency"]
+    assert lat["units"] == 5000 and lat["p50_ms"] <= lat["p99_ms"] and lat["qdrant_local_p50_ms"] > 0
+    rep = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "report", str(out)], capture_output=True,
+                         text=True, timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    assert "hit rate at 5" in rep.stdout and "| 5,000 |" in rep.stdout
