@@ -633,8 +633,108 @@ for draft in ["lookup", "adjacency", "auto", "demo-draft"]:
 """, IGNORE),
 ]
 
+
+TOKEN_RECYCLING = [
+    md("""
+# Token recycling: a memory of recycled semantic units
+
+What the model read and wrote can be kept as **recycled semantic units** (RSUs): short pieces of
+text with their embeddings, in a Qdrant bank. A later prompt that needs them gets them back, put
+before the prompt. This is a *lossy* memory (the prompt changes, so the answer does); it is not the
+lossless "Token Recycling" drafter of speculative decoding, which never changes the output.
+
+Everything here runs offline: the embedder is the real all-MiniLM-L6-v2 on ryzjupyter's own C
+kernels, the bank an embedded Qdrant store in a temporary folder, the model the bundled demo model.
+"""),
+    code("""
+%load_ext ryzjupyter
+import tempfile
+import ryzjupyter
+from ryzjupyter.jupyter.magics import get_magics
+
+folder = tempfile.mkdtemp()
+%config RyzMagics.memory_path = folder
+%config RyzMagics.temperature = 0
+%config RyzMagics.show_stats = False
+bank = get_magics().bank()          # the bank %ryz memory and %%ryz --recycle use
+"""),
+    md("""
+## Embeddings on our kernels
+
+`ryzjupyter.embed` gives one unit vector of 384 numbers per text; a dot product is the cosine
+similarity. Related texts score high, unrelated ones near zero.
+"""),
+    code("""
+v = ryzjupyter.embed(["Noah built an ark of gopher wood.",
+                      "The ark was made of wood by Noah.",
+                      "The csv module reads comma separated values."])
+print(v.shape, v.dtype)
+print("related:  ", round(float(v[0] @ v[1]), 2))
+print("unrelated:", round(float(v[0] @ v[2]), 2))
+"""),
+    md("""
+## Add a document
+
+`bank.add` cuts a text into RSUs at sentence boundaries, keeping neighbouring sentences together
+while they stay on one subject, embeds them and stores them (each with its source and meta).
+"""),
+    code("""
+document = (
+    "Noah was six hundred years old when the flood of waters was upon the earth. "
+    "The ark rested in the seventh month upon the mountains of Ararat. "
+    "And Noah builded an altar unto the LORD, and offered burnt offerings on the altar.\\n\\n"
+    "The csv module implements classes to read and write tabular data in CSV format. "
+    "A csv.reader object iterates over the lines of a file."
+)
+ids = bank.add(document, source="file", meta={"name": "notes"})
+for unit in bank.list():
+    print(f"{unit.source}: {unit.text}")
+"""),
+    md("""
+## Ask about it later
+
+`%ryz memory search` shows what the bank would bring back for a question, and how similar each unit
+is (the ids differ from run to run).
+"""),
+    code("%ryz memory search where did the ark rest -k 2", tags=IGNORE),
+    md("""
+`%%ryz --recycle K` puts up to K of those units before the prompt (within `--recycle-budget`
+tokens). The reply says which ones it used in `_.recycled`.
+"""),
+    code("%ryz load demo", tags=IGNORE),
+    code("""
+%%ryz --recycle 2 -n 24
+And the ark rested upon the mountains of
+"""),
+    code("""
+for r in _.recycled:
+    print(f"{r.score:.2f}  {r.source}  {r.tokens} tokens  {r.text[:60]}")
+"""),
+    md("""
+Why these: the bank ranked its units by cosine similarity to the prompt, dropped any already in
+the prompt or less similar than 0.1, and kept the best ones that fit the token budget. The same
+prompt without `--recycle` reads only itself:
+"""),
+    code("""
+%%ryz -n 24
+And the ark rested upon the mountains of
+"""),
+    md("""
+`%config RyzMagics.recycle = True` adds every prompt and reply to the bank as it goes;
+`%ryz memory stats | list | forget ID | clear` manage it.
+"""),
+    code("""
+s = bank.stats()
+print(s["rsus"], "units;", "sources:", s["sources"])
+"""),
+    code("""
+bank.close()
+"""),
+]
+
 NOTEBOOKS = {"quickstart": QUICKSTART, "sampling_explained": SAMPLING, "kernels_and_roofline": ROOFLINE,
              "scale_out_on_dask": SCALEOUT, "speculative_decoding": SPECULATIVE}
+             "scale_out_on_dask": SCALEOUT, "token_recycling": TOKEN_RECYCLING}
 
 
 def build(name, cells):

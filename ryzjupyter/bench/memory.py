@@ -200,6 +200,63 @@ def latency(sizes, rec, n_queries=50, qdrant_queries=10):
               f"p50 {r['qdrant_local_p50_ms']:.0f} ms p99 {r['qdrant_local_p99_ms']:.0f} ms (load {r['load_avg']:.1f})")
 
 
+def _answer_nll(model, context_ids, answer_ids):
+    """Sum of -log p(answer token | everything before it), from the engine's logits (float64)."""
+    ids = list(context_ids) + list(answer_ids)
+    logits = model.logits(ids[:-1]).astype(np.float64)[len(context_ids) - 1:]
+    m = logits.max(axis=1, keepdims=True)
+    logz = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
+    return float(np.sum(logz - logits[np.arange(len(answer_ids)), answer_ids]))
+
+
+def perplexity_with_recycling(args, rec):
+    """The perplexity of reference answers with recycling off and on, on held-back text: the model's
+    validation.txt (never trained on). Its first --ppl-verses lines go into a bank in passages of 10
+    lines (add(): segmentation, embedding); every --ppl-questions-th of them becomes a question: its
+    first half (by words) is the prompt, the rest the reference answer. Off: the answer's
+    perplexity after the prompt alone. On: after the prompt with what recycle= would put before it
+    (decoding/recycling.py, k 3, budget 192 tokens)."""
+    import ryzjupyter
+    from ryzjupyter.decoding import recycling
+    from ryzjupyter.memory.bank import RecycleBank
+
+    model = ryzjupyter.load(args.model)
+    folder = Path(getattr(model, "path", "") or "")
+    lines = [l.strip() for l in (folder / "validation.txt").read_text(encoding="utf-8").splitlines() if l.strip()]
+    lines = lines[:args.ppl_verses]
+    tok = model.tokenizer
+    nll_off = nll_on = 0.0
+    count = found = asked = 0
+    with tempfile.TemporaryDirectory() as d:
+        bank = RecycleBank(Path(d) / "bank", dedup=None)
+        for i in range(0, len(lines), 10):
+            bank.add("\n\n".join(lines[i:i + 10]), source="file")
+        for line in lines[::args.ppl_every]:
+            words = line.split()
+            if len(words) < 8:
+                continue
+            prompt, answer = " ".join(words[:len(words) // 2]), " " + " ".join(words[len(words) // 2:])
+            p_ids, full = tok.encode(prompt), tok.encode(prompt + answer)
+            if full[:len(p_ids)] != p_ids:
+                continue
+            a_ids = full[len(p_ids):]
+            recalled = recycling.recall(bank, prompt, tok, k=3, budget=192)
+            ctx = tok.encode(recycling.with_context(prompt, recalled))
+            if len(ctx) + len(a_ids) > model.max_context:
+                continue
+            nll_off += _answer_nll(model, p_ids, a_ids)
+            nll_on += _answer_nll(model, ctx, a_ids)
+            count += len(a_ids)
+            asked += 1
+            found += any(line in r.text for r in recalled)
+        bank.close()
+    r = rec(kind="memory_ppl", model=str(args.model or "demo"), verses=len(lines), questions=asked,
+            answer_tokens=count, answer_in_context=found, ppl_off=float(np.exp(nll_off / count)),
+            ppl_on=float(np.exp(nll_on / count)))
+    print(f"perplexity of {asked} reference answers ({count} tokens): recycling off {r['ppl_off']:.2f}, on "
+          f"{r['ppl_on']:.2f} (the answer's line was among the recalled units for {found} of them)")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("memory", help="the RSU bank: retrieval on the Python docs, search latency at 10k/100k")
     p.add_argument("--docs", default=str(DOCS), help=f"reST sources of the library reference (default {DOCS})")
@@ -207,6 +264,9 @@ def add_parser(sub) -> None:
     p.add_argument("--questions", type=int, default=200, help="questions asked (default 200)")
     p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000], help="bank sizes for the latency")
     p.add_argument("--threads", type=int, default=2, help="native threads (default 2)")
+    p.add_argument("--model", default=None, help="model for the perplexity part (default: the bundled demo model)")
+    p.add_argument("--ppl-verses", type=int, default=600, help="held-back lines in the perplexity bank (0: skip)")
+    p.add_argument("--ppl-every", type=int, default=10, help="every N-th line becomes a question (default 10)")
     p.add_argument("--json", metavar="FILE", help="write the records (and the machine) to FILE")
     p.set_defaults(run=run)
 
@@ -227,6 +287,8 @@ def run(args) -> int:
     real = retrieval(args, rec) if args.modules > 0 else None
     if real is not None:
         recall_two_stage(real, rec)
+    if args.ppl_verses > 0:
+        perplexity_with_recycling(args, rec)
     if args.sizes:
         latency(args.sizes, rec)
     load1 = os.getloadavg()
@@ -252,6 +314,11 @@ def memory_tables(d: dict) -> list:
             out += [f"Two-stage search (int8 pass, best 64 rescored in float32) against the exact search on "
                     f"{r['vectors']} real RSU embeddings: recall at 5 **{r['recall_at_5']:.4f}** ({r['queries']} "
                     "queries).", ""]
+        elif r["kind"] == "memory_ppl":
+            out += [f"Perplexity of {r['questions']} reference answers ({r['answer_tokens']} tokens) of held-back "
+                    f"text, model {r['model']}: recycling off **{r['ppl_off']:.2f}**, on **{r['ppl_on']:.2f}** "
+                    f"(the answer's line among the recalled units for {r['answer_in_context']} of them; "
+                    f"{r['verses']} lines in the bank).", ""]
     lat = [r for r in d["records"] if r["kind"] == "memory_latency"]
     if lat:
         out += ["| units | bank search p50 ms | p99 ms | qdrant-client local p50 ms | p99 ms |", "|---|---|---|---|---|"]

@@ -296,7 +296,7 @@ class RecycleBank:
 
         now = time.time()
         ids, points, merged = [], [], []
-        for text, v in zip(pieces, vecs):
+        for order, (text, v) in enumerate(zip(pieces, vecs)):
             dup = self._nearest(v) if self.dedup is not None else None
             if dup is not None and dup[1] >= self.dedup:
                 merged.append(dup[0])
@@ -304,7 +304,7 @@ class RecycleBank:
                 continue
             pid = str(uuid.uuid4())
             payload = {"text": text, "source": source, "model": self.model_name, "namespace": self.namespace,
-                       "time": now, "last_used": now, "uses": 0, "meta": meta}
+                       "time": now, "order": order, "last_used": now, "uses": 0, "meta": meta}
             points.append(models.PointStruct(id=pid, vector=v.tolist(), payload=payload))
             ids.append(pid)
             if self._mirror:
@@ -457,10 +457,11 @@ class RecycleBank:
                    uses=int(p.get("uses", 0)))
 
     def list(self, limit: int | None = None) -> list:
-        """The stored RSUs (newest first) as Hit objects with score 0."""
+        """The stored RSUs (newest add first; one add's RSUs in the text's order) as Hit objects with
+        score 0."""
         self._check_open()
         with self._lock:
-            pts = sorted(self._scroll(), key=lambda p: -p.payload.get("time", 0))
+            pts = sorted(self._scroll(), key=lambda p: (-p.payload.get("time", 0), p.payload.get("order", 0)))
         return [self._hit(p, 0.0) for p in pts[:limit]]
 
     def count(self) -> int:

@@ -1,5 +1,6 @@
 """`bench memory` end to end on a small labelled set written here (two reST pages in the layout of
-Debian's python3.11-doc), a 5000-unit latency run, and its report."""
+Debian's python3.11-doc), the perplexity part on 30 held-back lines of the demo model, a 5000-unit
+latency run, and its report."""
 import json
 import subprocess
 import sys
@@ -60,7 +61,8 @@ def test_bench_memory_record_and_report(tmp_path):
         (docs / f"{name}.rst.txt").write_text(text)
     out = tmp_path / "memory.json"
     r = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "memory", "--docs", str(docs), "--modules", "2",
-                        "--questions", "10", "--sizes", "5000", "--json", str(out)],
+                        "--questions", "10", "--sizes", "5000", "--ppl-verses", "30", "--ppl-every", "10",
+                        "--json", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     d = json.loads(out.read_text())
@@ -69,9 +71,11 @@ def test_bench_memory_record_and_report(tmp_path):
     assert ret["questions"] == 4 and ret["modules"] == 2        # ArgumentParser, add_argument, b64encode, b64decode
     assert 0 <= ret["precision_at_5"] <= ret["hit_at_5"] <= 1 and ret["hit_at_5"] >= 0.75
     assert kinds["memory_recall"]["recall_at_5"] >= 0.8
+    ppl = kinds["memory_ppl"]
+    assert ppl["questions"] >= 2 and ppl["ppl_off"] > 1 and ppl["ppl_on"] > 1 and ppl["answer_tokens"] > 0
     lat = kinds["memory_latency"]
     assert lat["units"] == 5000 and lat["p50_ms"] <= lat["p99_ms"] and lat["qdrant_local_p50_ms"] > 0
     rep = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "report", str(out)], capture_output=True,
                          text=True, timeout=120)
     assert rep.returncode == 0, rep.stderr
-    assert "hit rate at 5" in rep.stdout and "| 5,000 |" in rep.stdout
+    assert "hit rate at 5" in rep.stdout and "| 5,000 |" in rep.stdout and "recycling off" in rep.stdout
