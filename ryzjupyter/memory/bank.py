@@ -120,8 +120,10 @@ class RecycleBank:
         max_items: the size cap: past it, the least recently used RSUs are removed (None: no cap).
         dedup: cosine at or above which a new RSU is merged into the nearest stored one (its uses
             and time are updated) instead of being stored again; None turns merging off.
-        segment_threshold, max_tokens: how add() cuts a text into RSUs (ryzjupyter.memory.segmentation).
-        api_key, timeout: for a server.
+        segment_threshold: similarity under which add() starts a new RSU (ryzjupyter.memory.segmentation).
+        max_tokens: the most embedder tokens one RSU holds.
+        api_key: for a server that wants one.
+        timeout: seconds to wait for a server.
     """
 
     def __init__(self, path=None, namespace: str = "default", url: str | None = None, ttl: float | None = None,
