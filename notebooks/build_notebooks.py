@@ -733,8 +733,8 @@ bank.close()
 ]
 
 NOTEBOOKS = {"quickstart": QUICKSTART, "sampling_explained": SAMPLING, "kernels_and_roofline": ROOFLINE,
-             "scale_out_on_dask": SCALEOUT, "speculative_decoding": SPECULATIVE}
-             "scale_out_on_dask": SCALEOUT, "token_recycling": TOKEN_RECYCLING}
+             "scale_out_on_dask": SCALEOUT, "speculative_decoding": SPECULATIVE,
+             "token_recycling": TOKEN_RECYCLING}
 
 
 def build(name, cells):

@@ -383,12 +383,9 @@ def memory_tables(d: dict) -> str:
     return "\n".join(_machine_lines(d) + [""] + lines(d) + [""])
 
 
-RENDERERS = {"kernels": kernels_tables, "model": model_tables, "serve": serve_tables, "dask": dask_tables,
-             "embed": embed_tables, "memory": memory_tables}
-
-
 # bench name (the record's "bench") -> renderer of one record; a new benchmark adds its own here
-RENDERERS = {"kernels": kernels_tables, "model": model_tables, "serve": serve_tables, "dask": dask_tables, "speculative": speculative_tables, "embed": embed_tables, "memory": memory_tables}
+RENDERERS = {"kernels": kernels_tables, "model": model_tables, "serve": serve_tables, "dask": dask_tables,
+             "speculative": speculative_tables, "embed": embed_tables, "memory": memory_tables}
 
 
 def _bench_of(d: dict):
