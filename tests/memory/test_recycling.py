@@ -64,3 +64,15 @@ def test_recycle_errors(model, bank):
         model.generate("x", max_new_tokens=2, recycle=bank, recycle_budget=-5)
     with pytest.raises(TypeError, match="search"):
         model.generate("x", max_new_tokens=2, recycle="not a bank")
+
+
+def test_recalled_units_feed_the_lookup_drafter_losslessly(model, bank):
+    """The recalled texts are in the context, so prompt lookup drafts from them; the speculative
+    greedy output is the plain greedy output of the same recycled prompt."""
+    plain = model.generate("And God said", max_new_tokens=24, temperature=0, recycle=bank, recycle_k=3,
+                           ignore_eos=True)
+    fast = model.generate("And God said", max_new_tokens=24, temperature=0, recycle=bank, recycle_k=3,
+                          ignore_eos=True, draft="lookup")
+    assert fast.tokens == plain.tokens and fast.prompt_tokens == plain.prompt_tokens
+    assert [r.id for r in fast.recycled] == [r.id for r in plain.recycled]
+    assert fast.stats.drafter == "lookup" and fast.stats.drafted > 0
