@@ -188,6 +188,7 @@ def create_app(backend, settings) -> Starlette:
     async def embeddings(request):
         model, inputs, fmt = P.parse_embeddings(await read_json(request), s)
         out = await run_in_threadpool(_embed, model, inputs, fmt)
+        backend.traffic.add(prompt=out["usage"]["prompt_tokens"])
         return JSONResponse(out)
 
     async def health(request):
@@ -355,10 +356,22 @@ async def _sse(ended, events, handles, rid, created, model, chat, req):
         ended.end(status)
 
 
+# the names /v1/embeddings answers to: the sentence embedder of ryzjupyter.embed
+EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
 def _embed(model, inputs, fmt):
-    # The sentence embedder (all-MiniLM-L6-v2 on this engine) comes with the token-recycling
-    # feature as ryzjupyter.embed; until it is part of the package this endpoint says so.
-    raise APIError(404, f"The model '{model}' does not exist: this server has no embedding model yet. "
-                   "/v1/embeddings needs the sentence embedder ryzjupyter.embed (all-MiniLM-L6-v2 on this "
-                   "engine), which this version of ryzjupyter does not include", param="model",
-                   code="model_not_found")
+    """ryzjupyter.embed's encoder (all-MiniLM-L6-v2 on this engine's kernels): unit float32 rows in
+    the order given; usage counts the encoder's tokens ([CLS] and [SEP] included, as truncated)."""
+    if model not in EMBEDDING_MODELS:
+        raise APIError(404, f"The model '{model}' does not exist: this server embeds with "
+                       f"{' or '.join(repr(m) for m in EMBEDDING_MODELS)} (all-MiniLM-L6-v2, 384 dimensions)",
+                       param="model", code="model_not_found")
+    from ryzjupyter.memory.embedding import get_encoder
+    try:
+        enc = get_encoder(None)
+    except Exception as e:                    # noqa: BLE001 - the weights are not installed: say so
+        raise APIError(503, f"the embedding model is not available on this server: {e}",
+                       code="model_not_available") from None
+    n_tokens = sum(len(ids) for ids in enc.tokenize(inputs))
+    return P.embeddings_response(model, enc.encode(inputs), n_tokens, fmt)

@@ -161,8 +161,24 @@ def test_async_client_concurrent_requests(aclient, demo, server):
     assert engines and engines[0]["requests"] > steps_before["engines"][0]["requests"]
 
 
-def test_embeddings_without_an_embedder(client):
-    """Until ryzjupyter.embed is part of the package the endpoint answers with a clear 404."""
-    with pytest.raises(openai.NotFoundError, match="embedding model") as e:
-        client.embeddings.create(model="all-MiniLM-L6-v2", input=["a sentence"])
+def test_embeddings(client, server):
+    """client.embeddings.create unchanged: base64 (the client's default) and float, the vectors
+    ryzjupyter.embed gives, in order; usage counts the encoder's tokens; a wrong name is a 404."""
+    import numpy as np
+
+    from ryzjupyter import embed
+    from ryzjupyter.memory.embedding import get_encoder
+    texts = ["The LORD is my shepherd", "def f(x): return x", ""]
+    want = embed(texts)
+    r = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)
+    got = np.array([d.embedding for d in r.data], np.float32)
+    assert [d.index for d in r.data] == [0, 1, 2] and r.model == "all-MiniLM-L6-v2"
+    np.testing.assert_array_equal(got, want)                 # base64: the float32 bytes
+    assert r.usage.prompt_tokens == sum(len(x) for x in get_encoder().tokenize(texts)) == r.usage.total_tokens
+    one = client.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2", input=texts[0],
+                                   encoding_format="float")
+    np.testing.assert_allclose(one.data[0].embedding, want[0], rtol=0, atol=1e-7)   # JSON floats
+    with pytest.raises(openai.NotFoundError, match="all-MiniLM-L6-v2") as e:
+        client.embeddings.create(model="demo", input=["a sentence"])
     assert e.value.body["code"] == "model_not_found"
+    assert client.completions.create(model="demo", prompt="And God said", max_tokens=4).choices[0].text
