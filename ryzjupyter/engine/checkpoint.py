@@ -15,6 +15,7 @@ caller passes allow_pickle=True.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -97,7 +98,7 @@ def read_config(folder) -> dict:
                               "config.json next to its *.safetensors files")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"{str(path)!r} is not valid JSON ({e}); the file is damaged or truncated, "
                               "download it again") from e
     if not isinstance(cfg, dict):
@@ -126,8 +127,8 @@ def rope_theta(config: dict, default: float) -> float:
         theta = float(theta)
     except (TypeError, ValueError):
         raise CheckpointError(f"rope_theta must be a number, got {theta!r} in config.json") from None
-    if not theta > 0:
-        raise CheckpointError(f"rope_theta must be positive, got {theta} in config.json")
+    if not 0 < theta < float("inf"):
+        raise CheckpointError(f"rope_theta must be a positive finite number, got {theta} in config.json")
     return theta
 
 
@@ -169,23 +170,21 @@ class SafetensorsFile:
             raw = f.read(n)
         try:
             header = json.loads(raw.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise CheckpointError(f"{self.path.name}: safetensors header is not valid JSON ({e}); "
                                   "the file is damaged, download it again") from e
-        self.metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{self.path.name}: the safetensors header must be a JSON object, not "
+                                  f"{type(header).__name__}; the file is damaged or not safetensors, "
+                                  "download it again")
+        meta = header.pop("__metadata__", None) or {}
+        self.metadata = meta if isinstance(meta, dict) else {}
         base = 8 + n
         self.tensors: dict[str, TensorInfo] = {}
         for name, h in header.items():
-            try:
-                dtype, shape, (a, b) = h["dtype"], tuple(int(s) for s in h["shape"]), h["data_offsets"]
-            except (KeyError, TypeError, ValueError) as e:
-                raise CheckpointError(f"{self.path.name}: bad header entry for tensor {name!r}; "
-                                      "the file is damaged, download it again") from e
-            if dtype not in _ST_DTYPES:
-                raise CheckpointError(f"{self.path.name}: tensor {name!r} has dtype {dtype}, which is not "
-                                      f"supported (supported: {', '.join(_ST_DTYPES)})")
-            want = int(np.prod(shape, dtype=np.int64)) * np.dtype(_ST_DTYPES[dtype]).itemsize
-            if b - a != want or a < 0:
+            dtype, shape, (a, b) = self._entry(name, h)
+            want = math.prod(shape) * np.dtype(_ST_DTYPES[dtype]).itemsize
+            if b - a != want:
                 raise CheckpointError(f"{self.path.name}: tensor {name!r} {dtype}{list(shape)} needs {want} "
                                       f"bytes but the header gives {b - a}; the file is damaged")
             if base + b > size:
@@ -193,6 +192,31 @@ class SafetensorsFile:
                                       f"file has {size} bytes; the file is truncated, download it again")
             self.tensors[name] = TensorInfo(name, dtype, shape, self.path, base + a, b - a)
         self._mm = None
+
+    def _entry(self, name, h):
+        """One header entry checked: dtype (a known name), shape (non-negative integers), data_offsets
+        (two integers, 0 <= start <= end)."""
+        def bad(what):
+            return CheckpointError(f"{self.path.name}: bad header entry for tensor {name!r} ({what}); "
+                                   "the file is damaged, download it again")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not isinstance(h, dict):
+            raise bad(f"an object with dtype, shape and data_offsets expected, got {type(h).__name__}")
+        dtype, shape, offsets = h.get("dtype"), h.get("shape"), h.get("data_offsets")
+        if not isinstance(dtype, str):
+            raise bad(f"dtype must be a string, got {dtype!r:.60}")
+        if dtype not in _ST_DTYPES:
+            raise CheckpointError(f"{self.path.name}: tensor {name!r} has dtype {dtype!r:.60}, which is not "
+                                  f"supported (supported: {', '.join(_ST_DTYPES)})")
+        if not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape):
+            raise bad(f"shape must be a list of non-negative integers, got {shape!r:.60}")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_int(o) for o in offsets) \
+                or not 0 <= offsets[0] <= offsets[1]:
+            raise bad(f"data_offsets must be [start, end] with 0 <= start <= end, got {offsets!r:.60}")
+        return dtype, tuple(shape), tuple(offsets)
 
     def _map(self):
         if self._mm is None:
@@ -290,6 +314,10 @@ class Checkpoint:
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"{index_path.name} is not a valid safetensors index (needs a "
                                   "'weight_map' object); download it again") from e
+        for name, s in wm.items():
+            if not isinstance(s, str) or not s or Path(s).name != s or s in (".", ".."):
+                raise CheckpointError(f"{index_path.name} maps tensor {name!r} to {s!r:.80}, which is not the "
+                                      "name of a file in the model folder; the index is damaged, download it again")
         shards = sorted(set(wm.values()))
         for s in shards:
             p = self.folder / s
@@ -400,8 +428,17 @@ SUPPORTED = ("BitNetForCausalLM (microsoft/bitnet-b1.58-2B-4T packed, -bf16, flo
 
 def detect_kind(config: dict, ckpt: Checkpoint | None = None) -> ModelKind:
     """Decide the family and BitNet weight format from config.json (and tensor names)."""
-    mt = str(config.get("model_type", "")).lower()
-    archs = [str(a) for a in (config.get("architectures") or [])]
+    mt = config.get("model_type") or ""
+    if not isinstance(mt, str):
+        raise CheckpointError(f"config.json: model_type must be a string like 'bitnet', got {mt!r:.60}; "
+                              "fix config.json")
+    mt = mt.lower()
+    archs = config.get("architectures") or []
+    if isinstance(archs, str):
+        archs = [archs]
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise CheckpointError(f"config.json: architectures must be a list of class names like "
+                              f"[\"BitNetForCausalLM\"], got {archs!r:.60}; fix config.json")
     names = ckpt.names() if ckpt is not None else []
     if mt == "bitnet" or "BitNetForCausalLM" in archs:
         qc = config.get("quantization_config")
@@ -412,10 +449,10 @@ def detect_kind(config: dict, ckpt: Checkpoint | None = None) -> ModelKind:
                                   "this quantization is not supported")
         lc = qc.get("linear_class", "bitlinear") or "bitlinear"
         mode = qc.get("quantization_mode", "offline") or "offline"
-        if lc not in ("bitlinear", "autobitlinear"):
+        if not isinstance(lc, str) or lc not in ("bitlinear", "autobitlinear"):
             raise CheckpointError(f"quantization_config.linear_class={lc!r} is unknown; expected 'bitlinear' "
                                   "or 'autobitlinear'")
-        if mode not in ("offline", "online"):
+        if not isinstance(mode, str) or mode not in ("offline", "online"):
             raise CheckpointError(f"quantization_config.quantization_mode={mode!r} is unknown; expected "
                                   "'offline' or 'online'")
         if mode == "online":

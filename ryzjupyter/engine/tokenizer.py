@@ -33,7 +33,7 @@ def _token_text(v):
 def _read_json(path):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"{str(path)!r} is not valid JSON ({e}); the file is damaged, download it "
                               "again") from e
 

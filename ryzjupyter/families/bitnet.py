@@ -78,7 +78,7 @@ class Config:
     def from_dict(cls, cfg: dict, kind: ModelKind) -> "Config":
         def need(key, typ=int):
             v = cfg.get(key)
-            if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or \
+            if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
                     (typ is int and (int(v) != v or v <= 0)):
                 raise CheckpointError(f"config.json: {key!r} must be a positive {typ.__name__}, got {v!r}")
             return typ(v)
@@ -105,14 +105,22 @@ class Config:
         if isinstance(qc, dict) and qc.get("use_rms_norm"):
             raise CheckpointError("quantization_config.use_rms_norm=true (an RMSNorm inside every BitLinear) "
                                   "is not supported")
+        max_pos = cfg.get("max_position_embeddings") or 2048
+        if isinstance(max_pos, bool) or not isinstance(max_pos, (int, float)) or not math.isfinite(max_pos) \
+                or int(max_pos) != max_pos or max_pos < 1:
+            raise CheckpointError(f"config.json: max_position_embeddings must be a positive integer, got "
+                                  f"{max_pos!r:.60}")
+        tie = cfg.get("tie_word_embeddings", onebit)
+        if not isinstance(tie, bool):
+            raise CheckpointError(f"config.json: tie_word_embeddings must be true or false, got {tie!r:.60}")
         eps = cfg.get("rms_norm_eps", 1e-5 if not onebit else 1e-6)
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
             raise CheckpointError(f"config.json: rms_norm_eps must be a small non-negative number, got {eps!r}")
         return cls(dim=dim, hidden_dim=need("intermediate_size"), n_layers=need("num_hidden_layers"),
                    n_heads=n_heads, n_kv_heads=int(n_kv), head_dim=int(head_dim), vocab_size=need("vocab_size"),
-                   max_seq_len=int(cfg.get("max_position_embeddings") or 2048), norm_eps=float(eps),
+                   max_seq_len=int(max_pos), norm_eps=float(eps),
                    rope_theta=rope_theta(cfg, 10000.0 if onebit else 500000.0), act=act,
-                   tie_embeddings=bool(cfg.get("tie_word_embeddings", onebit)), kind=kind)
+                   tie_embeddings=tie, kind=kind)
 
 
 # ----------------------------------------------------------------------------
@@ -527,6 +535,9 @@ def ffn_block(cfg, lw: LayerWeights, s: State, x, m):
 # ----------------------------------------------------------------------------
 # the model
 
+_MAX_KV_RESERVE = 1 << 46     # bytes of address space a KV cache may reserve (x86-64 user space: 128 TiB)
+
+
 def default_cache_dir() -> Path:
     """Where converted weights are kept: $RYZ_CACHE_DIR, else ~/.cache/ryzjupyter/converted."""
     import os
@@ -581,6 +592,13 @@ class BitNetModel(LanguageModel):
         if max_context is not None and (not isinstance(max_context, int) or max_context < 1):
             raise ValueError(f"max_context must be a positive integer, got {max_context!r}")
         self.max_context = min(self.config.max_seq_len, max_context or self.config.max_seq_len)
+        c = self.config                      # a session's KV cache reserves (np.zeros) max_context rows
+        reserve = 2 * c.n_layers * self.max_context * c.n_kv_heads * c.head_dim * 4
+        if reserve > _MAX_KV_RESERVE:
+            fits = max(1, _MAX_KV_RESERVE // (2 * c.n_layers * c.n_kv_heads * c.head_dim * 4))
+            raise CheckpointError(f"a KV cache of {self.max_context} tokens (max_position_embeddings in "
+                                  f"config.json) needs {reserve / 2**40:.0f} TiB of address space, more than a "
+                                  f"64-bit process has; load with max_context=N (at most {fits})")
         self.vocab_size = self.config.vocab_size
         if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")

@@ -8,6 +8,8 @@ from ryzjupyter.engine.checkpoint import (Checkpoint, CheckpointError, Safetenso
                                    read_config, resolve_model_path, rope_theta)
 from ryzjupyter.families.random_bitnet import _bf16_bits, write_random_bitnet
 
+from .conftest import FIXTURES
+
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
@@ -155,7 +157,9 @@ def test_hub_id_from_cache(tmp_path, tiny_folder):
 
 
 @pytest.mark.parametrize("key,value", [("hidden_size", "64"), ("num_key_value_heads", 3), ("head_dim", 0),
-                                       ("rms_norm_eps", "tiny"), ("hidden_act", "gelu"), ("num_hidden_layers", -1)])
+                                       ("rms_norm_eps", "tiny"), ("hidden_act", "gelu"), ("num_hidden_layers", -1),
+                                       ("hidden_size", float("inf")), ("vocab_size", float("nan")),
+                                       ("max_position_embeddings", 0.5), ("tie_word_embeddings", "no")])
 def test_bad_config_values(key, value):
     from ryzjupyter.families.bitnet import Config
     cfg = {"model_type": "bitnet", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -163,3 +167,40 @@ def test_bad_config_values(key, value):
     cfg[key] = value
     with pytest.raises(CheckpointError, match=key if key != "num_key_value_heads" else "multiple"):
         Config.from_dict(cfg, detect_kind(cfg))
+
+
+@pytest.mark.parametrize("cfg,what", [({"architectures": 3.5}, "architectures"),
+                                      ({"architectures": [1]}, "architectures"),
+                                      ({"model_type": ["bitnet"]}, "model_type")])
+def test_detect_kind_bad_types(cfg, what):
+    """Found by tests/fuzz (checkpoint_config): a wrong JSON type is a CheckpointError naming the key."""
+    with pytest.raises(CheckpointError, match=what):
+        detect_kind(cfg)
+
+
+def test_kv_cache_larger_than_address_space(tmp_path):
+    """A context the KV cache cannot even reserve is refused at load, with the max_context that fits."""
+    import ryzjupyter
+    for f in (FIXTURES / "packed").iterdir():
+        (tmp_path / f.name).symlink_to(f)
+    cfg = json.loads((FIXTURES / "packed" / "config.json").read_text())
+    cfg["max_position_embeddings"] = 10**15
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="max_context=N"):
+        ryzjupyter.load(tmp_path)
+    assert ryzjupyter.load(tmp_path, max_context=64).max_context == 64
+
+
+@pytest.mark.parametrize("entry,what", [({"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}, "dtype"),
+                                        ({"dtype": "U8", "shape": [-1, -2], "data_offsets": [0, 2]}, "shape"),
+                                        ({"dtype": "U8", "shape": [2**32, 2**32], "data_offsets": [0, 0]}, "needs"),
+                                        ({"dtype": "F32", "shape": [1], "data_offsets": ["0", "4"]}, "data_offsets"),
+                                        ("F32", "an object")])
+def test_bad_safetensors_header_entries(tmp_path, entry, what):
+    """Found by tests/fuzz (safetensors): every header entry is checked before a tensor is mapped."""
+    header = json.dumps({"w": entry}).encode()
+    p = tmp_path / "model.safetensors"
+    p.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    with pytest.raises(CheckpointError, match=what):
+        SafetensorsFile(p)
