@@ -11,7 +11,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
+import re
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -26,22 +30,69 @@ _END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endof
 def _token_text(v):
     """tokenizer_config stores special tokens as a string or as an AddedToken dict."""
     if isinstance(v, dict):
-        return v.get("content")
+        v = v.get("content")
     return v if isinstance(v, str) else None
 
 
 def _read_json(path):
+    """A JSON object from `path` (config files are objects), or a CheckpointError saying which file."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"{str(path)!r} is not valid JSON ({e}); the file is damaged, download it "
                               "again") from e
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{str(path)!r} must hold a JSON object, not {type(value).__name__}; the file "
+                              "is damaged, download it again")
+    return value
 
 
 # ----------------------------------------------------------------------------
 # chat templates (the environment transformers builds in utils/chat_template_utils.py)
+#
+# A template comes with the checkpoint: outside input. It renders in jinja2's immutable sandbox (no
+# attribute access to Python internals, no mutation of the messages), bounded: a render stops
+# after CHAT_TEMPLATE_SECONDS, its output stops at CHAT_TEMPLATE_MAX_CHARS (plus twice the
+# messages' own length), and no single operation may build a value that large (`'x' * 10**9`,
+# `|center(10**9)`, `'%999999999d' % 1`, `10 ** 10**9` are refused before they run).
 
+CHAT_TEMPLATE_SECONDS = 5.0
+CHAT_TEMPLATE_MAX_CHARS = 1_000_000
+_MAX_TEMPLATE_INT = 1_000_000            # the largest number a template may pass as an argument
 _TEMPLATE_CACHE: dict[str, object] = {}
+
+
+class _TemplateLimit(Exception):
+    """A chat template went past a bound (time, output, a value too large)."""
+
+
+def _check_template_int(v):
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > _MAX_TEMPLATE_INT:
+        raise _TemplateLimit(f"the number {v if abs(v) < 10**30 else 'with ' + str(len(str(v))) + ' digits'} "
+                             f"is larger than chat templates may use ({_MAX_TEMPLATE_INT})")
+
+
+_WIDE_FORMAT = re.compile(r"%[-+ #0]*\d{7,}|%[-+ #0]*\d*\.\d{7,}|\{[^{}]*\d{7,}[^{}]*\}")
+
+
+def _check_template_format(text):
+    if isinstance(text, str) and _WIDE_FORMAT.search(text):
+        raise _TemplateLimit("a format width or precision of a million characters or more")
+
+
+def _check_template_size(n):
+    if n > CHAT_TEMPLATE_MAX_CHARS:
+        raise _TemplateLimit(f"a value of {n} characters (at most {CHAT_TEMPLATE_MAX_CHARS})")
+
+
+def _bounded_filter(f):
+    """A jinja filter whose number arguments are bounded (|center(10**9) and the like)."""
+    @functools.wraps(f)
+    def bounded(*args, **kwargs):
+        for v in (*args, *kwargs.values()):
+            _check_template_int(v)
+        return f(*args, **kwargs)
+    return bounded
 
 
 def compile_chat_template(source: str):
@@ -50,6 +101,37 @@ def compile_chat_template(source: str):
     import jinja2
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "*":
+                for a, b in ((left, right), (right, left)):
+                    if isinstance(a, (str, list, tuple)) and isinstance(b, int):
+                        _check_template_size(len(a) * max(b, 0))
+            elif operator == "**":
+                if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+                    if abs(left).bit_length() * right > 64 * 1024:
+                        raise _TemplateLimit(f"{left} ** {right} is too large a number")
+                elif isinstance(right, int):
+                    _check_template_int(right)
+            elif operator == "%":
+                _check_template_format(left)
+            elif operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, type(left)):
+                _check_template_size(len(left) + len(right))
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja's spelling
+            for v in (*args, *kwargs.values()):
+                _check_template_int(v)
+            return super().call(__context, __obj, *args, **kwargs)
+
+        def wrap_str_format(self, value):          # 'text'.format(...): the format string checked
+            wrapped = super().wrap_str_format(value)
+            if wrapped is not None:
+                _check_template_format(value.__self__)
+            return wrapped
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
@@ -98,9 +180,16 @@ def compile_chat_template(source: str):
         def _render(self, caller):
             return caller()
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
+    for name in list(env.filters):
+        env.filters[name] = _bounded_filter(env.filters[name])
+    format_filter = env.filters["format"]
+
+    def bounded_format(value, *args, **kwargs):
+        _check_template_format(value)
+        return format_filter(value, *args, **kwargs)
+    env.filters["format"] = bounded_format
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
     env.globals["dict"] = TemplateDict()
@@ -110,8 +199,84 @@ def compile_chat_template(source: str):
     except jinja2.exceptions.TemplateSyntaxError as e:
         raise CheckpointError(f"the chat template does not parse (line {e.lineno}: {e.message}); fix "
                               "chat_template in tokenizer_config.json") from e
+    except (RecursionError, MemoryError, SyntaxError, ValueError, TypeError, jinja2.exceptions.TemplateError) as e:
+        # the template nests too deeply, or compiles to Python that does not (jinja's own limits)
+        raise CheckpointError(f"the chat template cannot be compiled ({type(e).__name__}: {str(e)[:200]}); "
+                              "fix chat_template in tokenizer_config.json") from e
     _TEMPLATE_CACHE[source] = tmpl
     return tmpl
+
+
+def render_chat_template(tmpl, **variables) -> str:
+    """Render a compiled chat template within its bounds (time, output size). A template that
+    raises, loops past CHAT_TEMPLATE_SECONDS or writes more than the output bound is a ValueError
+    naming what happened."""
+    import jinja2
+    limit = CHAT_TEMPLATE_MAX_CHARS + 2 * len(json.dumps(variables.get("messages"), ensure_ascii=False, default=str))
+    parts, size = [], 0
+    with _Deadline(CHAT_TEMPLATE_SECONDS) as deadline:
+        try:
+            try:
+                for piece in tmpl.generate(**variables):
+                    size += len(piece)
+                    if size > limit:
+                        raise _TemplateLimit(f"more than {limit} characters of output")
+                    parts.append(piece)
+            finally:
+                deadline.disarm()
+        except jinja2.exceptions.TemplateError as e:
+            raise ValueError(f"the chat template rejected these messages: {e}") from e
+        except _TemplateLimit as e:
+            raise ValueError(f"the chat template went past its bounds ({e}); the template is broken or "
+                             "hostile: fix chat_template in tokenizer_config.json, or pass your own with "
+                             "Tokenizer(..., chat_template=...)") from None
+        except _TemplateTimeout:
+            raise ValueError(f"the chat template ran for more than {CHAT_TEMPLATE_SECONDS:g} s without "
+                             "finishing; the template loops: fix chat_template in tokenizer_config.json") from None
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # noqa: BLE001 - any failure inside the template is the template's
+            raise ValueError(f"the chat template failed on these messages ({type(e).__name__}: "
+                             f"{str(e)[:300]}); fix chat_template in tokenizer_config.json") from e
+    return "".join(parts)
+
+
+class _TemplateTimeout(BaseException):
+    """Raised inside a render that ran past its time (BaseException: template code cannot catch it)."""
+
+
+class _Deadline:
+    """Ends a render that runs too long: a timer thread raises _TemplateTimeout in the rendering
+    thread (at its next Python instruction: jinja templates compile to Python, so every loop of a
+    template reaches one). `disarm()` must run before the render's result is used."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.lock = threading.Lock()
+        self.armed = True
+        self.thread_id = threading.get_ident()
+
+    def _fire(self):
+        with self.lock:
+            if self.armed:
+                self.armed = False
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id),
+                                                           ctypes.py_object(_TemplateTimeout))
+
+    def disarm(self):
+        with self.lock:
+            self.armed = False
+        self.timer.cancel()
+
+    def __enter__(self):
+        self.timer = threading.Timer(self.seconds, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.disarm()
+        return False
 
 
 def _plain(value):
@@ -223,7 +388,8 @@ class Tokenizer:
                 self.special_tokens[k] = t
         tmpl = chat_template if chat_template is not None else self.config.get("chat_template")
         if isinstance(tmpl, list):  # several named templates: use "default"
-            named = {d.get("name"): d.get("template") for d in tmpl if isinstance(d, dict)}
+            named = {d.get("name"): d.get("template") for d in tmpl
+                     if isinstance(d, dict) and isinstance(d.get("name"), str) and isinstance(d.get("template"), str)}
             tmpl = named.get("default") or next(iter(named.values()), None)
         self.chat_template = tmpl if isinstance(tmpl, str) and tmpl.strip() else None
         self.bos_token_id = self.token_to_id(self.special_tokens.get("bos_token"))
@@ -261,7 +427,11 @@ class Tokenizer:
                    if (folder / "generation_config.json").is_file() else {})
         template = None
         if (folder / "chat_template.jinja").is_file():  # transformers >= 4.43 saves it separately
-            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+            try:
+                template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise CheckpointError(f"{str(folder / 'chat_template.jinja')!r} is not UTF-8 text ({e}); the "
+                                      "file is damaged, download it again") from e
         elif (folder / "chat_template.json").is_file():
             template = _read_json(folder / "chat_template.json").get("chat_template")
         return cls(folder / "tokenizer.json", cfg, model_config=model_cfg, generation_config=gen_cfg,
@@ -311,14 +481,10 @@ class Tokenizer:
         for i, m in enumerate(messages):
             if "role" not in m:
                 raise ValueError(f"message {i} has no 'role' (expected 'system', 'user' or 'assistant')")
-        import jinja2
         tmpl = compile_chat_template(self.chat_template)
         variables = {**self.special_tokens, **kwargs}
-        try:
-            text = tmpl.render(messages=_plain(list(messages)), tools=None, documents=None,
-                               add_generation_prompt=add_generation_prompt, **_plain(variables))
-        except jinja2.exceptions.TemplateError as e:
-            raise ValueError(f"the chat template rejected these messages: {e}") from e
+        text = render_chat_template(tmpl, messages=_plain(list(messages)), tools=None, documents=None,
+                                    add_generation_prompt=add_generation_prompt, **_plain(variables))
         if not tokenize:
             return text
         return self.encode(text, add_special_tokens=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).resolve().parent / "corpus"
-HARNESSES = ("safetensors", "checkpoint_config")
+HARNESSES = ("safetensors", "checkpoint_config", "tokenizer_files", "chat_template")
 DEFAULT_SECONDS = 12
 ARTIFACT_KINDS = ("crash", "timeout", "oom", "leak")
 FINDINGS = Path(os.environ.get("RYZ_FUZZ_FINDINGS", Path(tempfile.gettempdir()) / "ryz-fuzz-findings"))
@@ -81,7 +82,11 @@ def run_harness(name: str, seconds: float | None = None, *, save=False, extra_se
     the outcome with every failing input."""
     seconds = float(seconds if seconds is not None else os.environ.get("RYZ_FUZZ_SECONDS", DEFAULT_SECONDS))
     input_timeout = int(os.environ.get("RYZ_FUZZ_INPUT_TIMEOUT", 10))
-    rss_mb = int(os.environ.get("RYZ_FUZZ_RSS_MB", 2048))
+    # libFuzzer reads the peak RSS from getrusage(), which Linux carries over fork and exec: a child
+    # of a big process (pytest after many model loads) starts with its parent's peak. The limit is
+    # counted on top of that.
+    inherited_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    rss_mb = int(os.environ.get("RYZ_FUZZ_RSS_MB", 2048)) + inherited_mb
     seeds = CORPUS / name
     if not seeds.is_dir() or not any(seeds.iterdir()):
         raise FileNotFoundError(f"no seed corpus for harness {name!r}: add inputs to {seeds}")

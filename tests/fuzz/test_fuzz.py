@@ -23,10 +23,16 @@ _IN_PROCESS = [p for name in HARNESSES if name != "native_args"            # a n
 
 
 @pytest.mark.parametrize("path", _IN_PROCESS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_regression_case(path):
+def test_regression_case(path, monkeypatch):
     """Every crash found while building the harnesses stays fixed (the fuzz run replays them as
     well; here each is a test of its own, named after the bug)."""
     import importlib
+
+    from ryzjupyter.engine import tokenizer
+    # what a harness module sets when imported (a shorter template time bound, an environment
+    # variable) is put back after the test
+    monkeypatch.setattr(tokenizer, "CHAT_TEMPLATE_SECONDS", tokenizer.CHAT_TEMPLATE_SECONDS)
+    monkeypatch.setenv("RYZ_FUZZ_SECRET", "")
     harness = importlib.import_module(f"tests.fuzz.harnesses.{path.parent.name}")
     harness.one_input(path.read_bytes())
 
