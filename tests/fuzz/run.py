@@ -9,7 +9,7 @@ a segfault or abort in native code (libFuzzer catches the signal and saves the i
 runs past the per-input time limit, or a process that grows past the memory limit. --save copies the
 failing inputs into the corpus as regression cases (fix the bug, then commit them).
 
-RYZ_FUZZ_SECONDS sets the time per harness (default 12: every harness together stays under three
+RYZ_FUZZ_SECONDS sets the time per harness (default 10: every harness together stays under three
 minutes of CI), RYZ_FUZZ_INPUT_TIMEOUT the per-input limit (default 10 s), RYZ_FUZZ_RSS_MB the
 memory limit (default 2048)."""
 
@@ -29,8 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).resolve().parent / "corpus"
-HARNESSES = ("safetensors", "checkpoint_config", "tokenizer_files", "chat_template")
-DEFAULT_SECONDS = 12
+HARNESSES = ("safetensors", "checkpoint_config", "tokenizer_files", "chat_template", "magic_options",
+             "comm_messages", "native_args")
+DEFAULT_SECONDS = 10
 ARTIFACT_KINDS = ("crash", "timeout", "oom", "leak")
 FINDINGS = Path(os.environ.get("RYZ_FUZZ_FINDINGS", Path(tempfile.gettempdir()) / "ryz-fuzz-findings"))
 

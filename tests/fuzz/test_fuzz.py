@@ -1,4 +1,4 @@
-"""The fuzz harnesses in CI: each runs for RYZ_FUZZ_SECONDS (default 12) from its committed corpus
+"""The fuzz harnesses in CI: each runs for RYZ_FUZZ_SECONDS (default 10) from its committed corpus
 in a process of its own (tests/fuzz/run.py), and every input that ever crashed one is replayed here
 too. The runner itself is checked on a harness that fails on purpose: a segfault, an escaped
 exception and a hang are each reported with the input that caused them."""

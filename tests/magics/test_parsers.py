@@ -127,3 +127,13 @@ def test_interpolate_failing_expression_is_usage_error():
         interpolate("{obj.missing}", {"obj": Obj()})
     with pytest.raises(UsageError, match="IndexError"):
         interpolate("{lst[9]}", {"lst": []})
+
+
+def test_found_by_fuzzing():
+    """tests/fuzz (magic_options): an empty quoted argument was an IndexError; a format width of a
+    billion built a billion-character prompt."""
+    with pytest.raises(UsageError, match="unexpected argument ''"):
+        parse_cell_line('""')
+    with pytest.raises(UsageError, match="width"):
+        interpolate("{n:999999999}", {"n": 1})
+    assert interpolate("{n:>5}", {"n": 1}) == "    1"

@@ -49,7 +49,7 @@ def _friendly(message, parser):
     """Turn argparse's message into ours; suggest the option the user probably meant."""
     m = re.match(r"unrecognized arguments: (.*)", message)
     if m:
-        words = m.group(1).split()
+        words = m.group(1).split() or [""]
         bad = next((w for w in words if w.startswith("-")), None)
         if bad is None:
             return (f"unexpected argument {words[0]!r}: options start with '-', and the prompt goes in "
@@ -344,6 +344,9 @@ def full_help() -> str:
 _FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)((?:\.[A-Za-z_]\w*|\[[^\[\]{}]*\])*)(![rsa])?(:[^{}]*)?\}")
 
 
+_HUGE_WIDTH = re.compile(r"\d{7,}")
+
+
 def interpolate(text: str, namespace: dict) -> str:
     """Replace {name}, {name.attr}, {name[key]}, with optional !r/!s/!a and :format_spec, by values
     from `namespace`; {{ and }} give literal braces. A {word} whose name is not defined is left as
@@ -360,6 +363,9 @@ def interpolate(text: str, namespace: dict) -> str:
         name, rest, conv, spec = m.group(1), m.group(2), m.group(3), m.group(4)
         if name not in namespace:
             return tok
+        if spec and _HUGE_WIDTH.search(spec):
+            raise UsageError(f"cannot interpolate {tok}: a width of a million characters or more makes a "
+                             f"prompt no model can read; use a smaller width (or {{{{ }}}} for literal braces)")
         try:
             value, _ = fmt.get_field(name + rest, (), namespace)
             if conv:
