@@ -383,9 +383,25 @@ def memory_tables(d: dict) -> str:
     return "\n".join(_machine_lines(d) + [""] + lines(d) + [""])
 
 
+def soak_tables(d: dict) -> str:
+    """`bench soak`: the replies of every cell and the kernel's memory."""
+    out = _machine_lines(d)
+    out += ["", f"{d['cells']} `%%ryz` cells ({d['tokens']} tokens each, chat turns 30) in one kernel in "
+            f"{d['seconds']:.0f} s: {d['swaps']} hot-swaps between the two models, {d['chat_turns']} chat turns "
+            f"({d['kv_reuse_checked']} checked for KV reuse), {d['interrupts_sent']} interrupts sent.", ""]
+    out += _table(["replies complete", "marked interrupted", "interrupted before the reply began",
+                   "lost, mixed or incomplete"],
+                  [[d["complete"], d["interrupted"], d["interrupted_before_reply"], f"**{len(d['failures'])}**"]])
+    out += ["", f"Kernel RSS: {d['rss_warm_mib']:.1f} MiB after the warm-up (the first quarter of the cells), "
+            f"{d['rss_final_mib']:.1f} MiB at the end: **{d['rss_growth_mib']:+.2f} MiB** (bound "
+            f"{d['rss_bound_mib']:g} MiB), a trend of {d['rss_slope_kib_per_cell']:+.1f} KiB a cell."]
+    return "\n".join(out) + "\n"
+
+
 # bench name (the record's "bench") -> renderer of one record; a new benchmark adds its own here
 RENDERERS = {"kernels": kernels_tables, "model": model_tables, "serve": serve_tables, "dask": dask_tables,
-             "speculative": speculative_tables, "embed": embed_tables, "memory": memory_tables}
+             "speculative": speculative_tables, "embed": embed_tables, "memory": memory_tables,
+             "soak": soak_tables}
 
 
 def _bench_of(d: dict):

@@ -287,10 +287,15 @@ class Session:
         stop = stops[0] + stops[1] + list(tok.stop_token_ids)
 
         def on_done(result):
-            if not keep or result.finish_reason == "interrupted":
+            if not keep:
+                return
+            toks = list(result.tokens)
+            if result.finish_reason == "interrupted":
+                # the history keeps only whole turns; a caller that keeps the partial reply in its
+                # own history (the %%ryz chat does) continues from these ids, which the cache holds
+                self._chat_tail = (text + result.text, list(ids) + toks) if toks else ("", [])
                 return
             self.history[:] = msgs + [{"role": "assistant", "content": result.text}]
-            toks = list(result.tokens)
             if toks and toks[-1] in ts.stop_ids:
                 toks = toks[:-1]                       # the template writes the end of turn itself
             elif result.finish_reason == "stop":       # cut by a stop string: text and ids differ

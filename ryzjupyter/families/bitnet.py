@@ -201,6 +201,7 @@ class ConvertedCache:
         for f in ck.source_files():
             h.update(_file_fingerprint(f).encode())
         self.path = Path(directory).expanduser() / f"{h.hexdigest()[:32]}.safetensors"
+        _remove_stale_temp_files(self.path.parent)
         self.hit = False
         self._new = {}
         self._file = None
@@ -241,7 +242,7 @@ class ConvertedCache:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f"{self.path.stem}.{os.getpid()}.", suffix=".tmp")
             os.close(fd)
             save_file(self._new, tmp)
             os.replace(tmp, self.path)                     # atomic: never a half-written cache file
@@ -250,6 +251,36 @@ class ConvertedCache:
             warnings.warn(f"could not write the converted-weights cache {self.path} ({e}); the next load "
                           "converts again", stacklevel=3)
         self._new = {}
+
+
+def _remove_stale_temp_files(directory: Path):
+    """Delete the temporary files of cache writes whose process is gone (a kernel killed or restarted
+    while it wrote one: `<key>.<pid>.<random>.tmp`); a write still running in another process keeps
+    its file."""
+    import os
+    try:
+        names = list(directory.glob("*.tmp"))
+    except OSError:
+        return
+    for p in names:
+        parts = p.name.split(".")
+        if len(parts) < 4 or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, OverflowError):
+            pass                                           # no such process: its write will never finish
+        except OSError:
+            continue                                       # a process of another user: alive
+        else:
+            continue                                       # its writer is alive
+        try:
+            p.unlink()
+        except OSError:
+            pass
 
 
 def _file_fingerprint(path) -> str:

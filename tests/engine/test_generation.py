@@ -162,3 +162,27 @@ def test_chat_follow_up_reuses_the_reply_tokens(tiny_tokenizer):
     # everything up to the end of the reply was cached (the last reply token itself never ran)
     assert r2.stats.n_cached >= len(r1.prompt_tokens) + n_reply - 1
     assert r2.prompt_tokens[:len(r1.prompt_tokens) + n_reply] == r1.prompt_tokens + r1.tokens[:n_reply]
+
+
+def test_chat_after_an_interrupted_turn_reuses_its_tokens(tiny_tokenizer):
+    """A chat whose caller keeps the interrupted partial reply in the history (the %%ryz chat does)
+    continues from the tokens the model produced, so the cache is reused past the partial reply
+    (found by `bench soak`: re-tokenizing the partial text missed the cache after the prompt)."""
+    from ryzjupyter.engine.tokenizer import Tokenizer
+
+    from .conftest import TINY_TOK
+    tok = Tokenizer.from_pretrained(TINY_TOK)
+    tok.chat_template = ("{% for m in messages %}{{ m.role }}: {{ m.content }}<|eot_id|>{% endfor %}"
+                         "{% if add_generation_prompt %}assistant: {% endif %}")
+    lm = ToyLM(tok, max_context=256)
+    sess = lm.new_session()
+    s = sess.chat("Hi", max_new_tokens=20, temperature=0, ignore_eos=True, stream=True)
+    for _ in range(6):
+        next(s)
+    s.interrupt()
+    r1 = s.result
+    assert r1.finish_reason == "interrupted" and sess.history == []      # whole turns only
+    sess.history[:] = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": r1.text}]
+    r2 = sess.chat("More", max_new_tokens=2, temperature=0)
+    assert r2.prompt_tokens[:len(r1.prompt_tokens) + len(r1.tokens)] == r1.prompt_tokens + r1.tokens
+    assert r2.stats.n_cached >= len(r1.prompt_tokens) + len(r1.tokens) - 1

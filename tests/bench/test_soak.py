@@ -1,0 +1,32 @@
+"""`bench soak`, short: one real kernel, 24 `%%ryz` cells across demo and demo-draft with hot-swaps,
+chat turns and interrupts at random moments. Every reply is complete or marked interrupted and
+belongs to its cell, the chat history and the KV reuse hold, and the kernel's memory does not
+grow past the bound after the warm-up (the full run, 200 cells of 200 tokens, is
+`python -m ryzjupyter.bench soak`; docs/robustness.md has its record)."""
+import json
+
+from ryzjupyter.bench import report, soak
+
+
+def test_soak_short(tmp_path):
+    res = soak.soak(cells=24, tokens=40, interrupt_share=0.3, chat_share=0.4, seed=1, rss_bound_mib=16.0, log=None)
+    assert res.failures == [], "\n".join(res.failures)
+    assert res.ok, f"kernel RSS grew {res.rss_growth_mib:.2f} MiB after the warm-up (bound 16 MiB): {res.rss_mib}"
+    assert len(res.rss_mib) == 24
+    assert res.complete + res.interrupted + res.interrupted_before_reply == 24
+    assert res.interrupts_sent >= 3                               # seed 1: 7 cells are interrupted
+    assert res.swaps >= 5 and res.chat_turns + res.interrupted_before_reply >= 3
+
+
+def test_soak_record_renders(tmp_path):
+    """The --json record (what docs/data/ commits) renders with bench report."""
+    record = {"bench": "soak", "machine": {"cpu": "test CPU", "logical_cpus": 2, "physical_cores": 1, "isa": "avx2",
+                                           "supported_isas": ["scalar", "avx2"], "date": "2026-12-07"},
+              **soak.asdict(soak.SoakResult(cells=8, tokens=40, seconds=3.0, complete=6, interrupted=1,
+                                            interrupted_before_reply=1, interrupts_sent=2, swaps=4, chat_turns=3,
+                                            kv_reuse_checked=1, rss_mib=[100.0] * 8, rss_warm_mib=100.0,
+                                            rss_final_mib=100.5, rss_growth_mib=0.5))}
+    p = tmp_path / "soak.json"
+    p.write_text(json.dumps(record))
+    text = report.render([p])
+    assert "| 6 | 1 | 1 | **0** |" in text and "**+0.50 MiB** (bound 16 MiB)" in text
