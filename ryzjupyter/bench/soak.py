@@ -249,8 +249,10 @@ def soak(cells=200, tokens=200, interrupt_share=0.2, chat_share=0.3, seed=0, rss
                 prev = last_on.get(model)
                 # a turn interrupted before its first token may have stopped in its prefill, which
                 # leaves the cache as it was (a pass that does not finish writes no rows)
+                # (and this turn's own count is only known once its prefill has finished)
                 if conversation["turns"] and prev is not None and prev is conversation["turns"][-1] \
-                        and not (prev["interrupted"] and prev["n_generated"] == 0):
+                        and not (prev["interrupted"] and prev["n_generated"] == 0) \
+                        and not (interrupted and last["n_generated"] == 0):
                     res.kv_reuse_checked += 1
                     need = (prev["n_prompt"] + prev["n_generated"]) // 2
                     if last["n_cached"] < need:

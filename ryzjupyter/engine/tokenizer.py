@@ -271,8 +271,12 @@ class _Deadline:
     def __enter__(self):
         self.timer = threading.Timer(self.seconds, self._fire)
         self.timer.daemon = True
-        self.timer.start()
-        return self
+        try:
+            self.timer.start()             # waits for the thread to start: a Ctrl-C can land here,
+            return self                    # and __exit__ does not run when __enter__ raises
+        except BaseException:
+            self.disarm()
+            raise
 
     def __exit__(self, *exc):
         self.disarm()

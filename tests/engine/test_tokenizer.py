@@ -115,3 +115,40 @@ def test_fixture_tokenizer_matches_transformers():
         assert tok.apply_chat_template(c["messages"], add_generation_prompt=c["add_generation_prompt"],
                                        tokenize=False) == c["text"]
         assert tok.apply_chat_template(c["messages"], add_generation_prompt=c["add_generation_prompt"]) == c["ids"]
+
+
+def test_chat_template_bounds(tiny_tokenizer, monkeypatch):
+    """A template that loops is stopped after CHAT_TEMPLATE_SECONDS, one that builds a huge value
+    is refused before it runs; both are ValueErrors naming the template (tests/fuzz/chat_template
+    fuzzes the rest)."""
+    from ryzjupyter.engine import tokenizer
+    monkeypatch.setattr(tokenizer, "CHAT_TEMPLATE_SECONDS", 0.3)
+    msgs = [{"role": "user", "content": "Hi"}]
+    for source, what in [("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "0.3 s"),
+                         ("{{ 'x' * 10**9 }}", "bounds"), ("{{ 1/0 }}", "ZeroDivisionError")]:
+        tok = Tokenizer(TINY_TOK / "tokenizer.json", {}, chat_template=source)
+        with pytest.raises(ValueError, match=what):
+            tok.apply_chat_template(msgs, tokenize=False)
+
+
+def test_chat_template_deadline_interrupted_while_it_starts(tiny_tokenizer, monkeypatch):
+    """A Ctrl-C that lands while the deadline's timer starts leaves no timer behind to raise into a
+    later cell (found by bench soak: a plain cell failed with _TemplateTimeout)."""
+    import threading
+    import time
+
+    from ryzjupyter.engine import tokenizer
+    monkeypatch.setattr(tokenizer, "CHAT_TEMPLATE_SECONDS", 0.2)
+    start = threading.Timer.start
+
+    def start_then_interrupt(self):
+        start(self)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(threading.Timer, "start", start_then_interrupt)
+    tok = Tokenizer(TINY_TOK / "tokenizer.json", {}, chat_template="{{ messages[0].content }}")
+    with pytest.raises(KeyboardInterrupt):
+        tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
+    monkeypatch.setattr(threading.Timer, "start", start)
+    end = time.monotonic() + 0.6
+    while time.monotonic() < end:                 # Python bytecode running past the deadline
+        sum(range(100))
