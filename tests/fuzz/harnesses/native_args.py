@@ -75,6 +75,11 @@ def _record():
     c = m.new_cache()
     CALLS.setdefault("bitnet_decode_layer", [np.zeros(m.config.dim, np.float32), c.k[0], c.v[0], 0, tuple(layers[0][0]),
                                              tuple(layers[0][1]), eps, theta, scale, act])
+    if hasattr(_native, "gemm_f32"):          # out [M, N] = x [M, K] @ w.T + bias, w in panels of 16 rows
+        M, Nn, Kk = 3, 20, 8
+        CALLS.setdefault("gemm_f32", [np.zeros((M, Nn), np.float32), r.standard_normal((M, Kk)).astype(np.float32),
+                                      r.standard_normal(((Nn + 15) // 16, Kk, 16)).astype(np.float32),
+                                      np.zeros(Nn, np.float32)])
     CALLS.setdefault("set_isa", ["scalar"])
     CALLS.setdefault("set_num_threads", [2])
     missing = sorted(set(real) - set(CALLS) - SKIP)
@@ -83,7 +88,7 @@ def _record():
 
 
 _record()
-NAMES = sorted(n for n in CALLS if n not in SKIP)
+NAMES = sorted(n for n in CALLS if n not in SKIP and hasattr(_native, n))
 PLANS = [a for args in CALLS.values() for a in args if type(a).__name__ == "PyCapsule"]
 DTYPES = (np.float32, np.float64, np.int8, np.uint8, np.int32, np.int64, np.uint16, np.float16, np.bool_)
 INTS = (0, 1, -1, 2, 3, 7, 64, 255, 256, 2**31 - 1, 2**31, -2**31 - 1, 2**63 - 1, 2**63, -2**63, 2**64, 10**30)
