@@ -55,10 +55,17 @@ static inline int64_t ryz_attn_scratch_floats(int64_t HG, int64_t hd, int64_t L)
 /* Prefill over a float32 cache, blocked (the kernel tables that have it; NULL elsewhere):
  * R consecutive query rows x the G query heads of one kv head, scores as a matrix product
  * against the kv head's keys transposed (ryz_attn_transpose_k), so no dot product needs a
- * horizontal sum and every key / value vector loaded feeds 8 query vectors. Query vector
- * v = r * G + g (row r of the block, head g) attends to keys 0 .. L0 + r - 1. */
+ * horizontal sum and every key / value vector loaded feeds several query vectors. Query vector
+ * v = r * G + g (row r of the block, head g) attends to keys 0 .. L0 + r - 1.
+ * Scalar and AVX2 (flash-attention style): tiles of 16 keys in order, each against every query
+ * vector of the block that sees it, with the online softmax per vector:
+ *   m' = max(m, max_t s[t]);  a = exp(m - m');  l' = a l + sum_t exp(s[t] - m');
+ *   acc' = a acc + sum_t exp(s[t] - m') v[t];  finally o = acc / l
+ * keys past a vector's causal limit are left out (not multiplied by zero), and tiles no vector
+ * of a group sees are skipped whole. AVX-512: all scores of 8 query vectors, then one softmax. */
 #define RYZ_ATTN_BLOCK_ROWS 8   /* query rows per block (the binding's unit of work) */
 #define RYZ_ATTN_KT_KEYS 32     /* keys per transposed tile pair: kt is padded to a multiple */
+#define RYZ_ATTN_TILE_KEYS 16   /* keys per tile of the online-softmax kernels */
 typedef struct {
     const float *q;       /* row 0, head 0 of the block; rows qstride floats apart, heads hd */
     const float *kt;      /* this kv head's keys transposed: [keys / 16][hd][16], zero padded */
@@ -67,14 +74,24 @@ typedef struct {
     int64_t qstride, kstride, R, G, hd, L0;
     float scale;
 } ryz_attn_block;
-/* floats of scratch ryz_attn_block needs for L keys at most */
-static inline int64_t ryz_attn_block_scratch_floats(int64_t L, int64_t hd) {
-    return 8 * ((L + RYZ_ATTN_KT_KEYS - 1) / RYZ_ATTN_KT_KEYS * RYZ_ATTN_KT_KEYS) + 8 * hd + 64;
+/* floats of scratch ryz_attn_block needs for L keys and G query heads per kv head at most:
+ * 8 rows of scores (AVX-512), or the running state of every query vector (R G accumulators of
+ * hd floats, a max and a sum each: the online-softmax kernels) */
+static inline int64_t ryz_attn_block_scratch_floats(int64_t L, int64_t hd, int64_t G) {
+    const int64_t rows = 8 * ((L + RYZ_ATTN_KT_KEYS - 1) / RYZ_ATTN_KT_KEYS * RYZ_ATTN_KT_KEYS) + 8 * hd + 64;
+    const int64_t state = RYZ_ATTN_BLOCK_ROWS * G * (hd + 2) + 64;
+    return rows > state ? rows : state;
 }
 /* floats of one kv head's transposed keys for L keys */
 static inline int64_t ryz_attn_kt_floats(int64_t L, int64_t hd) {
     return (L + RYZ_ATTN_KT_KEYS - 1) / RYZ_ATTN_KT_KEYS * RYZ_ATTN_KT_KEYS * hd;
 }
+
+/* Which paths the bindings take (set_attention_variant): 1 (default) the blocked prefill and the
+ * streaming decode where the kernel table has them; 0 the per-(row, head) units and the per-head
+ * decode pass everywhere (the kernels they replaced, kept for the shapes the others do not take
+ * and for side-by-side benchmarks). */
+extern int ryz_attn_tiled;
 
 typedef struct {
     const char *name;

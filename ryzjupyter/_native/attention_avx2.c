@@ -276,6 +276,269 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
 
 static void attend_i8_1(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, 1); }
 
+/* ---- float cache, rows in address order (decode units: every kv head of a row, hd % 8 == 0) --
+ * Both passes read each cache row whole, one row after the other (one contiguous stretch per
+ * unit, streamed by the hardware prefetcher), instead of one kv head's rows 2.5 KB apart:
+ *   scores: per (row, kv head, 4 query heads) 4 accumulators over hd, summed across lanes
+ *           together (2 hadds + 1 add for the 4 sums);
+ *   v:      rows 4 at a time: acc[hg] += p0 v0 + p1 v1 + p2 v2 + p3 v3 per 8 columns, acc in L1
+ *           (one load and one store per 4 FMAs), then out = acc / l. */
+static inline __m128 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+static void seq_f32(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
+    const int64_t G = u->G, H = u->H, hd = u->hd, L = u->L, kstride = u->kstride, HG = H * G;
+    const int64_t Lp = ryz_attn_score_stride(L);
+    const float *RYZ_RESTRICT kf = u->k, *RYZ_RESTRICT vf = u->v, *RYZ_RESTRICT qb = u->q;
+    float *RYZ_RESTRICT sc = scratch;            /* [HG][Lp] scores, then softmax numerators */
+    float *RYZ_RESTRICT acc = scratch + HG * Lp; /* [HG][hd] */
+    float *RYZ_RESTRICT inv = acc + HG * hd;     /* [HG] */
+    const float scale = u->scale;
+    /* ---- scores ---- */
+    for (int64_t t = 0; t < L; t++) {
+        const float *row = kf + t * kstride;
+        for (int64_t h = 0; h < H; h++) {
+            const float *kr = row + h * hd;
+            for (int64_t g0 = 0; g0 < G; g0 += 4) {
+                const int64_t gn = G - g0 < 4 ? G - g0 : 4;
+                const float *q0 = qb + (h * G + g0) * hd, *q1 = q0 + (gn > 1 ? hd : 0);
+                const float *q2 = q0 + (gn > 2 ? 2 : gn - 1) * hd, *q3 = q0 + (gn > 3 ? 3 : gn - 1) * hd;
+                __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+                __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+                for (int64_t j = 0; j < hd; j += 8) {
+                    const __m256 kv = _mm256_loadu_ps(kr + j);
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + j), kv, a0);
+                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + j), kv, a1);
+                    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + j), kv, a2);
+                    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + j), kv, a3);
+                }
+                float s4[4];
+                _mm_storeu_ps(s4, _mm_mul_ps(sum4(a0, a1, a2, a3), _mm_set1_ps(scale)));
+                for (int gg = 0; gg < gn; gg++) sc[(h * G + g0 + gg) * Lp + t] = s4[gg];
+            }
+        }
+    }
+    /* ---- softmax numerators, in place ---- */
+    for (int64_t hg = 0; hg < HG; hg++) {
+        float *p = sc + hg * Lp;
+        __m256 vm = _mm256_set1_ps(-INFINITY);
+        int64_t t = 0;
+        for (; t + 8 <= L; t += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(p + t));
+        float mxs = ryz_hmax_avx2(vm);
+        for (; t < L; t++) mxs = p[t] > mxs ? p[t] : mxs;
+        __m256 mx = _mm256_set1_ps(mxs), sum = _mm256_setzero_ps();
+        for (t = 0; t < L; t += 8) {
+            __m256 e = ryz_exp_avx2(_mm256_sub_ps(ryz_ld8(p + t, L - t), mx));
+            if (L - t < 8) e = _mm256_and_ps(e, _mm256_castsi256_ps(ryz_tail8(L - t)));
+            sum = _mm256_add_ps(sum, e);
+            ryz_st8(p + t, L - t, e);
+        }
+        const float l = ryz_hsum_avx2(sum);
+        inv[hg] = 1.0f / l;
+        if (u->ml) u->ml[2 * hg] = mxs, u->ml[2 * hg + 1] = l;
+    }
+    /* ---- out = inv * sum_t p[t] v[t], rows 4 at a time ---- */
+    memset(acc, 0, sizeof(float) * (size_t)(HG * hd));
+    int64_t t = 0;
+    for (; t + 4 <= L; t += 4) {
+        const float *r0 = vf + t * kstride, *r1 = r0 + kstride, *r2 = r1 + kstride, *r3 = r2 + kstride;
+        for (int64_t h = 0, hg = 0; h < H; h++) {
+            const int64_t o = h * hd;
+            for (int64_t g = 0; g < G; g++, hg++) {
+                const float *p = sc + hg * Lp + t;
+                const __m256 p0 = _mm256_broadcast_ss(p), p1 = _mm256_broadcast_ss(p + 1);
+                const __m256 p2 = _mm256_broadcast_ss(p + 2), p3 = _mm256_broadcast_ss(p + 3);
+                float *a = acc + hg * hd;
+                for (int64_t j = 0; j < hd; j += 8) {
+                    __m256 x = _mm256_fmadd_ps(p0, _mm256_loadu_ps(r0 + o + j), _mm256_loadu_ps(a + j));
+                    x = _mm256_fmadd_ps(p1, _mm256_loadu_ps(r1 + o + j), x);
+                    x = _mm256_fmadd_ps(p2, _mm256_loadu_ps(r2 + o + j), x);
+                    _mm256_storeu_ps(a + j, _mm256_fmadd_ps(p3, _mm256_loadu_ps(r3 + o + j), x));
+                }
+            }
+        }
+    }
+    for (; t < L; t++) {
+        const float *r0 = vf + t * kstride;
+        for (int64_t h = 0, hg = 0; h < H; h++)
+            for (int64_t g = 0; g < G; g++, hg++) {
+                const __m256 p0 = _mm256_broadcast_ss(sc + hg * Lp + t);
+                float *a = acc + hg * hd;
+                for (int64_t j = 0; j < hd; j += 8)
+                    _mm256_storeu_ps(a + j, _mm256_fmadd_ps(p0, _mm256_loadu_ps(r0 + h * hd + j), _mm256_loadu_ps(a + j)));
+            }
+    }
+    for (int64_t hg = 0; hg < HG; hg++) {
+        const __m256 s = _mm256_set1_ps(inv[hg]);
+        for (int64_t j = 0; j < hd; j += 8)
+            _mm256_storeu_ps(u->o + hg * hd + j, _mm256_mul_ps(_mm256_loadu_ps(acc + hg * hd + j), s));
+    }
+}
+
+/* ---- prefill blocks (ryz_attn_block, see attention.h) ------------------------------------ */
+
+/* 8 x 8 floats: out row d = column d of the 8 input rows */
+static inline void transpose8(__m256 r[8]) {
+    __m256 t[8], s[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(s[i], s[4 + i], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(s[i], s[4 + i], 0x31);
+    }
+}
+
+static void transpose_k(float *RYZ_RESTRICT kt, const float *k, int64_t kstride, int64_t hd, int64_t t0,
+                        int64_t t1) {
+    for (int64_t tb = t0; tb < t1; tb += 16) {
+        const int64_t n = t1 - tb < 16 ? t1 - tb : 16;
+        float *dst = kt + tb / 16 * hd * 16;
+        for (int64_t half = 0; half < 16; half += 8)
+            for (int64_t d = 0; d < hd; d += 8) {
+                __m256 r[8];
+                for (int i = 0; i < 8; i++)
+                    r[i] = half + i < n ? _mm256_loadu_ps(k + (tb + half + i) * kstride + d) : _mm256_setzero_ps();
+                transpose8(r);
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (d + i) * 16 + half, r[i]);
+            }
+    }
+}
+
+/* Tiles of 16 keys in order; per tile, the block's query vectors 4 at a time (a shorter last
+ * group repeats its last vector and keeps no state for the copies):
+ *   scores  s[i][t] = scale * q_i . k_t: per d, 2 key vectors x 4 broadcasts = 8 accumulators;
+ *   mask    keys t >= L_i set to -inf (blend: a NaN there cannot leak in), so exp gives 0;
+ *   update  the online softmax of attention.h: m, l per vector, acc[i] = a_i acc[i] +
+ *           sum_t p_i[t] v_t, 16 columns (8 accumulators) at a time, keys past L_i skipped.
+ * The tile's keys (8 KiB at hd 128) and values stay in L1 for all the block's groups; the next
+ * tile's values are prefetched while this one runs. */
+#define QV 4
+static void attend_block(const ryz_attn_block *b, float *RYZ_RESTRICT scratch) {
+    const int64_t G = b->G, hd = b->hd, nq = b->R * G, qs = b->qstride, ks = b->kstride, L0 = b->L0;
+    const int64_t Lmax = L0 + b->R - 1;
+    const float *RYZ_RESTRICT vb = b->v;
+    const __m256 scale = _mm256_set1_ps(b->scale);
+    float *RYZ_RESTRICT acc = scratch;       /* [nq][hd] */
+    float *RYZ_RESTRICT mv = acc + nq * hd;  /* [nq] running max */
+    float *RYZ_RESTRICT lv = mv + nq;        /* [nq] running sum */
+    float P[QV][16] __attribute__((aligned(32)));
+    for (int64_t t0 = 0; t0 < Lmax; t0 += 16) {
+        const float *RYZ_RESTRICT ktile = b->kt + t0 * hd;
+        const int first = t0 == 0;
+        for (int64_t t = t0 + 16; t < (Lmax - t0 < 32 ? Lmax : t0 + 32); t++)
+            for (int64_t c = 0; c < hd; c += 16) _mm_prefetch((const char *)(vb + t * ks + c), _MM_HINT_T0);
+        for (int64_t v0 = 0; v0 < nq; v0 += QV) {
+            const int64_t nv = nq - v0 < QV ? nq - v0 : QV;
+            const float *qp[QV];
+            int64_t vi[QV], Lv[QV];
+            for (int i = 0; i < QV; i++) {
+                vi[i] = v0 + (i < nv ? i : nv - 1);
+                const int64_t r = vi[i] / G, g = vi[i] % G;
+                qp[i] = b->q + r * qs + g * hd;
+                Lv[i] = L0 + r;  /* ascending in i */
+            }
+            if (Lv[QV - 1] <= t0) continue; /* no vector of the group sees this tile */
+            /* scores */
+            __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps();
+            __m256 a11 = _mm256_setzero_ps(), a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps();
+            __m256 a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps();
+            for (int64_t d = 0; d < hd; d++) {
+                const __m256 x0 = _mm256_loadu_ps(ktile + d * 16), x1 = _mm256_loadu_ps(ktile + d * 16 + 8);
+                __m256 qd = _mm256_broadcast_ss(qp[0] + d);
+                a00 = _mm256_fmadd_ps(qd, x0, a00), a01 = _mm256_fmadd_ps(qd, x1, a01);
+                qd = _mm256_broadcast_ss(qp[1] + d);
+                a10 = _mm256_fmadd_ps(qd, x0, a10), a11 = _mm256_fmadd_ps(qd, x1, a11);
+                qd = _mm256_broadcast_ss(qp[2] + d);
+                a20 = _mm256_fmadd_ps(qd, x0, a20), a21 = _mm256_fmadd_ps(qd, x1, a21);
+                qd = _mm256_broadcast_ss(qp[3] + d);
+                a30 = _mm256_fmadd_ps(qd, x0, a30), a31 = _mm256_fmadd_ps(qd, x1, a31);
+            }
+            const __m256 sa[QV][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+            /* mask, online softmax */
+            float alpha[QV];
+            for (int i = 0; i < QV; i++) {
+                __m256 s0 = _mm256_mul_ps(sa[i][0], scale), s1 = _mm256_mul_ps(sa[i][1], scale);
+                if (Lv[i] < t0 + 16) {
+                    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+                    s0 = _mm256_blendv_ps(ninf, s0, _mm256_castsi256_ps(ryz_tail8(Lv[i] - t0)));
+                    s1 = _mm256_blendv_ps(ninf, s1, _mm256_castsi256_ps(ryz_tail8(Lv[i] - t0 - 8)));
+                }
+                const float mt = ryz_hmax_avx2(_mm256_max_ps(s0, s1));
+                const float mo = first ? -INFINITY : mv[vi[i]], mn = mt > mo ? mt : mo;
+                const __m256 mx = _mm256_set1_ps(mn);
+                const __m256 p0 = ryz_exp_avx2(_mm256_sub_ps(s0, mx)), p1 = ryz_exp_avx2(_mm256_sub_ps(s1, mx));
+                _mm256_store_ps(P[i], p0), _mm256_store_ps(P[i] + 8, p1);
+                alpha[i] = first ? 0.0f : expf(mo - mn);
+                if (i < nv) {
+                    lv[vi[i]] = (first ? 0.0f : lv[vi[i]] * alpha[i]) + ryz_hsum_avx2(_mm256_add_ps(p0, p1));
+                    mv[vi[i]] = mn;
+                }
+            }
+            /* acc = alpha acc + sum_t p[t] v[t] */
+            const int64_t tall = Lv[0] - t0 < 16 ? Lv[0] : t0 + 16;    /* keys every vector sees */
+            const int64_t tend = Lv[QV - 1] - t0 < 16 ? Lv[QV - 1] : t0 + 16;
+            const __m256 al0 = _mm256_set1_ps(alpha[0]), al1 = _mm256_set1_ps(alpha[1]);
+            const __m256 al2 = _mm256_set1_ps(alpha[2]), al3 = _mm256_set1_ps(alpha[3]);
+            float *c0p = acc + vi[0] * hd, *c1p = acc + vi[1] * hd, *c2p = acc + vi[2] * hd, *c3p = acc + vi[3] * hd;
+            for (int64_t j = 0; j < hd; j += 16) {
+                __m256 c00, c01, c10, c11, c20, c21, c30, c31;
+                if (first) {
+                    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm256_setzero_ps();
+                } else {
+                    c00 = _mm256_mul_ps(_mm256_loadu_ps(c0p + j), al0), c01 = _mm256_mul_ps(_mm256_loadu_ps(c0p + j + 8), al0);
+                    c10 = _mm256_mul_ps(_mm256_loadu_ps(c1p + j), al1), c11 = _mm256_mul_ps(_mm256_loadu_ps(c1p + j + 8), al1);
+                    c20 = _mm256_mul_ps(_mm256_loadu_ps(c2p + j), al2), c21 = _mm256_mul_ps(_mm256_loadu_ps(c2p + j + 8), al2);
+                    c30 = _mm256_mul_ps(_mm256_loadu_ps(c3p + j), al3), c31 = _mm256_mul_ps(_mm256_loadu_ps(c3p + j + 8), al3);
+                }
+                const float *vr = vb + t0 * ks + j;
+                int64_t t = t0;
+                for (; t < tall; t++, vr += ks) {
+                    const __m256 y0 = _mm256_loadu_ps(vr), y1 = _mm256_loadu_ps(vr + 8);
+                    __m256 p = _mm256_broadcast_ss(P[0] + (t - t0));
+                    c00 = _mm256_fmadd_ps(p, y0, c00), c01 = _mm256_fmadd_ps(p, y1, c01);
+                    p = _mm256_broadcast_ss(P[1] + (t - t0));
+                    c10 = _mm256_fmadd_ps(p, y0, c10), c11 = _mm256_fmadd_ps(p, y1, c11);
+                    p = _mm256_broadcast_ss(P[2] + (t - t0));
+                    c20 = _mm256_fmadd_ps(p, y0, c20), c21 = _mm256_fmadd_ps(p, y1, c21);
+                    p = _mm256_broadcast_ss(P[3] + (t - t0));
+                    c30 = _mm256_fmadd_ps(p, y0, c30), c31 = _mm256_fmadd_ps(p, y1, c31);
+                }
+                for (; t < tend; t++, vr += ks) { /* keys only the later vectors of the group see */
+                    const __m256 y0 = _mm256_loadu_ps(vr), y1 = _mm256_loadu_ps(vr + 8);
+                    __m256 p;
+                    if (t < Lv[0]) p = _mm256_broadcast_ss(P[0] + (t - t0)), c00 = _mm256_fmadd_ps(p, y0, c00), c01 = _mm256_fmadd_ps(p, y1, c01);
+                    if (t < Lv[1]) p = _mm256_broadcast_ss(P[1] + (t - t0)), c10 = _mm256_fmadd_ps(p, y0, c10), c11 = _mm256_fmadd_ps(p, y1, c11);
+                    if (t < Lv[2]) p = _mm256_broadcast_ss(P[2] + (t - t0)), c20 = _mm256_fmadd_ps(p, y0, c20), c21 = _mm256_fmadd_ps(p, y1, c21);
+                    if (t < Lv[3]) p = _mm256_broadcast_ss(P[3] + (t - t0)), c30 = _mm256_fmadd_ps(p, y0, c30), c31 = _mm256_fmadd_ps(p, y1, c31);
+                }
+                /* repeated vectors (i >= nv) store the same values to the same place */
+                _mm256_storeu_ps(c3p + j, c30), _mm256_storeu_ps(c3p + j + 8, c31);
+                _mm256_storeu_ps(c2p + j, c20), _mm256_storeu_ps(c2p + j + 8, c21);
+                _mm256_storeu_ps(c1p + j, c10), _mm256_storeu_ps(c1p + j + 8, c11);
+                _mm256_storeu_ps(c0p + j, c00), _mm256_storeu_ps(c0p + j + 8, c01);
+            }
+        }
+    }
+    /* o = acc / l */
+    for (int64_t v = 0; v < nq; v++) {
+        const int64_t r = v / G, g = v % G;
+        const __m256 w = _mm256_set1_ps(1.0f / lv[v]);
+        float *o = b->o + r * qs + g * hd;
+        for (int64_t j = 0; j < hd; j += 8) _mm256_storeu_ps(o + j, _mm256_mul_ps(_mm256_loadu_ps(acc + v * hd + j), w));
+    }
+}
+#undef QV
+
 /* a unit of H kv heads: one kv head at a time (each reuses the scratch) */
 static inline void each_head(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch,
                              void (*one)(const ryz_attn_unit *, float *RYZ_RESTRICT)) {
@@ -294,11 +557,18 @@ static inline void each_head(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch
         one(&s, scratch);
     }
 }
-static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { each_head(u, scratch, attend_f32_1); }
+static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
+    if (ryz_attn_tiled && u->H * u->hd == u->kstride && u->hd % 8 == 0)
+        seq_f32(u, scratch);
+    else
+        each_head(u, scratch, attend_f32_1);
+}
 static void attend_i8(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { each_head(u, scratch, attend_i8_1); }
 
 const ryz_attention_kernels ryz_attention_avx2 = {
     .name = "avx2",
+    .attend_block = attend_block,
+    .transpose_k = transpose_k,
     .attend = attend,
     .attend_i8 = attend_i8,
 };

@@ -68,6 +68,50 @@ static void attend_i8(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
     }
 }
 
+/* ---- prefill blocks (ryz_attn_block, see attention.h): the online softmax over tiles of 16
+ * keys, one query vector at a time ---- */
+static void transpose_k(float *RYZ_RESTRICT kt, const float *k, int64_t kstride, int64_t hd, int64_t t0,
+                        int64_t t1) {
+    const int64_t tp = (t1 + 15) / 16 * 16;
+    for (int64_t t = t0; t < tp; t++)
+        for (int64_t d = 0; d < hd; d++) kt[t / 16 * hd * 16 + d * 16 + t % 16] = t < t1 ? k[t * kstride + d] : 0.0f;
+}
+
+static void attend_block(const ryz_attn_block *b, float *RYZ_RESTRICT scratch) {
+    const int64_t G = b->G, hd = b->hd, TK = RYZ_ATTN_TILE_KEYS;
+    float *acc = scratch, s[RYZ_ATTN_TILE_KEYS];
+    for (int64_t v = 0; v < b->R * G; v++) {
+        const int64_t r = v / G, g = v % G, L = b->L0 + r;
+        const float *q = b->q + r * b->qstride + g * hd;
+        float m = -INFINITY, l = 0.0f;
+        for (int64_t d = 0; d < hd; d++) acc[d] = 0.0f;
+        for (int64_t t0 = 0; t0 < L; t0 += TK) {
+            const int64_t n = L - t0 < TK ? L - t0 : TK; /* keys of this tile the vector sees */
+            const float *kt = b->kt + t0 * hd;
+            float mt = -INFINITY;
+            for (int64_t t = 0; t < n; t++) {
+                float dot = 0.0f;
+                for (int64_t d = 0; d < hd; d++) dot += q[d] * kt[d * TK + t];
+                s[t] = dot * b->scale;
+                mt = s[t] > mt ? s[t] : mt;
+            }
+            const float mn = mt > m ? mt : m, a = expf(m - mn); /* m = -inf on the first tile: a = 0 */
+            l *= a;
+            for (int64_t d = 0; d < hd; d++) acc[d] *= a;
+            for (int64_t t = 0; t < n; t++) {
+                const float p = expf(s[t] - mn);
+                const float *vr = b->v + (t0 + t) * b->kstride;
+                l += p;
+                for (int64_t d = 0; d < hd; d++) acc[d] += p * vr[d];
+            }
+            m = mn;
+        }
+        float *o = b->o + r * b->qstride + g * hd;
+        const float inv = 1.0f / l;
+        for (int64_t d = 0; d < hd; d++) o[d] = acc[d] * inv;
+    }
+}
+
 int ryz_quantize_kv_row(int8_t *RYZ_RESTRICT q8, float *RYZ_RESTRICT d, const float *RYZ_RESTRICT x,
                         int64_t n) {
     float amax = 0.0f;
@@ -92,6 +136,8 @@ int ryz_quantize_kv_row(int8_t *RYZ_RESTRICT q8, float *RYZ_RESTRICT d, const fl
 
 const ryz_attention_kernels ryz_attention_scalar = {
     .name = "scalar",
+    .attend_block = attend_block,
+    .transpose_k = transpose_k,
     .attend = attend,
     .attend_i8 = attend_i8,
 };

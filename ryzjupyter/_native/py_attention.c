@@ -9,6 +9,7 @@
 #include "ryz_py.h"
 
 const ryz_attention_kernels *ryz_attention = &ryz_attention_scalar;
+int ryz_attn_tiled = 1;
 
 void ryz_attention_select(ryz_isa isa) {
     static const ryz_attention_kernels *const by_isa[RYZ_ISA_COUNT] = {
@@ -125,7 +126,7 @@ static void block_task(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     block_job *bj = ctx;
     const attn_job *j = bj->j;
-    float *scratch = malloc(sizeof(float) * (size_t)ryz_attn_block_scratch_floats(bj->Lall, j->hd));
+    float *scratch = malloc(sizeof(float) * (size_t)ryz_attn_block_scratch_floats(bj->Lall, j->hd, j->G));
     if (!scratch) {
         __atomic_store_n(&bj->failed, 1, __ATOMIC_RELAXED);
         return;
@@ -220,7 +221,7 @@ static PyObject *attention_common(PyObject *args, int i8) {
     attn_job j = {ryz_data(out), ryz_data(q), i8 ? NULL : ryz_data(k), i8 ? NULL : ryz_data(v),
                   i8 ? ryz_data(k) : NULL, i8 ? ryz_data(v) : NULL, i8 ? ryz_data(ks) : NULL,
                   i8 ? ryz_data(vs) : NULL, M, Hq, Hkv, hd, G, n_past, H, S, (float)scale, NULL, NULL, 0};
-    if (!i8 && S == 1 && H == 1 && ryz_attention->attend_block && hd % 16 == 0) {
+    if (!i8 && S == 1 && H == 1 && ryz_attn_tiled && ryz_attention->attend_block && hd % 16 == 0) {
         const int rc = run_blocks(&j);
         if (rc < 0) goto fail;
         if (rc > 0) {
@@ -459,10 +460,33 @@ done:
 fail:
     ryz_args_release(&a);
     return NULL;
+PyDoc_STRVAR(set_attention_variant_doc,
+"set_attention_variant(name) -> str\n\n"
+"Choose the attention paths of every binding (attention, the fused decode, batches) and return\n"
+"the previous choice. 'tiled' (the default): prefill over a float32 cache in blocks of query\n"
+"rows against tiles of keys (online softmax) and decode reading the cache rows in address order,\n"
+"where the ISA level has them. 'units': one (query row, kv head) unit at a time and the per-head\n"
+"decode pass (the kernels 'tiled' replaced; what other shapes use). Both give the same results to\n"
+"float32 rounding; meant for side-by-side benchmarks (bench model --attention).");
+static PyObject *py_set_attention_variant(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s:set_attention_variant", &name)) return NULL;
+    const char *prev = ryz_attn_tiled ? "tiled" : "units";
+    if (strcmp(name, "tiled") == 0) {
+        ryz_attn_tiled = 1;
+    } else if (strcmp(name, "units") == 0) {
+        ryz_attn_tiled = 0;
+    } else {
+        PyErr_Format(PyExc_ValueError, "attention variant must be 'tiled' or 'units', got '%s'", name);
+        return NULL;
+    }
+    return PyUnicode_FromString(prev);
 }
 
 PyMethodDef ryz_attention_methods[] = {
     {"attention", py_attention, METH_VARARGS, attention_doc},
+    {"set_attention_variant", py_set_attention_variant, METH_VARARGS, set_attention_variant_doc},
     {"attention_i8kv", py_attention_i8kv, METH_VARARGS, attention_i8kv_doc},
     {"quantize_kv_i8", py_quantize_kv_i8, METH_VARARGS, quantize_kv_i8_doc},
     {"attention_segments", py_attention_segments, METH_VARARGS, attention_segments_doc},

@@ -207,13 +207,44 @@ def test_long_prefill_is_interruptible():
     assert np.isnan(out[-1]).all()  # stopped between chunks: the last rows were never computed
 
 
-def test_long_blocked_prefill_is_interruptible():
-    """The blocked prefill kernel (AVX-512, float cache, hd % 16 == 0) checks for Ctrl-C between
-    chunks of blocks too."""
-    if "avx512vnni" not in _native.info()["supported_isas"]:
-        pytest.skip("this CPU does not support ISA level 'avx512vnni' (the blocked prefill kernel is AVX-512 only)")
-    out = _interrupted_attention("avx512vnni", 8192, 8, 128)
+def test_long_blocked_prefill_is_interruptible(isa):
+    """The blocked prefill kernel (float cache, hd % 16 == 0) checks for Ctrl-C between chunks of
+    blocks too."""
+    M = 2048 if isa == "scalar" else 8192
+    out = _interrupted_attention(isa, M, 8, 128)
     assert np.isnan(out[-1, -1]).all()  # blocks go kv head by kv head: the last one never ran
+
+
+@pytest.fixture(params=["tiled", "units"])
+def variant(request):
+    """set_attention_variant: the blocked prefill and streaming decode, or the units they replaced"""
+    prev = _native.set_attention_variant(request.param)
+    yield request.param
+    _native.set_attention_variant(prev)
+
+
+# prefill (blocks of 8 rows against tiles of 16 keys) and decode (rows in address order) shapes
+# under both variants: many tiles, a last tile cut by the causal limit in the middle of a block,
+# groups of 4 query vectors crossing rows (G = 3, 5), decode with and without the split
+@pytest.mark.parametrize("M,Hq,Hkv,hd,n_past", [
+    (64, 20, 5, 128, 700),   # a BitNet-2B prefill chunk deep into a prompt
+    (24, 9, 3, 32, 37),      # G = 3, tiles cut at every offset of a block
+    (11, 10, 2, 16, 5),      # G = 5, hd 16: one column block
+    (1, 20, 5, 128, 2047),   # decode at 2k: 16 parts
+    (1, 12, 3, 24, 300),     # decode, G = 4, hd 24 (8-float columns, no 16-column block)
+])
+def test_variants_match_reference(isa, variant, rng, M, Hq, Hkv, hd, n_past):
+    q, k, v = make(rng, M, Hq, Hkv, hd, n_past + M + 5, qscale=2.0)
+    k[n_past + M:] = np.nan  # past every query's causal limit: must never be read
+    v[n_past + M:] = np.inf
+    out = run(q, k, v, n_past, hd ** -0.5)
+    np.testing.assert_allclose(out, ref.attention(q, k, v, n_past, hd ** -0.5), rtol=0, atol=ATT_ATOL)
+
+
+def test_set_attention_variant_rejects_unknown_names():
+    with pytest.raises(ValueError, match="'tiled' or 'units'"):
+        _native.set_attention_variant("flash")
+    assert _native.set_attention_variant("tiled") == "tiled"
 
 
 @pytest.mark.parametrize("M,Hq,Hkv,hd,n_past", [(1, 20, 5, 128, 1999), (2, 4, 4, 37, 1030),
