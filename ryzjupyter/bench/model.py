@@ -70,14 +70,17 @@ def add_parser(sub):
     p.add_argument("--threads", default="1,2", help="thread counts, comma separated")
     p.add_argument("--repeat", type=int, default=5, help="runs per figure (median); default 5")
     p.add_argument("--decode-tokens", type=int, default=32, help="tokens per decode run (default 32)")
-    p.add_argument("--contexts", default="0,2048", help="decode contexts (tokens already in the cache)")
-    p.add_argument("--prefill", default="128,512", help="prefill lengths")
+    p.add_argument("--contexts", default="0,2048,8192", help="decode contexts (tokens already in the cache)")
+    p.add_argument("--prefill", default="512,2048,8192", help="prefill lengths")
+    p.add_argument("--attention", default="tiled", help="attention variants, comma separated, timed alternately "
+                   "(set_attention_variant): tiled (blocked prefill, streaming decode) and/or units (the kernels "
+                   "those replaced)")
     p.add_argument("--prefill-chunk", type=int, default=None, help="engine prefill chunk (default: engine's)")
     p.add_argument("--bw-mib", type=int, default=1024, help="bandwidth probe buffer (MiB)")
     p.add_argument("--json", metavar="FILE", help="write one JSON record per measurement")
     p.add_argument("--vs", choices=("llamacpp",), help="also time llama.cpp on the same weights, alternating")
-    p.add_argument("--vs-contexts", default="0", help="decode contexts timed on llama.cpp too (each needs a "
-                   "real prefill there); default 0")
+    p.add_argument("--vs-contexts", default=None, help="decode contexts timed on llama.cpp too (each needs a "
+                   "real prefill there); default: every --contexts")
     p.add_argument("--llamacpp-python", metavar="EXE", help="python that has llama_cpp (default: "
                    "$RYZ_LLAMACPP_PYTHON, else this one)")
     p.add_argument("--gguf", metavar="FILE", help="GGUF path (default: next to the random model)")
@@ -191,6 +194,33 @@ def prefill_run(model, cache, tokens):
     return time.perf_counter() - t0
 
 
+def prefill_attention_seconds(model, n, rng):
+    """Seconds the attention of an n-token prefill takes: one layer's attention calls over the
+    engine's prefill chunks (a cache of random keys and values; the cost does not depend on the
+    values) times the number of layers (every layer has the same shapes)."""
+    c = model.config
+    C = model.state.chunk
+    k = rng.standard_normal((n, c.n_kv_heads, c.head_dim), dtype=np.float32)
+    v = rng.standard_normal((n, c.n_kv_heads, c.head_dim), dtype=np.float32)
+    q = rng.standard_normal((C, c.n_heads, c.head_dim), dtype=np.float32)
+    out = np.empty_like(q)
+    scale = c.head_dim ** -0.5
+    i8 = getattr(model, "kv_dtype", "f32") == "int8"
+    if i8:
+        k8, v8 = np.empty(k.shape, np.int8), np.empty(v.shape, np.int8)
+        ks, vs = np.empty(k.shape[:2], np.float32), np.empty(v.shape[:2], np.float32)
+        _native.quantize_kv_i8(k8, ks, k)
+        _native.quantize_kv_i8(v8, vs, v)
+    t0 = time.perf_counter()
+    for c0 in range(0, n, C):
+        m = min(C, n - c0)
+        if i8:
+            _native.attention_i8kv(out[:m], q[:m], k8[:c0 + m], ks[:c0 + m], v8[:c0 + m], vs[:c0 + m], c0, scale)
+        else:
+            _native.attention(out[:m], q[:m], k[:c0 + m], v[:c0 + m], c0, scale)
+    return (time.perf_counter() - t0) * c.n_layers
+
+
 class _Null:
     """Stands in for the native module: every function is a no-op returning None."""
 
@@ -291,8 +321,13 @@ def run(args) -> int:
     contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
     prefills = [int(n) for n in args.prefill.split(",") if n.strip()]
     ndec = args.decode_tokens
+    variants = [v for v in args.attention.split(",") if v.strip()]
+    for v in variants:
+        if v not in ("tiled", "units"):
+            raise SystemExit(f"--attention takes tiled and/or units, got {v!r}")
     if quick:
         contexts, prefills, ndec = [0, 64], [16], 4
+    vs_contexts = contexts if args.vs_contexts is None else [int(c) for c in args.vs_contexts.split(",") if c.strip()]
     info = _native.info()
     peak_loop = probes.int8_peak_loop()
     load0 = os.getloadavg()
@@ -364,7 +399,6 @@ def run(args) -> int:
                                    n_ctx=max(prefills + [c + ndec for c in contexts]) + 16)
         meta["llamacpp"] = vs.describe()
         print(f"  llama.cpp: {meta['llamacpp']}")
-    vs_contexts = [int(c) for c in args.vs_contexts.split(",") if c.strip()]
 
     from ryzjupyter.families import bitnet_decode
     paths = [p for p in args.paths.split(",") if p]
@@ -373,6 +407,10 @@ def run(args) -> int:
         paths = [p for p in paths if p != "fused"] or ["python"]
     rng = np.random.default_rng(0)
     prev_threads = _native.get_num_threads()
+    prev_variant = _native.set_attention_variant(variants[0])
+
+    def label(var):   # the variant in a row's name when several are timed
+        return f" {var}" if len(variants) > 1 else ""
     pbuf = np.ones((8 if quick else 256) << 20, np.uint8)    # bandwidth probes between decode runs
     rss.reset_peak()
     results = []          # printed table rows
@@ -395,23 +433,26 @@ def run(args) -> int:
                 theirs = vs is not None and ctx in vs_contexts
                 if theirs:
                     vs.decode(ctx, 2)
-                runs = {p: [] for p in paths}
+                pv = [(p, var) for p in paths for var in variants]
+                runs = {x: [] for x in pv}
                 their_t = []
-                for p in paths:                                       # warm-up
+                for p, var in pv:                                     # warm-up
+                    _native.set_attention_variant(var)
                     with _path(model, p):
                         decode_run(model, cache, ctx, 2)
-                bw_paired = {p: [] for p in paths}
+                bw_paired = {x: [] for x in pv}
                 for _ in range(repeat):                               # alternating: ours, theirs, ...
-                    for p in paths:
+                    for p, var in pv:
+                        _native.set_attention_variant(var)
                         with _path(model, p):
                             t = decode_run(model, cache, ctx, ndec)
-                        runs[p].append(t)
-                        bw_paired[p].append(bandwidth_for(pbuf, th, t))   # the bandwidth, right after
+                        runs[p, var].append(t)
+                        bw_paired[p, var].append(bandwidth_for(pbuf, th, t))   # the bandwidth, right after
                     if theirs:
                         their_t.append(vs.decode(ctx, ndec))
                 # roofline bandwidth: the median of the probes read right after each run, each as
                 # long as that run (this machine's bandwidth drifts by 2x within a minute)
-                bw_runs = [b for p in paths for b in bw_paired[p]]
+                bw_runs = [b for x in pv for b in bw_paired[x]]
                 bw_dec = _median(bw_runs)
                 roof = bw_dec * 1e9 / nbytes
                 lt = ndec / _median(their_t) if theirs else None
@@ -422,31 +463,38 @@ def run(args) -> int:
                 # attention's share: the attention kernel alone over this cache, every layer
                 qa = rng.standard_normal((1, cfg.n_heads, cfg.head_dim), dtype=np.float32)
                 oa = np.empty_like(qa)
-                at = []
+                at = {var: [] for var in variants}
                 for _ in range(repeat):
-                    t0 = time.perf_counter()
-                    for l in range(cfg.n_layers):
-                        if getattr(cache, "dtype", "f32") == "int8":
-                            _native.attention_i8kv(oa, qa, cache.k[l][:ctx + 1], cache.ks[l][:ctx + 1],
-                                                   cache.v[l][:ctx + 1], cache.vs[l][:ctx + 1], ctx,
-                                                   cfg.head_dim ** -0.5)
-                        else:
-                            _native.attention(oa, qa, cache.k[l][:ctx + 1], cache.v[l][:ctx + 1], ctx,
-                                              cfg.head_dim ** -0.5)
-                    at.append(time.perf_counter() - t0)
-                att_s = _median(at)
+                    for var in variants:
+                        _native.set_attention_variant(var)
+                        t0 = time.perf_counter()
+                        for l in range(cfg.n_layers):
+                            if getattr(cache, "dtype", "f32") == "int8":
+                                _native.attention_i8kv(oa, qa, cache.k[l][:ctx + 1], cache.ks[l][:ctx + 1],
+                                                       cache.v[l][:ctx + 1], cache.vs[l][:ctx + 1], ctx,
+                                                       cfg.head_dim ** -0.5)
+                            else:
+                                _native.attention(oa, qa, cache.k[l][:ctx + 1], cache.v[l][:ctx + 1], ctx,
+                                                  cfg.head_dim ** -0.5)
+                        at[var].append(time.perf_counter() - t0)
                 kv_b = decode_bytes(model, ctx + 1)["kv"]
-                rec(threads=th, phase="attention", context=ctx, seconds_per_token=att_s, kv_bytes=kv_b,
-                    gbps=kv_b / att_s / 1e9)
-                for p in paths:
-                    tok_s = ndec / _median(runs[p])
+                for var in variants:
+                    att_s = _median(at[var])
+                    rec(threads=th, phase="attention", context=ctx, attention=var, seconds_per_token=att_s,
+                        kv_bytes=kv_b, gbps=kv_b / att_s / 1e9)
+                for p, var in pv:
+                    att_s = _median(at[var])
+                    tok_s = ndec / _median(runs[p, var])
                     # per run: the bytes it read per second over the probe right after it
-                    paired = _median([ndec * nbytes / t / (b * 1e9) for t, b in zip(runs[p], bw_paired[p])])
-                    r = rec(threads=th, phase="decode", path=p, n_tokens=ndec, context=ctx, tok_s=tok_s,
-                            roofline_fraction=tok_s / roof, roofline_fraction_paired=paired, roofline_tok_s=roof,
-                            bytes_per_token=nbytes, bandwidth_gbps=bw_dec, bandwidth_runs=bw_paired[p],
-                            effective_gbps=tok_s * nbytes / 1e9, runs_tok_s=[ndec / t for t in runs[p]])
-                    row = {"th": th, "what": f"decode ctx {ctx} {p}", "tok_s": tok_s, "frac": r["roofline_fraction"],
+                    paired = _median([ndec * nbytes / t / (b * 1e9) for t, b in zip(runs[p, var], bw_paired[p, var])])
+                    r = rec(threads=th, phase="decode", path=p, attention=var, n_tokens=ndec, context=ctx,
+                            tok_s=tok_s, roofline_fraction=tok_s / roof, roofline_fraction_paired=paired,
+                            roofline_tok_s=roof, bytes_per_token=nbytes, bandwidth_gbps=bw_dec,
+                            bandwidth_runs=bw_paired[p, var], effective_gbps=tok_s * nbytes / 1e9,
+                            attention_s=att_s, attention_share=att_s * tok_s,
+                            runs_tok_s=[ndec / t for t in runs[p, var]])
+                    row = {"th": th, "what": f"decode ctx {ctx} {p}{label(var)}", "tok_s": tok_s,
+                           "frac": r["roofline_fraction"],
                            "extra": f"roofline {roof:.1f} tok/s ({nbytes / 1e6:.0f} MB/token at {bw_dec:.1f} GB/s; "
                                     f"per-run pairs {paired:.0%}); "
                                     f"attention {att_s * 1e3:.1f} ms = {att_s * tok_s:.0%} of a step"}
@@ -462,38 +510,50 @@ def run(args) -> int:
                 prefill_run(model, cache, tokens[: min(n, 16)])      # warm-up
                 if vs:
                     vs.prefill(min(n, 16))
-                ours_t, their_t, peak_paired = [], [], []
+                ours_all = {var: [] for var in variants}
+                peak_all = {var: [] for var in variants}
+                att_all = {var: [] for var in variants}
+                their_t = []
                 for _ in range(repeat):
-                    ours_t.append(prefill_run(model, cache, tokens))
-                    if peak_loop:
-                        peak_paired.append(peak_for(th, ours_t[-1]))  # the peak, right after
+                    for var in variants:
+                        _native.set_attention_variant(var)
+                        ours_all[var].append(prefill_run(model, cache, tokens))
+                        if peak_loop:
+                            peak_all[var].append(peak_for(th, ours_all[var][-1]))  # the peak, right after
+                        att_all[var].append(prefill_attention_seconds(model, n, rng))
                     if vs:
                         their_t.append(vs.prefill(n))
-                sec = _median(ours_t)
-                tok_s = n / sec
-                # the int8 peak: the median of the probes run right after each prefill, each as
-                # long as it (as the decode roofline's bandwidth); the start-of-run peak too
-                # (none at the scalar level: no SIMD peak, no fraction)
-                peak_run = _median(peak_paired) if peak_paired else None
-                frac = ops / sec / 1e9 / peak_run if peak_run else None
-                paired = _median([ops / t / 1e9 / pk for t, pk in zip(ours_t, peak_paired)]) if peak_run else None
-                frac_start = ops / sec / 1e9 / peak[th] if th in peak else None
-                rec(threads=th, phase="prefill", n_tokens=n, context=0, tok_s=tok_s, roofline_fraction=frac,
-                    roofline_fraction_paired=paired, roofline_fraction_start_peak=frac_start,
-                    ttft_s=sec, int8_gops=ops / sec / 1e9, peak_gops=peak_run, peak_runs=peak_paired,
-                    peak_gops_start=peak.get(th), runs_tok_s=[n / t for t in ours_t])
-                row = {"th": th, "what": f"prefill {n}", "tok_s": tok_s, "frac": frac,
-                       "extra": f"TTFT {sec * 1e3:.0f} ms, {ops / sec / 1e9:.0f} int8 GOPS"
-                                + (f" of a {peak_run:.0f} GOPS peak read after each run (per-run pairs {paired:.0%}"
-                                   f"; {frac_start:.0%} of the peak at the start)" if peak_run
-                                   else " (no SIMD int8 peak at the scalar level)")}
-                if vs:
-                    lt = n / _median(their_t)
-                    rec(engine="llama.cpp", threads=th, phase="prefill", n_tokens=n, context=0, tok_s=lt,
-                        roofline_fraction=None, ttft_s=_median(their_t), runs_tok_s=[n / t for t in their_t])
-                    row["llama"] = lt
-                results.append(row)
-                print(_fmt_row(row))
+                for var in variants:
+                    ours_t, peak_paired = ours_all[var], peak_all[var]
+                    att_s = _median(att_all[var])
+                    sec = _median(ours_t)
+                    tok_s = n / sec
+                    # the int8 peak: the median of the probes run right after each prefill, each as
+                    # long as it (as the decode roofline's bandwidth); the start-of-run peak too
+                    # (none at the scalar level: no SIMD peak, no fraction)
+                    peak_run = _median(peak_paired) if peak_paired else None
+                    frac = ops / sec / 1e9 / peak_run if peak_run else None
+                    paired = _median([ops / t / 1e9 / pk for t, pk in zip(ours_t, peak_paired)]) if peak_run else None
+                    frac_start = ops / sec / 1e9 / peak[th] if th in peak else None
+                    rec(threads=th, phase="prefill", attention=var, n_tokens=n, context=0, tok_s=tok_s,
+                        roofline_fraction=frac, attention_s=att_s, attention_share=att_s / sec,
+                        roofline_fraction_paired=paired, roofline_fraction_start_peak=frac_start,
+                        ttft_s=sec, int8_gops=ops / sec / 1e9, peak_gops=peak_run, peak_runs=peak_paired,
+                        peak_gops_start=peak.get(th), runs_tok_s=[n / t for t in ours_t])
+                    row = {"th": th, "what": f"prefill {n}{label(var)}", "tok_s": tok_s, "frac": frac,
+                           "extra": f"TTFT {sec * 1e3:.0f} ms, attention {att_s * 1e3:.0f} ms = {att_s / sec:.0%}, "
+                                    f"{ops / sec / 1e9:.0f} int8 GOPS"
+                                    + (f" of a {peak_run:.0f} GOPS peak read after each run (per-run pairs {paired:.0%}"
+                                       f"; {frac_start:.0%} of the peak at the start)" if peak_run
+                                       else " (no SIMD int8 peak at the scalar level)")}
+                    if vs:
+                        lt = n / _median(their_t)
+                        if var == variants[0]:
+                            rec(engine="llama.cpp", threads=th, phase="prefill", n_tokens=n, context=0, tok_s=lt,
+                                roofline_fraction=None, ttft_s=_median(their_t), runs_tok_s=[n / t for t in their_t])
+                        row["llama"] = lt
+                    results.append(row)
+                    print(_fmt_row(row))
             # Python overhead of a decode step, per path
             if not args.no_overhead:
                 for p in paths:
@@ -507,6 +567,7 @@ def run(args) -> int:
                           f"{py_s / step:.1%} of a decode step ({step * 1e3:.1f} ms)")
     finally:
         _native.set_num_threads(prev_threads)
+        _native.set_attention_variant(prev_variant)
         if vs:
             vs.close()
     peak_run = rss.peak() - pbuf.nbytes                       # not the probe buffer

@@ -130,6 +130,12 @@ def model_tables(d: dict) -> str:
     out += ["", *_limits(bw, peak, level), ""]
 
     dec = [r for r in ours if r["phase"] == "decode"]
+    # attention variants (bench model --attention tiled,units): a column when several were timed
+    variants = sorted({r.get("attention", "tiled") for r in ours if r["phase"] in ("decode", "prefill")}) or ["tiled"]
+    vcol = ["attention"] if len(variants) > 1 else []
+
+    def vcell(r):
+        return [r.get("attention", "tiled")] if vcol else []
     if dec:
         out.append(f"Decode, {dec[0]['n_tokens']} tokens a run (greedy); roofline = read bandwidth / bytes a "
                    "token:")
@@ -137,15 +143,16 @@ def model_tables(d: dict) -> str:
         rows = []
         for r in dec:
             lr = theirs.get((r["threads"], "decode", r["n_tokens"], r["context"]))
-            rows.append([r["threads"], r["context"], r["path"], f"**{r['tok_s']:.1f}**",
+            rows.append([r["threads"], r["context"], r["path"], *vcell(r), f"**{r['tok_s']:.1f}**",
                          f"{r['bytes_per_token'] / 1e6:.0f}", f"{r['roofline_tok_s']:.1f}",
                          _pct(r["roofline_fraction"]),
+                         _pct(r["attention_share"]) if r.get("attention_share") is not None else "-",
                          f"{lr['tok_s']:.1f}" if lr else "-",
                          f"**{r['tok_s'] / lr['tok_s']:.2f}x**" if lr else "-"])
-        out += _table(["threads", "context", "path", "tok/s", "MB a token", "roofline tok/s", "of roofline",
-                       "llama.cpp tok/s", "ryzjupyter / llama.cpp"], rows)
+        out += _table(["threads", "context", "path", *vcol, "tok/s", "MB a token", "roofline tok/s", "of roofline",
+                       "attention share", "llama.cpp tok/s", "ryzjupyter / llama.cpp"], rows)
         out.append("")
-        by = {(r["threads"], r["context"], r["path"]): r for r in dec}
+        by = {(r["threads"], r["context"], r["path"]): r for r in dec if r.get("attention", "tiled") == variants[0]}
         pairs = [(th, ctx) for (th, ctx, p) in by if p == "fused" and (th, ctx, "python") in by]
         if pairs:
             out.append("The fused decode (one C call a token) against the op-by-op Python path, same run:")
@@ -162,14 +169,16 @@ def model_tables(d: dict) -> str:
         rows = []
         for r in pre:
             lr = theirs.get((r["threads"], "prefill", r["n_tokens"], 0))
-            rows.append([r["threads"], r["n_tokens"], f"**{r['tok_s']:.1f}**", f"{r['ttft_s'] * 1e3:.0f}",
+            rows.append([r["threads"], r["n_tokens"], *vcell(r), f"**{r['tok_s']:.1f}**", f"{r['ttft_s'] * 1e3:.0f}",
                          f"{r['int8_gops']:.0f}", _pct(r["roofline_fraction"]),
+                         _pct(r["attention_share"]) if r.get("attention_share") is not None else "-",
                          f"{lr['tok_s']:.1f}" if lr else "-",
                          f"**{r['tok_s'] / lr['tok_s']:.2f}x**" if lr else "-"])
-        out += _table(["threads", "tokens", "tok/s", "TTFT ms", "int8 GOPS", "of int8 peak", "llama.cpp tok/s",
-                       "ryzjupyter / llama.cpp"], rows)
+        out += _table(["threads", "tokens", *vcol, "tok/s", "TTFT ms", "int8 GOPS", "of int8 peak", "attention share",
+                       "llama.cpp tok/s", "ryzjupyter / llama.cpp"], rows)
         out.append("")
-    att = {(r["threads"], r["context"]): r for r in ours if r["phase"] == "attention"}
+    att = {(r["threads"], r["context"]): r for r in ours
+           if r["phase"] == "attention" and r.get("attention", "tiled") == variants[0]}
     ovh = {(r["threads"], r["path"]): r for r in ours if r["phase"] == "python_overhead"}
     if att or ovh:
         out.append("Where a decode step goes (fused path): attention alone over the cache, all layers, and "
@@ -177,7 +186,7 @@ def model_tables(d: dict) -> str:
         out.append("")
         rows = []
         for r in dec:
-            if r["path"] != "fused":
+            if r["path"] != "fused" or r.get("attention", "tiled") != variants[0]:
                 continue
             a = att.get((r["threads"], r["context"]))
             o = ovh.get((r["threads"], "fused")) if r["context"] == 0 else None

@@ -153,17 +153,13 @@ def test_kv_cache_reuse_runs_only_new_tokens(models):
 
 
 def test_chunked_prefill_equals_whole(models):
-    """Chunks of 5 tokens give the logits of one pass: every op works row by row, so bitwise on
-    scalar and AVX2 (measured: 0). AVX-512's blocked prefill attention groups query rows, which
-    is held to the prefill tolerance (not measured on this machine)."""
-    from ryzjupyter import _native
+    """Chunks of 5 tokens give the logits of one pass to the prefill tolerance: the blocked prefill
+    attention (every level) takes query rows in blocks against tiles of keys, so where a block
+    boundary falls changes the rounding of the online softmax (measured on AVX2: 1.9e-6)."""
     ids = _reference("packed")["input_ids_0"]
     a = models("packed").logits(ids)
     b = models("packed", prefill_chunk=5).logits(ids)
-    if _native.info()["isa"] in ("scalar", "avx2"):
-        np.testing.assert_array_equal(a, b)
-    else:
-        _check_close(b, a, MEASURED_PREFILL["packed"], "chunked prefill")
+    _check_close(b, a, MEASURED_PREFILL["packed"], "chunked prefill")
 
 
 def test_int8_lm_head_option(models):

@@ -9,6 +9,7 @@ import pytest
 
 from ryzjupyter import _native
 from ryzjupyter.bench import llamacpp, rss
+from ryzjupyter.bench import report as bench_report
 from ryzjupyter.bench import model as bm
 from ryzjupyter.bench.__main__ import main
 
@@ -96,6 +97,26 @@ def test_quick_run_writes_records(tmp_path, tiny_folder, capsys):
     else:
         assert pre_row.split("|")[6].strip() == f"{pre[0]['roofline_fraction']:.0%}".replace("%", " %")
     assert f"`{doc['machine']['command']}`" in tables
+    # the attention share of every decode and prefill figure: the attention kernel alone, all layers
+    for r in dec + pre:
+        assert r["attention"] == "tiled" and 0 < r["attention_s"] and r["attention_share"] > 0
+    assert pre_row.split("|")[7].strip() == f"{pre[0]['attention_share']:.0%}".replace("%", " %")
+
+
+def test_attention_variants_side_by_side(tmp_path, tiny_folder):
+    """--attention tiled,units times both variants in the same run: one record per variant and
+    point, and the report gets an attention column."""
+    out = tmp_path / "v.json"
+    assert main(["model", "--quick", "--threads", "1", "--paths", "fused", "--no-overhead", "--attention",
+                 "tiled,units", "--model-dir", str(tiny_folder.parent), "--json", str(out)]) == 0
+    recs = json.loads(out.read_text())["records"]
+    for phase in ("decode", "prefill", "attention"):
+        assert sorted(r["attention"] for r in recs if r["phase"] == phase and r["context"] == 0) == ["tiled", "units"]
+    assert _native.set_attention_variant("tiled") == "tiled"   # the run put the default back
+    tables = bench_report.model_tables(json.loads(out.read_text()))
+    assert "| threads | context | path | attention |" in tables and "| 1 | 0 | fused | units |" in tables
+    with pytest.raises(SystemExit, match="tiled and/or units"):
+        main(["model", "--quick", "--attention", "flash", "--model-dir", str(tiny_folder.parent)])
 
 
 def test_quick_run_at_the_scalar_level(tmp_path, tiny_folder):
