@@ -406,12 +406,12 @@ static void seq_f32(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
                 for (; j + 16 <= hd; j += 16) {
                     if (g0 == 0)
                         for (int64_t r = 0; r < npf; r++) _mm_prefetch((const char *)(vf + (tn + r) * kstride + h * hd + j), _MM_HINT_T0);
-                    const float *ac[4] = {a[0] + j, a[1] + j, a[2] + j, a[3] + j};
-                    seq_v_cols((float *const *)ac, p, vf + t * kstride + h * hd + j, kstride, n, t == 0, 2);
+                    float *const ac[4] = {a[0] + j, a[1] + j, a[2] + j, a[3] + j};
+                    seq_v_cols(ac, p, vf + t * kstride + h * hd + j, kstride, n, t == 0, 2);
                 }
                 if (j < hd) {
-                    const float *ac[4] = {a[0] + j, a[1] + j, a[2] + j, a[3] + j};
-                    seq_v_cols((float *const *)ac, p, vf + t * kstride + h * hd + j, kstride, n, t == 0, 1);
+                    float *const ac[4] = {a[0] + j, a[1] + j, a[2] + j, a[3] + j};
+                    seq_v_cols(ac, p, vf + t * kstride + h * hd + j, kstride, n, t == 0, 1);
                 }
             }
     }
