@@ -460,6 +460,8 @@ done:
 fail:
     ryz_args_release(&a);
     return NULL;
+}
+
 PyDoc_STRVAR(set_attention_variant_doc,
 "set_attention_variant(name) -> str\n\n"
 "Choose the attention paths of every binding (attention, the fused decode, batches) and return\n"
