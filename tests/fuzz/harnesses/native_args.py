@@ -82,6 +82,7 @@ def _record():
                                       np.zeros(Nn, np.float32)])
     CALLS.setdefault("set_isa", ["scalar"])
     CALLS.setdefault("set_num_threads", [2])
+    CALLS.setdefault("set_attention_variant", ["tiled"])
     missing = sorted(set(real) - set(CALLS) - SKIP)
     if missing:
         raise RuntimeError(f"no valid call recorded for {missing}: add one to tests/fuzz/harnesses/native_args.py")
