@@ -155,8 +155,9 @@ def estimate_model_bytes(folder, *, lm_head="f32", max_context=None) -> dict:
     BitNet: ternary linears at 2 bits per weight in up to two layouts (packed, online and 1bitLLM
     formats all run ternary), float linears ("float" format) at 4 bytes, the lm_head as float32 (or int8 + scales, or int4 + float16 group scales),
     an untied embedding as stored (memory-mapped: "mapped"), and a KV-cache reserve of
-    2 * layers * min(context, 2048) * kv_heads * head_dim * 4 bytes. Other families: the weight
-    files' size plus the same kind of reserve. Returns {"weights" (comparable to model.nbytes),
+    2 * layers * min(context, 2048) * kv_heads * head_dim * 4 bytes. Mamba, Mamba-2 and RWKV: the
+    weights in float32 (twice an F16/BF16 file) and their recurrent state with its snapshots
+    (constant in the context). Other families: the weight files' size. Returns {"weights" (comparable to model.nbytes),
     "mapped", "kv", "total", "files", "family", "variant", "params"}.
     """
     folder = Path(folder)
@@ -196,6 +197,24 @@ def estimate_model_bytes(folder, *, lm_head="f32", max_context=None) -> dict:
         weights = lin_bytes + head + norms
         mapped = embed
         out["params"] = linear + V * D * (1 if tied else 2)
+    elif family in ("mamba", "mamba2", "rwkv", "rwkv7"):
+        # float32 at run time (F16/BF16 files widen to twice their size); the "kv" reserve is the
+        # recurrent state and its snapshots (9 states: constant in the context length)
+        dt = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+        weights, mapped = files_bytes * (2 if dt in ("bfloat16", "float16") else 1), 0
+        if family.startswith("mamba"):
+            I = int(cfg.get("intermediate_size") or cfg.get("expand", 2) * D)
+        if family == "mamba":
+            state = L * I * (int(cfg.get("conv_kernel", 4)) + int(cfg.get("state_size", 16))) * 4
+        elif family == "mamba2":
+            G, N = int(cfg.get("n_groups", 1)), int(cfg.get("state_size", 128))
+            state = L * ((I + 2 * G * N) * int(cfg.get("conv_kernel", 4)) + I * N) * 4
+        elif family == "rwkv":
+            state = L * 5 * D * 4
+        else:
+            state = L * (2 * D + D * int(cfg.get("head_size", 64))) * 4
+        kv = 9 * state
+        out["params"] = int(weights // 4)
     else:
         weights, mapped = files_bytes, 0
     out.update(weights=int(weights), mapped=int(mapped), kv=int(kv), total=int(weights + mapped + kv))

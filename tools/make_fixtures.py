@@ -18,6 +18,9 @@ What it writes (see tools/README.md for the full description):
                                  loads, each with config.json, weights, tokenizer files and
                                  reference.safetensors / reference.json (fp32 logits).
 * tests/fixtures/bitnet/manifest.json  a machine-readable list of the model fixtures.
+* tests/fixtures/recurrent/<name>/  (``--recurrent``, tools/recurrent_fixtures.py) tiny Mamba,
+                                 Mamba-2 and RWKV-4 models from transformers in F32 / F16 / BF16
+                                 with reference logits and greedy continuations.
 
 Everything is derived from fixed seeds; running the script twice gives byte-identical files
 (the script checks the tokenizer for that, and the weights come from seeded torch generators).
@@ -1340,7 +1343,15 @@ def main(argv: list[str] | None = None) -> None:
                     "names, or 'tokenizer') into tests/fixtures and merge their manifest entries: the others "
                     "keep their bytes (torch's float32 matmul rounds differently on another CPU, so a full "
                     "run elsewhere moves every reference by a few ulps)")
+    ap.add_argument("--recurrent", action="store_true",
+                    help="make only the Mamba / Mamba-2 / RWKV-4 fixtures (tests/fixtures/recurrent, "
+                    "tools/recurrent_fixtures.py); the BitNet fixtures and the tokenizer keep their bytes")
     args = ap.parse_args(argv)
+    if args.recurrent:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import recurrent_fixtures
+        recurrent_fixtures.make(FIX, TOK_DIR, write_json, versions, COMMAND)
+        return
     if not args.only:
         make_all()
         return

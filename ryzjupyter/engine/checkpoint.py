@@ -416,14 +416,15 @@ class Checkpoint:
 
 @dataclass
 class ModelKind:
-    family: str                  # "bitnet" (others: "mamba", "mamba2", "rwkv")
+    family: str                  # "bitnet", "mamba", "mamba2", "rwkv" (RWKV-4) or "rwkv7"
     variant: str = ""            # bitnet: "packed", "online", "offline_float", "float", "1bitllm"
     scale_mode: str = ""         # bitnet packed: "divide" (bitlinear) or "multiply" (autobitlinear)
     notes: list = field(default_factory=list)
 
 
 SUPPORTED = ("BitNetForCausalLM (microsoft/bitnet-b1.58-2B-4T packed, -bf16, float), "
-             "1bitLLM BitnetForCausalLM (model_type llama)")
+             "1bitLLM BitnetForCausalLM (model_type llama), MambaForCausalLM, Mamba2ForCausalLM, "
+             "RwkvForCausalLM (RWKV-4) and RWKV-7 (model_type rwkv7)")
 
 
 def detect_kind(config: dict, ckpt: Checkpoint | None = None) -> ModelKind:
@@ -466,7 +467,10 @@ def detect_kind(config: dict, ckpt: Checkpoint | None = None) -> ModelKind:
     if mt == "llama" and (any("BitnetForCausalLM" == a or "BitNetForCausalLM" == a for a in archs)
                           or any(n.endswith("inner_attn_ln.weight") for n in names)):
         return ModelKind("bitnet", "1bitllm")
-    if mt in ("mamba", "mamba2", "rwkv"):
+    if mt in ("mamba", "mamba2", "rwkv", "rwkv7"):
         return ModelKind(mt)
+    if mt in ("falcon_mamba", "jamba", "zamba", "zamba2", "bamba", "falcon_h1", "nemotron_h", "rwkv5", "rwkv6"):
+        raise CheckpointError(f"model_type {mt!r} is a Mamba/RWKV variant ryzjupyter does not implement; "
+                              f"ryzjupyter runs {SUPPORTED}")
     raise CheckpointError(f"unknown architecture: model_type={mt or None!r}, architectures={archs or None}; "
-                          f"ryzjupyter runs {SUPPORTED} (Mamba and RWKV in their own engines)")
+                          f"ryzjupyter runs {SUPPORTED}")

@@ -39,12 +39,14 @@ from dataclasses import dataclass, field
 _now = time.perf_counter_ns
 
 # the order in which phases are listed; other names follow in order of appearance
-PHASE_ORDER = ("layers", "matmul", "attention", "lm_head", "norm", "embed", "sampling", "detokenize",
+PHASE_ORDER = ("layers", "matmul", "attention", "scan", "conv", "lm_head", "norm", "embed", "sampling", "detokenize",
                "draft", "retrieval", "display", "python")
 PHASE_HELP = {
     "layers": "decode: whole layers in one fused C call each (linears, RoPE, attention, norms)",
     "matmul": "ternary/int8 linear layers (q, k, v, o, gate, up, down)",
     "attention": "RoPE + attention over the KV cache",
+    "scan": "Mamba's selective scan, RWKV's WKV (the recurrent state update)",
+    "conv": "Mamba's causal conv1d, RWKV's token shift",
     "lm_head": "final norm + output projection to the vocabulary",
     "norm": "RMSNorm, activations, residual adds (other small kernels)",
     "embed": "embedding lookup",

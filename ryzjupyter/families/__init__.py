@@ -3,5 +3,9 @@
 bitnet.py          BitNet b1.58 (packed 2B-4T, bf16 "online", autobitlinear, float, 1bitLLM)
 bitnet_decode.py   BitNet's fused decode: one C call per token
 random_bitnet.py   random-weight BitNet folders of any shape (tests and benchmarks)
+recurrent.py       what Mamba and RWKV share: the state cache with snapshots (prefix reuse),
+                   float32 / int8 linears, the chunked forward
+mamba.py           Mamba (MambaForCausalLM)
+rwkv.py            RWKV-4 (RwkvForCausalLM)
 loading.py         ``ryzjupyter.load``: find a checkpoint, detect its family, build the model
 """

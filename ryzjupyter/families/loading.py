@@ -22,7 +22,9 @@ from ryzjupyter.models import DEFAULT_MODEL, MODELS_DIR, bundled_names, is_bundl
 from ryzjupyter.engine.checkpoint import CheckpointError, detect_kind, read_config, resolve_model_path
 
 _ENGINE_OPTIONS = {"max_context", "lm_head", "prefill_chunk", "progress", "name", "convert_cache", "kv_cache",
-                   "ternary_layout"}
+                   "ternary_layout", "weights", "snapshots"}
+_BITNET_ONLY = {"lm_head", "convert_cache", "kv_cache", "ternary_layout"}
+_RECURRENT_ONLY = {"weights", "snapshots"}
 _FIND_OPTIONS = {"revision", "local_files_only", "allow_pickle", "cache_dir"}
 
 
@@ -70,12 +72,17 @@ def load(path_or_id=None, **options):
               quantized to ternary, on disk (``$RYZ_CACHE_DIR`` or
               ``~/.cache/ryzjupyter/converted``) so the next load skips the conversion; False
               never; or a folder.
+            - ``weights`` (Mamba, Mamba-2, RWKV): ``"f32"`` (exact, default: F32/F16/BF16
+              checkpoints widened to float32) or ``"int8"`` (int8 rows, a quarter of the bytes,
+              not exact; docs/performance.md has its perplexity cost).
+            - ``snapshots`` (Mamba, Mamba-2, RWKV): state copies a session keeps for prefix
+              reuse (default 8).
             - ``progress``: ``callable(done, total)`` called while the layers load.
             - ``name``: the model's name (default: ``path_or_id``).
 
     Returns:
         The model of the checkpoint's family (a ``BitNetModel`` for BitNet b1.58 and 1bitLLM
-        checkpoints), with ``generate``, ``stream``, ``chat`` and ``logits``.
+        checkpoints, ``MambaModel``, ``Mamba2Model``, ``RwkvModel``, ``Rwkv7Model``), with ``generate``, ``stream``, ``chat`` and ``logits``.
 
     Raises:
         TypeError: an unknown option (the message lists the valid ones).
@@ -99,6 +106,12 @@ def load(path_or_id=None, **options):
     tokenizer = _load_tokenizer(folder)
     engine_opts = {k: v for k, v in options.items() if k in _ENGINE_OPTIONS}
     engine_opts.setdefault("name", str(path_or_id) if path_or_id is not None else folder.name)
+    family_opts = _BITNET_ONLY if kind.family == "bitnet" else _RECURRENT_ONLY
+    wrong = (_BITNET_ONLY | _RECURRENT_ONLY) - family_opts
+    if set(engine_opts) & wrong:
+        raise TypeError(f"load option(s) {', '.join(sorted(set(engine_opts) & wrong))} do not apply to a "
+                        f"{kind.family} model; {kind.family} takes {', '.join(sorted(family_opts))} (and "
+                        "max_context, prefill_chunk, progress, name)")
     if kind.family == "bitnet":
         from .bitnet import BitNetModel
         model = BitNetModel(folder, tokenizer=tokenizer, allow_pickle=options.get("allow_pickle", False),
@@ -106,7 +119,7 @@ def load(path_or_id=None, **options):
         model._loader = load                                   # draft=<name> loads its draft model with it
         return model
     # other families live in their own modules: ryzjupyter/families/<family>.py with from_pretrained()
-    module = {"mamba": "mamba", "mamba2": "mamba", "rwkv": "rwkv"}[kind.family]
+    module = {"mamba": "mamba", "mamba2": "mamba", "rwkv": "rwkv", "rwkv7": "rwkv"}[kind.family]
     try:
         mod = importlib.import_module(f"ryzjupyter.families.{module}")
     except ModuleNotFoundError as e:
