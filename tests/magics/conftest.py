@@ -1,5 +1,7 @@
 """Fixtures for the magics tests: an in-process IPython shell with the extension loaded, and the
-real tiny BitNet fixture model (tests/fixtures/bitnet/packed) run by the real engine."""
+real tiny fixture models run by the real engine: `tiny` is, in turn, BitNet
+(tests/fixtures/bitnet/packed), Mamba and RWKV-4 (tests/fixtures/recurrent), so every test that
+takes it runs with each family."""
 import os
 from pathlib import Path
 
@@ -7,6 +9,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "fixtures" / "bitnet" / "packed"
+FAMILY_FIXTURES = {"bitnet": TINY, "mamba": REPO / "tests" / "fixtures" / "recurrent" / "mamba_f32",
+                   "rwkv": REPO / "tests" / "fixtures" / "recurrent" / "rwkv_f32"}
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")      # tests never reach the network
 
@@ -42,10 +46,11 @@ def magics(ip):
     return ip._ryz_magics
 
 
-@pytest.fixture
-def tiny(ip):
-    """The tiny fixture model loaded as 'tiny' and current, greedy settings, no streaming."""
-    ip.run_line_magic("ryz", f"load {TINY} --name tiny")
+@pytest.fixture(params=sorted(FAMILY_FIXTURES))
+def tiny(ip, request):
+    """A tiny fixture model (BitNet, Mamba, RWKV-4 in turn) loaded as 'tiny' and current, greedy
+    settings, no streaming."""
+    ip.run_line_magic("ryz", f"load {FAMILY_FIXTURES[request.param]} --name tiny")
     ip.run_line_magic("config", "RyzMagics.temperature = 0")
     ip.run_line_magic("config", "RyzMagics.show_stats = False")
     from ryzjupyter.jupyter.magics import REGISTRY

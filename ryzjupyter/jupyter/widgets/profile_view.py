@@ -14,7 +14,7 @@ from ryzjupyter.engine.profiling import PHASE_HELP, Profile, _fmt_bytes
 COLORS = {
     "matmul": "#1976d2", "attention": "#7b1fa2", "lm_head": "#00897b", "norm": "#5c6bc0",
     "embed": "#8d6e63", "sampling": "#f57c00", "detokenize": "#c0ca33", "draft": "#26a69a",
-    "retrieval": "#ab47bc", "display": "#e53935", "python": "#9e9e9e",
+    "retrieval": "#ab47bc", "display": "#e53935", "python": "#9e9e9e", "scan": "#c2185b", "conv": "#0097a7",
 }
 _EXTRA = ["#6d4c41", "#43a047", "#fb8c00", "#3949ab", "#d81b60"]
 
