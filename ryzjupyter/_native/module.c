@@ -11,6 +11,8 @@
     void ryz_##f##_select(ryz_isa isa);   \
     extern PyMethodDef ryz_##f##_methods[];
 RYZ_FAMILIES(DECLARE_FAMILY)
+/* composed steps with no ISA code of their own (they call the families' tables) */
+extern PyMethodDef ryz_recurrent_decode_methods[];
 
 /* ---- kernel registry: name -> variant in use ------------------------------- */
 #define MAX_KERNELS 128
@@ -177,6 +179,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (add_methods(m, core_methods) < 0) goto fail;
 #define ADD_FAMILY(f) if (add_methods(m, ryz_##f##_methods) < 0) goto fail;
     RYZ_FAMILIES(ADD_FAMILY)
+    if (add_methods(m, ryz_recurrent_decode_methods) < 0) goto fail;
     const char *env = getenv("RYZ_ISA");
     if (env && *env) {
         if (set_isa_by_name(env, "RYZ_ISA") != 0) goto fail;

@@ -16,6 +16,7 @@ void ryz_recurrent_select(ryz_isa isa) {
     ryz_register_kernel("mamba_conv1d", ryz_recurrent->name);
     ryz_register_kernel("mamba_scan", ryz_recurrent->name);
     ryz_register_kernel("rwkv4_wkv", ryz_recurrent->name);
+    ryz_register_kernel("rwkv7_wkv", ryz_recurrent == &ryz_recurrent_scalar ? "scalar" : "avx2");
 }
 
 /* The first nw arrays are written: none may overlap any other array. */
@@ -231,7 +232,57 @@ PyDoc_STRVAR(rwkv4_wkv_step_doc,
 "One decode step of rwkv4_wkv: out, k, v float32 [A].");
 static PyObject *py_rwkv4_wkv_step(PyObject *s, PyObject *args) { RYZ_UNUSED(s); return wkv_common(args, 0); }
 
+/* ---- rwkv7 wkv ------------------------------------------------------------------- */
+typedef struct {
+    float *out, *S;
+    const float *r, *w, *k, *v, *a, *b;
+    int64_t T, H, N;
+} wkv7_job;
+
+static void wkv7_task(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    wkv7_job *j = ctx;
+    ryz_recurrent->wkv7(j->out, j->S, j->r, j->w, j->k, j->v, j->a, j->b, j->T, j->H, j->N, b, e);
+}
+
+PyDoc_STRVAR(rwkv7_wkv_doc,
+"rwkv7_wkv(out, S, r, w, k, v, a, b) -> None\n\n"
+"RWKV-7 state update over T tokens (recurrent.h): S float32 [H, N, N] in/out (rows: value\n"
+"index); out, r, w, k, v, a, b float32 [T, H*N] token-major; per head and token\n"
+"S = S diag(w) + (S a) b^T + v k^T, out = S r. Threads split the heads.");
+
+static PyObject *py_rwkv7_wkv(PyObject *s, PyObject *args) {
+    RYZ_UNUSED(s);
+    PyObject *oo, *oS, *orr, *ow, *ok, *ov, *oa, *ob;
+    if (!PyArg_ParseTuple(args, "OOOOOOOO:rwkv7_wkv", &oo, &oS, &orr, &ow, &ok, &ov, &oa, &ob)) return NULL;
+    ryz_args a = {0};
+    ryz_arr *out, *S, *r, *w, *k, *v, *aa, *bb;
+    if (!(S = ryz_arr_get(&a, oS, "S", RYZ_F32, 3, 1)) || !(r = ryz_arr_get(&a, orr, "r", RYZ_F32, 2, 0)))
+        goto fail;
+    int64_t H = ryz_dim(S, 0), N = ryz_dim(S, 1), T = ryz_dim(r, 0);
+    if (ryz_check_dim(S, 2, N, "S.shape[1]") || ryz_check_dim(r, 1, H * N, "H * N (from S)")) goto fail;
+    if (!(out = get_act(&a, oo, "out", 1, 1, T, H * N, "r.shape[0]", "H * N (from S)")) ||
+        !(w = get_act(&a, ow, "w", 1, 0, T, H * N, "r.shape[0]", "H * N (from S)")) ||
+        !(k = get_act(&a, ok, "k", 1, 0, T, H * N, "r.shape[0]", "H * N (from S)")) ||
+        !(v = get_act(&a, ov, "v", 1, 0, T, H * N, "r.shape[0]", "H * N (from S)")) ||
+        !(aa = get_act(&a, oa, "a", 1, 0, T, H * N, "r.shape[0]", "H * N (from S)")) ||
+        !(bb = get_act(&a, ob, "b", 1, 0, T, H * N, "r.shape[0]", "H * N (from S)")))
+        goto fail;
+    ryz_arr *all[] = {out, S, r, w, k, v, aa, bb};
+    if (check_disjoint(all, 8, 2)) goto fail;
+    wkv7_job j = {ryz_data(out), ryz_data(S), ryz_data(r), ryz_data(w), ryz_data(k), ryz_data(v),
+                  ryz_data(aa), ryz_data(bb), T, H, N};
+    int64_t per_head = (T > 0 ? T : 1) * 3 * N * N, heads = ((int64_t)1 << 22) / (per_head > 0 ? per_head : 1);
+    if (H > 0 && ryz_run_chunked(wkv7_task, &j, H, heads < 1 ? 1 : heads, 1) != 0) goto fail;
+    ryz_args_release(&a);
+    Py_RETURN_NONE;
+fail:
+    ryz_args_release(&a);
+    return NULL;
+}
+
 PyMethodDef ryz_recurrent_methods[] = {
+    {"rwkv7_wkv", py_rwkv7_wkv, METH_VARARGS, rwkv7_wkv_doc},
     {"mamba_conv1d", py_mamba_conv1d, METH_VARARGS, mamba_conv1d_doc},
     {"mamba_conv1d_step", py_mamba_conv1d_step, METH_VARARGS, mamba_conv1d_step_doc},
     {"mamba_scan", py_mamba_scan, METH_VARARGS, mamba_scan_doc},

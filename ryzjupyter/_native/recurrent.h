@@ -18,7 +18,14 @@
  *   w = -exp(time_decay[c]), u = time_first[c]
  *   q = max(pp, u+k); e1 = exp(pp-q); e2 = exp(u+k-q); out = (e1*aa + e2*v) / (e1*bb + e2)
  *   q = max(pp+w, k); e1 = exp(pp+w-q); e2 = exp(k-q); aa = e1*aa + e2*v; bb = e1*bb + e2; pp = q
- *   fresh state: aa = bb = 0, pp = -1e38. */
+ *   fresh state: aa = bb = 0, pp = -1e38.
+ * wkv7 (RWKV-7 "Goose" state update), state S [H, N, N] per head (rows: value index i,
+ *   columns: key index j), activations [T, H*N] token-major, heads [h0, h1):
+ *   sa_i = sum_j S[i,j] a[j]                       (a = -kk, b = kk * a_gate: the caller's)
+ *   S[i,j] = S[i,j] w[j] + sa_i b[j] + v[i] k[j]   (w = the decay, already exp'd)
+ *   out[i] = sum_j S[i,j] r[j]
+ *   The AVX2 variant vectorises over j (8 lanes); sums run in another order than the scalar
+ *   reference. The AVX-512 table uses the AVX2 function (no AVX-512 code of its own). */
 #ifndef RYZ_RECURRENT_H
 #define RYZ_RECURRENT_H
 #include <math.h>
@@ -40,7 +47,16 @@ typedef struct {
                 float *RYZ_RESTRICT pp, const float *RYZ_RESTRICT k, const float *RYZ_RESTRICT v,
                 const float *RYZ_RESTRICT time_decay, const float *RYZ_RESTRICT time_first, int64_t T,
                 int64_t A, int64_t c0, int64_t c1);
+    void (*wkv7)(float *RYZ_RESTRICT out, float *RYZ_RESTRICT S, const float *RYZ_RESTRICT r,
+                 const float *RYZ_RESTRICT w, const float *RYZ_RESTRICT k, const float *RYZ_RESTRICT v,
+                 const float *RYZ_RESTRICT a, const float *RYZ_RESTRICT b, int64_t T, int64_t H, int64_t N,
+                 int64_t h0, int64_t h1);
 } ryz_recurrent_kernels;
+
+void ryz_wkv7_avx2(float *RYZ_RESTRICT out, float *RYZ_RESTRICT S, const float *RYZ_RESTRICT r,
+                   const float *RYZ_RESTRICT w, const float *RYZ_RESTRICT k, const float *RYZ_RESTRICT v,
+                   const float *RYZ_RESTRICT a, const float *RYZ_RESTRICT b, int64_t T, int64_t H, int64_t N,
+                   int64_t h0, int64_t h1);
 
 extern const ryz_recurrent_kernels ryz_recurrent_scalar;
 extern const ryz_recurrent_kernels ryz_recurrent_avx2;

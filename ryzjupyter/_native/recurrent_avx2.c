@@ -150,9 +150,54 @@ static void wkv(float *RYZ_RESTRICT out, float *RYZ_RESTRICT aa, float *RYZ_REST
     }
 }
 
+static inline float hsum8(__m256 v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_add_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+void ryz_wkv7_avx2(float *RYZ_RESTRICT out, float *RYZ_RESTRICT S, const float *RYZ_RESTRICT r,
+                   const float *RYZ_RESTRICT w, const float *RYZ_RESTRICT k, const float *RYZ_RESTRICT v,
+                   const float *RYZ_RESTRICT a, const float *RYZ_RESTRICT b, int64_t T, int64_t H, int64_t N,
+                   int64_t h0, int64_t h1) {
+    int64_t C = H * N, N8 = N / 8 * 8;
+    for (int64_t h = h0; h < h1; h++) {
+        float *st = S + h * N * N;
+        for (int64_t t = 0; t < T; t++) {
+            int64_t o = t * C + h * N;
+            const float *ar = a + o, *br = b + o, *wr = w + o, *kr = k + o, *rr = r + o;
+            for (int64_t i = 0; i < N; i++) {
+                float *row = st + i * N;
+                __m256 s8 = _mm256_setzero_ps();
+                int64_t j = 0;
+                for (; j < N8; j += 8) s8 = _mm256_fmadd_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(ar + j), s8);
+                float sa = hsum8(s8);
+                for (; j < N; j++) sa += row[j] * ar[j];
+                __m256 vsa = _mm256_set1_ps(sa), vv = _mm256_set1_ps(v[o + i]), acc = _mm256_setzero_ps();
+                for (j = 0; j < N8; j += 8) {
+                    __m256 x = _mm256_mul_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(wr + j));
+                    x = _mm256_fmadd_ps(vsa, _mm256_loadu_ps(br + j), x);
+                    x = _mm256_fmadd_ps(vv, _mm256_loadu_ps(kr + j), x);
+                    _mm256_storeu_ps(row + j, x);
+                    acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(rr + j), acc);
+                }
+                float o1 = hsum8(acc);
+                for (; j < N; j++) {
+                    float x = row[j] * wr[j] + sa * br[j] + v[o + i] * kr[j];
+                    row[j] = x;
+                    o1 += x * rr[j];
+                }
+                out[o + i] = o1;
+            }
+        }
+    }
+}
+
 const ryz_recurrent_kernels ryz_recurrent_avx2 = {
     .name = "avx2",
     .conv1d = conv1d,
     .scan = scan,
     .wkv = wkv,
+    .wkv7 = ryz_wkv7_avx2,
 };

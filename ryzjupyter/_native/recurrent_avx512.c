@@ -190,4 +190,5 @@ const ryz_recurrent_kernels ryz_recurrent_avx512 = {
     .conv1d = conv1d,
     .scan = scan,
     .wkv = wkv,
+    .wkv7 = ryz_wkv7_avx2, /* no AVX-512 code of its own */
 };

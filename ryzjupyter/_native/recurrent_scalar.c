@@ -72,9 +72,34 @@ static void wkv(float *RYZ_RESTRICT out, float *RYZ_RESTRICT aa, float *RYZ_REST
     }
 }
 
+static void wkv7(float *RYZ_RESTRICT out, float *RYZ_RESTRICT S, const float *RYZ_RESTRICT r,
+                 const float *RYZ_RESTRICT w, const float *RYZ_RESTRICT k, const float *RYZ_RESTRICT v,
+                 const float *RYZ_RESTRICT a, const float *RYZ_RESTRICT b, int64_t T, int64_t H, int64_t N,
+                 int64_t h0, int64_t h1) {
+    int64_t C = H * N;
+    for (int64_t h = h0; h < h1; h++) {
+        float *st = S + h * N * N;
+        for (int64_t t = 0; t < T; t++) {
+            int64_t o = t * C + h * N;
+            for (int64_t i = 0; i < N; i++) {
+                float *row = st + i * N;
+                float sa = 0.0f, acc = 0.0f;
+                for (int64_t j = 0; j < N; j++) sa += row[j] * a[o + j];
+                for (int64_t j = 0; j < N; j++) {
+                    float x = row[j] * w[o + j] + sa * b[o + j] + v[o + i] * k[o + j];
+                    row[j] = x;
+                    acc += x * r[o + j];
+                }
+                out[o + i] = acc;
+            }
+        }
+    }
+}
+
 const ryz_recurrent_kernels ryz_recurrent_scalar = {
     .name = "scalar",
     .conv1d = conv1d,
     .scan = scan,
     .wkv = wkv,
+    .wkv7 = wkv7,
 };

@@ -165,6 +165,29 @@ class MambaModel(RecurrentModel):
             K.add(h, h, out)                                  # h = h + mixer(x)
         return self._final(h, want)
 
+    def _program(self, p):
+        """The decode step as a program: the same math as mixer_block with one token."""
+        c = self.config
+        D, I, N, R = c.dim, c.d_inner, c.d_state, c.dt_rank
+        h, x, xi, z, u = p.scratch(D), p.scratch(D), p.scratch(I), p.scratch(I), p.scratch(I)
+        dtr, B, C, dt, y, out = p.scratch(R), p.scratch(N), p.scratch(N), p.scratch(I), p.scratch(I), p.scratch(D)
+        p.op("embed", [h, p.w(self.embed)], [D, c.vocab_size])
+        for l, lw in enumerate(self.layers):
+            p.op("rmsnorm", [x, h, p.w(lw.norm)], [D, 1], c.norm_eps)
+            p.linear(xi, x, lw.in_x)
+            p.linear(z, x, lw.in_z)
+            conv_b = p.w(lw.conv_b) if lw.conv_b is not None else (0, 0)
+            p.op("conv_step", [u, p.state(2 * l), xi, p.w(lw.conv_w), conv_b], [I, c.d_conv])
+            p.linear(dtr, u, lw.x_dt)
+            p.linear(B, u, lw.x_B)
+            p.linear(C, u, lw.x_C)
+            p.linear(dt, dtr, lw.dt)
+            p.op("scan_step", [y, p.state(2 * l + 1), u, dt, p.w(lw.A), B, C, p.w(lw.D), z], [I, N])
+            p.linear(out, y, lw.out)
+            p.op("add", [h, h, out], [D])
+        p.op("rmsnorm", [x, h, p.w(self.norm_f)], [D, 1], c.norm_eps)
+        p.linear(p.LOGITS, x, self.lm_head)
+
     def _nbytes(self):
         n = self.embed.nbytes + self.norm_f.nbytes
         if self.lm_head.w is not self.embed:

@@ -197,6 +197,38 @@ class Mamba2Model(RecurrentModel):
             K.add(h, h, out)
         return self._final(h, want)
 
+    def _program(self, p):
+        """The decode step as a program: the same math as mixer_block with one token."""
+        c = self.config
+        D, I, N, H, P, G, CD = c.dim, c.d_inner, c.d_state, c.n_heads, c.head_dim, c.n_groups, c.conv_dim
+        Ig = I // G
+        h, x, g, xbc, dt = p.scratch(D), p.scratch(D), p.scratch(I), p.scratch(CD), p.scratch(H)
+        conv, dtc, y, gs, yn, out = p.scratch(CD), p.scratch(I), p.scratch(I), p.scratch(I), p.scratch(I), p.scratch(D)
+        ones = np.ones(Ig, np.float32)
+        p.op("embed", [h, p.w(self.embed)], [D, c.vocab_size])
+        for l, lw in enumerate(self.layers):
+            p.op("rmsnorm", [x, h, p.w(lw.norm)], [D, 1], c.norm_eps)
+            p.linear(g, x, lw.in_g)
+            p.linear(xbc, x, lw.in_xbc)
+            p.linear(dt, x, lw.in_dt)
+            conv_b = p.w(lw.conv_b) if lw.conv_b is not None else (0, 0)
+            p.op("conv_step", [conv, p.state(2 * l), xbc, p.w(lw.conv_w), conv_b], [CD, c.d_conv])
+            p.op("head_bcast", [dtc, dt, p.w(lw.dt_bias)], [H, P])
+            for q in range(G):
+                cs = slice(q * Ig, (q + 1) * Ig)
+                p.op("scan_step", [p.at(y, q * Ig), p.state(2 * l + 1, q * Ig * N), p.at(conv, q * Ig),
+                                   p.at(dtc, q * Ig), p.w(np.ascontiguousarray(lw.A[cs])),
+                                   p.at(conv, I + q * N), p.at(conv, I + G * N + q * N),
+                                   p.w(np.ascontiguousarray(lw.D[cs])), (0, 0)], [Ig, N])
+            p.op("silu", [gs, g], [I])
+            p.op("mul", [y, y, gs], [I])
+            p.op("rmsnorm", [yn, y, p.w(ones)], [Ig, G], c.norm_eps)
+            p.op("mul", [yn, yn, p.w(lw.gnorm)], [I])
+            p.linear(out, yn, lw.out)
+            p.op("add", [h, h, out], [D])
+        p.op("rmsnorm", [x, h, p.w(self.norm_f)], [D, 1], c.norm_eps)
+        p.linear(p.LOGITS, x, self.lm_head)
+
     def _nbytes(self):
         n = self.embed.nbytes + self.norm_f.nbytes + sum(lw.nbytes for lw in self.layers)
         if self.lm_head.w is not self.embed:

@@ -77,6 +77,72 @@ class Linear:
 
 
 # ----------------------------------------------------------------------------
+# the fused decode: a family's one-token step as a program for _native.recurrent_decode
+
+OPS = {n: i + 1 for i, n in enumerate((
+    "embed", "gemv", "gemv_i8", "add", "rmsnorm", "layernorm", "conv_step", "scan_step", "wkv_step", "silu",
+    "mul", "sigmoid", "relu2", "lerp", "copy", "scale", "head_bcast", "wkv7_step", "tanh", "l2norm", "groupnorm",
+    "sub", "mix", "decay7", "bonus7", "fma"))}
+_NONE = (0, 0)
+
+
+class DecodeProgram:
+    """Builds the straight-line program of one decode step (recurrent_decode.c): operands are
+    weights (numpy arrays, pinned by the plan), scratch slices, state slices or the logits."""
+
+    def __init__(self):
+        self.rows, self.floats, self.weights, self._ids, self.scratch_len = [], [], [], {}, 0
+
+    def w(self, arr):
+        arr = np.ascontiguousarray(arr)
+        if id(arr) not in self._ids:
+            self._ids[id(arr)] = len(self.weights)
+            self.weights.append(arr)
+        return (1, self._ids[id(arr)])
+
+    def scratch(self, n):
+        ref = (2, self.scratch_len)
+        self.scratch_len += int(n)
+        return ref
+
+    @staticmethod
+    def at(ref, off):
+        """A slice of a scratch / state operand starting `off` floats in."""
+        kind, r = ref
+        assert kind in (2, 3, 4)
+        return (kind, r + int(off))
+
+    @staticmethod
+    def state(i, off=0):
+        return (3, (int(i) << 32) | int(off))
+
+    LOGITS = (4, 0)
+
+    def op(self, name, operands, dims, f=0.0):
+        row = [OPS[name]]
+        ops = list(operands) + [_NONE] * (10 - len(operands))
+        for kind, ref in ops:
+            row += [kind, ref]
+        row += list(dims) + [0] * (4 - len(dims))
+        self.rows.append(row)
+        self.floats.append(f)
+
+    def linear(self, out, x, lin: "Linear"):
+        """out = lin(x): the same kernels as Linear.__call__ with one token."""
+        if lin.w is not None:
+            self.op("gemv", [out, x, self.w(lin.w)], [lin.n, lin.k])
+        else:
+            self.op("gemv_i8", [out, x, self.w(lin.wq), self.w(lin.ws)], [lin.n, lin.k])
+        if lin.bias is not None:
+            self.op("add", [out, out, self.w(lin.bias)], [lin.n])
+
+    def plan(self, state_lens, n_logits, vocab):
+        prog = np.asarray(self.rows, np.int64).reshape(-1, 25)
+        return _native.recurrent_plan(prog, np.asarray(self.floats, np.float32), list(self.weights),
+                                      self.scratch_len, [int(n) for n in state_lens], int(n_logits), int(vocab))
+
+
+# ----------------------------------------------------------------------------
 # the state cache
 
 class RecurrentCache:
@@ -202,7 +268,8 @@ class RecurrentCache:
 class RecurrentModel(LanguageModel):
     """A loaded recurrent model: ``generate``, ``stream``, ``chat``, ``logits`` and sessions come
     from ``LanguageModel``. A family subclass provides ``_load(ck, fmt)``, ``fresh_state()``,
-    ``_run_chunk(tokens, state, want) -> logits`` (want "all", "last" or None) and optionally ``_decode_one``."""
+    ``_run_chunk(tokens, state, want) -> logits`` (want "all", "last" or None) and
+    ``_program(DecodeProgram)``: its one-token step for the fused decode and optionally ``_decode_one``."""
 
     family = ""
 
@@ -253,7 +320,7 @@ class RecurrentModel(LanguageModel):
             raise ValueError(f"{pos0} cached + {M} new tokens exceed the context of {cache.max_len}")
         if tokens.min() < 0 or tokens.max() >= self.vocab_size:
             raise ValueError(f"token ids must be in 0..{self.vocab_size - 1}")
-        if M == 1 and self.fused_decode and hasattr(self, "_decode_one"):
+        if M == 1 and self.fused_decode:
             try:
                 out = self._decode_one(int(tokens[0]), cache.state)
             except BaseException:
@@ -280,6 +347,17 @@ class RecurrentModel(LanguageModel):
             if b < M:
                 cache.snapshot()
         self.tokens_processed += M
+        return out
+
+    def _decode_one(self, token, state):
+        """One token through every layer and the head in one C call (recurrent_decode.c)."""
+        if getattr(self, "_plan", None) is None:
+            p = DecodeProgram()
+            self._program(p)
+            self._plan = p.plan([a.size for a in self.fresh_state()], self.vocab_size, self.embed.shape[0])
+        out = np.empty((1, self.vocab_size), np.float32)
+        with PROFILER.phase("layers"):
+            _native.recurrent_decode(self._plan, token, state, out[0])
         return out
 
     def _final(self, h, want):

@@ -197,6 +197,47 @@ class RwkvModel(RecurrentModel):
                 h = h / np.float32(2)
         return self._final(np.ascontiguousarray(h, dtype=np.float32), want)
 
+    def _program(self, p):
+        """The decode step as a program: time_mixing and channel_mixing with one token."""
+        c = self.config
+        D, A, F = c.dim, c.d_att, c.d_ffn
+        h, x, xk, xv, xr = p.scratch(D), p.scratch(D), p.scratch(D), p.scratch(D), p.scratch(D)
+        k, v, r, wkv, out = p.scratch(A), p.scratch(A), p.scratch(A), p.scratch(A), p.scratch(D)
+        kf, kv = p.scratch(F), p.scratch(D)
+        p.op("embed", [h, p.w(self.embed)], [D, c.vocab_size])
+        for l, lw in enumerate(self.layers):
+            s = 5 * l
+            if l == 0:
+                p.op("layernorm", [h, h, p.w(lw.pre_ln[0]), p.w(lw.pre_ln[1])], [D], c.norm_eps)
+            p.op("layernorm", [x, h, p.w(lw.ln1[0]), p.w(lw.ln1[1])], [D], c.norm_eps)
+            for dst, m, m1 in zip((xk, xv, xr), lw.att_mix, lw.att_mix1):
+                p.op("lerp", [dst, x, p.state(s), p.w(m), p.w(m1)], [D])
+            p.op("copy", [p.state(s), x], [D])                     # the token shift carries x
+            p.linear(k, xk, lw.key)
+            p.linear(v, xv, lw.value)
+            p.linear(r, xr, lw.receptance)
+            p.op("sigmoid", [r, r], [A])
+            p.op("wkv_step", [wkv, p.state(s + 1), p.state(s + 2), p.state(s + 3), k, v, p.w(lw.decay),
+                              p.w(lw.first)], [A])
+            p.op("mul", [wkv, r, wkv], [A])
+            p.linear(out, wkv, lw.output)
+            p.op("add", [h, h, out], [D])
+            p.op("layernorm", [x, h, p.w(lw.ln2[0]), p.w(lw.ln2[1])], [D], c.norm_eps)
+            for dst, m, m1 in zip((xk, xr), lw.ffn_mix, lw.ffn_mix1):
+                p.op("lerp", [dst, x, p.state(s + 4), p.w(m), p.w(m1)], [D])
+            p.op("copy", [p.state(s + 4), x], [D])
+            p.linear(kf, xk, lw.ffn_key)
+            p.op("relu2", [kf, kf], [F])
+            p.linear(kv, kf, lw.ffn_value)
+            p.linear(out, xr, lw.ffn_receptance)
+            p.op("sigmoid", [out, out], [D])
+            p.op("mul", [out, out, kv], [D])
+            p.op("add", [h, h, out], [D])
+            if c.rescale_every > 0 and (l + 1) % c.rescale_every == 0:
+                p.op("scale", [h, h], [D], 0.5)
+        p.op("layernorm", [x, h, p.w(self.ln_out[0]), p.w(self.ln_out[1])], [D], 1e-5)
+        p.linear(p.LOGITS, x, self.lm_head)
+
     def _nbytes(self):
         n = self.embed.nbytes + sum(lw.nbytes for lw in self.layers)
         if self.lm_head.w is not self.embed:

@@ -159,3 +159,118 @@ def test_chat_and_stream():
     assert "".join(pieces) == m.session.last_result.text
     r = m.new_session().chat("What is the capital of France?", max_new_tokens=4, temperature=0)
     assert r.stats.n_generated >= 1
+
+
+@pytest.mark.parametrize("name", ["mamba_bf16", "mamba2_bf16_groups", "rwkv_bf16"])
+def test_fused_decode_is_one_call_a_token_and_equals_the_op_by_op_step(isa, name):
+    """A decode step runs as one C call (recurrent_decode: the profile books it to "layers" and
+    nothing to the per-kernel phases), and its logits equal the one-token prefill's."""
+    ids = reference(name)["input_ids_1"]
+    fused = ryzjupyter.load(str(FIX / name))
+    plain = ryzjupyter.load(str(FIX / name))
+    plain.fused_decode = False
+    ca, cb = fused.new_cache(), plain.new_cache()
+    fused.forward(ids[:4], ca)
+    plain.forward(ids[:4], cb)
+    for t in ids[4:]:
+        a, b = fused.forward([t], ca), plain.forward([t], cb)
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * float(np.abs(b).max()))
+    for x, y in zip(ca.state, cb.state):
+        np.testing.assert_allclose(x, y, rtol=0, atol=2e-6 * max(1.0, float(np.abs(y).max())))
+    r = fused.new_session().generate(ids.tolist(), max_new_tokens=6, temperature=0, ignore_eos=True)
+    dec = r.profile.stages["decode"]
+    assert dec.counts.get("layers") == 5                     # 6 tokens: the first came from the prefill
+    assert not {"scan", "conv", "matmul"} & set(dec.counts), dec.counts
+
+
+def test_fused_decode_with_int8_weights_matches_the_int8_step():
+    name = "mamba_f32"
+    ids = reference(name)["input_ids_1"]
+    fused, plain = (ryzjupyter.load(str(FIX / name), weights="int8") for _ in range(2))
+    plain.fused_decode = False
+    ca, cb = fused.new_cache(), plain.new_cache()
+    a = [fused.forward([t], ca) for t in ids]
+    b = [plain.forward([t], cb) for t in ids]
+    np.testing.assert_allclose(np.vstack(a), np.vstack(b), rtol=0, atol=2e-6 * float(np.abs(np.vstack(b)).max()))
+
+
+# ---- malformed checkpoints: clear errors -------------------------------------------------
+
+def _copy(tmp_path, name):
+    import shutil
+    dst = tmp_path / name
+    shutil.copytree(FIX / name, dst)
+    (dst / "reference.safetensors").unlink()
+    return dst
+
+
+def _rewrite(folder, edit):
+    from safetensors.numpy import save_file
+    sd = dict(load_file(str(folder / "model.safetensors")))
+    edit(sd)
+    save_file(sd, str(folder / "model.safetensors"))
+
+
+def _set_config(folder, **kw):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(kw)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("name,tensor", [("mamba_f32", "backbone.layers.1.mixer.A_log"),
+                                         ("mamba2_f32", "backbone.layers.0.mixer.dt_bias"),
+                                         ("rwkv_f32", "rwkv.blocks.1.attention.time_first")])
+def test_missing_tensor(tmp_path, name, tensor):
+    d = _copy(tmp_path, name)
+    _rewrite(d, lambda sd: sd.pop(tensor))
+    with pytest.raises(CheckpointError, match=f"{tensor}.*missing"):
+        ryzjupyter.load(str(d))
+
+
+@pytest.mark.parametrize("name,tensor", [("mamba_f32", "backbone.layers.0.mixer.x_proj.weight"),
+                                         ("mamba2_f32", "backbone.layers.1.mixer.in_proj.weight"),
+                                         ("rwkv_f32", "rwkv.blocks.0.feed_forward.key.weight")])
+def test_wrong_shape(tmp_path, name, tensor):
+    d = _copy(tmp_path, name)
+    _rewrite(d, lambda sd: sd.__setitem__(tensor, sd[tensor][:-1].copy()))
+    with pytest.raises(CheckpointError, match=f"{tensor}.*has shape"):
+        ryzjupyter.load(str(d))
+
+
+@pytest.mark.parametrize("name", ["mamba_f32", "rwkv_f32"])
+def test_extra_tensor_and_wrong_dtype(tmp_path, name):
+    d = _copy(tmp_path, name)
+    _rewrite(d, lambda sd: sd.__setitem__("extra.weight", np.zeros(3, np.float32)))
+    with pytest.raises(CheckpointError, match="does not use: 'extra.weight'"):
+        ryzjupyter.load(str(d))
+    first = sorted(load_file(str(FIX / name / "model.safetensors")))[0]
+    d2 = _copy(tmp_path / "b", name)
+    _rewrite(d2, lambda sd: sd.__setitem__(first, sd[first].astype(np.int32)))
+    with pytest.raises(CheckpointError, match="dtype I32"):
+        ryzjupyter.load(str(d2))
+
+
+@pytest.mark.parametrize("model_type,match", [("falcon_mamba", "variant ryzjupyter does not implement"),
+                                              ("rwkv6", "variant ryzjupyter does not implement"),
+                                              ("hyena", "unknown architecture")])
+def test_unknown_variant(tmp_path, model_type, match):
+    d = _copy(tmp_path, "mamba_f32")
+    _set_config(d, model_type=model_type)
+    with pytest.raises(CheckpointError, match=match):
+        ryzjupyter.load(str(d))
+
+
+@pytest.mark.parametrize("name,cfg,match", [
+    ("mamba_f32", {"hidden_act": "gelu"}, "hidden_act"),
+    ("mamba_f32", {"conv_kernel": 40}, "conv_kernel"),
+    ("mamba_f32", {"state_size": 0}, "state_size"),
+    ("mamba2_f32", {"num_heads": 7}, "num_heads"),
+    ("mamba2_f32", {"time_step_limit": [0.0, 10.0]}, "time_step_limit"),
+    ("rwkv_f32", {"attention_hidden_size": 64}, "attention_hidden_size"),
+    ("rwkv_f32", {"num_hidden_layers": "two"}, "num_hidden_layers"),
+])
+def test_unsupported_config(tmp_path, name, cfg, match):
+    d = _copy(tmp_path, name)
+    _set_config(d, **cfg)
+    with pytest.raises(CheckpointError, match=match):
+        ryzjupyter.load(str(d))

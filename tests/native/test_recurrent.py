@@ -268,3 +268,57 @@ def test_scan_softplus_over_the_whole_range(isa):
     np.testing.assert_allclose(y[normal], want[normal], rtol=3e-7)
     np.testing.assert_allclose(y[~normal], want[~normal], rtol=0, atol=1e-38)
     assert (y[x > 20] == x[x > 20]).all()
+
+
+# ---- rwkv-7 wkv ---------------------------------------------------------------------
+def wkv7_reference(S, r, w, k, v, a, b):
+    """float64: per head and token S = S diag(w) + (S a) b^T + v k^T, out = S r."""
+    S = S.astype(np.float64).copy()
+    T, C = r.shape
+    H, N = S.shape[0], S.shape[1]
+    out = np.zeros((T, C))
+    for t in range(T):
+        for h in range(H):
+            sl = slice(h * N, (h + 1) * N)
+            S[h] = S[h] * w[t, sl] + np.outer(S[h] @ a[t, sl], b[t, sl]) + np.outer(v[t, sl], k[t, sl])
+            out[t, sl] = S[h] @ r[t, sl]
+    return out, S
+
+
+@pytest.mark.parametrize("T,H,N", [(1, 1, 8), (5, 3, 16), (7, 2, 13), (0, 2, 8), (12, 4, 64)])
+def test_wkv7_matches_reference(isa, rng, T, H, N):
+    C = H * N
+    S = rng.standard_normal((H, N, N)).astype(np.float32) * 0.3
+    r, k, v = (rng.standard_normal((T, C)).astype(np.float32) for _ in range(3))
+    w = np.exp(-0.6 * rng.random((T, C))).astype(np.float32)
+    kk = rng.standard_normal((T, C)).astype(np.float32)
+    kk3 = kk.reshape(T, H, N)
+    kk = (kk3 / np.linalg.norm(kk3, axis=-1, keepdims=True)).reshape(T, C).astype(np.float32)
+    gate = rng.random((T, C)).astype(np.float32)
+    a, b = -kk, (kk * gate).astype(np.float32)
+    out = np.full((T, C), np.nan, np.float32)
+    st = S.copy()
+    _native.rwkv7_wkv(out, st, r, w, k, v, a, b)
+    want, want_S = wkv7_reference(S, r, w, k, v, a, b)
+    close(out, want, WKV_RTOL)
+    close(st, want_S, WKV_RTOL)
+
+
+def test_wkv7_steps_equal_sequence_and_shapes_are_checked(isa, rng):
+    T, H, N = 6, 2, 16
+    C = H * N
+    S = rng.standard_normal((H, N, N)).astype(np.float32) * 0.3
+    args = [rng.standard_normal((T, C)).astype(np.float32) * 0.5 for _ in range(6)]
+    args[1] = np.exp(-np.abs(args[1])).astype(np.float32)
+    out, st = np.empty((T, C), np.float32), S.copy()
+    _native.rwkv7_wkv(out, st, *args)
+    st2 = S.copy()
+    for t in range(T):
+        o = np.empty((1, C), np.float32)
+        _native.rwkv7_wkv(o, st2, *[x[t:t + 1].copy() for x in args])
+        np.testing.assert_array_equal(o[0], out[t])
+    np.testing.assert_array_equal(st2, st)
+    with pytest.raises(ValueError, match="H \\* N"):
+        _native.rwkv7_wkv(out, st, args[0][:, :-1].copy(), *args[1:])
+    with pytest.raises(ValueError):
+        _native.rwkv7_wkv(out, np.zeros((H, N, N + 1), np.float32), *args)
