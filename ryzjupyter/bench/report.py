@@ -407,10 +407,41 @@ def soak_tables(d: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+# ---- bench recurrent -----------------------------------------------------------------------------
+
+def recurrent_tables(d: dict) -> str:
+    R = d["records"]
+    out = _machine_lines(d)
+    bw = {r["threads"]: r["gbps"] for r in R if r["phase"] == "read_bandwidth"}
+    out += ["", *_table(["threads", "read bandwidth GB/s (median)"], [[t, f"{bw[t]:.1f}"] for t in sorted(bw)])]
+    dec = [r for r in R if r["phase"] == "decode"]
+    pre = {(r["shape"], r["weights"], r["threads"]): r for r in R if r["phase"] == "prefill"}
+    if dec:
+        out += ["", "Decode (the fused step, one C call a token) against the roofline (the bandwidth probed "
+                "right after each run / the bytes a step reads), and prefill:", ""]
+        out += _table(["shape", "weights", "threads", "decode tok/s", "MB a token", "GB/s (probe)",
+                       "roofline tok/s", "of roofline", "prefill tok/s", "vs llama.cpp"],
+                      [[r["shape"], r["weights"], r["threads"], f"{r['tok_s']:.2f}", f"{r['bytes_per_token'] / 1e6:.0f}",
+                        f"{r['bandwidth_gbps']:.1f}", f"{r['roofline_tok_s']:.2f}", f"**{_pct(r['roofline_fraction'])}**",
+                        f"{pre[(r['shape'], r['weights'], r['threads'])]['tok_s']:.1f}"
+                        if (r["shape"], r["weights"], r["threads"]) in pre else "-",
+                        "not measured here"] for r in dec])
+    cost = [r for r in R if r["phase"] == "int8_cost"]
+    if cost:
+        out += ["", "What int8 weights cost (perplexity of a text the f32 model sampled, under each format):", ""]
+        out += _table(["shape", "tokens", "perplexity f32", "perplexity int8", "change", "mean KL(f32 || int8) nats"],
+                      [[r["shape"], r["n_tokens"], f"{r['ppl_f32']:.3f}", f"{r['ppl_int8']:.3f}",
+                        f"{r['ppl_ratio'] - 1:+.2%}".replace("%", " %"), f"{r['kl_mean']:.4f}"] for r in cost])
+    if d.get("vs_llamacpp"):
+        out += ["", f"llama.cpp: {d['vs_llamacpp']}."]
+    out.append("")
+    return "\n".join(out)
+
+
 # bench name (the record's "bench") -> renderer of one record; a new benchmark adds its own here
 RENDERERS = {"kernels": kernels_tables, "model": model_tables, "serve": serve_tables, "dask": dask_tables,
              "speculative": speculative_tables, "embed": embed_tables, "memory": memory_tables,
-             "soak": soak_tables}
+             "soak": soak_tables, "recurrent": recurrent_tables}
 
 
 def _bench_of(d: dict):

@@ -6,6 +6,9 @@ random_bitnet.py   random-weight BitNet folders of any shape (tests and benchmar
 recurrent.py       what Mamba and RWKV share: the state cache with snapshots (prefix reuse),
                    float32 / int8 linears, the chunked forward
 mamba.py           Mamba (MambaForCausalLM)
+mamba2.py          Mamba-2 (Mamba2ForCausalLM)
 rwkv.py            RWKV-4 (RwkvForCausalLM)
+rwkv7.py           RWKV-7 (RWKV-LM tensor naming, model_type rwkv7)
+random_recurrent.py  random-weight Mamba / RWKV-4 / RWKV-7 folders (tests and benchmarks)
 loading.py         ``ryzjupyter.load``: find a checkpoint, detect its family, build the model
 """

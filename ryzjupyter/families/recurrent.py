@@ -30,7 +30,7 @@ from ryzjupyter.engine.profiling import PROFILER, InstrumentedKernels
 K = InstrumentedKernels(_native, {
     "rmsnorm": "norm", "add": "norm", "mul": "norm", "silu": "norm",
     "matmul_f32": "matmul", "matmul_i8": "matmul", "quantize_rows_i8": "matmul",
-    "mamba_conv1d": "conv", "mamba_scan": "scan", "rwkv4_wkv": "scan",
+    "mamba_conv1d": "conv", "mamba_scan": "scan", "rwkv4_wkv": "scan", "rwkv7_wkv": "scan", "relu2": "norm",
 })
 
 WEIGHT_FORMATS = ("f32", "int8")

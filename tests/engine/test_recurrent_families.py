@@ -274,3 +274,55 @@ def test_unsupported_config(tmp_path, name, cfg, match):
     _set_config(d, **cfg)
     with pytest.raises(CheckpointError, match=match):
         ryzjupyter.load(str(d))
+
+
+# ---- RWKV-7 against a reference written from the paper's formulas -----------------------
+
+@pytest.fixture(scope="module")
+def rwkv7_folders(tmp_path_factory):
+    from ryzjupyter.families.random_recurrent import write_folder
+    root = tmp_path_factory.mktemp("rwkv7")
+    return {
+        "f32": write_folder("rwkv7", root / "f32", seed=1, hidden_size=64, num_hidden_layers=3, head_size=16),
+        "bf16": write_folder("rwkv7", root / "bf16", seed=2, dtype="bf16", hidden_size=48, num_hidden_layers=2,
+                             head_size=8, intermediate_size=96),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["f32", "bf16"])
+def test_rwkv7_equals_its_reference(isa, rwkv7_folders, fmt):
+    from . import rwkv7_reference
+    folder = rwkv7_folders[fmt]
+    ids = np.random.default_rng(3).integers(0, 384, 21)
+    want = rwkv7_reference.logits(folder, ids)
+    m = ryzjupyter.load(str(folder), prefill_chunk=8)
+    assert m.family == "rwkv7"
+    got = m.logits(ids)
+    err = float(np.abs(got - want).max()) / float(np.abs(want).max())
+    assert err <= RTOL, err
+    cache = m.new_cache()                                   # prefill then the fused decode, token by token
+    steps = [m.forward(ids[:5], cache)[0]] + [m.forward(ids[t:t + 1], cache)[0] for t in range(5, ids.size)]
+    err = float(np.abs(np.vstack(steps) - want[4:]).max()) / float(np.abs(want).max())
+    assert err <= RTOL, err
+
+
+def test_rwkv7_generation_and_state_reuse(rwkv7_folders):
+    m = ryzjupyter.load(str(rwkv7_folders["f32"]), prefill_chunk=8)
+    ids = np.random.default_rng(4).integers(0, 384, 19).tolist()
+    seq = list(ids)
+    for _ in range(6):                                      # greedy by full recomputation
+        seq.append(int(m.logits(seq)[-1].argmax()))
+    s = m.new_session()
+    r = s.generate(ids, max_new_tokens=6, temperature=0, ignore_eos=True)
+    assert r.tokens == seq[len(ids):]
+    r2 = s.generate(ids + r.tokens + [1, 2], max_new_tokens=2, temperature=0, ignore_eos=True)
+    assert r2.stats.n_cached == len(ids) + 5 and r2.stats.n_prefill == 3
+
+
+def test_rwkv7_fla_naming_is_refused_clearly(tmp_path, rwkv7_folders):
+    import shutil
+    d = tmp_path / "fla"
+    shutil.copytree(rwkv7_folders["f32"], d)
+    _rewrite(d, lambda sd: sd.__setitem__("model.layers.0.attn.r_proj.weight", np.zeros((2, 2), np.float32)))
+    with pytest.raises(CheckpointError, match="flash-linear-attention"):
+        ryzjupyter.load(str(d))
