@@ -52,7 +52,8 @@ def _save(tensors: dict, path: Path, dtype: str):
 def _mamba(cfg, r):
     D, L, V, N = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"], cfg["state_size"]
     I, Kc, R = 2 * D, cfg.get("conv_kernel", 4), -(-D // 16)
-    t = {"backbone.embeddings.weight": r((V, D), 1.0), "backbone.norm_f.weight": 1 + r((D,), 0.1)}
+    # the tied head: logits of standard deviation ~3 (a peaked but not degenerate distribution)
+    t = {"backbone.embeddings.weight": r((V, D), 3 * D ** -0.5), "backbone.norm_f.weight": 1 + r((D,), 0.1)}
     for l in range(L):
         p = f"backbone.layers.{l}."
         t[p + "norm.weight"] = 1 + r((D,), 0.1)
@@ -75,7 +76,7 @@ def _rwkv(cfg, r):
     D, L, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
     F = cfg.get("intermediate_size") or 4 * D
     t = {"rwkv.embeddings.weight": r((V, D), 1.0), "rwkv.ln_out.weight": 1 + r((D,), 0.1),
-         "rwkv.ln_out.bias": r((D,), 0.1), "head.weight": r((V, D), D ** -0.5)}
+         "rwkv.ln_out.bias": r((D,), 0.1), "head.weight": r((V, D), 3 * D ** -0.5)}
     for l in range(L):
         p = f"rwkv.blocks.{l}."
         for n in (["pre_ln"] if l == 0 else []) + ["ln1", "ln2"]:

@@ -42,16 +42,16 @@ def test_rerun_cell_reuses_the_state_and_stats_show_the_phases(ip, family):
     prompt = "The small river ran past the mill and under the old stone bridge."
     ip.run_cell_magic("ryz", "-n 6 --no-stream", prompt)
     first = ip._ryz_magics.last_reply
+    assert {"scan", "conv", "matmul", "lm_head"} <= set(first.profile.phases), first.profile.phases
+    from IPython.utils.capture import capture_output
+    with capture_output() as cap:
+        ip.run_line_magic("ryz", "stats")                  # the first cell's profile: a real prefill
+    shown = [o.data.get("text/plain", "") + o.data.get("text/html", "") for o in cap.outputs]
     ip.run_cell_magic("ryz", "-n 6 --no-stream", prompt)
     again = ip._ryz_magics.last_reply
     assert again is not first
     assert again.tokens == first.tokens
     assert again.stats.n_prefill == 1 and again.stats.n_cached == first.stats.n_prompt - 1
-    assert {"scan", "conv", "matmul", "lm_head"} <= set(first.profile.phases), first.profile.phases
-    from IPython.utils.capture import capture_output
-    with capture_output() as cap:
-        ip.run_line_magic("ryz", "stats")
-    shown = [o.data.get("text/plain", "") + o.data.get("text/html", "") for o in cap.outputs]
     assert any("scan" in t for t in shown), shown       # the profile view lists the recurrent phases
 
 
