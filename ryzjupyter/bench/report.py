@@ -429,7 +429,7 @@ def recurrent_tables(d: dict) -> str:
     cost = [r for r in R if r["phase"] == "int8_cost"]
     if cost:
         out += ["", "What int8 weights cost (perplexity of a text the f32 model sampled, under each format):", ""]
-        out += _table(["shape", "tokens", "perplexity f32", "perplexity int8", "change", "mean KL(f32 || int8) nats"],
+        out += _table(["shape", "tokens", "perplexity f32", "perplexity int8", "change", "mean KL divergence f32 to int8, nats"],
                       [[r["shape"], r["n_tokens"], f"{r['ppl_f32']:.3f}", f"{r['ppl_int8']:.3f}",
                         f"{r['ppl_ratio'] - 1:+.2%}".replace("%", " %"), f"{r['kl_mean']:.4f}"] for r in cost])
     if d.get("vs_llamacpp"):
