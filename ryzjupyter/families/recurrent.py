@@ -179,17 +179,19 @@ class RecurrentCache:
         """Bytes held: the live state and the snapshots (constant in the context length)."""
         return self.state_bytes * (1 + len(self.snapshots))
 
-    def snapshot(self):
-        """Copy the state at the current position (a later prompt may restart from it)."""
+    def snapshot(self, force=False):
+        """Copy the state at the current position (a later prompt may restart from it).
+        force: keep it even past the ``keep`` limit until the next ordinary snapshot (the verify
+        pass of speculative decoding needs one at every position it may go back to)."""
         n = len(self.tokens)
-        if n == 0:
+        if n == 0 and not force:
             return
         if n in self.snapshots:
             self.snapshots.move_to_end(n)
             return
         self.snapshots[n] = [a.copy() for a in self.state]
         self.snapshots_taken += 1
-        while len(self.snapshots) > self.keep:
+        while not force and len(self.snapshots) > self.keep:
             self.snapshots.popitem(last=False)
 
     def _restore(self, n):
@@ -225,7 +227,7 @@ class RecurrentCache:
             raise ValueError(f"cannot truncate to {n} tokens")
         if n >= len(self.tokens):
             return
-        if n != 0 and n not in self.snapshots:
+        if n not in self.snapshots and n != 0:
             raise ValueError(f"a recurrent state cannot go back to position {n}: no snapshot there "
                              f"(snapshots at {sorted(self.snapshots)}); run the tokens again from a new session")
         self._restore(n)
@@ -359,6 +361,47 @@ class RecurrentModel(LanguageModel):
         with PROFILER.phase("layers"):
             _native.recurrent_decode(self._plan, token, state, out[0])
         return out
+
+    # -- the verify passes of speculative decoding (draft=): a snapshot at every position, so
+    # that rejected draft tokens can be taken back (cache.truncate)
+    def verify(self, tokens, cache):
+        """Run `tokens` one by one after the cached ones (each a fused decode step), keeping the
+        state after each: the speculative decoder then truncates to the accepted length."""
+        cache.snapshot(force=True)
+        rows = []
+        for t in tokens:
+            rows.append(self.forward(np.asarray([int(t)], np.int64), cache, all_logits=False)[-1])
+            cache.snapshot(force=True)
+        return np.stack(rows)
+
+    def verify_tree(self, tokens, depths, cache):
+        """A tree of draft tokens (depth-first preorder): each node runs from the state after its
+        parent (the snapshot taken when the parent ran); then back to the start; ``commit(path)``
+        runs the accepted path."""
+        from ryzjupyter.decoding.tree import parents_of
+        tokens = [int(t) for t in tokens]
+        depths = [int(d) for d in depths]
+        parents = parents_of(depths)
+        pos = len(cache)
+        if pos + max(depths) + 1 > cache.max_len:
+            raise ValueError(f"{pos} cached + {max(depths) + 1} new positions exceed the context of {cache.max_len}")
+        cache.snapshot(force=True)
+        rows = []
+        for t, d in zip(tokens, depths):
+            cache.truncate(pos + d)
+            rows.append(self.forward(np.asarray([t], np.int64), cache, all_logits=False)[-1])
+            cache.snapshot(force=True)
+        cache.truncate(pos)
+
+        def commit(path):
+            path = [int(i) for i in path]
+            if path and (path[0] != 0 or any(parents[b] != a for a, b in zip(path, path[1:]))):
+                raise ValueError(f"commit needs a root-to-node path of the verified tree, got {path}")
+            if len(cache) != pos:
+                raise ValueError("the cache changed since the verify pass; commit the path right after it")
+            for i in path:
+                self.forward(np.asarray([tokens[i]], np.int64), cache, all_logits=False)
+        return np.stack(rows), commit
 
     def _final(self, h, want):
         """Final norm and head on the rows of h that are wanted ("all", "last", None)."""

@@ -326,3 +326,21 @@ def test_rwkv7_fla_naming_is_refused_clearly(tmp_path, rwkv7_folders):
     _rewrite(d, lambda sd: sd.__setitem__("model.layers.0.attn.r_proj.weight", np.zeros((2, 2), np.float32)))
     with pytest.raises(CheckpointError, match="flash-linear-attention"):
         ryzjupyter.load(str(d))
+
+
+@pytest.mark.parametrize("name", ["mamba_f32", "rwkv_f32", "mamba2_f32"])
+@pytest.mark.parametrize("draft", ["lookup", "adjacency"])
+def test_speculative_decoding_gives_the_greedy_tokens(name, draft):
+    """draft= on a recurrent model: the verify pass keeps a state snapshot at every position so
+    rejected draft tokens are taken back; greedy output equals plain greedy decoding."""
+    m = model(name)
+    ids = reference(name)["input_ids_2"].tolist()
+    prompt = ids[:12] + ids[:12] + ids[:6]                    # repeats: the drafters find proposals
+    plain = m.new_session().generate(prompt, max_new_tokens=20, temperature=0, ignore_eos=True)
+    s = m.new_session()
+    r = s.generate(prompt, max_new_tokens=20, temperature=0, ignore_eos=True, draft=draft, num_draft=4)
+    assert r.tokens == plain.tokens
+    assert r.stats.drafted > 0 and r.stats.target_passes < r.stats.n_generated + 1
+    more = s.generate(prompt + r.tokens + ids[:3], max_new_tokens=4, temperature=0, ignore_eos=True)
+    again = m.new_session().generate(prompt + r.tokens + ids[:3], max_new_tokens=4, temperature=0, ignore_eos=True)
+    assert more.tokens == again.tokens and more.stats.n_cached >= len(prompt)
