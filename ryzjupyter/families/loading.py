@@ -119,7 +119,7 @@ def load(path_or_id=None, **options):
         model._loader = load                                   # draft=<name> loads its draft model with it
         return model
     # other families live in their own modules: ryzjupyter/families/<family>.py with from_pretrained()
-    module = {"mamba": "mamba", "mamba2": "mamba", "rwkv": "rwkv", "rwkv7": "rwkv"}[kind.family]
+    module = {"mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "rwkv7": "rwkv7"}[kind.family]
     try:
         mod = importlib.import_module(f"ryzjupyter.families.{module}")
     except ModuleNotFoundError as e:

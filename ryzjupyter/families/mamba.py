@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ryzjupyter.engine.checkpoint import CheckpointError, detect_kind, read_config
+from ryzjupyter.engine.checkpoint import CheckpointError, detect_kind
 from ryzjupyter.families.recurrent import (FLOAT_DTYPES, K, Linear, RecurrentModel, check_float,
                                           config_int)
 
@@ -204,9 +204,5 @@ class MambaModel(RecurrentModel):
 
 
 def from_pretrained(folder, **options):
-    """The Mamba or Mamba-2 model in `folder` (ryzjupyter.load calls this)."""
-    kind = detect_kind(read_config(folder))
-    if kind.family == "mamba2":
-        from ryzjupyter.families.mamba2 import Mamba2Model
-        return Mamba2Model(folder, **options)
+    """The Mamba model in `folder` (ryzjupyter.load calls this)."""
     return MambaModel(folder, **options)

@@ -240,3 +240,8 @@ class Mamba2Model(RecurrentModel):
         return (f"Mamba2Model({self.name!r}, layers={c.n_layers}, dim={c.dim}, heads={c.n_heads}x{c.head_dim}, "
                 f"groups={c.n_groups}, d_state={c.d_state}, vocab={c.vocab_size}, {self.weight_format}, "
                 f"{self.nbytes / 2**20:.0f} MiB)")
+
+
+def from_pretrained(folder, **options):
+    """The Mamba-2 model in `folder` (ryzjupyter.load calls this)."""
+    return Mamba2Model(folder, **options)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ryzjupyter.engine.checkpoint import CheckpointError, detect_kind, read_config
+from ryzjupyter.engine.checkpoint import CheckpointError, detect_kind
 from ryzjupyter.engine.profiling import PROFILER
 from ryzjupyter.families.recurrent import FLOAT_DTYPES, K, Linear, RecurrentModel, check_float, config_int
 
@@ -251,9 +251,5 @@ class RwkvModel(RecurrentModel):
 
 
 def from_pretrained(folder, **options):
-    """The RWKV-4 or RWKV-7 model in `folder` (ryzjupyter.load calls this)."""
-    kind = detect_kind(read_config(folder))
-    if kind.family == "rwkv7":
-        from ryzjupyter.families.rwkv7 import Rwkv7Model
-        return Rwkv7Model(folder, **options)
+    """The RWKV-4 model in `folder` (ryzjupyter.load calls this)."""
     return RwkvModel(folder, **options)

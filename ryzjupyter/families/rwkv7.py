@@ -303,3 +303,8 @@ class Rwkv7Model(RecurrentModel):
         c = self.config
         return (f"Rwkv7Model({self.name!r}, RWKV-7, layers={c.n_layers}, dim={c.dim}, heads={c.n_heads}x"
                 f"{c.head_size}, vocab={c.vocab_size}, {self.weight_format}, {self.nbytes / 2**20:.0f} MiB)")
+
+
+def from_pretrained(folder, **options):
+    """The RWKV-7 model in `folder` (ryzjupyter.load calls this)."""
+    return Rwkv7Model(folder, **options)
