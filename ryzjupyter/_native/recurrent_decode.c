@@ -211,7 +211,7 @@ static PyObject *py_recurrent_plan(PyObject *self, PyObject *args) {
         }
         for (int j = 0; j < RD_MAXDIMS; j++) {
             o->d[j] = row[1 + 2 * RD_MAXOPS + j];
-            if (o->d[j] < 0 || o->d[j] > ((int64_t)1 << 40)) {
+            if (o->d[j] < 0 || o->d[j] > ((int64_t)1 << 24) || (o->op == RD_WKV7_STEP && j == 1 && o->d[j] > 4096)) {
                 PyErr_Format(PyExc_ValueError, "program op %d: dim %d out of range", n, j);
                 goto fail_w;
             }
@@ -265,7 +265,7 @@ static PyObject *py_recurrent_plan(PyObject *self, PyObject *args) {
                 goto bad_ref;
             }
             if (want_i8 && kind != 1) goto bad_ref;
-            if (off < 0 || off + need > have) {
+            if (off < 0 || off > have || need > have - off) {
                 PyErr_Format(PyExc_ValueError, "program op %d (code %d): operand %d needs %lld floats at %lld, "
                              "its array holds %lld", n, o->op, i, (long long)need, (long long)off, (long long)have);
                 goto fail_w;

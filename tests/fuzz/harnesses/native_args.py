@@ -49,6 +49,8 @@ def _record():
             m.verify([3, 4, 5], c)
         m = ryzjupyter.load(str(fx / "online"), convert_cache=False)
         m.generate([1, 2], max_new_tokens=2)
+        rec = ryzjupyter.load(str(ROOT / "tests" / "fixtures" / "recurrent" / "mamba_f32"))  # recurrent_plan/_decode
+        rec.new_session().generate([1, 2, 3], max_new_tokens=3, temperature=0, ignore_eos=True)
     finally:
         for n, f in real.items():
             setattr(_native, n, f)
@@ -80,6 +82,9 @@ def _record():
         CALLS.setdefault("gemm_f32", [np.zeros((M, Nn), np.float32), r.standard_normal((M, Kk)).astype(np.float32),
                                       r.standard_normal(((Nn + 15) // 16, Kk, 16)).astype(np.float32),
                                       np.zeros(Nn, np.float32)])
+    H, Nh, T = 2, 8, 3
+    CALLS.setdefault("rwkv7_wkv", [np.zeros((T, H * Nh), np.float32), np.zeros((H, Nh, Nh), np.float32)]
+                     + [r.standard_normal((T, H * Nh)).astype(np.float32) for _ in range(6)])
     CALLS.setdefault("set_isa", ["scalar"])
     CALLS.setdefault("set_num_threads", [2])
     CALLS.setdefault("set_attention_variant", ["tiled"])
