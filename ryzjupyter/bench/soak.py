@@ -158,7 +158,7 @@ def soak(cells=200, tokens=200, interrupt_share=0.2, chat_share=0.3, seed=0, rss
                                "%config RyzMagics.show_stats = False")
         if content["status"] != "ok":
             raise RuntimeError(f"loading the demo models failed: {content.get('evalue')}")
-        previous_model, conversation, last_on = None, None, {}
+        previous_model, conversation, last_on, took = None, None, {}, {}
         for i in range(cells):
             chat = rng.random() < chat_share
             if chat and conversation is not None and (len(conversation["turns"]) >= 3):
@@ -171,7 +171,11 @@ def soak(cells=200, tokens=200, interrupt_share=0.2, chat_share=0.3, seed=0, rss
             prompt = f"Cell {i}: {rng.choice(['And God said', 'def main():', 'The king', 'In the beginning'])}"
             code = (f"%%ryz -m {model} -n {n} {'--chat' if chat else '--no-chat'} -t 0.8 --seed {i} --stream\n"
                     f"{prompt}")
-            interrupt_at = rng.uniform(0.0, 0.6) if rng.random() < interrupt_share else None
+            # the interrupt lands at a random fraction of how long such a cell took so far (the
+            # same model and kind, uninterrupted), so it falls inside the cell on a fast machine too
+            fraction = rng.uniform(0.0, 1.0) if rng.random() < interrupt_share else None
+            typical = statistics.median(took[(model, chat)][-5:]) if took.get((model, chat)) else 0.6
+            interrupt_at = None if fraction is None else fraction * 0.9 * typical
             res.swaps += previous_model is not None and model != previous_model
             previous_model = model
             cached_before = None
@@ -202,7 +206,9 @@ def soak(cells=200, tokens=200, interrupt_share=0.2, chat_share=0.3, seed=0, rss
             timer = threading.Timer(interrupt_at, due) if interrupt_at is not None else None
             if timer is not None:
                 timer.start()
+            t_cell = time.perf_counter()
             content, msgs = k.execute(code, on_iopub=on_iopub)
+            t_cell = time.perf_counter() - t_cell
             if timer is not None:
                 timer.cancel()
                 res.interrupts_sent += fired[0]
@@ -230,6 +236,8 @@ def soak(cells=200, tokens=200, interrupt_share=0.2, chat_share=0.3, seed=0, rss
             if last["model"] != model:
                 res.failures.append(f"{what}: the reply came from {last['model']!r}")
             interrupted = last["finish_reason"] == "interrupted"
+            if not interrupted and not fired[0]:
+                took.setdefault((model, chat), []).append(t_cell)
             want_plain = last["text"] + (f"\n\n{INTERRUPTED_MARK}" if interrupted else "")
             if plain != want_plain:
                 res.failures.append(f"{what}: the cell shows {plain!r:.80} but the reply is {want_plain!r:.80}")
