@@ -1,8 +1,9 @@
 """Scale-out on Dask: many prompts, texts or documents over the workers of a ``distributed`` cluster.
 
-    from ryzjupyter.distributed import generate_many, perplexity
+    from ryzjupyter.distributed import embed_many, generate_many, perplexity
     results = generate_many(prompts, model="demo", max_new_tokens=64, temperature=0)
     ppl = perplexity(["a.txt", "b.txt"], model="demo")
+    vectors = embed_many(texts)                 # ryzjupyter.embed's rows, in order
 
 ``client``: a ``distributed.Client`` (any cluster: a ``LocalCluster``, dask-jobqueue,
 dask-kubernetes, a scheduler address); None takes the client already made in this process
@@ -48,6 +49,7 @@ import uuid
 from pathlib import Path
 
 import distributed
+import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
 __all__ = ["generate_many", "perplexity", "embed_many", "ModelPlugin", "local_cluster", "local_client", "model_loads",
@@ -410,10 +412,67 @@ def perplexity(files_or_texts, model=None, client=None, *, n_ctx=None, batch_siz
     return results
 
 
-def embed_many(texts, *args, **kwargs):
-    """Embeddings of many texts on a Dask cluster: needs ``ryzjupyter.embed``, not in this build."""
-    raise NotImplementedError("embed_many needs ryzjupyter.embed (the embedding feature), which this "
-                              "version does not have yet")
+def _encoder_name(model) -> str:
+    return "ryzjupyter-encoder-" + hashlib.sha1(json.dumps(model).encode()).hexdigest()[:12]
+
+
+def _embed_task(name, model, texts):
+    """On a worker: the embeddings of a chunk of texts (the encoder loaded once per process)."""
+    from ryzjupyter.memory.embedding import embed, get_encoder
+    with _LOCK:
+        if name not in _MODELS:
+            _MODELS[name] = get_encoder(model)
+            _LOADS[name] += 1
+        enc = _MODELS[name]
+    return list(embed(texts, model=enc))
+
+
+def embed_many(texts, model=None, client=None, *, batch_size=None, out=None, progress=True) -> np.ndarray:
+    """The embeddings of many texts on a Dask cluster: ``ryzjupyter.embed`` on the workers, rows in order.
+
+    Args:
+        texts: strings (the empty string is allowed; long texts are truncated as ``embed`` does).
+        model: what ``ryzjupyter.embed`` takes (None: all-MiniLM-L6-v2, a local folder, a hub id);
+            every worker loads it once (counted in :func:`model_loads`).
+        client: as for :func:`generate_many`.
+        progress: as for :func:`generate_many` (the bar counts texts).
+        batch_size: texts per task (default: about four tasks per worker thread, at most 256 each).
+        out: a list of ``len(texts)`` to fill (None entries are computed, others kept), so an
+            interrupted run keeps the rows that came back.
+
+    Returns:
+        float32 array of shape (len(texts), dim), each row of unit L2 norm.
+    """
+    if isinstance(texts, str):
+        raise TypeError("embed_many() takes a list of texts; for one text use ryzjupyter.embed(text)")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"embed_many(): texts[{i}] is {type(t).__name__}, not str")
+    n = len(texts)
+    out = [None] * n if out is None else out
+    if len(out) != n:
+        raise ValueError(f"out has {len(out)} entries for {n} texts")
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise TypeError("model must be what ryzjupyter.embed takes as a name: None, a folder or a hub id")
+    if model is not None and Path(model).expanduser().is_dir():
+        model = str(Path(model).expanduser().resolve())   # a folder here: the same path on the workers
+    todo = [i for i in range(n) if out[i] is None]
+    if todo:
+        client = _client(client)
+        if not client.nthreads():
+            raise RuntimeError("the Dask cluster has no workers; start some (or wait for them: "
+                               "client.wait_for_workers(1)) before running on it")
+        name = _encoder_name(model)
+        size = batch_size if batch_size is not None else \
+            max(1, min(256, math.ceil(len(todo) / (4 * (sum(client.nthreads().values()) or 1)))))
+        size = _batch_size(client, len(todo), size)
+        tasks = [(_embed_task, (name, model, [texts[i] for i in idx]), idx) for idx in _chunks(todo, size)]
+        _run(client, tasks, out, progress, "embed", "text")
+    if not n:
+        from ryzjupyter.memory.embedding import get_encoder
+        return np.empty((0, get_encoder(model).dim), np.float32)
+    return np.stack(out).astype(np.float32, copy=False)
 
 
 def model_loads(client=None) -> dict:

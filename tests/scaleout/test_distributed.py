@@ -4,6 +4,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 
 import ryzjupyter
@@ -213,3 +214,25 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(client, model):
     while (loads := [c.get(name, 0) for c in rd.model_loads(client).values()]) != [1, 1]:
         assert time.monotonic() < deadline and all(n <= 1 for n in loads), loads
         time.sleep(0.5)
+
+
+def test_embed_many_equals_the_single_process_embeddings(client):
+    texts = ["", "In the beginning God created the heaven and the earth.", "def main(): pass",
+             "word " * 400] + [f"text number {i}" for i in range(9)]
+    got = rd.embed_many(texts, client=client, batch_size=3, progress=False)
+    ref = ryzjupyter.embed(texts)
+    assert got.shape == ref.shape == (len(texts), 384) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)          # the same kernels, the same rows
+    rd.embed_many(texts[:4], client=client, batch_size=1, progress=False)
+    name = rd._encoder_name(None)
+    loads = [per.get(name, 0) for per in rd.model_loads(client).values()]
+    assert sum(loads) >= 1 and max(loads) == 1                     # once per worker that ran a task
+    out = [None] * 3
+    out[1] = ref[1]
+    kept = rd.embed_many(texts[:3], client=client, out=out, progress=False)
+    assert np.array_equal(kept[1], ref[1]) and np.allclose(kept, ref[:3], atol=1e-6)
+    assert rd.embed_many([], client=client, progress=False).shape == (0, 384)
+    with pytest.raises(TypeError, match="list of texts"):
+        rd.embed_many("one text", client=client)
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        rd.embed_many(["a", 3], client=client)
