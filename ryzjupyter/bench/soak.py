@@ -9,7 +9,9 @@ cell the bench checks, from outside the kernel:
 - the reply: the kernel's last reply carries this cell's prompt and model (none lost, none mixed
   up), the cell's final display shows exactly its text, and it is complete (as many tokens as
   asked, or a stop/context reason) or marked interrupted (an interrupt that lands before the
-  generation starts leaves no reply, and the previous one stays);
+  generation starts leaves no reply, and the previous one stays; one that lands in ipykernel's own
+  request handling, outside the cell's code, makes ipykernel drop the execute_reply, which the
+  record counts as `replies_dropped_by_kernel`);
 - the chat: after each turn the history is the conversation so far (each turn's prompt and
   reply, in order), and a turn that follows its conversation's previous turn on the same model
   reuses that turn's KV cache rows (`stats.n_cached`);
@@ -58,6 +60,7 @@ class SoakResult:
     interrupted: int = 0            # replies marked interrupted
     interrupted_before_reply: int = 0   # interrupts that landed before the generation began (no reply)
     interrupts_sent: int = 0
+    replies_dropped_by_kernel: int = 0  # interrupts ipykernel caught outside the cell's code: no execute_reply
     swaps: int = 0                  # cells whose model differs from the previous cell's
     chat_turns: int = 0
     kv_reuse_checked: int = 0       # chat turns that followed their conversation's turn on the same model
@@ -91,8 +94,13 @@ class _Kernel:
         proc = getattr(prov, "process", None) or getattr(self.km, "kernel", None)
         return proc.pid
 
-    def execute(self, code, timeout=300.0, on_iopub=None):
-        """Run code; returns (reply content, this request's iopub messages)."""
+    def execute(self, code, timeout=300.0, on_iopub=None, interrupted=None):
+        """Run code; returns (reply content, this request's iopub messages).
+
+        ipykernel sends no execute_reply when an interrupt lands in its own request handling, outside
+        the cell's code (kernelbase.dispatch_shell logs "KeyboardInterrupt caught in kernel" and goes
+        idle): when `interrupted()` says one was sent, a reply missing 30 s after the idle status is
+        returned as {"status": "dropped", "ename": "KeyboardInterrupt"}."""
         msg_id = self.kc.execute(code)
         msgs = []
         deadline = time.monotonic() + timeout
@@ -108,10 +116,18 @@ class _Kernel:
                 on_iopub(msg)
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 break
-        reply = self.kc.get_shell_msg(timeout=timeout)
-        while reply["parent_header"].get("msg_id") != msg_id:
-            reply = self.kc.get_shell_msg(timeout=timeout)
-        return reply["content"], msgs
+        wait = 30.0 if interrupted is not None and interrupted() else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                reply = self.kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                if wait < timeout:
+                    return {"status": "dropped", "ename": "KeyboardInterrupt",
+                            "evalue": "ipykernel sent no reply (the interrupt landed outside the cell's code)"}, msgs
+                raise TimeoutError(f"no execute_reply for {code[:60]!r} within {timeout} s") from None
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply["content"], msgs
 
     def value(self, expr, timeout=60.0):
         content, msgs = self.execute(f"import json as _j; print(_j.dumps({expr}))", timeout)
@@ -183,13 +199,14 @@ def soak(cells=200, tokens=200, interrupt_share=0.2, chat_share=0.3, seed=0, rss
                 cached_before = k.value(f"len(__import__('ryzjupyter.manager').manager.MANAGER.get({model!r})"
                                         ".session.cache.tokens)")
             fired = [False]
-            state = {"busy": False, "idle": False, "due": False}
+            state = {"input": False, "idle": False, "due": False}
             lock = threading.Lock()
 
             def fire_if_running(state=state, fired=fired, lock=lock):
-                # interrupt only while this cell runs (between its busy and idle): the stop button's case
+                # interrupt only while this cell runs (after its execute_input, before its idle): the
+                # stop button's case
                 with lock:
-                    if state["due"] and state["busy"] and not state["idle"] and not fired[0]:
+                    if state["due"] and state["input"] and not state["idle"] and not fired[0]:
                         fired[0] = True
                         k.interrupt()
 
@@ -198,16 +215,19 @@ def soak(cells=200, tokens=200, interrupt_share=0.2, chat_share=0.3, seed=0, rss
                 fire_if_running()
 
             def on_iopub(msg, state=state):
-                if msg["msg_type"] == "status":
-                    with lock:
-                        state[msg["content"]["execution_state"]] = True
+                with lock:
+                    if msg["msg_type"] == "execute_input":
+                        state["input"] = True
+                    elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                        state["idle"] = True
                 fire_if_running()
 
             timer = threading.Timer(interrupt_at, due) if interrupt_at is not None else None
             if timer is not None:
                 timer.start()
             t_cell = time.perf_counter()
-            content, msgs = k.execute(code, on_iopub=on_iopub)
+            content, msgs = k.execute(code, on_iopub=on_iopub, interrupted=lambda: fired[0])
+            res.replies_dropped_by_kernel += content["status"] == "dropped"
             t_cell = time.perf_counter() - t_cell
             if timer is not None:
                 timer.cancel()
@@ -314,7 +334,7 @@ def run(args) -> int:
                log=lambda s: print(s, flush=True))
     print(f"{res.cells} cells in {res.seconds:.0f} s: {res.complete} complete, {res.interrupted} interrupted, "
           f"{res.interrupted_before_reply} interrupted before their reply began ({res.interrupts_sent} interrupts "
-          f"sent), {res.swaps} hot-swaps, {res.chat_turns} chat turns ({res.kv_reuse_checked} checked for KV reuse)")
+          f"sent, {res.replies_dropped_by_kernel} execute_reply dropped by ipykernel), {res.swaps} hot-swaps, {res.chat_turns} chat turns ({res.kv_reuse_checked} checked for KV reuse)")
     print(f"kernel RSS: {res.rss_warm_mib:.1f} MiB after the warm-up, {res.rss_final_mib:.1f} MiB at the end: "
           f"{res.rss_growth_mib:+.2f} MiB (bound {res.rss_bound_mib:g} MiB; slope "
           f"{res.rss_slope_kib_per_cell:+.1f} KiB/cell)")
