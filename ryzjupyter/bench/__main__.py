@@ -19,6 +19,7 @@ def main(argv=None) -> int:
     __import__("ryzjupyter.bench.memory", fromlist=["add_parser"]).add_parser(sub)
     __import__("ryzjupyter.bench.soak", fromlist=["add_parser"]).add_parser(sub)
     __import__("ryzjupyter.bench.recurrent", fromlist=["add_parser"]).add_parser(sub)
+    __import__("ryzjupyter.bench.copy", fromlist=["add_parser"]).add_parser(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv                  # recorded with the results (--json)

@@ -438,10 +438,26 @@ def recurrent_tables(d: dict) -> str:
     return "\n".join(out)
 
 
+# ---- bench copy ----------------------------------------------------------------------------------
+
+def copy_tables(d: dict) -> str:
+    """`bench copy`: greedy reproduction of a repeated passage, second/first perplexity."""
+    out = _machine_lines(d)
+    R = d["records"]
+    out += ["", *_table(["model", "context", "passages x tokens", "next tokens reproduced (mean)", "median",
+                         "perplexity: first", "second", "second / first"],
+                        [[r["model"], r["context"], f"{r['passages']} x {r['passage_tokens']} ({r['file']})",
+                          f"**{r['copied_mean']:.1%}**".replace("%", " %"), f"{r['copied_median']:.1%}".replace("%", " %"),
+                          f"{r['ppl_first']:.2f}", f"{r['ppl_second']:.2f}", f"**{r['second_over_first']:.3f}**"]
+                         for r in R])]
+    return "\n".join(out) + "\n"
+
+
 # bench name (the record's "bench") -> renderer of one record; a new benchmark adds its own here
 RENDERERS = {"kernels": kernels_tables, "model": model_tables, "serve": serve_tables, "dask": dask_tables,
              "speculative": speculative_tables, "embed": embed_tables, "memory": memory_tables,
-             "soak": soak_tables, "recurrent": recurrent_tables}
+             "soak": soak_tables, "recurrent": recurrent_tables,
+             "copy": copy_tables}
 
 
 def _bench_of(d: dict):

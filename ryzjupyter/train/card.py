@@ -202,6 +202,10 @@ perplexity. Throughput on 1 Zen 4 thread: ≈ 2,450 training tokens per CPU-seco
 * The corpus is a single 17th-century religious text: archaic English, its worldview and biases; nothing else.
 * Context 256 tokens; trained only from position 0 of random windows (no BOS at most window starts).
 * The chat format is learned only superficially (user verse → assistant continues with following verses).
+* They do not read their context: given a held-out passage and then its first 16 tokens again, greedy decoding
+  reproduces 3.0 % (`demo`) and 5.6 % (`demo-draft`) of the next 64 tokens, and the passage's second occurrence is
+  barely easier than its first (perplexity ratio 0.955 / 0.969); `python -m ryzjupyter.bench copy`, AMD EPYC Zen 4,
+  2026-12-07 (docs/performance.md, "In-context copying").
 """
     for folder, title in ((a.main, None), (a.draft, "demo-draft")):
         with open(os.path.join(folder, "MODEL_CARD.md"), "w", encoding="utf-8") as f:
