@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ryzjupyter.engine.checkpoint import CheckpointError, detect_kind
-from ryzjupyter.families.recurrent import (FLOAT_DTYPES, K, Linear, RecurrentModel, check_float,
-                                          config_int)
+from ryzjupyter.families.head_and_state import head_nbytes, layer_state, lm_head
+from ryzjupyter.families.recurrent import K, Linear, RecurrentModel, check_float, config_int
 
 
 @dataclass
@@ -129,25 +129,12 @@ class MambaModel(RecurrentModel):
             if progress is not None:
                 progress(l + 1, c.n_layers)
         self.norm_f = check_float(ck, "backbone.norm_f.weight", (c.dim,))
-        if "lm_head.weight" in ck and not c.tied:
-            head = check_float(ck, "lm_head.weight", (c.vocab_size, c.dim))
-        elif c.tied:
-            head = self.embed
-            if "lm_head.weight" in ck:                      # a stored copy of the tied embedding
-                ck.require("lm_head.weight", (c.vocab_size, c.dim), FLOAT_DTYPES)
-        else:
-            raise CheckpointError("tie_word_embeddings is false but the checkpoint has no lm_head.weight; "
-                                  "the checkpoint is incomplete")
-        self.lm_head = Linear(head, None, "f32")
+        self.lm_head = lm_head(ck, "lm_head.weight", self.embed, c.tied)
         self.vocab_size = c.vocab_size
 
     def fresh_state(self):
         c = self.config
-        st = []
-        for _ in range(c.n_layers):
-            st.append(np.zeros((c.d_inner, c.d_conv), np.float32))
-            st.append(np.zeros((c.d_inner, c.d_state), np.float32))
-        return st
+        return layer_state(c.n_layers, ((c.d_inner, c.d_conv), 0.0), ((c.d_inner, c.d_state), 0.0))
 
     def _final_norm(self, rows):
         x = np.empty_like(rows)
@@ -189,9 +176,7 @@ class MambaModel(RecurrentModel):
         p.linear(p.LOGITS, x, self.lm_head)
 
     def _nbytes(self):
-        n = self.embed.nbytes + self.norm_f.nbytes
-        if self.lm_head.w is not self.embed:
-            n += self.lm_head.nbytes
+        n = self.embed.nbytes + self.norm_f.nbytes + head_nbytes(self.lm_head, self.embed)
         for lw in self.layers:
             n += sum(getattr(lw, a).nbytes for a in ("in_x", "in_z", "x_dt", "x_B", "x_C", "dt", "out", "norm",
                                                      "conv_w", "A", "D"))

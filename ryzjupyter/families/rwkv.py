@@ -24,7 +24,8 @@ import numpy as np
 
 from ryzjupyter.engine.checkpoint import CheckpointError, detect_kind
 from ryzjupyter.engine.profiling import PROFILER
-from ryzjupyter.families.recurrent import FLOAT_DTYPES, K, Linear, RecurrentModel, check_float, config_int
+from ryzjupyter.families.head_and_state import head_nbytes, layer_state, lm_head
+from ryzjupyter.families.recurrent import K, Linear, RecurrentModel, check_float, config_int
 
 
 @dataclass
@@ -158,28 +159,16 @@ class RwkvModel(RecurrentModel):
             if progress is not None:
                 progress(l + 1, c.n_layers)
         self.ln_out = (check_float(ck, "rwkv.ln_out.weight", (c.dim,)), check_float(ck, "rwkv.ln_out.bias", (c.dim,)))
-        if "head.weight" in ck and not c.tied:
-            head = check_float(ck, "head.weight", (c.vocab_size, c.dim))
-        elif c.tied:
-            head = self.embed
-            if "head.weight" in ck:
-                ck.require("head.weight", (c.vocab_size, c.dim), FLOAT_DTYPES)
-        else:
-            raise CheckpointError("tie_word_embeddings is false but the checkpoint has no head.weight; "
-                                  "the checkpoint is incomplete")
-        self.lm_head = Linear(head, None, "f32")
+        self.lm_head = lm_head(ck, "head.weight", self.embed, c.tied)
         self.vocab_size = c.vocab_size
 
     def fresh_state(self):
         c = self.config
-        st = []
-        for _ in range(c.n_layers):
-            st.append(np.zeros(c.dim, np.float32))                 # attention token shift
-            st.append(np.zeros(c.d_att, np.float32))               # aa
-            st.append(np.zeros(c.d_att, np.float32))               # bb
-            st.append(np.full(c.d_att, -1e38, np.float32))         # pp
-            st.append(np.zeros(c.dim, np.float32))                 # feed-forward token shift
-        return st
+        return layer_state(c.n_layers,
+                           (c.dim, 0.0),                            # attention token shift
+                           (c.d_att, 0.0), (c.d_att, 0.0),          # aa, bb
+                           (c.d_att, -1e38),                        # pp
+                           (c.dim, 0.0))                            # feed-forward token shift
 
     def _final_norm(self, rows):
         return np.ascontiguousarray(layernorm(rows, *self.ln_out, 1e-5), dtype=np.float32)
@@ -239,10 +228,7 @@ class RwkvModel(RecurrentModel):
         p.linear(p.LOGITS, x, self.lm_head)
 
     def _nbytes(self):
-        n = self.embed.nbytes + sum(lw.nbytes for lw in self.layers)
-        if self.lm_head.w is not self.embed:
-            n += self.lm_head.nbytes
-        return n
+        return self.embed.nbytes + sum(lw.nbytes for lw in self.layers) + head_nbytes(self.lm_head, self.embed)
 
     def __repr__(self):
         c = self.config

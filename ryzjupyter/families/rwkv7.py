@@ -31,7 +31,8 @@ import numpy as np
 
 from ryzjupyter.engine.checkpoint import CheckpointError, detect_kind
 from ryzjupyter.engine.profiling import PROFILER
-from ryzjupyter.families.recurrent import FLOAT_DTYPES, K, Linear, RecurrentModel, check_float, config_int
+from ryzjupyter.families.head_and_state import head_nbytes, layer_state, lm_head
+from ryzjupyter.families.recurrent import K, Linear, RecurrentModel, check_float, config_int
 from ryzjupyter.families.rwkv import layernorm, shifted, sigmoid
 
 DECAY_SCALE = np.float32(0.606531)          # e^-0.5
@@ -185,25 +186,12 @@ class Rwkv7Model(RecurrentModel):
             if progress is not None:
                 progress(l + 1, c.n_layers)
         self.ln_out = (check_float(ck, "ln_out.weight", (c.dim,)), check_float(ck, "ln_out.bias", (c.dim,)))
-        if "head.weight" in ck and not c.tied:
-            head = check_float(ck, "head.weight", (c.vocab_size, c.dim))
-        elif c.tied:
-            head = self.embed
-            if "head.weight" in ck:
-                ck.require("head.weight", (c.vocab_size, c.dim), FLOAT_DTYPES)
-        else:
-            raise CheckpointError("the checkpoint has no head.weight (and tie_word_embeddings is false)")
-        self.lm_head = Linear(head, None, "f32")
+        self.lm_head = lm_head(ck, "head.weight", self.embed, c.tied)
         self.vocab_size = c.vocab_size
 
     def fresh_state(self):
         c = self.config
-        st = []
-        for _ in range(c.n_layers):
-            st.append(np.zeros(c.dim, np.float32))
-            st.append(np.zeros((c.n_heads, c.head_size, c.head_size), np.float32))
-            st.append(np.zeros(c.dim, np.float32))
-        return st
+        return layer_state(c.n_layers, (c.dim, 0.0), ((c.n_heads, c.head_size, c.head_size), 0.0), (c.dim, 0.0))
 
     def _final_norm(self, rows):
         return np.ascontiguousarray(layernorm(rows, *self.ln_out, 1e-5), dtype=np.float32)
@@ -294,10 +282,7 @@ class Rwkv7Model(RecurrentModel):
         p.linear(p.LOGITS, x, self.lm_head)
 
     def _nbytes(self):
-        n = self.embed.nbytes + sum(lw.nbytes for lw in self.layers)
-        if self.lm_head.w is not self.embed:
-            n += self.lm_head.nbytes
-        return n
+        return self.embed.nbytes + sum(lw.nbytes for lw in self.layers) + head_nbytes(self.lm_head, self.embed)
 
     def __repr__(self):
         c = self.config

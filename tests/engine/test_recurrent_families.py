@@ -250,6 +250,42 @@ def test_extra_tensor_and_wrong_dtype(tmp_path, name):
         ryzjupyter.load(str(d2))
 
 
+# the head and state every recurrent family builds with families/head_and_state.py
+@pytest.mark.parametrize("name,head", [("mamba_f16_untied", "lm_head.weight"), ("rwkv_f32", "head.weight")])
+def test_untied_head_missing_is_a_clear_error(tmp_path, name, head):
+    d = _copy(tmp_path, name)
+    _set_config(d, tie_word_embeddings=False)
+    _rewrite(d, lambda sd: sd.pop(head))
+    with pytest.raises(CheckpointError, match=f"^tie_word_embeddings is false but the checkpoint has no {head}; "
+                                              "the checkpoint is incomplete$"):
+        ryzjupyter.load(str(d))
+
+
+def test_tied_head_is_the_embedding_and_a_stored_copy_is_checked(tmp_path):
+    d = _copy(tmp_path, "mamba_f32")
+    _set_config(d, tie_word_embeddings=True)
+    m = ryzjupyter.load(str(d))
+    assert m.lm_head.w is m.embed                              # no second copy, none counted
+    untied = model("mamba_f16_untied")
+    assert untied.lm_head.w is not untied.embed
+    from ryzjupyter.families.head_and_state import head_nbytes
+    assert head_nbytes(m.lm_head, m.embed) == 0 and head_nbytes(untied.lm_head, untied.embed) == untied.lm_head.nbytes
+    _rewrite(d, lambda sd: sd.__setitem__("lm_head.weight", sd["backbone.embeddings.weight"][:-1].copy()))
+    with pytest.raises(CheckpointError, match="lm_head.weight.*has shape"):
+        ryzjupyter.load(str(d))
+
+
+def test_layer_state_is_layer_major_with_its_fills():
+    from ryzjupyter.families.head_and_state import layer_state
+    st = layer_state(2, (3, 0.0), ((2, 2), -1e38))
+    assert [a.shape for a in st] == [(3,), (2, 2), (3,), (2, 2)]
+    assert all(a.dtype == np.float32 for a in st) and not st[0].any() and (st[3] == np.float32(-1e38)).all()
+    assert st[1] is not st[3]                                  # separate arrays, updated in place per layer
+    m = model("rwkv_f32")                                      # RWKV-4: pp starts at -1e38, the rest at 0
+    fresh = m.fresh_state()
+    assert len(fresh) == 5 * m.config.n_layers and (fresh[3] < -1e37).all() and not fresh[5].any()
+
+
 @pytest.mark.parametrize("model_type,match", [("falcon_mamba", "variant ryzjupyter does not implement"),
                                               ("rwkv6", "variant ryzjupyter does not implement"),
                                               ("hyena", "unknown architecture")])
@@ -317,6 +353,16 @@ def test_rwkv7_generation_and_state_reuse(rwkv7_folders):
     assert r.tokens == seq[len(ids):]
     r2 = s.generate(ids + r.tokens + [1, 2], max_new_tokens=2, temperature=0, ignore_eos=True)
     assert r2.stats.n_cached == len(ids) + 5 and r2.stats.n_prefill == 3
+
+
+def test_rwkv7_untied_head_missing_is_the_same_error(tmp_path, rwkv7_folders):
+    import shutil
+    d = tmp_path / "r7"
+    shutil.copytree(rwkv7_folders["f32"], d)
+    _set_config(d, tie_word_embeddings=False)
+    _rewrite(d, lambda sd: sd.pop("head.weight"))
+    with pytest.raises(CheckpointError, match="^tie_word_embeddings is false but the checkpoint has no head.weight"):
+        ryzjupyter.load(str(d))
 
 
 def test_rwkv7_fla_naming_is_refused_clearly(tmp_path, rwkv7_folders):

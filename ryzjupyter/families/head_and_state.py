@@ -1,0 +1,40 @@
+"""What every recurrent family (Mamba, Mamba-2, RWKV-4, RWKV-7) builds the same way: its LM
+head (its own matrix, or the tied embedding) and its fresh state (float32 arrays, per layer).
+
+    self.lm_head = lm_head(ck, "lm_head.weight", self.embed, c.tied)
+    def fresh_state(self):
+        return layer_state(c.n_layers, ((c.d_inner, c.d_conv), 0.0), ((c.d_inner, c.d_state), 0.0))
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ryzjupyter.engine.checkpoint import CheckpointError
+from ryzjupyter.families.recurrent import FLOAT_DTYPES, Linear, check_float
+
+
+def lm_head(ck, name, embed, tied) -> Linear:
+    """The float32 LM head: the checkpoint's `name` [V, D] when the config does not tie it to the
+    embedding, else `embed` itself (a stored copy of the tied matrix is checked, not loaded).
+    CheckpointError when the head is untied and missing."""
+    shape = embed.shape
+    if not tied:
+        if name not in ck:
+            raise CheckpointError(f"tie_word_embeddings is false but the checkpoint has no {name}; "
+                                  "the checkpoint is incomplete")
+        return Linear(check_float(ck, name, shape), None, "f32")
+    if name in ck:
+        ck.require(name, shape, FLOAT_DTYPES)
+    return Linear(embed, None, "f32")
+
+
+def head_nbytes(head: Linear, embed) -> int:
+    """Bytes the head adds to the model: none when it is the tied embedding."""
+    return 0 if head.w is embed else head.nbytes
+
+
+def layer_state(n_layers, *arrays) -> list:
+    """A fresh state: for each of n_layers layers, one float32 array per (shape, fill) in
+    `arrays`, in that order (layer-major: layer l's arrays at l * len(arrays) ...)."""
+    return [np.full(shape, fill, np.float32) for _ in range(n_layers) for shape, fill in arrays]
