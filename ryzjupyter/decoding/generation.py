@@ -257,9 +257,14 @@ class Session:
             s.interrupt()
         return s.result
 
-    def chat(self, message, max_new_tokens=256, *, system=None, stream=False, **kw):
+    def chat(self, message, max_new_tokens=256, *, system=None, stream=False, recycle=None,
+             recycle_k=recycling.DEFAULT_K, recycle_budget=recycling.DEFAULT_BUDGET, **kw):
         """Chat turn. `message` is a string (appended to this session's history as the user's turn;
-        the reply is added when generation ends) or a full list of messages (history untouched)."""
+        the reply is added when generation ends) or a full list of messages (history untouched).
+        ``recycle=bank``: the RSUs retrieved for the user's (last) message go before it in that
+        turn, within ``recycle_budget`` tokens, skipping units the conversation already holds
+        (decoding/recycling.py); the history keeps the turn as the model read it, context included,
+        and ``result.recycled`` lists them."""
         tok = self.model.tokenizer
         if tok is None:
             raise ValueError("chat needs a tokenizer with a chat template; this model folder has no "
@@ -275,6 +280,15 @@ class Session:
             if system is not None:
                 msgs.insert(0, {"role": "system", "content": system})
             keep = False
+        recalled = []
+        if recycle is not None:
+            last = msgs[-1] if msgs else None
+            if not isinstance(last, dict) or last.get("role") != "user" or not isinstance(last.get("content"), str):
+                raise TypeError("recycle= in chat needs the last message to be the user's, with text content "
+                                "(the bank is searched with it)")
+            seen = "\n".join(str(m.get("content", "")) for m in msgs[:-1])
+            recalled = recycling.recall(recycle, last["content"], tok, recycle_k, recycle_budget, seen=seen)
+            msgs[-1] = {**last, "content": recycling.with_context(last["content"], recalled)}
         text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         prev_text, prev_ids = self._chat_tail
         if prev_text and text.startswith(prev_text):
@@ -304,6 +318,8 @@ class Session:
             self._chat_tail = (text + result.text, list(ids) + toks)
 
         ts = TextStream(self, ids, max_new_tokens, stop=stop, on_done=on_done, **kw)
+        ts.recycled = recalled
+        ts.user_message = msgs[-1]["content"] if recycle is not None else None   # the turn as the model read it
         if stream:
             return ts
         try:

@@ -4,8 +4,9 @@ The bank is any object with ``search(query, k) -> hits`` whose hits have ``.id``
 ``.score`` (ryzjupyter.RecycleBank; this layer does not import it). For a text prompt:
 
 1. retrieve: ``bank.search(prompt, k * 2)`` (twice what is wanted, for the next steps);
-2. dedup: a hit whose text is contained in the prompt, or in a hit already kept, is dropped, and
-   so is one whose cosine with the prompt is under MIN_SCORE (0.1: unrelated);
+2. dedup: a hit whose text is contained in the prompt, in a hit already kept, or (chat) in the
+   system prompt or an earlier turn, is dropped, and so is one whose cosine with the prompt is under
+   MIN_SCORE (0.1: unrelated);
 3. re-rank: by score, ties by the shorter text (more room for others);
 4. budget: hits are kept best first while their tokens (the model's tokenizer) fit in
    ``recycle_budget`` tokens; at most ``recycle_k`` of them;
@@ -14,7 +15,8 @@ The bank is any object with ``search(query, k) -> hits`` whose hits have ``.id``
        <rsu 1>\n<rsu 2>\n...\n\n<prompt>
 
    and the generation's result lists them in ``result.recycled`` (the provenance: id, score,
-   source, text).
+   source, text). In chat (``session.chat(..., recycle=bank)``) the block goes before the user's
+   text inside that user turn, which the chat history keeps as the model read it.
 
 This changes the output (the prompt is longer): it is a lossy memory, unlike the lossless
 drafters of speculative decoding, which may take the same texts as candidate continuations.
@@ -45,8 +47,11 @@ class Recalled:
         return f"Recalled({self.score:.3f}, {self.source}, {t!r}, {self.tokens} tokens, id={self.id[:8]})"
 
 
-def recall(bank, prompt: str, tokenizer, k: int = DEFAULT_K, budget: int = DEFAULT_BUDGET) -> list:
-    """The RSUs for ``prompt`` (steps 1-4 of the module's docstring), best first."""
+def recall(bank, prompt: str, tokenizer, k: int = DEFAULT_K, budget: int = DEFAULT_BUDGET, *,
+           seen: str = "") -> list:
+    """The RSUs for ``prompt`` (steps 1-4 of the module's docstring), best first. ``seen``: text the
+    model already reads besides the prompt (a chat's system prompt and earlier turns); a unit it
+    contains is not put in again."""
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"recycle_k must be a positive int, got {k!r}")
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
@@ -58,7 +63,8 @@ def recall(bank, prompt: str, tokenizer, k: int = DEFAULT_K, budget: int = DEFAU
     kept, used = [], 0
     for h in hits:
         text = h.text.strip()
-        if not text or float(h.score) < MIN_SCORE or text in prompt or any(text in r.text for r in kept):
+        if (not text or float(h.score) < MIN_SCORE or text in prompt or (seen and text in seen)
+                or any(text in r.text for r in kept)):
             continue
         n = len(tokenizer.encode(text + SEPARATOR, add_special_tokens=False)) if tokenizer is not None else len(text.split())
         if used + n > budget:

@@ -76,3 +76,24 @@ def test_recalled_units_feed_the_lookup_drafter_losslessly(model, bank):
     assert fast.tokens == plain.tokens and fast.prompt_tokens == plain.prompt_tokens
     assert [r.id for r in fast.recycled] == [r.id for r in plain.recycled]
     assert fast.stats.drafter == "lookup" and fast.stats.drafted > 0
+
+
+def test_chat_with_recycle_puts_units_in_the_user_turn(model, bank):
+    s = model.new_session()
+    r = s.chat("And God said", 6, temperature=0, system="Be brief.", recycle=bank, recycle_k=2)
+    assert 1 <= len(r.recycled) <= 2 and r.recycled[0].text == NOTES[2]
+    turn = recycling.with_context("And God said", r.recycled)
+    assert s.history[:2] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": turn}]
+    want = model.tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                                {"role": "user", "content": turn}],
+                                               add_generation_prompt=True, tokenize=False)
+    assert r.prompt_tokens == model.tokenizer.encode(want, add_special_tokens=False)
+    # the next turn does not put in again what the conversation holds
+    r2 = s.chat("And God said, Let there be light", 4, temperature=0, recycle=bank, recycle_k=5)
+    assert NOTES[2] not in [x.text for x in r2.recycled]
+    # the list form: the history is untouched, the last user message gets the units
+    s2 = model.new_session()
+    r3 = s2.chat([{"role": "user", "content": "And God said"}], 4, temperature=0, recycle=bank, recycle_k=1)
+    assert [x.text for x in r3.recycled] == [NOTES[2]] and s2.history == []
+    with pytest.raises(TypeError, match="last message"):
+        s2.chat([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], 2, recycle=bank)

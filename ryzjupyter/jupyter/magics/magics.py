@@ -164,8 +164,6 @@ class RyzMagics(Magics):
         name, model = self._model_for_cell(args.model)
 
         messages = None
-        if args.recycle is not None and (chat or system):
-            raise UsageError("--recycle works on plain completions for now; add --no-chat (and no --system)")
         if chat or system:
             messages = list(self.history) if chat else []
             has_system = bool(messages) and messages[0]["role"] == "system"
@@ -183,7 +181,9 @@ class RyzMagics(Magics):
             else:
                 ts = self._open(lambda: model.chat(messages + [{"role": "user", "content": prompt}],
                                                    stream=True, **gen), chat=True)
-            messages.append({"role": "user", "content": prompt})
+            # with --recycle the turn holds the recalled units before the prompt, as the model read it
+            user_turn = getattr(ts, "user_message", None)
+            messages.append({"role": "user", "content": user_turn if isinstance(user_turn, str) else prompt})
         else:
             ts = self._open(lambda: model.stream(prompt, **gen), chat=False)
 
