@@ -59,6 +59,7 @@ enum {
 #define RD_MAXDIMS 4
 #define RD_COLS (1 + 2 * RD_MAXOPS + RD_MAXDIMS)
 #define RD_MAXSTATES 4096
+#define RD_MAXSCRATCH ((int64_t)1 << 28) /* floats (1 GiB): a plan's temporaries for one token */
 
 typedef struct {
     int op;
@@ -136,8 +137,9 @@ PyDoc_STRVAR(recurrent_plan_doc,
 "Check and pin a recurrent family's decode program (see recurrent_decode.c): program int64\n"
 "[n_ops, 25], floats float32 [n_ops], weights a list of C-contiguous float32 or int8 arrays,\n"
 "scratch_len floats of scratch, state_lens the float count of each state array a call passes,\n"
-"n_logits the logits' length, vocab the embedding's rows. Every operand's extent is checked\n"
-"against its array here; a program that would read or write out of bounds is a ValueError.");
+"n_logits the logits' length, vocab the token bound (at most each embedding op's rows),\n"
+"scratch_len at most 2^28. Every operand's extent is checked against its array here; a program\n"
+"that would read or write out of bounds is a ValueError.");
 
 static PyObject *py_recurrent_plan(PyObject *self, PyObject *args) {
     RYZ_UNUSED(self);
@@ -157,6 +159,11 @@ static PyObject *py_recurrent_plan(PyObject *self, PyObject *args) {
         goto fail;
     if (scratch_len < 0 || n_logits < 0 || vocab < 1 || PyList_GET_SIZE(osl) > RD_MAXSTATES) {
         PyErr_SetString(PyExc_ValueError, "recurrent_plan: negative sizes or too many state arrays");
+        goto fail;
+    }
+    if (scratch_len > RD_MAXSCRATCH) {
+        PyErr_Format(PyExc_ValueError, "recurrent_plan: scratch_len %lld is past the bound (%lld floats)",
+                     scratch_len, (long long)RD_MAXSCRATCH);
         goto fail;
     }
     p->n_ops = (int)ryz_dim(prog, 0);
@@ -222,6 +229,11 @@ static PyObject *py_recurrent_plan(PyObject *self, PyObject *args) {
         }
         if (o->op == RD_GEMV_I8 && (o->d[1] > RYZ_MATMUL_I8_MAX_K)) {
             PyErr_Format(PyExc_ValueError, "program op %d: K too large for int8", n);
+            goto fail_w;
+        }
+        if (o->op == RD_EMBED && o->d[1] < vocab) {     /* a token the plan accepts must have its row */
+            PyErr_Format(PyExc_ValueError, "program op %d: the embedding has %lld rows, vocab is %lld", n,
+                         (long long)o->d[1], (long long)vocab);
             goto fail_w;
         }
         if (o->op == RD_GEMV_I8 && o->d[1] > widest) widest = o->d[1];

@@ -1,14 +1,17 @@
 """The fuzz harnesses in CI: each runs for RYZ_FUZZ_SECONDS (default 10) from its committed corpus
-in a process of its own (tests/fuzz/run.py), and every input that ever crashed one is replayed here
-too. The runner itself is checked on a harness that fails on purpose: a segfault, an escaped
-exception and a hang are each reported with the input that caused them."""
+in a process of its own (tests/fuzz/run.py), and its whole corpus (every input that ever crashed
+one among them) is replayed here too, without the fuzzer (tests/fuzz/replay.py). The runner itself
+is checked on a harness that fails on purpose: a segfault, an escaped exception and a hang are
+each reported with the input that caused them."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from .run import CORPUS, HARNESSES, run_harness
+from .run import CORPUS, HARNESSES, ROOT, _signal_name, run_harness
 
 
 @pytest.mark.parametrize("name", HARNESSES)
@@ -19,13 +22,15 @@ def test_harness_finds_nothing(name):
 
 
 _IN_PROCESS = [p for name in HARNESSES if name != "native_args"            # a native crash would end pytest
-               for p in sorted((CORPUS / name).glob("crash-*"))]
+               for p in sorted((CORPUS / name).iterdir())]
 
 
 @pytest.mark.parametrize("path", _IN_PROCESS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_regression_case(path, monkeypatch):
-    """Every crash found while building the harnesses stays fixed (the fuzz run replays them as
-    well; here each is a test of its own, named after the bug)."""
+    """The committed corpus replayed through each harness's target, without atheris's mutation:
+    every crash found while building the harnesses (crash-*) stays fixed, every input once accepted
+    wrongly (case-*) and every seed gets an allowed outcome; each file is a test of its own, named
+    after the bug."""
     import importlib
 
     from ryzjupyter.engine import tokenizer
@@ -35,6 +40,26 @@ def test_regression_case(path, monkeypatch):
     monkeypatch.setenv("RYZ_FUZZ_SECRET", "")
     harness = importlib.import_module(f"tests.fuzz.harnesses.{path.parent.name}")
     harness.one_input(path.read_bytes())
+
+
+def test_native_corpus_replays():
+    """native_args' corpus through its target in a process of its own (a regression there is a
+    segfault): every input ends cleanly, and each crash-* case still names a binding this build
+    has (`@NAME` first: the bytes after it keep their meaning when bindings are added)."""
+    from ryzjupyter import _native
+    cases = sorted((CORPUS / "native_args").glob("crash-*"))
+    assert cases, "native_args keeps no regression case"
+    for p in cases:
+        head = p.read_bytes().partition(b"\n")[0]
+        assert head.startswith(b"@") and hasattr(_native, head[1:].decode()), f"{p.name} names no binding: {head!r}"
+    proc = subprocess.run([sys.executable, "-m", "tests.fuzz.replay", "native_args"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    out = proc.stdout.splitlines()
+    last = next((s for s in reversed(out) if s.startswith("replay ")), "(before the first input)")
+    assert proc.returncode == 0, (f"exit status {proc.returncode}{_signal_name(proc.returncode)} at "
+                                  f"{last[len('replay '):]}\n" + "\n".join(out[-30:]))
+    assert out[-1] == f"native_args: {len(list((CORPUS / 'native_args').iterdir()))} inputs replayed, no finding"
 
 
 @pytest.mark.parametrize("how,kind", [("segv", "crash"), ("keyerror", "crash"), ("hang", "timeout")])

@@ -3,7 +3,10 @@ start from a valid call and are mutated: an array's dtype, shape, contiguity, wr
 contents, an argument aliased to another, a number out of range, a wrong type, an argument
 dropped or added, one model's decode plan with another model's caches. Allowed: the call
 returns, or raises TypeError/ValueError/OverflowError (Python's own for an int that does not fit
-a C type) with a message. A segfault or abort ends the process: the runner reports the input.
+a C type) with a message. A plan that recurrent_plan accepts is then run (one decode step of the
+last token it accepts): a plan that passed the checks must be safe. A segfault or abort ends the
+process: the runner reports the input. An input that starts with `@NAME` and a newline calls that
+binding (the regression cases: their bytes keep their meaning when bindings are added).
 
 The valid calls are recorded from real use (the packed fixture loaded with each ternary layout,
 head and KV cache format, generating, batching and verifying; the online fixture), plus the
@@ -123,9 +126,10 @@ def _fill(fdp, a):
     if kind == 0:
         v = fdp.PickValueInList([0, 1, -1, 127, -128, 255]) if a.dtype.kind in "iub" else fdp.PickValueInList(list(FLOATS))
         a.flat[fdp.ConsumeIntInRange(0, a.size - 1)] = np.array(v).astype(a.dtype)     # wraps, as C would
-    elif kind == 1:
-        raw = fdp.ConsumeBytes(min(a.nbytes, 4096))
-        a.view(np.uint8).reshape(-1)[:len(raw)] = np.frombuffer(raw, np.uint8)
+    elif kind == 1:                      # a window of raw bytes: any field of a program, any value
+        start = fdp.ConsumeIntInRange(0, a.nbytes - 1)
+        raw = fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, min(a.nbytes - start, 4096)))
+        a.view(np.uint8).reshape(-1)[start:start + len(raw)] = np.frombuffer(raw, np.uint8)
     elif kind == 2 and a.dtype.kind == "f":
         a[...] = fdp.PickValueInList(list(FLOATS))
     return a
@@ -193,9 +197,30 @@ def _mutate(fdp, x, args):
     return x
 
 
+def _run_plan(plan, args):
+    """A recurrent plan that passed recurrent_plan's checks must be safe to run: one decode step of
+    the last token the plan accepts, with states and logits of the sizes it was made for."""
+    state_lens, n_logits, vocab = args[4], args[5], args[6]
+    if not (isinstance(state_lens, list) and all(type(n) is int for n in state_lens) and type(n_logits) is int
+            and type(vocab) is int and sum(state_lens) + n_logits <= 1 << 26):
+        return
+    _native.recurrent_decode(plan, vocab - 1, [np.zeros(n, np.float32) for n in state_lens],
+                             np.zeros(n_logits, np.float32))
+
+
+def _pick_name(fdp, data):
+    """`@NAME\n` before the fuzzed bytes names the binding (a regression case keeps its meaning
+    when bindings are added); otherwise the bytes pick it."""
+    if data.startswith(b"@"):
+        head, _, _ = data.partition(b"\n")
+        name = head[1:].decode("ascii", "replace")
+        if name in NAMES:
+            return name, atheris.FuzzedDataProvider(data[len(head) + 1:])
+    return fdp.PickValueInList(NAMES), fdp
+
+
 def one_input(data: bytes):
-    fdp = atheris.FuzzedDataProvider(data)
-    name = fdp.PickValueInList(NAMES)
+    name, fdp = _pick_name(atheris.FuzzedDataProvider(data), data)
     base = [a.copy() if isinstance(a, np.ndarray) else list(a) if isinstance(a, list) else a for a in CALLS[name]]
     args = list(base)
     for i in range(len(args)):
@@ -210,7 +235,9 @@ def one_input(data: bytes):
     previous = (_native.info()["isa"], _native.get_num_threads())
     allowed = (TypeError, ValueError, OverflowError) + ((RuntimeError,) if name == "set_isa" else ())
     try:
-        fn(*args)
+        out = fn(*args)
+        if name == "recurrent_plan":
+            _run_plan(out, args)
     except allowed as e:                     # set_isa: RuntimeError for a level this CPU lacks (documented)
         if len(str(e).strip()) < 8:
             raise Finding(f"{name}: {type(e).__name__} with a message that says nothing: {e!r}") from e
