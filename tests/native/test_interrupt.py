@@ -2,7 +2,6 @@
 GEMM within 0.1 s (chunks are ~10 ms and Ctrl-C is checked between them; the README's stop-button
 claim), and other Python threads keep running while a kernel computes (the GIL is released)."""
 import os
-import signal
 import threading
 import time
 
@@ -10,6 +9,8 @@ import numpy as np
 import pytest
 
 from ryzjupyter import _native
+
+from .sigint import sigint_after
 
 # ~5.5e11 int8 MACs: seconds of work on any ISA, interrupted after a fraction of a second
 M, N, K = 512, 32768, 16384
@@ -25,20 +26,9 @@ def big_gemm():
 
 
 def _interrupt_latency(out, packed, q):
-    sent = []
-
-    def fire():
-        sent.append(time.perf_counter())
-        os.kill(os.getpid(), signal.SIGINT)
-
-    timer = threading.Timer(0.3, fire)
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _native.ternary_matmul_i2(out, packed, q)
-            pytest.fail("the call finished before the signal arrived: make the work larger")
-    finally:
-        timer.cancel()
+    with pytest.raises(KeyboardInterrupt), sigint_after(0.3) as sent:
+        _native.ternary_matmul_i2(out, packed, q)
+        pytest.fail("the call finished before the signal arrived: make the work larger")
     caught = time.perf_counter()
     assert sent, "the timer never fired"
     return caught - sent[0]
