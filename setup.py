@@ -6,7 +6,9 @@ Sources in ryzjupyter/_native are compiled with flags chosen by their suffix:
   anything else -> baseline x86-64 (SSE2), so module code never executes an
                    instruction the CPU lacks; kernels are chosen at run time.
 Never -march=native: the same build runs on every x86-64 CPU.
-RYZ_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer.
+RYZ_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer; RYZ_COVERAGE=1 adds gcov
+line counters (--coverage, at -O1: each object's .gcda lands beside its .o in build_temp when the
+process exits; .ci/run reports the kernels' line coverage of the fuzz corpus with them).
 
 The JupyterLab sidebar (labextension/, TypeScript) ships prebuilt in
 share/jupyter/labextensions/ryzjupyter: building a wheel or installing from a checkout
@@ -44,6 +46,9 @@ if SANITIZE:
     COMMON_FLAGS += ["-O1", "-g", "-fsanitize=address,undefined",
                      "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
 LINK_FLAGS = ["-pthread", "-lm"] + (["-fsanitize=address,undefined"] if SANITIZE else [])
+if os.environ.get("RYZ_COVERAGE") == "1":
+    COMMON_FLAGS += ([] if SANITIZE else ["-O1", "-g"]) + ["--coverage"]
+    LINK_FLAGS += ["--coverage"]
 
 
 def isa_flags(path):
