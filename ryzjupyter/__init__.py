@@ -33,7 +33,9 @@ def __getattr__(name):
 def load_ipython_extension(ipython):
     """`%load_ext ryzjupyter`: register the %ryz / %%ryz magics and the sidebar's comm target."""
     import_module("ryzjupyter.jupyter.magics").load_ipython_extension(ipython)
-    import_module("ryzjupyter.jupyter.comm").register()
+    comm = import_module("ryzjupyter.jupyter.comm")
+    comm.register()
+    comm.magics_loaded()          # an open sidebar's Memory section can now reach the bank
 
 
 def _jupyter_labextension_paths():

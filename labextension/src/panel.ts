@@ -3,8 +3,9 @@
  *
  * Sections: connection state, memory (used / budget), loaded models (use, unload), available
  * models (load, with their memory estimate), load progress, the running generation (live tokens/s,
- * stop), the last generation's stats and profile breakdown, and the OpenAI server of %ryz serve
- * (its URL and traffic) while one runs.
+ * stop), the last generation's stats and profile breakdown, the OpenAI server of %ryz serve
+ * (its URL and traffic) while one runs, and the memory bank of recycled semantic units (%ryz
+ * memory: namespace, count, the newest units, a search box), through the comm's `memory` op.
  */
 import { NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
@@ -14,6 +15,15 @@ import { IPush, IReply, KernelLink, LinkState } from './connection';
 export interface IPanelOptions {
   autoImport: boolean;
   stopInterruptsAfterMs: number;
+}
+
+interface IUnit {
+  id: string;
+  text: string;
+  source: string;
+  time: number;
+  uses: number;
+  score: number;
 }
 
 interface IModelRow {
@@ -89,7 +99,8 @@ export class RyzSidebar extends Widget {
     this._stateBox = el('div', 'ryz-state');
     this._errorBox = el('div', 'ryz-error');
     this._body = el('div', 'ryz-body');
-    n.append(header, this._notebookLabel, this._stateBox, this._errorBox, this._body);
+    this._bankBox = this._makeBankBox();
+    n.append(header, this._notebookLabel, this._stateBox, this._errorBox, this._body, this._bankBox);
     this._render();
   }
 
@@ -110,6 +121,10 @@ export class RyzSidebar extends Widget {
     this._progress = null;
     this._spark = [];
     this._error = '';
+    this._bank = null;
+    this._bankUnits = [];
+    this._bankHits = null;
+    this._bankError = '';
     if (panel) {
       const link = new KernelLink(panel.sessionContext, { autoImport: this._options.autoImport });
       this._link = link;
@@ -144,6 +159,38 @@ export class RyzSidebar extends Widget {
       this._error = r.error ?? 'list failed';
     }
     this._render();
+  }
+
+  /** The memory bank: `status` (opens nothing) unless `action` is open or search. */
+  async refreshBank(action = 'status', query = ''): Promise<void> {
+    const link = this._link;
+    if (!link || link.state !== 'ready') {
+      return;
+    }
+    const args: { [k: string]: any } = { action, limit: 20 };
+    if (action === 'search') {
+      args.query = query;
+      args.k = 5;
+    }
+    this._bankPending = action === 'status' ? '' : action === 'open' ? 'opening the bank…' : 'searching…';
+    this._renderBank();
+    const r = await link.request('memory', args, 120000);
+    if (this._link !== link) {
+      return;
+    }
+    this._bankPending = '';
+    if (r.ok) {
+      this._bank = r.memory;
+      this._bankUnits = (r.units as IUnit[]) ?? [];
+      this._bankError = '';
+      if (action === 'search') {
+        this._bankHits = (r.hits as IUnit[]) ?? [];
+        this._bankQuery = query;
+      }
+    } else {
+      this._bankError = r.error ?? 'memory failed';
+    }
+    this._renderBank();
   }
 
   async load(name: string): Promise<void> {
@@ -205,6 +252,7 @@ export class RyzSidebar extends Widget {
     if (state === 'ready' && this._lastLinkState !== 'ready') {
       this._connections++;
       void this.refresh();
+      void this.refreshBank();
     }
     if (state === 'restarting' && this._lastLinkState !== 'restarting') {
       this._restarts++;
@@ -215,6 +263,9 @@ export class RyzSidebar extends Widget {
       this._live = null;
       this._progress = null;
       this._server = null;
+      this._bank = null;
+      this._bankUnits = [];
+      this._bankHits = null;
     }
     this._lastLinkState = state;
     this._render();
@@ -250,6 +301,15 @@ export class RyzSidebar extends Widget {
       case 'server':
         this._server = p.server ?? null;
         break;
+      case 'memory':
+        // the bank was opened by a cell, or its units changed: ask for them (once per burst)
+        if (!this._bankTimer) {
+          this._bankTimer = window.setTimeout(() => {
+            this._bankTimer = 0;
+            void this.refreshBank();
+          }, 200);
+        }
+        break;
       case 'generation':
         this._state = p.state;
         this._applyState(p.state);
@@ -261,6 +321,7 @@ export class RyzSidebar extends Widget {
           if (p.last) {
             this._last = p.last;
           }
+          void this.refreshBank(); // the cell may have opened the bank or added units
         }
         this._scheduleRefresh();
         break;
@@ -339,6 +400,7 @@ export class RyzSidebar extends Widget {
 
     const body = this._body;
     body.textContent = '';
+    this._renderBank();
     if (!link || link.state !== 'ready') {
       return;
     }
@@ -511,7 +573,10 @@ export class RyzSidebar extends Widget {
     }
     body.append(as);
     const rf = el('button', 'ryz-button ryz-refresh jp-mod-styled', 'Refresh');
-    rf.onclick = () => void this.refresh();
+    rf.onclick = () => {
+      void this.refresh();
+      void this.refreshBank();
+    };
     body.append(rf);
   }
 
@@ -617,6 +682,106 @@ export class RyzSidebar extends Widget {
     return canvas;
   }
 
+  /** The Memory section's frame: built once, so the search box keeps its text and focus. */
+  private _makeBankBox(): HTMLDivElement {
+    const box = el('div', 'ryz-section ryz-bank');
+    box.append(el('h3', '', 'Memory'));
+    this._bankInfo = el('div', 'ryz-bank-info');
+    this._bankOpen = el('button', 'ryz-button ryz-bank-open jp-mod-styled', 'Open the bank');
+    this._bankOpen.title = 'Open the memory bank of %ryz memory in this kernel (loads the embedder)';
+    this._bankOpen.onclick = () => void this.refreshBank('open');
+    const form = el('form', 'ryz-bank-form');
+    this._bankSearch = el('input', 'ryz-bank-search jp-mod-styled');
+    this._bankSearch.type = 'search';
+    this._bankSearch.placeholder = 'Search the bank…';
+    this._bankSearch.setAttribute('aria-label', 'Search the memory bank');
+    const go = el('button', 'ryz-button ryz-bank-go jp-mod-styled', 'Search');
+    go.type = 'submit';
+    form.append(this._bankSearch, go);
+    form.onsubmit = (e: Event) => {
+      e.preventDefault();
+      const q = this._bankSearch.value.trim();
+      if (q) {
+        void this.refreshBank('search', q);
+      } else {
+        this._bankHits = null;
+        this._renderBank();
+      }
+    };
+    this._bankForm = form;
+    this._bankHitsBox = el('div', 'ryz-bank-hits');
+    this._bankUnitsBox = el('div', 'ryz-bank-units');
+    box.append(this._bankInfo, this._bankOpen, form, this._bankHitsBox, this._bankUnitsBox);
+    return box;
+  }
+
+  private _unitRow(u: IUnit, withScore: boolean): HTMLDivElement {
+    const row = el('div', 'ryz-unit');
+    row.dataset.id = u.id;
+    const meta = el('div', 'ryz-unit-meta');
+    if (withScore) {
+      meta.append(el('span', 'ryz-unit-score', u.score.toFixed(3)));
+    }
+    meta.append(el('span', 'ryz-unit-source', u.source));
+    meta.append(el('span', 'ryz-unit-uses', plural(u.uses, 'use')));
+    meta.append(el('span', 'ryz-unit-id', u.id.slice(0, 8)));
+    row.append(meta, el('div', 'ryz-unit-text', u.text));
+    row.title = `${u.id}\n${u.text}`;
+    return row;
+  }
+
+  private _renderBank(): void {
+    const link = this._link;
+    const box = this._bankBox;
+    if (!link || link.state !== 'ready') {
+      box.style.display = 'none';
+      return;
+    }
+    box.style.display = '';
+    const b = this._bank;
+    const open = !!b?.open;
+    box.dataset.open = String(open);
+    let info = '';
+    if (this._bankPending) {
+      info = `Working: ${this._bankPending}`;
+    } else if (b && open) {
+      info = `namespace ${b.namespace} · ${plural(b.rsus ?? 0, 'unit')} · ${b.store}`;
+    } else if (b && b.magics === false) {
+      info = 'The ryzjupyter magics are not loaded in this kernel: %load_ext ryzjupyter, then the bank of %ryz memory shows here.';
+    } else if (b) {
+      info = `namespace ${b.namespace} · not open in this kernel (${b.store}). %ryz memory, --recycle or the button opens it.`;
+    }
+    this._bankInfo.textContent = info;
+    if (this._bankError) {
+      const err = el('div', 'ryz-bank-error', this._bankError);
+      this._bankInfo.append(err);
+    }
+    this._bankOpen.style.display = b && !open && b.magics !== false ? '' : 'none';
+    this._bankForm.style.display = open ? '' : 'none';
+    this._bankHitsBox.textContent = '';
+    if (open && this._bankHits !== null) {
+      this._bankHitsBox.append(el('div', 'ryz-label', `Most similar to “${this._bankQuery}”`));
+      if (!this._bankHits.length) {
+        this._bankHitsBox.append(el('div', 'ryz-empty', 'No units in the bank.'));
+      }
+      for (const h of this._bankHits) {
+        this._bankHitsBox.append(this._unitRow(h, true));
+      }
+    }
+    this._bankUnitsBox.textContent = '';
+    if (open) {
+      this._bankUnitsBox.append(el('div', 'ryz-label', 'Newest units'));
+      if (!this._bankUnits.length) {
+        this._bankUnitsBox.append(
+          el('div', 'ryz-empty', 'The bank is empty. bank.add(text), or %config RyzMagics.recycle = True.')
+        );
+      }
+      for (const u of this._bankUnits) {
+        this._bankUnitsBox.append(this._unitRow(u, false));
+      }
+    }
+  }
+
   dispose(): void {
     if (this._link) {
       this._link.dispose();
@@ -646,4 +811,18 @@ export class RyzSidebar extends Widget {
   private _stateBox: HTMLDivElement;
   private _errorBox: HTMLDivElement;
   private _body: HTMLDivElement;
+  private _bank: any = null;
+  private _bankUnits: IUnit[] = [];
+  private _bankHits: IUnit[] | null = null;
+  private _bankQuery = '';
+  private _bankError = '';
+  private _bankPending = '';
+  private _bankTimer = 0;
+  private _bankBox: HTMLDivElement;
+  private _bankInfo!: HTMLDivElement;
+  private _bankOpen!: HTMLButtonElement;
+  private _bankForm!: HTMLFormElement;
+  private _bankSearch!: HTMLInputElement;
+  private _bankHitsBox!: HTMLDivElement;
+  private _bankUnitsBox!: HTMLDivElement;
 }

@@ -5,7 +5,9 @@
 Protocol (JSON; version PROTOCOL):
   frontend -> kernel: {"id": <int|str>, "op": <op>, ...arguments}
   kernel -> frontend: {"id": <same>, "ok": true, ...result}  or  {"id": <same>, "ok": false, "error": "..."}
-  kernel -> frontend pushes (no id): {"push": "hello"|"state"|"progress"|"stats"|"generation"|"server", ...}
+  kernel -> frontend pushes (no id): {"push": "hello"|"state"|"progress"|"stats"|"generation"|"server"|"memory", ...}
+  ("memory": {"event": "magics"|"open"|"add"|"forget"|"clear"|"expire", "namespace"?}: the magics
+  were loaded, or their bank was opened or its units changed; the sidebar asks for them again)
   (state.server and the "server" push: the OpenAI server of %ryz serve, or null: ryzjupyter.serve.status())
 
 Ops:
@@ -19,6 +21,16 @@ Ops:
   stats                      -> {"running": [...], "last": {stats, profile} | null}
   budget {"bytes"}           -> {"state"}                      (a number, "6GiB", or null for the default)
   register {"path"}          -> {"name", "models"}
+  memory {"action"?, "query"?, "k"?, "limit"?}  -> {"memory": {"open", "namespace", "store", "rsus"?,
+                                 "model"?}, "units"?: [...], "hits"?: [...]}
+                                 the memory bank of %ryz memory (the magics' RecycleBank, a thin
+                                 client): action "status" (default) says what the bank is ("magics":
+                                 false before %load_ext ryzjupyter) and, if it is open in this
+                                 kernel, its count and newest `limit` units; "open"
+                                 opens it (as %ryz memory does) and answers like status; "search"
+                                 adds the `k` units most similar to `query` (their uses unchanged).
+                                 Units: {"id", "text" (first 400 characters), "source", "time",
+                                 "uses", "score"}
 
 Every message is validated; an unknown op, a missing or malformed field, an oversized message or a
 failing operation gets {"ok": false, "error": ...}. Handlers never print or display: output from a
@@ -39,7 +51,9 @@ TARGET = "ryzjupyter"
 PROTOCOL = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_OPEN_COMMS = 16        # a reloaded page leaves its comm open in the kernel; keep the newest ones
-OPS = ("status", "list", "load", "unload", "use", "stop", "stats", "budget", "register")
+OPS = ("status", "list", "load", "unload", "use", "stop", "stats", "budget", "register", "memory")
+MEMORY_ACTIONS = ("status", "open", "search")
+UNIT_TEXT_CHARS = 400
 _LOAD_OPTIONS = {"max_context": int, "lm_head": str, "prefill_chunk": int, "convert_cache": bool,
                  "local_files_only": bool, "revision": str}
 
@@ -188,6 +202,19 @@ def _broadcast_event(event):
 def _broadcast_server(event):
     """The server's start, stop and traffic (at most ~4 pushes a second while it works)."""
     _broadcast({"push": "server", "reason": event.get("reason"), "server": event.get("status")})
+
+
+def magics_loaded():
+    """%load_ext ryzjupyter ran: the sidebars' Memory section may now reach the bank."""
+    _broadcast({"push": "memory", "event": "magics"})
+
+
+def watch_bank(bank):
+    """Push {"push": "memory"} to the sidebars when the magics' bank opens and whenever its units
+    change (called by RyzMagics.bank())."""
+    ns = bank.namespace
+    bank.subscribe(lambda event: _broadcast({"push": "memory", "event": event, "namespace": ns}))
+    _broadcast({"push": "memory", "event": "open", "namespace": ns})
 
 
 def _state():
@@ -366,5 +393,76 @@ def _op_register(data):
     return {"name": name, **_op_list({})}
 
 
+def _int_arg(data, key, default, lo, hi):
+    v = data.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise RequestError(f"'{key}' must be an integer in {lo}..{hi}")
+    return v
+
+
+def _magics_or_none():
+    try:
+        from IPython import get_ipython
+        ip = get_ipython()
+    except ImportError:
+        ip = None
+    return getattr(ip, "_ryz_magics", None) if ip is not None else None
+
+
+def _magics():
+    m = _magics_or_none()
+    if m is None:
+        raise RequestError("the memory bank is reached through the ryzjupyter magics; run %load_ext ryzjupyter")
+    return m
+
+
+def _open_bank(m):
+    """The magics' bank if it is open with the current settings, else None (nothing is opened)."""
+    bank = getattr(m, "_bank", None)
+    if bank is None or bank._closed or getattr(m, "_bank_key", None) != (m.memory_path or None, m.memory_namespace):
+        return None
+    return bank
+
+
+def _unit(h):
+    text = h.text if len(h.text) <= UNIT_TEXT_CHARS else h.text[:UNIT_TEXT_CHARS - 1] + "\u2026"
+    return {"id": h.id, "text": text, "source": h.source, "time": h.time, "uses": h.uses,
+            "score": round(float(h.score), 4)}
+
+
+def _op_memory(data):
+    action = data.get("action", "status")
+    if action not in MEMORY_ACTIONS:
+        raise RequestError(f"unknown memory action {action!r}; one of: {', '.join(MEMORY_ACTIONS)}")
+    limit = _int_arg(data, "limit", 20, 1, 200)
+    k = _int_arg(data, "k", 5, 1, 50)
+    query = _str_arg(data, "query", limit=2000) if action == "search" else None
+    if action == "status" and _magics_or_none() is None:
+        return {"memory": {"open": False, "magics": False}}
+    m = _magics()
+    bank = _open_bank(m)
+    if bank is None and action == "status":
+        from ryzjupyter.memory.bank import default_path
+        return {"memory": {"open": False, "namespace": m.memory_namespace,
+                           "store": str(m.memory_path or default_path())}}
+    if bank is None:
+        from IPython.core.error import UsageError
+        try:
+            bank = m.bank()            # what %ryz memory opens: the same object, shared with the cells
+        except UsageError as e:        # another kernel holds it, or the folder is not a bank
+            raise RequestError(str(e)) from None
+    with bank._lock:                   # a cell may be adding units on the main thread meanwhile
+        units = bank.list(limit)
+        info = {"open": True, "namespace": bank.namespace, "store": bank.url or str(bank.path),
+                "rsus": bank.count(), "model": bank.model_name}
+    out = {"memory": info, "units": [_unit(u) for u in units]}
+    if action == "search":
+        out["hits"] = [_unit(h) for h in bank.search(query, k=k, count_use=False)]
+    return out
+
+
 _OPS = {"status": _op_status, "list": _op_list, "load": _op_load, "unload": _op_unload, "use": _op_use,
-        "stop": _op_stop, "stats": _op_stats, "budget": _op_budget, "register": _op_register}
+        "stop": _op_stop, "stats": _op_stats, "budget": _op_budget, "register": _op_register,
+        "memory": _op_memory}

@@ -147,6 +147,7 @@ class RecycleBank:
         self.url = url
         self._lock = threading.RLock()
         self._closed = False
+        self._listeners: list = []
         if url is not None:
             self.path = None
             self.client = QdrantClient(url=url, api_key=api_key, timeout=int(max(1, timeout)), check_compatibility=False)
@@ -259,6 +260,19 @@ class RecycleBank:
         self._s8 = np.ascontiguousarray(self._s8[keep])
         self._pos = {i: n for n, i in enumerate(self._ids)}
 
+    def subscribe(self, fn):
+        """Call ``fn(event)`` after the stored units change (event: "add", "forget", "clear",
+        "expire"); returns a function that unsubscribes. A listener's exception is ignored."""
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn) if fn in self._listeners else None
+
+    def _changed(self, event):
+        for fn in list(self._listeners):
+            try:
+                fn(event)
+            except Exception:
+                pass
+
     def _check_open(self):
         if self._closed:
             raise BankError("this bank is closed; open it again with RecycleBank(...)")
@@ -291,7 +305,9 @@ class RecycleBank:
         vecs = self.encoder.encode(pieces)
         with self._lock:
             self.expire()
-            return self._upsert(pieces, vecs, source, meta)
+            ids = self._upsert(pieces, vecs, source, meta)
+        self._changed("add")
+        return ids
 
     def _upsert(self, pieces, vecs, source, meta):
         from qdrant_client import models
@@ -365,6 +381,8 @@ class RecycleBank:
         with self._lock:
             old = [str(p.id) for p in self._scroll(flt=flt)]
             self._delete(old)
+        if old:
+            self._changed("expire")
         return len(old)
 
     def forget(self, ids) -> int:
@@ -374,6 +392,8 @@ class RecycleBank:
         with self._lock:
             there = [str(p.id) for p in self.client.retrieve(self.collection, ids, with_payload=False)] if ids else []
             self._delete(there)
+        if there:
+            self._changed("forget")
         return len(there)
 
     def clear(self) -> int:
@@ -386,6 +406,7 @@ class RecycleBank:
             self._ids, self._pos = [], {}
             self._vecs = np.empty((0, self.encoder.dim), np.float32)
             self._q8, self._s8 = np.empty((0, self.encoder.dim), np.int8), np.empty(0, np.float32)
+        self._changed("clear")
         return n
 
     # ---- reading ---------------------------------------------------------------------------

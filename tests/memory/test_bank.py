@@ -206,3 +206,19 @@ def test_two_stage_search_past_the_exact_size_finds_the_exact_top(tmp_path, monk
         two = b.search_vector(q, k=3, count_use=False)
         assert [h.id for h in two] == exact
         assert two[0].score == pytest.approx(float(q @ b._vecs[b._pos[two[0].id]]), abs=1e-6)
+
+
+def test_listeners_hear_every_change(bank):
+    events = []
+    stop = bank.subscribe(events.append)
+    bank.subscribe(lambda e: 1 / 0)                     # a failing listener changes nothing
+    ids = bank.add(DOCS["csv"], segment_text=False)
+    bank.search("csv rows", k=1)                        # reading is not a change
+    assert bank.forget([]) == 0                           # nothing forgotten: no event
+    bank.forget(ids)
+    bank.add(DOCS["bread"], segment_text=False)
+    bank.clear()
+    assert events == ["add", "forget", "add", "clear"]
+    stop()
+    bank.add(DOCS["pickle"], segment_text=False)
+    assert events == ["add", "forget", "add", "clear"]

@@ -35,6 +35,14 @@ def test_status_and_list(client):
     assert m["memory"].startswith("~")
 
 
+def test_memory_before_the_magics_are_loaded(client):
+    """The sidebar's Memory section before %load_ext ryzjupyter (tests/sidebar/test_comm_memory.py: after)."""
+    r = client.request("memory")
+    assert r["ok"] is True and r["memory"] == {"open": False, "magics": False}
+    r = client.request("memory", action="open")
+    assert r["ok"] is False and "%load_ext ryzjupyter" in r["error"]
+
+
 @pytest.mark.parametrize("data, expect", [
     ("status", "JSON object"),
     ([1, 2], "JSON object"),
@@ -187,3 +195,4 @@ def test_stale_comms_are_bounded(kernel):
                     "assert len(_c._comms) == _c.MAX_OPEN_COMMS, len(_c._comms)\n"
                     f"assert {clients[0].comm_id!r} not in _c._comms and {clients[-1].comm_id!r} in _c._comms")
     assert r["status"] == "ok", r
+

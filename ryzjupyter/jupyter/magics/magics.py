@@ -245,6 +245,8 @@ class RyzMagics(Magics):
         except (BankError, ConnectionError) as e:
             raise UsageError(str(e)) from None
         self._bank_key = want
+        from ryzjupyter.jupyter import comm
+        comm.watch_bank(self._bank)            # the sidebar's Memory section follows its changes
         return self._bank
 
     def _remember(self, prompt, reply):
