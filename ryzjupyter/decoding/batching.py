@@ -279,11 +279,23 @@ class Batcher:
         with self._cv:
             if self._closed:
                 raise BatcherClosed(f"the batcher of {self.name} is closed")
-            if len(self._queue) >= self.max_queue:
-                raise BatcherFull(f"{len(self._queue)} requests are already waiting for {self.name}; try again later")
-            self._queue.append(stream)
-            self.requests += 1
-            self._cv.notify()
+            # a request cancelled while it waited holds no place: the engine thread may be inside a
+            # long step and not have dropped it yet (a server request refused as a whole cancels
+            # the generations it had queued, and the next request must find their places free)
+            dropped = [q for q in self._queue if q.h.cancelled]
+            if dropped:
+                live = [q for q in self._queue if not q.h.cancelled]
+                self._queue.clear()
+                self._queue.extend(live)
+            full = len(self._queue) >= self.max_queue
+            if not full:
+                self._queue.append(stream)
+                self.requests += 1
+                self._cv.notify()
+        for q in dropped:
+            q.end("interrupted")
+        if full:
+            raise BatcherFull(f"{len(self._queue)} requests are already waiting for {self.name}; try again later")
         return handle
 
     def cancel_all(self) -> int:

@@ -150,6 +150,31 @@ def test_limits_and_bad_options(demo):
         Batcher(demo, max_batch=0)
 
 
+def test_a_cancelled_waiting_request_frees_its_place_at_once(demo):
+    """The server refuses a request of n generations as a whole by cancelling the ones it had
+    queued; the next request must find their places free even while the engine thread is inside a
+    step (held here by taking the model's forward lock, as a notebook cell does)."""
+    import time
+    b = Batcher(demo, max_batch=1, max_queue=1)
+    try:
+        with demo.forward_lock:                              # the engine thread blocks in its step
+            running = b.submit("The", 50, ignore_eos=True)
+            deadline = time.monotonic() + 30
+            while b.stats()["active"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            waiting = b.submit("And", 50, ignore_eos=True)
+            with pytest.raises(BatcherFull):
+                b.submit("In", 50, ignore_eos=True)
+            waiting.cancel()
+            nxt = b.submit("In", 4, temperature=0, ignore_eos=True)   # no BatcherFull: the place is free
+            assert waiting.done.is_set() and waiting.result.finish_reason == "interrupted"
+            assert b.stats()["queued"] == 1
+            running.cancel()
+        assert nxt.wait(60).tokens == _alone(demo, "In", 4, temperature=0, ignore_eos=True).tokens
+    finally:
+        b.close()
+
+
 def test_notebook_thread_and_batcher_share_the_model(demo):
     """A generation in another thread (a notebook cell) on the same model while the batcher
     decodes: the model's forward lock makes them take turns; both outputs are exact."""
