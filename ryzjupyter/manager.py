@@ -149,13 +149,14 @@ def _weight_files(folder: Path):
             and p.is_file()] if folder.is_dir() else []
 
 
-def estimate_model_bytes(folder, *, lm_head="f32", max_context=None) -> dict:
+def estimate_model_bytes(folder, *, lm_head="f32", max_context=None, kv_cache="f32") -> dict:
     """What loading `folder` will take, without loading it.
 
     BitNet: ternary linears at 2 bits per weight in up to two layouts (packed, online and 1bitLLM
     formats all run ternary), float linears ("float" format) at 4 bytes, the lm_head as float32 (or int8 + scales, or int4 + float16 group scales),
     an untied embedding as stored (memory-mapped: "mapped"), and a KV-cache reserve of
-    2 * layers * min(context, 2048) * kv_heads * head_dim * 4 bytes. Mamba, Mamba-2 and RWKV: the
+    2 * layers * min(context, 2048) * kv_heads * head_dim * 4 bytes (kv_cache "f16" / "bf16": 2
+    bytes a value; "int8": 1, plus a float32 scale a row and kv head). Mamba, Mamba-2 and RWKV: the
     weights in float32 (twice an F16/BF16 file) and their recurrent state with its snapshots
     (constant in the context). Other families: the weight files' size. Returns {"weights" (comparable to model.nbytes),
     "mapped", "kv", "total", "files", "family", "variant", "params"}.
@@ -180,7 +181,8 @@ def estimate_model_bytes(folder, *, lm_head="f32", max_context=None) -> dict:
     except (KeyError, TypeError, ValueError):
         out.update(weights=files_bytes, kv=0, total=int(files_bytes * 1.1))
         return out
-    kv = 2 * L * min(ctx, KV_RESERVE_TOKENS) * nkv * hd * 4
+    row = _KV_ROW_BYTES.get(kv_cache if family == "bitnet" else "f32", _KV_ROW_BYTES["f32"])(hd)
+    kv = 2 * L * min(ctx, KV_RESERVE_TOKENS) * nkv * row
     if family == "bitnet":
         q, kvd = nh * hd, nkv * hd
         linear = L * (q * D + 2 * kvd * D + D * q + 3 * I * D)
@@ -554,7 +556,8 @@ class ModelManager:
                 raise ValueError(f"a model named {name!r} is already loaded; unload it first or pick another name")
         with self._load_lock:
             target = self._resolve_local(spec)
-            est = self.estimate(spec, **{k: options[k] for k in ("lm_head", "max_context") if k in options}) \
+            est = self.estimate(spec, **{k: options[k] for k in ("lm_head", "max_context", "kv_cache")
+                                         if k in options}) \
                 if target is not None else None
             label = name or (self._name_for(spec, target))
             with self._lock:
@@ -708,7 +711,7 @@ class ModelManager:
     def estimate(self, spec=None, **options) -> dict:
         """What loading ``spec`` (a local folder or a known model name; None: the bundled model)
         would take, without loading it: ``estimate_model_bytes``'s dict (bytes of the weights
-        and the KV cache). ``options``: ``lm_head``, ``max_context``."""
+        and the KV cache). ``options``: ``lm_head``, ``max_context``, ``kv_cache``."""
         folder = self._resolve_local(spec)
         if folder is None:
             raise FileNotFoundError(f"cannot estimate {spec!r}: not a local model folder or a known model name")
@@ -917,7 +920,13 @@ def _kv_reserve(model) -> int:
         ctx = int(getattr(model, "max_context", KV_RESERVE_TOKENS))
     except (AttributeError, TypeError, ValueError):
         return 0
-    return 2 * L * min(ctx, KV_RESERVE_TOKENS) * nkv * hd * 4
+    row = _KV_ROW_BYTES.get(getattr(model, "kv_dtype", "f32"), lambda hd: 4 * hd)(hd)
+    return 2 * L * min(ctx, KV_RESERVE_TOKENS) * nkv * row
+
+
+# bytes of one (row, kv head) of keys or values, per KV cache format (kv_cache= at load)
+_KV_ROW_BYTES = {"f32": lambda hd: 4 * hd, "f16": lambda hd: 2 * hd, "bf16": lambda hd: 2 * hd,
+                 "int8": lambda hd: hd + 4}
 
 
 def _close(model):

@@ -18,7 +18,49 @@
 #define RYZ_ATTENTION_H
 #include <math.h>
 
+#include <string.h>
+
 #include "ryz.h"
+
+/* KV cache formats: float32 (exact), int8 rows with a float32 scale per (row, kv head), and
+ * the 16-bit floats float16 (IEEE binary16: 10-bit mantissa, |x| < 65520) and bfloat16 (the
+ * top half of a float32: 7-bit mantissa, float32's range). */
+enum { RYZ_KV_F32 = 0, RYZ_KV_I8 = 1, RYZ_KV_F16 = 2, RYZ_KV_BF16 = 3 };
+
+/* ---- 16-bit conversions (the reference: plain C, bit-exact with F16C's vcvtph2ps and the
+ * vcvtps2ph rounding mode 0) ---- */
+static inline uint32_t ryz_f32_bits(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
+static inline float ryz_bits_f32(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
+static inline float ryz_bf16_to_f32(uint16_t h) { return ryz_bits_f32((uint32_t)h << 16); }
+static inline float ryz_f16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e == 0x1f) return ryz_bits_f32(sign | 0x7f800000u | (m << 13));            /* inf, NaN */
+    if (e) return ryz_bits_f32(sign | ((e + 112) << 23) | (m << 13));              /* normal */
+    return ryz_bits_f32(sign) + (float)m * (sign ? -0x1p-24f : 0x1p-24f);          /* subnormal, 0 */
+}
+/* round to nearest, ties to even; NaN stays NaN (quiet), overflow gives inf */
+static inline uint16_t ryz_f32_to_bf16(float x) {
+    const uint32_t u = ryz_f32_bits(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+static inline uint16_t ryz_f32_to_f16(float x) {
+    const uint32_t u = ryz_f32_bits(x), sign = (u >> 16) & 0x8000, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00 | ((a >> 13) & 0x3ff));   /* NaN, quiet */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);  /* >= 65520 (or inf): rounds to inf */
+    if (a >= 0x38800000u) {                                   /* >= 2^-14: a normal float16 */
+        const uint32_t r = a + 0xfffu + ((a >> 13) & 1) - (112u << 23); /* rebias, round at bit 13 */
+        return (uint16_t)(sign | (r >> 13));
+    }
+    /* subnormal float16 (or 0): value / 2^-24 rounded to an integer, ties to even; exact in float */
+    const float v = ryz_bits_f32(a) * 0x1p24f;                /* 0 <= v < 1024 */
+    float f = (float)(int32_t)v, d = v - f;
+    if (d > 0.5f || (d == 0.5f && ((int32_t)f & 1))) f += 1.0f;
+    return (uint16_t)(sign | (uint32_t)f);
+}
+static inline float ryz_kv16_to_f32(uint16_t h, int fmt) {
+    return fmt == RYZ_KV_BF16 ? ryz_bf16_to_f32(h) : ryz_f16_to_f32(h);
+}
 
 typedef struct {
     const float *q;       /* G query rows of hd floats (consecutive heads) */
@@ -28,6 +70,8 @@ typedef struct {
     const int8_t *k8, *v8;
     const float *ks, *vs;
     int64_t sstride;
+    /* 16-bit cache (attend_f16 / attend_bf16 only): rows of float16 or bfloat16 bits */
+    const uint16_t *k16, *v16;
     float *o;             /* G output rows of hd floats */
     float *ml;            /* NULL, or 2HG floats: (max score, sum of exp) per head */
     int64_t H;            /* kv heads in the unit (>= 1), consecutive in a cache row: kv
@@ -104,6 +148,11 @@ typedef struct {
     void (*attend)(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch);
     /* the same over an int8 cache: k = k8 * ks, v = v8 * vs per (row, kv head) */
     void (*attend_i8)(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch);
+    /* the same over a float16 / bfloat16 cache (k16, v16), widened to float32 in registers */
+    void (*attend_f16)(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch);
+    void (*attend_bf16)(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch);
+    /* dst[i] = float32 of the 16-bit value src[i] (fmt RYZ_KV_F16 or RYZ_KV_BF16), i < n: exact */
+    void (*widen16)(float *RYZ_RESTRICT dst, const uint16_t *RYZ_RESTRICT src, int64_t n, int fmt);
 } ryz_attention_kernels;
 
 extern const ryz_attention_kernels ryz_attention_scalar;
@@ -112,12 +161,15 @@ extern const ryz_attention_kernels ryz_attention_avx512;
 extern const ryz_attention_kernels *ryz_attention;
 
 /* The KV cache an attention call reads: float32 k, v [T, Hkv, hd], or (k8 != NULL) int8 k8, v8
- * with float32 scales ks, vs [T, Hkv]. */
+ * with float32 scales ks, vs [T, Hkv], or (k16 != NULL) 16-bit k16, v16 [T, Hkv, hd] in format
+ * fmt16 (RYZ_KV_F16 or RYZ_KV_BF16). */
 typedef struct {
     const float *k, *v;
     const int8_t *k8, *v8;
     const float *ks, *vs;
     int64_t Hkv, hd;
+    const uint16_t *k16, *v16;
+    int fmt16;
 } ryz_attn_cache;
 
 /* One unit with the selected kernel: the H kv heads from kvh (q: their H * G query vectors)
@@ -125,17 +177,27 @@ typedef struct {
 static inline void ryz_attn_run_unit(const ryz_attn_cache *c, const float *q, int64_t kvh, int64_t H, int64_t G,
                                      int64_t t0, int64_t t1, float scale, float *o, float *ml, float *scratch) {
     const int64_t kstride = c->Hkv * c->hd, off = t0 * kstride + kvh * c->hd, soff = t0 * c->Hkv + kvh;
+    const int f32 = !c->k8 && !c->k16;
     const ryz_attn_unit u = {
-        .q = q, .k = c->k8 ? NULL : c->k + off, .v = c->k8 ? NULL : c->v + off,
+        .q = q, .k = f32 ? c->k + off : NULL, .v = f32 ? c->v + off : NULL,
         .k8 = c->k8 ? c->k8 + off : NULL, .v8 = c->k8 ? c->v8 + off : NULL,
         .ks = c->k8 ? c->ks + soff : NULL, .vs = c->k8 ? c->vs + soff : NULL, .sstride = c->Hkv,
+        .k16 = c->k16 ? c->k16 + off : NULL, .v16 = c->k16 ? c->v16 + off : NULL,
         .o = o, .ml = ml, .H = H, .G = G, .hd = c->hd, .kstride = kstride, .L = t1 - t0, .scale = scale,
     };
     if (c->k8)
         ryz_attention->attend_i8(&u, scratch);
+    else if (c->k16)
+        (c->fmt16 == RYZ_KV_BF16 ? ryz_attention->attend_bf16 : ryz_attention->attend_f16)(&u, scratch);
     else
         ryz_attention->attend(&u, scratch);
 }
+/* 16-bit KV cache rows (see py_attention.c store_kv16): x rounded to the nearest float16 /
+ * bfloat16, ties to even (ryz_f32_to_f16, ryz_f32_to_bf16). Returns 1 if x holds NaN/inf or a
+ * value float16 cannot hold (|x| >= 65520 rounds to inf); the row is written anyway. Plain C,
+ * shared by every ISA level (it touches only the new rows). */
+int ryz_store_kv16_row(uint16_t *RYZ_RESTRICT dst, const float *RYZ_RESTRICT x, int64_t n, int fmt);
+
 /* int8 KV cache rows (see py_attention.c quantize_kv_i8): symmetric per (row, head),
  * d = max|x| / 127, q8 = clamp(rint(x * (127 / max|x|)), -127, 127); d = 0 and q8 = 0 for
  * an all-zero row. Returns 1 if x holds NaN/inf. Plain C, shared by every ISA level. */

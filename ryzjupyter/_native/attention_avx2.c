@@ -1,10 +1,10 @@
-/* attention_avx2.c: AVX2+FMA causal GQA attention (see attention.h), float32 or int8
- * KV cache (one template, specialised twice); the same structure as attention_avx512.c
+/* attention_avx2.c: AVX2+FMA causal GQA attention (see attention.h), float32, int8, float16
+ * or bfloat16 KV cache (16-bit values widened in registers: F16C vcvtph2ps, or a shift); the same structure as attention_avx512.c
  * with 8-float vectors: query heads 4 at a time (a smaller group repeats its last head),
  * scores, softmax, then the weighted sum of v blocked over rows. Plain loads for whole
  * vectors, vmaskmov only for row tails. */
-#if !defined(__AVX2__) || !defined(__FMA__)
-#error "attention_avx2.c must be compiled with -mavx2 -mfma"
+#if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
+#error "attention_avx2.c must be compiled with -mavx2 -mfma -mf16c"
 #endif
 #include <immintrin.h>
 #include <math.h>
@@ -26,6 +26,24 @@ static inline __m256 ld_i8(const int8_t *p, int64_t left) {
     }
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
 }
+
+/* 8 float16 / bfloat16 values (fmt) from column j of a row, widened to floats (exact) */
+static inline __m256 widen8(__m128i b, const int fmt) {
+    return fmt == RYZ_KV_BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16))
+                              : _mm256_cvtph_ps(b);
+}
+static inline __m256 ld_16(const uint16_t *p, int64_t left, const int fmt) {
+    __m128i b;
+    if (left >= 8) {
+        b = _mm_loadu_si128((const __m128i *)p);
+    } else {
+        uint16_t tmp[8] = {0};
+        if (left > 0) memcpy(tmp, p, (size_t)left * 2);
+        b = _mm_loadu_si128((const __m128i *)tmp);
+    }
+    return widen8(b, fmt);
+}
+static inline __m256 ld8_16(const uint16_t *p, const int fmt) { return widen8(_mm_loadu_si128((const __m128i *)p), fmt); }
 
 /* ---- float32 cache ---- */
 static void attend_f32_1(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
@@ -145,16 +163,20 @@ static void attend_f32_1(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
 /* ---- int8 cache: the same algorithm as a template (i8 = 1 below; the float kernel above
  * stays separate because the template's float instance measured ~30% slower at 4k rows) ---- */
 static inline __attribute__((always_inline)) void
-attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
+attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int fmt) {
+    const int i8 = fmt == RYZ_KV_I8;
     /* fields copied to locals: stores to the float scratch could otherwise alias them
      * (-fno-strict-aliasing) and force reloads in the inner loops */
     const int64_t G = u->G, hd = u->hd, L = u->L, kstride = u->kstride, ss = u->sstride;
     const float *RYZ_RESTRICT kf = u->k, *RYZ_RESTRICT vf = u->v, *RYZ_RESTRICT ks = u->ks, *RYZ_RESTRICT vs = u->vs;
     const int8_t *RYZ_RESTRICT k8 = u->k8, *RYZ_RESTRICT v8 = u->v8;
+    const uint16_t *RYZ_RESTRICT k16 = u->k16, *RYZ_RESTRICT v16 = u->v16;
     const float scale = u->scale;
     float *RYZ_RESTRICT ml = u->ml;
-#define LOADK(t, j, left) (i8 ? ld_i8(k8 + (t) * kstride + (j), left) : ld_f32(kf + (t) * kstride + (j), left))
-#define LOADV(t, j, left) (i8 ? ld_i8(v8 + (t) * kstride + (j), left) : ld_f32(vf + (t) * kstride + (j), left))
+#define LOADK(t, j, left) (i8 ? ld_i8(k8 + (t) * kstride + (j), left) : fmt >= RYZ_KV_F16 ? \
+                           ld_16(k16 + (t) * kstride + (j), left, fmt) : ld_f32(kf + (t) * kstride + (j), left))
+#define LOADV(t, j, left) (i8 ? ld_i8(v8 + (t) * kstride + (j), left) : fmt >= RYZ_KV_F16 ? \
+                           ld_16(v16 + (t) * kstride + (j), left, fmt) : ld_f32(vf + (t) * kstride + (j), left))
     for (int64_t g0 = 0; g0 < G; g0 += 4) {
         const int64_t gn = G - g0 < 4 ? G - g0 : 4;
         const float *qh[4];
@@ -274,7 +296,9 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
 #undef LOADV
 }
 
-static void attend_i8_1(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, 1); }
+static void attend_i8_1(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, RYZ_KV_I8); }
+static void attend_f16_1(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, RYZ_KV_F16); }
+static void attend_bf16_1(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, RYZ_KV_BF16); }
 
 /* ---- float cache, rows in address order (decode units: every kv head of a row, hd % 8 == 0) --
  * Both passes read the unit's rows one block after the other (one contiguous stretch per unit,
@@ -412,6 +436,135 @@ static void seq_f32(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
                 if (j < hd) {
                     float *const ac[4] = {a[0] + j, a[1] + j, a[2] + j, a[3] + j};
                     seq_v_cols(ac, p, vf + t * kstride + h * hd + j, kstride, n, t == 0, 1);
+                }
+            }
+    }
+    for (int64_t hg = 0; hg < HG; hg++) {
+        const __m256 s = _mm256_set1_ps(inv[hg]);
+        for (int64_t j = 0; j < hd; j += 8)
+            _mm256_storeu_ps(u->o + hg * hd + j, _mm256_mul_ps(_mm256_loadu_ps(acc + hg * hd + j), s));
+    }
+}
+/* seq_f32 over a float16 / bfloat16 cache: the same passes, each value widened in registers
+ * (half the bytes streamed; one prefetch per 64-byte line = 32 values) */
+/* seq_v_cols over 16-bit rows (fmt), widened in registers */
+static inline __attribute__((always_inline)) void
+seq_v_cols16(float *const a[4], const float *const p[4], const uint16_t *vr, int64_t kstride, int64_t n,
+             int first, const int NC, const int fmt) {
+    __m256 c0[2], c1[2], c2[2], c3[2];
+    for (int c = 0; c < NC; c++) {
+        c0[c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(a[0] + 8 * c);
+        c1[c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(a[1] + 8 * c);
+        c2[c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(a[2] + 8 * c);
+        c3[c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(a[3] + 8 * c);
+    }
+    for (int64_t r = 0; r < n; r++, vr += kstride) {
+        const __m256 p0 = _mm256_broadcast_ss(p[0] + r), p1 = _mm256_broadcast_ss(p[1] + r);
+        const __m256 p2 = _mm256_broadcast_ss(p[2] + r), p3 = _mm256_broadcast_ss(p[3] + r);
+        for (int c = 0; c < NC; c++) {
+            const __m256 x = ld8_16(vr + 8 * c, fmt);
+            c0[c] = _mm256_fmadd_ps(p0, x, c0[c]), c1[c] = _mm256_fmadd_ps(p1, x, c1[c]);
+            c2[c] = _mm256_fmadd_ps(p2, x, c2[c]), c3[c] = _mm256_fmadd_ps(p3, x, c3[c]);
+        }
+    }
+    for (int c = 0; c < NC; c++) { /* repeated heads store the same values to the same place */
+        _mm256_storeu_ps(a[3] + 8 * c, c3[c]), _mm256_storeu_ps(a[2] + 8 * c, c2[c]);
+        _mm256_storeu_ps(a[1] + 8 * c, c1[c]), _mm256_storeu_ps(a[0] + 8 * c, c0[c]);
+    }
+}
+
+static inline __attribute__((always_inline)) void seq_16(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int fmt) {
+    const int64_t G = u->G, H = u->H, hd = u->hd, L = u->L, kstride = u->kstride, HG = H * G;
+    const int64_t Lp = ryz_attn_score_stride(L);
+    const uint16_t *RYZ_RESTRICT kf = u->k16, *RYZ_RESTRICT vf = u->v16;
+    const float *RYZ_RESTRICT qb = u->q;
+    float *RYZ_RESTRICT sc = scratch;            /* [HG][Lp] scores, then softmax numerators */
+    float *RYZ_RESTRICT acc = scratch + HG * Lp; /* [HG][hd] */
+    float *RYZ_RESTRICT inv = acc + HG * hd;     /* [HG] */
+    const __m256 scale = _mm256_set1_ps(u->scale);
+    /* ---- scores, rows 2 at a time (a last odd row is paired with itself) ---- */
+    for (int64_t t = 0; t < L; t += 2) {
+        const int64_t t1 = t + 1 < L ? t + 1 : t;
+        const uint16_t *row0 = kf + t * kstride, *row1 = kf + t1 * kstride;
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t g0 = 0; g0 < G; g0 += 4) {
+                const int64_t gn = G - g0 < 4 ? G - g0 : 4;
+                const float *q0 = qb + (h * G + g0) * hd, *q1 = q0 + (gn > 1 ? hd : 0);
+                const float *q2 = q0 + (gn > 2 ? 2 : gn - 1) * hd, *q3 = q0 + (gn > 3 ? 3 : gn - 1) * hd;
+                const uint16_t *k0 = row0 + h * hd, *k1 = row1 + h * hd;
+                __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps();
+                __m256 a3 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+                __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+                const int64_t pfo = (t + SEQ_KPF < L ? SEQ_KPF : 0) * kstride; /* rows ahead, one line a row */
+                for (int64_t j = 0; j < hd; j += 8) {
+                    if (g0 == 0 && (j & 31) == 0)   /* a line: 32 values */
+                        _mm_prefetch((const char *)(k0 + pfo + j), _MM_HINT_T0), _mm_prefetch((const char *)(k1 + pfo + j), _MM_HINT_T0);
+                    const __m256 x = ld8_16(k0 + j, fmt), y = ld8_16(k1 + j, fmt);
+                    __m256 qv = _mm256_loadu_ps(q0 + j);
+                    a0 = _mm256_fmadd_ps(qv, x, a0), b0 = _mm256_fmadd_ps(qv, y, b0);
+                    qv = _mm256_loadu_ps(q1 + j);
+                    a1 = _mm256_fmadd_ps(qv, x, a1), b1 = _mm256_fmadd_ps(qv, y, b1);
+                    qv = _mm256_loadu_ps(q2 + j);
+                    a2 = _mm256_fmadd_ps(qv, x, a2), b2 = _mm256_fmadd_ps(qv, y, b2);
+                    qv = _mm256_loadu_ps(q3 + j);
+                    a3 = _mm256_fmadd_ps(qv, x, a3), b3 = _mm256_fmadd_ps(qv, y, b3);
+                }
+                /* lanes 0-3: heads 0-3 at row t; 4-7: at row t1 */
+                const __m256 ha = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+                const __m256 hb = _mm256_hadd_ps(_mm256_hadd_ps(b0, b1), _mm256_hadd_ps(b2, b3));
+                const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(ha, hb, 0x20), _mm256_permute2f128_ps(ha, hb, 0x31));
+                float s8[8];
+                _mm256_storeu_ps(s8, _mm256_mul_ps(sum, scale));
+                for (int gg = 0; gg < gn; gg++) {
+                    float *dst = sc + (h * G + g0 + gg) * Lp;
+                    dst[t] = s8[gg];
+                    dst[t1] = s8[4 + gg];
+                }
+            }
+    }
+    /* ---- softmax numerators, in place ---- */
+    for (int64_t hg = 0; hg < HG; hg++) {
+        float *p = sc + hg * Lp;
+        __m256 vm = _mm256_set1_ps(-INFINITY);
+        int64_t t = 0;
+        for (; t + 8 <= L; t += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(p + t));
+        float mxs = ryz_hmax_avx2(vm);
+        for (; t < L; t++) mxs = p[t] > mxs ? p[t] : mxs;
+        __m256 mx = _mm256_set1_ps(mxs), sum = _mm256_setzero_ps();
+        for (t = 0; t < L; t += 8) {
+            __m256 e = ryz_exp_avx2(_mm256_sub_ps(ryz_ld8(p + t, L - t), mx));
+            if (L - t < 8) e = _mm256_and_ps(e, _mm256_castsi256_ps(ryz_tail8(L - t)));
+            sum = _mm256_add_ps(sum, e);
+            ryz_st8(p + t, L - t, e);
+        }
+        const float l = ryz_hsum_avx2(sum);
+        inv[hg] = 1.0f / l;
+        if (u->ml) u->ml[2 * hg] = mxs, u->ml[2 * hg + 1] = l;
+    }
+    /* ---- out = inv * sum_t p[t] v[t], rows SEQ_VROWS at a time ---- */
+    for (int64_t t = 0; t < L; t += SEQ_VROWS) {
+        const int64_t n = L - t < SEQ_VROWS ? L - t : SEQ_VROWS, tn = t + SEQ_VPF;
+        const int64_t npf = L - tn < SEQ_VROWS ? (L > tn ? L - tn : 0) : SEQ_VROWS;
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t g0 = 0; g0 < G; g0 += 4) {
+                const int64_t gn = G - g0 < 4 ? G - g0 : 4;
+                float *a[4];
+                const float *p[4];
+                for (int gg = 0; gg < 4; gg++) {
+                    const int64_t hg = h * G + g0 + (gg < gn ? gg : gn - 1);
+                    a[gg] = acc + hg * hd;
+                    p[gg] = sc + hg * Lp + t;
+                }
+                int64_t j = 0;
+                for (; j + 16 <= hd; j += 16) {
+                    if (g0 == 0 && (j & 31) == 0)
+                        for (int64_t r = 0; r < npf; r++) _mm_prefetch((const char *)(vf + (tn + r) * kstride + h * hd + j), _MM_HINT_T0);
+                    float *const ac[4] = {a[0] + j, a[1] + j, a[2] + j, a[3] + j};
+                    seq_v_cols16(ac, p, vf + t * kstride + h * hd + j, kstride, n, t == 0, 2, fmt);
+                }
+                if (j < hd) {
+                    float *const ac[4] = {a[0] + j, a[1] + j, a[2] + j, a[3] + j};
+                    seq_v_cols16(ac, p, vf + t * kstride + h * hd + j, kstride, n, t == 0, 1, fmt);
                 }
             }
     }
@@ -599,6 +752,8 @@ static inline void each_head(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch
         s.ml = u->ml ? u->ml + 2 * h * u->G : NULL;
         if (u->k8) {
             s.k8 = u->k8 + off, s.v8 = u->v8 + off, s.ks = u->ks + h, s.vs = u->vs + h;
+        } else if (u->k16) {
+            s.k16 = u->k16 + off, s.v16 = u->v16 + off;
         } else {
             s.k = u->k + off, s.v = u->v + off;
         }
@@ -612,6 +767,28 @@ static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
         each_head(u, scratch, attend_f32_1);
 }
 static void attend_i8(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { each_head(u, scratch, attend_i8_1); }
+static void seq_f16(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { seq_16(u, scratch, RYZ_KV_F16); }
+static void seq_bf16(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { seq_16(u, scratch, RYZ_KV_BF16); }
+static void attend_f16(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
+    if (ryz_attn_tiled && u->H * u->hd == u->kstride && u->hd % 8 == 0)
+        seq_f16(u, scratch);
+    else
+        each_head(u, scratch, attend_f16_1);
+}
+static void attend_bf16(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
+    if (ryz_attn_tiled && u->H * u->hd == u->kstride && u->hd % 8 == 0)
+        seq_bf16(u, scratch);
+    else
+        each_head(u, scratch, attend_bf16_1);
+}
+static void widen16(float *RYZ_RESTRICT dst, const uint16_t *RYZ_RESTRICT src, int64_t n, int fmt) {
+    int64_t i = 0;
+    if (fmt == RYZ_KV_BF16)
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, ld8_16(src + i, RYZ_KV_BF16));
+    else
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, ld8_16(src + i, RYZ_KV_F16));
+    for (; i < n; i++) dst[i] = ryz_kv16_to_f32(src[i], fmt);
+}
 
 const ryz_attention_kernels ryz_attention_avx2 = {
     .name = "avx2",
@@ -619,4 +796,7 @@ const ryz_attention_kernels ryz_attention_avx2 = {
     .transpose_k = transpose_k,
     .attend = attend,
     .attend_i8 = attend_i8,
+    .attend_f16 = attend_f16,
+    .attend_bf16 = attend_bf16,
+    .widen16 = widen16,
 };

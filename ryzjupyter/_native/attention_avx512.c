@@ -1,5 +1,6 @@
-/* attention_avx512.c: AVX-512 causal GQA attention (see attention.h), float32 or int8
- * KV cache (one template, specialised twice). Query heads are taken 4 at a time (a
+/* attention_avx512.c: AVX-512 causal GQA attention (see attention.h), float32, int8, float16
+ * or bfloat16 KV cache (one template, specialised per format; 16-bit values are widened in
+ * registers: vcvtph2ps, or a shift for bfloat16). Query heads are taken 4 at a time (a
  * group smaller than 4 repeats its last head and drops the copies), so every k/v value
  * loaded from the cache feeds 4 dot products or 4 accumulations. Two passes over the
  * unit's rows, both in address order across its H kv heads (a decode unit covers every
@@ -39,6 +40,15 @@ static inline __m512 ld_f32(const float *p, __mmask16 m) { return ryz_ld16(p, m)
 static inline __m512 ld_i8(const int8_t *p, __mmask16 m) {
     __m128i b = m == 0xffff ? _mm_loadu_si128((const __m128i *)p) : _mm_maskz_loadu_epi8(m, p);
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+}
+
+/* 16 float16 / bfloat16 values (fmt) widened to floats (exact): vcvtph2ps, or a shift */
+static inline __m512 widen16v(__m256i b, const int fmt) {
+    return fmt == RYZ_KV_BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16))
+                              : _mm512_cvtph_ps(b);
+}
+static inline __m512 ld_16(const uint16_t *p, __mmask16 m, const int fmt) {
+    return widen16v(m == 0xffff ? _mm256_loadu_si256((const __m256i *)p) : _mm256_maskz_loadu_epi16(m, p), fmt);
 }
 
 /* s[i] = sum of the 16 lanes of a[i]: a transpose-add tree (45 shuffles/adds for 16 sums) */
@@ -147,30 +157,108 @@ static void seq_v(const ryz_attn_unit *u, const float *RYZ_RESTRICT sc, int64_t 
     }
 }
 
+/* seq_scores / seq_v over a float16 / bfloat16 cache: the same sums, each value widened in
+ * registers (half the bytes streamed) */
 static inline __attribute__((always_inline)) void
-attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
+seq_scores16(const ryz_attn_unit *u, float *RYZ_RESTRICT sc, int64_t Lp, const int fmt) {
+    const int64_t G = u->G, H = u->H, hd = u->hd, L = u->L, kstride = u->kstride;
+    const int64_t NG = (G + 3) / 4;
+    const uint16_t *RYZ_RESTRICT kf = u->k16;
+    const float *RYZ_RESTRICT qb = u->q;
+    const __m512 kscale = _mm512_set1_ps(u->scale);
+    __m512 blk[SEQ_MAX_GROUPS][16];
+    for (int64_t t = 0; t < L; t += 4) {
+        for (int r = 0; r < 4; r++) {
+            const uint16_t *row = kf + (t + r < L ? t + r : L - 1) * kstride;  /* a short last block
+                                                                  * repeats its last row */
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t g0 = 0; g0 < G; g0 += 4) {
+                    const int64_t gn = G - g0 < 4 ? G - g0 : 4;
+                    const float *qh[4];
+                    for (int gg = 0; gg < 4; gg++) qh[gg] = qb + (h * G + g0 + (gg < gn ? gg : gn - 1)) * hd;
+                    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                                   _mm512_setzero_ps()};
+                    int64_t j = 0;
+                    for (; j + 16 <= hd; j += 16) {
+                        const __m512 kv = ld_16(row + h * hd + j, (__mmask16)0xffff, fmt);
+                        for (int gg = 0; gg < 4; gg++) a[gg] = _mm512_fmadd_ps(_mm512_loadu_ps(qh[gg] + j), kv, a[gg]);
+                    }
+                    if (j < hd) {
+                        const __mmask16 m = ryz_tail16(hd - j);
+                        const __m512 kv = ld_16(row + h * hd + j, m, fmt);
+                        for (int gg = 0; gg < 4; gg++) a[gg] = _mm512_fmadd_ps(ryz_ld16(qh[gg] + j, m), kv, a[gg]);
+                    }
+                    for (int gg = 0; gg < 4; gg++) blk[h * NG + g0 / 4][gg * 4 + r] = a[gg];
+                }
+        }
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t g0 = 0; g0 < G; g0 += 4) {
+                const int64_t gn = G - g0 < 4 ? G - g0 : 4;
+                store_scores(sc + (h * G + g0) * Lp + t, Lp, gn, _mm512_mul_ps(reduce16(blk[h * NG + g0 / 4]), kscale));
+            }
+    }
+}
+
+/* seq_v: out[hg] = inv[hg] * sum_t p[hg][t] v[t, h], the rows one after the other, the partial
+ * sums in acc (L1): per lane the same FMAs in the same order (t ascending) as the blocked
+ * pass, so the same outputs. */
+static inline __attribute__((always_inline)) void
+seq_v16(const ryz_attn_unit *u, const float *RYZ_RESTRICT sc, int64_t Lp, float *RYZ_RESTRICT acc,
+        const float *RYZ_RESTRICT inv, const int fmt) {
+    const int64_t G = u->G, H = u->H, hd = u->hd, L = u->L, kstride = u->kstride, HG = H * G;
+    const uint16_t *RYZ_RESTRICT vf = u->v16;
+    memset(acc, 0, sizeof(float) * (size_t)(HG * hd));  /* exactly: inv follows acc */
+    const __mmask16 mt = ryz_tail16(hd % 16);
+    for (int64_t t = 0; t < L; t++) {
+        const uint16_t *row = vf + t * kstride;
+        for (int64_t h = 0, hg = 0; h < H; h++) {
+            const uint16_t *vr = row + h * hd;
+            for (int64_t g = 0; g < G; g++, hg++) {
+                const __m512 pg = _mm512_set1_ps(sc[hg * Lp + t]);
+                float *a = acc + hg * hd;
+                int64_t j = 0;
+                for (; j + 16 <= hd; j += 16)
+                    _mm512_storeu_ps(a + j, _mm512_fmadd_ps(pg, ld_16(vr + j, (__mmask16)0xffff, fmt), _mm512_loadu_ps(a + j)));
+                if (j < hd) _mm512_mask_storeu_ps(a + j, mt, _mm512_fmadd_ps(pg, ld_16(vr + j, mt, fmt), ryz_ld16(a + j, mt)));
+            }
+        }
+    }
+    for (int64_t hg = 0; hg < HG; hg++) {
+        const __m512 s = _mm512_set1_ps(inv[hg]);
+        int64_t j = 0;
+        for (; j + 16 <= hd; j += 16) _mm512_storeu_ps(u->o + hg * hd + j, _mm512_mul_ps(_mm512_loadu_ps(acc + hg * hd + j), s));
+        if (j < hd) _mm512_mask_storeu_ps(u->o + hg * hd + j, mt, _mm512_mul_ps(ryz_ld16(acc + hg * hd + j, mt), s));
+    }
+}
+
+static inline __attribute__((always_inline)) void
+attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int fmt) {
+    const int i8 = fmt == RYZ_KV_I8, h16 = fmt >= RYZ_KV_F16;
     /* fields copied to locals: stores to the float scratch could otherwise alias them
      * (-fno-strict-aliasing) and force reloads in the inner loops */
     const int64_t G = u->G, H = u->H, hd = u->hd, L = u->L, kstride = u->kstride, ss = u->sstride;
-    const int64_t HG = H * G, Lp = ryz_attn_score_stride(L), esz = i8 ? 1 : 4;
+    const int64_t HG = H * G, Lp = ryz_attn_score_stride(L), esz = i8 ? 1 : h16 ? 2 : 4;
     const float *RYZ_RESTRICT kf = u->k, *RYZ_RESTRICT vf = u->v, *RYZ_RESTRICT ks = u->ks, *RYZ_RESTRICT vs = u->vs;
     const int8_t *RYZ_RESTRICT k8 = u->k8, *RYZ_RESTRICT v8 = u->v8;
+    const uint16_t *RYZ_RESTRICT k16 = u->k16, *RYZ_RESTRICT v16 = u->v16;
     const float *RYZ_RESTRICT qb = u->q;
     float *RYZ_RESTRICT ob = u->o, *RYZ_RESTRICT ml = u->ml;
     const float scale = u->scale;
     float *RYZ_RESTRICT sc = scratch;            /* [HG][Lp] scores, then softmax numerators */
     float *RYZ_RESTRICT acc = scratch + HG * Lp; /* [HG][hd] v-pass partial sums */
     float *RYZ_RESTRICT inv = acc + HG * hd;     /* [HG] 1 / sum of the numerators */
-    const char *kbytes = i8 ? (const char *)k8 : (const char *)kf;
-    const char *vbytes = i8 ? (const char *)v8 : (const char *)vf;
+    const char *kbytes = i8 ? (const char *)k8 : h16 ? (const char *)k16 : (const char *)kf;
+    const char *vbytes = i8 ? (const char *)v8 : h16 ? (const char *)v16 : (const char *)vf;
     /* int8 decode unit (its rows are one range): the score pass also prefetches the v rows it
      * passes, so the v pass (int8 -> float conversions, compute-heavy) runs from L2 while
      * DRAM streams during the scores: 10.8 -> 7.0 ms per token at 2k, 30 layers, 1 thread
      * (6.1 -> 4.3 ms with 2). The float cache gained nothing from it (its unit's k and v
      * rows, 640 KB, crowd the 1 MB L2), so it keeps the v prefetch of the v pass. */
     const int contig = i8 && H * hd == kstride;
-#define LOADK(t, h, j, m) (i8 ? ld_i8(k8 + (t) * kstride + (h) * hd + (j), m) : ld_f32(kf + (t) * kstride + (h) * hd + (j), m))
-#define LOADV(t, h, j, m) (i8 ? ld_i8(v8 + (t) * kstride + (h) * hd + (j), m) : ld_f32(vf + (t) * kstride + (h) * hd + (j), m))
+#define LOADK(t, h, j, m) (i8 ? ld_i8(k8 + (t) * kstride + (h) * hd + (j), m) : h16 ? ld_16(k16 + (t) * kstride + (h) * hd + (j), m, fmt) \
+                               : ld_f32(kf + (t) * kstride + (h) * hd + (j), m))
+#define LOADV(t, h, j, m) (i8 ? ld_i8(v8 + (t) * kstride + (h) * hd + (j), m) : h16 ? ld_16(v16 + (t) * kstride + (h) * hd + (j), m, fmt) \
+                               : ld_f32(vf + (t) * kstride + (h) * hd + (j), m))
 
     /* Float cache, every kv head of each row (decode units): both passes read the rows in
      * address order, row after row, without software prefetch (seq_scores, seq_v below). On
@@ -178,7 +266,8 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
      * block, streamed ~12 GB/s a core; one row after the other 21-23 (the probe: 23-24;
      * standalone loop). Same float operations in the same order: same results. */
     const int seq = !i8 && H * hd == kstride && H * ((G + 3) / 4) <= SEQ_MAX_GROUPS;
-    if (seq) seq_scores(u, sc, Lp);
+    if (seq && h16) seq_scores16(u, sc, Lp, fmt);
+    else if (seq) seq_scores(u, sc, Lp);
     /* ---- scores: rows 4 at a time (a short last block repeats its last row; the copies
      * land in the padding of sc, Lp >= L rounded up to 16) ---- */
     for (int64_t t = 0; t < (seq ? 0 : L); t += 4) {
@@ -215,7 +304,7 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
                 }
                 int64_t j = 0;
                 for (; j + 16 <= hd; j += 16) {
-                    if (g0 == 0 && (i8 ? (j & 63) == 0 : 1))
+                    if (g0 == 0 && (i8 ? (j & 63) == 0 : h16 ? (j & 31) == 0 : 1))   /* a line at a time */
                         for (int r = 0; r < 4; r++) {
                             _mm_prefetch(pfr[r] + (h * hd + j) * esz, RYZ_ATTN_PF_HINT);
                             if (contig) _mm_prefetch(pfv[r] + (h * hd + j) * esz, _MM_HINT_T1);
@@ -255,7 +344,8 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int i8) {
      * the next block is one stretch of memory and is prefetched in address order, pstep bytes per
      * step (as the GEMVs do): 41 -> 28 us for 128 rows of 2B-4T heads from DRAM, 1 thread. */
     const int rows_contig = H * hd == kstride;
-    if (seq) seq_v(u, sc, Lp, acc, inv);
+    if (seq && h16) seq_v16(u, sc, Lp, acc, inv, fmt);
+    else if (seq) seq_v(u, sc, Lp, acc, inv);
     for (int64_t tb = 0; tb < (seq ? 0 : L); tb += RYZ_ATTN_VBLOCK) {
         const int64_t te = L - tb < RYZ_ATTN_VBLOCK ? L : tb + RYZ_ATTN_VBLOCK;
         const int64_t ne = L - te < RYZ_ATTN_VBLOCK ? L : te + RYZ_ATTN_VBLOCK;
@@ -483,8 +573,18 @@ static void attend_block(const ryz_attn_block *b, float *RYZ_RESTRICT scratch) {
     }
 }
 
-static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, 0); }
-static void attend_i8(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, 1); }
+static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, RYZ_KV_F32); }
+static void attend_i8(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, RYZ_KV_I8); }
+static void attend_f16(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, RYZ_KV_F16); }
+static void attend_bf16(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_impl(u, scratch, RYZ_KV_BF16); }
+static void widen16(float *RYZ_RESTRICT dst, const uint16_t *RYZ_RESTRICT src, int64_t n, int fmt) {
+    int64_t i = 0;
+    if (fmt == RYZ_KV_BF16)
+        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, ld_16(src + i, (__mmask16)0xffff, RYZ_KV_BF16));
+    else
+        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, ld_16(src + i, (__mmask16)0xffff, RYZ_KV_F16));
+    for (; i < n; i++) dst[i] = ryz_kv16_to_f32(src[i], fmt);
+}
 
 const ryz_attention_kernels ryz_attention_avx512 = {
     .name = "avx512vnni",
@@ -492,4 +592,7 @@ const ryz_attention_kernels ryz_attention_avx512 = {
     .transpose_k = transpose_k,
     .attend = attend,
     .attend_i8 = attend_i8,
+    .attend_f16 = attend_f16,
+    .attend_bf16 = attend_bf16,
+    .widen16 = widen16,
 };

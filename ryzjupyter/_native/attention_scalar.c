@@ -68,6 +68,54 @@ static void attend_i8(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
     }
 }
 
+/* 16-bit cache (fmt RYZ_KV_F16 or RYZ_KV_BF16): attend over the widened values */
+static inline void attend_16(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, int fmt) {
+    const int64_t G = u->G, hd = u->hd, L = u->L, kstride = u->kstride;
+    for (int64_t g = 0; g < u->H * G; g++) {
+        const float *qh = u->q + g * hd;
+        const uint16_t *kb = u->k16 + g / G * hd, *vb = u->v16 + g / G * hd;
+        float *o = u->o + g * hd;
+        float *sc = scratch;
+        float m = -INFINITY;
+        for (int64_t t = 0; t < L; t++) {
+            const uint16_t *kt = kb + t * kstride;
+            float d = 0.0f;
+            for (int64_t j = 0; j < hd; j++) d += qh[j] * ryz_kv16_to_f32(kt[j], fmt);
+            sc[t] = d * u->scale;
+            if (sc[t] > m) m = sc[t];
+        }
+        float sum = 0.0f;
+        for (int64_t t = 0; t < L; t++) {
+            sc[t] = expf(sc[t] - m);
+            sum += sc[t];
+        }
+        for (int64_t j = 0; j < hd; j++) o[j] = 0.0f;
+        for (int64_t t = 0; t < L; t++) {
+            const uint16_t *vt = vb + t * kstride;
+            for (int64_t j = 0; j < hd; j++) o[j] += sc[t] * ryz_kv16_to_f32(vt[j], fmt);
+        }
+        float inv = 1.0f / sum;
+        if (u->ml) u->ml[2 * g] = m, u->ml[2 * g + 1] = sum;
+        for (int64_t j = 0; j < hd; j++) o[j] *= inv;
+    }
+}
+static void attend_f16(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_16(u, scratch, RYZ_KV_F16); }
+static void attend_bf16(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) { attend_16(u, scratch, RYZ_KV_BF16); }
+
+static void widen16(float *RYZ_RESTRICT dst, const uint16_t *RYZ_RESTRICT src, int64_t n, int fmt) {
+    for (int64_t i = 0; i < n; i++) dst[i] = ryz_kv16_to_f32(src[i], fmt);
+}
+
+int ryz_store_kv16_row(uint16_t *RYZ_RESTRICT dst, const float *RYZ_RESTRICT x, int64_t n, int fmt) {
+    int bad = 0;
+    for (int64_t j = 0; j < n; j++) {
+        const uint16_t h = fmt == RYZ_KV_BF16 ? ryz_f32_to_bf16(x[j]) : ryz_f32_to_f16(x[j]);
+        bad |= fmt == RYZ_KV_BF16 ? (h & 0x7f80) == 0x7f80 : (h & 0x7c00) == 0x7c00; /* inf or NaN */
+        dst[j] = h;
+    }
+    return bad;
+}
+
 /* ---- prefill blocks (ryz_attn_block, see attention.h): the online softmax over tiles of 16
  * keys, one query vector at a time ---- */
 static void transpose_k(float *RYZ_RESTRICT kt, const float *k, int64_t kstride, int64_t hd, int64_t t0,
@@ -140,4 +188,7 @@ const ryz_attention_kernels ryz_attention_scalar = {
     .transpose_k = transpose_k,
     .attend = attend,
     .attend_i8 = attend_i8,
+    .attend_f16 = attend_f16,
+    .attend_bf16 = attend_bf16,
+    .widen16 = widen16,
 };

@@ -283,13 +283,17 @@ static int batch_layer(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, 
                 if (ryz_quantize_kv_row(kvm->kc8 + p * KVD + h * hd, kvm->ks + p * Hkv + h, krow + h * hd, hd) ||
                     ryz_quantize_kv_row(kvm->vc8 + p * KVD + h * hd, kvm->vs + p * Hkv + h, vrow + h * hd, hd))
                     return -2;
+        } else if (kvm->kc16) {   /* as store_kv16 */
+            if (ryz_store_kv16_row(kvm->kc16 + p * KVD, krow, KVD, kvm->fmt16) |
+                ryz_store_kv16_row(kvm->vc16 + p * KVD, vrow, KVD, kvm->fmt16))
+                return -3;
         } else {
             memcpy(kvm->kc + p * KVD, krow, sizeof(float) * (size_t)KVD);
             memcpy(kvm->vc + p * KVD, vrow, sizeof(float) * (size_t)KVD);
         }
         attn_stream *as = &bb->as[m];
         *as = (attn_stream){
-            .c = {kvm->kc, kvm->vc, kvm->kc8, kvm->vc8, kvm->ks, kvm->vs, Hkv, hd},
+            .c = {kvm->kc, kvm->vc, kvm->kc8, kvm->vc8, kvm->ks, kvm->vs, Hkv, hd, kvm->kc16, kvm->vc16, kvm->fmt16},
             .q = bb->qv + m * Q, .out = bb->att + m * Q, .part = bb->part + parts * hd, .ml = bb->ml + parts * 2,
             .L = p + 1, .H = H[m], .S = S[m], .first = items,
         };

@@ -176,6 +176,8 @@ typedef struct {
     float scale;
     float *part, *ml;
     int failed;
+    const uint16_t *k16, *v16;  /* 16-bit cache, else NULL */
+    int fmt16;
 } attn1_job;
 
 /* items: (kv heads kvh .. kvh+H-1, part) = (kvh / H) * S + part */
@@ -188,7 +190,7 @@ static void attn1_task(void *ctx, int64_t b, int64_t e, int tid) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    const ryz_attn_cache c = {j->k, j->v, j->k8, j->v8, j->ks, j->vs, j->Hkv, j->hd};
+    const ryz_attn_cache c = {j->k, j->v, j->k8, j->v8, j->ks, j->vs, j->Hkv, j->hd, j->k16, j->v16, j->fmt16};
     for (int64_t it = b; it < e; it++) {
         const int64_t kvh = it / j->S * j->H, part = it % j->S;
         ryz_attn_run_unit(&c, j->q + kvh * j->G * j->hd, kvh, j->H, j->G, j->L * part / j->S,
@@ -277,8 +279,9 @@ typedef struct {
     int64_t ldq;
 } layer_buffers;
 
-/* S: the attention split (ryz_attn_plan) */
-static layer_scratch *carve_buffers(const ryz_bitnet_config *c, int i8, int64_t S, layer_buffers *b) {
+/* S: the attention split (ryz_attn_plan); staged: the new k/v row goes through kf, vf (a
+ * cache of another format than float32) */
+static layer_scratch *carve_buffers(const ryz_bitnet_config *c, int staged, int64_t S, layer_buffers *b) {
     const int64_t D = c->D, Q = c->Q, I = c->I, hd = c->hd, Hkv = c->Hkv, G = c->Hq / c->Hkv;
     const int64_t Kmax = D > Q ? (D > I ? D : I) : (Q > I ? Q : I);
     const int64_t Kpmax = c->t5 ? ryz_t5_padded_k(Kmax) : ryz_i2_padded_k(Kmax);
@@ -295,8 +298,8 @@ static layer_scratch *carve_buffers(const ryz_bitnet_config *c, int i8, int64_t 
         b->qv = carve(base, &off, fQ); b->att = carve(base, &off, fQ); b->an = carve(base, &off, fQ);
         b->gate = carve(base, &off, fI); b->up = carve(base, &off, fI); b->tmp = carve(base, &off, fI);
         b->q8 = carve(base, &off, b->ldq);
-        b->kf = i8 ? carve(base, &off, fKV) : NULL;
-        b->vf = i8 ? carve(base, &off, fKV) : NULL;
+        b->kf = staged ? carve(base, &off, fKV) : NULL;
+        b->vf = staged ? carve(base, &off, fKV) : NULL;
         b->part = S > 1 ? carve(base, &off, 4 * Hkv * S * G * hd) : NULL;
         b->ml = S > 1 ? carve(base, &off, 4 * Hkv * S * G * 2) : NULL;
         if (pass == 0 && off > sc->size) {
@@ -312,14 +315,14 @@ static layer_scratch *carve_buffers(const ryz_bitnet_config *c, int i8, int64_t 
 int ryz_bitnet_decode_layer(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, const ryz_bitnet_kv *kv,
                             float *x, int64_t pos) {
     const int64_t D = c->D, Q = c->Q, KVD = c->KVD, I = c->I, hd = c->hd;
-    const int i8 = kv->kc8 != NULL;
+    const int i8 = kv->kc8 != NULL, staged = i8 || kv->kc16;
     int64_t H;
     const int64_t Hkv = c->Hkv, G = c->Hq / Hkv, L = pos + 1, S = ryz_attn_plan(1, Hkv, L, i8, &H);
     layer_buffers b;
-    layer_scratch *sc = carve_buffers(c, i8, S, &b);
+    layer_scratch *sc = carve_buffers(c, staged, S, &b);
     if (!sc) return -1;
     qact a = {b.q8, 0, 0.0f, b.ldq, c->t5};
-    float *krow = i8 ? b.kf : kv->kc + pos * KVD, *vrow = i8 ? b.vf : kv->vc + pos * KVD;
+    float *krow = staged ? b.kf : kv->kc + pos * KVD, *vrow = staged ? b.vf : kv->vc + pos * KVD;
     const int64_t rbD = c->t5 ? ryz_t5_row_bytes(D) : ryz_i2_row_bytes(D);
     const int64_t rbQ = c->t5 ? ryz_t5_row_bytes(Q) : ryz_i2_row_bytes(Q);
     const int64_t rbI = c->t5 ? ryz_t5_row_bytes(I) : ryz_i2_row_bytes(I);
@@ -354,8 +357,11 @@ int ryz_bitnet_decode_layer(const ryz_bitnet_config *c, const ryz_bitnet_weights
             if (ryz_quantize_kv_row(kv->kc8 + pos * KVD + h * hd, kv->ks + pos * Hkv + h, b.kf + h * hd, hd) ||
                 ryz_quantize_kv_row(kv->vc8 + pos * KVD + h * hd, kv->vs + pos * Hkv + h, b.vf + h * hd, hd))
                 rc = -2;
+    if (kv->kc16 && (ryz_store_kv16_row(kv->kc16 + pos * KVD, b.kf, KVD, kv->fmt16) |
+                     ryz_store_kv16_row(kv->vc16 + pos * KVD, b.vf, KVD, kv->fmt16)))
+        rc = -3;     /* the new row into the 16-bit cache, as store_kv16 */
     attn1_job aj = {b.att, b.qv, kv->kc, kv->vc, kv->kc8, kv->vc8, kv->ks, kv->vs, c->Hq, Hkv, hd, G, L, H, S,
-                    c->scale, b.part, b.ml, 0};
+                    c->scale, b.part, b.ml, 0, kv->kc16, kv->vc16, kv->fmt16};
     if (S > 1) {
         got = overlap_end(&pf, side);
         side = 0;

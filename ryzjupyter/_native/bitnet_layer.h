@@ -29,11 +29,14 @@ typedef struct {
 } ryz_bitnet_weights;
 
 /* one layer's KV cache [T, Hkv, hd]: float32 (kc, vc), or int8 (kc8, vc8) with float32
- * scales [T, Hkv] (ks, vs); the pointers of the other kind are NULL */
+ * scales [T, Hkv] (ks, vs), or float16 / bfloat16 bits (kc16, vc16; fmt16 RYZ_KV_F16 or
+ * RYZ_KV_BF16, attention.h); the pointers of the other kinds are NULL */
 typedef struct {
     float *kc, *vc;
     int8_t *kc8, *vc8;
     float *ks, *vs;
+    uint16_t *kc16, *vc16;
+    int fmt16;
 } ryz_bitnet_kv;
 
 /* the int8 lm_head after the final norm: logits[n] = sum_k q(x)[k] w[n, k] / (xs * s[n]) */
@@ -56,7 +59,8 @@ typedef struct {
 } ryz_head_i8_job;
 void ryz_head_i8_task(void *ctx, int64_t b, int64_t e, int tid);
 
-/* Return codes: 0, -1 out of memory, -2 NaN or inf in the activations. */
+/* Return codes: 0, -1 out of memory, -2 NaN or inf in the activations, -3 a new key / value
+ * row a 16-bit cache cannot hold (NaN, inf, or |x| >= 65520 for float16). */
 
 /* One layer for the token at position pos: x [D] (the residual stream) is updated in place,
  * row pos of the cache is written and rows 0..pos are attended. */
@@ -92,12 +96,14 @@ int ryz_bitnet_decode_batch(const ryz_bitnet_config *c, const ryz_bitnet_weights
  * ryz_bitnet_decode_token gives for token i decoded right after its ancestors. The cache rows
  * pos + d are written as the walk goes (after the call they hold its last path); stash (NULL,
  * or one per layer) receives every node's key / value row: float32 kf, vf [n, KVD] for a float
- * cache, int8 k8, v8 [n, KVD] with scales ks, vs [n, Hkv] for an int8 one. With head: the
+ * cache, int8 k8, v8 [n, KVD] with scales ks, vs [n, Hkv] for an int8 one, the 16-bit bits k16,
+ * v16 [n, KVD] for a float16 / bfloat16 one. With head: the
  * final norm and the int8 lm_head into logits [n, V]. ns as ryz_bitnet_decode_token. */
 typedef struct {
     float *kf, *vf;
     int8_t *k8, *v8;
     float *ks, *vs;
+    uint16_t *k16, *v16;
 } ryz_bitnet_stash;
 
 int ryz_bitnet_verify(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, const ryz_bitnet_kv *kv,

@@ -139,7 +139,8 @@ static void vattn_task(void *ctx, int64_t b, int64_t e, int tid) {
     vattn *a = ctx;
     const ryz_bitnet_config *c = a->c;
     const int64_t G = c->Hq / c->Hkv, HG = a->H * G, hd = c->hd;
-    const ryz_attn_cache cache = {a->kv->kc, a->kv->vc, a->kv->kc8, a->kv->vc8, a->kv->ks, a->kv->vs, c->Hkv, hd};
+    const ryz_attn_cache cache = {a->kv->kc, a->kv->vc, a->kv->kc8, a->kv->vc8, a->kv->ks, a->kv->vs, c->Hkv, hd,
+                                  a->kv->kc16, a->kv->vc16, a->kv->fmt16};
     float *scratch = NULL;
     int64_t scratch_rows = -1;
     for (int64_t it = b; it < e; it++) {
@@ -181,11 +182,21 @@ static void vattn_merge(void *ctx, int64_t b, int64_t e, int tid) {
 }
 
 /* write node i's new key / value row (b->kf, b->vf row i, after rope) into the cache row
- * pos + depth and into the stash; returns -2 if the int8 cache cannot quantize it */
+ * pos + depth and into the stash; returns -2 if the int8 cache cannot quantize it, -3 if the
+ * 16-bit cache cannot hold it */
 static int write_kv(const ryz_bitnet_config *c, const ryz_bitnet_kv *kv, const ryz_bitnet_stash *st, const vbuf *b,
                     int64_t i, int64_t row) {
     const int64_t KVD = c->KVD, hd = c->hd, Hkv = c->Hkv;
     const float *k = b->kf + i * KVD, *v = b->vf + i * KVD;
+    if (kv->kc16) {
+        const int bad = ryz_store_kv16_row(kv->kc16 + row * KVD, k, KVD, kv->fmt16) |
+                        ryz_store_kv16_row(kv->vc16 + row * KVD, v, KVD, kv->fmt16);
+        if (st) {
+            memcpy(st->k16 + i * KVD, kv->kc16 + row * KVD, sizeof(uint16_t) * (size_t)KVD);
+            memcpy(st->v16 + i * KVD, kv->vc16 + row * KVD, sizeof(uint16_t) * (size_t)KVD);
+        }
+        return bad ? -3 : 0;
+    }
     if (!kv->kc8) {
         memcpy(kv->kc + row * KVD, k, sizeof(float) * (size_t)KVD);
         memcpy(kv->vc + row * KVD, v, sizeof(float) * (size_t)KVD);
@@ -213,8 +224,10 @@ static int attend_segment(const ryz_bitnet_config *c, const ryz_bitnet_kv *kv, c
                           const vbuf *b, const int32_t *depth, int64_t pos, int64_t s0, int64_t s1) {
     const int i8 = kv->kc8 != NULL;
     const int64_t ns = s1 - s0, G = c->Hq / c->Hkv, hd = c->hd;
-    for (int64_t i = s0; i < s1; i++)
-        if (write_kv(c, kv, st, b, i, pos + depth[i])) return -2;
+    for (int64_t i = s0; i < s1; i++) {
+        const int rc = write_kv(c, kv, st, b, i, pos + depth[i]);
+        if (rc) return rc;
+    }
     int64_t H = 1;
     int64_t *S = malloc(sizeof(int64_t) * (size_t)(2 * ns + 1));
     if (!S) return -1;

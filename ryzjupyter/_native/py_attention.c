@@ -18,6 +18,8 @@ void ryz_attention_select(ryz_isa isa) {
     ryz_register_kernel("attention", ryz_attention->name);
     ryz_register_kernel("attention_i8kv", ryz_attention->name);
     ryz_register_kernel("quantize_kv_i8", "scalar"); /* one plain C version for every level */
+    ryz_register_kernel("attention_kv16", ryz_attention->name);
+    ryz_register_kernel("store_kv16", "scalar");     /* one plain C version for every level */
     ryz_register_kernel("attention_segments", ryz_matmul->gemm_name); /* gemm_f32 + softmax_row */
 }
 
@@ -26,6 +28,8 @@ typedef struct {
     const float *q, *k, *v;
     const int8_t *k8, *v8;   /* int8 cache (attention_i8kv), else NULL */
     const float *ks, *vs;    /* its scales [T, Hkv] */
+    const uint16_t *k16, *v16; /* 16-bit cache (attention_kv16), else NULL */
+    int fmt16;               /* its format: RYZ_KV_F16 or RYZ_KV_BF16 */
     int64_t M, Hq, Hkv, hd, G, n_past;
     int64_t H;         /* kv heads per unit: 1 or Hkv (ryz_attn_plan) */
     int64_t S;         /* parts the cache rows of each unit are split into (1: no split) */
@@ -66,7 +70,7 @@ static void attn_task(void *ctx, int64_t b, int64_t e, int tid) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    const ryz_attn_cache c = {j->k, j->v, j->k8, j->v8, j->ks, j->vs, j->Hkv, j->hd};
+    const ryz_attn_cache c = {j->k, j->v, j->k8, j->v8, j->ks, j->vs, j->Hkv, j->hd, j->k16, j->v16, j->fmt16};
     for (int64_t it = b; it < e; it++) {
         const int64_t unit = it / j->S, part = it % j->S;
         int64_t i, kvh;
@@ -94,13 +98,17 @@ static void merge_task(void *ctx, int64_t b, int64_t e, int tid) {
     }
 }
 
-/* ---- prefill over a float32 cache in blocks (kernels with attend_block) ------------------
+/* ---- prefill in blocks (kernels with attend_block) --------------------------------------
  * First every kv head's keys 0 .. n_past + M - 1 are transposed once (items: (kv head, 16
  * keys)), then items (kv head, RYZ_ATTN_BLOCK_ROWS query rows), kv head by kv head so the two
- * threads' halves are the same amount of work and each walks few heads' keys and values. */
+ * threads' halves are the same amount of work and each walks few heads' keys and values.
+ * A 16-bit cache is widened (exactly) on the way: its keys as they are transposed, its values
+ * into vw, per kv head [Lall][hd] (a pass over the cache per call, against the M (n_past + M)
+ * hd G multiply-adds of the blocks), so the blocks are the float32 cache's kernels. */
 typedef struct {
     const attn_job *j;
     float *kt;           /* [Hkv][ryz_attn_kt_floats(Lall, hd)] */
+    float *vw;           /* 16-bit cache: [Hkv][Lall][hd] the values as float32; else NULL */
     int64_t Lall, ktf, blocks;
     int failed;
 } block_job;
@@ -112,14 +120,29 @@ static void kt_task(void *ctx, int64_t b, int64_t e, int tid) {
     block_job *bj = ctx;
     const attn_job *j = bj->j;
     const int64_t per = bj->ktf / (16 * j->hd);
+    float *tmp = NULL;   /* 16-bit cache: 16 keys widened, [16][hd] */
+    if (j->k16 && !(tmp = malloc(sizeof(float) * (size_t)(16 * j->hd)))) {
+        __atomic_store_n(&bj->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    const int64_t KVD = j->Hkv * j->hd;
     for (int64_t it = b; it < e; it++) {
         const int64_t h = it / per, t0 = it % per * 16, t1 = t0 + 16 < bj->Lall ? t0 + 16 : bj->Lall;
         float *kt = bj->kt + h * bj->ktf;
-        if (t0 < t1)
-            ryz_attention->transpose_k(kt, j->k + h * j->hd, j->Hkv * j->hd, j->hd, t0, t1);
-        else
+        if (t0 >= t1) {
             memset(kt + t0 * j->hd, 0, sizeof(float) * (size_t)(16 * j->hd));
+        } else if (!j->k16) {
+            ryz_attention->transpose_k(kt, j->k + h * j->hd, KVD, j->hd, t0, t1);
+        } else {
+            for (int64_t t = t0; t < t1; t++) {
+                const int64_t src = t * KVD + h * j->hd;
+                ryz_attention->widen16(tmp + (t - t0) * j->hd, j->k16 + src, j->hd, j->fmt16);
+                ryz_attention->widen16(bj->vw + (h * bj->Lall + t) * j->hd, j->v16 + src, j->hd, j->fmt16);
+            }
+            ryz_attention->transpose_k(kt + t0 * j->hd, tmp, j->hd, j->hd, 0, t1 - t0);
+        }
     }
+    free(tmp);
 }
 
 static void block_task(void *ctx, int64_t b, int64_t e, int tid) {
@@ -135,9 +158,10 @@ static void block_task(void *ctx, int64_t b, int64_t e, int tid) {
         const int64_t h = it / bj->blocks, i0 = it % bj->blocks * RYZ_ATTN_BLOCK_ROWS;
         const int64_t R = j->M - i0 < RYZ_ATTN_BLOCK_ROWS ? j->M - i0 : RYZ_ATTN_BLOCK_ROWS;
         ryz_attn_block blk = {
-            .q = j->q + (i0 * j->Hq + h * j->G) * j->hd, .kt = bj->kt + h * bj->ktf, .v = j->v + h * j->hd,
+            .q = j->q + (i0 * j->Hq + h * j->G) * j->hd, .kt = bj->kt + h * bj->ktf,
+            .v = bj->vw ? bj->vw + h * bj->Lall * j->hd : j->v + h * j->hd,
             .o = j->out + (i0 * j->Hq + h * j->G) * j->hd, .qstride = j->Hq * j->hd,
-            .kstride = j->Hkv * j->hd, .R = R, .G = j->G, .hd = j->hd, .L0 = j->n_past + i0 + 1,
+            .kstride = bj->vw ? j->hd : j->Hkv * j->hd, .R = R, .G = j->G, .hd = j->hd, .L0 = j->n_past + i0 + 1,
             .scale = j->scale};
         ryz_attention->attend_block(&blk, scratch);
     }
@@ -151,14 +175,19 @@ static int run_blocks(attn_job *j) {
     bj.blocks = (j->M + RYZ_ATTN_BLOCK_ROWS - 1) / RYZ_ATTN_BLOCK_ROWS;
     bj.kt = aligned_alloc(64, (sizeof(float) * (size_t)(j->Hkv * bj.ktf) + 63) / 64 * 64);
     if (!bj.kt) return 1;
+    if (j->k16 && !(bj.vw = malloc(sizeof(float) * (size_t)(j->Hkv * bj.Lall * j->hd)))) {
+        free(bj.kt);
+        return 1;
+    }
     const int64_t per = bj.ktf / (16 * j->hd); /* 16-key blocks per kv head */
     int rc = ryz_run_chunked(kt_task, &bj, j->Hkv * per, j->Hkv * per, per);
     /* chunks of about 2^26 multiply-adds between Ctrl-C checks */
     const int64_t per_item = RYZ_ATTN_BLOCK_ROWS * j->G * bj.Lall * j->hd * 2;
     int64_t chunk = ((int64_t)1 << 26) / (per_item > 0 ? per_item : 1);
     if (chunk < 2 * (int64_t)ryz_num_threads()) chunk = 2 * (int64_t)ryz_num_threads();
-    if (rc == 0) rc = ryz_run_chunked(block_task, &bj, j->Hkv * bj.blocks, chunk, 1);
+    if (rc == 0 && !bj.failed) rc = ryz_run_chunked(block_task, &bj, j->Hkv * bj.blocks, chunk, 1);
     free(bj.kt);
+    free(bj.vw);
     if (rc != 0) return -1;
     return bj.failed ? 1 : 0;
 }
@@ -171,19 +200,35 @@ PyDoc_STRVAR(attention_doc,
 "0 .. n_past + i; query head h uses kv head h // (Hq // Hkv).\n"
 "out[i, h] = softmax(scale * k[:L, h'] @ q[i, h]) @ v[:L, h'], L = n_past + i + 1.\n"
 "out must not overlap q, k or v. Interruptible (Ctrl-C) between chunks of work.");
-static PyObject *attention_common(PyObject *args, int i8) {
+/* "f16" -> RYZ_KV_F16, "bf16" -> RYZ_KV_BF16, else -1 with ValueError */
+static int parse_kv16(const char *fmt) {
+    if (strcmp(fmt, "f16") == 0) return RYZ_KV_F16;
+    if (strcmp(fmt, "bf16") == 0) return RYZ_KV_BF16;
+    PyErr_Format(PyExc_ValueError, "fmt must be 'f16' (float16 array) or 'bf16' (uint16 array of bfloat16 "
+                 "bits), got '%s'", fmt);
+    return -1;
+}
+
+/* kind: RYZ_KV_F32 (attention), RYZ_KV_I8 (attention_i8kv) or 16 (attention_kv16) */
+static PyObject *attention_common(PyObject *args, int kind) {
     PyObject *oo, *oq, *ok, *ov, *oks = NULL, *ovs = NULL;
     long long n_past;
     double scale;
+    const char *sfmt = NULL;
+    const int i8 = kind == RYZ_KV_I8, h16 = kind == 16;
     if (i8 ? !PyArg_ParseTuple(args, "OOOOOOLd:attention_i8kv", &oo, &oq, &ok, &oks, &ov, &ovs, &n_past, &scale)
-           : !PyArg_ParseTuple(args, "OOOOLd:attention", &oo, &oq, &ok, &ov, &n_past, &scale))
+           : h16 ? !PyArg_ParseTuple(args, "OOOOLds:attention_kv16", &oo, &oq, &ok, &ov, &n_past, &scale, &sfmt)
+                 : !PyArg_ParseTuple(args, "OOOOLd:attention", &oo, &oq, &ok, &ov, &n_past, &scale))
         return NULL;
+    const int fmt16 = h16 ? parse_kv16(sfmt) : 0;
+    if (fmt16 < 0) return NULL;
+    const ryz_dtype kvt = i8 ? RYZ_I8 : !h16 ? RYZ_F32 : fmt16 == RYZ_KV_F16 ? RYZ_F16 : RYZ_U16;
     ryz_args a = {0};
     ryz_arr *out, *q, *k, *v, *ks = NULL, *vs = NULL;
     if (!(out = ryz_arr_get(&a, oo, "out", RYZ_F32, 3, 1)) ||
         !(q = ryz_arr_get(&a, oq, "q", RYZ_F32, 3, 0)) ||
-        !(k = ryz_arr_get(&a, ok, "k", i8 ? RYZ_I8 : RYZ_F32, 3, 0)) ||
-        !(v = ryz_arr_get(&a, ov, "v", i8 ? RYZ_I8 : RYZ_F32, 3, 0)))
+        !(k = ryz_arr_get(&a, ok, "k", kvt, 3, 0)) ||
+        !(v = ryz_arr_get(&a, ov, "v", kvt, 3, 0)))
         goto fail;
     if (i8 && (!(ks = ryz_arr_get(&a, oks, "k_scales", RYZ_F32, 2, 0)) ||
                !(vs = ryz_arr_get(&a, ovs, "v_scales", RYZ_F32, 2, 0)) ||
@@ -218,9 +263,11 @@ static PyObject *attention_common(PyObject *args, int i8) {
     if (M == 0 || hd == 0) goto done;
     int64_t H;
     const int64_t G = Hq / Hkv, S = ryz_attn_plan(M, Hkv, n_past + 1, i8, &H), units = M * (Hkv / H);
-    attn_job j = {ryz_data(out), ryz_data(q), i8 ? NULL : ryz_data(k), i8 ? NULL : ryz_data(v),
+    const int f32 = !i8 && !h16;
+    attn_job j = {ryz_data(out), ryz_data(q), f32 ? ryz_data(k) : NULL, f32 ? ryz_data(v) : NULL,
                   i8 ? ryz_data(k) : NULL, i8 ? ryz_data(v) : NULL, i8 ? ryz_data(ks) : NULL,
-                  i8 ? ryz_data(vs) : NULL, M, Hq, Hkv, hd, G, n_past, H, S, (float)scale, NULL, NULL, 0};
+                  i8 ? ryz_data(vs) : NULL, h16 ? ryz_data(k) : NULL, h16 ? ryz_data(v) : NULL, fmt16,
+                  M, Hq, Hkv, hd, G, n_past, H, S, (float)scale, NULL, NULL, 0};
     if (!i8 && S == 1 && H == 1 && ryz_attn_tiled && ryz_attention->attend_block && hd % 16 == 0) {
         const int rc = run_blocks(&j);
         if (rc < 0) goto fail;
@@ -264,7 +311,7 @@ fail:
 
 static PyObject *py_attention(PyObject *self, PyObject *args) {
     RYZ_UNUSED(self);
-    return attention_common(args, 0);
+    return attention_common(args, RYZ_KV_F32);
 }
 
 PyDoc_STRVAR(attention_i8kv_doc,
@@ -275,7 +322,74 @@ PyDoc_STRVAR(attention_i8kv_doc,
 "each cached value carries a rounding error of up to max|row| / 254.");
 static PyObject *py_attention_i8kv(PyObject *self, PyObject *args) {
     RYZ_UNUSED(self);
-    return attention_common(args, 1);
+    return attention_common(args, RYZ_KV_I8);
+}
+
+PyDoc_STRVAR(attention_kv16_doc,
+"attention_kv16(out, q, k, v, n_past, scale, fmt) -> None\n\n"
+"attention() over a 16-bit KV cache: fmt 'f16' with k, v float16 [T, Hkv, hd], or 'bf16' with\n"
+"k, v uint16 [T, Hkv, hd] holding bfloat16 bits (the top half of a float32), as written by\n"
+"store_kv16. Equals attention() on the cache widened to float32 (exact) within float32\n"
+"rounding: values are widened in registers (F16C / AVX-512 vcvtph2ps, a shift for bf16).\n"
+"Half the float cache's memory traffic; the rounding on the way in is not exact.");
+static PyObject *py_attention_kv16(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    return attention_common(args, 16);
+}
+
+typedef struct {
+    uint16_t *dst;
+    const float *x;
+    int64_t hd;
+    int fmt;
+    int64_t bad; /* first (row*H + head) that is NaN/inf after rounding, or -1 */
+} kv16_job;
+
+static void kv16_task(void *ctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    kv16_job *j = ctx;
+    for (int64_t r = b; r < e; r++)
+        if (ryz_store_kv16_row(j->dst + r * j->hd, j->x + r * j->hd, j->hd, j->fmt)) {
+            int64_t cur = __atomic_load_n(&j->bad, __ATOMIC_RELAXED);
+            if (cur < 0 || r < cur) __atomic_store_n(&j->bad, r, __ATOMIC_RELAXED);
+        }
+}
+
+PyDoc_STRVAR(store_kv16_doc,
+"store_kv16(dst, x, fmt) -> None\n\n"
+"Round new KV-cache rows for attention_kv16: x float32 [M, H, hd] -> dst [M, H, hd], fmt 'f16'\n"
+"(dst float16) or 'bf16' (dst uint16, bfloat16 bits), round to nearest, ties to even. Write\n"
+"into the cache's rows n_past .. n_past+M-1 (a contiguous slice). Raises ValueError if x holds\n"
+"NaN or inf, or (f16) a value of magnitude 65520 or more, which float16 cannot hold; the rows\n"
+"are written anyway.");
+static PyObject *py_store_kv16(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    PyObject *od, *ox;
+    const char *sfmt;
+    if (!PyArg_ParseTuple(args, "OOs:store_kv16", &od, &ox, &sfmt)) return NULL;
+    const int fmt = parse_kv16(sfmt);
+    if (fmt < 0) return NULL;
+    ryz_args a = {0};
+    ryz_arr *d, *x;
+    if (!(d = ryz_arr_get(&a, od, "dst", fmt == RYZ_KV_F16 ? RYZ_F16 : RYZ_U16, 3, 1)) ||
+        !(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 3, 0)) || ryz_check_dim(d, 0, ryz_dim(x, 0), "x.shape[0]") ||
+        ryz_check_dim(d, 1, ryz_dim(x, 1), "x.shape[1]") || ryz_check_dim(d, 2, ryz_dim(x, 2), "x.shape[2]") ||
+        ryz_check_no_overlap(d, x))
+        goto fail;
+    kv16_job j = {ryz_data(d), ryz_data(x), ryz_dim(x, 2), fmt, -1};
+    const int64_t rows = ryz_dim(x, 0) * ryz_dim(x, 1);
+    if (ryz_run_chunked(kv16_task, &j, rows, 1 << 16, 64) != 0) goto fail;
+    if (j.bad >= 0) {
+        PyErr_Format(PyExc_ValueError, "x[%lld, %lld] holds NaN or inf%s; cannot store it in a %s cache",
+                     (long long)(j.bad / ryz_dim(x, 1)), (long long)(j.bad % ryz_dim(x, 1)),
+                     fmt == RYZ_KV_F16 ? ", or a value beyond float16's range (|x| >= 65520)" : "", sfmt);
+        goto fail;
+    }
+    ryz_args_release(&a);
+    Py_RETURN_NONE;
+fail:
+    ryz_args_release(&a);
+    return NULL;
 }
 
 typedef struct {
@@ -491,6 +605,8 @@ PyMethodDef ryz_attention_methods[] = {
     {"set_attention_variant", py_set_attention_variant, METH_VARARGS, set_attention_variant_doc},
     {"attention_i8kv", py_attention_i8kv, METH_VARARGS, attention_i8kv_doc},
     {"quantize_kv_i8", py_quantize_kv_i8, METH_VARARGS, quantize_kv_i8_doc},
+    {"attention_kv16", py_attention_kv16, METH_VARARGS, attention_kv16_doc},
+    {"store_kv16", py_store_kv16, METH_VARARGS, store_kv16_doc},
     {"attention_segments", py_attention_segments, METH_VARARGS, attention_segments_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -114,15 +114,32 @@ static int get_weights(ryz_args *held, PyObject *ow, PyObject *om, int t5, ryz_b
     return 0;
 }
 
-/* One layer's KV cache (acquired into *held): kc, vc [T, Hkv, hd] float32, or int8 with ks, vs
- * float32 [T, Hkv] (i8), checked against each other, against c (KVD, Q) and pos, and for
- * overlap with x and with the layer's weights (*weights). Sets c's Hq, Hkv, hd and kv. */
+/* The 16-bit format of a cache array: RYZ_KV_F16 for float16, RYZ_KV_BF16 for uint16
+ * (bfloat16 bits), else 0 (float32 or anything else: ryz_arr_get then names the dtype it wants). */
+static int kv16_format(PyObject *o) {
+    Py_buffer view;
+    if (!PyObject_CheckBuffer(o) || PyObject_GetBuffer(o, &view, PyBUF_STRIDES | PyBUF_FORMAT) != 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    const char *f = view.format ? view.format : "B";
+    if (*f == '@' || *f == '=' || *f == '<') f++;
+    const int fmt = view.itemsize == 2 && f[0] && !f[1] ? (f[0] == 'e' ? RYZ_KV_F16 : f[0] == 'H' ? RYZ_KV_BF16 : 0) : 0;
+    PyBuffer_Release(&view);
+    return fmt;
+}
+
+/* One layer's KV cache (acquired into *held): kc, vc [T, Hkv, hd] float32, or float16, or uint16
+ * (bfloat16 bits), or int8 with ks, vs float32 [T, Hkv] (i8), checked against each other, against
+ * c (KVD, Q) and pos, and for overlap with x and with the layer's weights (*weights). Sets c's Hq,
+ * Hkv, hd and kv. */
 static int get_cache(ryz_args *held, PyObject *okc, PyObject *ovc, PyObject *oks, PyObject *ovs, int i8,
                      const ryz_arr *x, const ryz_args *weights, int64_t pos, ryz_bitnet_config *c,
                      ryz_bitnet_kv *kv) {
     ryz_arr *kc, *vc, *ks = NULL, *vs = NULL;
-    if (!(kc = ryz_arr_get(held, okc, "kc", i8 ? RYZ_I8 : RYZ_F32, 3, 1)) ||
-        !(vc = ryz_arr_get(held, ovc, "vc", i8 ? RYZ_I8 : RYZ_F32, 3, 1)))
+    const int fmt16 = i8 ? 0 : kv16_format(okc);
+    const ryz_dtype dt = i8 ? RYZ_I8 : fmt16 == RYZ_KV_F16 ? RYZ_F16 : fmt16 == RYZ_KV_BF16 ? RYZ_U16 : RYZ_F32;
+    if (!(kc = ryz_arr_get(held, okc, "kc", dt, 3, 1)) || !(vc = ryz_arr_get(held, ovc, "vc", dt, 3, 1)))
         return -1;
     if (i8 && (!(ks = ryz_arr_get(held, oks, "k_scales", RYZ_F32, 2, 1)) ||
                !(vs = ryz_arr_get(held, ovs, "v_scales", RYZ_F32, 2, 1))))
@@ -163,6 +180,8 @@ static int get_cache(ryz_args *held, PyObject *okc, PyObject *ovc, PyObject *oks
     *kv = (ryz_bitnet_kv){0};
     if (i8) {
         kv->kc8 = ryz_data(kc); kv->vc8 = ryz_data(vc); kv->ks = ryz_data(ks); kv->vs = ryz_data(vs);
+    } else if (fmt16) {
+        kv->kc16 = ryz_data(kc); kv->vc16 = ryz_data(vc); kv->fmt16 = fmt16;
     } else {
         kv->kc = ryz_data(kc); kv->vc = ryz_data(vc);
     }
@@ -179,6 +198,9 @@ static int check_out_vs(const ryz_arr *out, const ryz_args *held) {
 /* the exception for a return code of bitnet_layer.c */
 static void set_decode_error(int rc) {
     if (rc == -1) PyErr_NoMemory();
+    else if (rc == -3)
+        PyErr_SetString(PyExc_ValueError, "a new key or value holds NaN or inf, or a value beyond float16's range "
+                        "(|x| >= 65520); the 16-bit KV cache cannot hold it (kv_cache='bf16' has float32's range)");
     else PyErr_SetString(PyExc_ValueError, "the layer's activations hold NaN or inf; cannot quantize them");
 }
 
@@ -202,7 +224,8 @@ PyDoc_STRVAR(decode_layer_doc,
 "One BitNet b1.58 decoder layer for one token at position pos, in one call (GIL released once):\n"
 "x float32 [D] residual stream, updated in place; kc, vc float32 [T, Hkv, hd] this layer's\n"
 "KV cache (row pos is written; rows 0..pos are attended; pos < T); with k_scales, v_scales float32\n"
-"[T, Hkv] the cache is int8 [T, Hkv, hd] (as attention_i8kv / quantize_kv_i8);\n"
+"[T, Hkv] the cache is int8 [T, Hkv, hd] (as attention_i8kv / quantize_kv_i8); kc, vc float16, or\n"
+"uint16 holding bfloat16 bits, are a 16-bit cache (as attention_kv16 / store_kv16);\n"
 "weights = (attn_norm f32[D], wq u8[Q, i2_row_bytes(D)], wk u8[KVD, ..], wv u8[KVD, ..],\n"
 "           attn_sub_norm f32[Q], wo u8[D, i2_row_bytes(Q)], ffn_norm f32[D],\n"
 "           w_gate u8[I, i2_row_bytes(D)], w_up u8[I, ..], ffn_sub_norm f32[I], w_down u8[D, i2_row_bytes(I)])\n"
@@ -630,8 +653,8 @@ PyDoc_STRVAR(verify_doc,
 "ancestors (and the cached rows 0..pos-1). kcs, vcs (k_scales, v_scales) as bitnet_decode_token; rows\n"
 "pos + d are written as the walk goes and hold its last path afterwards. logits float32 [n, V]: with a\n"
 "plan made with a head, the final norm and the int8 lm_head follow. stash: None, or (k, v) float32\n"
-"[n_layers, n, Hkv * hd] for a float cache, (k, v, k_scales, v_scales) int8 [n_layers, n, Hkv * hd] and\n"
-"float32 [n_layers, n, Hkv] for an int8 one: every node's key / value row of every layer, so the caller\n"
+"[n_layers, n, Hkv * hd] for a float cache (float16 / uint16 for a 16-bit one), (k, v, k_scales,\n"
+"v_scales) int8 [n_layers, n, Hkv * hd] and float32 [n_layers, n, Hkv] for an int8 one: every node's key / value row of every layer, so the caller\n"
 "can copy an accepted path into place. Returns the seconds of the layers and of the head (measured in C).");
 
 static PyObject *py_verify(PyObject *self, PyObject *args) {
@@ -728,15 +751,20 @@ static PyObject *py_verify(PyObject *self, PyObject *args) {
             PyErr_Format(PyExc_ValueError, "layer %d: the cache has %lld kv heads of %lld but layer 0's %lld of %lld",
                          l, (long long)cl.Hkv, (long long)cl.hd, (long long)c.Hkv, (long long)c.hd);
             goto done;
+        } else if (kv[l].fmt16 != kv[0].fmt16) {
+            PyErr_Format(PyExc_ValueError, "layer %d: the cache's dtype differs from layer 0's", l);
+            goto done;
         }
     }
     if (p->has_head && check_out_vs(x, &p->held[nl])) goto done;
     if (ostash != Py_None) {
         const Py_ssize_t want = i8 ? 4 : 2;
+        const int fmt16 = kv[0].fmt16;
+        const ryz_dtype sdt = i8 ? RYZ_I8 : fmt16 == RYZ_KV_F16 ? RYZ_F16 : fmt16 == RYZ_KV_BF16 ? RYZ_U16 : RYZ_F32;
         if (!PyTuple_Check(ostash) || PyTuple_GET_SIZE(ostash) != want) {
             PyErr_Format(PyExc_ValueError, "stash must be None or a tuple of %zd arrays (%s)", want,
                          i8 ? "k, v int8 [n_layers, n, KVD], k_scales, v_scales float32 [n_layers, n, Hkv]"
-                            : "k, v float32 [n_layers, n, KVD]");
+                            : "k, v [n_layers, n, KVD] of the cache's dtype");
             goto done;
         }
         static const char *const stn[4] = {"stash k", "stash v", "stash k_scales", "stash v_scales"};
@@ -744,7 +772,7 @@ static PyObject *py_verify(PyObject *self, PyObject *args) {
         for (int s = 0; s < want; s++) {
             const int scales = s >= 2;
             if (!(sarr[s] = ryz_arr_get(&sa, PyTuple_GET_ITEM(ostash, s), stn[s],
-                                        i8 && !scales ? RYZ_I8 : RYZ_F32, 3, 1)) ||
+                                        scales ? RYZ_F32 : sdt, 3, 1)) ||
                 ryz_check_dim(sarr[s], 0, nl, "the plan's layers") || ryz_check_dim(sarr[s], 1, n, "x.shape[0]") ||
                 ryz_check_dim(sarr[s], 2, scales ? c.Hkv : c.KVD, scales ? "Hkv" : "Hkv * hd") ||
                 ryz_check_no_overlap(sarr[s], x) || ryz_check_no_overlap(sarr[s], dep) ||
@@ -768,6 +796,9 @@ static PyObject *py_verify(PyObject *self, PyObject *args) {
                 st[l].v8 = (int8_t *)ryz_data(sarr[1]) + (int64_t)l * n * c.KVD;
                 st[l].ks = (float *)ryz_data(sarr[2]) + (int64_t)l * n * c.Hkv;
                 st[l].vs = (float *)ryz_data(sarr[3]) + (int64_t)l * n * c.Hkv;
+            } else if (fmt16) {
+                st[l].k16 = (uint16_t *)ryz_data(sarr[0]) + (int64_t)l * n * c.KVD;
+                st[l].v16 = (uint16_t *)ryz_data(sarr[1]) + (int64_t)l * n * c.KVD;
             } else {
                 st[l].kf = (float *)ryz_data(sarr[0]) + (int64_t)l * n * c.KVD;
                 st[l].vf = (float *)ryz_data(sarr[1]) + (int64_t)l * n * c.KVD;

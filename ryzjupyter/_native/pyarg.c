@@ -12,6 +12,7 @@ static const char *dtype_name(ryz_dtype d) {
     case RYZ_I32: return "int32";
     case RYZ_I64: return "int64";
     case RYZ_U16: return "uint16";
+    case RYZ_F16: return "float16";
     }
     return "?";
 }
@@ -30,6 +31,7 @@ static int format_matches(const char *fmt, Py_ssize_t itemsize, ryz_dtype d) {
     case RYZ_I32: return (c == 'i' || c == 'l') && itemsize == 4;
     case RYZ_I64: return (c == 'l' || c == 'q') && itemsize == 8;
     case RYZ_U16: return c == 'H' && itemsize == 2;
+    case RYZ_F16: return c == 'e' && itemsize == 2;
     }
     return 0;
 }

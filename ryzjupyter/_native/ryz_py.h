@@ -10,7 +10,7 @@
 #include "ryz.h"
 
 /* dtype codes accepted by ryz_arr_get */
-typedef enum { RYZ_F32, RYZ_I8, RYZ_U8, RYZ_I32, RYZ_I64, RYZ_U16 } ryz_dtype;
+typedef enum { RYZ_F32, RYZ_I8, RYZ_U8, RYZ_I32, RYZ_I64, RYZ_U16, RYZ_F16 } ryz_dtype;
 
 typedef struct {
     Py_buffer view;

@@ -3,7 +3,7 @@
 checkpoint.py   config.json, safetensors (memory-mapped), format detection, hub ids
 tokenizer.py    BPE tokenizer, incremental decoding, chat templates (jinja2 sandbox)
 ternary.py      packed ternary weights (I2, LUT, T5 layouts) and the kernel that fits each
-kv_cache.py     the attention cache (f32 or int8), prefix reuse and truncation
+kv_cache.py     the attention cache (f32, f16, bf16 or int8), prefix reuse and truncation
 sampling.py     greedy / temperature / top-k / top-p / min-p / repetition penalty, seeded
 profiling.py    named-phase time counters the surfaces read
 native.py       the C extension's ISA level and thread count as Python sees them

@@ -1,7 +1,10 @@
 """KV cache: per-layer keys and values of the tokens already processed, and those tokens' ids.
 
     k[l], v[l] : float32 [max_len, n_kv_heads, head_dim], rows 0..n-1 valid
-                 (dtype="int8": int8 rows, with ks[l], vs[l] float32 [max_len, n_kv_heads] scales:
+                 (dtype="f16": float16; "bf16": uint16 holding bfloat16 bits (the top half of a
+                  float32); both half the memory traffic, rounded to nearest even, not exact; see
+                  attention_kv16 / store_kv16.
+                  dtype="int8": int8 rows, with ks[l], vs[l] float32 [max_len, n_kv_heads] scales:
                   a quarter of the memory traffic, not exact; see attention_i8kv)
     tokens     : the n token ids whose keys/values are stored, in order
 
@@ -15,18 +18,28 @@ from __future__ import annotations
 
 import numpy as np
 
+# the formats a KV cache can hold, with the numpy dtype of its k / v rows
+KV_FORMATS = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "int8": np.int8}
+
+
+def check_kv_format(kv_cache) -> str:
+    """kv_cache if it names a format, else ValueError listing them."""
+    if not isinstance(kv_cache, str) or kv_cache not in KV_FORMATS:
+        raise ValueError(f"kv_cache must be 'f32' (exact, default), 'f16' or 'bf16' (half the cache's bytes, "
+                         f"rounded) or 'int8' (a quarter, with a scale per row), got {kv_cache!r}")
+    return kv_cache
+
 
 class KVCache:
     def __init__(self, n_layers, max_len, n_kv_heads, head_dim, dtype="f32"):
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
-        if dtype not in ("f32", "int8"):
-            raise ValueError(f"kv cache dtype must be 'f32' or 'int8', got {dtype!r}")
+        check_kv_format(dtype)
         self.n_layers, self.max_len = int(n_layers), int(max_len)
         self.n_kv_heads, self.head_dim = int(n_kv_heads), int(head_dim)
         self.dtype = dtype
         shape = (self.max_len, self.n_kv_heads, self.head_dim)
-        t = np.float32 if dtype == "f32" else np.int8
+        t = KV_FORMATS[dtype]
         self.k = [np.zeros(shape, t) for _ in range(self.n_layers)]
         self.v = [np.zeros(shape, t) for _ in range(self.n_layers)]
         if dtype == "int8":
@@ -40,8 +53,26 @@ class KVCache:
     @property
     def nbytes(self):
         """Bytes in use (the valid rows), not the reserved address space."""
-        per_row = self.head_dim * 4 if self.dtype == "f32" else self.head_dim + 4
+        per_row = {"f32": self.head_dim * 4, "f16": self.head_dim * 2, "bf16": self.head_dim * 2,
+                   "int8": self.head_dim + 4}[self.dtype]
         return 2 * self.n_layers * len(self.tokens) * self.n_kv_heads * per_row
+
+    def store(self, l, pos, k, v):
+        """Write float32 keys and values k, v [m, n_kv_heads, head_dim] into layer l's rows
+        pos..pos+m-1 in the cache's format (rounded to nearest even for f16 / bf16, quantized per
+        row for int8: what the forward pass writes). Does not touch `tokens`."""
+        from ryzjupyter import _native
+        k, v = np.ascontiguousarray(k, np.float32), np.ascontiguousarray(v, np.float32)
+        m = k.shape[0]
+        kc, vc = self.k[l][pos:pos + m], self.v[l][pos:pos + m]
+        if self.dtype == "f32":
+            kc[...], vc[...] = k, v
+        elif self.dtype == "int8":
+            _native.quantize_kv_i8(kc, self.ks[l][pos:pos + m], k)
+            _native.quantize_kv_i8(vc, self.vs[l][pos:pos + m], v)
+        else:
+            _native.store_kv16(kc, k, self.dtype)
+            _native.store_kv16(vc, v, self.dtype)
 
     def common_prefix(self, token_ids) -> int:
         """Length of the longest common prefix of the cached tokens and `token_ids`."""

@@ -40,7 +40,7 @@ import numpy as np
 from ryzjupyter import _native
 from ryzjupyter.engine.checkpoint import Checkpoint, CheckpointError, ModelKind, detect_kind, rope_theta, to_f32
 from ryzjupyter.decoding.generation import LanguageModel
-from ryzjupyter.engine.kv_cache import KVCache
+from ryzjupyter.engine.kv_cache import KV_FORMATS, KVCache, check_kv_format
 from ryzjupyter.engine.profiling import PROFILER, InstrumentedKernels
 from ryzjupyter.engine.ternary import LAYOUTS
 from ryzjupyter.families import bitnet_decode
@@ -502,8 +502,8 @@ class State:
         self.xb2 = np.zeros((C, D), f)                                 # block output before the add
         self.q = np.zeros((C, cfg.n_heads, cfg.head_dim), f)           # queries
         self.att = np.zeros((C, cfg.n_heads, cfg.head_dim), f)         # attention output
-        self.k = np.zeros((C, cfg.n_kv_heads, cfg.head_dim), f)        # new keys/values before int8
-        self.v = np.zeros((C, cfg.n_kv_heads, cfg.head_dim), f)        # quantization (int8 KV cache)
+        self.k = np.zeros((C, cfg.n_kv_heads, cfg.head_dim), f)        # new keys/values before they are
+        self.v = np.zeros((C, cfg.n_kv_heads, cfg.head_dim), f)        # rounded (int8 / 16-bit KV cache)
         self.hb = np.zeros((C, I), f)                                  # gate, then act(gate)*up
         self.hb2 = np.zeros((C, I), f)                                 # up
         self.hb3 = np.zeros((C, I), f)                                 # act(gate), then sub-normed
@@ -519,7 +519,8 @@ class State:
 def attention_block(cfg, lw: LayerWeights, s: State, x, cache: KVCache, l, pos, m):
     """x [m, dim] (read), returns the attention branch output in s.xb2[:m].
     cache.k[l], cache.v[l]: this layer's cache [max_len, n_kv_heads, head_dim]; rows
-    pos..pos+m-1 are written (float32, or int8 + per-(row, head) scales)."""
+    pos..pos+m-1 are written (float32; float16 / bfloat16 bits rounded to nearest even; or int8 +
+    per-(row, head) scales)."""
     Q, KVD = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
     kc, vc = cache.k[l], cache.v[l]
     f32 = cache.dtype == "f32"
@@ -536,6 +537,10 @@ def attention_block(cfg, lw: LayerWeights, s: State, x, cache: KVCache, l, pos, 
     att = s.att[:m]                                                      # softmax(q k^T / sqrt(hd)) v, causal,
     if f32:                                                              # GQA
         K.attention(att, q, kc[:pos + m], vc[:pos + m], pos, cfg.head_dim ** -0.5)
+    elif cache.dtype in ("f16", "bf16"):                                 # 16-bit: rounded on the way in
+        K.store_kv16(kc[pos:pos + m], k_new, cache.dtype)
+        K.store_kv16(vc[pos:pos + m], v_new, cache.dtype)
+        K.attention_kv16(att, q, kc[:pos + m], vc[:pos + m], pos, cfg.head_dim ** -0.5, cache.dtype)
     else:
         ks, vs = cache.ks[l], cache.vs[l]
         K.quantize_kv_i8(kc[pos:pos + m], ks[pos:pos + m], k_new)
@@ -633,9 +638,7 @@ class BitNetModel(LanguageModel):
         self.vocab_size = self.config.vocab_size
         if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
-        if kv_cache not in ("f32", "int8"):
-            raise ValueError(f"kv_cache must be 'f32' (exact) or 'int8' (4x less cache traffic), got {kv_cache!r}")
-        self.kv_dtype = kv_cache
+        self.kv_dtype = check_kv_format(kv_cache)
         self.state = State(self.config, prefill_chunk)
         self.tokenizer = tokenizer
         self.tokens_processed = 0
@@ -726,11 +729,11 @@ class BitNetModel(LanguageModel):
     def _batched_verify(self, cache) -> bool:
         """True when the verify pass can run as one batched call: the fused decode's weights (every
         linear I2, or every one T5; weights in another layout are repacked to I2 once, the same
-        trits) and a float32 or int8 cache."""
+        trits) and a cache of a format the fused calls take (all of KV_FORMATS)."""
         if not self.fused_decode:
             return False
         if not bitnet_decode.supported(self, cache):
-            if getattr(cache, "dtype", "f32") not in ("f32", "int8") or not bitnet_decode.ensure_i2(self):
+            if getattr(cache, "dtype", "f32") not in KV_FORMATS or not bitnet_decode.ensure_i2(self):
                 return False
         return True
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ryzjupyter import _native as K
 from ryzjupyter.decoding.tree import parents_of
+from ryzjupyter.engine.kv_cache import KV_FORMATS
 from ryzjupyter.engine.profiling import PROFILER
 
 # a layer's weights (bitnet.LayerWeights fields) in the order bitnet_decode_plan takes them;
@@ -63,8 +64,9 @@ def _layouts(model) -> set:
 
 def supported(model, cache=None) -> bool:
     """True when every linear is a ternary I2 weight, or every one a T5 weight (not the float
-    variant), and the KV cache (if given) is float32 or int8."""
-    if cache is not None and getattr(cache, "dtype", "f32") not in ("f32", "int8"):
+    variant), and the KV cache (if given) is of a known format (float32, float16, bfloat16 or int8:
+    the native calls tell them apart by the arrays' dtypes)."""
+    if cache is not None and getattr(cache, "dtype", "f32") not in KV_FORMATS:
         return False
     ok = getattr(model, "_fused_ok", None)
     if ok is None:
@@ -102,7 +104,7 @@ def forward_one(model, tokens, cache):
     _plan(model)
     w.embed(s.x[:1], tokens)
     x = s.x[0]
-    ks, vs = (cache.ks, cache.vs) if i8 else (None, None)     # None: float32 cache
+    ks, vs = (cache.ks, cache.vs) if i8 else (None, None)     # None: float32 / 16-bit cache
     out = np.empty((1, cfg.vocab_size), np.float32)
     if model._fused_head:                             # layers, final norm and int8 head: one call
         layers_s, head_s = K.bitnet_decode_token(model._fused_native, x, cache.k, cache.v, pos, ks, vs, out)
@@ -143,7 +145,7 @@ def forward_batch(model, tokens, caches):
         raise ValueError(f"token ids must be in 0..{cfg.vocab_size - 1}")
     kinds = {getattr(c, "dtype", "f32") for c in caches}
     if len(kinds) != 1:
-        raise ValueError("forward_batch: every cache must be of the same kind (all f32 or all int8)")
+        raise ValueError(f"forward_batch: every cache must be of the same format, got {sorted(kinds)}")
     pos = np.array([len(c) for c in caches], np.int64)
     for m, c in enumerate(caches):
         if pos[m] + 1 > c.max_len:
@@ -251,8 +253,9 @@ def verify(model, tokens, cache, depths=None):
         if i8:
             stash = (np.empty((L, n, KVD), np.int8), np.empty((L, n, KVD), np.int8),
                      np.empty((L, n, cfg.n_kv_heads), np.float32), np.empty((L, n, cfg.n_kv_heads), np.float32))
-        else:
-            stash = (np.empty((L, n, KVD), np.float32), np.empty((L, n, KVD), np.float32))
+        else:                                            # the cache's own dtype (f32, f16, bf16 bits)
+            dt = KV_FORMATS[getattr(cache, "dtype", "f32")]
+            stash = (np.empty((L, n, KVD), dt), np.empty((L, n, KVD), dt))
     if model._fused_head:
         layers_s, head_s = K.bitnet_verify(model._fused_native, x, cache.k, cache.v, pos, depth, ks, vs, out, stash)
     else:

@@ -8,8 +8,8 @@ Options: revision, local_files_only, allow_pickle (refused by default: pickle fi
 code), max_context (a smaller KV cache), lm_head ("f32" exact; "int8" or "int4": smaller and lossy, int4 the most), prefill_chunk,
 progress (callable(done, total) while layers load), name, convert_cache (True: keep latent
 weights quantized to ternary on disk, in $RYZ_CACHE_DIR or ~/.cache/ryzjupyter/converted, so the
-next load skips the conversion; False: never; or a folder), kv_cache ("f32" exact, or "int8":
-a quarter of the cache memory and traffic, not exact).
+next load skips the conversion; False: never; or a folder), kv_cache ("f32" exact; "f16" or
+"bf16": half the cache memory and traffic, rounded; "int8": a quarter, not exact).
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ def load(path_or_id=None, **options):
             - ``max_context``: tokens the KV cache holds (default and upper bound: the model's).
             - ``lm_head``: ``"f32"`` (exact, default), ``"int8"`` or ``"int4"`` (smaller and
               faster to decode, lossy; docs/performance.md has their measured cost).
-            - ``kv_cache``: ``"f32"`` (exact, default) or ``"int8"`` (a quarter of the cache's
-              memory and traffic, not exact).
+            - ``kv_cache``: ``"f32"`` (exact, default), ``"f16"`` or ``"bf16"`` (half the
+              cache's memory and traffic, each value rounded to nearest even) or ``"int8"`` (a
+              quarter, with a scale per row); docs/performance.md has their logit error.
             - ``ternary_layout``: ``"auto"`` (default, per matrix), ``"i2"``, ``"tl"`` or
               ``"t5"`` (1.6 bits a weight: faster decode, slower prefill; the same logits).
             - ``prefill_chunk``: tokens per prefill pass (default 64).

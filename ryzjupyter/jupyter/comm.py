@@ -54,7 +54,7 @@ MAX_OPEN_COMMS = 16        # a reloaded page leaves its comm open in the kernel;
 OPS = ("status", "list", "load", "unload", "use", "stop", "stats", "budget", "register", "memory")
 MEMORY_ACTIONS = ("status", "open", "search")
 UNIT_TEXT_CHARS = 400
-_LOAD_OPTIONS = {"max_context": int, "lm_head": str, "prefill_chunk": int, "convert_cache": bool,
+_LOAD_OPTIONS = {"max_context": int, "lm_head": str, "kv_cache": str, "prefill_chunk": int, "convert_cache": bool,
                  "local_files_only": bool, "revision": str}
 
 _comms: dict[str, object] = {}

@@ -2,6 +2,7 @@
 behind the tolerances in test_bitnet.py (TOLERANCES there quotes its output).
 
     python -m tests.engine.engine_error            # every fixture format, every ISA level this CPU has
+    python -m tests.engine.engine_error --kv       # the lossy KV caches against the f32 cache
 
 Two paths, each against its own reference:
 
@@ -13,7 +14,10 @@ Two paths, each against its own reference:
   from sequence 0, onebitllm from sequence 1).
 
 Each reports the worst absolute error max|got - ref| and the relative one max|got - ref| / max|ref|
-(per sequence, then the worst over the sequences)."""
+(per sequence, then the worst over the sequences).
+
+``--kv``: the same two paths with a lossy KV cache (``kv_cache`` f16, bf16, int8) against the same
+model with the exact float32 cache (the engine's own logits, not transformers'), for KV_FIXTURES."""
 from __future__ import annotations
 
 import numpy as np
@@ -71,6 +75,57 @@ def decode_error(model, ref):
     return max(e[0] for e in errs), max(e[1] for e in errs)
 
 
+KV_FIXTURES = ["packed", "onebitllm"]
+KV_FORMATS = ["f16", "bf16", "int8"]
+
+
+def kv_error(name, kv):
+    """Worst (abs, rel) of the prefill logits and of the decode-step logits with kv_cache=kv,
+    against the same fixture with the float32 cache."""
+    ref = reference(name)
+    exact, lossy = load(str(FIXTURES / name), convert_cache=False), load(str(FIXTURES / name), kv_cache=kv,
+                                                                          convert_cache=False)
+    pre = [error(lossy.logits(ref[f"input_ids_{i}"]), exact.logits(ref[f"input_ids_{i}"]).astype(np.float64))
+           for i in sequences(ref)]
+    dec = []
+    for i in greedy_indices(ref):
+        args = ref[f"input_ids_{i}"].tolist(), ref[f"greedy_{i}"].tolist()
+        dec.append(error(decode_step_logits(lossy, *args), decode_step_logits(exact, *args).astype(np.float64)))
+    worst = lambda es: (max(e[0] for e in es), max(e[1] for e in es))   # noqa: E731
+    return {"prefill": worst(pre), "decode": worst(dec)}
+
+
+def measure_kv(isas=None):
+    """{(format, kv, isa): kv_error(format, kv)}."""
+    from ryzjupyter.engine.native import supported_isas, using_isa
+    out = {}
+    for isa in isas or supported_isas():
+        with using_isa(isa):
+            for name in KV_FIXTURES:
+                for kv in KV_FORMATS:
+                    out[name, kv, isa] = kv_error(name, kv)
+    return out
+
+
+def main_kv():
+    import platform
+
+    from ryzjupyter.engine.native import native_info
+    res = measure_kv()
+    print(f"{platform.processor() or platform.machine()}; kernels: {native_info()['supported_isas']}; "
+          f"against the same fixture with kv_cache='f32'")
+    print(f"{'format':12s} {'kv':5s} {'isa':11s} {'prefill abs':>12s} {'prefill rel':>12s} {'decode abs':>12s} "
+          f"{'decode rel':>12s}")
+    for (name, kv, isa), r in res.items():
+        print(f"{name:12s} {kv:5s} {isa:11s} {r['prefill'][0]:12.3g} {r['prefill'][1]:12.3g} {r['decode'][0]:12.3g} "
+              f"{r['decode'][1]:12.3g}")
+    for kv in KV_FORMATS:
+        rs = [r for (n, k, i), r in res.items() if k == kv]
+        print(f"worst {kv}: prefill abs {max(r['prefill'][0] for r in rs):.3g} rel "
+              f"{max(r['prefill'][1] for r in rs):.3g}; decode abs {max(r['decode'][0] for r in rs):.3g} rel "
+              f"{max(r['decode'][1] for r in rs):.3g}")
+
+
 def measure(isas=None):
     """{(format, isa): {"prefill": (abs, rel), "decode": (abs, rel) or None}}."""
     from ryzjupyter.engine.native import supported_isas, using_isa
@@ -104,4 +159,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    main_kv() if "--kv" in sys.argv[1:] else main()

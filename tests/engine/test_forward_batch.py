@@ -67,7 +67,8 @@ def test_batch_equals_one_token_path(fmt, isa, threads):
     _run_schedule(model, prompts, SCHEDULE)
 
 
-@pytest.mark.parametrize("lm_head,kv", [("f32", "f32"), ("int4", "int8"), ("int8", "int8"), ("f32", "int8")])
+@pytest.mark.parametrize("lm_head,kv", [("f32", "f32"), ("int4", "int8"), ("int8", "int8"), ("f32", "int8"),
+                                        ("int8", "f16"), ("f32", "bf16")])
 def test_batch_heads_and_int8_cache(lm_head, kv, isa, threads):
     model = BitNetModel(FIX / "packed", lm_head=lm_head, kv_cache=kv)
     assert bitnet_decode.ensure_i2(model)

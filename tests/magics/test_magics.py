@@ -226,6 +226,16 @@ def test_missing_model_says_how_to_get_one(ip):
     assert "no-such-model-xyz" in str(e.value)
 
 
+def test_load_with_a_16bit_kv_cache(ip):
+    with capture_output() as cap:
+        ip.run_line_magic("ryz", f"load {TINY} --name half --kv-cache f16")
+    assert "64.0 KiB KV cache reserve" in cap.stdout     # half the f32 cache's 128 KiB
+    model = ip._ryz_magics.registry.get("half")
+    assert model.kv_dtype == "f16" and str(model.new_cache(4).k[0].dtype) == "float16"
+    r = ip.run_cell("%%ryz -m half -n 3 --no-stream\nHi")
+    assert r.error_in_exec is None
+
+
 def test_prompt_longer_than_the_context(ip):
     ip.run_line_magic("ryz", f"load {TINY} --name short --max-context 16")
     with pytest.raises(UsageError, match="context holds 16"):

@@ -85,7 +85,10 @@ def test_bench_options():
     assert c.options == {"prompt_tokens": 16, "new_tokens": 8}
     assert parse_line_command("bench").options == {"prompt_tokens": 64, "new_tokens": 32}
     c = parse_line_command("load x --max-context 128")
-    assert c.options == {"max_context": 128}
+    assert c.options == {"max_context": 128, "kv_cache": None}
+    assert parse_line_command("load x --kv-cache bf16").options == {"max_context": None, "kv_cache": "bf16"}
+    with pytest.raises(UsageError, match=r"--kv-cache takes f32 \| f16 \| bf16 \| int8, got 'fp8'"):
+        parse_line_command("load x --kv-cache fp8")
 
 
 @pytest.mark.parametrize("line, expected", [

@@ -367,3 +367,17 @@ def lm_head_i4(xq, xs, q, d, V, G):
     for g in range(ng):
         acc = (acc + (isum[:, :, g].astype(np.float32) * d[None, :V, g]).astype(np.float32)).astype(np.float32)
     return (acc / np.asarray(xs, np.float32)[:, None]).astype(np.float32)
+
+
+def round_kv16(x, fmt):
+    """16-bit KV cache rows: x float32 rounded to the nearest float16 ("f16": numpy's cast) or
+    bfloat16 ("bf16": 8 significant bits, ties to even, computed with frexp/rint in float64, not
+    with bit tricks), returned as (bits uint16, the rounded values as float32). Normal numbers
+    for bf16 (the tests' range)."""
+    x = np.asarray(x, np.float32)
+    if fmt == "f16":
+        h = x.astype(np.float16)
+        return h.view(np.uint16), h.astype(np.float32)
+    m, e = np.frexp(x.astype(np.float64))                      # x = m 2^e, 0.5 <= |m| < 1
+    r = np.ldexp(np.rint(m * 256.0), e - 8).astype(np.float32)  # 8 significant bits, ties to even
+    return (r.view(np.uint32) >> 16).astype(np.uint16), r

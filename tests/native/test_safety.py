@@ -40,6 +40,9 @@ def attention_cases():
                             ("v_scales", _a(5, 2))], [3, 0.35], {"out"}),
         "quantize_kv_i8": ([("q8", _a(3, 2, 8, dtype=np.int8, fill=0)), ("scales", _a(3, 2)),
                             ("x", _a(3, 2, 8))], [], {"q8", "scales"}),
+        "attention_kv16": ([("out", _a(2, 4, 8)), ("q", _a(2, 4, 8)), ("k", _a(5, 2, 8, dtype=np.float16)),
+                            ("v", _a(5, 2, 8, dtype=np.float16))], [3, 0.35, "f16"], {"out"}),
+        "store_kv16": ([("dst", _a(3, 2, 8, dtype=np.uint16, fill=0)), ("x", _a(3, 2, 8))], ["bf16"], {"dst"}),
         "attention_segments": ([("out", _a(5, 2, 8)), ("q", _a(5, 2, 8)), ("k", _a(5, 2, 8)), ("v", _a(5, 2, 8)),
                                 ("offsets", np.array([0, 2, 5], np.int64))], [0.35], {"out"}),
     }

@@ -59,6 +59,25 @@ def test_fused_int8_kv_cache_equals_forward(fmt, isa, threads):
     _check_same(model, _seq(), steps=6)
 
 
+@pytest.mark.parametrize("kv", ["f16", "bf16"])
+@pytest.mark.parametrize("fmt", ["packed", "onebitllm"])
+def test_fused_16bit_kv_cache_equals_forward(fmt, kv, isa, threads):
+    model = _load(fmt, lm_head="int8", kv_cache=kv)
+    _check_same(model, _seq(), steps=6)
+
+
+@pytest.mark.parametrize("kv", ["f16", "bf16"])
+def test_fused_16bit_kv_cache_long_context(kv, isa):
+    """Past the attention split, over a 16-bit cache: the fused call and the Python path agree."""
+    model = _load("packed", lm_head="int8", kv_cache=kv)
+    assert bitnet_decode.ensure_i2(model)
+    model.fused_decode = False
+    ca, cb = model.new_cache(1200), model.new_cache(1200)
+    _fill_random((ca, cb), 1100)
+    for t in (5, 17, 3):
+        np.testing.assert_array_equal(bitnet_decode.forward_one(model, [t], cb), model.forward([t], ca))
+
+
 @pytest.mark.parametrize("fmt,kv", [("packed", "f32"), ("untied", "int8")])
 def test_fused_int4_head_equals_forward(fmt, kv, isa, threads):
     """The int4 lm_head (lossy vs f32, but one definition): the fused decode and the Python
@@ -69,12 +88,12 @@ def test_fused_int4_head_equals_forward(fmt, kv, isa, threads):
 
 
 def _fill_random(caches, ctx):
-    """The same ctx rows of random keys/values in every layer of each cache."""
+    """The same ctx rows of random keys/values in every layer of each cache (in its format)."""
     for c in caches:
         for l in range(c.n_layers):
             rng2 = np.random.default_rng(l)
-            c.k[l][:ctx] = rng2.standard_normal(c.k[l][:ctx].shape, dtype=np.float32)
-            c.v[l][:ctx] = rng2.standard_normal(c.v[l][:ctx].shape, dtype=np.float32)
+            shape = c.k[l][:ctx].shape
+            c.store(l, 0, rng2.standard_normal(shape, dtype=np.float32), rng2.standard_normal(shape, dtype=np.float32))
         c.append([1] * ctx)
 
 

@@ -99,8 +99,8 @@ def _fill_random(caches, ctx):
                 c.ks[l][:ctx] = 0.01
                 c.vs[l][:ctx] = 0.01
             else:
-                c.k[l][:ctx] = r.standard_normal(c.k[l][:ctx].shape, dtype=np.float32)
-                c.v[l][:ctx] = r.standard_normal(c.v[l][:ctx].shape, dtype=np.float32)
+                shape = c.k[l][:ctx].shape
+                c.store(l, 0, r.standard_normal(shape, dtype=np.float32), r.standard_normal(shape, dtype=np.float32))
         c.append([1] * ctx)
 
 
@@ -112,13 +112,14 @@ def test_verify_equals_decode(fmt, isa, threads):
     _check_model(_load(fmt, lm_head="f32"), seq[:3], seq[3:9])
 
 
-@pytest.mark.parametrize("head,kv", [("int8", "f32"), ("int8", "int8"), ("int4", "f32"), ("f32", "int8")])
+@pytest.mark.parametrize("head,kv", [("int8", "f32"), ("int8", "int8"), ("int4", "f32"), ("f32", "int8"),
+                                     ("int8", "f16"), ("f32", "bf16")])
 def test_verify_heads_and_int8_cache(head, kv, isa, threads):
     seq = _seq()
     _check_model(_load("packed", lm_head=head, kv_cache=kv), seq[:4], seq[4:9])
 
 
-@pytest.mark.parametrize("kv", ["f32", "int8"])
+@pytest.mark.parametrize("kv", ["f32", "int8", "f16", "bf16"])
 def test_verify_long_context(kv, isa):
     """Past RYZ_ATTN_MIN_PART_ROWS cached rows every node's attention is split into parts (merged
     afterwards), node by node as its decode step would; 300 rows at depth 0 and deeper nodes cross

@@ -42,6 +42,16 @@ def test_estimate_matches_loaded_size(mgr):
         mgr.unload(name)
 
 
+def test_estimate_and_reserve_follow_the_kv_cache_format(mgr):
+    full = estimate_model_bytes(fx("packed"))
+    for kv, frac in (("f16", 0.5), ("bf16", 0.5)):
+        assert estimate_model_bytes(fx("packed"), kv_cache=kv)["kv"] == frac * full["kv"]
+        name, model = mgr.load(fx("packed"), name=f"packed-{kv}", kv_cache=kv)
+        info = next(m for m in mgr.list() if m.name == name)
+        assert info.nbytes - model.nbytes == frac * full["kv"]
+        mgr.unload(name)
+
+
 def test_registry_interface_and_hot_swap(mgr):
     name, model = mgr.load(fx("packed"))
     assert name == "packed" and mgr.current() is model and mgr.current_name == "packed"

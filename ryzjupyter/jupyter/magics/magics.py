@@ -441,6 +441,8 @@ class RyzMagics(Magics):
         opts = {}
         if cmd.options.get("max_context"):
             opts["max_context"] = cmd.options["max_context"]
+        if cmd.options.get("kv_cache"):
+            opts["kv_cache"] = cmd.options["kv_cache"]
         self._load(cmd.model, name=cmd.name, **opts)
 
     def _cmd_unload(self, cmd):

@@ -137,6 +137,15 @@ def _cell_parser():
     return p
 
 
+KV_CACHE_FORMATS = ("f32", "f16", "bf16", "int8")
+
+
+def _kv_cache(text):
+    if text not in KV_CACHE_FORMATS:
+        raise argparse.ArgumentTypeError(f"--kv-cache takes {' | '.join(KV_CACHE_FORMATS)}, got {text!r}")
+    return text
+
+
 def _serve_action(text):
     if text not in ("start", "stop", "status"):
         raise argparse.ArgumentTypeError(f"%ryz serve takes start, stop or status, got {text!r}")
@@ -232,6 +241,9 @@ def _line_parsers():
     p.add_argument("model", nargs="?")
     p.add_argument("--name", help="the name to refer to it by (default: its folder name)")
     p.add_argument("--max-context", type=_number("--max-context", 1, integer=True), metavar="N")
+    p.add_argument("--kv-cache", type=_kv_cache, metavar="f32|f16|bf16|int8",
+                   help="KV cache format (default f32, exact; f16/bf16: half the cache's bytes, int8: a quarter; "
+                        "rounded, see docs/performance.md)")
     sub["load"] = p
     for cmd, what in (("unload", "Unload a loaded model and free its memory."),
                       ("use", "Make a loaded model (or one to load) the current model.")):

@@ -43,7 +43,7 @@ def _record():
         import ryzjupyter
         fx = ROOT / "tests" / "fixtures" / "bitnet"
         for kw in ({}, dict(ternary_layout="tl", lm_head="int8", kv_cache="int8"),
-                   dict(ternary_layout="t5", lm_head="int4")):
+                   dict(ternary_layout="t5", lm_head="int4"), dict(kv_cache="bf16")):
             m = ryzjupyter.load(str(fx / "packed"), **kw)
             m.generate([1, 2, 3, 4], max_new_tokens=3, temperature=0)
             m.forward_batch([[5], [6]], [m.new_cache(), m.new_cache()])
