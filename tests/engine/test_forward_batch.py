@@ -182,7 +182,7 @@ def test_bad_batches(fused):
     assert len(a) == len(b) == 0                          # nothing ran
     if not fused:
         return
-    with pytest.raises(ValueError, match="same kind"):
+    with pytest.raises(ValueError, match="same format"):
         model.forward_batch([1, 2], [a, BitNetModel(FIX / "packed", kv_cache="int8").new_cache(8)])
     assert len(a) == 0
     # the native call itself: aliasing caches, a position past the cache, a wrong x
