@@ -283,7 +283,11 @@ class Generation:
                 base = getattr(session, "tokens_processed", None)
             self.n_pieces += 1
             done = getattr(session, "tokens_processed", None)
-            self.n_tokens = (done - base + 1) if (done is not None and base is not None) else self.n_pieces
+            counted = getattr(stream, "n_generated", None)      # the engine's TextStream counts every token
+            if counted is not None:
+                self.n_tokens = counted
+            else:
+                self.n_tokens = (done - base + 1) if (done is not None and base is not None) else self.n_pieces
             self.tick(now)
             yield piece
             if self.stopped:
@@ -305,6 +309,10 @@ class Generation:
 
     def live(self) -> dict:
         now = time.perf_counter()
+        counted = getattr(self.stream, "n_generated", None)
+        if counted is not None and self.first_piece is not None:
+            # a token whose bytes are not yet a whole character shows no text piece; count it
+            self.n_tokens = max(self.n_tokens, counted)
         d = {"model": self.name, "running": True, "elapsed_s": now - self.started,
              "tokens": self.n_tokens, "tok_s": 0.0}
         if self.first_piece is not None and self.n_tokens > 1 and now > self.first_piece:
@@ -914,6 +922,12 @@ def _nbytes(model) -> int:
 
 
 def _kv_reserve(model) -> int:
+    """The memory a model's sessions are counted for beside its weights: BitNet's KV cache for
+    KV_RESERVE_TOKENS tokens (or its context), a recurrent model's state and its snapshots (constant
+    in the context length; what estimate_model_bytes counts as "kv" before loading)."""
+    state_bytes = getattr(model, "state_bytes", None)
+    if callable(state_bytes):
+        return int(state_bytes()) * (1 + int(getattr(model, "n_snapshots", 8)))
     cfg = getattr(model, "config", None)
     try:
         L, nkv, hd = int(cfg.n_layers), int(cfg.n_kv_heads), int(cfg.head_dim)

@@ -355,6 +355,7 @@ class TextStream:
         self.result: GenerationResult | None = None
         self._gen = self._run()
         self._interrupted = False
+        self.n_generated = 0        # tokens emitted so far (live: also those no text piece showed yet)
 
     def __iter__(self):
         return self
@@ -445,6 +446,7 @@ class TextStream:
                     t, was_draft = next(tokens)
                     prof.token()
                     out.append(t)
+                    self.n_generated = len(out)
                     stats.accepted += was_draft
                     if t_first is None:
                         t_first = time.perf_counter()

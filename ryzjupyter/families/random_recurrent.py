@@ -136,10 +136,12 @@ def _rwkv7(cfg, r):
     return cfg, t
 
 
-def write_folder(family, folder, *, seed=0, dtype="f32", **cfg):
+def write_folder(family, folder, *, seed=0, dtype="f32", tokenizer_from=None, **cfg):
     """Write a random `family` ("mamba", "rwkv", "rwkv7") model into `folder`: config.json and
     model.safetensors (F32 or BF16). cfg: hidden_size, num_hidden_layers, vocab_size and the
-    family's own keys. Returns the folder."""
+    family's own keys. tokenizer_from: a model folder whose tokenizer files (tokenizer.json,
+    tokenizer_config.json, generation_config.json) are copied in, so text prompts work (its
+    vocabulary must fit vocab_size). Returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg.setdefault("vocab_size", 384)
@@ -154,4 +156,9 @@ def write_folder(family, folder, *, seed=0, dtype="f32", **cfg):
     config["dtype"] = "bfloat16" if dtype == "bf16" else "float32"
     (folder / "config.json").write_text(json.dumps(config, indent=1))
     _save(tensors, folder / "model.safetensors", dtype)
+    if tokenizer_from is not None:
+        import shutil
+        for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+            if (Path(tokenizer_from) / name).is_file():
+                shutil.copy(Path(tokenizer_from) / name, folder / name)
     return folder

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .conftest import REPO, TINY
+from .conftest import FAMILY_FIXTURES, REPO, TINY
 
 pytestmark = pytest.mark.slow
 
@@ -100,6 +100,15 @@ def kernel(big_model):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def slow_recurrent(tmp_path_factory):
+    """Random Mamba and RWKV-4 models slow enough (~5-30 ms a token here, idle to loaded) to stream
+    for a while and be stopped mid-decode, with the tiny fixtures' tokenizers."""
+    from ryzjupyter.families.random_recurrent import write_folder
+    return {f: write_folder(f, tmp_path_factory.mktemp(f"slow-{f}"), seed=3, hidden_size=512, num_hidden_layers=6,
+                            tokenizer_from=FAMILY_FIXTURES[f]) for f in ("mamba", "rwkv")}
 
 
 def errors(msgs):
@@ -237,10 +246,41 @@ def test_stop_button_during_decode_keeps_partial_text(kernel):
     kernel.execute("%ryz reset")
 
 
-def test_load_progress_becomes_the_loaded_message(kernel):
+@pytest.mark.parametrize("family", ["mamba", "rwkv"])
+def test_recurrent_model_streams_and_stops_during_decode(kernel, slow_recurrent, family):
+    """A Mamba / RWKV-4 reply streams through one display updated in place (its final update the
+    reply), and the stop button during its decode keeps the partial text."""
+    content, msgs, _ = kernel.execute(f"%ryz load {slow_recurrent[family]} --name slow-{family}")
+    assert content["status"] == "ok", errors(msgs)
+    try:
+        content, msgs, _ = kernel.execute("%%ryz -n 120 -t 0 -f markdown\nOnce upon a time", timeout=120)
+        assert content["status"] == "ok", errors(msgs)
+        displays = [m for m in msgs if m["msg_type"] in ("display_data", "update_display_data")]
+        did = displays[0]["content"]["transient"]["display_id"]
+        updates = [m for m in displays[1:] if m["msg_type"] == "update_display_data"]
+        assert len(updates) >= 2 and all(m["content"]["transient"]["display_id"] == did for m in updates)
+        assert updates[-1]["content"]["data"]["text/markdown"] == eval(kernel.value("_.text"))
+        assert 0 < int(kernel.value("_.stats.n_generated")) <= 120          # random weights may draw EOS
+
+        def decoding(msg):
+            return msg["msg_type"] == "update_display_data" and len(msg["content"]["data"]["text/plain"]) > 20
+        kernel.execute("%ryz reset")
+        latency, msgs = _interrupt_latency(kernel, "%%ryz -n 3000 -t 0\nTell me a story", decoding)
+        shown = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "update_display_data"]
+        assert shown[-1].endswith("[interrupted]")
+        text = eval(kernel.value("_.text"))
+        assert text and shown[-1].startswith(text) and kernel.value("_.interrupted") == "True"
+        assert latency < SINGLE_TRY_LIMIT_S, latency
+    finally:
+        kernel.execute(f"%ryz use tiny\n%ryz unload slow-{family}")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_FIXTURES))
+def test_load_progress_becomes_the_loaded_message(kernel, family):
     """In a kernel the load progress is one display line, updated per layer, that ends as the
-    'loaded ...' message: a saved notebook keeps that message, not a stale progress bar."""
-    content, msgs, _ = kernel.execute(f"%ryz load {TINY} --name again")
+    'loaded ...' message: a saved notebook keeps that message, not a stale progress bar. BitNet
+    reserves a KV cache; Mamba and RWKV their state and snapshots."""
+    content, msgs, _ = kernel.execute(f"%ryz load {FAMILY_FIXTURES[family]} --name again")
     assert content["status"] == "ok", errors(msgs)
     shown = [m for m in msgs if m["msg_type"] in ("display_data", "update_display_data", "stream")]
     assert shown[0]["msg_type"] == "display_data" and "widget" not in str(shown[0]["content"]["data"])
@@ -249,7 +289,8 @@ def test_load_progress_becomes_the_loaded_message(kernel):
     assert all(m["msg_type"] == "update_display_data" and m["content"]["transient"]["display_id"] == display_id
                for m in shown[1:]), [m["msg_type"] for m in shown]
     final = shown[-1]["content"]["data"]["text/plain"]
-    assert re.fullmatch(r"loaded again in [\d.]+ s: [\d.]+ KiB \([\d.]+ KiB weights \+ [\d.]+ KiB KV cache reserve\)",
+    reserve = "KV cache reserve" if family == "bitnet" else "state reserve"
+    assert re.fullmatch(rf"loaded again in [\d.]+ s: [\d.]+ KiB \([\d.]+ KiB weights \+ [\d.]+ KiB {reserve}\)",
                         final), final
     kernel.execute("%ryz unload again\n%ryz use tiny")
 

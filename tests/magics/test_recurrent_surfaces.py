@@ -23,6 +23,10 @@ def test_manager_estimates_loads_swaps_and_generates(family):
         name, model = mgr.load(str(folder))
         assert model.family == family and mgr.current() is model
         assert 0.5 * model.nbytes <= est["weights"] <= 4 * model.nbytes   # the folder also holds the references
+        # counted against the budget: the weights and the state reserve (the state and its snapshots)
+        # the estimate counted before loading, not a KV cache
+        info = next(i for i in mgr.list() if i.name == name)
+        assert info.nbytes - info.weights_bytes == est["kv"] == model.state_bytes() * (1 + model.n_snapshots)
         name2, other = mgr.load(str(FAMILY_FIXTURES["bitnet"]))          # hot-swap to BitNet and back
         assert mgr.current_name == name2
         assert mgr.use(name) == (name, model)

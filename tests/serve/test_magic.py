@@ -147,3 +147,42 @@ def test_a_given_key_is_not_echoed(kernel):
     client = openai.OpenAI(base_url=url, api_key="my-secret-key-123", max_retries=0, timeout=60)
     assert [m.id for m in client.models.list()] == ["demo"]
     kernel.execute("%ryz serve stop")
+
+
+@pytest.mark.parametrize("family, folder", [("mamba", "mamba_f32"), ("rwkv", "rwkv_f32")])
+def test_serve_a_recurrent_model_from_the_kernel(kernel, family, folder):
+    """%ryz serve with a Mamba / RWKV-4 fixture loaded in the kernel: the server serves it, a
+    streaming request runs while a %%ryz cell generates with the same model, both exact."""
+    path = REPO / "tests" / "fixtures" / "recurrent" / folder
+    status, out, err = kernel.execute(f"%ryz load {path} --name {family}\n%ryz serve --port 0")
+    assert status == "ok", err
+    url = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", out).group(1)
+    key = re.search(r"API key: (\S+)", out).group(1)
+    client = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=120)
+    try:
+        assert family in [m.id for m in client.models.list()]
+        kernel.execute(f"_m = get_ipython()._ryz_magics.registry.get('{family}')")
+        want_srv = eval(kernel.value("_m.new_session().generate('The capital', 120, temperature=0, top_k=0, "
+                                     "min_p=0.0, top_p=1.0, ignore_eos=True).text"))
+        want_cell = eval(kernel.value("_m.new_session().generate('Hello there', 20, temperature=0).text"))
+        got, first = {}, threading.Event()
+
+        def stream():
+            parts = []
+            for c in client.completions.create(model=family, prompt="The capital", max_tokens=120, temperature=0,
+                                               stream=True, extra_body={"ignore_eos": True}):
+                if c.choices and c.choices[0].text:
+                    parts.append(c.choices[0].text)
+                    first.set()
+            got["text"] = "".join(parts)
+
+        t = threading.Thread(target=stream)
+        t.start()
+        assert first.wait(60)
+        status, out, err = kernel.execute(f"%%ryz -m {family} -n 20 -t 0 --no-stream -o cell\nHello there")
+        assert status == "ok", err
+        assert eval(kernel.value("cell.text")) == want_cell
+        t.join(120)
+        assert got["text"] == want_srv
+    finally:
+        kernel.execute(f"%ryz serve stop\n%ryz unload {family}")

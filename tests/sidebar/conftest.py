@@ -1,7 +1,7 @@
 """Fixtures for the sidebar tests: real tiny models, a real kernel, a comm client.
 
 The kernel runs the same ryzjupyter as the tests (its folder goes first on PYTHONPATH) and sees the
-BitNet test fixtures as available models through $RYZ_MODEL_DIRS.
+BitNet, Mamba and RWKV test fixtures as available models through $RYZ_MODEL_DIRS.
 """
 import os
 import queue
@@ -16,12 +16,15 @@ import ryzjupyter
 
 ROOT = Path(ryzjupyter.__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bitnet"
+RECURRENT = Path(__file__).resolve().parents[1] / "fixtures" / "recurrent"
+# the Mamba and RWKV-4 fixtures the surface tests run beside BitNet's
+RECURRENT_FIXTURES = {"mamba": "mamba_f32", "rwkv": "rwkv_f32"}
 
 
 def kernel_env(extra=None):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env["RYZ_MODEL_DIRS"] = str(FIXTURES)
+    env["RYZ_MODEL_DIRS"] = os.pathsep.join([str(FIXTURES), str(RECURRENT)])
     env.setdefault("RYZ_NUM_THREADS", "1")
     env.pop("RYZ_MEMORY_BUDGET", None)
     env.update(extra or {})
@@ -31,12 +34,33 @@ def kernel_env(extra=None):
 @pytest.fixture(scope="module")
 def big_model(tmp_path_factory):
     """A random BitNet model large enough that generating 2000 tokens takes seconds."""
-    from ryzjupyter.families.random_bitnet import write_random_bitnet
-    folder = tmp_path_factory.mktemp("models") / "slow"
-    write_random_bitnet(folder, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
-                        num_attention_heads=8, num_key_value_heads=4, vocab_size=4096,
-                        max_position_embeddings=4096, fmt="packed", seed=3)
-    return folder
+    return write_slow_model("bitnet", tmp_path_factory.mktemp("models") / "slow")
+
+
+def write_slow_model(family, folder):
+    """A random model of `family` ("bitnet", "mamba", "rwkv") large enough that generating 3000
+    tokens takes seconds; the recurrent ones get the tiny fixture's tokenizer (vocabulary 384)."""
+    if family == "bitnet":
+        from ryzjupyter.families.random_bitnet import write_random_bitnet
+        write_random_bitnet(folder, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
+                            num_attention_heads=8, num_key_value_heads=4, vocab_size=4096,
+                            max_position_embeddings=4096, fmt="packed", seed=3)
+        return folder
+    from ryzjupyter.families.random_recurrent import write_folder
+    return write_folder(family, folder, seed=3, hidden_size=256, num_hidden_layers=4,
+                        tokenizer_from=RECURRENT / RECURRENT_FIXTURES[family])
+
+
+@pytest.fixture(scope="module")
+def slow_models(tmp_path_factory):
+    """One slow random model a family (write_slow_model), written when first asked for."""
+    made = {}
+
+    def get(family):
+        if family not in made:
+            made[family] = write_slow_model(family, tmp_path_factory.mktemp("models") / f"slow-{family}")
+        return made[family]
+    return get
 
 
 class CommClient:

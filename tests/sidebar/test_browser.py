@@ -2,7 +2,7 @@
 started here (localhost, random port, token, temporary root), with a real kernel and real models.
 
 It opens a notebook, opens the sidebar, loads two models, hot-swaps between them, and checks the
-notebook's kernel sees the change; it also checks the "no notebook" and "package not installed"
+notebook's kernel sees the change (BitNet fixtures, then the tiny Mamba and RWKV-4 fixtures); it also checks the "no notebook" and "package not installed"
 states. Skipped (with the reason) when chromium, playwright or the built labextension are missing,
 unless RYZ_REQUIRE_BROWSER=1 (CI), which turns those into failures.
 """
@@ -229,6 +229,28 @@ def test_sidebar_loads_and_swaps_models(lab, page):
     # unload
     page.locator(".ryz-loaded .ryz-model-row[data-name='online'] .ryz-unload").click()
     page.locator(".ryz-available .ryz-model-row[data-name='online']").wait_for()
+    assert page.locator(".ryz-loaded .ryz-model-row").count() == 1
+
+    # the Mamba and RWKV-4 fixtures through the same rows: estimate, load, hot-swap, unload
+    mamba, rwkv = (f".ryz-model-row[data-name='{n}']" for n in ("mamba_f32", "rwkv_f32"))
+    assert "~" in side.locator(f".ryz-available {mamba} .ryz-model-details").inner_text()
+    page.locator(f".ryz-available {mamba} .ryz-load").click()
+    page.locator(f".ryz-loaded {mamba}.ryz-mod-current").wait_for(timeout=60000)
+    page.locator(f".ryz-available {rwkv} .ryz-load").click()
+    page.locator(f".ryz-loaded {rwkv}.ryz-mod-current").wait_for(timeout=60000)
+    assert side.locator(".ryz-current").inner_text() == "rwkv_f32"
+    page.locator(f".ryz-loaded {mamba} .ryz-use").click()
+    page.locator(f".ryz-loaded {mamba}.ryz-mod-current").wait_for()
+    assert side.locator(".ryz-current").inner_text() == "mamba_f32"
+    page.locator(".jp-Notebook .jp-Cell").first.click()            # the kernel sees the swap
+    page.keyboard.press("Shift+Enter")
+    out.filter(has_text="CURRENT mamba_f32").wait_for(timeout=30000)
+    _shot(page, "sidebar-recurrent-loaded.png")
+    page.locator(".ryz-loaded .ryz-model-row[data-name='packed'] .ryz-use").click()
+    page.locator(".ryz-loaded .ryz-model-row[data-name='packed'].ryz-mod-current").wait_for()
+    for row in (mamba, rwkv):
+        page.locator(f".ryz-loaded {row} .ryz-unload").click()
+        page.locator(f".ryz-available {row}").wait_for()
     assert page.locator(".ryz-loaded .ryz-model-row").count() == 1
 
     # a long generation: live tokens/s in the sidebar, the stop button ends it, the partial

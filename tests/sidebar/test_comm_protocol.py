@@ -1,13 +1,13 @@
 """The `ryzjupyter` comm protocol against a real kernel, through jupyter_client.
 
-Real tiny BitNet models (tests/fixtures/bitnet) and, for the stop test, a random BitNet model big
-enough that a generation runs for seconds. No mocks: the kernel runs the real manager and engine.
+Real tiny BitNet, Mamba and RWKV-4 models (tests/fixtures) and, for the stop test, a random model
+of each family big enough that a generation runs for seconds. No mocks: the kernel runs the real manager and engine.
 """
 import time
 
 import pytest
 
-from .conftest import CommClient, execute
+from .conftest import RECURRENT_FIXTURES, CommClient, execute
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,8 @@ def test_status_and_list(client):
     m = names["packed"]
     assert m["loaded"] is False and m["memory_bytes"] > 100_000 and m["family"] == "bitnet"
     assert m["memory"].startswith("~")
+    for family, folder in RECURRENT_FIXTURES.items():     # the recurrent fixtures, with their estimate
+        assert names[folder]["family"] == family and names[folder]["memory_bytes"] > 10_000, names[folder]
 
 
 def test_memory_before_the_magics_are_loaded(client):
@@ -107,6 +109,36 @@ def test_load_use_unload_and_list(client, kernel):
     assert client.stray == []
 
 
+def test_load_use_unload_recurrent_models(client, kernel):
+    """A Mamba and an RWKV-4 fixture through the same ops: load (with progress), hot-swap without a
+    reload, a generation whose stats carry the recurrent phases, unload."""
+    km, kc = kernel
+    mamba, rwkv = RECURRENT_FIXTURES["mamba"], RECURRENT_FIXTURES["rwkv"]
+    start = len(client.pushes)
+    r = client.request("load", model=mamba)
+    assert r["ok"] is True, r
+    assert r["name"] == mamba and r["state"]["current"] == mamba
+    prog = [p for p in client.pushes[start:] if p["push"] == "progress"]
+    assert prog and prog[-1].get("finished") and prog[-1]["fraction"] == 1.0
+    r = client.request("load", model=rwkv)
+    assert r["ok"] and r["state"]["current"] == rwkv
+    loaded = {m["name"]: m for m in client.request("list")["models"] if m["loaded"]}
+    assert {mamba, rwkv} <= set(loaded) and loaded[rwkv]["current"]
+    assert loaded[mamba]["memory_bytes"] > 0 and loaded[mamba]["family"] == "mamba"
+    execute(kc, f"from ryzjupyter.manager import MANAGER; _obj = id(MANAGER.get({mamba!r}))")
+    r = client.request("use", model=mamba)
+    assert r["ok"] and r["state"]["current"] == mamba
+    rep = execute(kc, f"assert id(MANAGER.get({mamba!r})) == _obj and MANAGER.current_name == {mamba!r}\n"
+                      "MANAGER.generate('Hello', 5, temperature=0, ignore_eos=True)")
+    assert rep["status"] == "ok", rep
+    r = client.request("stats")
+    assert r["ok"] and r["last"]["model"] == mamba and r["last"]["tokens"] == 5
+    assert {"scan", "conv", "matmul"} <= set(r["last"]["profile"]), r["last"]["profile"]
+    for name in (rwkv, mamba):
+        assert client.request("unload", model=name)["ok"]
+    assert client.stray == []
+
+
 def test_load_refused_for_memory(client, kernel):
     km, kc = kernel
     r = client.request("load", model="packed")
@@ -133,7 +165,8 @@ def test_load_refused_for_memory(client, kernel):
         client.request("unload", model=name)
 
 
-def test_stop_and_stats_during_generation_over_a_subshell(kernel, big_model):
+@pytest.mark.parametrize("family", ["bitnet", "mamba", "rwkv"])
+def test_stop_and_stats_during_generation_over_a_subshell(kernel, slow_models, family):
     """Like JupyterLab (commsOverSubshells): the comm runs on a subshell, so status, stats and
     stop are answered while a cell generates, and stop ends the generation with the partial text."""
     km, kc = kernel
@@ -142,7 +175,7 @@ def test_stop_and_stats_during_generation_over_a_subshell(kernel, big_model):
     assert msg["content"]["status"] == "ok", msg["content"]
     sub = CommClient(kc, subshell_id=msg["content"]["subshell_id"])
     sub.open()
-    r = sub.request("load", model=str(big_model), name="slow", timeout=120)
+    r = sub.request("load", model=str(slow_models(family)), name="slow", timeout=120)
     assert r["ok"], r
     code = ("from ryzjupyter.manager import MANAGER\n"
             "res = MANAGER.generate('Once upon a time', 3000, ignore_eos=True)\n"
@@ -178,7 +211,7 @@ def test_stop_and_stats_during_generation_over_a_subshell(kernel, big_model):
     assert 0 < n < 3000
     r = sub.request("stats", timeout=10)
     assert r["last"]["finish_reason"] == "interrupted" and r["last"]["tokens"] == n
-    assert "matmul" in r["last"]["profile"] and "attention" in r["last"]["profile"]
+    assert "matmul" in r["last"]["profile"] and ("attention" if family == "bitnet" else "scan") in r["last"]["profile"]
     assert sub.request("unload", model="slow")["ok"]
     assert sub.stray == []
 

@@ -1,4 +1,5 @@
-"""ModelManager in-process, with the real engine and real tiny models (tests/fixtures/bitnet)."""
+"""ModelManager in-process, with the real engine and real tiny models (tests/fixtures/bitnet; the
+generation lock and stop also with a slow random Mamba and RWKV-4 model)."""
 import threading
 import time
 
@@ -103,9 +104,11 @@ def test_lru_unloads_the_least_recently_used_idle_model(mgr):
     assert progress[-1]["finished"] and any(e.get("total") for e in progress)
 
 
-def test_generation_lock_and_stop(mgr, big_model):
+@pytest.mark.parametrize("family", ["bitnet", "mamba", "rwkv"])
+def test_generation_lock_and_stop(mgr, slow_models, family):
     mgr.load(fx("packed"))
-    mgr.load(str(big_model), name="slow")
+    mgr.load(str(slow_models(family)), name="slow")
+    assert mgr.get("slow").family == family
     result = {}
     t = threading.Thread(target=lambda: result.setdefault(
         "r", mgr.generate("Once upon a time", 3000, ignore_eos=True)))

@@ -1,7 +1,9 @@
 """A real browser (Debian chromium driven by Playwright) against a real JupyterLab started on
-localhost by the test: open a notebook, run `%ryz controls` and a streamed `%%ryz` on the tiny
-fixture model, and check that the live chart drew points on its canvas, the final figure stayed in
-the output, and the controls panel changes the settings and generates.
+localhost by the test: open a notebook, run `%ryz controls` and a streamed `%%ryz` on a random BitNet
+model, and check that the live chart drew points on its canvas, the final figure stayed in the
+output, and the controls panel changes the settings and generates. Before them, a short streamed
+`%%ryz` on the tiny Mamba and RWKV-4 fixtures each draws its chart and leaves its figure, and
+`%ryz stats` shows the recurrent phases (one tiny load each: milliseconds).
 
 Skipped when chromium, playwright, jupyterlab, the engine or the magics are missing, unless
 RYZ_REQUIRE_BROWSER=1 (then it fails). Screenshots go to $RYZ_ARTIFACTS (default build/test-artifacts).
@@ -21,7 +23,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "fixtures" / "bitnet" / "packed"
+RECURRENT = {"mamba": REPO / "tests" / "fixtures" / "recurrent" / "mamba_f32",
+             "rwkv": REPO / "tests" / "fixtures" / "recurrent" / "rwkv_f32"}
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 REQUIRED = os.environ.get("RYZ_REQUIRE_BROWSER") == "1"
 ARTIFACTS = Path(os.environ.get("RYZ_ARTIFACTS") or REPO / "build" / "test-artifacts")
@@ -119,7 +122,12 @@ def test_chart_and_controls_in_jupyterlab(lab):
     model = write_random_bitnet(lab["root"] / "medium", hidden_size=1024, intermediate_size=2816,
                                 num_hidden_layers=6, num_attention_heads=16, num_key_value_heads=4)
     cells = [
-        f"%load_ext ryzjupyter\n%ryz load {model} --name tiny\n%config RyzMagics.temperature = 0",
+        "%load_ext ryzjupyter\n%config RyzMagics.temperature = 0",
+        # the recurrent families first, 12 tokens each (fewer decode points than the BitNet chart's 20)
+        f"%%ryz -m {RECURRENT['mamba']} -n 12 --stream\nOnce upon a time",
+        f"%%ryz -m {RECURRENT['rwkv']} -n 12 --stream\nOnce upon a time",
+        "%ryz stats",
+        f"%ryz load {model} --name tiny",
         "%ryz controls",
         "%%ryz -n 400 --stream\nOnce upon a time",
         "%ryz stats",
@@ -152,7 +160,10 @@ def test_chart_and_controls_in_jupyterlab(lab):
                 "() => Object.values(window.__ryz_charts).some(e => e.done && e.maxDecode >= 20)",
                 timeout=90000)
             charts = page.evaluate("() => window.__ryz_charts")
-            (entry,) = [e for e in charts.values() if e["done"]]
+            # the Mamba and RWKV-4 replies drew their charts too (done, decode points, a canvas PNG)
+            small = [e for e in charts.values() if e["done"] and e["maxDecode"] < 20]
+            assert len(small) == 2 and all(e["maxDecode"] >= 2 and e.get("png") for e in small), small
+            (entry,) = [e for e in charts.values() if e["done"] and e["maxDecode"] >= 20]
             assert entry["frames"] >= 2 and entry["maxPoints"] >= 21
             png = base64.b64decode(entry["png"].split(",", 1)[1])
             assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000          # not a blank canvas
@@ -162,13 +173,21 @@ def test_chart_and_controls_in_jupyterlab(lab):
             # the final figure stays in the output (static SVG with the decode line)
             svg = page.locator(".jp-OutputArea-output img[src^='data:image/svg'], .jp-RenderedSVG svg")
             svg.first.wait_for(timeout=30000)
+            page.wait_for_function(                      # one final figure a reply: Mamba, RWKV, BitNet
+                "() => document.querySelectorAll(\".jp-OutputArea-output img[src^='data:image/svg'],"
+                " .jp-RenderedSVG svg\").length >= 3", timeout=30000)
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.jp-Cell')].some(c => c.querySelector('.jp-InputArea')"
                 " && c.textContent.includes('settings:'))", timeout=60000)
             _shot(page, "notebook")
             # %ryz stats: the profile breakdown from the engine's counters
-            prof = page.locator(".jp-OutputArea-output .ryz-profile").first   # not the sidebar's
-            prof.wait_for(timeout=30000)
+            profs = page.locator(".jp-OutputArea-output .ryz-profile")         # not the sidebar's
+            profs.nth(1).wait_for(timeout=30000)
+            rec = profs.first                                                   # the RWKV-4 reply's
+            for phase in ("matmul", "scan", "lm_head", "sampling", "python"):
+                assert rec.locator(f"tr[data-phase='{phase}']").count() == 1, phase
+            assert rec.locator("tr[data-phase='attention']").count() == 0
+            prof = profs.nth(1)
             for phase in ("matmul", "attention", "lm_head", "sampling", "python"):
                 assert prof.locator(f"tr[data-phase='{phase}']").count() == 1, phase
             _shot(page, "profile", prof)
@@ -195,7 +214,7 @@ def test_chart_and_controls_in_jupyterlab(lab):
             out.get_by_text("tok/s").first.wait_for(timeout=60000)
             assert out.locator(".jp-RenderedMarkdown").count() >= 1          # the reply, complete
             page.wait_for_function(
-                "() => Object.values(window.__ryz_charts).filter(e => e.done).length >= 2", timeout=30000)
+                "() => Object.values(window.__ryz_charts).filter(e => e.done).length >= 4", timeout=30000)
             assert panel.locator(".ryz-controls-chart canvas").count() == 1
             # why the reply stopped, next to the Generate button (8 tokens: max tokens, or a stop token)
             finish = panel.locator(".ryz-controls-finish .ryz-finish")

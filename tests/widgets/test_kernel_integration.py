@@ -1,7 +1,9 @@
 """End to end in a real IPython kernel (jupyter_client, the path JupyterLab uses): a streamed
-%%ryz reply on the real tiny BitNet fixture draws the live chart (anywidget comm messages, at most
-20 a second, a final summary, a static SVG left in the output), the reply carries the engine's
-profile, `%ryz stats` shows it, and `%ryz controls` builds the panel bound to the settings."""
+%%ryz reply on each real tiny fixture (BitNet, Mamba, RWKV-4; one kernel, the three loaded and
+made current in turn with `%ryz use`) draws the live chart (anywidget comm messages, at most 20 a
+second, a final summary, a static SVG left in the output), the reply carries the engine's profile
+with the phases of its family, `%ryz stats` shows it, and `%ryz controls` builds the panel bound to
+the settings and generates with the current model."""
 import os
 import queue
 import time
@@ -11,7 +13,13 @@ import anywidget  # noqa: F401  (a dependency: its absence is an error, not a sk
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "fixtures" / "bitnet" / "packed"
+FAMILIES = {"bitnet": REPO / "tests" / "fixtures" / "bitnet" / "packed",
+            "mamba": REPO / "tests" / "fixtures" / "recurrent" / "mamba_f32",
+            "rwkv": REPO / "tests" / "fixtures" / "recurrent" / "rwkv_f32"}
+# the phases each family's profile must show (BitNet attends; Mamba scans and convolves; RWKV-4 scans)
+PHASES = {"bitnet": ("matmul", "attention", "lm_head", "sampling", "python"),
+          "mamba": ("matmul", "scan", "conv", "lm_head", "sampling", "python"),
+          "rwkv": ("matmul", "scan", "lm_head", "sampling", "python")}
 
 
 class Kernel:
@@ -54,8 +62,8 @@ def kernel():
     km, kc = start_new_kernel(kernel_name="python3", env=env, startup_timeout=60)
     k = Kernel(km, kc)
     try:
-        content, msgs, _ = k.execute(f"%load_ext ryzjupyter\n%ryz load {TINY} --name tiny\n"
-                                     "%config RyzMagics.temperature = 0")
+        loads = "".join(f"%ryz load {folder} --name {family}\n" for family, folder in FAMILIES.items())
+        content, msgs, _ = k.execute(f"%load_ext ryzjupyter\n{loads}%config RyzMagics.temperature = 0")
         assert content["status"] == "ok", msgs
         yield k
     finally:
@@ -63,11 +71,21 @@ def kernel():
         km.shutdown_kernel(now=True)
 
 
+@pytest.fixture(params=sorted(FAMILIES))
+def family(kernel, request):
+    """Each fixture model in turn, made the current model of the kernel."""
+    content, msgs, _ = kernel.execute(f"%ryz use {request.param}")
+    assert content["status"] == "ok", _errors(msgs)
+    assert kernel.value("__import__('ryzjupyter.jupyter.magics').jupyter.magics.REGISTRY.current().family") \
+        == repr(request.param)
+    return request.param
+
+
 def _errors(msgs):
     return [m["content"] for m in msgs if m["msg_type"] == "error"]
 
 
-def test_streamed_reply_draws_the_chart(kernel):
+def test_streamed_reply_draws_the_chart(kernel, family):
     content, msgs, times = kernel.execute("%%ryz -n 120 --stream\nOnce upon a time")
     assert content["status"] == "ok", _errors(msgs)
     opens = [m for m in msgs if m["msg_type"] == "comm_open"
@@ -95,12 +113,12 @@ def test_streamed_reply_draws_the_chart(kernel):
     assert svg and "<polyline" in svg[-1]["content"]["data"]["image/svg+xml"]
 
 
-def test_reply_profile_and_stats(kernel):
+def test_reply_profile_and_stats(kernel, family):
     content, msgs, _ = kernel.execute("%%ryz -n 30 --no-stream\nThe train left the station")
     assert content["status"] == "ok", _errors(msgs)
     phases = eval(kernel.value("sorted(_.profile.phases)"))
-    for name in ("matmul", "attention", "lm_head", "sampling", "python"):
-        assert name in phases
+    for name in PHASES[family]:
+        assert name in phases, (family, phases)
     wall = float(kernel.value("_.profile.wall_s"))
     total = float(kernel.value("_.stats.total_s"))
     # the same generation measured twice: the profile's clock starts a bit before the stats' clock
@@ -115,7 +133,7 @@ def test_reply_profile_and_stats(kernel):
     assert html and "data-phase='matmul'" in html[-1]
 
 
-def test_controls_panel_in_the_kernel(kernel):
+def test_controls_panel_in_the_kernel(kernel, family):
     content, msgs, _ = kernel.execute("%ryz controls")
     assert content["status"] == "ok", _errors(msgs)
     assert any(m["msg_type"] == "display_data" and

@@ -408,8 +408,10 @@ class RyzMagics(Magics):
         info = next((m for m in self.registry.list() if m.name == name), None)
         total = info.nbytes if info is not None else weights
         if total > weights > 0:
+            # a recurrent model (Mamba, RWKV) reserves its state and snapshots, not a KV cache
+            reserve = "state reserve" if callable(getattr(model, "state_bytes", None)) else "KV cache reserve"
             return (f"{format_bytes(total)} ({format_bytes(weights)} weights + "
-                    f"{format_bytes(total - weights)} KV cache reserve)")
+                    f"{format_bytes(total - weights)} {reserve})")
         return f"{format_bytes(total or weights)}"
 
     # ------------------------------------------------------------------ %ryz
@@ -435,7 +437,8 @@ class RyzMagics(Magics):
         for m in models:
             mark = "*" if m.current else " "
             print(f"{mark} {m.name:<{w}}  {m.family:<8} {format_bytes(m.nbytes):>10}  {m.source}")
-        print("(* = current; memory = weights + KV cache reserve, counted against the memory budget)")
+        print("(* = current; memory = weights + KV cache reserve (Mamba/RWKV: state reserve), counted against "
+              "the memory budget)")
 
     def _cmd_load(self, cmd):
         opts = {}
