@@ -214,7 +214,8 @@ def estimate_model_bytes(folder, *, lm_head="f32", max_context=None, kv_cache="f
         elif family == "rwkv":
             state = L * 5 * D * 4
         else:
-            state = L * (2 * D + D * int(cfg.get("head_size", 64))) * 4
+            N = int(cfg.get("head_size") or cfg.get("head_dim") or D // int(cfg.get("num_heads") or D // 64))
+            state = L * (2 * D + D * N) * 4
         kv = 9 * state
         out["params"] = int(weights // 4)
     else:

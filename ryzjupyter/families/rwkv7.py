@@ -3,7 +3,12 @@
 Checkpoints: config.json with ``model_type: "rwkv7"`` (hidden_size, num_hidden_layers,
 head_size, vocab_size, intermediate_size) and safetensors in the RWKV-LM tensor naming
 (``emb.weight``, ``blocks.<l>.att.*``, ``blocks.<l>.ffn.*``, ``ln_out.*``, ``head.weight``;
-random_recurrent.py writes such folders). The block, from the RWKV-7 paper / RWKV-LM's
+random_recurrent.py writes such folders), or in the Hugging Face naming of
+flash-linear-attention's ``RWKV7ForCausalLM`` (the fla-hub checkpoints: ``model.embeddings``,
+``model.layers.<l>.attn.{r,k,v,o}_proj``, ``attn.{w,a,v,g}_lora.lora.{0,2}``, ``attn.g_norm``,
+``model.norm``, ``lm_head``), read through ``FlaNames``: the same tensors under other names, the
+LoRA matrices transposed, the LoRA biases being w0 / a0 / v0, the group norm's eps head_dim *
+norm_eps. The block, from the RWKV-7 paper / RWKV-LM's
 reference (float32; H heads of N channels, D = H N):
 
     h = embed[ids] ; h = layernorm(h, ln0)                             (layer 0 only)
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import re
+
 import numpy as np
 
 from ryzjupyter.engine.checkpoint import CheckpointError, detect_kind
@@ -49,24 +56,146 @@ class Config:
     gn_eps: float
     tied: bool
     max_context: int
+    fla: bool = False           # the checkpoint uses flash-linear-attention's names (FlaNames)
 
     @property
     def n_heads(self):
         return self.dim // self.head_size
 
     @classmethod
-    def from_dict(cls, cfg: dict) -> "Config":
+    def from_dict(cls, cfg: dict, fla: bool = False) -> "Config":
+        """fla: the config of flash-linear-attention's RWKV7ForCausalLM (head_dim or num_heads,
+        hidden_ratio, norm_bias, norm_first, value_dim, attn)."""
         fam = "RWKV-7"
         D = config_int(cfg, "hidden_size", family=fam)
-        N = config_int(cfg, "head_size", 64, family=fam)
-        if D % N:
-            raise CheckpointError(f"config.json: hidden_size {D} is not a multiple of head_size {N}")
+        norm_eps = float(cfg.get("norm_eps", 1e-5))
+        if fla:
+            _check_fla_config(cfg, D)
+            if cfg.get("head_dim") is not None:
+                N = config_int(cfg, "head_dim", family=fam)
+            else:
+                N = D // config_int(cfg, "num_heads", family=fam)
+            ratio = cfg.get("hidden_ratio") or 4
+            d_ffn = int(cfg.get("intermediate_size") or 32 * ((int(D * ratio) + 31) // 32))
+            gn_eps = N * norm_eps                      # fla: GroupNorm(eps=head_dim * norm_eps)
+        else:
+            N = config_int(cfg, "head_size", 64, family=fam)
+            d_ffn = int(cfg.get("intermediate_size") or 4 * D)
+            gn_eps = float(cfg.get("group_norm_eps", 64e-5))
+        if N < 1 or D % N:
+            raise CheckpointError(f"config.json: hidden_size {D} is not a multiple of the head size {N}")
         return cls(dim=D, n_layers=config_int(cfg, "num_hidden_layers", family=fam),
-                   vocab_size=config_int(cfg, "vocab_size", family=fam), head_size=N,
-                   d_ffn=int(cfg.get("intermediate_size") or 4 * D),
-                   norm_eps=float(cfg.get("norm_eps", 1e-5)), gn_eps=float(cfg.get("group_norm_eps", 64e-5)),
-                   tied=bool(cfg.get("tie_word_embeddings", False)),
-                   max_context=int(cfg.get("context_length") or 1 << 20))
+                   vocab_size=config_int(cfg, "vocab_size", family=fam), head_size=N, d_ffn=d_ffn,
+                   norm_eps=norm_eps, gn_eps=gn_eps, tied=bool(cfg.get("tie_word_embeddings", False)),
+                   max_context=int(cfg.get("context_length") or 1 << 20), fla=fla)
+
+
+def _check_fla_config(cfg, D):
+    """The fla RWKV7ForCausalLM options ryzjupyter does not run are clear errors."""
+    if cfg.get("attn"):
+        raise CheckpointError("this RWKV-7 checkpoint mixes in softmax attention layers (config.json 'attn': "
+                              f"{cfg['attn']!r:.80}); ryzjupyter runs RWKV-7 models with RWKV-7 layers only")
+    vd = cfg.get("value_dim")
+    if vd is not None and any(v not in (None, D) for v in (vd if isinstance(vd, list) else [vd])):
+        raise CheckpointError(f"config.json: value_dim {vd!r:.60} differs from hidden_size {D}; ryzjupyter runs "
+                              "RWKV-7 models whose value size is the hidden size")
+    if cfg.get("norm_bias") is False:
+        raise CheckpointError("config.json: norm_bias is false (layer norms without a bias); ryzjupyter runs "
+                              "RWKV-7 models whose layer norms have a bias")
+    act = cfg.get("hidden_act", "sqrelu")
+    if act != "sqrelu":
+        raise CheckpointError(f"config.json: hidden_act {act!r} is not 'sqrelu'; ryzjupyter runs the RWKV-7 "
+                              "channel mixing with the squared ReLU")
+
+
+# flash-linear-attention's RWKV7ForCausalLM names -> (RWKV-LM name, how): "T" transposed (fla's
+# LoRA matrices are nn.Linear weights [out, in]; RWKV-LM stores x @ w1 as [D, r]), an int: that
+# row of the first version's stacked attn.x_x [6, D] (x_r, x_w, x_k, x_v, x_a, x_g)
+_FLA_RULES = [
+    (r"model\.embeddings\.weight", "emb.weight", None),
+    (r"model\.norm\.(weight|bias)", r"ln_out.\1", None),
+    (r"lm_head\.weight", "head.weight", None),
+    (r"model\.layers\.(\d+)\.pre_norm\.(weight|bias)", r"blocks.\1.ln0.\2", None),
+    (r"model\.layers\.(\d+)\.attn_norm\.(weight|bias)", r"blocks.\1.ln1.\2", None),
+    (r"model\.layers\.(\d+)\.ffn_norm\.(weight|bias)", r"blocks.\1.ln2.\2", None),
+    (r"model\.layers\.(\d+)\.attn\.(x_[rwkvag]|k_k|k_a|r_k)", r"blocks.\1.att.\2", None),
+    (r"model\.layers\.(\d+)\.attn\.r_proj\.weight", r"blocks.\1.att.receptance.weight", None),
+    (r"model\.layers\.(\d+)\.attn\.k_proj\.weight", r"blocks.\1.att.key.weight", None),
+    (r"model\.layers\.(\d+)\.attn\.v_proj\.weight", r"blocks.\1.att.value.weight", None),
+    (r"model\.layers\.(\d+)\.attn\.o_proj\.weight", r"blocks.\1.att.output.weight", None),
+    (r"model\.layers\.(\d+)\.attn\.([wavg])_lora\.lora\.0\.weight", r"blocks.\1.att.\g<2>1", "T"),
+    (r"model\.layers\.(\d+)\.attn\.([wavg])_lora\.lora\.2\.weight", r"blocks.\1.att.\g<2>2", "T"),
+    (r"model\.layers\.(\d+)\.attn\.([wav])_lora\.lora\.2\.bias", r"blocks.\1.att.\g<2>0", None),
+    (r"model\.layers\.(\d+)\.attn\.g_norm\.(weight|bias)", r"blocks.\1.att.ln_x.\2", None),
+    (r"model\.layers\.(\d+)\.ffn\.(x_k|key\.weight|value\.weight)", r"blocks.\1.ffn.\2", None),
+]
+
+
+def is_fla_naming(names) -> bool:
+    return any(n.startswith("model.layers.") or n == "model.embeddings.weight" for n in names)
+
+
+class FlaNames:
+    """A Checkpoint in flash-linear-attention's RWKV7ForCausalLM naming seen under the RWKV-LM
+    names the loader reads: require / f32 / index / `in` by RWKV-LM name, checked against the fla
+    tensor (errors name it); a tensor no rule maps stays unused, so check_all_used names it."""
+
+    def __init__(self, ck):
+        self.ck, self.folder, self.config = ck, ck.folder, ck.config
+        self.map = {}                                   # RWKV-LM name -> (fla name, how)
+        for name in ck.names():
+            if re.fullmatch(r"model\.layers\.\d+\.attn\.x_x", name):
+                l = name.split(".")[2]
+                for i, m in enumerate("rwkvag"):
+                    self.map[f"blocks.{l}.att.x_{m}"] = (name, i)
+                continue
+            for pattern, repl, how in _FLA_RULES:
+                if re.fullmatch(pattern, name):
+                    self.map[re.sub(pattern, repl, name)] = (name, how)
+                    break
+        self.index = {}
+        for lm, (name, how) in self.map.items():
+            info = ck.info(name)
+            shape = tuple(info.shape)
+            shape = shape[::-1] if how == "T" else shape[1:] if isinstance(how, int) else shape
+            self.index[lm] = info.__class__(lm, info.dtype, shape, info.file, info.start, info.nbytes)
+
+    def __contains__(self, name):
+        return name in self.map
+
+    def names(self):
+        return list(self.map)
+
+    def info(self, name):
+        return self.index[name]
+
+    def _fla(self, name):
+        if name not in self.map:
+            raise CheckpointError(f"the RWKV-7 checkpoint in {str(self.folder)!r} (flash-linear-attention naming) "
+                                  f"has no tensor for RWKV-LM's {name!r}; the files are incomplete")
+        return self.map[name]
+
+    def require(self, name, shape, dtypes, *, what=""):
+        fla, how = self._fla(name)
+        shapes = shape if isinstance(shape, list) else [shape]
+        if how == "T":
+            shapes = [tuple(s)[::-1] for s in shapes]
+        elif isinstance(how, int):
+            shapes = [(6, *tuple(s)[-1:]) for s in shapes]
+        self.ck.require(fla, shapes, dtypes, what=what or f"RWKV-LM {name}")
+        return self.index[name]
+
+    def f32(self, name):
+        fla, how = self._fla(name)
+        a = self.ck.f32(fla)
+        if how == "T":
+            return np.ascontiguousarray(a.T)
+        if isinstance(how, int):
+            return a[how]
+        return a
+
+    def check_all_used(self, ignorable=()):
+        self.ck.check_all_used(ignorable)
 
 
 def _vec(ck, name, D):
@@ -81,7 +210,8 @@ class LayerWeights:
         D, F, H, N = c.dim, c.d_ffn, c.n_heads, c.head_size
         p, a, f = f"blocks.{l}.", f"blocks.{l}.att.", f"blocks.{l}.ffn."
         ln = lambda n: (check_float(ck, p + n + ".weight", (D,)), check_float(ck, p + n + ".bias", (D,)))  # noqa: E731
-        self.ln0 = ln("ln0") if l == 0 else None
+        # layer 0's extra norm of the embedding (fla: pre_norm, absent when norm_first is false)
+        self.ln0 = ln("ln0") if l == 0 and (p + "ln0.weight" in ck or not c.fla) else None
         self.ln1, self.ln2 = ln("ln1"), ln("ln2")
         self.mix = [_vec(ck, a + "x_" + n, D) for n in "rwkvag"]
         lin = lambda n, shape: Linear(check_float(ck, a + n, shape), None, fmt)  # noqa: E731
@@ -174,11 +304,10 @@ class Rwkv7Model(RecurrentModel):
         kind = detect_kind(ck.config, ck)
         if kind.family != "rwkv7":
             raise CheckpointError(f"{self.path.name} is a {kind.family} model, not RWKV-7")
-        if any(n.startswith("model.layers.") for n in ck.names()):
-            raise CheckpointError("this RWKV-7 checkpoint uses the flash-linear-attention tensor naming "
-                                  "(model.layers.*); ryzjupyter reads the RWKV-LM naming (blocks.<l>.att.*): "
-                                  "convert it with RWKV-LM's tools")
-        c = self.config = Config.from_dict(ck.config)
+        fla = is_fla_naming(ck.names())
+        if fla:
+            ck = FlaNames(ck)
+        c = self.config = Config.from_dict(ck.config, fla=fla)
         self.embed = check_float(ck, "emb.weight", (c.vocab_size, c.dim))
         self.layers = []
         for l in range(c.n_layers):
@@ -194,7 +323,7 @@ class Rwkv7Model(RecurrentModel):
         return layer_state(c.n_layers, (c.dim, 0.0), ((c.n_heads, c.head_size, c.head_size), 0.0), (c.dim, 0.0))
 
     def _final_norm(self, rows):
-        return np.ascontiguousarray(layernorm(rows, *self.ln_out, 1e-5), dtype=np.float32)
+        return np.ascontiguousarray(layernorm(rows, *self.ln_out, self.config.norm_eps), dtype=np.float32)
 
     def _run_chunk(self, tokens, state, want):
         c = self.config
@@ -202,7 +331,7 @@ class Rwkv7Model(RecurrentModel):
         v_first = None
         for l, lw in enumerate(self.layers):
             st = state[3 * l:3 * l + 3]
-            if l == 0:
+            if lw.ln0 is not None:
                 h = layernorm(h, *lw.ln0, c.norm_eps)
             x = np.ascontiguousarray(layernorm(h, *lw.ln1, c.norm_eps), dtype=np.float32)
             att, v_first = time_mixing(c, lw, x, st[:2], v_first, l)
@@ -232,7 +361,7 @@ class Rwkv7Model(RecurrentModel):
         p.op("embed", [h, p.w(self.embed)], [D, c.vocab_size])
         for l, lw in enumerate(self.layers):
             s = 3 * l
-            if l == 0:
+            if lw.ln0 is not None:
                 p.op("layernorm", [h, h, p.w(lw.ln0[0]), p.w(lw.ln0[1])], [D], c.norm_eps)
             p.op("layernorm", [x, h, p.w(lw.ln1[0]), p.w(lw.ln1[1])], [D], c.norm_eps)
             p.op("sub", [d, p.state(s), x], [D])                      # d = x_prev - x
@@ -278,7 +407,7 @@ class Rwkv7Model(RecurrentModel):
             p.op("relu2", [kf, kf], [F])
             p.linear(o, kf, lw.ffn_value)
             p.op("add", [h, h, o], [D])
-        p.op("layernorm", [x, h, p.w(self.ln_out[0]), p.w(self.ln_out[1])], [D], 1e-5)
+        p.op("layernorm", [x, h, p.w(self.ln_out[0]), p.w(self.ln_out[1])], [D], c.norm_eps)
         p.linear(p.LOGITS, x, self.lm_head)
 
     def _nbytes(self):

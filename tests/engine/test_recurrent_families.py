@@ -365,12 +365,94 @@ def test_rwkv7_untied_head_missing_is_the_same_error(tmp_path, rwkv7_folders):
         ryzjupyter.load(str(d))
 
 
-def test_rwkv7_fla_naming_is_refused_clearly(tmp_path, rwkv7_folders):
+def _fla_tensors(sd, n_layers, stacked_mix=False):
+    """RWKV-LM tensors under flash-linear-attention's RWKV7ForCausalLM names, written out by hand
+    from fla's module tree (model.embeddings / layers.<l>.{pre_norm, attn_norm, attn, ffn_norm, ffn}
+    / norm, lm_head; LoRA(x) = lora.2(act(lora.0(x))) with nn.Linear weights [out, in] and lora.2's
+    bias the w0 / a0 / v0 vector; GroupNorm g_norm; the first fla version's stacked attn.x_x)."""
+    out = {"model.embeddings.weight": sd["emb.weight"], "model.norm.weight": sd["ln_out.weight"],
+           "model.norm.bias": sd["ln_out.bias"], "lm_head.weight": sd["head.weight"]}
+    for l in range(n_layers):
+        b, m = f"blocks.{l}.", f"model.layers.{l}."
+        if l == 0:
+            out[m + "pre_norm.weight"], out[m + "pre_norm.bias"] = sd[b + "ln0.weight"], sd[b + "ln0.bias"]
+        for lm, fla in (("ln1", "attn_norm"), ("ln2", "ffn_norm"), ("att.ln_x", "attn.g_norm")):
+            out[m + fla + ".weight"], out[m + fla + ".bias"] = sd[b + lm + ".weight"], sd[b + lm + ".bias"]
+        if stacked_mix:
+            out[m + "attn.x_x"] = np.stack([sd[b + f"att.x_{c}"].reshape(-1) for c in "rwkvag"])
+        else:
+            for c in "rwkvag":
+                out[m + f"attn.x_{c}"] = sd[b + f"att.x_{c}"]
+        out[m + "attn.k_k"] = sd[b + "att.k_k"].reshape(-1)
+        out[m + "attn.k_a"] = sd[b + "att.k_a"].reshape(-1)
+        out[m + "attn.r_k"] = sd[b + "att.r_k"]
+        for lm, fla in (("receptance", "r_proj"), ("key", "k_proj"), ("value", "v_proj"), ("output", "o_proj")):
+            out[m + f"attn.{fla}.weight"] = sd[b + f"att.{lm}.weight"]
+        for c in ("wavg" if l else "wag"):
+            out[m + f"attn.{c}_lora.lora.0.weight"] = np.ascontiguousarray(sd[b + f"att.{c}1"].T)
+            out[m + f"attn.{c}_lora.lora.2.weight"] = np.ascontiguousarray(sd[b + f"att.{c}2"].T)
+            if c != "g":
+                out[m + f"attn.{c}_lora.lora.2.bias"] = sd[b + f"att.{c}0"].reshape(-1)
+        out[m + "ffn.x_k"] = sd[b + "ffn.x_k"].reshape(-1)
+        out[m + "ffn.key.weight"], out[m + "ffn.value.weight"] = sd[b + "ffn.key.weight"], sd[b + "ffn.value.weight"]
+    return out
+
+
+def _fla_folder(src, dst, stacked_mix=False, **cfg):
+    """The RWKV-LM folder src as an fla-hub style RWKV7ForCausalLM checkpoint in dst."""
+    from safetensors.numpy import save_file
+    c = json.loads((src / "config.json").read_text())
+    dst.mkdir()
+    config = {"architectures": ["RWKV7ForCausalLM"], "model_type": "rwkv7", "hidden_size": c["hidden_size"],
+              "num_hidden_layers": c["num_hidden_layers"], "vocab_size": c["vocab_size"],
+              "head_dim": c["head_size"], "num_heads": None, "hidden_ratio": 4.0,
+              "intermediate_size": c["intermediate_size"], "norm_eps": 1e-5, "norm_bias": True, "norm_first": True,
+              "hidden_act": "sqrelu", "attn": None, "attn_mode": "chunk", "fuse_norm": False,
+              "value_dim": [c["hidden_size"]] * c["num_hidden_layers"], "tie_word_embeddings": False,
+              "decay_low_rank_dim": 8, "a_low_rank_dim": 8, "v_low_rank_dim": 4, "gate_low_rank_dim": 8,
+              "torch_dtype": "float32", **cfg}
+    (dst / "config.json").write_text(json.dumps(config))
+    sd = load_file(str(src / "model.safetensors"))
+    save_file(_fla_tensors(sd, c["num_hidden_layers"], stacked_mix), str(dst / "model.safetensors"))
+    return dst
+
+
+@pytest.mark.parametrize("stacked_mix", [False, True], ids=["x_rwkvag", "x_x"])
+def test_rwkv7_loads_the_fla_hub_naming(isa, tmp_path, rwkv7_folders, stacked_mix):
+    """A checkpoint in flash-linear-attention's RWKV7ForCausalLM naming (the fla-hub models) runs as
+    the same weights in RWKV-LM's naming: equal logits (prefill and the fused decode), greedy tokens."""
     import shutil
-    d = tmp_path / "fla"
-    shutil.copytree(rwkv7_folders["f32"], d)
-    _rewrite(d, lambda sd: sd.__setitem__("model.layers.0.attn.r_proj.weight", np.zeros((2, 2), np.float32)))
-    with pytest.raises(CheckpointError, match="flash-linear-attention"):
+    lm = tmp_path / "lm"
+    shutil.copytree(rwkv7_folders["f32"], lm)
+    _set_config(lm, group_norm_eps=16 * 1e-5)           # fla: the group norm's eps is head_dim * norm_eps
+    fla = _fla_folder(rwkv7_folders["f32"], tmp_path / "fla", stacked_mix)
+    a, b = ryzjupyter.load(str(lm), prefill_chunk=8), ryzjupyter.load(str(fla), prefill_chunk=8)
+    assert b.family == "rwkv7" and b.config.fla and b.config.gn_eps == pytest.approx(16e-5)
+    ids = np.random.default_rng(5).integers(0, 384, 17)
+    want = a.logits(ids)
+    np.testing.assert_allclose(b.logits(ids), want, rtol=0, atol=1e-6 * float(np.abs(want).max()))
+    cache = b.new_cache()
+    steps = [b.forward(ids[:5], cache)[0]] + [b.forward(ids[t:t + 1], cache)[0] for t in range(5, ids.size)]
+    np.testing.assert_allclose(np.vstack(steps), want[4:], rtol=0, atol=RTOL * float(np.abs(want).max()))
+    g = dict(max_new_tokens=6, temperature=0, ignore_eos=True)
+    assert b.new_session().generate(ids.tolist(), **g).tokens == a.new_session().generate(ids.tolist(), **g).tokens
+
+
+@pytest.mark.parametrize("edit, cfg, match", [
+    (lambda sd: sd.__setitem__("model.layers.0.attn.q_proj.weight", np.zeros((64, 64), np.float32)), {},
+     "does not use: 'model.layers.0.attn.q_proj.weight'"),
+    (lambda sd: sd.pop("model.layers.1.attn.v_lora.lora.2.bias"), {}, "v0"),
+    (lambda sd: sd.__setitem__("model.layers.1.attn.g_lora.lora.0.weight", np.zeros((8, 63), np.float32)), {},
+     "g_lora.lora.0.weight.* has shape \\[8, 63\\]"),
+    (None, {"attn": {"layers": [1], "num_heads": 4}}, "softmax attention layers"),
+    (None, {"value_dim": 128}, "value_dim"),
+    (None, {"norm_bias": False}, "norm_bias"),
+])
+def test_rwkv7_fla_naming_errors(tmp_path, rwkv7_folders, edit, cfg, match):
+    d = _fla_folder(rwkv7_folders["f32"], tmp_path / "fla", **cfg)
+    if edit is not None:
+        _rewrite(d, edit)
+    with pytest.raises(CheckpointError, match=match):
         ryzjupyter.load(str(d))
 
 
