@@ -404,6 +404,18 @@ def soak_tables(d: dict) -> str:
     out += ["", f"Kernel RSS: {d['rss_warm_mib']:.1f} MiB after the warm-up (the first quarter of the cells), "
             f"{d['rss_final_mib']:.1f} MiB at the end: **{d['rss_growth_mib']:+.2f} MiB** (bound "
             f"{d['rss_bound_mib']:g} MiB), a trend of {d['rss_slope_kib_per_cell']:+.1f} KiB a cell."]
+    t = d.get("memory_trace")
+    if t:                                   # --trace-memory: where the growth went
+        mib = 2**20
+        m0, m1 = t["mallinfo_warm"], t["mallinfo_end"]
+        gained = ", ".join(f"{k} +{v}" for k, v in list(t["objects_growth"].items())[:8])
+        out += ["", f"Where it went (`--trace-memory`, from the warm-up to the end): live objects gained {gained}; "
+                f"source files parsed for traceback display {t['traceback_sources_warm']} -> "
+                f"{t['traceback_sources_end']}; IPython's output cache (`Out`) {t.get('out_warm', '?')} -> "
+                f"{t.get('out_end', '?')} entries; glibc's heap {(m0['arena'] + m0['hblkhd']) / mib:.1f} -> "
+                f"{(m1['arena'] + m1['hblkhd']) / mib:.1f} MiB from the system ({m0['uordblks'] / mib:.1f} -> "
+                f"{m1['uordblks'] / mib:.1f} in use); RSS {t['rss_end_mib']:.1f} MiB at the end, "
+                f"{t['rss_after_trim_mib']:.1f} after malloc_trim."]
     return "\n".join(out) + "\n"
 
 

@@ -21,6 +21,7 @@ Memory is flat when the kernel's RSS at the end (the median of the last cells) e
 after the warm-up (the median of the cells that follow the first quarter) by at most
 `--rss-bound-mib` (default 16 MiB). The command exits 1 on any lost, mixed or incomplete reply, a
 broken chat history or KV reuse, or memory past the bound; `--json` writes the record.
+`--trace-memory` adds where the growth went, from inside the kernel (docs/robustness.md).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="the random order of models, chat turns and interrupts")
     p.add_argument("--rss-bound-mib", type=float, default=16.0,
                    help="largest allowed RSS growth after the warm-up, MiB (default 16)")
+    p.add_argument("--trace-memory", action="store_true",
+                   help="where the RSS growth after the warm-up goes, from inside the kernel: live objects by "
+                        "type, the sources parsed for traceback display, linecache, glibc malloc statistics; "
+                        "then the RSS after giving back free heap pages and after dropping those caches")
     p.add_argument("--json", default=None, help="write the record as JSON to this file")
     p.set_defaults(run=run)
 
@@ -71,6 +76,7 @@ class SoakResult:
     rss_growth_mib: float = 0.0
     rss_bound_mib: float = 16.0
     rss_slope_kib_per_cell: float = 0.0
+    memory_trace: dict | None = None    # --trace-memory: the growth after the warm-up, by where it went
 
     @property
     def ok(self) -> bool:
@@ -158,8 +164,70 @@ def _final_plain(msgs):
     return plain
 
 
+# --trace-memory: run in the kernel, cheap enough not to change the run (tracemalloc slows the
+# kernel ~10x, which moves every interrupt). At the warm-up's end and at the end: the live objects
+# by type (gc), the source files IPython's traceback display has parsed and keeps (executing.Source,
+# for stack_data: one AST per file, never dropped), linecache's entries, IPython's input history and
+# glibc's mallinfo2 (arena + hblkhd: what the heap took from the system; uordblks in use; fordblks
+# free but kept). After the end the kernel gives memory back in two steps, the RSS measured after
+# each from outside: malloc_trim(0) (free heap pages back to the system), then dropping the parsed
+# traceback sources and linecache's cell entries (and gc, malloc_trim again).
+_TRACE_PROBE = """
+import collections as _co, ctypes as _c, gc as _gc, linecache as _lc
+class _Mi(_c.Structure):
+    _fields_ = [(n, _c.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                           "fsmblks", "uordblks", "fordblks", "keepcost")]
+_ryz_libc = _c.CDLL(None)
+_ryz_libc.mallinfo2.restype = _Mi
+def _ryz_source_caches():
+    try:
+        import executing
+    except ImportError:
+        return []
+    out, todo = [], [executing.Source]
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        c = cls.__dict__.get("__source_cache_with_lines")
+        if c is not None:
+            out.append(c)
+    return out
+def _ryz_probe():
+    _gc.collect()
+    m = _ryz_libc.mallinfo2()
+    sources = [k for c in _ryz_source_caches() for k in c]
+    return {"types": _co.Counter(type(o).__qualname__ for o in _gc.get_objects()),
+            "mallinfo": {n: getattr(m, n) for n, _ in _Mi._fields_},
+            "sources": [(fn, len(lines), sum(map(len, lines))) for fn, lines in sources],
+            "linecache": len(_lc.cache), "inputs": len(get_ipython().history_manager.input_hist_raw),
+            "out": len(get_ipython().user_ns.get("Out", {}))}
+def _ryz_release_caches():
+    for c in _ryz_source_caches():
+        c.clear()
+    for k in [k for k in _lc.cache if not k.endswith(".py") or "ipykernel_" in k]:
+        del _lc.cache[k]
+    _gc.collect()
+    _ryz_libc.malloc_trim(0)
+_ryz_warm = _ryz_probe()
+"""
+_TRACE_END = """
+_ryz_end = _ryz_probe()
+def _ryz_short(fn):
+    return fn.split("site-packages/")[-1].split("/lib/python3")[-1]
+_ryz_src0 = {x[0] for x in _ryz_warm["sources"]}
+_ryz_added = [x for x in _ryz_end["sources"] if x[0] not in _ryz_src0]
+_ryz_trace = {"mallinfo_warm": _ryz_warm["mallinfo"], "mallinfo_end": _ryz_end["mallinfo"],
+              "objects_growth": dict((_ryz_end["types"] - _ryz_warm["types"]).most_common(12)),
+              "traceback_sources_warm": len(_ryz_warm["sources"]), "traceback_sources_end": len(_ryz_end["sources"]),
+              "traceback_sources_added": [[_ryz_short(fn), n, chars] for fn, n, chars in _ryz_added],
+              "linecache_warm": _ryz_warm["linecache"], "linecache_end": _ryz_end["linecache"],
+              "inputs_warm": _ryz_warm["inputs"], "inputs_end": _ryz_end["inputs"],
+              "out_warm": _ryz_warm["out"], "out_end": _ryz_end["out"]}
+"""
+
+
 def soak(cells=200, tokens=200, interrupt_share=0.2, chat_share=0.3, seed=0, rss_bound_mib=16.0,
-         log=print) -> SoakResult:
+         log=print, trace_memory=False) -> SoakResult:
     import psutil
 
     from ryzjupyter.jupyter.magics.display import INTERRUPTED_MARK
@@ -176,6 +244,10 @@ def soak(cells=200, tokens=200, interrupt_share=0.2, chat_share=0.3, seed=0, rss
             raise RuntimeError(f"loading the demo models failed: {content.get('evalue')}")
         previous_model, conversation, last_on, took = None, None, {}, {}
         for i in range(cells):
+            if trace_memory and i == cells // 4:                 # the warm-up's end (see _rss_summary)
+                content, _ = k.execute(_TRACE_PROBE)
+                if content["status"] != "ok":
+                    raise RuntimeError(f"--trace-memory: {content.get('ename')}: {content.get('evalue')}")
             chat = rng.random() < chat_share
             if chat and conversation is not None and (len(conversation["turns"]) >= 3):
                 k.execute("%ryz reset")                          # a conversation fits the 256-token context
@@ -295,6 +367,17 @@ def soak(cells=200, tokens=200, interrupt_share=0.2, chat_share=0.3, seed=0, rss
                 last_on[model] = turn
                 conversation = _check_history(k, conversation, res, what)
         res.seconds = time.perf_counter() - started
+        if trace_memory:
+            rss_end = proc.memory_info().rss / 2**20
+            content, _ = k.execute(_TRACE_END)
+            if content["status"] != "ok":
+                raise RuntimeError(f"--trace-memory: {content.get('ename')}: {content.get('evalue')}")
+            t = res.memory_trace = k.value("_ryz_trace")
+            t["rss_end_mib"] = rss_end
+            k.execute("_gc.collect(); _ryz_libc.malloc_trim(0)")
+            t["rss_after_trim_mib"] = proc.memory_info().rss / 2**20
+            k.execute("_ryz_release_caches()")
+            t["rss_after_dropping_traceback_caches_mib"] = proc.memory_info().rss / 2**20
     finally:
         k.close()
     _rss_summary(res)
@@ -331,13 +414,15 @@ def run(args) -> int:
     print(f"soak: {args.cells} %%ryz cells of {args.tokens} tokens across {', '.join(MODELS)} in one kernel "
           f"(interrupts {args.interrupt_share:.0%}, chat turns {args.chat_share:.0%}, seed {args.seed})", flush=True)
     res = soak(args.cells, args.tokens, args.interrupt_share, args.chat_share, args.seed, args.rss_bound_mib,
-               log=lambda s: print(s, flush=True))
+               log=lambda s: print(s, flush=True), trace_memory=getattr(args, "trace_memory", False))
     print(f"{res.cells} cells in {res.seconds:.0f} s: {res.complete} complete, {res.interrupted} interrupted, "
           f"{res.interrupted_before_reply} interrupted before their reply began ({res.interrupts_sent} interrupts "
           f"sent, {res.replies_dropped_by_kernel} execute_reply dropped by ipykernel), {res.swaps} hot-swaps, {res.chat_turns} chat turns ({res.kv_reuse_checked} checked for KV reuse)")
     print(f"kernel RSS: {res.rss_warm_mib:.1f} MiB after the warm-up, {res.rss_final_mib:.1f} MiB at the end: "
           f"{res.rss_growth_mib:+.2f} MiB (bound {res.rss_bound_mib:g} MiB; slope "
           f"{res.rss_slope_kib_per_cell:+.1f} KiB/cell)")
+    if res.memory_trace:
+        _print_trace(res.memory_trace)
     for f in res.failures:
         print("FAIL", f)
     if args.json:
@@ -347,3 +432,21 @@ def run(args) -> int:
             json.dump(record, f, indent=1)
     print("soak: ok" if res.ok else "soak: FAILED")
     return 0 if res.ok else 1
+
+
+def _print_trace(t):
+    mib = 2**20
+    m0, m1 = t["mallinfo_warm"], t["mallinfo_end"]
+    print(f"glibc malloc, after the warm-up -> at the end: from the system {(m0['arena'] + m0['hblkhd']) / mib:.1f} -> "
+          f"{(m1['arena'] + m1['hblkhd']) / mib:.1f} MiB (of it mmapped {m0['hblkhd'] / mib:.1f} -> "
+          f"{m1['hblkhd'] / mib:.1f}), in use {m0['uordblks'] / mib:.1f} -> {m1['uordblks'] / mib:.1f}, free but "
+          f"kept {m0['fordblks'] / mib:.1f} -> {m1['fordblks'] / mib:.1f}")
+    print("live objects gained (gc, by type): " + ", ".join(f"{k} +{v}" for k, v in t["objects_growth"].items()))
+    added = t["traceback_sources_added"]
+    print(f"source files parsed for traceback display (executing.Source, kept for good): "
+          f"{t['traceback_sources_warm']} -> {t['traceback_sources_end']}; added: "
+          + ", ".join(f"{fn} ({n} lines)" for fn, n, _ in added[:12]) + (" ..." if len(added) > 12 else ""))
+    print(f"linecache entries {t['linecache_warm']} -> {t['linecache_end']}, IPython inputs {t['inputs_warm']} -> "
+          f"{t['inputs_end']}, IPython's output cache (Out) {t['out_warm']} -> {t['out_end']} entries")
+    print(f"kernel RSS at the end {t['rss_end_mib']:.1f} MiB; after malloc_trim {t['rss_after_trim_mib']:.1f}; after "
+          f"dropping the parsed traceback sources and cell lines too {t['rss_after_dropping_traceback_caches_mib']:.1f}")

@@ -9,8 +9,15 @@ from ryzjupyter.bench import report, soak
 
 
 def test_soak_short(tmp_path):
-    res = soak.soak(cells=24, tokens=40, interrupt_share=0.3, chat_share=0.4, seed=1, rss_bound_mib=16.0, log=None)
+    res = soak.soak(cells=24, tokens=40, interrupt_share=0.3, chat_share=0.4, seed=1, rss_bound_mib=16.0, log=None,
+                    trace_memory=True)
     assert res.failures == [], "\n".join(res.failures)
+    t = res.memory_trace                      # --trace-memory: where the growth went, from inside the kernel
+    assert t["out_end"] >= t["out_warm"] > 0 and t["inputs_end"] > t["inputs_warm"]
+    assert t["mallinfo_end"]["arena"] > 0 and t["rss_after_trim_mib"] > 0
+    # an interrupt leaves the magic with a short traceback: no ryzjupyter module is parsed for its
+    # display after the warm-up (the interrupts of the warm-up already showed magics.py)
+    assert not [f for f, *_ in t["traceback_sources_added"] if "ryzjupyter" in f], t["traceback_sources_added"]
     assert res.ok, f"kernel RSS grew {res.rss_growth_mib:.2f} MiB after the warm-up (bound 16 MiB): {res.rss_mib}"
     assert len(res.rss_mib) == 24
     assert res.complete + res.interrupted + res.interrupted_before_reply == 24
@@ -30,3 +37,11 @@ def test_soak_record_renders(tmp_path):
     p.write_text(json.dumps(record))
     text = report.render([p])
     assert "| 6 | 1 | 1 | **0** |" in text and "**+0.50 MiB** (bound 16 MiB)" in text
+    mi = {"arena": 30 * 2**20, "hblkhd": 2**20, "uordblks": 20 * 2**20}
+    record["memory_trace"] = {"mallinfo_warm": mi, "mallinfo_end": mi, "objects_growth": {"Reply": 5, "dict": 9},
+                              "traceback_sources_warm": 1, "traceback_sources_end": 1, "out_warm": 3, "out_end": 8,
+                              "rss_end_mib": 100.5, "rss_after_trim_mib": 100.2}
+    p.write_text(json.dumps(record))
+    text = report.render([p])
+    assert "live objects gained Reply +5, dict +9" in text and "(`Out`) 3 -> 8 entries" in text
+    assert "31.0 -> 31.0 MiB from the system" in text and "100.2 after malloc_trim" in text

@@ -421,3 +421,26 @@ def test_draft_option_and_config(ip, tiny):
     assert "draft" not in r.settings and r.stats.drafter == ""
     with pytest.raises(UsageError, match="same tokenizer"):
         run(ip, "-n 3 --draft demo-draft", prompt)
+
+
+def test_an_interrupt_leaves_with_a_short_traceback(ip, tiny, monkeypatch):
+    """An interrupt that lands deep below the magic (here: while the reply is displayed) leaves
+    it as a fresh KeyboardInterrupt raised in magics.py, with no context and none of the frames it
+    landed in: IPython's traceback display parses, and keeps for good, every source file a
+    traceback shows (stack_data/executing), so interrupts that landed in ipykernel, threading or
+    traitlets grew the kernel by each new module (the soak's RSS growth, docs/robustness.md)."""
+    import traceback
+
+    from ryzjupyter.jupyter.magics import magics as magics_module
+
+    def display_interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(magics_module, "display", display_interrupted)
+    with pytest.raises(KeyboardInterrupt) as info:
+        ip.run_cell_magic("ryz", "-n 3 --no-stream", "Hello")
+    e = info.value
+    assert e.__context__ is None and e.__cause__ is None
+    frames = traceback.extract_tb(e.__traceback__)
+    assert [f.name for f in frames if f.filename == magics_module.__file__] == ["ryz", "_raise_interrupt"], frames
+    assert "display_interrupted" not in [f.name for f in frames]
+    assert magics_module.REGISTRY.get("tiny") is not None        # the kernel goes on: the model is still there

@@ -137,11 +137,20 @@ class RyzMagics(Magics):
     @line_cell_magic
     def ryz(self, line, cell=None):
         __tracebackhide__ = True          # an interrupt's traceback shows the cell, not our frames
-        if cell is None:
-            return self._line(line)
-        if line.split()[:1] == ["map"]:
-            return self._cmd_map(parse_line_command(line), cell)
-        return self._cell(line, cell)
+        try:
+            if cell is None:
+                return self._line(line)
+            if line.split()[:1] == ["map"]:
+                return self._cmd_map(parse_line_command(line), cell)
+            return self._cell(line, cell)
+        except KeyboardInterrupt:
+            pass
+        # An interrupt that landed anywhere below (a display in ipykernel, a lock in threading, the
+        # tokenizer) leaves as a fresh KeyboardInterrupt raised here, outside the except (so with no
+        # context): IPython's traceback display parses, and keeps for good, every source file in
+        # the traceback it shows (stack_data/executing: one AST per file), and the kernel kept
+        # growing by each new module an interrupt happened to land in (docs/robustness.md).
+        _raise_interrupt()
 
     # ------------------------------------------------------------------ %%ryz
     def _cell(self, line, cell):
