@@ -287,6 +287,7 @@ class Batcher:
                 live = [q for q in self._queue if not q.h.cancelled]
                 self._queue.clear()
                 self._queue.extend(live)
+                self.finished += len(dropped)
             full = len(self._queue) >= self.max_queue
             if not full:
                 self._queue.append(stream)
@@ -371,7 +372,7 @@ class Batcher:
             with self._cv:
                 done = [s for s in self._active if s.finish is not None]
                 self._active = [s for s in self._active if s.finish is None]
-            self.finished += len(done)
+                self.finished += len(done)
             if done:
                 self.last_result = done[-1].h.result
             if self.on_step is not None:
