@@ -5,7 +5,9 @@
  * the same small-M product, so every weight row is read once for all the streams), attention
  * runs per stream over its own cache (one thread-pool job over the units of every stream), and
  * the rest (norms, quantization, rope, activations, residual adds) runs row by row. The int8
- * head is gemm_i8 over the B tokens (each block of head rows read once for all of them).
+ * head is gemm_i8 over the B tokens (each block of head rows read once for all of them). The
+ * GEMMs and the head are bitnet_gemm.c's (shared with the verify pass): rows split between the
+ * threads with work stealing.
  *
  * Each stream's logits and cache rows are bitwise those ryz_bitnet_decode_token gives it
  * alone: the same kernels on the same rows. The GEMM's integer sums are exact and its float
@@ -16,89 +18,11 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "attention.h"
-#include "bitnet_layer.h"
-#include "layer.h"
+#include "bitnet_gemm.h"
 #include "ops.h"
 #include "quant.h"
-#include "ternary.h"
-
-/* ---- B rows of quantized activations ------------------------------------------------ */
-typedef struct {
-    int8_t *q;       /* [B, ldq], each row zero padded past K */
-    int32_t *qsum;   /* [B] */
-    float *sx;       /* [B] */
-    int64_t ldq, B;
-    int t5;
-} qrows;
-
-/* rows x [B, ldx] (K used) -> a; -2 on NaN / inf (as quantize_act in bitnet_layer.c) */
-static int quantize_rows(qrows *a, const float *x, int64_t ldx, int64_t K) {
-    for (int64_t m = 0; m < a->B; m++) {
-        int8_t *q = a->q + m * a->ldq;
-        if (ryz_quant->quantize_row_i8(q, &a->sx[m], x + m * ldx, K)) return -2;
-        memset(q + K, 0, (size_t)(a->ldq - K));
-        a->qsum[m] = ryz_quant->sum_i8(q, K);
-    }
-    return 0;
-}
-
-/* ---- GEMM over up to 3 matrices as one job (rows concatenated), M = B tokens ------------ */
-typedef struct {
-    ryz_ternary_job job[3];
-    int64_t start[4];
-    int n, t5;
-} gemm_multi;
-
-static void gemm_task(void *ctx, int64_t b, int64_t e, int tid) {
-    RYZ_UNUSED(tid);
-    const gemm_multi *g = ctx;
-    for (int i = 0; i < g->n; i++) {
-        const int64_t lo = b > g->start[i] ? b : g->start[i];
-        const int64_t hi = e < g->start[i + 1] ? e : g->start[i + 1];
-        if (lo < hi)
-            (g->t5 ? ryz_ternary->gemm_t5 : ryz_ternary->gemm_i2)(&g->job[i], lo - g->start[i], hi - g->start[i]);
-    }
-}
-
-/* out [B, N] (row stride N) = the linear of w [N, K] on the B quantized rows of a */
-static ryz_ternary_job make_job(float *out, const uint8_t *w, int64_t N, int64_t K, const qrows *a, float w_mult) {
-    const int64_t Kp = a->t5 ? ryz_t5_padded_k(K) : ryz_i2_padded_k(K);
-    const int64_t rb = a->t5 ? ryz_t5_row_bytes(K) : ryz_i2_row_bytes(K);
-    return (ryz_ternary_job){.out_i = NULL, .out_f = out, .ldo = N, .w = w, .rb = rb, .q = a->q, .ldq = a->ldq,
-                             .qsum = a->qsum, .sx = a->sx, .w_mult = w_mult, .M = a->B, .Kp = Kp, .N = N};
-}
-
-/* Rows [0, N) of a batched job: one range of whole 16-row tiles per thread, walked in chunks of
- * `chunk` rows with work stealing (ryz_parallel_ranges): a thread that has finished its range
- * takes the others' last chunks. With a static split the job ended with the slower thread; on a
- * loaded machine that was often the caller doing both halves while the worker was descheduled
- * (8 streams, 2B-4T: the caller ran 3x the worker's GEMM rows, the worker spun between jobs).
- * Each output row is one thread's exact sum, so the split changes no result. */
-#define MAX_RANGES 64
-static void run_stealing(ryz_task_fn fn, void *ctx, int64_t N, int64_t chunk) {
-    const int64_t T = ryz_num_threads(), tiles = (N + 15) / 16;
-    if (T < 2 || T > MAX_RANGES || tiles < 2 * T) {
-        ryz_parallel_for(fn, ctx, N, 16);
-        return;
-    }
-    int64_t ranges[MAX_RANGES][2];
-    for (int64_t i = 0; i < T; i++) {
-        ranges[i][0] = 16 * (i * (tiles / T) + (i < tiles % T ? i : tiles % T));
-        const int64_t hi = ranges[i][0] + 16 * (tiles / T + (i < tiles % T ? 1 : 0));
-        ranges[i][1] = hi < N ? hi : N;
-    }
-    ryz_parallel_ranges(fn, ctx, (const int64_t (*)[2])ranges, (int)T, chunk);
-}
-
-/* 64 rows a chunk: at 8 tokens and K = 2560, ~1.3 M multiply-adds (tens of microseconds) */
-#define GEMM_CHUNK 64
-static void run_gemm(gemm_multi *g, const qrows *a) {
-    g->t5 = a->t5;
-    run_stealing(gemm_task, g, g->start[g->n], GEMM_CHUNK);
-}
 
 /* ---- attention: every stream's units in one job ------------------------------------------ */
 typedef struct {
@@ -158,21 +82,6 @@ static void merge_task(void *ctx, int64_t b, int64_t e, int tid) {
     }
 }
 
-/* ---- the int8 head for B tokens: gemm_i8 reads each block of head rows once for all of them,
- * each token's logits bitwise gemv_i8's (layer.h) ------------------------------------------ */
-typedef struct {
-    float *logits;           /* [B, V] */
-    const int8_t *w, *q;     /* head [V, K]; tokens [B, ldq] */
-    const float *ws, *xs;    /* [V]; [B] */
-    int64_t K, V, ldq, B;
-} head_batch;
-
-static void head_task(void *ctx, int64_t b, int64_t e, int tid) {
-    RYZ_UNUSED(tid);
-    const head_batch *h = ctx;
-    ryz_layer->gemm_i8(h->logits, h->V, h->w, h->ws, h->K, h->q, h->ldq, h->xs, h->B, b, e);
-}
-
 /* ---- scratch: per thread, grown as needed, freed when the thread exits ------------------ */
 typedef struct {
     void *mem;
@@ -210,13 +119,6 @@ static void *thread_scratch(size_t bytes) {
     return sc->mem;
 }
 
-/* Carve nbytes (64-byte aligned) at *off (base NULL: only count). */
-static void *carve(char *base, size_t *off, int64_t nbytes) {
-    void *p = base ? base + *off : NULL;
-    *off += ((size_t)nbytes + 63) / 64 * 64;
-    return p;
-}
-
 typedef struct {
     float *xb, *xb2, *qv, *kf, *vf, *att, *an, *gate, *up, *tmp, *cs, *part, *ml;
     int8_t *q8;
@@ -236,18 +138,18 @@ static int carve_batch(const ryz_bitnet_config *c, int64_t B, int64_t parts, int
     char *base = NULL;
     for (int pass = 0; pass < 2; pass++) {   /* pass 0 sizes, pass 1 carves */
         size_t off = 0;
-        b->xb = carve(base, &off, 4 * B * D); b->xb2 = carve(base, &off, 4 * B * D);
-        b->qv = carve(base, &off, 4 * B * Q); b->att = carve(base, &off, 4 * B * Q);
-        b->an = carve(base, &off, 4 * B * Q);
-        b->kf = carve(base, &off, 4 * B * KVD); b->vf = carve(base, &off, 4 * B * KVD);
-        b->gate = carve(base, &off, 4 * B * I); b->up = carve(base, &off, 4 * B * I);
-        b->tmp = carve(base, &off, 4 * B * I);
-        b->cs = carve(base, &off, 4 * B * hd);
-        b->part = carve(base, &off, 4 * parts * hd); b->ml = carve(base, &off, 4 * parts * 2);
-        b->q8 = carve(base, &off, B * b->ldq);
-        b->qsum = carve(base, &off, 4 * B); b->sx = carve(base, &off, 4 * B);
-        b->as = carve(base, &off, (int64_t)sizeof(attn_stream) * B);
-        b->units = carve(base, &off, 16 * (n_units > 0 ? n_units : 1));
+        b->xb = ryz_carve(base, &off, 4 * B * D); b->xb2 = ryz_carve(base, &off, 4 * B * D);
+        b->qv = ryz_carve(base, &off, 4 * B * Q); b->att = ryz_carve(base, &off, 4 * B * Q);
+        b->an = ryz_carve(base, &off, 4 * B * Q);
+        b->kf = ryz_carve(base, &off, 4 * B * KVD); b->vf = ryz_carve(base, &off, 4 * B * KVD);
+        b->gate = ryz_carve(base, &off, 4 * B * I); b->up = ryz_carve(base, &off, 4 * B * I);
+        b->tmp = ryz_carve(base, &off, 4 * B * I);
+        b->cs = ryz_carve(base, &off, 4 * B * hd);
+        b->part = ryz_carve(base, &off, 4 * parts * hd); b->ml = ryz_carve(base, &off, 4 * parts * 2);
+        b->q8 = ryz_carve(base, &off, B * b->ldq);
+        b->qsum = ryz_carve(base, &off, 4 * B); b->sx = ryz_carve(base, &off, 4 * B);
+        b->as = ryz_carve(base, &off, (int64_t)sizeof(attn_stream) * B);
+        b->units = ryz_carve(base, &off, 16 * (n_units > 0 ? n_units : 1));
         if (pass == 0 && !(base = thread_scratch(off))) return -1;
     }
     return 0;
@@ -258,16 +160,16 @@ static int batch_layer(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, 
                        int n_layers, int l, int64_t B, float *x, const int64_t *pos, const int64_t *S,
                        const int64_t *H, batch_buffers *bb) {
     const int64_t D = c->D, Q = c->Q, KVD = c->KVD, I = c->I, hd = c->hd, Hkv = c->Hkv, G = c->Hq / Hkv;
-    qrows a = {bb->q8, bb->qsum, bb->sx, bb->ldq, B, c->t5};
+    const ryz_bitnet_rows a = {bb->q8, bb->qsum, bb->sx, bb->ldq, B, c->t5};
 
     /* attention block: x -> norm -> q, k, v (one GEMM over the three) */
     for (int64_t m = 0; m < B; m++) ryz_ops->rmsnorm_row(bb->xb + m * D, x + m * D, w->attn_norm, D, c->eps);
-    if (quantize_rows(&a, bb->xb, D, D)) return -2;
-    gemm_multi g = {.n = 3, .start = {0, Q, Q + KVD, Q + 2 * KVD}};
-    g.job[0] = make_job(bb->qv, w->wq, Q, D, &a, w->mult[0]);
-    g.job[1] = make_job(bb->kf, w->wk, KVD, D, &a, w->mult[1]);
-    g.job[2] = make_job(bb->vf, w->wv, KVD, D, &a, w->mult[2]);
-    run_gemm(&g, &a);
+    if (ryz_bitnet_quantize_rows(&a, bb->xb, D, D)) return -2;
+    ryz_bitnet_gemm g = {.n = 3, .start = {0, Q, Q + KVD, Q + 2 * KVD}};
+    g.job[0] = ryz_bitnet_gemm_job(bb->qv, w->wq, Q, D, &a, w->mult[0]);
+    g.job[1] = ryz_bitnet_gemm_job(bb->kf, w->wk, KVD, D, &a, w->mult[1]);
+    g.job[2] = ryz_bitnet_gemm_job(bb->vf, w->wv, KVD, D, &a, w->mult[2]);
+    ryz_bitnet_gemm_run(&g, &a);
 
     /* per stream: rope, the new k/v row into its cache, its attention units */
     int64_t items = 0, n_units = 0, parts = 0;
@@ -320,21 +222,21 @@ static int batch_layer(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, 
 
     /* sub-norm -> o_proj; x += o */
     for (int64_t m = 0; m < B; m++) ryz_ops->rmsnorm_row(bb->an + m * Q, bb->att + m * Q, w->attn_sub_norm, Q, c->eps);
-    if (quantize_rows(&a, bb->an, Q, Q)) return -2;
-    g = (gemm_multi){.n = 1, .start = {0, D}};
-    g.job[0] = make_job(bb->xb2, w->wo, D, Q, &a, w->mult[3]);
-    run_gemm(&g, &a);
+    if (ryz_bitnet_quantize_rows(&a, bb->an, Q, Q)) return -2;
+    g = (ryz_bitnet_gemm){.n = 1, .start = {0, D}};
+    g.job[0] = ryz_bitnet_gemm_job(bb->xb2, w->wo, D, Q, &a, w->mult[3]);
+    ryz_bitnet_gemm_run(&g, &a);
 
     /* FFN block: norm -> gate, up (one GEMM) -> act(gate) * up -> sub-norm -> down; x += down */
     for (int64_t m = 0; m < B; m++) {
         ryz_ops->add(x + m * D, x + m * D, bb->xb2 + m * D, D);
         ryz_ops->rmsnorm_row(bb->xb + m * D, x + m * D, w->ffn_norm, D, c->eps);
     }
-    if (quantize_rows(&a, bb->xb, D, D)) return -2;
-    g = (gemm_multi){.n = 2, .start = {0, I, 2 * I}};
-    g.job[0] = make_job(bb->gate, w->wg, I, D, &a, w->mult[4]);
-    g.job[1] = make_job(bb->up, w->wu, I, D, &a, w->mult[5]);
-    run_gemm(&g, &a);
+    if (ryz_bitnet_quantize_rows(&a, bb->xb, D, D)) return -2;
+    g = (ryz_bitnet_gemm){.n = 2, .start = {0, I, 2 * I}};
+    g.job[0] = ryz_bitnet_gemm_job(bb->gate, w->wg, I, D, &a, w->mult[4]);
+    g.job[1] = ryz_bitnet_gemm_job(bb->up, w->wu, I, D, &a, w->mult[5]);
+    ryz_bitnet_gemm_run(&g, &a);
     for (int64_t m = 0; m < B; m++) {
         float *gate = bb->gate + m * I, *up = bb->up + m * I, *tmp = bb->tmp + m * I;
         if (c->act == 0) ryz_ops->relu2(tmp, gate, I);
@@ -342,24 +244,18 @@ static int batch_layer(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, 
         ryz_ops->mul(gate, tmp, up, I);
         ryz_ops->rmsnorm_row(tmp, gate, w->ffn_sub_norm, I, c->eps);
     }
-    if (quantize_rows(&a, bb->tmp, I, I)) return -2;
-    g = (gemm_multi){.n = 1, .start = {0, D}};
-    g.job[0] = make_job(bb->xb2, w->wd, D, I, &a, w->mult[6]);
-    run_gemm(&g, &a);
+    if (ryz_bitnet_quantize_rows(&a, bb->tmp, I, I)) return -2;
+    g = (ryz_bitnet_gemm){.n = 1, .start = {0, D}};
+    g.job[0] = ryz_bitnet_gemm_job(bb->xb2, w->wd, D, I, &a, w->mult[6]);
+    ryz_bitnet_gemm_run(&g, &a);
     for (int64_t m = 0; m < B; m++) ryz_ops->add(x + m * D, x + m * D, bb->xb2 + m * D, D);
     return 0;
-}
-
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 int ryz_bitnet_decode_batch(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, const ryz_bitnet_kv *kv,
                             int n_layers, int64_t B, float *x, const int64_t *pos, const ryz_bitnet_head *head,
                             float *logits, int64_t ns[2]) {
-    const int64_t t0 = now_ns();
+    const int64_t t0 = ryz_now_ns();
     ns[0] = ns[1] = 0;
     if (B <= 0) return 0;
     const int64_t Hkv = c->Hkv, G = c->Hq / Hkv;
@@ -383,7 +279,7 @@ int ryz_bitnet_decode_batch(const ryz_bitnet_config *c, const ryz_bitnet_weights
     for (int64_t m = 0; m < B; m++) ryz_bitnet_rope_table(bb.cs + m * c->hd, pos[m], c->theta, c->hd);
     for (int l = 0; l < n_layers && !rc; l++) rc = batch_layer(c, w + l, kv, n_layers, l, B, x, pos, S, H, &bb);
     free(plan);
-    const int64_t t1 = now_ns();
+    const int64_t t1 = ryz_now_ns();
     ns[0] = t1 - t0;
     if (rc || !head) return rc;
 
@@ -393,8 +289,7 @@ int ryz_bitnet_decode_batch(const ryz_bitnet_config *c, const ryz_bitnet_weights
         ryz_ops->rmsnorm_row(bb.xb + m * D, x + m * D, head->norm, D, c->eps);
         if (ryz_quant->quantize_row_i8(bb.q8 + m * bb.ldq, &bb.sx[m], bb.xb + m * D, D)) return -2;
     }
-    head_batch hj = {logits, head->w, bb.q8, head->s, bb.sx, D, head->V, bb.ldq, B};
-    run_stealing(head_task, &hj, head->V, 256);   /* 256 head rows a chunk: 0.6 MB of int8 weights */
-    ns[1] = now_ns() - t1;
+    ryz_bitnet_head_run(logits, head, bb.q8, bb.ldq, bb.sx, B, D);
+    ns[1] = ryz_now_ns() - t1;
     return 0;
 }

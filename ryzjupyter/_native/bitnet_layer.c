@@ -25,7 +25,7 @@
 #include <time.h>
 
 #include "attention.h"
-#include "bitnet_layer.h"
+#include "bitnet_gemm.h"
 #include "layer.h"
 #include "ops.h"
 #include "quant.h"
@@ -250,13 +250,6 @@ static layer_scratch *thread_scratch(void) {
     return sc;
 }
 
-/* Carve nbytes (64-byte aligned) from the scratch at *off (base NULL: only count). */
-static void *carve(char *base, size_t *off, int64_t nbytes) {
-    void *p = base ? base + *off : NULL;
-    *off += ((size_t)nbytes + 63) / 64 * 64;
-    return p;
-}
-
 /* rope at position pos: cos/sin table as py_ops.c (inv_freq via double pow, cos/sin in double) */
 void ryz_bitnet_rope_table(float *cs, int64_t pos, double theta, int64_t hd) {
     const int64_t half = hd / 2;
@@ -293,15 +286,15 @@ static layer_scratch *carve_buffers(const ryz_bitnet_config *c, int staged, int6
     for (int pass = 0; pass < 2; pass++) {   /* pass 0 sizes, pass 1 carves */
         char *base = pass ? sc->mem : NULL;
         size_t off = 0;
-        b->cs = carve(base, &off, 4 * (hd + 1));
-        b->xb = carve(base, &off, fD); b->xb2 = carve(base, &off, fD);
-        b->qv = carve(base, &off, fQ); b->att = carve(base, &off, fQ); b->an = carve(base, &off, fQ);
-        b->gate = carve(base, &off, fI); b->up = carve(base, &off, fI); b->tmp = carve(base, &off, fI);
-        b->q8 = carve(base, &off, b->ldq);
-        b->kf = staged ? carve(base, &off, fKV) : NULL;
-        b->vf = staged ? carve(base, &off, fKV) : NULL;
-        b->part = S > 1 ? carve(base, &off, 4 * Hkv * S * G * hd) : NULL;
-        b->ml = S > 1 ? carve(base, &off, 4 * Hkv * S * G * 2) : NULL;
+        b->cs = ryz_carve(base, &off, 4 * (hd + 1));
+        b->xb = ryz_carve(base, &off, fD); b->xb2 = ryz_carve(base, &off, fD);
+        b->qv = ryz_carve(base, &off, fQ); b->att = ryz_carve(base, &off, fQ); b->an = ryz_carve(base, &off, fQ);
+        b->gate = ryz_carve(base, &off, fI); b->up = ryz_carve(base, &off, fI); b->tmp = ryz_carve(base, &off, fI);
+        b->q8 = ryz_carve(base, &off, b->ldq);
+        b->kf = staged ? ryz_carve(base, &off, fKV) : NULL;
+        b->vf = staged ? ryz_carve(base, &off, fKV) : NULL;
+        b->part = S > 1 ? ryz_carve(base, &off, 4 * Hkv * S * G * hd) : NULL;
+        b->ml = S > 1 ? ryz_carve(base, &off, 4 * Hkv * S * G * 2) : NULL;
         if (pass == 0 && off > sc->size) {
             void *m = aligned_alloc(64, off);
             if (!m) return NULL;

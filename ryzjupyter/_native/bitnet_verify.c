@@ -17,19 +17,17 @@
  * that extend the previous one (a chain segment) write their rows together and attend in one
  * parallel job. After the call the rows pos.. hold the last path of the walk; every node's row
  * is also written to the stash (when given) so the caller can copy the accepted path into place.
- * No ISA code here: every step calls the dispatch tables (ternary, layer, ops, quant,
- * attention). */
+ * The GEMMs and the head are bitnet_gemm.c's, as the batched decode step's: rows split between
+ * the threads with work stealing. No ISA code here: every step calls the dispatch tables
+ * (ternary, layer, ops, quant, attention). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "attention.h"
-#include "bitnet_layer.h"
-#include "layer.h"
+#include "bitnet_gemm.h"
 #include "ops.h"
 #include "quant.h"
-#include "ternary.h"
 
 /* ---- scratch of one call ------------------------------------------------------------------ */
 typedef struct {
@@ -38,13 +36,8 @@ typedef struct {
     int8_t *q8;
     int32_t *qsum;
     float *sx;
+    ryz_bitnet_rows rows;    /* q8, qsum, sx as the GEMMs' activations */
 } vbuf;
-
-static void *vcarve(char *base, size_t *off, int64_t nbytes) {
-    void *p = base ? base + *off : NULL;
-    *off += ((size_t)nbytes + 63) / 64 * 64;
-    return p;
-}
 
 static void *vbuf_alloc(const ryz_bitnet_config *c, int64_t n, vbuf *b) {
     const int64_t D = c->D, Q = c->Q, I = c->I, KVD = c->KVD, hd = c->hd;
@@ -55,70 +48,34 @@ static void *vbuf_alloc(const ryz_bitnet_config *c, int64_t n, vbuf *b) {
     char *base = NULL;
     for (int pass = 0; pass < 2; pass++) {   /* pass 0 sizes, pass 1 carves */
         size_t off = 0;
-        b->xb = vcarve(base, &off, 4 * n * D);
-        b->qv = vcarve(base, &off, 4 * n * Q);
-        b->kf = vcarve(base, &off, 4 * n * KVD);
-        b->vf = vcarve(base, &off, 4 * n * KVD);
-        b->att = vcarve(base, &off, 4 * n * Q);
-        b->an = vcarve(base, &off, 4 * n * Q);
-        b->xb2 = vcarve(base, &off, 4 * n * D);
-        b->gate = vcarve(base, &off, 4 * n * I);
-        b->up = vcarve(base, &off, 4 * n * I);
-        b->tmp = vcarve(base, &off, 4 * n * I);
-        b->cs = vcarve(base, &off, 4 * n * hd);
-        b->q8 = vcarve(base, &off, n * b->ldq);
-        b->qsum = vcarve(base, &off, 4 * n);
-        b->sx = vcarve(base, &off, 4 * n);
+        b->xb = ryz_carve(base, &off, 4 * n * D);
+        b->qv = ryz_carve(base, &off, 4 * n * Q);
+        b->kf = ryz_carve(base, &off, 4 * n * KVD);
+        b->vf = ryz_carve(base, &off, 4 * n * KVD);
+        b->att = ryz_carve(base, &off, 4 * n * Q);
+        b->an = ryz_carve(base, &off, 4 * n * Q);
+        b->xb2 = ryz_carve(base, &off, 4 * n * D);
+        b->gate = ryz_carve(base, &off, 4 * n * I);
+        b->up = ryz_carve(base, &off, 4 * n * I);
+        b->tmp = ryz_carve(base, &off, 4 * n * I);
+        b->cs = ryz_carve(base, &off, 4 * n * hd);
+        b->q8 = ryz_carve(base, &off, n * b->ldq);
+        b->qsum = ryz_carve(base, &off, 4 * n);
+        b->sx = ryz_carve(base, &off, 4 * n);
         if (pass == 0 && !(base = aligned_alloc(64, off))) return NULL;
     }
+    b->rows = (ryz_bitnet_rows){b->q8, b->qsum, b->sx, b->ldq, n, c->t5};
     return base;
 }
 
 /* norm each row i < n of x [n, K] (w: the norm's weight, NULL: rows as they are) and quantize
  * it into b->q8 row i (zero padded to ldq); returns -2 on NaN / inf */
-static int quantize_rows(vbuf *b, const float *x, float *normed, const float *w, int64_t K, float eps) {
-    for (int64_t i = 0; i < b->n; i++) {
-        const float *row = x + i * K;
-        if (w) {
-            ryz_ops->rmsnorm_row(normed + i * K, row, w, K, eps);
-            row = normed + i * K;
-        }
-        int8_t *q = b->q8 + i * b->ldq;
-        if (ryz_quant->quantize_row_i8(q, b->sx + i, row, K)) return -2;
-        memset(q + K, 0, (size_t)(b->ldq - K));
-        b->qsum[i] = ryz_quant->sum_i8(q, K);
+static int quantize_rows(const vbuf *b, const float *x, float *normed, const float *w, int64_t K, float eps) {
+    if (w) {
+        for (int64_t i = 0; i < b->n; i++) ryz_ops->rmsnorm_row(normed + i * K, x + i * K, w, K, eps);
+        x = normed;
     }
-    return 0;
-}
-
-/* ---- the ternary GEMMs: up to 3 matrices over the same activations as one job ------------- */
-typedef struct {
-    ryz_ternary_job job[3];
-    int64_t start[4];
-    int n, t5;
-} vgemm;
-
-static void vgemm_task(void *ctx, int64_t b, int64_t e, int tid) {
-    RYZ_UNUSED(tid);
-    vgemm *g = ctx;
-    for (int i = 0; i < g->n; i++) {
-        const int64_t lo = b > g->start[i] ? b : g->start[i], hi = e < g->start[i + 1] ? e : g->start[i + 1];
-        if (lo < hi)
-            (g->t5 ? ryz_ternary->gemm_t5 : ryz_ternary->gemm_i2)(&g->job[i], lo - g->start[i], hi - g->start[i]);
-    }
-}
-
-static ryz_ternary_job vjob(const ryz_bitnet_config *c, const vbuf *b, float *out, const uint8_t *w, int64_t N,
-                            int64_t K, float w_mult) {
-    return (ryz_ternary_job){.out_i = NULL, .out_f = out, .ldo = N, .w = w,
-                             .rb = c->t5 ? ryz_t5_row_bytes(K) : ryz_i2_row_bytes(K), .q = b->q8, .ldq = b->ldq,
-                             .qsum = b->qsum, .sx = b->sx, .w_mult = w_mult, .M = b->n,
-                             .Kp = c->t5 ? ryz_t5_padded_k(K) : ryz_i2_padded_k(K), .N = N};
-}
-
-static void vgemm_run(vgemm *g, const ryz_bitnet_config *c) {
-    g->t5 = c->t5;
-    ryz_parallel_for(vgemm_task, g, g->start[g->n], 16);   /* grain 16 rows, as decode */
+    return ryz_bitnet_quantize_rows(&b->rows, x, K, K);
 }
 
 /* ---- attention: every (node, kv-head group, part) of a chain segment ---------------------- */
@@ -269,11 +226,11 @@ static int verify_layer(const ryz_bitnet_config *c, const ryz_bitnet_weights *w,
 
     /* attention block: x -> norm -> q, k, v (one job over the three matrices) */
     if ((rc = quantize_rows(b, x, b->xb, w->attn_norm, D, c->eps))) return rc;
-    vgemm g = {.n = 3, .start = {0, Q, Q + KVD, Q + 2 * KVD}};
-    g.job[0] = vjob(c, b, b->qv, w->wq, Q, D, w->mult[0]);
-    g.job[1] = vjob(c, b, b->kf, w->wk, KVD, D, w->mult[1]);
-    g.job[2] = vjob(c, b, b->vf, w->wv, KVD, D, w->mult[2]);
-    vgemm_run(&g, c);
+    ryz_bitnet_gemm g = {.n = 3, .start = {0, Q, Q + KVD, Q + 2 * KVD}};
+    g.job[0] = ryz_bitnet_gemm_job(b->qv, w->wq, Q, D, &b->rows, w->mult[0]);
+    g.job[1] = ryz_bitnet_gemm_job(b->kf, w->wk, KVD, D, &b->rows, w->mult[1]);
+    g.job[2] = ryz_bitnet_gemm_job(b->vf, w->wv, KVD, D, &b->rows, w->mult[2]);
+    ryz_bitnet_gemm_run(&g, &b->rows);
     for (int64_t i = 0; i < n; i++) {     /* rope at each node's own position */
         ryz_ops->rope_row(b->qv + i * Q, c->Hq, hd, b->cs + i * hd);
         ryz_ops->rope_row(b->kf + i * KVD, c->Hkv, hd, b->cs + i * hd);
@@ -286,17 +243,17 @@ static int verify_layer(const ryz_bitnet_config *c, const ryz_bitnet_weights *w,
     }
     for (int64_t i = 0; i < n; i++) ryz_ops->rmsnorm_row(b->an + i * Q, b->att + i * Q, w->attn_sub_norm, Q, c->eps);
     if ((rc = quantize_rows(b, b->an, NULL, NULL, Q, c->eps))) return rc;
-    g = (vgemm){.n = 1, .start = {0, D}};
-    g.job[0] = vjob(c, b, b->xb2, w->wo, D, Q, w->mult[3]);
-    vgemm_run(&g, c);
+    g = (ryz_bitnet_gemm){.n = 1, .start = {0, D}};
+    g.job[0] = ryz_bitnet_gemm_job(b->xb2, w->wo, D, Q, &b->rows, w->mult[3]);
+    ryz_bitnet_gemm_run(&g, &b->rows);
     for (int64_t i = 0; i < n; i++) ryz_ops->add(x + i * D, x + i * D, b->xb2 + i * D, D);
 
     /* FFN block: norm -> gate, up -> act(gate) * up -> sub-norm -> down */
     if ((rc = quantize_rows(b, x, b->xb, w->ffn_norm, D, c->eps))) return rc;
-    g = (vgemm){.n = 2, .start = {0, I, 2 * I}};
-    g.job[0] = vjob(c, b, b->gate, w->wg, I, D, w->mult[4]);
-    g.job[1] = vjob(c, b, b->up, w->wu, I, D, w->mult[5]);
-    vgemm_run(&g, c);
+    g = (ryz_bitnet_gemm){.n = 2, .start = {0, I, 2 * I}};
+    g.job[0] = ryz_bitnet_gemm_job(b->gate, w->wg, I, D, &b->rows, w->mult[4]);
+    g.job[1] = ryz_bitnet_gemm_job(b->up, w->wu, I, D, &b->rows, w->mult[5]);
+    ryz_bitnet_gemm_run(&g, &b->rows);
     for (int64_t i = 0; i < n; i++) {
         float *gi = b->gate + i * I, *ui = b->up + i * I, *ti = b->tmp + i * I;
         if (c->act == 0) ryz_ops->relu2(ti, gi, I);
@@ -305,38 +262,17 @@ static int verify_layer(const ryz_bitnet_config *c, const ryz_bitnet_weights *w,
         ryz_ops->rmsnorm_row(ti, gi, w->ffn_sub_norm, I, c->eps);
     }
     if ((rc = quantize_rows(b, b->tmp, NULL, NULL, I, c->eps))) return rc;
-    g = (vgemm){.n = 1, .start = {0, D}};
-    g.job[0] = vjob(c, b, b->xb2, w->wd, D, I, w->mult[6]);
-    vgemm_run(&g, c);
+    g = (ryz_bitnet_gemm){.n = 1, .start = {0, D}};
+    g.job[0] = ryz_bitnet_gemm_job(b->xb2, w->wd, D, I, &b->rows, w->mult[6]);
+    ryz_bitnet_gemm_run(&g, &b->rows);
     for (int64_t i = 0; i < n; i++) ryz_ops->add(x + i * D, x + i * D, b->xb2 + i * D, D);
     return 0;
-}
-
-/* ---- the int8 head for n tokens --------------------------------------------------------------- */
-typedef struct {
-    float *out;
-    const ryz_bitnet_head *h;
-    const int8_t *x;
-    const float *xs;
-    int64_t M, D;
-} vhead;
-
-static void vhead_task(void *ctx, int64_t b, int64_t e, int tid) {
-    RYZ_UNUSED(tid);
-    const vhead *j = ctx;
-    ryz_layer->gemm_i8(j->out, j->h->V, j->h->w, j->h->s, j->D, j->x, j->D, j->xs, j->M, b, e);
-}
-
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 int ryz_bitnet_verify(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, const ryz_bitnet_kv *kv,
                       const ryz_bitnet_stash *st, int n_layers, float *x, int64_t n, const int32_t *depth,
                       int64_t pos, const ryz_bitnet_head *head, float *logits, int64_t ns[2]) {
-    const int64_t t0 = now_ns();
+    const int64_t t0 = ryz_now_ns();
     ns[0] = ns[1] = 0;
     vbuf b;
     void *mem = vbuf_alloc(c, n, &b);
@@ -345,7 +281,7 @@ int ryz_bitnet_verify(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, c
     int rc = 0;
     for (int l = 0; l < n_layers && !rc; l++)
         rc = verify_layer(c, w + l, kv + l, st ? st + l : NULL, &b, x, depth, pos);
-    const int64_t t1 = now_ns();
+    const int64_t t1 = ryz_now_ns();
     ns[0] = t1 - t0;
     if (!rc && head) {   /* final norm, quantization (no padding, as decode) and the head */
         int8_t *xq = b.q8;   /* n rows of D bytes */
@@ -353,11 +289,8 @@ int ryz_bitnet_verify(const ryz_bitnet_config *c, const ryz_bitnet_weights *w, c
             ryz_ops->rmsnorm_row(b.xb + i * c->D, x + i * c->D, head->norm, c->D, c->eps);
             if (ryz_quant->quantize_row_i8(xq + i * c->D, b.sx + i, b.xb + i * c->D, c->D)) rc = -2;
         }
-        if (!rc) {
-            vhead j = {logits, head, xq, b.sx, n, c->D};
-            ryz_parallel_for(vhead_task, &j, head->V, 16);
-        }
-        ns[1] = now_ns() - t1;
+        if (!rc) ryz_bitnet_head_run(logits, head, xq, c->D, b.sx, n, c->D);
+        ns[1] = ryz_now_ns() - t1;
     }
     free(mem);
     return rc;
