@@ -760,6 +760,14 @@ static inline void each_head(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch
         one(&s, scratch);
     }
 }
+/* The per-head unit kernels (attend_f32_1, attend_i8_1, attend_f16_1, attend_bf16_1) beside the
+ * streaming seq_* and the prefill blocks are not an old loop left behind: dispatch still runs them
+ * for every int8 cache, for a float or 16-bit cache whose kv heads are not one contiguous row
+ * (H * hd != kstride) or hd % 8 != 0,
+ * and for the prefill units attend_block does not take (hd % 16 != 0, split rows);
+ * set_attention_variant("units") selects them everywhere, for `bench model --attention
+ * tiled,units` and for tests/native/test_attention.py's `variant` fixture, which checks both
+ * paths against the reference. */
 static void attend(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch) {
     if (ryz_attn_tiled && u->H * u->hd == u->kstride && u->hd % 8 == 0)
         seq_f32(u, scratch);

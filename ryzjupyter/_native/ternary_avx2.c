@@ -289,6 +289,9 @@ static void gemm_i2_small(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
     }
 }
 
+/* Both I2 loops are live, picked by M: the few-token kernels for the verify pass and batched
+ * decode steps (M = 2..RYZ_I2_SMALL_M) and the 2x2 tiles for one token and for prefill
+ * (M > RYZ_I2_SMALL_M); test_ternary.py's SHAPES hold M on both sides of the cut. */
 static void gemm_i2(const ryz_ternary_job *j, int64_t n0, int64_t n1) {
     if (j->M >= 2 && j->M <= RYZ_I2_SMALL_M)
         gemm_i2_small(j, n0, n1);
