@@ -256,10 +256,7 @@ static PyObject *attention_common(PyObject *args, int kind) {
                      "(%lld) <= T (k.shape[0] = %lld)", n_past, (long long)M, (long long)T);
         goto fail;
     }
-    if (!isfinite(scale)) {
-        PyErr_Format(PyExc_ValueError, "scale must be finite, got %g", scale);
-        goto fail;
-    }
+    if (ryz_check_finite(scale, "scale")) goto fail;
     if (M == 0 || hd == 0) goto done;
     int64_t H;
     const int64_t G = Hq / Hkv, S = ryz_attn_plan(M, Hkv, n_past + 1, i8, &H), units = M * (Hkv / H);
@@ -537,10 +534,7 @@ static PyObject *py_attention_segments(PyObject *self, PyObject *args) {
             goto fail;
     }
     if (ryz_check_no_overlap(out, q) || ryz_check_no_overlap(out, k) || ryz_check_no_overlap(out, v)) goto fail;
-    if (!isfinite(scale)) {
-        PyErr_Format(PyExc_ValueError, "scale must be finite, got %g", scale);
-        goto fail;
-    }
+    if (ryz_check_finite(scale, "scale")) goto fail;
     const int64_t *o = ryz_data(off);
     if (B < 0 || o[0] != 0 || o[B] != T) {
         PyErr_Format(PyExc_ValueError, "offsets must start at 0 and end at T = q.shape[0] = %lld (got %lld "

@@ -78,10 +78,7 @@ static PyObject *py_quantize_head4(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "w must have at least one row and one column");
         goto fail;
     }
-    if (K > RYZ_H4_MAX_K) {
-        PyErr_Format(PyExc_ValueError, "w.shape[1] (K=%lld) exceeds %d", (long long)K, RYZ_H4_MAX_K);
-        goto fail;
-    }
+    if (ryz_check_k_limit(w, 1, RYZ_H4_MAX_K)) goto fail;
     const int64_t T = (V + RYZ_H4_ROWS - 1) / RYZ_H4_ROWS, ng = (K + G - 1) / G;
     if (ryz_check_dim(packed, 0, T, "ceil(w.shape[0] / 16)") || ryz_check_dim(packed, 1, ng, "ceil(w.shape[1] / group)") ||
         ryz_check_no_overlap(packed, w) || ryz_check_no_overlap(scales, w) || ryz_check_no_overlap(packed, scales))

@@ -14,7 +14,6 @@
  * when it sits between every two layers; the plan does it once per model, and a token call
  * checks only x, the caches and the logits. The plan holds the weights' buffers (numpy
  * arrays cannot be resized or freed while it lives). */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,11 +55,8 @@ static int check_constants(double eps, double theta, double scale, int act) {
         PyErr_Format(PyExc_ValueError, "act must be 0 (relu2) or 1 (silu), got %d", act);
         return -1;
     }
-    if (!(isfinite(eps) && eps >= 0) || !(isfinite(theta) && theta > 0) || !isfinite(scale)) {
-        PyErr_SetString(PyExc_ValueError, "eps must be finite >= 0, theta finite > 0, scale finite");
-        return -1;
-    }
-    return 0;
+    return ryz_check_min(eps, "eps", 0, 0) || ryz_check_min(theta, "theta", 0, 1) || ryz_check_finite(scale, "scale")
+               ? -1 : 0;
 }
 
 /* One layer's weights: the 11-tuple of arrays (acquired into *held, which must be empty) and
@@ -76,12 +72,10 @@ static int get_weights(ryz_args *held, PyObject *ow, PyObject *om, int t5, ryz_b
         return -1;
     }
     for (int i = 0; i < 7; i++) {
-        double m = PyFloat_AsDouble(PyTuple_GET_ITEM(om, i));
-        if (m == -1.0 && PyErr_Occurred()) return -1;
-        if (!isfinite(m)) {
-            PyErr_Format(PyExc_ValueError, "mults[%d] must be finite", i);
-            return -1;
-        }
+        static const char *const names[7] = {"mults[0]", "mults[1]", "mults[2]", "mults[3]", "mults[4]", "mults[5]",
+                                             "mults[6]"};
+        double m;
+        if (ryz_get_finite(PyTuple_GET_ITEM(om, i), names[i], &m)) return -1;
         w->mult[i] = (float)m;
     }
     ryz_arr *a[11];
@@ -94,11 +88,10 @@ static int get_weights(ryz_args *held, PyObject *ow, PyObject *om, int t5, ryz_b
     const char *const rbQ = t5 ? "t5_row_bytes(Q)" : "i2_row_bytes(Q)";
     const char *const rbI = t5 ? "t5_row_bytes(I)" : "i2_row_bytes(I)";
     const int64_t D = ryz_dim(a[0], 0), Q = ryz_dim(a[1], 0), KVD = ryz_dim(a[2], 0), I = ryz_dim(a[7], 0);
-    if (D > RYZ_TERNARY_MAX_K || Q > RYZ_TERNARY_MAX_K || I > RYZ_TERNARY_MAX_K) {
-        PyErr_SetString(PyExc_ValueError, "a dimension exceeds the ternary kernels' K limit");
-        return -1;
-    }
-    if (ryz_check_dim(a[1], 1, row_bytes(D), rbD) ||
+    /* D, Q and I are the K of the matrices that read them */
+    if (ryz_check_k_limit(a[0], 0, RYZ_TERNARY_MAX_K) || ryz_check_k_limit(a[1], 0, RYZ_TERNARY_MAX_K) ||
+        ryz_check_k_limit(a[7], 0, RYZ_TERNARY_MAX_K) ||
+        ryz_check_dim(a[1], 1, row_bytes(D), rbD) ||
         ryz_check_dim(a[2], 1, row_bytes(D), rbD) ||
         ryz_check_dim(a[3], 0, KVD, "wk.shape[0]") || ryz_check_dim(a[3], 1, row_bytes(D), rbD) ||
         ryz_check_dim(a[4], 0, Q, "wq.shape[0]") || ryz_check_dim(a[5], 0, D, "attn_norm.shape[0]") ||
@@ -188,13 +181,6 @@ static int get_cache(ryz_args *held, PyObject *okc, PyObject *ovc, PyObject *oks
     return 0;
 }
 
-/* an output array (x, logits) must not share memory with any of the held arrays */
-static int check_out_vs(const ryz_arr *out, const ryz_args *held) {
-    for (int i = 0; i < held->n; i++)
-        if (ryz_check_no_overlap(out, &held->a[i])) return -1;
-    return 0;
-}
-
 /* the exception for a return code of bitnet_layer.c */
 static void set_decode_error(int rc) {
     if (rc == -1) PyErr_NoMemory();
@@ -202,20 +188,6 @@ static void set_decode_error(int rc) {
         PyErr_SetString(PyExc_ValueError, "a new key or value holds NaN or inf, or a value beyond float16's range "
                         "(|x| >= 65520); the 16-bit KV cache cannot hold it (kv_cache='bf16' has float32's range)");
     else PyErr_SetString(PyExc_ValueError, "the layer's activations hold NaN or inf; cannot quantize them");
-}
-
-/* Prefix the pending exception's message with "layer l: " (same type). */
-static void prefix_layer(int l) {
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    PyObject *msg = value ? PyObject_Str(value) : NULL;
-    if (msg) PyErr_Format(type, "layer %d: %U", l, msg);
-    else PyErr_Restore(type, value, tb), type = value = tb = NULL;
-    Py_XDECREF(msg);
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
 }
 
 /* ---- one layer ---------------------------------------------------------------------------- */
@@ -255,7 +227,7 @@ static PyObject *py_decode_layer(PyObject *self, PyObject *args) {
     ryz_args wa = {0}, xa = {0}, ca = {0};
     ryz_arr *x;
     if (get_weights(&wa, ow, om, t5, &w, &c) || !(x = ryz_arr_get(&xa, ox, "x", RYZ_F32, 1, 1)) ||
-        ryz_check_dim(x, 0, c.D, "attn_norm.shape[0]") || check_out_vs(x, &wa) ||
+        ryz_check_dim(x, 0, c.D, "attn_norm.shape[0]") || ryz_check_no_overlap_any(x, &wa) ||
         get_cache(&ca, okc, ovc, oks, ovs, i8, x, &wa, pos, &c, &kv))
         goto fail;
     float *xp = ryz_data(x);
@@ -344,7 +316,7 @@ static PyObject *py_decode_plan(PyObject *self, PyObject *args) {
             goto fail;
         }
         if (get_weights(&p->held[l], PyTuple_GET_ITEM(item, 0), PyTuple_GET_ITEM(item, 1), t5, &p->w[l], &cl)) {
-            prefix_layer((int)l);
+            ryz_prefix_error("layer %zd: ", l);
             goto fail;
         }
         if (l == 0) {
@@ -387,6 +359,81 @@ fail:
     return NULL;
 }
 
+/* ---- arguments of a call through a plan ------------------------------------------------- */
+
+/* the plan of bitnet_decode_plan in `o` (NULL with TypeError set) */
+static decode_plan *get_plan(PyObject *o) {
+    decode_plan *p = PyCapsule_GetPointer(o, PLAN_CAPSULE);
+    if (!p) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "plan must come from bitnet_decode_plan");
+    }
+    return p;
+}
+
+/* kcs, vcs (and k_scales, v_scales: both or neither, an int8 cache) as fast sequences of one
+ * array per layer in seqs[0..3]; logits (None or an array) only with a head. *i8: int8 cache.
+ * The caller Py_XDECREFs seqs. */
+static int get_layer_seqs(const decode_plan *p, PyObject *okcs, PyObject *ovcs, PyObject *okss, PyObject *ovss,
+                          PyObject *ologits, PyObject *seqs[4], int *i8) {
+    PyObject *const objs[4] = {okcs, ovcs, okss, ovss};
+    static const char *const snames[4] = {"kcs", "vcs", "k_scales", "v_scales"};
+    *i8 = okss != Py_None || ovss != Py_None;
+    if (*i8 && (okss == Py_None || ovss == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "the int8 KV cache needs both k_scales and v_scales");
+        return -1;
+    }
+    if (ologits != Py_None && !p->has_head) {
+        PyErr_SetString(PyExc_ValueError, "logits given but the plan has no head");
+        return -1;
+    }
+    for (int s = 0; s < (*i8 ? 4 : 2); s++) {
+        if (!(seqs[s] = PySequence_Fast(objs[s], "kcs, vcs, k_scales and v_scales must be sequences of arrays")))
+            return -1;
+        if (PySequence_Fast_GET_SIZE(seqs[s]) != p->n_layers) {
+            PyErr_Format(PyExc_ValueError, "%s holds %zd arrays but the plan has %d layers", snames[s],
+                         PySequence_Fast_GET_SIZE(seqs[s]), p->n_layers);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Every layer's cache into ca[l], kv[l] (ca, kv: n_layers each, zeroed), checked as get_cache
+ * does with rows up to `last` written, and against logits (NULL: none), `also` (NULL: none; an
+ * input the caches must not overlap) and, for x and logits, the plan's weights. *c gets layer
+ * 0's Hq, Hkv, hd; every layer must have the same, and with same_dtype the same 16-bit format
+ * (the verify pass's stash has one dtype for all layers). */
+static int get_layer_caches(const decode_plan *p, PyObject *const seqs[4], int i8, const ryz_arr *x,
+                            const ryz_arr *logits, const ryz_arr *also, int64_t last, int same_dtype, ryz_args *ca,
+                            ryz_bitnet_kv *kv, ryz_bitnet_config *c) {
+    const int nl = p->n_layers;
+    *c = p->c;
+    for (int l = 0; l < nl; l++) {
+        ryz_bitnet_config cl = p->c;
+        if (ryz_check_no_overlap_any(x, &p->held[l]) || (logits && ryz_check_no_overlap_any(logits, &p->held[l])) ||
+            get_cache(&ca[l], PySequence_Fast_GET_ITEM(seqs[0], l), PySequence_Fast_GET_ITEM(seqs[1], l),
+                      i8 ? PySequence_Fast_GET_ITEM(seqs[2], l) : Py_None,
+                      i8 ? PySequence_Fast_GET_ITEM(seqs[3], l) : Py_None, i8, x, &p->held[l], last, &cl, &kv[l]) ||
+            (logits && (ryz_check_no_overlap(logits, &ca[l].a[0]) || ryz_check_no_overlap(logits, &ca[l].a[1]))) ||
+            (also && (ryz_check_no_overlap(&ca[l].a[0], also) || ryz_check_no_overlap(&ca[l].a[1], also)))) {
+            ryz_prefix_error("layer %d: ", l);
+            return -1;
+        }
+        if (l == 0) {
+            *c = cl;
+        } else if (cl.Hkv != c->Hkv || cl.hd != c->hd) {
+            PyErr_Format(PyExc_ValueError, "layer %d: the cache has %lld kv heads of %lld but layer 0's %lld of %lld",
+                         l, (long long)cl.Hkv, (long long)cl.hd, (long long)c->Hkv, (long long)c->hd);
+            return -1;
+        } else if (same_dtype && kv[l].fmt16 != kv[0].fmt16) {
+            PyErr_Format(PyExc_ValueError, "layer %d: the cache's dtype differs from layer 0's", l);
+            return -1;
+        }
+    }
+    return p->has_head && ryz_check_no_overlap_any(x, &p->held[nl]) ? -1 : 0;
+}
+
 /* ---- one token through a plan ------------------------------------------------------------- */
 PyDoc_STRVAR(decode_token_doc,
 "bitnet_decode_token(plan, x, kcs, vcs, pos[, k_scales, v_scales[, logits]]) -> (float, float)\n\n"
@@ -405,42 +452,22 @@ static PyObject *py_decode_token(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOL|OOO:bitnet_decode_token", &oplan, &ox, &okcs, &ovcs, &pos, &okss, &ovss,
                           &ologits))
         return NULL;
-    decode_plan *p = PyCapsule_GetPointer(oplan, PLAN_CAPSULE);
-    if (!p) {
-        PyErr_Clear();
-        PyErr_SetString(PyExc_TypeError, "plan must come from bitnet_decode_plan");
-        return NULL;
-    }
-    const int i8 = okss != Py_None || ovss != Py_None, n = p->n_layers;
-    if (i8 && (okss == Py_None || ovss == Py_None)) {
-        PyErr_SetString(PyExc_ValueError, "the int8 KV cache needs both k_scales and v_scales");
-        return NULL;
-    }
-    if (ologits != Py_None && !p->has_head) {
-        PyErr_SetString(PyExc_ValueError, "logits given but the plan has no head");
-        return NULL;
-    }
-    PyObject *seqs[4] = {NULL, NULL, NULL, NULL}, *objs[4] = {okcs, ovcs, okss, ovss};
-    static const char *const snames[4] = {"kcs", "vcs", "k_scales", "v_scales"};
+    decode_plan *p = get_plan(oplan);
+    if (!p) return NULL;
+    const int n = p->n_layers;
+    int i8;
+    PyObject *seqs[4] = {NULL, NULL, NULL, NULL};
     ryz_args xa = {0}, *ca = NULL;
     ryz_bitnet_kv *kv = NULL;
     PyObject *ret = NULL;
-    for (int s = 0; s < (i8 ? 4 : 2); s++) {
-        if (!(seqs[s] = PySequence_Fast(objs[s], "kcs, vcs, k_scales and v_scales must be sequences of arrays")))
-            goto done;
-        if (PySequence_Fast_GET_SIZE(seqs[s]) != n) {
-            PyErr_Format(PyExc_ValueError, "%s holds %zd arrays but the plan has %d layers", snames[s],
-                         PySequence_Fast_GET_SIZE(seqs[s]), n);
-            goto done;
-        }
-    }
+    if (get_layer_seqs(p, okcs, ovcs, okss, ovss, ologits, seqs, &i8)) goto done;
     ryz_arr *x, *logits = NULL;
     if (!(x = ryz_arr_get(&xa, ox, "x", RYZ_F32, 1, 1)) || ryz_check_dim(x, 0, p->c.D, "attn_norm.shape[0]"))
         goto done;
     if (ologits != Py_None &&
         (!(logits = ryz_arr_get(&xa, ologits, "logits", RYZ_F32, 2, 1)) ||
          ryz_check_dim(logits, 0, 1, "1 (one token)") || ryz_check_dim(logits, 1, p->head.V, "the head's V") ||
-         ryz_check_no_overlap(logits, x) || check_out_vs(logits, &p->held[n])))
+         ryz_check_no_overlap(logits, x) || ryz_check_no_overlap_any(logits, &p->held[n])))
         goto done;
     ca = calloc((size_t)n, sizeof *ca);
     kv = calloc((size_t)n, sizeof *kv);
@@ -448,26 +475,8 @@ static PyObject *py_decode_token(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    ryz_bitnet_config c = p->c;
-    for (int l = 0; l < n; l++) {
-        ryz_bitnet_config cl = p->c;
-        if (check_out_vs(x, &p->held[l]) || (logits && check_out_vs(logits, &p->held[l])) ||
-            get_cache(&ca[l], PySequence_Fast_GET_ITEM(seqs[0], l), PySequence_Fast_GET_ITEM(seqs[1], l),
-                      i8 ? PySequence_Fast_GET_ITEM(seqs[2], l) : Py_None,
-                      i8 ? PySequence_Fast_GET_ITEM(seqs[3], l) : Py_None, i8, x, &p->held[l], pos, &cl, &kv[l]) ||
-            (logits && (ryz_check_no_overlap(logits, &ca[l].a[0]) || ryz_check_no_overlap(logits, &ca[l].a[1])))) {
-            prefix_layer(l);
-            goto done;
-        }
-        if (l == 0) {
-            c = cl;
-        } else if (cl.Hkv != c.Hkv || cl.hd != c.hd) {
-            PyErr_Format(PyExc_ValueError, "layer %d: the cache has %lld kv heads of %lld but layer 0's %lld of %lld",
-                         l, (long long)cl.Hkv, (long long)cl.hd, (long long)c.Hkv, (long long)c.hd);
-            goto done;
-        }
-    }
-    if (p->has_head && check_out_vs(x, &p->held[n])) goto done;
+    ryz_bitnet_config c;
+    if (get_layer_caches(p, seqs, i8, x, logits, NULL, pos, 0, ca, kv, &c)) goto done;
     float *xp = ryz_data(x), *lp = logits ? ryz_data(logits) : NULL;
     const ryz_bitnet_head *head = logits ? &p->head : NULL;
     int64_t ns[2] = {0, 0};
@@ -508,12 +517,8 @@ static PyObject *py_decode_batch(PyObject *self, PyObject *args) {
     RYZ_UNUSED(self);
     PyObject *oplan, *ox, *ocaches, *opos, *ologits = Py_None;
     if (!PyArg_ParseTuple(args, "OOOO|O:bitnet_decode_batch", &oplan, &ox, &ocaches, &opos, &ologits)) return NULL;
-    decode_plan *p = PyCapsule_GetPointer(oplan, PLAN_CAPSULE);
-    if (!p) {
-        PyErr_Clear();
-        PyErr_SetString(PyExc_TypeError, "plan must come from bitnet_decode_plan");
-        return NULL;
-    }
+    decode_plan *p = get_plan(oplan);
+    if (!p) return NULL;
     if (ologits != Py_None && !p->has_head) {
         PyErr_SetString(PyExc_ValueError, "logits given but the plan has no head");
         return NULL;
@@ -539,9 +544,9 @@ static PyObject *py_decode_batch(PyObject *self, PyObject *args) {
     if (ologits != Py_None &&
         (!(logits = ryz_arr_get(&xa, ologits, "logits", RYZ_F32, 2, 1)) || ryz_check_dim(logits, 0, B, "len(caches)") ||
          ryz_check_dim(logits, 1, p->head.V, "the head's V") || ryz_check_no_overlap(logits, x) ||
-         check_out_vs(logits, &p->held[n])))
+         ryz_check_no_overlap_any(logits, &p->held[n])))
         goto done;
-    if (p->has_head && check_out_vs(x, &p->held[n])) goto done;
+    if (p->has_head && ryz_check_no_overlap_any(x, &p->held[n])) goto done;
     const int64_t *pos = ryz_data(pa);
     seqs = calloc((size_t)B * 4, sizeof *seqs);
     ca = calloc((size_t)B * (size_t)n, sizeof *ca);
@@ -576,23 +581,13 @@ static PyObject *py_decode_batch(PyObject *self, PyObject *args) {
         for (int l = 0; l < n; l++) {
             ryz_bitnet_config cl = p->c;
             ryz_args *cml = &ca[m * n + l];
-            if ((m == 0 && (check_out_vs(x, &p->held[l]) || (logits && check_out_vs(logits, &p->held[l])))) ||
+            if ((m == 0 && (ryz_check_no_overlap_any(x, &p->held[l]) || (logits && ryz_check_no_overlap_any(logits, &p->held[l])))) ||
                 get_cache(cml, PySequence_Fast_GET_ITEM(seqs[m * 4], l), PySequence_Fast_GET_ITEM(seqs[m * 4 + 1], l),
                           i8 ? PySequence_Fast_GET_ITEM(seqs[m * 4 + 2], l) : Py_None,
                           i8 ? PySequence_Fast_GET_ITEM(seqs[m * 4 + 3], l) : Py_None, i8, x, &p->held[l], pos[m],
                           &cl, &kv[m * n + l]) ||
-                (logits && check_out_vs(logits, cml))) {
-                prefix_layer(l);
-                PyObject *type, *value, *tb;   /* "stream m: layer l: ..." */
-                PyErr_Fetch(&type, &value, &tb);
-                PyErr_NormalizeException(&type, &value, &tb);
-                PyObject *msg = value ? PyObject_Str(value) : NULL;
-                if (msg) PyErr_Format(type, "stream %zd: %U", m, msg);
-                else PyErr_Restore(type, value, tb), type = value = tb = NULL;
-                Py_XDECREF(msg);
-                Py_XDECREF(type);
-                Py_XDECREF(value);
-                Py_XDECREF(tb);
+                (logits && ryz_check_no_overlap_any(logits, cml))) {
+                ryz_prefix_error("stream %zd: layer %d: ", m, l);
                 goto done;
             }
             for (Py_ssize_t o = 0; o < m; o++)   /* no two streams write the same cache */
@@ -665,36 +660,16 @@ static PyObject *py_verify(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOLO|OOOO:bitnet_verify", &oplan, &ox, &okcs, &ovcs, &pos, &odepth, &okss,
                           &ovss, &ologits, &ostash))
         return NULL;
-    decode_plan *p = PyCapsule_GetPointer(oplan, PLAN_CAPSULE);
-    if (!p) {
-        PyErr_Clear();
-        PyErr_SetString(PyExc_TypeError, "plan must come from bitnet_decode_plan");
-        return NULL;
-    }
-    const int i8 = okss != Py_None || ovss != Py_None, nl = p->n_layers;
-    if (i8 && (okss == Py_None || ovss == Py_None)) {
-        PyErr_SetString(PyExc_ValueError, "the int8 KV cache needs both k_scales and v_scales");
-        return NULL;
-    }
-    if (ologits != Py_None && !p->has_head) {
-        PyErr_SetString(PyExc_ValueError, "logits given but the plan has no head");
-        return NULL;
-    }
-    PyObject *seqs[4] = {NULL, NULL, NULL, NULL}, *objs[4] = {okcs, ovcs, okss, ovss};
-    static const char *const snames[4] = {"kcs", "vcs", "k_scales", "v_scales"};
+    decode_plan *p = get_plan(oplan);
+    if (!p) return NULL;
+    const int nl = p->n_layers;
+    int i8;
+    PyObject *seqs[4] = {NULL, NULL, NULL, NULL};
     ryz_args xa = {0}, sa = {0}, *ca = NULL;
     ryz_bitnet_kv *kv = NULL;
     ryz_bitnet_stash *st = NULL;
     PyObject *ret = NULL;
-    for (int s = 0; s < (i8 ? 4 : 2); s++) {
-        if (!(seqs[s] = PySequence_Fast(objs[s], "kcs, vcs, k_scales and v_scales must be sequences of arrays")))
-            goto done;
-        if (PySequence_Fast_GET_SIZE(seqs[s]) != nl) {
-            PyErr_Format(PyExc_ValueError, "%s holds %zd arrays but the plan has %d layers", snames[s],
-                         PySequence_Fast_GET_SIZE(seqs[s]), nl);
-            goto done;
-        }
-    }
+    if (get_layer_seqs(p, okcs, ovcs, okss, ovss, ologits, seqs, &i8)) goto done;
     ryz_arr *x, *dep, *logits = NULL;
     if (!(x = ryz_arr_get(&xa, ox, "x", RYZ_F32, 2, 1)) || ryz_check_dim(x, 1, p->c.D, "attn_norm.shape[0]") ||
         !(dep = ryz_arr_get(&xa, odepth, "depth", RYZ_I32, 1, 0)))
@@ -723,7 +698,7 @@ static PyObject *py_verify(PyObject *self, PyObject *args) {
     if (ologits != Py_None &&
         (!(logits = ryz_arr_get(&xa, ologits, "logits", RYZ_F32, 2, 1)) || ryz_check_dim(logits, 0, n, "x.shape[0]") ||
          ryz_check_dim(logits, 1, p->head.V, "the head's V") || ryz_check_no_overlap(logits, x) ||
-         ryz_check_no_overlap(logits, dep) || check_out_vs(logits, &p->held[nl])))
+         ryz_check_no_overlap(logits, dep) || ryz_check_no_overlap_any(logits, &p->held[nl])))
         goto done;
     ca = calloc((size_t)nl, sizeof *ca);
     kv = calloc((size_t)nl, sizeof *kv);
@@ -731,32 +706,9 @@ static PyObject *py_verify(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    ryz_bitnet_config c = p->c;
-    for (int l = 0; l < nl; l++) {
-        ryz_bitnet_config cl = p->c;
-        /* get_cache checks pos < T: pass the deepest row the walk writes */
-        if (check_out_vs(x, &p->held[l]) || (logits && check_out_vs(logits, &p->held[l])) ||
-            get_cache(&ca[l], PySequence_Fast_GET_ITEM(seqs[0], l), PySequence_Fast_GET_ITEM(seqs[1], l),
-                      i8 ? PySequence_Fast_GET_ITEM(seqs[2], l) : Py_None,
-                      i8 ? PySequence_Fast_GET_ITEM(seqs[3], l) : Py_None, i8, x, &p->held[l], pos + max_depth, &cl,
-                      &kv[l]) ||
-            (logits && (ryz_check_no_overlap(logits, &ca[l].a[0]) || ryz_check_no_overlap(logits, &ca[l].a[1]))) ||
-            ryz_check_no_overlap(&ca[l].a[0], dep) || ryz_check_no_overlap(&ca[l].a[1], dep)) {
-            prefix_layer(l);
-            goto done;
-        }
-        if (l == 0) {
-            c = cl;
-        } else if (cl.Hkv != c.Hkv || cl.hd != c.hd) {
-            PyErr_Format(PyExc_ValueError, "layer %d: the cache has %lld kv heads of %lld but layer 0's %lld of %lld",
-                         l, (long long)cl.Hkv, (long long)cl.hd, (long long)c.Hkv, (long long)c.hd);
-            goto done;
-        } else if (kv[l].fmt16 != kv[0].fmt16) {
-            PyErr_Format(PyExc_ValueError, "layer %d: the cache's dtype differs from layer 0's", l);
-            goto done;
-        }
-    }
-    if (p->has_head && check_out_vs(x, &p->held[nl])) goto done;
+    ryz_bitnet_config c;
+    /* get_cache checks pos < T: pass the deepest row the walk writes */
+    if (get_layer_caches(p, seqs, i8, x, logits, dep, pos + max_depth, 1, ca, kv, &c)) goto done;
     if (ostash != Py_None) {
         const Py_ssize_t want = i8 ? 4 : 2;
         const int fmt16 = kv[0].fmt16;
@@ -784,7 +736,7 @@ static PyObject *py_verify(PyObject *self, PyObject *args) {
                 for (int h = 0; h < ca[l].n; h++)
                     if (ryz_check_no_overlap(sarr[s], &ca[l].a[h])) goto done;
             for (int l = 0; l <= nl; l++)
-                if (check_out_vs(sarr[s], &p->held[l])) goto done;
+                if (ryz_check_no_overlap_any(sarr[s], &p->held[l])) goto done;
         }
         if (!(st = calloc((size_t)nl, sizeof *st))) {
             PyErr_NoMemory();
@@ -866,10 +818,7 @@ static PyObject *py_lm_head_i8_tokens(PyObject *self, PyObject *args) {
         ryz_check_dim(out, 1, N, "wq.shape[0]") || ryz_check_no_overlap(out, xq) || ryz_check_no_overlap(out, xs) ||
         ryz_check_no_overlap(out, wq) || ryz_check_no_overlap(out, ws))
         goto fail;
-    if (K > RYZ_MATMUL_I8_MAX_K) {
-        PyErr_Format(PyExc_ValueError, "wq.shape[1] (K=%lld) exceeds %d", (long long)K, RYZ_MATMUL_I8_MAX_K);
-        goto fail;
-    }
+    if (ryz_check_k_limit(wq, 1, RYZ_MATMUL_I8_MAX_K)) goto fail;
     head_tokens_job j = {ryz_data(out), ryz_data(wq), ryz_data(xq), ryz_data(ws), ryz_data(xs), K, M, N};
     int64_t chunk = K > 0 && M > 0 ? ((int64_t)250000000 / (K * M)) / 16 * 16 : N;
     if (chunk < 64) chunk = 64;
@@ -905,10 +854,7 @@ static PyObject *py_lm_head_i8(PyObject *self, PyObject *args) {
         ryz_check_no_overlap(out, xq) || ryz_check_no_overlap(out, xs) || ryz_check_no_overlap(out, wq) ||
         ryz_check_no_overlap(out, ws))
         goto fail;
-    if (K > RYZ_MATMUL_I8_MAX_K) {
-        PyErr_Format(PyExc_ValueError, "wq.shape[1] (K=%lld) exceeds %d", (long long)K, RYZ_MATMUL_I8_MAX_K);
-        goto fail;
-    }
+    if (ryz_check_k_limit(wq, 1, RYZ_MATMUL_I8_MAX_K)) goto fail;
     const int8_t *x = ryz_data(xq);
     const int32_t xsum = ryz_quant->sum_i8(x, K);
     ryz_head_i8_job j = {ryz_data(out), ryz_data(wq), x, ryz_data(ws), K, xsum, *(const float *)ryz_data(xs)};

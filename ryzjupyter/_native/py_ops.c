@@ -19,47 +19,6 @@ void ryz_ops_select(ryz_isa isa) {
     ryz_register_kernel("gelu", ryz_ops->encoder_name);
 }
 
-/* ---- shared checks ---------------------------------------------------------- */
-
-/* out may be exactly `in` (same memory, same size: element-wise in place is safe);
- * any other overlap is refused. */
-static int check_alias_exact(const ryz_arr *out, const ryz_arr *in) {
-    if (out->view.buf == in->view.buf && out->view.len == in->view.len) return 0;
-    if (ryz_check_no_overlap(out, in) != 0) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "%s partially overlaps %s; pass the same array (in place) "
-                     "or a separate one", out->name, in->name);
-        return -1;
-    }
-    return 0;
-}
-
-static int check_same_shape(const ryz_arr *a, const ryz_arr *ref) {
-    if (a->view.ndim != ref->view.ndim) {
-        PyErr_Format(PyExc_ValueError, "%s must have the shape of %s (%d dimensions, got %d)",
-                     a->name, ref->name, ref->view.ndim, a->view.ndim);
-        return -1;
-    }
-    for (int i = 0; i < ref->view.ndim; i++)
-        if (ryz_check_dim(a, i, ryz_dim(ref, i), ref->name) != 0) return -1;
-    return 0;
-}
-
-static int get_finite(PyObject *o, const char *name, double *out) {
-    double v = PyFloat_AsDouble(o);
-    if (v == -1.0 && PyErr_Occurred()) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s must be a float, got %.80s", name, Py_TYPE(o)->tp_name);
-        return -1;
-    }
-    if (!isfinite(v)) {
-        PyErr_Format(PyExc_ValueError, "%s must be finite, got %R", name, o);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 /* ---- element-wise ----------------------------------------------------------- */
 enum { EW_SILU, EW_RELU2, EW_MUL, EW_ADD, EW_GELU };
 typedef struct {
@@ -89,8 +48,8 @@ static PyObject *ew_unary(PyObject *args, int op, const char *fmt) {
     ryz_args a = {0};
     ryz_arr *out, *x;
     if (!(out = ryz_arr_get(&a, oo, "out", RYZ_F32, -1, 1)) ||
-        !(x = ryz_arr_get(&a, ox, "x", RYZ_F32, -1, 0)) || check_same_shape(out, x) ||
-        check_alias_exact(out, x))
+        !(x = ryz_arr_get(&a, ox, "x", RYZ_F32, -1, 0)) || ryz_check_same_shape(out, x) ||
+        ryz_check_alias_exact(out, x))
         goto fail;
     ew_job j = {op, ryz_data(out), ryz_data(x), NULL};
     if (ryz_run_chunked(ew_task, &j, ryz_size(x), EW_CHUNK, EW_GRAIN) != 0) goto fail;
@@ -108,8 +67,8 @@ static PyObject *ew_binary(PyObject *args, int op, const char *fmt) {
     ryz_arr *out, *x, *y;
     if (!(out = ryz_arr_get(&a, oo, "out", RYZ_F32, -1, 1)) ||
         !(x = ryz_arr_get(&a, oa, "a", RYZ_F32, -1, 0)) ||
-        !(y = ryz_arr_get(&a, ob, "b", RYZ_F32, -1, 0)) || check_same_shape(out, x) ||
-        check_same_shape(y, x) || check_alias_exact(out, x) || check_alias_exact(out, y))
+        !(y = ryz_arr_get(&a, ob, "b", RYZ_F32, -1, 0)) || ryz_check_same_shape(out, x) ||
+        ryz_check_same_shape(y, x) || ryz_check_alias_exact(out, x) || ryz_check_alias_exact(out, y))
         goto fail;
     ew_job j = {op, ryz_data(out), ryz_data(x), ryz_data(y)};
     if (ryz_run_chunked(ew_task, &j, ryz_size(x), EW_CHUNK, EW_GRAIN) != 0) goto fail;
@@ -168,14 +127,11 @@ static PyObject *py_rmsnorm(PyObject *self, PyObject *args) {
     double eps;
     if (!(out = ryz_arr_get(&a, oo, "out", RYZ_F32, 2, 1)) ||
         !(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 2, 0)) ||
-        !(w = ryz_arr_get(&a, ow, "w", RYZ_F32, 1, 0)) || check_same_shape(out, x) ||
-        ryz_check_dim(w, 0, ryz_dim(x, 1), "x.shape[1]") || check_alias_exact(out, x) ||
-        ryz_check_no_overlap(out, w) || get_finite(oeps, "eps", &eps))
+        !(w = ryz_arr_get(&a, ow, "w", RYZ_F32, 1, 0)) || ryz_check_same_shape(out, x) ||
+        ryz_check_dim(w, 0, ryz_dim(x, 1), "x.shape[1]") || ryz_check_alias_exact(out, x) ||
+        ryz_check_no_overlap(out, w) || ryz_get_finite(oeps, "eps", &eps) ||
+        ryz_check_min(eps, "eps", 0, 0))
         goto fail;
-    if (eps < 0) {
-        PyErr_Format(PyExc_ValueError, "eps must be >= 0, got %g", eps);
-        goto fail;
-    }
     int64_t M = ryz_dim(x, 0), D = ryz_dim(x, 1);
     rms_job j = {ryz_data(out), ryz_data(x), ryz_data(w), D, (float)eps};
     if (D > 0) {
@@ -219,15 +175,11 @@ static PyObject *py_layernorm(PyObject *self, PyObject *args) {
     if (!(out = ryz_arr_get(&a, oo, "out", RYZ_F32, 2, 1)) ||
         !(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 2, 0)) ||
         !(w = ryz_arr_get(&a, ow, "w", RYZ_F32, 1, 0)) ||
-        !(bb = ryz_arr_get(&a, ob, "b", RYZ_F32, 1, 0)) || check_same_shape(out, x) ||
+        !(bb = ryz_arr_get(&a, ob, "b", RYZ_F32, 1, 0)) || ryz_check_same_shape(out, x) ||
         ryz_check_dim(w, 0, ryz_dim(x, 1), "x.shape[1]") || ryz_check_dim(bb, 0, ryz_dim(x, 1), "x.shape[1]") ||
-        check_alias_exact(out, x) || ryz_check_no_overlap(out, w) || ryz_check_no_overlap(out, bb) ||
-        get_finite(oeps, "eps", &eps))
+        ryz_check_alias_exact(out, x) || ryz_check_no_overlap(out, w) || ryz_check_no_overlap(out, bb) ||
+        ryz_get_finite(oeps, "eps", &eps) || ryz_check_min(eps, "eps", 0, 1))
         goto fail;
-    if (eps <= 0) {
-        PyErr_Format(PyExc_ValueError, "eps must be > 0, got %g", eps);
-        goto fail;
-    }
     int64_t M = ryz_dim(x, 0), D = ryz_dim(x, 1);
     ln_job j = {ryz_data(out), ryz_data(x), ryz_data(w), ryz_data(bb), D, (float)eps};
     if (D > 0) {
@@ -315,10 +267,7 @@ static int check_positions(const int64_t *p, int64_t M) {
 }
 
 static int check_theta_hd(double theta, int64_t hd, const char *hd_name) {
-    if (!(theta > 0)) {
-        PyErr_Format(PyExc_ValueError, "theta must be > 0, got %g", theta);
-        return -1;
-    }
+    if (ryz_check_min(theta, "theta", 0, 1)) return -1;
     if (hd % 2 != 0) {
         PyErr_Format(PyExc_ValueError, "%s (head_dim) must be even for rotate_half, got %lld", hd_name,
                      (long long)hd);
@@ -357,7 +306,7 @@ static PyObject *rope_common(PyObject *args, int table) {
     if (!(o = ryz_arr_get(&a, oo, table ? "cs" : "x", RYZ_F32, table ? 2 : 3, 1)) ||
         !(pos = ryz_arr_get(&a, op, "positions", RYZ_I64, 1, 0)) ||
         ryz_check_dim(pos, 0, ryz_dim(o, 0), table ? "cs.shape[0]" : "x.shape[0]") ||
-        ryz_check_no_overlap(o, pos) || get_finite(ot, "theta", &theta))
+        ryz_check_no_overlap(o, pos) || ryz_get_finite(ot, "theta", &theta))
         goto fail;
     const int64_t M = ryz_dim(o, 0), H = table ? 1 : ryz_dim(o, 1), hd = ryz_dim(o, table ? 1 : 2);
     if (check_theta_hd(theta, hd, table ? "cs.shape[1]" : "x.shape[2]") || check_positions(ryz_data(pos), M))

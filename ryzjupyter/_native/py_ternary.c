@@ -68,10 +68,7 @@ static PyObject *do_pack(PyObject *args, layout_t l, const char *fmt) {
         !(tr = ryz_arr_get(&a, ot, "trits", RYZ_I8, 2, 0)))
         goto fail;
     int64_t N = ryz_dim(tr, 0), K = ryz_dim(tr, 1);
-    if (K > RYZ_TERNARY_MAX_K) {
-        PyErr_Format(PyExc_ValueError, "trits.shape[1] (K=%lld) exceeds %d", (long long)K, RYZ_TERNARY_MAX_K);
-        goto fail;
-    }
+    if (ryz_check_k_limit(tr, 1, RYZ_TERNARY_MAX_K)) goto fail;
     if (ryz_check_dim(out, 0, N, "trits.shape[0]") ||
         ryz_check_dim(out, 1, layout_row_bytes(l, K), row_bytes_name[l]) ||
         ryz_check_no_overlap(out, tr))
@@ -109,10 +106,7 @@ static PyObject *do_unpack(PyObject *args, layout_t l, const char *fmt) {
         !(pk = ryz_arr_get(&a, op, "packed", RYZ_U8, 2, 0)))
         goto fail;
     int64_t N = ryz_dim(out, 0), K = ryz_dim(out, 1);
-    if (K > RYZ_TERNARY_MAX_K) {
-        PyErr_Format(PyExc_ValueError, "trits_out.shape[1] (K=%lld) exceeds %d", (long long)K, RYZ_TERNARY_MAX_K);
-        goto fail;
-    }
+    if (ryz_check_k_limit(out, 1, RYZ_TERNARY_MAX_K)) goto fail;
     if (ryz_check_dim(pk, 0, N, "trits_out.shape[0]") ||
         ryz_check_dim(pk, 1, layout_row_bytes(l, K), row_bytes_name[l]) ||
         ryz_check_no_overlap(out, pk))

@@ -1,6 +1,10 @@
-/* pyarg.c: argument checking for the bindings and the interruptible chunk runner. */
+/* pyarg.c: argument checking for the bindings (ryz_py.h: arrays, shapes, overlaps, scalars,
+ * error context) and the interruptible chunk runner. */
 #include "ryz_py.h"
 
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -110,6 +114,104 @@ int ryz_check_no_overlap(const ryz_arr *out, const ryz_arr *in) {
         return -1;
     }
     return 0;
+}
+
+int ryz_check_no_overlap_any(const ryz_arr *out, const ryz_args *held) {
+    for (int i = 0; i < held->n; i++)
+        if (ryz_check_no_overlap(out, &held->a[i])) return -1;
+    return 0;
+}
+
+int ryz_check_alias_exact(const ryz_arr *out, const ryz_arr *in) {
+    if (out->view.buf == in->view.buf && out->view.len == in->view.len) return 0;
+    if (ryz_check_no_overlap(out, in) != 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s partially overlaps %s; pass the same array (in place) "
+                     "or a separate one", out->name, in->name);
+        return -1;
+    }
+    return 0;
+}
+
+int ryz_check_same_shape(const ryz_arr *a, const ryz_arr *ref) {
+    if (a->view.ndim != ref->view.ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must have the shape of %s (%d dimensions, got %d)",
+                     a->name, ref->name, ref->view.ndim, a->view.ndim);
+        return -1;
+    }
+    for (int i = 0; i < ref->view.ndim; i++)
+        if (ryz_check_dim(a, i, ryz_dim(ref, i), ref->name) != 0) return -1;
+    return 0;
+}
+
+int ryz_check_k_limit(const ryz_arr *a, int i, int64_t limit) {
+    if (ryz_dim(a, i) > limit) {
+        PyErr_Format(PyExc_ValueError, "%s.shape[%d] (K=%lld) exceeds %lld", a->name, i, (long long)ryz_dim(a, i),
+                     (long long)limit);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- scalars ---- */
+int ryz_get_finite(PyObject *o, const char *name, double *out) {
+    double v = PyFloat_AsDouble(o);
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s must be a float, got %.80s", name, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    if (!isfinite(v)) {
+        PyErr_Format(PyExc_ValueError, "%s must be finite, got %R", name, o);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* PyErr_Format has no %g: doubles are printed here first */
+int ryz_check_finite(double v, const char *name) {
+    if (!isfinite(v)) {
+        char got[32];
+        snprintf(got, sizeof got, "%g", v);
+        PyErr_Format(PyExc_ValueError, "%s must be finite, got %s", name, got);
+        return -1;
+    }
+    return 0;
+}
+
+int ryz_check_min(double v, const char *name, double low, int strict) {
+    if (ryz_check_finite(v, name)) return -1;
+    if (strict ? !(v > low) : !(v >= low)) {
+        char lo[32], got[32];
+        snprintf(lo, sizeof lo, "%g", low);
+        snprintf(got, sizeof got, "%g", v);
+        PyErr_Format(PyExc_ValueError, "%s must be %s %s, got %s", name, strict ? ">" : ">=", lo, got);
+        return -1;
+    }
+    return 0;
+}
+
+void ryz_prefix_error(const char *fmt, ...) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *prefix = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    PyObject *msg = value ? PyObject_Str(value) : NULL;
+    if (prefix && msg) {
+        PyErr_Format(type, "%U%U", prefix, msg);
+    } else {
+        PyErr_Restore(type, value, tb);
+        type = value = tb = NULL;
+    }
+    Py_XDECREF(prefix);
+    Py_XDECREF(msg);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
 }
 
 /* A task whose range is shifted by `off` (one chunk of a chunked run). */

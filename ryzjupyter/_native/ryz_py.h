@@ -37,10 +37,31 @@ static inline int64_t ryz_size(const ryz_arr *a) {
     return (int64_t)(a->view.len / (a->view.itemsize ? a->view.itemsize : 1));
 }
 
-/* Shape checks that raise ValueError with both names and both values. */
+/* The checks below return 0, or -1 with TypeError / ValueError set naming the argument (and
+ * the value it has, and what it must be). */
+
+/* a.shape[i] must equal expected (what: where expected comes from, e.g. "x.shape[1]") */
 int ryz_check_dim(const ryz_arr *a, int i, int64_t expected, const char *what);
-/* Raise ValueError if the memory of a and b overlaps (outputs must not alias inputs). */
+/* a must have ref's rank and shape */
+int ryz_check_same_shape(const ryz_arr *a, const ryz_arr *ref);
+/* a.shape[i], a kernel's K (the length it sums over), must be at most limit */
+int ryz_check_k_limit(const ryz_arr *a, int i, int64_t limit);
+/* The memory of out and in must not overlap (outputs must not alias inputs). */
 int ryz_check_no_overlap(const ryz_arr *out, const ryz_arr *in);
+/* ... nor that of out and any array held in `held` */
+int ryz_check_no_overlap_any(const ryz_arr *out, const ryz_args *held);
+/* out may be exactly in (same memory and size: element-wise in place is safe); any other
+ * overlap is refused */
+int ryz_check_alias_exact(const ryz_arr *out, const ryz_arr *in);
+
+/* Scalars: o as a finite float (*out); v finite; v finite and >= low (strict: > low). */
+int ryz_get_finite(PyObject *o, const char *name, double *out);
+int ryz_check_finite(double v, const char *name);
+int ryz_check_min(double v, const char *name, double low, int strict);
+
+/* Prefix the pending exception's message with the formatted text (same type), e.g.
+ * ryz_prefix_error("layer %d: ", l) when a per-layer check failed. */
+void ryz_prefix_error(const char *fmt, ...);
 
 /* Run fn over [0, n) in chunks of `chunk` items: for each chunk the GIL is
  * released, the pool splits the chunk over threads (grain items at a time), the

@@ -57,3 +57,12 @@ def test_tokens_head_bad_arguments():
     out = np.empty((2, 4), np.float32)
     with pytest.raises(ValueError, match="share memory"):
         _native.lm_head_i8_tokens(out, xq, out[0, :2], wq, ws)
+
+
+def test_k_limit_names_the_argument_and_both_numbers():
+    """The K limit (int32 sums) comes from pyarg.c's shared check, for both int8 head bindings."""
+    K = 131072                                          # RYZ_MATMUL_I8_MAX_K + 1
+    wq, ws = np.zeros((4, K), np.int8), np.ones(4, np.float32)
+    for fn, M in ((_native.lm_head_i8, 1), (_native.lm_head_i8_tokens, 3)):
+        with pytest.raises(ValueError, match=r"^wq\.shape\[1\] \(K=131072\) exceeds 131071$"):
+            fn(np.zeros((M, 4), np.float32), np.zeros((M, K), np.int8), np.ones(M, np.float32), wq, ws)

@@ -327,6 +327,27 @@ def test_decode_plan_holds_its_weights(rng):
     del junk
 
 
+def test_decode_plan_names_the_bad_constant():
+    """The plan's scalars go through pyarg.c's shared checks: each message names the argument,
+    its value and what it must be (once one message for eps, theta and scale together)."""
+    model = _load("packed", lm_head="int8")
+    _, layers, eps, theta, scale, act = _token_args(model)
+    for args, want in [((-1.0, theta, scale), "^eps must be >= 0, got -1$"),
+                       ((float("nan"), theta, scale), "^eps must be finite, got nan$"),
+                       ((eps, 0.0, scale), "^theta must be > 0, got 0$"),
+                       ((eps, theta, float("inf")), "^scale must be finite, got inf$")]:
+        with pytest.raises(ValueError, match=want):
+            _native.bitnet_decode_plan(layers, *args, act)
+    w, m = layers[1]
+    bad = list(m)
+    bad[3] = float("nan")
+    with pytest.raises(ValueError, match=r"^layer 1: mults\[3\] must be finite, got nan$"):
+        _native.bitnet_decode_plan([layers[0], (w, tuple(bad))], eps, theta, scale, act)
+    bad[3] = "x"
+    with pytest.raises(TypeError, match=r"^layer 1: mults\[3\] must be a float, got str$"):
+        _native.bitnet_decode_plan([layers[0], (w, tuple(bad))], eps, theta, scale, act)
+
+
 def test_decode_plan_and_token_check_arguments():
     model = _load("packed", lm_head="int8")
     plan, layers, eps, theta, scale, act = _token_args(model)
