@@ -3,7 +3,8 @@
 The bank is any object with ``search(query, k) -> hits`` whose hits have ``.id``, ``.text`` and
 ``.score`` (ryzjupyter.RecycleBank; this layer does not import it). For a text prompt:
 
-1. retrieve: ``bank.search(prompt, k * 2)`` (twice what is wanted, for the next steps);
+1. retrieve: ``bank.search(prompt, k * 2)`` (twice what is wanted, for the next steps; a bank with
+   ``count_uses`` counts a use only for the units step 4 keeps);
 2. dedup: a hit whose text is contained in the prompt, in a hit already kept, or (chat) in the
    system prompt or an earlier turn, is dropped, and so is one whose cosine with the prompt is under
    MIN_SCORE (0.1: unrelated);
@@ -59,7 +60,9 @@ def recall(bank, prompt: str, tokenizer, k: int = DEFAULT_K, budget: int = DEFAU
     if not hasattr(bank, "search"):
         raise TypeError(f"recycle= takes a bank with a search(query, k) method (ryzjupyter.RecycleBank), "
                         f"got {type(bank).__name__}")
-    hits = sorted(bank.search(prompt, k=2 * k), key=lambda h: (-float(h.score), len(h.text)))
+    counted = hasattr(bank, "count_uses")    # RecycleBank: count the units put in, not every one looked at
+    found = bank.search(prompt, k=2 * k, count_use=False) if counted else bank.search(prompt, k=2 * k)
+    hits = sorted(found, key=lambda h: (-float(h.score), len(h.text)))
     kept, used = [], 0
     for h in hits:
         text = h.text.strip()
@@ -74,6 +77,8 @@ def recall(bank, prompt: str, tokenizer, k: int = DEFAULT_K, budget: int = DEFAU
         used += n
         if len(kept) == k:
             break
+    if counted and kept:
+        bank.count_uses([r.id for r in kept])
     return kept
 
 

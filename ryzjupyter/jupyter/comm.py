@@ -455,7 +455,7 @@ def _op_memory(data):
             raise RequestError(str(e)) from None
     with bank._lock:                   # a cell may be adding units on the main thread meanwhile
         units = bank.list(limit)
-        info = {"open": True, "namespace": bank.namespace, "store": bank.url or str(bank.path),
+        info = {"open": True, "namespace": bank.namespace, "store": bank.store,
                 "rsus": bank.count(), "model": bank.model_name}
     out = {"memory": info, "units": [_unit(u) for u in units]}
     if action == "search":

@@ -111,7 +111,8 @@ class RecycleBank:
     """A bank of recycled semantic units in Qdrant.
 
     Args:
-        path: folder of the embedded store (default: the user's data directory, see default_path).
+        path: folder of the embedded store (default: the user's data directory, see default_path), or
+            ``":memory:"`` for a bank kept in memory only (gone when it is closed).
         namespace: the collection this bank reads and writes (one per user or notebook).
         url: a Qdrant server (``http://host:6333``) instead of the embedded store.
         ttl: seconds an RSU lives after it was last added or used (None: forever); expired ones are
@@ -158,6 +159,9 @@ class RecycleBank:
                 raise ConnectionError(f"cannot reach the Qdrant server at {url} ({type(e).__name__}: {e}); start it "
                                       "(docker run -p 6333:6333 qdrant/qdrant), check the URL, or leave url= "
                                       "out to use the embedded store") from None
+        elif isinstance(path, str) and path == ":memory:":
+            self.path = None                 # qdrant-client's local mode in memory: nothing is written
+            self.client = QdrantClient(location=":memory:")
         else:
             self.path = Path(path).expanduser() if path is not None else default_path()
             self._check_folder(self.path)
@@ -272,6 +276,11 @@ class RecycleBank:
                 fn(event)
             except Exception:
                 pass
+
+    @property
+    def store(self) -> str:
+        """Where the units are kept: the server's URL, the folder, or ":memory:"."""
+        return self.url or (str(self.path) if self.path is not None else ":memory:")
 
     def _check_open(self):
         if self._closed:
@@ -468,10 +477,27 @@ class RecycleBank:
                 found = [(r, float(r.score)) for r in res]
             hits = [self._hit(r, sc) for r, sc in found if min_score is None or sc >= min_score]
             if count_use:
-                now = time.time()
-                for h in hits:
-                    self._touch(h.id, now, used=True)
+                self._count(hits)
             return hits
+
+    def count_uses(self, ids) -> int:
+        """Count one use of each RSU in ``ids`` (and set its last-used time, which the TTL and the
+        size cap go by); returns how many were there. recycle= counts the units it put into a
+        prompt this way, not every unit its search looked at. On an embedded bank each unit's
+        update is one commit of the store."""
+        self._check_open()
+        ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
+        with self._lock:
+            found = self.client.retrieve(self.collection, ids, with_payload=["uses"]) if ids else []
+            self._count([Hit(id=str(r.id), text="", score=0.0, source="", uses=int((r.payload or {}).get("uses", 0)))
+                         for r in found])
+        return len(found)
+
+    def _count(self, hits):
+        now = time.time()
+        for h in hits:                   # the uses the search already read (a hit shows them before this one)
+            self.client.set_payload(self.collection, payload={"last_used": now, "uses": h.uses + 1}, points=[h.id],
+                                    wait=True)
 
     def _hit(self, r, score) -> Hit:
         p = r.payload or {}
@@ -502,7 +528,7 @@ class RecycleBank:
         return {"namespace": self.namespace, "rsus": len(pts), "namespaces": len(names),
                 "sources": sources, "uses": sum(int(p.payload.get("uses", 0)) for p in pts),
                 "chars": sum(len(p.payload.get("text", "")) for p in pts),
-                "store": self.url or str(self.path), "embedded": self.url is None, "model": self.model_name,
+                "store": self.store, "embedded": self.url is None, "model": self.model_name,
                 "dim": self.encoder.dim, "ttl": self.ttl, "max_items": self.max_items, "dedup": self.dedup}
 
     # ---- closing ---------------------------------------------------------------------------
@@ -522,5 +548,4 @@ class RecycleBank:
         return self.count()
 
     def __repr__(self):
-        where = self.url or str(self.path)
-        return f"RecycleBank({where!r}, namespace={self.namespace!r}, {'closed' if self._closed else len(self)} RSUs)"
+        return f"RecycleBank({self.store!r}, namespace={self.namespace!r}, {'closed' if self._closed else len(self)} RSUs)"

@@ -75,7 +75,18 @@ def test_bench_memory_record_and_report(tmp_path):
     assert ppl["questions"] >= 2 and ppl["ppl_off"] > 1 and ppl["ppl_on"] > 1 and ppl["answer_tokens"] > 0
     lat = kinds["memory_latency"]
     assert lat["units"] == 5000 and lat["p50_ms"] <= lat["p99_ms"] and lat["qdrant_local_p50_ms"] > 0
+    # search(text) end to end holds the question's embedding and the scan
+    assert lat["search_p50_ms"] > lat["p50_ms"] and lat["search_p50_ms"] >= 0.5 * lat["encode_p50_ms"] > 0
+    try:
+        import qdrant_edge  # noqa: F401
+        assert 0 <= lat["edge_indexed"] <= 5000 and lat["bank_vs_edge_exact_at_5"] == 1.0  # both exact: same top 5
+        assert 0 <= lat["edge_hnsw_recall_at_5"] <= 1 and lat["edge_exact_p50_ms"] > 0
+    except ImportError:
+        assert "edge_exact_p50_ms" not in lat
+    uses = kinds["memory_use_count"]
+    assert uses["units"] > 0 and uses["p50_on_ms"] > 0 and uses["p50_off_ms"] > 0
     rep = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "report", str(out)], capture_output=True,
                          text=True, timeout=120)
     assert rep.returncode == 0, rep.stderr
     assert "hit rate at 5" in rep.stdout and "| 5,000 |" in rep.stdout and "recycling off" in rep.stdout
+    assert "bank search(text)" in rep.stdout and "Counting uses" in rep.stdout

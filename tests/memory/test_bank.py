@@ -222,3 +222,13 @@ def test_listeners_hear_every_change(bank):
     stop()
     bank.add(DOCS["pickle"], segment_text=False)
     assert events == ["add", "forget", "add", "clear"]
+
+
+def test_an_in_memory_bank_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RYZ_DATA_DIR", str(tmp_path / "data"))
+    with RecycleBank(":memory:", namespace="scratch") as b:
+        ids = b.add(DOCS["csv"], source="file", segment_text=False)
+        assert b.search("comma separated rows", k=1)[0].id == ids[0]
+        assert b.stats()["store"] == ":memory:" and "':memory:'" in repr(b)
+    assert list(tmp_path.iterdir()) == []                 # no folder, no marker, no data directory

@@ -97,3 +97,12 @@ def test_chat_with_recycle_puts_units_in_the_user_turn(model, bank):
     assert [x.text for x in r3.recycled] == [NOTES[2]] and s2.history == []
     with pytest.raises(TypeError, match="last message"):
         s2.chat([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], 2, recycle=bank)
+
+
+def test_recycle_counts_a_use_only_for_the_units_put_in(model, bank):
+    before = {h.id: h.uses for h in bank.list()}
+    r = model.generate("And God said", max_new_tokens=2, temperature=0, recycle=bank, recycle_k=1)
+    after = {h.id: h.uses for h in bank.list()}
+    assert [x.id for x in r.recycled] == [i for i in after if after[i] != before[i]]   # looked at 2, counted 1
+    assert after[r.recycled[0].id] == before[r.recycled[0].id] + 1
+    assert bank.count_uses([r.recycled[0].id, "00000000-0000-0000-0000-000000000000"]) == 1
