@@ -65,8 +65,9 @@ def add_parser(sub):
                    "(default $RYZ_BENCH_DIR or ~/.cache/ryzjupyter/bench)")
     p.add_argument("--lm-head", default="int8", choices=("int8", "int4", "f32"),
                    help="lm_head format (default int8; int4 is lossy, see docs/performance.md)")
-    p.add_argument("--kv-cache", default="f32", choices=("f32", "int8"), help="KV cache format (default f32, "
-                   "exact; int8: 4x less cache traffic)")
+    p.add_argument("--kv-cache", default="f32", type=_kv_list, metavar="FMT[,FMT...]",
+                   help="KV cache formats, comma separated (f32 exact, the default; f16, bf16: half the cache "
+                   "traffic; int8: a quarter); several are timed side by side, alternately, on the same model")
     p.add_argument("--threads", default="1,2", help="thread counts, comma separated")
     p.add_argument("--repeat", type=int, default=5, help="runs per figure (median); default 5")
     p.add_argument("--decode-tokens", type=int, default=32, help="tokens per decode run (default 32)")
@@ -93,6 +94,18 @@ def add_parser(sub):
     p.add_argument("--quick", action="store_true", help="tiny model and sizes (for tests), not meaningful")
     p.set_defaults(run=run)
     return p
+
+
+def _kv_list(text):
+    import argparse
+
+    from ryzjupyter.engine.kv_cache import KV_FORMATS
+    kvs = [k for k in text.split(",") if k]
+    bad = [k for k in kvs if k not in KV_FORMATS]
+    if not kvs or bad or len(set(kvs)) != len(kvs):
+        raise argparse.ArgumentTypeError(f"--kv-cache takes distinct formats out of {', '.join(KV_FORMATS)}, "
+                                         f"comma separated, got {text!r}")
+    return ",".join(kvs)
 
 
 # ---- the model ----------------------------------------------------------------------------------
@@ -138,9 +151,10 @@ def ternary_params(model) -> int:
                for n in LINEARS)
 
 
-def decode_bytes(model, kv_rows: float) -> dict:
+def decode_bytes(model, kv_rows: float, kv=None) -> dict:
     """Bytes one decode step reads: every packed weight, the norms, the lm_head (and its row
-    scales), one embedding row and kv_rows rows of keys and values in every layer."""
+    scales), one embedding row and kv_rows rows of keys and values in every layer, in the KV
+    cache format kv (default: the model's)."""
     w, c = model.weights, model.config
     lin = norm = 0
     for lw in w.layers:
@@ -148,10 +162,11 @@ def decode_bytes(model, kv_rows: float) -> dict:
         norm += sum(getattr(lw, n).nbytes for n in ("attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm"))
     norm += w.norm.nbytes
     head = sum(a.nbytes for a in w.head_arrays())          # int4: packed + float16 scales
-    if getattr(model, "kv_dtype", "f32") == "int8":                   # int8 values + f32 (row, head) scale
+    kv = kv or getattr(model, "kv_dtype", "f32")
+    if kv == "int8":                                                  # int8 values + f32 (row, head) scale
         kv_row = 2 * c.n_layers * c.n_kv_heads * (c.head_dim + 4)
-    else:                                                             # float32 K and V, all layers
-        kv_row = 2 * c.n_layers * c.n_kv_heads * c.head_dim * 4
+    else:                                                             # float32 / 16-bit K and V, all layers
+        kv_row = 2 * c.n_layers * c.n_kv_heads * c.head_dim * (2 if kv in ("f16", "bf16") else 4)
     kv = kv_row * kv_rows
     embed = c.dim * 4
     return {"linear": lin, "norms": norm, "lm_head": head, "embed_row": embed, "kv": kv,
@@ -159,7 +174,7 @@ def decode_bytes(model, kv_rows: float) -> dict:
 
 
 def fill_cache(model, cache, ctx, rng):
-    """Make `cache` hold ctx tokens of random keys/values (timing only)."""
+    """Make `cache` hold ctx tokens of random keys/values (timing only), in its format."""
     for l in range(cache.n_layers):
         if getattr(cache, "dtype", "f32") == "int8":
             cache.k[l][:ctx] = rng.integers(-127, 128, cache.k[l][:ctx].shape, dtype=np.int8)
@@ -167,8 +182,8 @@ def fill_cache(model, cache, ctx, rng):
             cache.ks[l][:ctx] = 0.01
             cache.vs[l][:ctx] = 0.01
             continue
-        cache.k[l][:ctx] = rng.standard_normal(cache.k[l][:ctx].shape, dtype=np.float32)
-        cache.v[l][:ctx] = rng.standard_normal(cache.v[l][:ctx].shape, dtype=np.float32)
+        shape = cache.k[l][:ctx].shape
+        cache.store(l, 0, rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32))
     cache.truncate(0)
     cache.append([1] * ctx)
 
@@ -194,7 +209,7 @@ def prefill_run(model, cache, tokens):
     return time.perf_counter() - t0
 
 
-def prefill_attention_seconds(model, n, rng):
+def prefill_attention_seconds(model, n, rng, kv=None):
     """Seconds the attention of an n-token prefill takes: one layer's attention calls over the
     engine's prefill chunks (a cache of random keys and values; the cost does not depend on the
     values) times the number of layers (every layer has the same shapes)."""
@@ -205,7 +220,12 @@ def prefill_attention_seconds(model, n, rng):
     q = rng.standard_normal((C, c.n_heads, c.head_dim), dtype=np.float32)
     out = np.empty_like(q)
     scale = c.head_dim ** -0.5
-    i8 = getattr(model, "kv_dtype", "f32") == "int8"
+    kv = kv or getattr(model, "kv_dtype", "f32")
+    i8, h16 = kv == "int8", kv in ("f16", "bf16")
+    if h16:
+        k16, v16 = (np.empty(k.shape, np.float16 if kv == "f16" else np.uint16) for _ in range(2))
+        _native.store_kv16(k16, k, kv)
+        _native.store_kv16(v16, v, kv)
     if i8:
         k8, v8 = np.empty(k.shape, np.int8), np.empty(v.shape, np.int8)
         ks, vs = np.empty(k.shape[:2], np.float32), np.empty(v.shape[:2], np.float32)
@@ -216,6 +236,8 @@ def prefill_attention_seconds(model, n, rng):
         m = min(C, n - c0)
         if i8:
             _native.attention_i8kv(out[:m], q[:m], k8[:c0 + m], ks[:c0 + m], v8[:c0 + m], vs[:c0 + m], c0, scale)
+        elif h16:
+            _native.attention_kv16(out[:m], q[:m], k16[:c0 + m], v16[:c0 + m], c0, scale, kv)
         else:
             _native.attention(out[:m], q[:m], k[:c0 + m], v[:c0 + m], c0, scale)
     return (time.perf_counter() - t0) * c.n_layers
@@ -322,6 +344,7 @@ def run(args) -> int:
     prefills = [int(n) for n in args.prefill.split(",") if n.strip()]
     ndec = args.decode_tokens
     variants = [v for v in args.attention.split(",") if v.strip()]
+    kvs = _kv_list(args.kv_cache).split(",")   # KV cache formats, timed side by side
     for v in variants:
         if v not in ("tiled", "units"):
             raise SystemExit(f"--attention takes tiled and/or units, got {v!r}")
@@ -363,8 +386,8 @@ def run(args) -> int:
     if args.model:
         import ryzjupyter
         kw = {"lm_head": args.lm_head}
-        if args.kv_cache != "f32":
-            kw["kv_cache"] = args.kv_cache
+        if kvs[0] != "f32":
+            kw["kv_cache"] = kvs[0]
         if args.prefill_chunk:
             kw["prefill_chunk"] = args.prefill_chunk
         model = ryzjupyter.load(args.model, **kw)
@@ -373,7 +396,7 @@ def run(args) -> int:
         shape = shape_from_args(args)
         folder = random_model_folder(shape, args.model_dir)
         load_s0 = time.perf_counter()
-        model = load_model(folder, args.lm_head, args.prefill_chunk, kv_cache=args.kv_cache)
+        model = load_model(folder, args.lm_head, args.prefill_chunk, kv_cache=kvs[0])
         t0 = load_s0
     load_s = time.perf_counter() - t0
     if args.ternary_layout != "auto":
@@ -386,7 +409,7 @@ def run(args) -> int:
           f"{load_s:.1f} s, RSS {rss_loaded / 2**20:.0f} MiB (peak while loading {rss_load_peak / 2**20:.0f} MiB)")
     rec(phase="memory", what="after_load", rss_bytes=rss_loaded, peak_rss_bytes=rss_load_peak, load_s=load_s)
     b0 = decode_bytes(model, 0)
-    print(f"  KV cache {getattr(model, 'kv_dtype', 'f32')}; decode bytes/token: linear {b0['linear'] / 1e6:.1f} MB + lm_head {b0['lm_head'] / 1e6:.1f} MB + "
+    print(f"  KV cache {', '.join(kvs)}; decode bytes/token: linear {b0['linear'] / 1e6:.1f} MB + lm_head {b0['lm_head'] / 1e6:.1f} MB + "
           f"norms {b0['norms'] / 1e6:.2f} MB + KV {b0['kv_per_token'] / 1e3:.1f} kB per context token")
 
     vs = None
@@ -409,8 +432,13 @@ def run(args) -> int:
     prev_threads = _native.get_num_threads()
     prev_variant = _native.set_attention_variant(variants[0])
 
-    def label(var):   # the variant in a row's name when several are timed
-        return f" {var}" if len(variants) > 1 else ""
+    def label(var, kv=None):   # the variant (and KV cache format) in a row's name when several are timed
+        return (f" {var}" if len(variants) > 1 else "") + (f" kv {kv}" if kv and len(kvs) > 1 else "")
+
+    from ryzjupyter.engine.kv_cache import KVCache
+
+    def new_cache(kv, n):
+        return KVCache(cfg.n_layers, n, cfg.n_kv_heads, cfg.head_dim, kv)
     pbuf = np.ones((8 if quick else 256) << 20, np.uint8)    # bandwidth probes between decode runs
     rss.reset_peak()
     results = []          # printed table rows
@@ -418,43 +446,44 @@ def run(args) -> int:
         # decode
         caches = {}
         for ctx in contexts:
-            cache = model.new_cache(ctx + ndec + 2)
-            if ctx:
-                fill_cache(model, cache, ctx, rng)
-            caches[ctx] = cache
+            for kv in kvs:
+                cache = new_cache(kv, ctx + ndec + 2)
+                if ctx:
+                    fill_cache(model, cache, ctx, rng)
+                caches[ctx, kv] = cache
         for th in threads_list:
             _native.set_num_threads(th)
             if vs:
                 vs.set_threads(th)
             for ctx in contexts:
-                cache = caches[ctx]
                 kv_rows = ctx + (ndec + 1) / 2
-                nbytes = decode_bytes(model, kv_rows)["total"]
+                nb = {kv: decode_bytes(model, kv_rows, kv)["total"] for kv in kvs}
                 theirs = vs is not None and ctx in vs_contexts
                 if theirs:
                     vs.decode(ctx, 2)
-                pv = [(p, var) for p in paths for var in variants]
+                pv = [(p, var, kv) for p in paths for var in variants for kv in kvs]
                 runs = {x: [] for x in pv}
                 their_t = []
-                for p, var in pv:                                     # warm-up
+                for p, var, kv in pv:                                 # warm-up
                     _native.set_attention_variant(var)
                     with _path(model, p):
-                        decode_run(model, cache, ctx, 2)
+                        decode_run(model, caches[ctx, kv], ctx, 2)
                 bw_paired = {x: [] for x in pv}
                 for _ in range(repeat):                               # alternating: ours, theirs, ...
-                    for p, var in pv:
+                    for p, var, kv in pv:
                         _native.set_attention_variant(var)
                         with _path(model, p):
-                            t = decode_run(model, cache, ctx, ndec)
-                        runs[p, var].append(t)
-                        bw_paired[p, var].append(bandwidth_for(pbuf, th, t))   # the bandwidth, right after
+                            t = decode_run(model, caches[ctx, kv], ctx, ndec)
+                        runs[p, var, kv].append(t)
+                        bw_paired[p, var, kv].append(bandwidth_for(pbuf, th, t))   # the bandwidth, right after
                     if theirs:
                         their_t.append(vs.decode(ctx, ndec))
                 # roofline bandwidth: the median of the probes read right after each run, each as
                 # long as that run (this machine's bandwidth drifts by 2x within a minute)
                 bw_runs = [b for x in pv for b in bw_paired[x]]
                 bw_dec = _median(bw_runs)
-                roof = bw_dec * 1e9 / nbytes
+                roofs = {kv: bw_dec * 1e9 / nb[kv] for kv in kvs}
+                roof = roofs[kvs[0]]
                 lt = ndec / _median(their_t) if theirs else None
                 if theirs:
                     rec(engine="llama.cpp", threads=th, phase="decode", n_tokens=ndec, context=ctx, tok_s=lt,
@@ -463,37 +492,42 @@ def run(args) -> int:
                 # attention's share: the attention kernel alone over this cache, every layer
                 qa = rng.standard_normal((1, cfg.n_heads, cfg.head_dim), dtype=np.float32)
                 oa = np.empty_like(qa)
-                at = {var: [] for var in variants}
+                at = {(var, kv): [] for var in variants for kv in kvs}
                 for _ in range(repeat):
-                    for var in variants:
+                    for var, kv in at:
                         _native.set_attention_variant(var)
+                        cache = caches[ctx, kv]
                         t0 = time.perf_counter()
                         for l in range(cfg.n_layers):
-                            if getattr(cache, "dtype", "f32") == "int8":
+                            if kv in ("f16", "bf16"):
+                                _native.attention_kv16(oa, qa, cache.k[l][:ctx + 1], cache.v[l][:ctx + 1], ctx,
+                                                       cfg.head_dim ** -0.5, kv)
+                            elif kv == "int8":
                                 _native.attention_i8kv(oa, qa, cache.k[l][:ctx + 1], cache.ks[l][:ctx + 1],
                                                        cache.v[l][:ctx + 1], cache.vs[l][:ctx + 1], ctx,
                                                        cfg.head_dim ** -0.5)
                             else:
                                 _native.attention(oa, qa, cache.k[l][:ctx + 1], cache.v[l][:ctx + 1], ctx,
                                                   cfg.head_dim ** -0.5)
-                        at[var].append(time.perf_counter() - t0)
-                kv_b = decode_bytes(model, ctx + 1)["kv"]
-                for var in variants:
-                    att_s = _median(at[var])
-                    rec(threads=th, phase="attention", context=ctx, attention=var, seconds_per_token=att_s,
+                        at[var, kv].append(time.perf_counter() - t0)
+                for var, kv in at:
+                    kv_b = decode_bytes(model, ctx + 1, kv)["kv"]
+                    att_s = _median(at[var, kv])
+                    rec(threads=th, phase="attention", context=ctx, attention=var, kv_cache=kv, seconds_per_token=att_s,
                         kv_bytes=kv_b, gbps=kv_b / att_s / 1e9)
-                for p, var in pv:
-                    att_s = _median(at[var])
-                    tok_s = ndec / _median(runs[p, var])
+                for p, var, kv in pv:
+                    att_s = _median(at[var, kv])
+                    tok_s = ndec / _median(runs[p, var, kv])
+                    nbytes, roof = nb[kv], roofs[kv]
                     # per run: the bytes it read per second over the probe right after it
-                    paired = _median([ndec * nbytes / t / (b * 1e9) for t, b in zip(runs[p, var], bw_paired[p, var])])
-                    r = rec(threads=th, phase="decode", path=p, attention=var, n_tokens=ndec, context=ctx,
+                    paired = _median([ndec * nbytes / t / (b * 1e9) for t, b in zip(runs[p, var, kv], bw_paired[p, var, kv])])
+                    r = rec(threads=th, phase="decode", path=p, attention=var, kv_cache=kv, n_tokens=ndec, context=ctx,
                             tok_s=tok_s, roofline_fraction=tok_s / roof, roofline_fraction_paired=paired,
                             roofline_tok_s=roof, bytes_per_token=nbytes, bandwidth_gbps=bw_dec,
-                            bandwidth_runs=bw_paired[p, var], effective_gbps=tok_s * nbytes / 1e9,
+                            bandwidth_runs=bw_paired[p, var, kv], effective_gbps=tok_s * nbytes / 1e9,
                             attention_s=att_s, attention_share=att_s * tok_s,
-                            runs_tok_s=[ndec / t for t in runs[p, var]])
-                    row = {"th": th, "what": f"decode ctx {ctx} {p}{label(var)}", "tok_s": tok_s,
+                            runs_tok_s=[ndec / t for t in runs[p, var, kv]])
+                    row = {"th": th, "what": f"decode ctx {ctx} {p}{label(var, kv)}", "tok_s": tok_s,
                            "frac": r["roofline_fraction"],
                            "extra": f"roofline {roof:.1f} tok/s ({nbytes / 1e6:.0f} MB/token at {bw_dec:.1f} GB/s; "
                                     f"per-run pairs {paired:.0%}); "
@@ -505,27 +539,29 @@ def run(args) -> int:
             # prefill
             for n in prefills:
                 tokens = rng.integers(0, cfg.vocab_size, n)
-                cache = model.new_cache(n + 2)
+                pcache = {kv: new_cache(kv, n + 2) for kv in kvs}
                 ops = 2 * (P * n + cfg.vocab_size * cfg.dim)
-                prefill_run(model, cache, tokens[: min(n, 16)])      # warm-up
+                for kv in kvs:
+                    prefill_run(model, pcache[kv], tokens[: min(n, 16)])      # warm-up
                 if vs:
                     vs.prefill(min(n, 16))
-                ours_all = {var: [] for var in variants}
-                peak_all = {var: [] for var in variants}
-                att_all = {var: [] for var in variants}
+                vk = [(var, kv) for var in variants for kv in kvs]
+                ours_all = {x: [] for x in vk}
+                peak_all = {x: [] for x in vk}
+                att_all = {x: [] for x in vk}
                 their_t = []
                 for _ in range(repeat):
-                    for var in variants:
+                    for var, kv in vk:
                         _native.set_attention_variant(var)
-                        ours_all[var].append(prefill_run(model, cache, tokens))
+                        ours_all[var, kv].append(prefill_run(model, pcache[kv], tokens))
                         if peak_loop:
-                            peak_all[var].append(peak_for(th, ours_all[var][-1]))  # the peak, right after
-                        att_all[var].append(prefill_attention_seconds(model, n, rng))
+                            peak_all[var, kv].append(peak_for(th, ours_all[var, kv][-1]))  # the peak, right after
+                        att_all[var, kv].append(prefill_attention_seconds(model, n, rng, kv))
                     if vs:
                         their_t.append(vs.prefill(n))
-                for var in variants:
-                    ours_t, peak_paired = ours_all[var], peak_all[var]
-                    att_s = _median(att_all[var])
+                for var, kv in vk:
+                    ours_t, peak_paired = ours_all[var, kv], peak_all[var, kv]
+                    att_s = _median(att_all[var, kv])
                     sec = _median(ours_t)
                     tok_s = n / sec
                     # the int8 peak: the median of the probes run right after each prefill, each as
@@ -535,12 +571,12 @@ def run(args) -> int:
                     frac = ops / sec / 1e9 / peak_run if peak_run else None
                     paired = _median([ops / t / 1e9 / pk for t, pk in zip(ours_t, peak_paired)]) if peak_run else None
                     frac_start = ops / sec / 1e9 / peak[th] if th in peak else None
-                    rec(threads=th, phase="prefill", attention=var, n_tokens=n, context=0, tok_s=tok_s,
+                    rec(threads=th, phase="prefill", attention=var, kv_cache=kv, n_tokens=n, context=0, tok_s=tok_s,
                         roofline_fraction=frac, attention_s=att_s, attention_share=att_s / sec,
                         roofline_fraction_paired=paired, roofline_fraction_start_peak=frac_start,
                         ttft_s=sec, int8_gops=ops / sec / 1e9, peak_gops=peak_run, peak_runs=peak_paired,
                         peak_gops_start=peak.get(th), runs_tok_s=[n / t for t in ours_t])
-                    row = {"th": th, "what": f"prefill {n}{label(var)}", "tok_s": tok_s, "frac": frac,
+                    row = {"th": th, "what": f"prefill {n}{label(var, kv)}", "tok_s": tok_s, "frac": frac,
                            "extra": f"TTFT {sec * 1e3:.0f} ms, attention {att_s * 1e3:.0f} ms = {att_s / sec:.0%}, "
                                     f"{ops / sec / 1e9:.0f} int8 GOPS"
                                     + (f" of a {peak_run:.0f} GOPS peak read after each run (per-run pairs {paired:.0%}"
@@ -548,7 +584,7 @@ def run(args) -> int:
                                        else " (no SIMD int8 peak at the scalar level)")}
                     if vs:
                         lt = n / _median(their_t)
-                        if var == variants[0]:
+                        if (var, kv) == vk[0]:
                             rec(engine="llama.cpp", threads=th, phase="prefill", n_tokens=n, context=0, tok_s=lt,
                                 roofline_fraction=None, ttft_s=_median(their_t), runs_tok_s=[n / t for t in their_t])
                         row["llama"] = lt

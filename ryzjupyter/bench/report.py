@@ -134,8 +134,17 @@ def model_tables(d: dict) -> str:
     variants = sorted({r.get("attention", "tiled") for r in ours if r["phase"] in ("decode", "prefill")}) or ["tiled"]
     vcol = ["attention"] if len(variants) > 1 else []
 
+    # KV cache formats (bench model --kv-cache f32,f16,bf16): a column when several were timed
+    kv_order = [k for k in str(m.get("kv_cache", "f32")).split(",") if k]
+
+    def kv_of(r):
+        return r.get("kv_cache") or kv_order[0]
+    kvs = [k for k in kv_order if any(kv_of(r) == k for r in ours if r["phase"] in ("decode", "prefill"))] or ["f32"]
+    kcol = ["KV cache"] if len(kvs) > 1 else []
+
     def vcell(r):
-        return [r.get("attention", "tiled")] if vcol else []
+        return ([r.get("attention", "tiled")] if vcol else []) + ([kv_of(r)] if kcol else [])
+    vcol_all = vcol + kcol
     if dec:
         out.append(f"Decode, {dec[0]['n_tokens']} tokens a run (greedy); roofline = read bandwidth / bytes a "
                    "token:")
@@ -149,10 +158,11 @@ def model_tables(d: dict) -> str:
                          _pct(r["attention_share"]) if r.get("attention_share") is not None else "-",
                          f"{lr['tok_s']:.1f}" if lr else "-",
                          f"**{r['tok_s'] / lr['tok_s']:.2f}x**" if lr else "-"])
-        out += _table(["threads", "context", "path", *vcol, "tok/s", "MB a token", "roofline tok/s", "of roofline",
+        out += _table(["threads", "context", "path", *vcol_all, "tok/s", "MB a token", "roofline tok/s", "of roofline",
                        "attention share", "llama.cpp tok/s", "ryzjupyter / llama.cpp"], rows)
         out.append("")
-        by = {(r["threads"], r["context"], r["path"]): r for r in dec if r.get("attention", "tiled") == variants[0]}
+        by = {(r["threads"], r["context"], r["path"]): r for r in dec
+              if r.get("attention", "tiled") == variants[0] and kv_of(r) == kvs[0]}
         pairs = [(th, ctx) for (th, ctx, p) in by if p == "fused" and (th, ctx, "python") in by]
         if pairs:
             out.append("The fused decode (one C call a token) against the op-by-op Python path, same run:")
@@ -174,10 +184,33 @@ def model_tables(d: dict) -> str:
                          _pct(r["attention_share"]) if r.get("attention_share") is not None else "-",
                          f"{lr['tok_s']:.1f}" if lr else "-",
                          f"**{r['tok_s'] / lr['tok_s']:.2f}x**" if lr else "-"])
-        out += _table(["threads", "tokens", *vcol, "tok/s", "TTFT ms", "int8 GOPS", "of int8 peak", "attention share",
+        out += _table(["threads", "tokens", *vcol_all, "tok/s", "TTFT ms", "int8 GOPS", "of int8 peak", "attention share",
                        "llama.cpp tok/s", "ryzjupyter / llama.cpp"], rows)
         out.append("")
-    att = {(r["threads"], r["context"]): r for r in ours
+    if kcol:
+        # the formats side by side: same run, timed alternately; the ratio to the first format
+        out.append(f"KV cache formats side by side (timed alternately in this run; ratio to {kvs[0]}):")
+        out.append("")
+        rows = []
+        keyed = {}
+        for r in dec + pre:
+            if r.get("attention", "tiled") != variants[0]:
+                continue
+            what = (f"decode at {r['context']}, {r['path']}" if r["phase"] == "decode" else f"prefill {r['n_tokens']}")
+            keyed.setdefault((r["threads"], what), {})[kv_of(r)] = r
+        for (th, what), by_kv in keyed.items():
+            base = by_kv.get(kvs[0])
+            cells = []
+            for k in kvs:
+                r = by_kv.get(k)
+                cells.append("-" if r is None else f"{r['tok_s']:.1f}" + (
+                    f" (**{r['tok_s'] / base['tok_s']:.2f}x**)" if base is not None and k != kvs[0] else ""))
+            att = [by_kv[k].get("attention_share") for k in kvs if k in by_kv]
+            rows.append([th, what, *cells, " / ".join(_pct(a) if a is not None else "-" for a in att)])
+        out += _table(["threads", "what", *[f"{k} tok/s" for k in kvs], "attention share (" + " / ".join(kvs) + ")"],
+                      rows)
+        out.append("")
+    att = {(r["threads"], r["context"], kv_of(r)): r for r in ours
            if r["phase"] == "attention" and r.get("attention", "tiled") == variants[0]}
     ovh = {(r["threads"], r["path"]): r for r in ours if r["phase"] == "python_overhead"}
     if att or ovh:
@@ -188,14 +221,14 @@ def model_tables(d: dict) -> str:
         for r in dec:
             if r["path"] != "fused" or r.get("attention", "tiled") != variants[0]:
                 continue
-            a = att.get((r["threads"], r["context"]))
-            o = ovh.get((r["threads"], "fused")) if r["context"] == 0 else None
-            rows.append([r["threads"], r["context"], f"{1e3 / r['tok_s']:.1f}",
+            a = att.get((r["threads"], r["context"], kv_of(r)))
+            o = ovh.get((r["threads"], "fused")) if r["context"] == 0 and kv_of(r) == kvs[0] else None
+            rows.append([r["threads"], r["context"], *([kv_of(r)] if kcol else []), f"{1e3 / r['tok_s']:.1f}",
                          f"{a['seconds_per_token'] * 1e3:.1f} ({_pct(a['seconds_per_token'] * r['tok_s'])})" if a
                          else "-",
                          f"{o['seconds_per_token'] * 1e3:.2f} ({o['fraction_of_step']:.1%})".replace("%", " %")
                          if o else "-"])
-        out += _table(["threads", "context", "ms a token", "attention ms (share)", "Python ms (share)"], rows)
+        out += _table(["threads", "context", *kcol, "ms a token", "attention ms (share)", "Python ms (share)"], rows)
         out.append("")
     mem = {r["what"]: r for r in ours if r["phase"] == "memory"}
     if "after_load" in mem:
@@ -263,10 +296,22 @@ def ppl_table(docs: list[dict]) -> str:
     for d in docs[1:]:
         if d.get("machine", {}).get("command"):
             out.append(f"- Command: `{d['machine']['command']}`")
-    out += ["", *_table(["lm_head", "perplexity", "vs " + docs[0]["lm_head"], "the trainer's perplexity",
+    # the option the records differ in: the KV cache format (bench ppl --kv-cache), else the head
+    key = "kv_cache" if len({d.get("kv_cache", "f32") for d in docs}) > 1 else "lm_head"
+    name = {"kv_cache": "KV cache", "lm_head": "lm_head"}[key]
+    errs = key == "kv_cache" and any("logit_error_vs_f32_kv" in d for d in docs)
+
+    def err(d):
+        e = d.get("logit_error_vs_f32_kv")
+        if not e:
+            return ["-", "-"]
+        return [f"{e['max_abs']:.3g} ({e['max_rel']:.2e} rel.)", f"{e['argmax_agreement']:.2%}".replace("%", " %")]
+    nwin = max((d["logit_error_vs_f32_kv"]["windows"] for d in docs if "logit_error_vs_f32_kv" in d), default=0)
+    head = [f"max \\|logit diff\\| vs the f32 cache (first {nwin} windows)", "same next token"] if errs else []
+    out += ["", *_table([name, "perplexity", "vs " + docs[0].get(key, "f32"), *head, "the trainer's perplexity",
                          "predicted tokens", "windows"],
-                        [[d["lm_head"], f"{d['ppl']:.4f}", f"{(d['ppl'] / base - 1):+.3%}".replace("%", " %"),
-                          f"{d['trainer_ppl']:.4f}" if "trainer_ppl" in d else "-",
+                        [[d.get(key, "f32"), f"{d['ppl']:.4f}", f"{(d['ppl'] / base - 1):+.3%}".replace("%", " %"),
+                          *(err(d) if errs else []), f"{d['trainer_ppl']:.4f}" if "trainer_ppl" in d else "-",
                           f"{d['predicted_tokens']:,}", d["windows"]] for d in docs]), ""]
     return "\n".join(out)
 

@@ -111,3 +111,26 @@ def test_cli_lm_head_option_measures_the_quantized_heads(tmp_path):
         assert res[head]["lm_head"] == head and f"lm_head {head}" in r.stdout
     assert abs(res["int8"]["ppl"] / res["f32"]["ppl"] - 1) < 1e-3
     assert res["int4"]["ppl"] != res["f32"]["ppl"] and abs(res["int4"]["ppl"] / res["f32"]["ppl"] - 1) < 2e-2
+
+
+def test_kv_cache_option_and_report(tmp_path):
+    """bench ppl --kv-cache: the perplexity with a rounded cache, recorded with its format; the report
+    compares the formats when the records differ in it."""
+    folder = bundled("demo-draft")
+    docs = []
+    for kv in ("f32", "bf16"):
+        out = tmp_path / f"ppl-{kv}.json"
+        r = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "ppl", "--model", str(folder), "--max-windows",
+                            "3", "--kv-cache", kv, "--json", str(out)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert f"KV cache {kv}: perplexity" in r.stdout
+        docs.append(json.loads(out.read_text()))
+    assert [d["kv_cache"] for d in docs] == ["f32", "bf16"]
+    e = docs[1]["logit_error_vs_f32_kv"]          # the logits themselves against the f32 cache's
+    assert "logit_error_vs_f32_kv" not in docs[0] and e["windows"] == 3
+    assert 0 < e["max_rel"] < 0.1 and 0.9 < e["argmax_agreement"] <= 1
+    assert docs[1]["ppl"] != docs[0]["ppl"] and docs[1]["ppl"] == pytest.approx(docs[0]["ppl"], rel=0.02)
+    from ryzjupyter.bench.report import ppl_table
+    text = ppl_table(docs)
+    assert "| KV cache | perplexity | vs f32 | max \\|logit diff\\| vs the f32 cache (first 3 windows) |" in text
+    assert "| bf16 |" in text

@@ -186,6 +186,28 @@ def test_quick_run_int8_kv_cache(tmp_path, tiny_folder):
     assert all(r["bytes_per_token"] > 0 for r in dec)
 
 
+def test_quick_run_kv_formats_side_by_side(tmp_path, tiny_folder):
+    """--kv-cache f32,f16,bf16: every format timed in the same run (decode, attention, prefill), its
+    records labelled, the bytes a token following the format, and the report's side-by-side table."""
+    out = tmp_path / "r.json"
+    assert main(["model", "--quick", "--threads", "1", "--kv-cache", "f32,f16,bf16", "--paths", "fused",
+                 "--no-overhead", "--model-dir", str(tiny_folder.parent), "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    recs = doc["records"]
+    for phase, n in (("decode", 6), ("attention", 6), ("prefill", 3)):     # contexts 0 and 64, prefill 16
+        got = [r["kv_cache"] for r in recs if r["phase"] == phase]
+        assert len(got) == n and set(got) == {"f32", "f16", "bf16"}, phase
+    dec = {r["kv_cache"]: r for r in recs if r["phase"] == "decode" and r["context"] == 64}
+    kv32 = dec["f32"]["bytes_per_token"] - dec["f16"]["bytes_per_token"]
+    assert kv32 > 0 and dec["f16"]["bytes_per_token"] == dec["bf16"]["bytes_per_token"]
+    assert doc["model"]["kv_cache"] == "f32,f16,bf16"
+    from ryzjupyter.bench.report import model_tables
+    text = model_tables(doc)
+    assert "KV cache formats side by side" in text and "| f32 tok/s | f16 tok/s | bf16 tok/s |" in text
+    with pytest.raises(SystemExit):
+        main(["model", "--quick", "--kv-cache", "f32,fp8"])
+
+
 def test_quick_run_t5_layout(tmp_path, tiny_folder, capsys):
     out = tmp_path / "r.json"
     assert main(["model", "--quick", "--threads", "1", "--ternary-layout", "t5", "--model-dir",
