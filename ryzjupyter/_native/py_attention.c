@@ -1,5 +1,4 @@
 /* py_attention.c: Python binding of the attention family (see attention.h). */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
