@@ -153,6 +153,7 @@ class Session:
         self.tokens_reused = 0         # prompt tokens served from the cache instead
         self.last_result: GenerationResult | None = None
         self._chat_tail = ("", [])     # (rendered chat text incl. the last reply, its token ids)
+        self._chat_prompt = ("", [])   # (the last turn's rendered prompt, before its reply, its token ids)
 
     # -- running tokens
     def prefill(self, token_ids):
@@ -216,6 +217,7 @@ class Session:
         self.cache.truncate(0)
         self.history.clear()
         self._chat_tail = ("", [])
+        self._chat_prompt = ("", [])
 
     # -- prompts
     def _prompt_ids(self, prompt, add_special_tokens=True):
@@ -295,6 +297,11 @@ class Session:
             # the conversation so far, as the model produced it: keep its own token ids for the
             # previous reply (re-tokenizing the text may split it differently and miss the cache)
             ids = prev_ids + tok.encode(text[len(prev_text):], add_special_tokens=False)
+        elif self._chat_prompt[0] and text.startswith(self._chat_prompt[0]):
+            # the template rewrote the previous reply (a chat template that trims it, say): keep the
+            # previous turn's prompt ids, so the cached rows are reused up to that reply at least
+            p_text, p_ids = self._chat_prompt
+            ids = p_ids + tok.encode(text[len(p_text):], add_special_tokens=False)
         else:
             ids = tok.encode(text, add_special_tokens=False)
         stops = _split_stop(kw.pop("stop", None))
@@ -303,6 +310,7 @@ class Session:
         def on_done(result):
             if not keep:
                 return
+            self._chat_prompt = (text, list(ids))
             toks = list(result.tokens)
             if result.finish_reason == "interrupted":
                 # the history keeps only whole turns; a caller that keeps the partial reply in its
