@@ -52,6 +52,11 @@ typedef struct {
     const char *name;
     void (*i8)(const ryz_matmul_job *j, int64_t n0, int64_t n1);
     void (*f32)(const ryz_matmul_job *j, int64_t n0, int64_t n1);
+    /* gemv_f32: one token (M = 1) of f32, rows [n0, n1), for the recurrent decode step: row after
+     * row, the weights read as one contiguous stream (the read probe's pattern); a row's result
+     * does not depend on its neighbours. Its addition order differs from f32's tiles, which the
+     * BitNet head keeps so that its decode and its batched/verify passes agree bit for bit. */
+    void (*gemv_f32)(const ryz_matmul_job *j, int64_t n0, int64_t n1);
     /* gemm_f32 items [i0, i1): item i = (row block i / P, panel i % P) */
     void (*gemm_f32)(const ryz_gemm_f32_job *j, int64_t i0, int64_t i1);
     const char *gemm_name; /* the variant gemm_f32 is (avx512vnni uses AVX2's) */

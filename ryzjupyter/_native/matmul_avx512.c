@@ -103,10 +103,33 @@ static void run_tiles(const tile_fn tiles[4][4], const ryz_matmul_job *j, int64_
 }
 
 static void i8(const ryz_matmul_job *j, int64_t n0, int64_t n1) { run_tiles(tiles_i8, j, n0, n1); }
+/* One token (a decode GEMV): row after row, four independent sums over k (64 floats a step), the
+ * weights read as one contiguous stream (matmul_avx2.c's gemv_f32: the read probe's pattern);
+ * a row's result does not depend on how the rows are split between threads. */
+static void gemv_f32(const ryz_matmul_job *j, int64_t n0, int64_t n1) {
+    const int64_t K = j->K, K64 = K / 64 * 64;
+    const float *x = j->x;
+    for (int64_t n = n0; n < n1; n++) {
+        const float *w = j->w + n * K;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t k = 0; k < K64; k += 64) {
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);
+            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);
+        }
+        for (int64_t k = K64; k < K; k += 16) {
+            const __mmask16 mk = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, w + k), _mm512_maskz_loadu_ps(mk, x + k), a0);
+        }
+        j->out[n] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    }
+}
+
 static void f32(const ryz_matmul_job *j, int64_t n0, int64_t n1) { run_tiles(tiles_f32, j, n0, n1); }
 
 /* gemm_f32 (the encoder's linears): the AVX2 variant; this level has none of its own */
-const ryz_matmul_kernels ryz_matmul_avx512 = {.name = "avx512vnni", .i8 = i8, .f32 = f32,
+const ryz_matmul_kernels ryz_matmul_avx512 = {.name = "avx512vnni", .i8 = i8, .f32 = f32, .gemv_f32 = gemv_f32,
                                               .gemm_f32 = ryz_gemm_f32_avx2, .gemm_name = "avx2"};
 
 /* ---- probes ------------------------------------------------------------------- */

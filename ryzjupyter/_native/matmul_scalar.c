@@ -57,5 +57,5 @@ static void gemm_f32(const ryz_gemm_f32_job *j, int64_t i0, int64_t i1) {
     }
 }
 
-const ryz_matmul_kernels ryz_matmul_scalar = {.name = "scalar", .i8 = i8, .f32 = f32, .gemm_f32 = gemm_f32,
+const ryz_matmul_kernels ryz_matmul_scalar = {.name = "scalar", .i8 = i8, .f32 = f32, .gemv_f32 = f32, .gemm_f32 = gemm_f32,
                                               .gemm_name = "scalar"};

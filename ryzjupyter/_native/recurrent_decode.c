@@ -329,7 +329,7 @@ static void gemv_task(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     rd_job *j = ctx;
     ryz_matmul_job m = {.out = j->ptr[0], .ldo = j->o->d[0], .x = j->ptr[1], .w = j->ptr[2], .M = 1, .K = j->o->d[1]};
-    ryz_matmul->f32(&m, b, e);
+    ryz_matmul->gemv_f32(&m, b, e);
 }
 static void gemv_i8_task(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
@@ -370,13 +370,38 @@ static int64_t grain_for(int64_t n, int64_t per) {
     return g > n ? (n > 0 ? n : 1) : g;
 }
 
+/* A GEMV's rows [0, n) of row_bytes each, one range of whole 16-row tiles a thread, walked with
+ * work stealing in chunks of about RD_STEAL_BYTES (ryz_parallel_ranges): a thread that has
+ * finished its range takes the others' last chunks, so the GEMV ends with its rows, not with
+ * the thread that lost its core for a while (a shared machine; with a static split in halves
+ * the decode step waited on the slower half at every one of a layer's GEMVs). Each row is
+ * computed alone, by the same tile code, so the split changes no result. */
+#define RD_STEAL_BYTES (64 << 10)
+#define RD_MAX_SPLIT 64
+static void run_rows(ryz_task_fn fn, void *ctx, int64_t n, int64_t row_bytes) {
+    const int64_t T = ryz_num_threads();
+    if (T < 2 || T > RD_MAX_SPLIT || n < 32 * T) {
+        ryz_parallel_for(fn, ctx, n, 16);
+        return;
+    }
+    int64_t ranges[RD_MAX_SPLIT][2];
+    const int64_t tiles = (n + 15) / 16;
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t lo = 16 * (t * tiles / T), hi = 16 * ((t + 1) * tiles / T);
+        ranges[t][0] = lo;
+        ranges[t][1] = hi < n ? hi : n;
+    }
+    int64_t chunk = (RD_STEAL_BYTES / (row_bytes > 0 ? row_bytes : 1) + 8) / 16 * 16;
+    ryz_parallel_ranges(fn, ctx, (const int64_t (*)[2])ranges, (int)T, chunk < 16 ? 16 : chunk);
+}
+
 static void run_op(const rd_op *o, float **ptr, rd_plan *p, int64_t token) {
     int64_t n = o->d[0];
     rd_job j = {.o = o};
     memcpy(j.ptr, ptr, sizeof(j.ptr));
     switch (o->op) {
     case RD_EMBED: memcpy(ptr[0], ptr[1] + token * n, (size_t)n * sizeof(float)); break;
-    case RD_GEMV: ryz_parallel_for(gemv_task, &j, n, 16); break;
+    case RD_GEMV: run_rows(gemv_task, &j, n, o->d[1] * (int64_t)sizeof(float)); break;
     case RD_GEMV_I8: {
         int64_t K = o->d[1];
         if (ryz_quant->quantize_row_i8(p->xq, &j.xs, ptr[1], K) != 0) { /* NaN/inf in: NaN out */
@@ -385,7 +410,7 @@ static void run_op(const rd_op *o, float **ptr, rd_plan *p, int64_t token) {
         }
         j.xq = p->xq;
         j.xsum = ryz_quant->sum_i8(p->xq, K);
-        ryz_parallel_for(gemv_i8_task, &j, n, 16);
+        run_rows(gemv_i8_task, &j, n, o->d[1]);
         break;
     }
     case RD_ADD: ryz_ops->add(ptr[0], ptr[1], ptr[2], n); break;

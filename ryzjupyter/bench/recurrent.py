@@ -10,6 +10,9 @@ $RYZ_CACHE_DIR/bench-recurrent) is loaded with ``weights="f32"`` (exact) and/or 
     bandwidth / the bytes a step must read (every linear's weights, the head, and the state read
     and written: ``bytes_per_token``). roofline_fraction = tokens/s / roofline tokens/s.
   - prefill: ``--prefill`` tokens in one call (chunks of 64), median tokens/s.
+  - ``--isa avx2,avx512vnni``: each run measures the ISA levels side by side, alternating them
+    (decode, its probe, the next level's decode, its probe, ...), so a shared machine's drift
+    falls on both.
   - int8's cost (``--ppl-tokens``, at the small shapes): the f32 model samples a text
     (temperature 1, seeded); the perplexity of that text under f32 and under int8, and the mean
     KL(f32 || int8) of the next-token distributions. (Random weights: the figure measures how
@@ -47,6 +50,8 @@ def add_parser(sub):
     p.add_argument("--prefill", type=int, default=64)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--ppl-tokens", type=int, default=192, help="text length for int8's cost (0: skip)")
+    p.add_argument("--isa", default="", help="comma list of ISA levels measured side by side (each run "
+                   "alternates them; default: the current level)")
     p.add_argument("--quick", action="store_true", help="tiny shapes, 2 tokens: a smoke test")
     p.add_argument("--json", metavar="FILE", help="write the records (for bench report / docs/data)")
     p.set_defaults(run=run)
@@ -106,13 +111,18 @@ def run(args) -> int:
     threads_list = [int(t) for t in args.threads.split(",") if t]
     ndec, repeat = (2, 1) if quick else (args.decode_tokens, args.repeat)
     info = _native.info()
+    isas = [i for i in (getattr(args, "isa", "") or "").split(",") if i] or [info["isa"]]
+    for isa in isas:
+        if isa not in info["supported_isas"]:
+            raise SystemExit(f"bench recurrent: ISA level {isa!r} is not supported here "
+                             f"(this CPU runs {', '.join(info['supported_isas'])})")
     load0 = os.getloadavg()
     print(f"machine: {probes.cpu_model()}, {os.cpu_count()} logical CPUs, isa {info['isa']}, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     records = []
     meta = {"bench": "recurrent", "machine": probes.machine(getattr(args, "argv", None)),
             "native": {k: info[k] for k in ("isa", "threads", "version")}, "load_before": load0,
-            "repeat": repeat, "vs_llamacpp": NOT_MEASURED}
+            "repeat": repeat, "vs_llamacpp": NOT_MEASURED, "isas": isas}
 
     def rec(**kw):
         kw.update(load_avg=os.getloadavg()[0])
@@ -144,35 +154,44 @@ def run(args) -> int:
                       f"{nbytes / 1e6:.0f} MB a decode step, loaded in {load_s:.1f} s ==")
                 for th in threads_list:
                     _native.set_num_threads(th)
-                    cache = m.new_cache(4 + ndec * (repeat + 1) + 8)
-                    m.forward(np.arange(1, 5), cache)
-                    _decode(m, cache, 1)                               # warm-up (builds the plan)
-                    times, bws = [], []
-                    for _ in range(repeat):
-                        t = _decode(m, cache, ndec)
-                        times.append(t)
-                        bws.append(bandwidth_for(pbuf, th, t))
-                    tok_s = ndec / _median(times)
-                    bw = _median(bws)
-                    roof = bw * 1e9 / nbytes
-                    r = rec(shape=shape, family=m.family, weights=fmt, threads=th, phase="decode", n_tokens=ndec,
-                            tok_s=tok_s, runs_tok_s=[ndec / t for t in times], bytes_per_token=nbytes,
-                            bandwidth_gbps=bw, bandwidth_runs=bws, roofline_tok_s=roof,
-                            roofline_fraction=tok_s / roof, effective_gbps=tok_s * nbytes / 1e9,
-                            vs_llamacpp=NOT_MEASURED)
-                    print(f"  {th} thr decode  {tok_s:8.2f} tok/s  {r['roofline_fraction']:5.0%} of roofline "
-                          f"({roof:.2f} tok/s at {bw:.1f} GB/s)")
+                    caches, times, bws = {}, {i: [] for i in isas}, {i: [] for i in isas}
+                    for isa in isas:
+                        _native.set_isa(isa)
+                        caches[isa] = m.new_cache(4 + ndec * (repeat + 1) + 8)
+                        m.forward(np.arange(1, 5), caches[isa])
+                        _decode(m, caches[isa], 1)                     # warm-up (builds the plan)
+                    for _ in range(repeat):                            # the ISA levels alternate
+                        for isa in isas:
+                            _native.set_isa(isa)
+                            t = _decode(m, caches[isa], ndec)
+                            times[isa].append(t)
+                            bws[isa].append(bandwidth_for(pbuf, th, t))
+                    for isa in isas:
+                        tok_s = ndec / _median(times[isa])
+                        bw = _median(bws[isa])
+                        roof = bw * 1e9 / nbytes
+                        r = rec(shape=shape, family=m.family, weights=fmt, threads=th, isa=isa, phase="decode",
+                                n_tokens=ndec, tok_s=tok_s, runs_tok_s=[ndec / t for t in times[isa]],
+                                bytes_per_token=nbytes, bandwidth_gbps=bw, bandwidth_runs=bws[isa],
+                                roofline_tok_s=roof, roofline_fraction=tok_s / roof,
+                                effective_gbps=tok_s * nbytes / 1e9, vs_llamacpp=NOT_MEASURED)
+                        print(f"  {th} thr {isa:10s} decode  {tok_s:8.2f} tok/s  {r['roofline_fraction']:5.0%} of "
+                              f"roofline ({roof:.2f} tok/s at {bw:.1f} GB/s)")
                     n = 16 if quick else args.prefill
-                    pt = []
+                    pt = {i: [] for i in isas}
                     for _ in range(repeat):
-                        c = m.new_cache(n + 2)
-                        t0 = time.perf_counter()
-                        m.forward(np.arange(n) % m.vocab_size, c)
-                        pt.append(time.perf_counter() - t0)
-                    ptok = n / _median(pt)
-                    rec(shape=shape, family=m.family, weights=fmt, threads=th, phase="prefill", n_tokens=n,
-                        tok_s=ptok, runs_tok_s=[n / t for t in pt], vs_llamacpp=NOT_MEASURED)
-                    print(f"  {th} thr prefill {ptok:8.2f} tok/s ({n} tokens)")
+                        for isa in isas:
+                            _native.set_isa(isa)
+                            c = m.new_cache(n + 2)
+                            t0 = time.perf_counter()
+                            m.forward(np.arange(n) % m.vocab_size, c)
+                            pt[isa].append(time.perf_counter() - t0)
+                    for isa in isas:
+                        ptok = n / _median(pt[isa])
+                        rec(shape=shape, family=m.family, weights=fmt, threads=th, isa=isa, phase="prefill",
+                            n_tokens=n, tok_s=ptok, runs_tok_s=[n / t for t in pt[isa]], vs_llamacpp=NOT_MEASURED)
+                        print(f"  {th} thr {isa:10s} prefill {ptok:8.2f} tok/s ({n} tokens)")
+                    _native.set_isa(info["isa"])
             if "f32" in loaded and "int8" in loaded and args.ppl_tokens and (quick or shape in ("mamba-130m",
                                                                                                 "rwkv-169m")):
                 _native.set_num_threads(max(threads_list))
@@ -184,6 +203,7 @@ def run(args) -> int:
             loaded.clear()
     finally:
         _native.set_num_threads(prev)
+        _native.set_isa(info["isa"])
     if args.json:
         import json
         meta["load_after"] = os.getloadavg()

@@ -472,16 +472,22 @@ def recurrent_tables(d: dict) -> str:
     bw = {r["threads"]: r["gbps"] for r in R if r["phase"] == "read_bandwidth"}
     out += ["", *_table(["threads", "read bandwidth GB/s (median)"], [[t, f"{bw[t]:.1f}"] for t in sorted(bw)])]
     dec = [r for r in R if r["phase"] == "decode"]
-    pre = {(r["shape"], r["weights"], r["threads"]): r for r in R if r["phase"] == "prefill"}
+    key = lambda r: (r["shape"], r["weights"], r["threads"], r.get("isa"))  # noqa: E731
+    pre = {key(r): r for r in R if r["phase"] == "prefill"}
+    by_isa = any("isa" in r for r in dec)            # --isa: the levels side by side, a column each row
     if dec:
+        if by_isa:
+            out += ["", f"ISA levels measured side by side, alternating within each run: "
+                        f"{', '.join(d.get('isas') or sorted({r['isa'] for r in dec}))}."]
         out += ["", "Decode (the fused step, one C call a token) against the roofline (the bandwidth probed "
                 "right after each run / the bytes a step reads), and prefill:", ""]
-        out += _table(["shape", "weights", "threads", "decode tok/s", "MB a token", "GB/s (probe)",
-                       "roofline tok/s", "of roofline", "prefill tok/s", "vs llama.cpp"],
-                      [[r["shape"], r["weights"], r["threads"], f"{r['tok_s']:.2f}", f"{r['bytes_per_token'] / 1e6:.0f}",
+        out += _table(["shape", "weights", "threads"] + (["ISA"] if by_isa else []) +
+                      ["decode tok/s", "MB a token", "GB/s (probe)", "roofline tok/s", "of roofline", "prefill tok/s",
+                       "vs llama.cpp"],
+                      [[r["shape"], r["weights"], r["threads"]] + ([r.get("isa", "-")] if by_isa else []) +
+                       [f"{r['tok_s']:.2f}", f"{r['bytes_per_token'] / 1e6:.0f}",
                         f"{r['bandwidth_gbps']:.1f}", f"{r['roofline_tok_s']:.2f}", f"**{_pct(r['roofline_fraction'])}**",
-                        f"{pre[(r['shape'], r['weights'], r['threads'])]['tok_s']:.1f}"
-                        if (r["shape"], r["weights"], r["threads"]) in pre else "-",
+                        f"{pre[key(r)]['tok_s']:.1f}" if key(r) in pre else "-",
                         "not measured here"] for r in dec])
     cost = [r for r in R if r["phase"] == "int8_cost"]
     if cost:

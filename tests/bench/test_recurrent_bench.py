@@ -25,3 +25,25 @@ def test_bench_recurrent_quick_writes_records_the_report_renders(tmp_path, capsy
     assert len(cost) == 2 and all(r["ppl_f32"] >= 1 and r["kl_mean"] > -1e-6 for r in cost)
     text = render([out])
     assert "of roofline" in text and "not measured here" in text and "int8" in text
+
+
+def test_bench_recurrent_measures_isa_levels_side_by_side(tmp_path):
+    """--isa: every decode and prefill figure once per level, from runs that alternate them; the
+    report shows an ISA column; a level the CPU lacks is refused; the level is restored."""
+    import pytest
+
+    from ryzjupyter import _native
+    levels = _native.info()["supported_isas"][:2]        # scalar and the next one this CPU has
+    before = _native.info()["isa"]
+    out = tmp_path / "rec.json"
+    assert main(["recurrent", "--quick", "--shapes", "mamba-130m", "--weights", "f32", "--threads", "1",
+                 "--isa", ",".join(levels), "--json", str(out)]) == 0
+    assert _native.info()["isa"] == before
+    d = json.loads(out.read_text())
+    assert d["isas"] == levels
+    for phase in ("decode", "prefill"):
+        assert sorted(r["isa"] for r in d["records"] if r["phase"] == phase) == sorted(levels)
+    text = render([out])
+    assert "| ISA |" in text and "side by side" in text and all(f"| {lv} |" in text for lv in levels)
+    with pytest.raises(SystemExit, match="not supported"):
+        main(["recurrent", "--quick", "--isa", "no-such-level"])

@@ -194,6 +194,39 @@ def test_fused_decode_with_int8_weights_matches_the_int8_step():
     np.testing.assert_allclose(np.vstack(a), np.vstack(b), rtol=0, atol=2e-6 * float(np.abs(np.vstack(b)).max()))
 
 
+@pytest.mark.parametrize("family", ["mamba", "rwkv"])
+@pytest.mark.parametrize("fmt", ["f32", "int8"])
+def test_fused_decode_split_in_stolen_chunks_gives_the_same_logits(isa, tmp_path, family, fmt):
+    """Rows of 4-8 KiB: the decode's GEMVs run as one range of rows a thread walked in chunks of 16
+    rows that a free thread may take from the other (work stealing). With 2 threads the logits and
+    the state equal, bit for bit, those of 1 thread (each row computed alone by the same code), and
+    the op-by-op step's."""
+    from ryzjupyter import _native
+    from ryzjupyter.families.random_recurrent import write_folder
+    folder = write_folder(family, tmp_path / family, seed=7, hidden_size=1024, num_hidden_layers=1)
+    ids = np.random.default_rng(8).integers(0, 384, 6)
+    prev = _native.get_num_threads()
+    runs = {}
+    try:
+        for th in (1, 2):
+            _native.set_num_threads(th)
+            m = ryzjupyter.load(str(folder), weights=fmt)
+            c = m.new_cache()
+            m.forward(ids[:2], c)
+            runs[th] = (np.vstack([m.forward([t], c) for t in ids[2:]]), [a.copy() for a in c.state])
+        plain = ryzjupyter.load(str(folder), weights=fmt)
+        plain.fused_decode = False
+        c = plain.new_cache()
+        plain.forward(ids[:2], c)
+        want = np.vstack([plain.forward([t], c) for t in ids[2:]])
+    finally:
+        _native.set_num_threads(prev)
+    np.testing.assert_array_equal(runs[2][0], runs[1][0])
+    for a, b in zip(runs[2][1], runs[1][1]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(runs[2][0], want, rtol=0, atol=2e-6 * float(np.abs(want).max()))
+
+
 # ---- malformed checkpoints: clear errors -------------------------------------------------
 
 def _copy(tmp_path, name):

@@ -57,6 +57,21 @@ def test_f32_within_bound(isa, rng, M, N, K):
     assert np.all(np.abs(f32(x, w) - exact) <= bound)
 
 
+@pytest.mark.parametrize("K", [5, 37, 64, 200, 4096 + 37])
+def test_f32_gemv_rows_do_not_depend_on_their_neighbours(isa, rng, K):
+    """One token: a row's result is the same computed with any neighbours (so any split of the rows
+    between threads gives the same output; the BitNet head's decode and batched passes rely on
+    it), within the error bound of the exact product, K tails included. (The recurrent decode's
+    own one-token GEMV, gemv_f32, is tested through the decode step: test_recurrent_families.)"""
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    w = rng.standard_normal((67, K)).astype(np.float32)
+    full = f32(x, w)
+    np.testing.assert_array_equal(full, np.hstack([f32(x, w[n:n + 1]) for n in range(67)]))
+    np.testing.assert_array_equal(full[:, 5:40], f32(x, np.ascontiguousarray(w[5:40])))
+    exact, bound = ref.matmul_f32_with_bound(x, w)
+    assert np.all(np.abs(full - exact) <= bound)
+
+
 def test_f32_exact_on_integers(isa, rng):
     # small integers: every partial sum is exact in float32, whatever the order
     x = rng.integers(-8, 9, (6, 301)).astype(np.float32)
