@@ -47,8 +47,10 @@ def write_slow_model(family, folder):
                             max_position_embeddings=4096, fmt="packed", seed=3)
         return folder
     from ryzjupyter.families.random_recurrent import write_folder
+    # RWKV-4's config bounds the context (context_length): large, so a long generation is not cut
+    extra = {"context_length": 1 << 24} if family == "rwkv" else {}
     return write_folder(family, folder, seed=3, hidden_size=256, num_hidden_layers=4,
-                        tokenizer_from=RECURRENT / RECURRENT_FIXTURES[family])
+                        tokenizer_from=RECURRENT / RECURRENT_FIXTURES[family], **extra)
 
 
 @pytest.fixture(scope="module")
