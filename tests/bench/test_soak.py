@@ -9,7 +9,8 @@ from ryzjupyter.bench import report, soak
 
 
 def test_soak_short(tmp_path):
-    res = soak.soak(cells=24, tokens=40, interrupt_share=0.3, chat_share=0.4, seed=1, rss_bound_mib=16.0, log=None,
+    # on a fast machine a cell lasts tens of ms and many interrupts come after it ended: ask for many
+    res = soak.soak(cells=24, tokens=40, interrupt_share=0.6, chat_share=0.4, seed=1, rss_bound_mib=16.0, log=None,
                     trace_memory=True)
     assert res.failures == [], "\n".join(res.failures)
     t = res.memory_trace                      # --trace-memory: where the growth went, from inside the kernel
@@ -21,7 +22,7 @@ def test_soak_short(tmp_path):
     assert res.ok, f"kernel RSS grew {res.rss_growth_mib:.2f} MiB after the warm-up (bound 16 MiB): {res.rss_mib}"
     assert len(res.rss_mib) == 24
     assert res.complete + res.interrupted + res.interrupted_before_reply == 24
-    assert res.interrupts_sent >= 3                               # seed 1: 7 cells are interrupted
+    assert res.interrupts_sent >= 3                               # seed 1: 14 cells are due an interrupt
     assert res.swaps >= 5 and res.chat_turns + res.interrupted_before_reply >= 3
 
 
