@@ -5,7 +5,8 @@ bitnet_decode.py   BitNet's fused decode: one C call per token
 random_bitnet.py   random-weight BitNet folders of any shape (tests and benchmarks)
 recurrent.py       what Mamba and RWKV share: the state cache with snapshots (prefix reuse),
                    float32 / int8 linears, the chunked forward
-head_and_state.py  what they build alike: the LM head (tied or their own) and the fresh state
+head_and_state.py  what they build alike: the LM head (tied or their own), the fresh state, and
+                   (Mamba, Mamba-2) the backbone's weights
 mamba.py           Mamba (MambaForCausalLM)
 mamba2.py          Mamba-2 (Mamba2ForCausalLM)
 rwkv.py            RWKV-4 (RwkvForCausalLM)

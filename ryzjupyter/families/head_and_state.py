@@ -1,16 +1,19 @@
 """What every recurrent family (Mamba, Mamba-2, RWKV-4, RWKV-7) builds the same way: its LM
-head (its own matrix, or the tied embedding) and its fresh state (float32 arrays, per layer).
+head (its own matrix, or the tied embedding) and its fresh state (float32 arrays, per layer);
+and the weights Mamba and Mamba-2 load alike (transformers' ``backbone.*`` layout).
 
     self.lm_head = lm_head(ck, "lm_head.weight", self.embed, c.tied)
     def fresh_state(self):
         return layer_state(c.n_layers, ((c.d_inner, c.d_conv), 0.0), ((c.d_inner, c.d_state), 0.0))
+    def _load(self, ck, fmt, progress):
+        load_backbone(self, ck, fmt, progress, Config, LayerWeights, "Mamba")
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ryzjupyter.engine.checkpoint import CheckpointError
+from ryzjupyter.engine.checkpoint import CheckpointError, detect_kind
 from ryzjupyter.families.recurrent import FLOAT_DTYPES, Linear, check_float
 
 
@@ -38,3 +41,24 @@ def layer_state(n_layers, *arrays) -> list:
     """A fresh state: for each of n_layers layers, one float32 array per (shape, fill) in
     `arrays`, in that order (layer-major: layer l's arrays at l * len(arrays) ...)."""
     return [np.full(shape, fill, np.float32) for _ in range(n_layers) for shape, fill in arrays]
+
+
+def load_backbone(model, ck, fmt, progress, config_cls, layer_cls, label):
+    """Load a Mamba or Mamba-2 checkpoint (``backbone.embeddings``, ``backbone.layers.{l}.``,
+    ``backbone.norm_f``, ``lm_head``) into `model`: CheckpointError naming `label` when the
+    checkpoint is of another family than ``model.family``; then sets model.config
+    (``config_cls.from_dict``), .embed [V, D], .layers (``layer_cls(ck, prefix, config, fmt)``,
+    ``progress(l + 1, n_layers)`` after each), .norm_f [D], .lm_head and .vocab_size."""
+    kind = detect_kind(ck.config, ck)
+    if kind.family != model.family:
+        raise CheckpointError(f"{model.path.name} is a {kind.family} model, not {label}")
+    c = model.config = config_cls.from_dict(ck.config)
+    model.embed = check_float(ck, "backbone.embeddings.weight", (c.vocab_size, c.dim))
+    model.layers = []
+    for l in range(c.n_layers):
+        model.layers.append(layer_cls(ck, f"backbone.layers.{l}.", c, fmt))
+        if progress is not None:
+            progress(l + 1, c.n_layers)
+    model.norm_f = check_float(ck, "backbone.norm_f.weight", (c.dim,))
+    model.lm_head = lm_head(ck, "lm_head.weight", model.embed, c.tied)
+    model.vocab_size = c.vocab_size

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ryzjupyter.engine.checkpoint import CheckpointError, detect_kind
-from ryzjupyter.families.head_and_state import head_nbytes, layer_state, lm_head
+from ryzjupyter.engine.checkpoint import CheckpointError
+from ryzjupyter.families.head_and_state import head_nbytes, layer_state, load_backbone
 from ryzjupyter.families.recurrent import K, Linear, RecurrentModel, check_float, config_int
 
 
@@ -151,19 +151,7 @@ class Mamba2Model(RecurrentModel):
     family = "mamba2"
 
     def _load(self, ck, fmt, progress):
-        kind = detect_kind(ck.config, ck)
-        if kind.family != "mamba2":
-            raise CheckpointError(f"{self.path.name} is a {kind.family} model, not Mamba-2")
-        c = self.config = Config.from_dict(ck.config)
-        self.embed = check_float(ck, "backbone.embeddings.weight", (c.vocab_size, c.dim))
-        self.layers = []
-        for l in range(c.n_layers):
-            self.layers.append(LayerWeights(ck, f"backbone.layers.{l}.", c, fmt))
-            if progress is not None:
-                progress(l + 1, c.n_layers)
-        self.norm_f = check_float(ck, "backbone.norm_f.weight", (c.dim,))
-        self.lm_head = lm_head(ck, "lm_head.weight", self.embed, c.tied)
-        self.vocab_size = c.vocab_size
+        load_backbone(self, ck, fmt, progress, Config, LayerWeights, "Mamba-2")
 
     def fresh_state(self):
         c = self.config

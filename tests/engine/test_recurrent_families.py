@@ -319,6 +319,26 @@ def test_layer_state_is_layer_major_with_its_fills():
     assert len(fresh) == 5 * m.config.n_layers and (fresh[3] < -1e37).all() and not fresh[5].any()
 
 
+# Mamba and Mamba-2 load their backbone with head_and_state.load_backbone
+@pytest.mark.parametrize("cls,other,label", [("MambaModel", "mamba2_f32", "Mamba"),
+                                             ("Mamba2Model", "mamba_f32", "Mamba-2")])
+def test_backbone_of_another_family_is_refused(cls, other, label):
+    from ryzjupyter.families import mamba, mamba2
+    Model = getattr(mamba if cls == "MambaModel" else mamba2, cls)
+    fam = other.split("_")[0]
+    with pytest.raises(CheckpointError, match=f"^{other} is a {fam} model, not {label}$"):
+        Model(FIX / other)
+
+
+@pytest.mark.parametrize("name", ["mamba_f32", "mamba2_f32"])
+def test_backbone_load_reports_progress_per_layer(name):
+    seen = []
+    m = ryzjupyter.load(str(FIX / name), progress=lambda i, n: seen.append((i, n)))
+    n = m.config.n_layers
+    assert seen == [(i + 1, n) for i in range(n)] and len(m.layers) == n
+    assert m.vocab_size == m.config.vocab_size == m.embed.shape[0] and m.norm_f.shape == (m.config.dim,)
+
+
 @pytest.mark.parametrize("model_type,match", [("falcon_mamba", "variant ryzjupyter does not implement"),
                                               ("rwkv6", "variant ryzjupyter does not implement"),
                                               ("hyena", "unknown architecture")])
