@@ -621,17 +621,29 @@ class LanguageModel:
     def verify(self, tokens, cache) -> np.ndarray:
         """The verify pass of speculative decoding: run `tokens` after the cached ones (they are
         appended to the cache) and return float32 logits [n, vocab], row i bitwise what a one-token
-        forward() gives for tokens[i] after tokens[:i]. This default runs them one by one; a
-        family with a batched pass (BitNet) overrides it."""
-        rows = [self.forward(np.asarray([int(t)], np.int64), cache, all_logits=False)[-1] for t in tokens]
+        forward() gives for tokens[i] after tokens[:i]. This default runs them one by one (with
+        ``_keep_position`` before the first and after each); a family with a batched pass (BitNet)
+        overrides it."""
+        self._keep_position(cache)
+        rows = []
+        for t in tokens:
+            rows.append(self.forward(np.asarray([int(t)], np.int64), cache, all_logits=False)[-1])
+            self._keep_position(cache)
         return np.stack(rows)
+
+    def _keep_position(self, cache):
+        """Called by the verify passes where the speculative decoder may later truncate the cache
+        to: before the first token and after each. A KV cache can go back to any position, so
+        nothing is needed here; a recurrent family keeps a copy of its state (RecurrentModel)."""
 
     def verify_tree(self, tokens, depths, cache):
         """A tree of tokens after the cached ones (depth-first preorder, depths as in
         ryzjupyter.decoding.tree): returns (logits [n, vocab], commit). Row i is bitwise what a
         one-token forward() gives for tokens[i] right after its ancestors; cache.tokens are left
         as they were, and ``commit(path)`` appends the nodes of a root-to-node path. This default
-        runs the nodes one by one with the cache as a stack and reruns the committed path."""
+        runs the nodes one by one with the cache as a stack (``_keep_position`` before the first
+        and after each, so that the cache can go back to a node's parent) and reruns the
+        committed path."""
         from ryzjupyter.decoding.tree import parents_of
         tokens = [int(t) for t in tokens]
         depths = [int(d) for d in depths]
@@ -639,10 +651,12 @@ class LanguageModel:
         pos = len(cache)
         if pos + max(depths) + 1 > cache.max_len:
             raise ValueError(f"{pos} cached + {max(depths) + 1} new positions exceed the context of {cache.max_len}")
+        self._keep_position(cache)
         rows = []
         for t, d in zip(tokens, depths):
             cache.truncate(pos + d)
             rows.append(self.forward(np.asarray([t], np.int64), cache, all_logits=False)[-1])
+            self._keep_position(cache)
         cache.truncate(pos)
 
         def commit(path):

@@ -30,6 +30,19 @@ def check_kv_format(kv_cache) -> str:
     return kv_cache
 
 
+def common_prefix(cached, token_ids) -> int:
+    """Length of the longest common prefix of two token id sequences: how many of the `cached`
+    ids a cache (a KV cache here, a recurrent state cache in families/recurrent.py) can keep
+    when `token_ids` come next."""
+    n = min(len(cached), len(token_ids))
+    if n == 0:
+        return 0
+    a = np.asarray(cached[:n], dtype=np.int64)
+    b = np.asarray(token_ids[:n], dtype=np.int64)
+    diff = np.nonzero(a != b)[0]
+    return int(diff[0]) if diff.size else n
+
+
 class KVCache:
     def __init__(self, n_layers, max_len, n_kv_heads, head_dim, dtype="f32"):
         if max_len < 1:
@@ -76,13 +89,7 @@ class KVCache:
 
     def common_prefix(self, token_ids) -> int:
         """Length of the longest common prefix of the cached tokens and `token_ids`."""
-        n = min(len(self.tokens), len(token_ids))
-        if n == 0:
-            return 0
-        a = np.asarray(self.tokens[:n], dtype=np.int64)
-        b = np.asarray(token_ids[:n], dtype=np.int64)
-        diff = np.nonzero(a != b)[0]
-        return int(diff[0]) if diff.size else n
+        return common_prefix(self.tokens, token_ids)
 
     def truncate(self, n):
         """Forget everything after the first n tokens (their rows are simply overwritten later)."""

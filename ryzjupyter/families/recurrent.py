@@ -25,6 +25,7 @@ import numpy as np
 from ryzjupyter import _native
 from ryzjupyter.decoding.generation import LanguageModel
 from ryzjupyter.engine.checkpoint import Checkpoint, CheckpointError
+from ryzjupyter.engine.kv_cache import common_prefix
 from ryzjupyter.engine.profiling import PROFILER, InstrumentedKernels
 
 K = InstrumentedKernels(_native, {
@@ -212,13 +213,8 @@ class RecurrentCache:
         self._drop_after(n)
 
     def common_prefix(self, token_ids) -> int:
-        n = min(len(self.tokens), len(token_ids))
-        if n == 0:
-            return 0
-        a = np.asarray(self.tokens[:n], dtype=np.int64)
-        b = np.asarray(token_ids[:n], dtype=np.int64)
-        diff = np.nonzero(a != b)[0]
-        return int(diff[0]) if diff.size else n
+        """Length of the longest common prefix of the consumed tokens and `token_ids`."""
+        return common_prefix(self.tokens, token_ids)
 
     def truncate(self, n):
         """Go back to the state after the first n tokens: possible at n = 0, at the current
@@ -362,46 +358,12 @@ class RecurrentModel(LanguageModel):
             _native.recurrent_decode(self._plan, token, state, out[0])
         return out
 
-    # -- the verify passes of speculative decoding (draft=): a snapshot at every position, so
-    # that rejected draft tokens can be taken back (cache.truncate)
-    def verify(self, tokens, cache):
-        """Run `tokens` one by one after the cached ones (each a fused decode step), keeping the
-        state after each: the speculative decoder then truncates to the accepted length."""
+    # -- the verify passes of speculative decoding (draft=) are LanguageModel's, one token at a
+    # time; they call this where rejected draft tokens may later be taken back to (cache.truncate)
+    def _keep_position(self, cache):
+        """A state cannot go back: keep a snapshot at the current position, past the ``keep``
+        limit until the next ordinary snapshot."""
         cache.snapshot(force=True)
-        rows = []
-        for t in tokens:
-            rows.append(self.forward(np.asarray([int(t)], np.int64), cache, all_logits=False)[-1])
-            cache.snapshot(force=True)
-        return np.stack(rows)
-
-    def verify_tree(self, tokens, depths, cache):
-        """A tree of draft tokens (depth-first preorder): each node runs from the state after its
-        parent (the snapshot taken when the parent ran); then back to the start; ``commit(path)``
-        runs the accepted path."""
-        from ryzjupyter.decoding.tree import parents_of
-        tokens = [int(t) for t in tokens]
-        depths = [int(d) for d in depths]
-        parents = parents_of(depths)
-        pos = len(cache)
-        if pos + max(depths) + 1 > cache.max_len:
-            raise ValueError(f"{pos} cached + {max(depths) + 1} new positions exceed the context of {cache.max_len}")
-        cache.snapshot(force=True)
-        rows = []
-        for t, d in zip(tokens, depths):
-            cache.truncate(pos + d)
-            rows.append(self.forward(np.asarray([t], np.int64), cache, all_logits=False)[-1])
-            cache.snapshot(force=True)
-        cache.truncate(pos)
-
-        def commit(path):
-            path = [int(i) for i in path]
-            if path and (path[0] != 0 or any(parents[b] != a for a, b in zip(path, path[1:]))):
-                raise ValueError(f"commit needs a root-to-node path of the verified tree, got {path}")
-            if len(cache) != pos:
-                raise ValueError("the cache changed since the verify pass; commit the path right after it")
-            for i in path:
-                self.forward(np.asarray([tokens[i]], np.int64), cache, all_logits=False)
-        return np.stack(rows), commit
 
     def _final(self, h, want):
         """Final norm and head on the rows of h that are wanted ("all", "last", None)."""

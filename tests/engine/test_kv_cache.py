@@ -1,6 +1,13 @@
+import numpy as np
 import pytest
 
-from ryzjupyter.engine.kv_cache import KVCache
+from ryzjupyter.engine.kv_cache import KVCache, common_prefix
+
+
+def test_common_prefix_of_any_id_sequences():
+    assert common_prefix([1, 2, 3], [1, 2, 3, 4]) == 3 and common_prefix([1, 2, 3, 4], [1, 2]) == 2
+    assert common_prefix([], [1]) == 0 and common_prefix([5, 2], [4, 2]) == 0
+    assert common_prefix(np.array([1, 2, 3], np.int32), (1, 2, 7)) == 2
 
 
 def test_prefix_reuse_and_truncate():

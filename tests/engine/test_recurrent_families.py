@@ -525,3 +525,36 @@ def test_speculative_decoding_gives_the_greedy_tokens(name, draft):
     more = s.generate(prompt + r.tokens + ids[:3], max_new_tokens=4, temperature=0, ignore_eos=True)
     again = m.new_session().generate(prompt + r.tokens + ids[:3], max_new_tokens=4, temperature=0, ignore_eos=True)
     assert more.tokens == again.tokens and more.stats.n_cached >= len(prompt)
+
+
+@pytest.mark.parametrize("name", ["mamba_f32", "rwkv_f32"])
+def test_verify_tree_rows_are_decode_steps_and_commit_runs_the_path(name):
+    """LanguageModel.verify_tree on a recurrent state: every node runs from its parent's state
+    (the snapshot RecurrentModel._keep_position takes after each node), row i bitwise the
+    one-token step after the node's ancestors; commit(path) leaves the state the path gives."""
+    from ryzjupyter.decoding.tree import depths_of, path_to
+    m = model(name)
+    ids = [int(t) for t in reference(name)["input_ids_0"][:4]]
+    parents = [-1, 0, 1, 0, 3, 0]
+    toks = [5, 7, 9, 11, 13, 15]
+    c = m.new_cache(32)
+    m.forward(np.asarray(ids, np.int64), c)
+    rows, commit = m.verify_tree(toks, depths_of(parents), c)
+    assert c.tokens == ids
+    for node in range(len(toks)):
+        r = m.new_cache(32)
+        m.forward(np.asarray(ids, np.int64), r)
+        for i in path_to(parents, node):
+            want = m.forward(np.asarray([toks[i]], np.int64), r)[-1]
+        np.testing.assert_array_equal(rows[node], want)
+    with pytest.raises(ValueError, match="root-to-node path"):
+        commit([0, 2])
+    commit([0, 3, 4])
+    assert c.tokens == ids + [5, 11, 13]
+    r = m.new_cache(32)
+    m.forward(np.asarray(ids + [5, 11, 13], np.int64), r)
+    for a, b in zip(c.state, r.state):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert m.verify([17, 19], c).shape == (2, m.vocab_size) and len(c) == len(ids) + 5
+    c.truncate(len(ids) + 4)                                  # verify kept a snapshot after each token
+    c.truncate(len(ids) + 3)
