@@ -29,8 +29,5 @@ extern const ryz_layer_kernels ryz_layer_scalar;
 extern const ryz_layer_kernels ryz_layer_avx2;
 extern const ryz_layer_kernels ryz_layer_avx512;
 extern const ryz_layer_kernels *ryz_layer;
-/* the AVX2 gemm_i8, also the avx512vnni level's (no AVX-512 variant) */
-void ryz_layer_gemm_i8_avx2(float *out, int64_t ldo, const int8_t *w, const float *ws, int64_t K, const int8_t *x,
-                            int64_t ldx, const float *xs, int64_t M, int64_t n0, int64_t n1);
 
 #endif

@@ -88,8 +88,8 @@ static const gemm_fn gemm_nt[GEMM_TOKENS] = {gemm_1, gemm_2, gemm_3, gemm_4};
 /* rows per pass over one token group: their weights stay in L2 for the next group */
 #define GEMM_CHUNK_ROWS 64
 
-void ryz_layer_gemm_i8_avx2(float *out, int64_t ldo, const int8_t *w, const float *ws, int64_t K, const int8_t *x,
-                            int64_t ldx, const float *xs, int64_t M, int64_t n0, int64_t n1) {
+static void gemm_i8(float *out, int64_t ldo, const int8_t *w, const float *ws, int64_t K, const int8_t *x,
+                    int64_t ldx, const float *xs, int64_t M, int64_t n0, int64_t n1) {
     const int64_t K16 = K / 16 * 16;
     int16_t *x16 = K16 ? aligned_alloc(32, (size_t)(M * K16 * 2 + 32) / 32 * 32) : NULL;
     if (K16 && !x16) {   /* no memory for the widened activations: one token at a time */
@@ -116,4 +116,4 @@ void ryz_layer_gemm_i8_avx2(float *out, int64_t ldo, const int8_t *w, const floa
 }
 
 const ryz_layer_kernels ryz_layer_avx2 = {.name = "avx2", .gemv_i8 = gemv_i8, .gemm_name = "avx2",
-                                          .gemm_i8 = ryz_layer_gemm_i8_avx2};
+                                          .gemm_i8 = gemm_i8};
