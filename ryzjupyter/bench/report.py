@@ -340,6 +340,18 @@ def serve_tables(d: dict) -> str:
         out += _table(["streams", "layers ms", "head ms"],
                       [[r["streams"], ", ".join(f"{x * 1e3:.0f}" for x in r["layers_runs"]),
                         ", ".join(f"{x * 1e3:.0f}" for x in r["head_runs"])] for r in step])
+        if all("ceiling_vs_1" in r for r in step):
+            out += ["", f"The ceiling: the int8 peak probed right after the steps, {step[0]['int8_peak_gops']:.0f} "
+                    f"GOPS, and {step[0]['macs_per_token'] / 1e9:.2f} G multiply-adds a token; a step of B streams "
+                    "takes at least one stream's step (the weights read once) and at least its multiply-adds at "
+                    "that peak:", ""]
+            out += _table(["streams", "step ms (median)", "multiply-adds at the peak, ms", "step at least, ms",
+                           "measured vs one stream", "ceiling vs one stream"],
+                          [[r["streams"], f"{(r['layers_s'] + r['head_s']) * 1e3:.1f}",
+                            f"{r['compute_floor_s'] * 1e3:.1f}",
+                            f"{max(r['compute_floor_s'], step[0]['layers_s'] + step[0]['head_s']) * 1e3:.1f}",
+                            f"{r['streams'] * (step[0]['layers_s'] + step[0]['head_s']) / (r['layers_s'] + r['head_s']):.2f}x",
+                            f"**{r['ceiling_vs_1']:.2f}x**"] for r in step])
     for r in R:
         if r["kind"] == "serve_load":
             out += ["", f"Load test ({r['model']} model): {r['requests']} streaming requests from {r['clients']} "

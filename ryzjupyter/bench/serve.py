@@ -11,7 +11,9 @@
    aggregate decode rate is the tokens of the steps in which all B streams decode together
    divided by those steps' time (from one step's end to the next: the batched forward, the
    sampling of every stream and the emission of its text), the median of ``--repeat`` runs, the
-   stream counts alternating within each run. Ratios against B = 1 come from the same run.
+   stream counts alternating within each run. Ratios against B = 1 come from the same run. Then
+   one step per B timed in C (layers, head) and the ceiling (step_ceiling): the ratio a step at
+   the machine's int8 peak would reach.
 2. Load (``--requests`` > 0): ``python -m ryzjupyter serve`` in a child process on 127.0.0.1
    (a free port, the demo model unless ``--load-model``), ``--clients`` threads each with its own
    official openai client, streaming chat and completion requests of distinct prompts (greedy and
@@ -93,6 +95,8 @@ def step_breakdown(model, streams, args, rec, calls=3):
     bitnet_decode._plan(model)
     print("\n== one batched decode step, measured in C (median of 3) ==")
     base = None
+    steps = []
+    t_measure = time.perf_counter()
     for B in streams:
         caches = [model.new_cache(8) for _ in range(B)]
         x0 = np.random.default_rng(B).standard_normal((B, model.config.dim)).astype(np.float32)
@@ -105,11 +109,37 @@ def step_breakdown(model, streams, args, rec, calls=3):
             head.append(hs)
         L, H = statistics.median(lay), statistics.median(head)
         base = base or (L, H)
-        rec(kind="serve_step", shape=args.shape, threads=args.threads, streams=B, layers_s=L, head_s=H,
-            layers_runs=lay, head_runs=head)
+        steps.append(rec(kind="serve_step", shape=args.shape, threads=args.threads, streams=B, layers_s=L,
+                         head_s=H, layers_runs=lay, head_runs=head))
         print(f"  {B:2d} streams: layers {L * 1e3:7.1f} ms, head {H * 1e3:6.1f} ms; per token "
               f"{(L + H) / B * 1e3:7.1f} ms = {(base[0] + base[1]) / ((L + H) / B):.2f}x one stream's rate "
               f"(layers {base[0] / (L / B):.2f}x, head {base[1] / (H / B):.2f}x)", flush=True)
+    step_ceiling(model, steps, args.threads, time.perf_counter() - t_measure)
+
+
+def step_ceiling(model, steps, threads, seconds):
+    """The most batching can buy on this machine with int8 multiply-adds: B streams' step takes at
+    least the one-stream step (every weight read once, as one stream reads it) and at least its
+    multiply-adds (B x (ternary weights + head rows x dim)) at the int8 peak probed right after the
+    steps, for as long as they took. The ratio B x t(1) / that floor bounds what any kernel of
+    this kind reaches here; recorded in each serve_step record."""
+    from ryzjupyter.bench import probes
+    from ryzjupyter.bench.model import ternary_params
+    peak = probes.peak_for(threads, seconds)
+    if not peak or not steps or steps[0]["streams"] != 1:
+        return
+    t1 = steps[0]["layers_s"] + steps[0]["head_s"]
+    macs1 = ternary_params(model) + model.config.vocab_size * model.config.dim
+    print(f"\n== the ceiling: int8 peak {peak:.0f} GOPS ({threads} threads, probed right after), "
+          f"{macs1 / 1e9:.2f} G multiply-adds a token ==")
+    for r in steps:
+        B = r["streams"]
+        compute = 2 * B * macs1 / (peak * 1e9)
+        floor = max(t1, compute)
+        r.update(int8_peak_gops=peak, macs_per_token=macs1, compute_floor_s=compute, ceiling_vs_1=B * t1 / floor)
+        print(f"  {B:2d} streams: multiply-adds at the peak {compute * 1e3:6.1f} ms; step at least "
+              f"{floor * 1e3:6.1f} ms; at most {B * t1 / floor:.2f}x one stream "
+              f"(measured {B * t1 / (r['layers_s'] + r['head_s']):.2f}x)", flush=True)
 
 
 def run_batching(args, rec):

@@ -30,6 +30,17 @@ def test_bench_serve_records(tmp_path):
         assert x["ratio_runs"] == pytest.approx([a / b for a, b in zip(x["runs"], batch[1]["runs"])])
     steps = [x for x in d["records"] if x["kind"] == "serve_step"]
     assert [x["streams"] for x in steps] == [1, 2, 4] and all(x["layers_s"] > 0 and x["head_s"] > 0 for x in steps)
+    # the ceiling: the one-stream step, or B streams' multiply-adds at the int8 peak probed after
+    if d["native"]["isa"] != "scalar":
+        t1 = steps[0]["layers_s"] + steps[0]["head_s"]
+        for x in steps:
+            B = x["streams"]
+            assert x["compute_floor_s"] == pytest.approx(2 * B * x["macs_per_token"] / (x["int8_peak_gops"] * 1e9))
+            assert x["ceiling_vs_1"] == pytest.approx(B * t1 / max(t1, x["compute_floor_s"]))
+            assert 1 <= x["ceiling_vs_1"] <= B + 1e-9
+        assert steps[0]["ceiling_vs_1"] == pytest.approx(1.0)
+    else:
+        assert all("ceiling_vs_1" not in x for x in steps)      # no SIMD peak to bound it with
     load = [x for x in d["records"] if x["kind"] == "serve_load"]
     assert len(load) == 1
     load = load[0]
@@ -41,3 +52,4 @@ def test_bench_serve_records(tmp_path):
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     assert rep.returncode == 0, rep.stderr
     assert "| 4 |" in rep.stdout and "0 lost, 0 mixed up" in rep.stdout
+    assert ("The ceiling" in rep.stdout) == (d["native"]["isa"] != "scalar")
