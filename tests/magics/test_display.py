@@ -97,8 +97,8 @@ def test_reply_object():
 def test_stats_footer():
     r = Reply("t", stats=stats(n_cached=3), model="tiny")
     line = StatsFooter(r).line()
-    assert line == ("12 tokens \u00b7 prefill 5 tok at 100.0 tok/s \u00b7 3 cached \u00b7 decode 25.2 tok/s"
-                    " \u00b7 first token 0.05 s \u00b7 tiny \u00b7 stopped: max tokens reached")
+    assert line == ("12 tokens \u00b7 prefill 5 tok at 100 tok/s \u00b7 3 cached \u00b7 decode 25.2 tok/s"
+                    " \u00b7 first token 50 ms \u00b7 tiny \u00b7 stopped: max tokens reached")
     b = StatsFooter(r)._repr_mimebundle_()
     assert b["text/plain"] == line and line.replace("\u00b7", "&middot;") not in b["text/html"]
     assert "interrupted" in StatsFooter(Reply("t", stats=stats(), finish_reason="interrupted")).line()

@@ -231,3 +231,89 @@ def test_chart_and_controls_in_jupyterlab(lab):
             assert not external, f"requests left localhost: {external[:5]}"
         finally:
             browser.close()
+
+
+def _scale_series(r):
+    """The points of a made-up reply at about `r` tok/s: 8 prompt tokens, then 29 tokens whose
+    spacing varies by 20 %. Run in the kernel (as source) and here (to know its axis)."""
+    from ryzjupyter.jupyter.widgets.chart import ThroughputRecorder
+    rec = ThroughputRecorder(None, max_rate=1e9)
+    _feed(rec, r)
+    return rec.points
+
+
+FEED = """def _feed(rec, r):
+    rec.start(n_prefill=8, t0=0.0)
+    t = 8 / (3 * r)
+    rec.prefill(8, t)
+    for k in range(1, 30):
+        t += 1 / (r * (1 + 0.1 * (k % 3)))
+        rec.token(t=t)
+    return rec
+"""
+exec(FEED)
+
+
+def test_chart_axes_read_at_every_scale(lab):
+    """Charts of replies at 0.05, 3, 250 and 4000 tok/s in JupyterLab: the canvas's y ticks are round
+    numbers with their unit, the same labels as the SVG figure (units.py and chart.js, one rule), and
+    a real reply's footer gives the time to its first token in ms. Screenshots: widgets-axes-*.png."""
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    from ryzjupyter.jupyter.units import rate_label
+    from ryzjupyter.jupyter.widgets.chart import rate_scale
+
+    rates = [0.05, 3.0, 250.0, 4000.0]
+    feed = FEED + (
+        "from IPython.display import display\n"
+        "from ryzjupyter.jupyter.widgets.chart import StaticChart, ThroughputChart, ThroughputRecorder\n"
+        "for i, r in enumerate(RATES):\n"
+        "    rec = ThroughputRecorder(ThroughputChart(uid=f'scale-{i}'), max_rate=1e9, title=f'{r:g} tok/s reply')\n"
+        "    _feed(rec.display(), r).finish()\n"
+        "    display(StaticChart(rec.points, rec.summary, rec.title))\n")
+    cells = ["%load_ext ryzjupyter",
+             f"%%ryz -m {RECURRENT['rwkv']} -n 12 --stream\nOnce upon a time",
+             f"RATES = {rates!r}\n" + feed]
+    (lab["root"] / "axes.ipynb").write_text(json.dumps(_notebook(cells)))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage",
+                                           "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 2400})
+            page.add_init_script("window.__ryz_charts = {};")
+            # ?reset: a fresh workspace (not the other test's notebook restored beside this one)
+            page.goto(f"{lab['base']}/lab/tree/axes.ipynb?reset&token={lab['token']}")
+            page.wait_for_selector(".jp-NotebookPanel", timeout=60000)
+            page.wait_for_function(
+                "() => { const a = window.jupyterapp; const w = a && a.shell.currentWidget;"
+                " if (!w || !w.context || w.context.path !== 'axes.ipynb') return false;"
+                " const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
+                " return k && k.status === 'idle'; }", timeout=60000)
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            page.wait_for_function(
+                "() => [0, 1, 2, 3].every(i => (window.__ryz_charts['scale-' + i] || {}).done)", timeout=90000)
+            page.wait_for_function("() => document.querySelectorAll('.jp-RenderedSVG svg,"
+                                   " .jp-OutputArea-output img[src^=\"data:image/svg\"]').length >= 5",
+                                   timeout=30000)
+            charts = page.evaluate("() => window.__ryz_charts")
+            for i, r in enumerate(rates):
+                e = charts[f"scale-{i}"]
+                assert e["maxDecode"] == 28
+                top, step = rate_scale(_scale_series(r))
+                want = [rate_label(k * step, step) for k in range(round(top / step) + 1)]
+                assert e["yTicks"] == want, (r, e["yTicks"], want)
+                assert want[0] == "0" and all(t.endswith(" tok/s") for t in want[1:])
+                assert r * 1.05 <= top <= r * 1.2 * 1.05 * 2.5, (r, want)
+            footer = page.locator(".jp-OutputArea-output").filter(has_text="first token").first
+            footer.wait_for(timeout=30000)
+            text = footer.inner_text()
+            assert re.search(r"first token \d+(\.\d)? (ms|\u00b5s) \u00b7", text), text
+            _shot(page, "axes-notebook")
+            live = page.locator(".ryz-chart")                 # the RWKV reply's chart became its SVG
+            for i in range(len(rates)):
+                _shot(page, f"axes-canvas-{i}", live.nth(live.count() - len(rates) + i))
+        finally:
+            browser.close()

@@ -208,3 +208,113 @@ def test_summary_and_caption_show_speculative_figures():
     js = open(__import__("ryzjupyter.jupyter.widgets.chart", fromlist=["x"]).__file__.replace("chart.py",
                                                                                             "static/chart.js")).read()
     assert "sm.drafter" in js and "tokens/pass" in js
+
+
+# ---- number formats: times in ms under a second, rate ticks readable at every scale ----------
+
+RATE_SCALES = [0.004, 0.3, 0.8, 1.1, 7.0, 45.0, 180.0, 2860.0, 12000.0, 150000.0]
+
+
+@pytest.mark.parametrize("vmax", RATE_SCALES)
+def test_rate_axis_ticks_are_round_numbers_with_units(vmax):
+    from ryzjupyter.jupyter.units import rate_axis, rate_label
+    top, step = rate_axis(vmax)
+    n = round(top / step)
+    assert top >= vmax and 3 <= n <= 5 and top < vmax + step * 1.0001
+    labels = [rate_label(i * step, step) for i in range(n + 1)]
+    assert labels[0] == "0" and len(set(labels)) == len(labels)          # distinct: no "0.00, 0.00"
+    for t in labels[1:]:
+        assert re.fullmatch(r"\d+(\.\d+)?k? tok/s", t), t                 # a number and its unit, no exponent
+        assert len(t) <= 12
+        num = float(t.split()[0].rstrip("k")) * (1000 if "k " in t else 1)
+        assert num == pytest.approx(round(num / step) * step)           # the tick's own value
+
+
+def test_rate_labels_at_several_scales():
+    from ryzjupyter.jupyter.units import rate_axis, rate_label
+
+    def ticks(v):
+        top, step = rate_axis(v)
+        return [rate_label(i * step, step) for i in range(round(top / step) + 1)]
+    assert ticks(0.004) == ["0", "0.001 tok/s", "0.002 tok/s", "0.003 tok/s", "0.004 tok/s"]
+    assert ticks(1.0) == ["0", "0.25 tok/s", "0.5 tok/s", "0.75 tok/s", "1 tok/s"]
+    assert ticks(45.0) == ["0", "20 tok/s", "40 tok/s", "60 tok/s"]
+    assert ticks(180.0) == ["0", "50 tok/s", "100 tok/s", "150 tok/s", "200 tok/s"]
+    assert ticks(2860.0) == ["0", "1k tok/s", "2k tok/s", "3k tok/s"]
+    assert ticks(9000.0) == ["0", "2.5k tok/s", "5k tok/s", "7.5k tok/s", "10k tok/s"]
+    assert ticks(0.9) == ["0", "0.25 tok/s", "0.5 tok/s", "0.75 tok/s", "1 tok/s"]
+
+
+@pytest.mark.parametrize("seconds, text", [(0.0, "0 ms"), (0.0004, "400 \u00b5s"), (0.001, "1 ms"),
+                                           (0.0025, "2.5 ms"), (0.038, "38 ms"), (0.9994, "999 ms"),
+                                           (0.9996, "1.00 s"), (2.345, "2.35 s"), (12.34, "12.3 s"),
+                                           (125.0, "2 min 05 s")])
+def test_durations_under_a_second_are_in_ms(seconds, text):
+    from ryzjupyter.jupyter.units import format_duration
+    assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("v, text", [(0.0, "0"), (0.0031, "0.0031"), (0.042, "0.042"), (0.5, "0.50"),
+                                     (1.25, "1.25"), (40.0, "40.0"), (2500.4, "2500")])
+def test_single_rates_never_read_zero(v, text):
+    from ryzjupyter.jupyter.units import format_rate
+    assert format_rate(v) == text
+
+
+@pytest.mark.parametrize("rate", [0.02, 0.6, 9.0, 75.0, 900.0, 3500.0])
+def test_svg_axis_reads_right_at_every_scale(rate):
+    """Decode points at `rate` tok/s: the y ticks are the rate axis's labels, the curve sits
+    inside the plot (neither clipped at the top nor flat on the floor), no tick reads 0.00."""
+    pts = [[0.05, rate * 3, "prefill"]] + [[0.05 + 0.1 * i, rate * (1 + 0.05 * (i % 3)), "decode"]
+                                           for i in range(1, 40)]
+    svg = render_svg(pts, {"n_generated": 40}, width=640, height=160)
+    yt = re.findall(r'class="ryz-ytick"[^>]*>([^<]*)<', svg)
+    assert yt[0] == "0" and all(t.endswith(" tok/s") for t in yt[1:]) and "0.00" not in svg
+    top = float(yt[-1].split()[0].rstrip("k")) * (1000 if "k " in yt[-1] else 1)
+    assert rate * 1.1 <= top <= rate * 1.1 * 2.6
+    ys = [float(v.split(",")[1]) for v in re.search(r'class="ryz-decode" points="([^"]+)"', svg).group(1).split()]
+    T, B, H = 8, 20, 160
+    assert min(ys) > T and max(ys) < H - B - 0.3 * (H - T - B)         # in the upper 70 % of the plot
+    assert f"prefill {__import__('ryzjupyter.jupyter.units', fromlist=['x']).format_rate(rate * 3)} tok/s" in svg
+
+
+NODE = __import__("shutil").which("node")
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_chart_js_formats_like_python():
+    """chart.js (what the browser draws) and units.py (the SVG, the footer) give the same labels."""
+    import json
+    import subprocess
+    from pathlib import Path
+    from ryzjupyter.jupyter import units
+    from ryzjupyter.jupyter.widgets.chart import time_axis, time_label
+    js = Path(units.__file__).parent / "widgets" / "static" / "chart.js"
+    rates = RATE_SCALES + [1.0, 9000.0, 0.05]
+    durs = [0.0, 0.0004, 0.001, 0.0025, 0.038, 0.9994, 0.9996, 2.345, 12.34, 125.0]
+    vals = [0.0, 0.0031, 0.042, 0.5, 1.25, 40.0, 2500.4, 25.26]     # (ties like 25.25 round apart)
+    times = [0.013, 0.2, 0.9, 3.7, 52.0]
+    script = f"""
+const m = await import({json.dumps(js.as_uri())});
+const out = {{axes: {json.dumps(rates)}.map((v) => {{ const [t, s] = m.rateAxis(v); const l = [];
+  for (let i = 0; i <= Math.round(t / s); i++) l.push(m.rateLabel(i * s, s)); return l; }}),
+  durs: {json.dumps(durs)}.map(m.fmtDuration), rates: {json.dumps(vals)}.map(m.fmtRate),
+  times: {json.dumps(times)}.map((v) => {{ const [t, s] = m.timeAxis(v); const l = [];
+  for (let i = 0; i <= Math.round(t / s); i++) l.push(m.timeLabel(i * s, t)); return l; }})}};
+console.log(JSON.stringify(out));
+"""
+    res = subprocess.run([NODE, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+
+    def py_axis(v):
+        t, s = units.rate_axis(v)
+        return [units.rate_label(i * s, s) for i in range(round(t / s) + 1)]
+
+    def py_time(v):
+        t, s = time_axis(v)
+        return [time_label(i * s, t) for i in range(round(t / s) + 1)]
+    assert got["axes"] == [py_axis(v) for v in rates]
+    assert got["durs"] == [units.format_duration(v) for v in durs]
+    assert got["rates"] == [units.format_rate(v) for v in vals]
+    assert got["times"] == [py_time(v) for v in times]

@@ -22,6 +22,9 @@ def test_profile_html_and_display_bundle():
     for name in ("matmul", "sampling", "python"):
         assert f"data-phase='{name}'" in h
     assert "prefill ms" in h and "decode ms" in h and "memory" in h
+    # a reply shorter than a second: its time in ms, not "0.004 s"
+    import re
+    assert re.search(r"1 tokens in \d+(\.\d)? ms", h), h[:400]
     b = ProfileDisplay(prof)._repr_mimebundle_()
     assert b["text/plain"] == prof.table() and "ryz-profile" in b["text/html"]
     assert "no generation" in profile_html(None)

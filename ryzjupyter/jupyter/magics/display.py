@@ -11,6 +11,7 @@ import html
 import re
 import time
 
+from ryzjupyter.jupyter.units import format_duration, format_rate
 from ryzjupyter.manager import finish_info
 
 INTERRUPTED_MARK = "[interrupted]"
@@ -188,15 +189,15 @@ class StatsFooter:
         if s is not None:
             bits.append(f"{s.n_generated} tokens")
             if getattr(s, "n_prefill", 0):
-                bits.append(f"prefill {s.n_prefill} tok at {s.prefill_tok_s:.1f} tok/s")
+                bits.append(f"prefill {s.n_prefill} tok at {format_rate(s.prefill_tok_s)} tok/s")
             if getattr(s, "n_cached", 0):
                 bits.append(f"{s.n_cached} cached")
             if s.n_generated > 1:
-                bits.append(f"decode {s.decode_tok_s:.1f} tok/s")
+                bits.append(f"decode {format_rate(s.decode_tok_s)} tok/s")
             if getattr(s, "drafter", ""):
                 bits.append(f"draft {s.drafter}: {s.accepted}/{s.drafted} accepted, "
                             f"{s.tokens_per_pass:.2f} tok/pass")
-            bits.append(f"first token {s.ttft_s:.2f} s")
+            bits.append(f"first token {format_duration(s.ttft_s)}")
         if r.model:
             bits.append(str(r.model))
         bits.append(f"stopped: {r.finish['label']}")       # why: max tokens, context full, stop token ...

@@ -24,6 +24,7 @@ from . import parsers
 from .display import LiveOutput, Reply, StatsFooter, TerminalStream, format_bytes, is_plain_terminal
 from .parsers import FORMATS, full_help, interpolate, line_help, parse_cell_line, parse_line_command
 from .registry import REGISTRY
+from ryzjupyter.jupyter.units import format_duration, format_rate
 from ryzjupyter.engine.profiling import PROFILER
 
 MODEL_HINT = ("give a folder with config.json + model.safetensors + tokenizer.json, a Hugging Face id "
@@ -493,15 +494,15 @@ class RyzMagics(Magics):
         rows = [("model", r.model), ("stopped", r.finish["label"]),
                 ("prompt tokens", f"{s.n_prompt} ({getattr(s, 'n_cached', 0)} from the cache)"),
                 ("generated tokens", s.n_generated),
-                ("time to first token", f"{s.ttft_s:.3f} s"),
-                ("prefill", f"{s.prefill_tok_s:.1f} tok/s"),
-                ("decode", f"{s.decode_tok_s:.1f} tok/s"),
-                ("total", f"{getattr(s, 'total_s', 0.0):.3f} s")]
+                ("time to first token", format_duration(s.ttft_s)),
+                ("prefill", f"{format_rate(s.prefill_tok_s)} tok/s"),
+                ("decode", f"{format_rate(s.decode_tok_s)} tok/s"),
+                ("total", format_duration(getattr(s, 'total_s', 0.0)))]
         if getattr(s, "drafter", ""):
             rows += [("draft tokens accepted", f"{s.accepted} / {s.drafted} ({s.acceptance:.0%})"),
                      ("tokens per target pass", f"{s.tokens_per_pass:.2f} ({s.target_passes} passes)"),
                      ("time: draft / verify / sampling",
-                      f"{s.draft_s:.3f} / {s.verify_s:.3f} / {s.sampling_s:.3f} s")]
+                      " / ".join(format_duration(v) for v in (s.draft_s, s.verify_s, s.sampling_s)))]
         model = self.registry.get(r.model) if r.model else None
         tokenizer = getattr(model, "tokenizer", None)
         for k, v in r.settings.items():
@@ -616,7 +617,7 @@ class RyzMagics(Magics):
         res = quick_bench(model, cmd.options["prompt_tokens"], cmd.options["new_tokens"])
         print(f"{name}: prefill {res['n_prompt']} tokens at {res['prefill_tok_s']:.1f} tok/s, "
               f"decode {res['n_generated']} tokens at {res['decode_tok_s']:.1f} tok/s "
-              f"(first token {res['ttft_s']:.3f} s)")
+              f"(first token {format_duration(res['ttft_s'])})")
         self.last_bench = res
 
 

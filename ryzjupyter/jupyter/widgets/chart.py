@@ -25,6 +25,8 @@ from importlib import resources
 import ipywidgets  # noqa: F401  (anywidget needs it; imported for a clear error if missing)
 import traitlets
 
+from ryzjupyter.jupyter.units import format_duration, format_rate, rate_axis, rate_label
+
 try:
     import anywidget
 except ImportError:                       # pragma: no cover - anywidget is a dependency
@@ -286,18 +288,34 @@ def downsample(points, n):
     return pre + [list(dec[round(i * step)]) for i in range(k)]
 
 
+def y_label_width(labels) -> int:
+    """The left margin the rate-axis labels need (10 px sans-serif: ~6 px a character), 30-90 px."""
+    return int(min(90, max(30, 8 + 6 * max((len(t) for t in labels), default=0))))
+
+
+def rate_scale(points):
+    """(axis top, tick step) of the chart's tokens/s axis: round ticks (rate_axis) over 1.05 x the
+    robust maximum of the decode points (the prefill point's speed when there are none)."""
+    dec = [p[1] for p in points if p[2] != "prefill"]
+    pf = [p[1] for p in points if p[2] == "prefill"]
+    top = robust_max(dec) or max(pf or [1.0])
+    return rate_axis(top * 1.05)
+
+
 def render_svg(points, summary=None, *, title="", width=640, height=160) -> str:
     """The final figure as a self-contained SVG string (written once, after generation)."""
     summary = summary or {}
-    L, R, T, B = 44, 8, 8, 20
+    R, T, B = 8, 8, 20
     lab_h = 18
     W, H = int(width), int(height)
-    pw, ph = W - L - R, H - T - B
     dec = [p for p in points if p[2] != "prefill"]
     pf = [p for p in points if p[2] == "prefill"]
     tmax, tstep = time_axis(max([p[0] for p in points] + [0.0]))
-    ymax = (robust_max([p[1] for p in dec]) or max([p[1] for p in pf] or [1.0])) * 1.1
-    ymax = _nice(ymax)
+    ymax, ystep = rate_scale(points)
+    n_y = int(round(ymax / ystep))
+    ylabels = [rate_label(i * ystep, ystep) for i in range(n_y + 1)]
+    L = y_label_width(ylabels)
+    pw, ph = W - L - R, H - T - B
 
     def X(t):
         return L + t / tmax * pw
@@ -307,24 +325,21 @@ def render_svg(points, summary=None, *, title="", width=640, height=160) -> str:
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="ryz-chart-svg" width="{W}" height="{H + lab_h}" '
            f'viewBox="0 0 {W} {H + lab_h}" font-family="sans-serif" font-size="10">']
-    for i in range(5):
-        v = ymax * i / 4
-        y = Y(v)
+    for i, text in enumerate(ylabels):
+        y = Y(i * ystep)
         out.append(f'<line x1="{L}" y1="{y:.1f}" x2="{L + pw}" y2="{y:.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{L - 4}" y="{y + 3:.1f}" text-anchor="end" fill="#888">{_fmt(v)}</text>')
+        out.append(f'<text class="ryz-ytick" x="{L - 4}" y="{y + 3:.1f}" text-anchor="end" fill="#888">{text}</text>')
     n_ticks = int(round(tmax / tstep))
     for i in range(n_ticks + 1):
         t = i * tstep
         anchor = "end" if i == n_ticks else "middle"          # the last label stays inside the figure
-        out.append(f'<text x="{X(t):.1f}" y="{T + ph + 13}" text-anchor="{anchor}" fill="#888">'
+        out.append(f'<text class="ryz-xtick" x="{X(t):.1f}" y="{T + ph + 13}" text-anchor="{anchor}" fill="#888">'
                    f'{time_label(t, tmax)}</text>')
-    out.append(f'<text x="10" y="{T + ph / 2:.1f}" transform="rotate(-90 10 {T + ph / 2:.1f})" '
-               f'text-anchor="middle" fill="#888">tok/s</text>')
     if pf:
         p = pf[-1]
         out.append(f'<rect x="{X(0):.1f}" y="{T}" width="{max(2.0, X(p[0]) - X(0)):.1f}" height="{ph}" '
                    f'fill="#f5b041" fill-opacity="0.25"/>')
-        out.append(f'<text x="{X(0) + 3:.1f}" y="{T + 11}" fill="#333">prefill {_fmt(p[1])} tok/s</text>')
+        out.append(f'<text x="{X(0) + 3:.1f}" y="{T + 11}" fill="#333">prefill {format_rate(p[1])} tok/s</text>')
     if dec:
         pts = " ".join(f"{X(p[0]):.1f},{Y(p[1]):.1f}" for p in dec)
         out.append(f'<polyline class="ryz-decode" points="{pts}" fill="none" stroke="#1976d2" stroke-width="1.5"/>')
@@ -341,8 +356,8 @@ def speculative_caption(summary) -> str:
     if not sm.get("drafter"):
         return ""
     return (f" \u00b7 draft {sm['drafter']}: {sm.get('acceptance', 0.0):.0%} accepted, "
-            f"{sm.get('tokens_per_pass', 0.0):.2f} tokens/pass (draft {sm.get('draft_s', 0.0) * 1e3:.0f} ms, "
-            f"verify {sm.get('verify_s', 0.0) * 1e3:.0f} ms, sampling {sm.get('sampling_s', 0.0) * 1e3:.0f} ms)")
+            f"{sm.get('tokens_per_pass', 0.0):.2f} tokens/pass (draft {format_duration(sm.get('draft_s', 0.0))}, "
+            f"verify {format_duration(sm.get('verify_s', 0.0))}, sampling {format_duration(sm.get('sampling_s', 0.0))})")
 
 
 def robust_max(vals):
@@ -379,26 +394,6 @@ def caption(title="", prefill=False) -> str:
     """The line under the final figure: what is drawn (the numbers are in the stats footer)."""
     what = "tokens/s while the reply was written" + (" (shaded: the prompt pass)" if prefill else "")
     return f"{title} \u00b7 {what}" if title else what
-
-
-def _fmt(x) -> str:
-    x = float(x)
-    if x >= 100:
-        return f"{x:.0f}"
-    if x >= 10:
-        return f"{x:.1f}"
-    return f"{x:.2f}"
-
-
-def _nice(v):
-    import math
-    if not v > 0:
-        return 1.0
-    e = 10 ** math.floor(math.log10(v))
-    for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
-        if m * e >= v:
-            return m * e
-    return 10 * e
 
 
 class StaticChart:

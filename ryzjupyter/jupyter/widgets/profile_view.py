@@ -10,6 +10,7 @@ import html
 import ipywidgets as W
 
 from ryzjupyter.engine.profiling import PHASE_HELP, Profile, _fmt_bytes
+from ryzjupyter.jupyter.units import format_duration, format_rate
 
 COLORS = {
     "matmul": "#1976d2", "attention": "#7b1fa2", "lm_head": "#00897b", "norm": "#5c6bc0",
@@ -44,11 +45,11 @@ def profile_html(profile: Profile, title: str = "") -> str:
             f"background:{_color(n, i)};margin-right:4px'></span>{html.escape(n)}</td>"
             f"<td>{sec * 1e3:.2f}</td><td>{f * 100:.1f}</td><td>{profile.counts.get(n, '')}</td>{cells}"
             f"<td style='text-align:left;opacity:.7'>{html.escape(PHASE_HELP.get(n, ''))}</td></tr>")
-    speed = [f"{profile.n_generated} tokens in {profile.wall_s:.3f} s"]
+    speed = [f"{profile.n_generated} tokens in {format_duration(profile.wall_s)}"]
     if profile.prefill_tok_s:
-        speed.append(f"prefill {profile.n_prefill} tok at {profile.prefill_tok_s:.1f} tok/s")
+        speed.append(f"prefill {profile.n_prefill} tok at {format_rate(profile.prefill_tok_s)} tok/s")
     if profile.decode_tok_s:
-        speed.append(f"decode {profile.decode_tok_s:.1f} tok/s")
+        speed.append(f"decode {format_rate(profile.decode_tok_s)} tok/s")
     mem = ", ".join(f"{k.replace('_bytes', '').replace('_', ' ')} {_fmt_bytes(v)}"
                     for k, v in profile.memory.items() if isinstance(v, (int, float)))
     notes = []

@@ -56,11 +56,54 @@ function initialize({ model }) {
   };
 }
 
-function fmt(x) {
-  if (!isFinite(x)) return "-";
-  if (x >= 100) return x.toFixed(0);
-  if (x >= 10) return x.toFixed(1);
-  return x.toFixed(2);
+// number formats: the same rules as ryzjupyter/jupyter/units.py (tests run both on the same values)
+function fmtRate(v) {
+  // three significant digits, no exponent: 2500, 40.0, 1.25, 0.042 (never "0.00" for a rate > 0)
+  if (!isFinite(v)) return "-";
+  if (v === 0) return "0";
+  const a = Math.abs(v);
+  if (a >= 100) return v.toFixed(0);
+  if (a >= 10) return v.toFixed(1);
+  if (a >= 1) return v.toFixed(2);
+  return v.toFixed(Math.min(12, 1 - Math.floor(Math.log10(a))));
+}
+
+function fmtDuration(s) {
+  // under a second in ms (38 ms, 2.5 ms; 400 µs below one), under a minute in s (2.35 s, 12.3 s)
+  if (!isFinite(s)) return "-";
+  if (s < 0) return "-" + fmtDuration(-s);
+  const ms = s * 1e3;
+  if (ms === 0) return "0 ms";
+  if (ms < 0.9995) return (ms * 1e3).toFixed(0) + " \u00b5s";
+  if (ms < 9.95) return ms.toFixed(1).replace(/\.0$/, "") + " ms";
+  if (ms < 999.5) return ms.toFixed(0) + " ms";
+  if (s < 9.995) return s.toFixed(2) + " s";
+  if (s < 59.95) return s.toFixed(1) + " s";
+  const r = Math.round(s);
+  return Math.floor(r / 60) + " min " + String(r % 60).padStart(2, "0") + " s";
+}
+
+function rateAxis(vmax) {
+  // [top, step]: 3-5 intervals of 1, 2, 2.5 or 5 x 10^k tok/s, the top at or above vmax
+  const v = vmax > 0 && isFinite(vmax) ? vmax : 1;
+  const raw = v / 4;
+  const e = Math.pow(10, Math.floor(Math.log10(raw)));
+  let step = 10 * e;
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * e >= raw * (1 - 1e-9)) { step = m * e; break; }
+  const n = Math.max(1, Math.ceil(v / step - 1e-9));
+  return [n * step, step];
+}
+
+function rateLabel(v, step, unit = "tok/s") {
+  // a tick label with the digits the step needs and the unit: 0, 0.25 tok/s, 750 tok/s, 1.5k tok/s
+  if (Math.abs(v) < step * 1e-6) return "0";
+  const k = Math.abs(step) >= 1000 || Math.abs(v) >= 1000;
+  if (k) { v /= 1000; step /= 1000; }
+  let decimals = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+  if (Math.round(step * Math.pow(10, decimals) * 1e6) % 1e6) decimals += 1;   // 2.5 x 10^k: one digit more
+  let text = v.toFixed(decimals);
+  if (text.includes(".")) text = text.replace(/0+$/, "").replace(/\.$/, "");
+  return text + (k ? "k" : "") + " " + unit;
 }
 
 function robustMax(vals) {
@@ -70,13 +113,6 @@ function robustMax(vals) {
   const top = sorted[sorted.length - 1];
   if (sorted.length < 20) return top;
   return Math.min(top, 1.25 * sorted[Math.floor(0.95 * (sorted.length - 1))]);
-}
-
-function niceMax(v) {
-  if (!(v > 0)) return 1;
-  const e = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * e >= v) return m * e;
-  return 10 * e;
 }
 
 // time axis: ends just past the last point, 3-5 intervals of 1, 2, 2.5 or 5 x 10^k s (a 0.03 s reply
@@ -115,8 +151,7 @@ function draw(view, s) {
   const line = style.getPropertyValue("--jp-brand-color1").trim() || "#1976d2";
   const pre = style.getPropertyValue("--jp-warn-color2").trim() || "#f5b041";
 
-  const L = 44, R = 8, T = 8, B = 20;
-  const pw = w - L - R, ph = h - T - B;
+  const R = 8, T = 8, B = 20;
   const pts = s.points;
   const dec = pts.filter((p) => p[2] !== "prefill");
   const pf = pts.filter((p) => p[2] === "prefill");
@@ -126,18 +161,25 @@ function draw(view, s) {
   if (!dec.length) for (const p of pf) ymax = Math.max(ymax, p[1]);
   const [tend, tstep] = timeAxis(tmax);
   tmax = tend;
-  ymax = niceMax(ymax * 1.1);
+  const [ytop, ystep] = rateAxis((ymax || 1) * 1.05);
+  ymax = ytop;
+  const nY = Math.round(ytop / ystep);
+  const ylabels = [];
+  for (let i = 0; i <= nY; i++) ylabels.push(rateLabel(i * ystep, ystep));
+  ctx.font = "10px var(--jp-ui-font-family, sans-serif)";
+  // the left margin fits the widest tick label ("1.25k tok/s")
+  const L = Math.ceil(Math.min(90, Math.max(30, 8 + Math.max(...ylabels.map((t) => ctx.measureText(t).width)))));
+  const pw = w - L - R, ph = h - T - B;
   const X = (t) => L + (t / tmax) * pw;
   const Y = (v) => T + ph - (Math.min(v, ymax) / ymax) * ph;
 
-  ctx.font = "10px var(--jp-ui-font-family, sans-serif)";
   ctx.lineWidth = 1;
   ctx.strokeStyle = grid; ctx.fillStyle = muted;
   ctx.textAlign = "right"; ctx.textBaseline = "middle";
-  for (let i = 0; i <= 4; i++) {
-    const v = (ymax * i) / 4, y = Y(v);
+  for (let i = 0; i <= nY; i++) {
+    const y = Y(i * ystep);
     ctx.beginPath(); ctx.moveTo(L, y + 0.5); ctx.lineTo(L + pw, y + 0.5); ctx.stroke();
-    ctx.fillText(fmt(v), L - 4, y);
+    ctx.fillText(ylabels[i], L - 4, y);
   }
   ctx.textAlign = "center"; ctx.textBaseline = "top";
   const nTicks = Math.round(tmax / tstep);
@@ -146,8 +188,6 @@ function draw(view, s) {
     ctx.textAlign = i === nTicks ? "right" : "center";     // the last label stays inside the canvas
     ctx.fillText(timeLabel(t, tmax), X(t), T + ph + 4);
   }
-  ctx.save(); ctx.translate(10, T + ph / 2); ctx.rotate(-Math.PI / 2);
-  ctx.textAlign = "center"; ctx.textBaseline = "middle"; ctx.fillText("tok/s", 0, 0); ctx.restore();
 
   // prefill: a shaded band from 0 to the end of the prompt pass, its speed written on it
   if (pf.length) {
@@ -155,7 +195,7 @@ function draw(view, s) {
     ctx.globalAlpha = 0.25; ctx.fillStyle = pre;
     ctx.fillRect(X(0), T, Math.max(2, X(p[0]) - X(0)), ph);
     ctx.globalAlpha = 1; ctx.fillStyle = fg; ctx.textAlign = "left"; ctx.textBaseline = "top";
-    ctx.fillText("prefill " + fmt(p[1]) + " tok/s", X(0) + 3, T + 2);
+    ctx.fillText("prefill " + fmtRate(p[1]) + " tok/s", X(0) + 3, T + 2);
   }
   // decode: the tokens/s line
   if (dec.length) {
@@ -172,13 +212,13 @@ function draw(view, s) {
     text += "tokens/s while the reply was written" + (pf.length ? " (shaded: the prompt pass)" : "");
     if (sm.drafter) {
       // speculative decoding: how many drafts the target kept and where the time went
-      const ms = (v) => Math.round((v || 0) * 1000);
+      const d = (v) => fmtDuration(v || 0);
       text += ` \u00b7 draft ${sm.drafter}: ${Math.round((sm.acceptance || 0) * 100)}% accepted, ` +
-        `${(sm.tokens_per_pass || 0).toFixed(2)} tokens/pass (draft ${ms(sm.draft_s)} ms, ` +
-        `verify ${ms(sm.verify_s)} ms, sampling ${ms(sm.sampling_s)} ms)`;
+        `${(sm.tokens_per_pass || 0).toFixed(2)} tokens/pass (draft ${d(sm.draft_s)}, ` +
+        `verify ${d(sm.verify_s)}, sampling ${d(sm.sampling_s)})`;
     }
   } else if (dec.length) {
-    text += `generating\u2026 ${fmt(dec[dec.length - 1][1])} tok/s`;
+    text += `generating\u2026 ${fmtRate(dec[dec.length - 1][1])} tok/s`;
   } else {
     text += pts.length ? "prefill\u2026" : "waiting for tokens\u2026";
   }
@@ -197,7 +237,7 @@ function draw(view, s) {
     e.maxPoints = Math.max(e.maxPoints, pts.length);
     e.maxDecode = Math.max(e.maxDecode, dec.length);
     e.done = e.done || sm.n_generated !== undefined;
-    e.tEnd = tmax; e.tLast = pts.length ? Math.max(...pts.map((p) => p[0])) : 0; e.caption = text;
+    e.yTicks = ylabels; e.tEnd = tmax; e.tLast = pts.length ? Math.max(...pts.map((p) => p[0])) : 0; e.caption = text;
     if (dec.length >= 2) e.png = canvas.toDataURL("image/png");
   }
 }
@@ -233,4 +273,6 @@ function render({ model, el }) {
   };
 }
 
+// the formatting rules, for the tests (anywidget uses the default export)
+export { fmtRate, fmtDuration, rateAxis, rateLabel, timeAxis, timeLabel };
 export default { initialize, render };
