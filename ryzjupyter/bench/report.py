@@ -406,6 +406,11 @@ def speculative_tables(d: dict) -> str:
                         f"{r['ratio_cpu']:.2f}",
                         f"{r['verify_layers_s'] / r['step_layers_s']:.2f}" if r.get("step_layers_s") else "-",
                         f"{r['verify_head_s'] / r['step_head_s']:.2f}" if r.get("step_head_s") else "-"] for r in ver])
+        if all("ratio_floor" in r for r in ver):
+            out += ["", f"The floor of r on this machine: a verify pass reads every weight once (at least a step) "
+                    f"and runs n x {v0['macs_per_token'] / 1e9:.2f} G multiply-adds, at least their time at the "
+                    f"int8 peak probed right after ({v0['int8_peak_gops']:.0f} GOPS): r(n) >= "
+                    + ", ".join(f"{r['ratio_floor']:.2f} (n = {r['positions']})" for r in ver) + "."]
     for r in R:
         if r["kind"] == "spec_draft_cost":
             ds = r["draft_shape"]

@@ -137,6 +137,27 @@ def step_time(model, repeat, context):
     return statistics.median(ts), statistics.median(cs)
 
 
+def verify_floor(model, positions, step, threads, seconds) -> dict | None:
+    """The least r(n) can be on this machine with int8 multiply-adds: a verify pass over n
+    positions reads every weight once, as a step does (so it takes at least a step), and runs n
+    tokens' multiply-adds (ternary weights + head rows x dim each), which take at least their
+    count at the int8 peak probed right after the measurement, for as long as it took. Per n:
+    int8_peak_gops, macs_per_token, compute_floor_s, ratio_floor = max(1, compute / step).
+    None at the scalar level (no SIMD peak)."""
+    from ryzjupyter.bench import probes
+    from ryzjupyter.bench.model import ternary_params
+    peak = probes.peak_for(threads, seconds)
+    if not peak:
+        return None
+    macs1 = ternary_params(model) + model.config.vocab_size * model.config.dim
+    out = {}
+    for n in positions:
+        compute = 2 * n * macs1 / (peak * 1e9)
+        out[n] = {"int8_peak_gops": peak, "macs_per_token": macs1, "compute_floor_s": compute,
+                  "ratio_floor": max(1.0, compute / step)}
+    return out
+
+
 def ratio_at(r, n):
     """r(n) from the measured positions, linear in between (n = 1: 1)."""
     if n <= 1:
@@ -264,7 +285,9 @@ def run(args) -> int:
               f"tokens; median of {args.repeat}) ==")
         folder = random_model_folder(SHAPES[args.shape], args.model_dir)
         target = ryzjupyter.load(str(folder), lm_head="int8", max_context=args.context + 32)
+        t_measure = time.perf_counter()
         med, step, runs, steps, med_cpu, step_cpu, split = verify_costs(target, positions, args.repeat, args.context)
+        floor = verify_floor(target, positions, step, args.threads, time.perf_counter() - t_measure)
         r = {n: med[n] / step for n in positions}
         r_cpu = {n: med_cpu[n] / step_cpu for n in positions}
         sl, sh = split["step"]
@@ -277,11 +300,16 @@ def run(args) -> int:
                   f"{vh / sh if sh else 0:.2f} x a step's)", flush=True)
             rec(kind="spec_verify", shape=args.shape, threads=args.threads, positions=n, verify_s=med[n],
                 step_s=step, ratio=r[n], verify_runs=runs[n], verify_cpu_s=med_cpu[n], step_cpu_s=step_cpu,
-                ratio_cpu=r_cpu[n], verify_layers_s=vl, verify_head_s=vh, step_layers_s=sl, step_head_s=sh)
+                ratio_cpu=r_cpu[n], verify_layers_s=vl, verify_head_s=vh, step_layers_s=sl, step_head_s=sh,
+                **(floor[n] if floor else {}))
         rk = {k: ratio_at(r, k + 1) for k in (4, 8)}
         rkc = {k: ratio_at(r_cpu, k + 1) for k in (4, 8)}
         print(f"  r(4) = {rk[4]:.2f} (bar 1.3), r(8) = {rk[8]:.2f} (bar 1.8)  [r(k): k draft tokens, k + 1 "
               f"positions]; in CPU time r(4) = {rkc[4]:.2f}, r(8) = {rkc[8]:.2f}")
+        if floor:
+            rf = {k: ratio_at({n: f["ratio_floor"] for n, f in floor.items()}, k + 1) for k in (4, 8)}
+            print(f"  the floor here (every multiply-add at the int8 peak, {floor[positions[0]]['int8_peak_gops']:.0f} "
+                  f"GOPS probed right after): r(4) >= {rf[4]:.2f}, r(8) >= {rf[8]:.2f}")
         if args.price == "cpu":
             r = r_cpu
         del target

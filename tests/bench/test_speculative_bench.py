@@ -4,6 +4,8 @@ plain decoding inside the bench), a speedup against plain from the same run, and
 renders them."""
 import json
 
+import pytest
+
 from ryzjupyter.bench.__main__ import main
 from ryzjupyter.bench import report
 
@@ -19,6 +21,13 @@ def test_bench_speculative_tiny(tmp_path, capsys):
     assert d["bench"] == "speculative"
     kinds = [r["kind"] for r in d["records"]]
     assert kinds.count("spec_verify") == 3 and kinds.count("spec_draft_cost") == 1
+    ver = [r for r in d["records"] if r["kind"] == "spec_verify"]
+    if d["native"]["isa"] != "scalar":       # the floor of r: n tokens' multiply-adds at the int8 peak, or a step
+        for r in ver:
+            assert r["compute_floor_s"] == pytest.approx(2 * r["positions"] * r["macs_per_token"]
+                                                         / (r["int8_peak_gops"] * 1e9))
+            assert r["ratio_floor"] == pytest.approx(max(1.0, r["compute_floor_s"] / r["step_s"]))
+        assert "the floor here" in text
     rows = [r for r in d["records"] if r["kind"] == "spec_text"]
     assert {r["text"] for r in rows} == {"free", "grounded", "repetitive"}
     assert {(r["drafter"], r["k"]) for r in rows} >= {("plain", "auto"), ("lookup", 3), ("auto", "auto"),
@@ -32,3 +41,4 @@ def test_bench_speculative_tiny(tmp_path, capsys):
             assert r["target_passes"] == r["n_generated"] - r["accepted"]
     md = report.render([out])
     assert "Verify cost" in md and "2B-4T predicted" in md and "| grounded | lookup |" in md
+    assert ("The floor of r" in md) == (d["native"]["isa"] != "scalar")
