@@ -180,10 +180,7 @@ static int run_blocks(attn_job *j) {
     }
     const int64_t per = bj.ktf / (16 * j->hd); /* 16-key blocks per kv head */
     int rc = ryz_run_chunked(kt_task, &bj, j->Hkv * per, j->Hkv * per, per);
-    /* chunks of about 2^26 multiply-adds between Ctrl-C checks */
-    const int64_t per_item = RYZ_ATTN_BLOCK_ROWS * j->G * bj.Lall * j->hd * 2;
-    int64_t chunk = ((int64_t)1 << 26) / (per_item > 0 ? per_item : 1);
-    if (chunk < 2 * (int64_t)ryz_num_threads()) chunk = 2 * (int64_t)ryz_num_threads();
+    const int64_t chunk = ryz_chunk_items(RYZ_ATTN_BLOCK_ROWS * j->G * bj.Lall * j->hd * 2);
     if (rc == 0 && !bj.failed) rc = ryz_run_chunked(block_task, &bj, j->Hkv * bj.blocks, chunk, 1);
     free(bj.kt);
     free(bj.vw);
@@ -232,18 +229,12 @@ static PyObject *attention_common(PyObject *args, int kind) {
     if (i8 && (!(ks = ryz_arr_get(&a, oks, "k_scales", RYZ_F32, 2, 0)) ||
                !(vs = ryz_arr_get(&a, ovs, "v_scales", RYZ_F32, 2, 0)) ||
                ryz_check_dim(ks, 0, ryz_dim(k, 0), "k.shape[0]") ||
-               ryz_check_dim(ks, 1, ryz_dim(k, 1), "k.shape[1]") ||
-               ryz_check_dim(vs, 0, ryz_dim(k, 0), "k.shape[0]") ||
-               ryz_check_dim(vs, 1, ryz_dim(k, 1), "k.shape[1]") || ryz_check_no_overlap(out, ks) ||
-               ryz_check_no_overlap(out, vs)))
+               ryz_check_dim(ks, 1, ryz_dim(k, 1), "k.shape[1]") || ryz_check_same_shape(vs, ks)))
         goto fail;
     int64_t M = ryz_dim(q, 0), Hq = ryz_dim(q, 1), hd = ryz_dim(q, 2);
     int64_t T = ryz_dim(k, 0), Hkv = ryz_dim(k, 1);
-    if (ryz_check_dim(out, 0, M, "q.shape[0]") || ryz_check_dim(out, 1, Hq, "q.shape[1]") ||
-        ryz_check_dim(out, 2, hd, "q.shape[2]") || ryz_check_dim(k, 2, hd, "q.shape[2] (head_dim)") ||
-        ryz_check_dim(v, 0, T, "k.shape[0]") || ryz_check_dim(v, 1, Hkv, "k.shape[1]") ||
-        ryz_check_dim(v, 2, hd, "q.shape[2] (head_dim)") || ryz_check_no_overlap(out, q) ||
-        ryz_check_no_overlap(out, k) || ryz_check_no_overlap(out, v))
+    if (ryz_check_same_shape(out, q) || ryz_check_dim(k, 2, hd, "q.shape[2] (head_dim)") ||
+        ryz_check_same_shape(v, k) || ryz_check_no_overlap_any(out, &a))
         goto fail;
     if (Hkv < 1 || Hq < 1 || Hq % Hkv != 0) {
         PyErr_Format(PyExc_ValueError, "q heads (q.shape[1] = %lld) must be a positive multiple of "
@@ -283,12 +274,7 @@ static PyObject *attention_common(PyObject *args, int kind) {
             goto fail;
         }
     }
-    /* chunks of about 2^26 multiply-adds between Ctrl-C checks */
-    int64_t per_item = (n_past + M) * hd * H * G * 2 / S;
-    int64_t chunk = per_item > 0 ? ((int64_t)1 << 26) / per_item : units * S;
-    int64_t minchunk = 2 * (int64_t)ryz_num_threads();
-    if (chunk < minchunk) chunk = minchunk;
-    int rc = ryz_run_chunked(attn_task, &j, units * S, chunk, 1);
+    int rc = ryz_run_chunked(attn_task, &j, units * S, ryz_chunk_items((n_past + M) * hd * H * G * 2 / S), 1);
     if (rc == 0 && !j.failed && S > 1) rc = ryz_run_chunked(merge_task, &j, units, units, 1);
     free(j.part);
     free(j.ml);
@@ -333,6 +319,12 @@ static PyObject *py_attention_kv16(PyObject *self, PyObject *args) {
     return attention_common(args, 16);
 }
 
+/* *bad = min(*bad, r) from any thread (*bad < 0: none yet): the first row a task refused */
+static void note_bad_row(int64_t *bad, int64_t r) {
+    int64_t cur = __atomic_load_n(bad, __ATOMIC_RELAXED);
+    if (cur < 0 || r < cur) __atomic_store_n(bad, r, __ATOMIC_RELAXED);
+}
+
 typedef struct {
     uint16_t *dst;
     const float *x;
@@ -345,10 +337,7 @@ static void kv16_task(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     kv16_job *j = ctx;
     for (int64_t r = b; r < e; r++)
-        if (ryz_store_kv16_row(j->dst + r * j->hd, j->x + r * j->hd, j->hd, j->fmt)) {
-            int64_t cur = __atomic_load_n(&j->bad, __ATOMIC_RELAXED);
-            if (cur < 0 || r < cur) __atomic_store_n(&j->bad, r, __ATOMIC_RELAXED);
-        }
+        if (ryz_store_kv16_row(j->dst + r * j->hd, j->x + r * j->hd, j->hd, j->fmt)) note_bad_row(&j->bad, r);
 }
 
 PyDoc_STRVAR(store_kv16_doc,
@@ -368,9 +357,7 @@ static PyObject *py_store_kv16(PyObject *self, PyObject *args) {
     ryz_args a = {0};
     ryz_arr *d, *x;
     if (!(d = ryz_arr_get(&a, od, "dst", fmt == RYZ_KV_F16 ? RYZ_F16 : RYZ_U16, 3, 1)) ||
-        !(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 3, 0)) || ryz_check_dim(d, 0, ryz_dim(x, 0), "x.shape[0]") ||
-        ryz_check_dim(d, 1, ryz_dim(x, 1), "x.shape[1]") || ryz_check_dim(d, 2, ryz_dim(x, 2), "x.shape[2]") ||
-        ryz_check_no_overlap(d, x))
+        !(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 3, 0)) || ryz_check_same_shape(d, x) || ryz_check_no_overlap(d, x))
         goto fail;
     kv16_job j = {ryz_data(d), ryz_data(x), ryz_dim(x, 2), fmt, -1};
     const int64_t rows = ryz_dim(x, 0) * ryz_dim(x, 1);
@@ -400,10 +387,7 @@ static void kvq_task(void *ctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     kvq_job *j = ctx;
     for (int64_t r = b; r < e; r++)
-        if (ryz_quantize_kv_row(j->q8 + r * j->hd, j->d + r, j->x + r * j->hd, j->hd)) {
-            int64_t cur = __atomic_load_n(&j->bad, __ATOMIC_RELAXED);
-            if (cur < 0 || r < cur) __atomic_store_n(&j->bad, r, __ATOMIC_RELAXED);
-        }
+        if (ryz_quantize_kv_row(j->q8 + r * j->hd, j->d + r, j->x + r * j->hd, j->hd)) note_bad_row(&j->bad, r);
 }
 
 PyDoc_STRVAR(quantize_kv_i8_doc,
@@ -421,13 +405,9 @@ static PyObject *py_quantize_kv_i8(PyObject *self, PyObject *args) {
     ryz_arr *q8, *sc, *x;
     if (!(q8 = ryz_arr_get(&a, oq, "q8", RYZ_I8, 3, 1)) ||
         !(sc = ryz_arr_get(&a, os, "scales", RYZ_F32, 2, 1)) ||
-        !(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 3, 0)) ||
-        ryz_check_dim(q8, 0, ryz_dim(x, 0), "x.shape[0]") ||
-        ryz_check_dim(q8, 1, ryz_dim(x, 1), "x.shape[1]") ||
-        ryz_check_dim(q8, 2, ryz_dim(x, 2), "x.shape[2]") ||
-        ryz_check_dim(sc, 0, ryz_dim(x, 0), "x.shape[0]") ||
-        ryz_check_dim(sc, 1, ryz_dim(x, 1), "x.shape[1]") || ryz_check_no_overlap(q8, x) ||
-        ryz_check_no_overlap(sc, x) || ryz_check_no_overlap(q8, sc))
+        !(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 3, 0)) || ryz_check_same_shape(q8, x) ||
+        ryz_check_dim(sc, 0, ryz_dim(x, 0), "x.shape[0]") || ryz_check_dim(sc, 1, ryz_dim(x, 1), "x.shape[1]") ||
+        ryz_check_no_overlap_any(q8, &a) || ryz_check_no_overlap_any(sc, &a))
         goto fail;
     kvq_job j = {ryz_data(q8), ryz_data(sc), ryz_data(x), ryz_dim(x, 2), -1};
     int64_t rows = ryz_dim(x, 0) * ryz_dim(x, 1);
@@ -527,13 +507,9 @@ static PyObject *py_attention_segments(PyObject *self, PyObject *args) {
         !(off = ryz_arr_get(&a, ooff, "offsets", RYZ_I64, 1, 0)))
         goto fail;
     const int64_t T = ryz_dim(q, 0), H = ryz_dim(q, 1), hd = ryz_dim(q, 2), B = ryz_dim(off, 0) - 1;
-    for (int d = 0; d < 3; d++) {
-        const int64_t want = ryz_dim(q, d);
-        if (ryz_check_dim(out, d, want, "q") || ryz_check_dim(k, d, want, "q") || ryz_check_dim(v, d, want, "q"))
-            goto fail;
-    }
-    if (ryz_check_no_overlap(out, q) || ryz_check_no_overlap(out, k) || ryz_check_no_overlap(out, v)) goto fail;
-    if (ryz_check_finite(scale, "scale")) goto fail;
+    if (ryz_check_same_shape(out, q) || ryz_check_same_shape(k, q) || ryz_check_same_shape(v, q) ||
+        ryz_check_no_overlap_any(out, &a) || ryz_check_finite(scale, "scale"))
+        goto fail;
     const int64_t *o = ryz_data(off);
     if (B < 0 || o[0] != 0 || o[B] != T) {
         PyErr_Format(PyExc_ValueError, "offsets must start at 0 and end at T = q.shape[0] = %lld (got %lld "
@@ -552,11 +528,8 @@ static PyObject *py_attention_segments(PyObject *self, PyObject *args) {
     }
     if (T == 0 || H == 0 || hd == 0) goto done;
     seg_job j = {ryz_data(out), ryz_data(q), ryz_data(k), ryz_data(v), o, B, H, hd, maxL, (float)scale, 0};
-    /* items (segment, head); chunks of about 2^26 multiply-adds between Ctrl-C checks */
-    const int64_t per_item = maxL * maxL * hd * 2;
-    int64_t chunk = ((int64_t)1 << 26) / (per_item > 0 ? per_item : 1);
-    if (chunk < 2 * (int64_t)ryz_num_threads()) chunk = 2 * (int64_t)ryz_num_threads();
-    if (ryz_run_chunked(seg_task, &j, B * H, chunk, 1) != 0) goto fail;
+    /* items (segment, head) */
+    if (ryz_run_chunked(seg_task, &j, B * H, ryz_chunk_items(maxL * maxL * hd * 2), 1) != 0) goto fail;
     if (j.failed) {
         PyErr_NoMemory();
         goto fail;

@@ -99,6 +99,15 @@ PyDoc_STRVAR(add_doc, "add(out, a, b) -> None\n\nout = a + b element-wise (float
                       "out may be exactly a or b (in-place residual add); partial overlap is refused.");
 static PyObject *py_add(PyObject *s, PyObject *args) { RYZ_UNUSED(s); return ew_binary(args, EW_ADD, "OOO:add"); }
 
+/* ---- row-wise ops: rmsnorm, layernorm, softmax --------------------------------- */
+/* Run `fn` over M rows of D floats: a thread takes about 4096 floats at a time (one row at
+ * least) and Ctrl-C is checked every 1024 such shares; rows of length 0 need nothing. */
+static int run_rows(ryz_task_fn fn, void *job, int64_t M, int64_t D) {
+    if (D <= 0) return 0;
+    const int64_t grain = D >= 4096 ? 1 : 4096 / D;
+    return ryz_run_chunked(fn, job, M, grain * 1024, grain);
+}
+
 /* ---- rmsnorm ------------------------------------------------------------------ */
 typedef struct {
     float *out;
@@ -134,10 +143,7 @@ static PyObject *py_rmsnorm(PyObject *self, PyObject *args) {
         goto fail;
     int64_t M = ryz_dim(x, 0), D = ryz_dim(x, 1);
     rms_job j = {ryz_data(out), ryz_data(x), ryz_data(w), D, (float)eps};
-    if (D > 0) {
-        int64_t grain = D >= 4096 ? 1 : 4096 / D;
-        if (ryz_run_chunked(rms_task, &j, M, grain * 1024, grain) != 0) goto fail;
-    }
+    if (run_rows(rms_task, &j, M, D) != 0) goto fail;
     ryz_args_release(&a);
     Py_RETURN_NONE;
 fail:
@@ -182,10 +188,7 @@ static PyObject *py_layernorm(PyObject *self, PyObject *args) {
         goto fail;
     int64_t M = ryz_dim(x, 0), D = ryz_dim(x, 1);
     ln_job j = {ryz_data(out), ryz_data(x), ryz_data(w), ryz_data(bb), D, (float)eps};
-    if (D > 0) {
-        int64_t grain = D >= 4096 ? 1 : 4096 / D;
-        if (ryz_run_chunked(ln_task, &j, M, grain * 1024, grain) != 0) goto fail;
-    }
+    if (run_rows(ln_task, &j, M, D) != 0) goto fail;
     ryz_args_release(&a);
     Py_RETURN_NONE;
 fail:
@@ -266,14 +269,18 @@ static int check_positions(const int64_t *p, int64_t M) {
     return 0;
 }
 
-static int check_theta_hd(double theta, int64_t hd, const char *hd_name) {
-    if (ryz_check_min(theta, "theta", 0, 1)) return -1;
+/* hd, the head_dim (hd_name: where it comes from), must be even: rotate_half pairs its halves */
+static int check_even_hd(int64_t hd, const char *hd_name) {
     if (hd % 2 != 0) {
         PyErr_Format(PyExc_ValueError, "%s (head_dim) must be even for rotate_half, got %lld", hd_name,
                      (long long)hd);
         return -1;
     }
     return 0;
+}
+
+static int check_theta_hd(double theta, int64_t hd, const char *hd_name) {
+    return ryz_check_min(theta, "theta", 0, 1) || check_even_hd(hd, hd_name) ? -1 : 0;
 }
 
 static int run_rope(rope_job *j, int64_t M) {
@@ -354,14 +361,9 @@ static PyObject *py_rope_apply(PyObject *self, PyObject *args) {
     ryz_arr *x, *cs;
     if (!(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 3, 1)) || !(cs = ryz_arr_get(&a, oc, "cs", RYZ_F32, 2, 0)) ||
         ryz_check_dim(cs, 0, ryz_dim(x, 0), "x.shape[0]") || ryz_check_dim(cs, 1, ryz_dim(x, 2), "x.shape[2]") ||
-        ryz_check_no_overlap(x, cs))
+        ryz_check_no_overlap(x, cs) || check_even_hd(ryz_dim(x, 2), "x.shape[2]"))
         goto fail;
     int64_t M = ryz_dim(x, 0), H = ryz_dim(x, 1), hd = ryz_dim(x, 2);
-    if (hd % 2 != 0) {
-        PyErr_Format(PyExc_ValueError, "x.shape[2] (head_dim) must be even for rotate_half, got %lld",
-                     (long long)hd);
-        goto fail;
-    }
     if (M > 0 && H > 0 && hd > 0) {
         rope_job j = {ryz_data(x), NULL, NULL, ryz_data(cs), H, hd, 0};
         if (run_rope(&j, M)) goto fail;
@@ -399,10 +401,7 @@ static PyObject *py_softmax(PyObject *self, PyObject *args) {
     if (!(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 2, 1))) goto fail;
     int64_t M = ryz_dim(x, 0), N = ryz_dim(x, 1);
     sm_job j = {ryz_data(x), N};
-    if (N > 0) {
-        int64_t grain = N >= 4096 ? 1 : 4096 / N;
-        if (ryz_run_chunked(sm_task, &j, M, grain * 1024, grain) != 0) goto fail;
-    }
+    if (run_rows(sm_task, &j, M, N) != 0) goto fail;
     ryz_args_release(&a);
     Py_RETURN_NONE;
 fail:

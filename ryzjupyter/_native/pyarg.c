@@ -118,7 +118,7 @@ int ryz_check_no_overlap(const ryz_arr *out, const ryz_arr *in) {
 
 int ryz_check_no_overlap_any(const ryz_arr *out, const ryz_args *held) {
     for (int i = 0; i < held->n; i++)
-        if (ryz_check_no_overlap(out, &held->a[i])) return -1;
+        if (&held->a[i] != out && ryz_check_no_overlap(out, &held->a[i])) return -1;
     return 0;
 }
 
@@ -139,8 +139,11 @@ int ryz_check_same_shape(const ryz_arr *a, const ryz_arr *ref) {
                      a->name, ref->name, ref->view.ndim, a->view.ndim);
         return -1;
     }
-    for (int i = 0; i < ref->view.ndim; i++)
-        if (ryz_check_dim(a, i, ryz_dim(ref, i), ref->name) != 0) return -1;
+    for (int i = 0; i < ref->view.ndim; i++) {
+        char what[96];
+        snprintf(what, sizeof what, "%s.shape[%d]", ref->name, i);
+        if (ryz_check_dim(a, i, ryz_dim(ref, i), what) != 0) return -1;
+    }
     return 0;
 }
 
@@ -212,6 +215,12 @@ void ryz_prefix_error(const char *fmt, ...) {
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
+}
+
+int64_t ryz_chunk_items(int64_t work_per_item) {
+    int64_t chunk = ((int64_t)1 << 26) / (work_per_item > 0 ? work_per_item : 1);
+    const int64_t least = 2 * (int64_t)ryz_num_threads();
+    return chunk < least ? least : chunk;
 }
 
 /* A task whose range is shifted by `off` (one chunk of a chunked run). */

@@ -42,13 +42,14 @@ static inline int64_t ryz_size(const ryz_arr *a) {
 
 /* a.shape[i] must equal expected (what: where expected comes from, e.g. "x.shape[1]") */
 int ryz_check_dim(const ryz_arr *a, int i, int64_t expected, const char *what);
-/* a must have ref's rank and shape */
+/* a must have ref's rank and shape (the message names ref.shape[i]) */
 int ryz_check_same_shape(const ryz_arr *a, const ryz_arr *ref);
 /* a.shape[i], a kernel's K (the length it sums over), must be at most limit */
 int ryz_check_k_limit(const ryz_arr *a, int i, int64_t limit);
 /* The memory of out and in must not overlap (outputs must not alias inputs). */
 int ryz_check_no_overlap(const ryz_arr *out, const ryz_arr *in);
-/* ... nor that of out and any array held in `held` */
+/* ... nor that of out and any other array held in `held` (out itself may be one of them: every
+ * argument of a call is in one ryz_args, and an output must overlap none of the others) */
 int ryz_check_no_overlap_any(const ryz_arr *out, const ryz_args *held);
 /* out may be exactly in (same memory and size: element-wise in place is safe); any other
  * overlap is refused */
@@ -69,5 +70,9 @@ void ryz_prefix_error(const char *fmt, ...);
  * button interrupts a long call between chunks. Call WITH the GIL held.
  * Returns 0, or -1 with the exception (KeyboardInterrupt) set. */
 int ryz_run_chunked(ryz_task_fn fn, void *ctx, int64_t n, int64_t chunk, int64_t grain);
+
+/* The `chunk` for ryz_run_chunked when each item costs about work_per_item multiply-adds: about
+ * 2^26 of them between Ctrl-C checks, and at least two items per thread. */
+int64_t ryz_chunk_items(int64_t work_per_item);
 
 #endif /* RYZ_PY_H */

@@ -322,6 +322,35 @@ def test_attention_i8kv_argument_errors():
         _native.attention_i8kv(out, q, k8, np.ones((5, 3), np.float32), k8, s, 0, 1.0)
     with pytest.raises(ValueError, match="n_past is 4"):
         _native.attention_i8kv(out, q, k8, s, k8, s, 4, 1.0)
+    with pytest.raises(ValueError, match=r"^v_scales.shape\[0\] is 4 but must equal k_scales.shape\[0\] \(5\)$"):
+        _native.attention_i8kv(out, q, k8, s, k8, np.ones((4, 2), np.float32), 0, 1.0)
+    with pytest.raises(ValueError, match="^out must not share memory with v_scales"):
+        buf = np.zeros(64, np.float32)
+        _native.attention_i8kv(buf.reshape(2, 4, 8), q, k8, s, k8, buf[:10].reshape(5, 2), 0, 1.0)
+
+
+def test_shape_errors_name_both_arrays():
+    """A shape that must follow another array's names both dimensions and both sizes."""
+    q = np.zeros((2, 4, 8), np.float32)
+    k = np.zeros((5, 2, 8), np.float32)
+    with pytest.raises(ValueError, match=r"^out.shape\[2\] is 7 but must equal q.shape\[2\] \(8\)$"):
+        _native.attention(np.zeros((2, 4, 7), np.float32), q, k, k, 0, 1.0)
+    with pytest.raises(ValueError, match=r"^v.shape\[1\] is 3 but must equal k.shape\[1\] \(2\)$"):
+        _native.attention(np.zeros_like(q), q, k, np.zeros((5, 3, 8), np.float32), 0, 1.0)
+    x = np.zeros((3, 2, 8), np.float32)
+    with pytest.raises(ValueError, match=r"^q8.shape\[1\] is 3 but must equal x.shape\[1\] \(2\)$"):
+        _native.quantize_kv_i8(np.zeros((3, 3, 8), np.int8), np.zeros((3, 2), np.float32), x)
+    with pytest.raises(ValueError, match=r"^scales.shape\[0\] is 2 but must equal x.shape\[0\] \(3\)$"):
+        _native.quantize_kv_i8(np.zeros((3, 2, 8), np.int8), np.zeros((2, 2), np.float32), x)
+
+
+def test_quantize_kv_i8_outputs_must_not_overlap():
+    x = np.ones((3, 2, 8), np.float32)
+    buf = np.zeros(64, np.float32)
+    with pytest.raises(ValueError, match="^scales must not share memory with x"):
+        _native.quantize_kv_i8(np.zeros((3, 2, 8), np.int8), x.reshape(-1)[:6].reshape(3, 2), x)
+    with pytest.raises(ValueError, match="^q8 must not share memory with scales"):
+        _native.quantize_kv_i8(buf.view(np.int8)[:48].reshape(3, 2, 8), buf[:6].reshape(3, 2), x)
 
 
 # ---- decode units (ryz_attn_plan): one unit covers every kv head of a query row ------------
@@ -436,6 +465,16 @@ def test_segments_argument_errors():
         _native.attention_segments(np.empty_like(q), q, q, q, np.array([0, 3, 3, 5], np.int64), 1.0)
     with pytest.raises(ValueError, match="share memory"):
         _native.attention_segments(q, q, q, q, np.array([0, 5], np.int64), 1.0)
+    with pytest.raises(ValueError, match=r"^k.shape\[1\] is 3 but must equal q.shape\[1\] \(2\)$"):
+        _native.attention_segments(np.empty_like(q), q, np.zeros((5, 3, 4), np.float32), q,
+                                   np.array([0, 5], np.int64), 1.0)
+    with pytest.raises(ValueError, match=r"^out.shape\[0\] is 4 but must equal q.shape\[0\] \(5\)$"):
+        _native.attention_segments(np.zeros((4, 2, 4), np.float32), q, q, q, np.array([0, 5], np.int64), 1.0)
+    buf = np.zeros(40, np.float32)                            # out over the offsets' memory: refused
+    off = buf.view(np.int64)[:2]
+    off[:] = [0, 5]
+    with pytest.raises(ValueError, match="^out must not share memory with offsets"):
+        _native.attention_segments(buf.reshape(5, 2, 4), q, q, q, off, 1.0)
     with pytest.raises(TypeError):
         _native.attention_segments(np.empty_like(q), q, q, q, np.array([0, 5], np.int32), 1.0)
     with pytest.raises(ValueError):

@@ -261,6 +261,16 @@ def test_layernorm_constant_row_gives_bias(isa):
     np.testing.assert_array_equal(out, np.broadcast_to(b, x.shape))
 
 
+def test_same_shape_errors_name_the_reference_dimension():
+    x = np.zeros((2, 8), np.float32)
+    with pytest.raises(ValueError, match=r"^b.shape\[1\] is 7 but must equal a.shape\[1\] \(8\)$"):
+        _native.mul(np.empty_like(x), x, np.zeros((2, 7), np.float32))
+    with pytest.raises(ValueError, match=r"^out.shape\[0\] is 3 but must equal x.shape\[0\] \(2\)$"):
+        _native.silu(np.zeros((3, 8), np.float32), x)
+    with pytest.raises(ValueError, match=r"^x.shape\[2\] \(head_dim\) must be even for rotate_half, got 7$"):
+        _native.rope_apply(np.zeros((2, 2, 7), np.float32), np.zeros((2, 7), np.float32))
+
+
 def test_layernorm_argument_errors():
     x = np.zeros((2, 8), np.float32)
     w = np.ones(8, np.float32)
