@@ -6,7 +6,7 @@ random_bitnet.py   random-weight BitNet folders of any shape (tests and benchmar
 recurrent.py       what Mamba and RWKV share: the state cache with snapshots (prefix reuse),
                    float32 / int8 linears, the chunked forward
 head_and_state.py  what they build alike: the LM head (tied or their own), the fresh state, and
-                   (Mamba, Mamba-2) the backbone's weights
+                   (Mamba, Mamba-2) the backbone's load and chunked forward
 mamba.py           Mamba (MambaForCausalLM)
 mamba2.py          Mamba-2 (Mamba2ForCausalLM)
 rwkv.py            RWKV-4 (RwkvForCausalLM)

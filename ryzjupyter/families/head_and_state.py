@@ -1,12 +1,15 @@
 """What every recurrent family (Mamba, Mamba-2, RWKV-4, RWKV-7) builds the same way: its LM
 head (its own matrix, or the tied embedding) and its fresh state (float32 arrays, per layer);
-and the weights Mamba and Mamba-2 load alike (transformers' ``backbone.*`` layout).
+and what Mamba and Mamba-2 do alike: load a backbone (transformers' ``backbone.*`` layout)
+and run a chunk of tokens through it (each family with its own mixer block).
 
     self.lm_head = lm_head(ck, "lm_head.weight", self.embed, c.tied)
     def fresh_state(self):
         return layer_state(c.n_layers, ((c.d_inner, c.d_conv), 0.0), ((c.d_inner, c.d_state), 0.0))
     def _load(self, ck, fmt, progress):
         load_backbone(self, ck, fmt, progress, Config, LayerWeights, "Mamba")
+    def _run_chunk(self, tokens, state, want):
+        return run_backbone(self, mixer_block, tokens, state, want)
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ryzjupyter.engine.checkpoint import CheckpointError, detect_kind
-from ryzjupyter.families.recurrent import FLOAT_DTYPES, Linear, check_float
+from ryzjupyter.families.recurrent import FLOAT_DTYPES, K, Linear, check_float
 
 
 def lm_head(ck, name, embed, tied) -> Linear:
@@ -62,3 +65,26 @@ def load_backbone(model, ck, fmt, progress, config_cls, layer_cls, label):
     model.norm_f = check_float(ck, "backbone.norm_f.weight", (c.dim,))
     model.lm_head = lm_head(ck, "lm_head.weight", model.embed, c.tied)
     model.vocab_size = c.vocab_size
+
+
+def run_backbone(model, mixer_block, tokens, state, want):
+    """A chunk of tokens through a Mamba / Mamba-2 backbone (loaded by load_backbone), as the
+    family's ``_run_chunk``: h = embed[ids]; per layer l, h = h + mixer_block(config, layer,
+    state[2 l] (conv), state[2 l + 1] (ssm), rmsnorm(h), out); then the final norm and head on
+    the rows wanted (``model._final``)."""
+    c = model.config
+    h = model.embed[tokens]                                   # h = embed[ids]
+    x = np.empty_like(h)
+    out = np.empty_like(h)
+    for l, lw in enumerate(model.layers):
+        K.rmsnorm(x, h, lw.norm, c.norm_eps)                  # x = rmsnorm(h)
+        mixer_block(c, lw, state[2 * l], state[2 * l + 1], x, out)
+        K.add(h, h, out)                                      # h = h + mixer(x)
+    return model._final(h, want)
+
+
+def final_rmsnorm(model, rows):
+    """rmsnorm(rows, norm_f): a Mamba / Mamba-2 backbone's final norm (``_final_norm``)."""
+    x = np.empty_like(rows)
+    K.rmsnorm(x, rows, model.norm_f, model.config.norm_eps)
+    return x

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ryzjupyter.engine.checkpoint import CheckpointError
-from ryzjupyter.families.head_and_state import head_nbytes, layer_state, load_backbone
+from ryzjupyter.families.head_and_state import (final_rmsnorm, head_nbytes, layer_state, load_backbone,
+                                                run_backbone)
 from ryzjupyter.families.recurrent import K, Linear, RecurrentModel, check_float, config_int
 
 
@@ -159,20 +160,10 @@ class Mamba2Model(RecurrentModel):
                            ((c.n_groups, c.d_inner // c.n_groups, c.d_state), 0.0))
 
     def _final_norm(self, rows):
-        x = np.empty_like(rows)
-        K.rmsnorm(x, rows, self.norm_f, self.config.norm_eps)
-        return x
+        return final_rmsnorm(self, rows)
 
     def _run_chunk(self, tokens, state, want):
-        c = self.config
-        h = self.embed[tokens]
-        x = np.empty_like(h)
-        out = np.empty_like(h)
-        for l, lw in enumerate(self.layers):
-            K.rmsnorm(x, h, lw.norm, c.norm_eps)
-            mixer_block(c, lw, state[2 * l], state[2 * l + 1], x, out)
-            K.add(h, h, out)
-        return self._final(h, want)
+        return run_backbone(self, mixer_block, tokens, state, want)
 
     def _program(self, p):
         """The decode step as a program: the same math as mixer_block with one token."""
