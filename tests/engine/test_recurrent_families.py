@@ -183,8 +183,10 @@ def test_fused_decode_is_one_call_a_token_and_equals_the_op_by_op_step(isa, name
     assert not {"scan", "conv", "matmul"} & set(dec.counts), dec.counts
 
 
-def test_fused_decode_with_int8_weights_matches_the_int8_step():
-    name = "mamba_f32"
+@pytest.mark.parametrize("name", ["mamba_f32", "rwkv_bf16"])
+def test_fused_decode_with_int8_weights_matches_the_int8_step(isa, name):
+    """The fused step's int8 GEMVs (the head's streaming gemv_i8) against the op-by-op step's
+    matmul_i8 tiles, on every ISA level."""
     ids = reference(name)["input_ids_1"]
     fused, plain = (ryzjupyter.load(str(FIX / name), weights="int8") for _ in range(2))
     plain.fused_decode = False
