@@ -118,28 +118,29 @@ def step_breakdown(model, streams, args, rec, calls=3):
 
 
 def step_ceiling(model, steps, threads, seconds):
-    """The most batching can buy on this machine with int8 multiply-adds: B streams' step takes at
-    least the one-stream step (every weight read once, as one stream reads it) and at least its
-    multiply-adds (B x (ternary weights + head rows x dim)) at the int8 peak probed right after the
-    steps, for as long as they took. The ratio B x t(1) / that floor bounds what any kernel of
-    this kind reaches here; recorded in each serve_step record."""
+    """The most batching can buy on this machine with int8 multiply-adds. A step runs the layers,
+    then the head; each phase of B streams' step takes at least that phase of one stream's step
+    (every weight read once, as one stream reads it) and at least its B tokens' multiply-adds at the
+    int8 peak probed right after the steps, for as long as they took. B x t(1) / the sum of the two
+    floors bounds what any kernel of this kind reaches here; recorded in each serve_step record."""
     from ryzjupyter.bench import probes
     from ryzjupyter.bench.model import ternary_params
     peak = probes.peak_for(threads, seconds)
     if not peak or not steps or steps[0]["streams"] != 1:
         return
-    t1 = steps[0]["layers_s"] + steps[0]["head_s"]
-    macs1 = ternary_params(model) + model.config.vocab_size * model.config.dim
-    print(f"\n== the ceiling: int8 peak {peak:.0f} GOPS ({threads} threads, probed right after), "
-          f"{macs1 / 1e9:.2f} G multiply-adds a token ==")
+    l1, h1 = steps[0]["layers_s"], steps[0]["head_s"]
+    lm, hm = ternary_params(model), model.config.vocab_size * model.config.dim
+    print(f"\n== the ceiling: int8 peak {peak:.0f} GOPS ({threads} threads, probed right after); a token's "
+          f"multiply-adds: layers {lm / 1e9:.2f} G, head {hm / 1e9:.2f} G ==")
     for r in steps:
         B = r["streams"]
-        compute = 2 * B * macs1 / (peak * 1e9)
-        floor = max(t1, compute)
-        r.update(int8_peak_gops=peak, macs_per_token=macs1, compute_floor_s=compute, ceiling_vs_1=B * t1 / floor)
-        print(f"  {B:2d} streams: multiply-adds at the peak {compute * 1e3:6.1f} ms; step at least "
-              f"{floor * 1e3:6.1f} ms; at most {B * t1 / floor:.2f}x one stream "
-              f"(measured {B * t1 / (r['layers_s'] + r['head_s']):.2f}x)", flush=True)
+        cl, ch = 2 * B * lm / (peak * 1e9), 2 * B * hm / (peak * 1e9)
+        floor = max(l1, cl) + max(h1, ch)
+        r.update(int8_peak_gops=peak, layer_macs=lm, head_macs=hm, compute_floor_s=cl + ch, step_floor_s=floor,
+                 ceiling_vs_1=B * (l1 + h1) / floor)
+        print(f"  {B:2d} streams: multiply-adds at the peak: layers {cl * 1e3:6.1f} ms, head {ch * 1e3:5.1f} ms; "
+              f"step at least {floor * 1e3:6.1f} ms; at most {B * (l1 + h1) / floor:.2f}x one stream "
+              f"(measured {B * (l1 + h1) / (r['layers_s'] + r['head_s']):.2f}x)", flush=True)
 
 
 def run_batching(args, rec):

@@ -137,24 +137,26 @@ def step_time(model, repeat, context):
     return statistics.median(ts), statistics.median(cs)
 
 
-def verify_floor(model, positions, step, threads, seconds) -> dict | None:
-    """The least r(n) can be on this machine with int8 multiply-adds: a verify pass over n
-    positions reads every weight once, as a step does (so it takes at least a step), and runs n
-    tokens' multiply-adds (ternary weights + head rows x dim each), which take at least their
-    count at the int8 peak probed right after the measurement, for as long as it took. Per n:
-    int8_peak_gops, macs_per_token, compute_floor_s, ratio_floor = max(1, compute / step).
-    None at the scalar level (no SIMD peak)."""
+def verify_floor(model, positions, split, threads, seconds) -> dict | None:
+    """The least r(n) can be on this machine with int8 multiply-adds. A pass runs the layers, then
+    the head; each phase of a verify pass over n positions takes at least that phase of a decode
+    step (it reads the same weights once: split["step"], timed in C) and at least its n tokens'
+    multiply-adds at the int8 peak probed right after the measurement, for as long as it took:
+    r(n) >= (max(layers, n x layer MACs / peak) + max(head, n x head MACs / peak)) / (layers + head).
+    Per n: int8_peak_gops, layer_macs / head_macs (a token's), compute_floor_s (both phases'
+    multiply-adds at the peak), ratio_floor. None at the scalar level (no SIMD peak)."""
     from ryzjupyter.bench import probes
     from ryzjupyter.bench.model import ternary_params
     peak = probes.peak_for(threads, seconds)
-    if not peak:
+    sl, sh = split["step"]
+    if not peak or not sl + sh:
         return None
-    macs1 = ternary_params(model) + model.config.vocab_size * model.config.dim
+    lm, hm = ternary_params(model), model.config.vocab_size * model.config.dim
     out = {}
     for n in positions:
-        compute = 2 * n * macs1 / (peak * 1e9)
-        out[n] = {"int8_peak_gops": peak, "macs_per_token": macs1, "compute_floor_s": compute,
-                  "ratio_floor": max(1.0, compute / step)}
+        cl, ch = 2 * n * lm / (peak * 1e9), 2 * n * hm / (peak * 1e9)
+        out[n] = {"int8_peak_gops": peak, "layer_macs": lm, "head_macs": hm, "compute_floor_s": cl + ch,
+                  "ratio_floor": (max(sl, cl) + max(sh, ch)) / (sl + sh)}
     return out
 
 
@@ -287,7 +289,7 @@ def run(args) -> int:
         target = ryzjupyter.load(str(folder), lm_head="int8", max_context=args.context + 32)
         t_measure = time.perf_counter()
         med, step, runs, steps, med_cpu, step_cpu, split = verify_costs(target, positions, args.repeat, args.context)
-        floor = verify_floor(target, positions, step, args.threads, time.perf_counter() - t_measure)
+        floor = verify_floor(target, positions, split, args.threads, time.perf_counter() - t_measure)
         r = {n: med[n] / step for n in positions}
         r_cpu = {n: med_cpu[n] / step_cpu for n in positions}
         sl, sh = split["step"]

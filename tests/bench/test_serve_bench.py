@@ -30,13 +30,15 @@ def test_bench_serve_records(tmp_path):
         assert x["ratio_runs"] == pytest.approx([a / b for a, b in zip(x["runs"], batch[1]["runs"])])
     steps = [x for x in d["records"] if x["kind"] == "serve_step"]
     assert [x["streams"] for x in steps] == [1, 2, 4] and all(x["layers_s"] > 0 and x["head_s"] > 0 for x in steps)
-    # the ceiling: the one-stream step, or B streams' multiply-adds at the int8 peak probed after
+    # the ceiling: each phase at least one stream's, and at least B tokens' multiply-adds at the peak
     if d["native"]["isa"] != "scalar":
-        t1 = steps[0]["layers_s"] + steps[0]["head_s"]
+        l1, h1 = steps[0]["layers_s"], steps[0]["head_s"]
         for x in steps:
-            B = x["streams"]
-            assert x["compute_floor_s"] == pytest.approx(2 * B * x["macs_per_token"] / (x["int8_peak_gops"] * 1e9))
-            assert x["ceiling_vs_1"] == pytest.approx(B * t1 / max(t1, x["compute_floor_s"]))
+            B, peak = x["streams"], x["int8_peak_gops"] * 1e9
+            cl, ch = 2 * B * x["layer_macs"] / peak, 2 * B * x["head_macs"] / peak
+            assert x["compute_floor_s"] == pytest.approx(cl + ch)
+            assert x["step_floor_s"] == pytest.approx(max(l1, cl) + max(h1, ch))
+            assert x["ceiling_vs_1"] == pytest.approx(B * (l1 + h1) / x["step_floor_s"])
             assert 1 <= x["ceiling_vs_1"] <= B + 1e-9
         assert steps[0]["ceiling_vs_1"] == pytest.approx(1.0)
     else:
