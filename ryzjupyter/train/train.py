@@ -6,6 +6,15 @@ Example (the exact commands used for the shipped models are in ryzjupyter/models
     python -m ryzjupyter.train.train --corpus /tmp/kjv/kjv-train.txt --valid /tmp/kjv/kjv-valid.txt \
         --out ryzjupyter/models/demo --hidden 256 --layers 4 --cpu-minutes 40
 
+In-context copy mix (``--copy-frac F``): a fraction F of the training rows are copy sequences, a passage from
+``--copy-sources`` (the training chapters ``kjv`` and/or corpus.py's copy-<name>-train.txt files) that recurs
+later in the row; no copy row shares a 16-token run with --valid or the ``--copy-exclude`` files. The rules are in
+copymix.py; with F = 0 the rows are exactly the plain windows of earlier runs. ``--ctx`` sets the context (RoPE has
+no table, so any length trains; the export's max_position_embeddings and the tokenizer's model_max_length are set
+to it). The record then also holds ``copy_mix`` (sources with their token counts and SHA-256, rows drawn),
+``copy_second_over_first`` (bench copy's perplexity ratio on 8 doubled validation passages, also in every eval) and,
+for ctx > 256, ``val_ppl_256`` (validation perplexity with 256-token windows, comparable with earlier models).
+
 Training length is a CPU-time budget (``--cpu-minutes``, measured with time.process_time so a SIGSTOP/SIGCONT or
 a busy machine does not shorten it), optionally capped by ``--wall-minutes``, or a fixed ``--steps``; the
 learning-rate schedule (linear warmup, cosine decay) follows the progress fraction. Runs with ``--threads 1`` by default.
@@ -33,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import copymix
 from . import corpus as corpus_mod
 from . import export as export_mod
 from . import tok as tok_mod
@@ -127,6 +137,33 @@ def sample(model, tok, prompt_ids, n_new=60, temperature=0.8, top_k=40, seed=0, 
     return tok.decode(ids[len(prompt_ids):], skip_special_tokens=False)
 
 
+def build_copy_mix(a, tok, chapters, stream, vids):
+    """The copy mix of the run (copymix.CopySequences) and its record for validation_ppl.json."""
+    sources, rec_sources = [], []
+    for src in a.copy_sources:
+        if src == "kjv":
+            docs, name, sha = chapters, "kjv", None
+        else:
+            text = open(src, encoding="utf-8").read()
+            docs, name, sha = corpus_mod.text_to_chapters(text), copymix.source_name(src), \
+                hashlib.sha256(text.encode()).hexdigest()
+        ids = copymix.tokenize_documents(tok, docs)
+        sources.append((name, ids))
+        rec_sources.append({"name": name, "file": None if src == "kjv" else os.path.basename(src), "sha256": sha,
+                            "documents": len(docs), "tokens": int(len(ids))})
+    excluded = [vids]
+    for path in a.copy_exclude:
+        excluded.append(tok.encode(open(path, encoding="utf-8").read(), add_special_tokens=False).ids)
+    mix = copymix.CopySequences(sources, stream, a.ctx + 1, copymix.Exclusion(excluded), a.copy_min_passage,
+                                a.copy_max_passage)
+    print("copy mix: " + ", ".join(f"{r['name']} {r['tokens']:,} tokens" for r in rec_sources)
+          + f"; {a.copy_frac:.0%} of rows; excluded: validation text"
+          + "".join(f", {os.path.basename(p)}" for p in a.copy_exclude), flush=True)
+    return mix, {"frac": a.copy_frac, "sources": rec_sources, "min_passage": mix.min_passage,
+                 "max_passage": mix.max_passage, "exclude_run_tokens": copymix.EXCLUDE_N,
+                 "excluded": ["validation text"] + [os.path.basename(p) for p in a.copy_exclude]}
+
+
 def lr_at(progress: float, base: float, warmup_frac: float, min_frac: float) -> float:
     if progress < warmup_frac:
         return base * progress / warmup_frac
@@ -154,6 +191,17 @@ def main(argv=None):
     ap.add_argument("--warmup-frac", type=float, default=0.03)
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--chat-per-chapter", type=int, default=2)
+    ap.add_argument("--copy-frac", type=float, default=0.0,
+                    help="fraction of training rows that are copy sequences (a passage recurring in the row; "
+                         "see ryzjupyter/train/copymix.py); 0 = plain windows only")
+    ap.add_argument("--copy-sources", nargs="+", default=["kjv"],
+                    help="where copy passages come from: 'kjv' (the training chapters) and/or text files in the "
+                         "chapters' format (corpus.py --sources writes copy-<name>-train.txt); chosen uniformly")
+    ap.add_argument("--copy-exclude", nargs="*", default=[],
+                    help="texts no copy sequence may share a run of 16 tokens with, besides --valid (always "
+                         "excluded), e.g. corpus.py's copy-valid.txt")
+    ap.add_argument("--copy-min-passage", type=int, default=16)
+    ap.add_argument("--copy-max-passage", type=int, default=0, help="default: (ctx + 1) // 2")
     ap.add_argument("--steps", type=int, default=0, help="fixed number of steps (overrides --cpu-minutes)")
     ap.add_argument("--cpu-minutes", type=float, default=5.0)
     ap.add_argument("--wall-minutes", type=float, default=0.0,
@@ -189,6 +237,12 @@ def main(argv=None):
     stream = build_stream(tok, chapters, rng, a.chat_per_chapter)
     vids = tok.encode(valid_text, add_special_tokens=False).ids
     vwin = valid_windows(vids, a.ctx)
+    mix, copy_rng, copy_record = None, None, None
+    if not 0.0 <= a.copy_frac <= 1.0:
+        raise SystemExit(f"--copy-frac must be in [0, 1], got {a.copy_frac}")
+    if a.copy_frac > 0:
+        mix, copy_record = build_copy_mix(a, tok, chapters, stream, vids)
+        copy_rng = random.Random(a.seed + 1)
     print(f"tokenizer vocab {vocab}; train stream {len(stream)} tokens ({len(train_text)} chars of text); "
           f"valid {len(vids)} tokens in {len(vwin)} windows of {a.ctx}", flush=True)
 
@@ -220,8 +274,8 @@ def main(argv=None):
         lr = lr_at(progress, a.lr, a.warmup_frac, a.min_lr_frac)
         for gparam in opt.param_groups:
             gparam["lr"] = lr
-        starts = np.array([rng.randrange(len(stream) - a.ctx - 1) for _ in range(a.batch)])
-        x = torch.from_numpy(np.stack([stream[s:s + a.ctx + 1] for s in starts]))
+        rows, _ = copymix.batch_rows(stream, a.ctx + 1, a.batch, step, rng, mix, a.copy_frac, copy_rng)
+        x = torch.from_numpy(rows)
         logits = model(x[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, vocab), x[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -236,7 +290,8 @@ def main(argv=None):
                   f"cpu {used / 60:.1f}m tok/cpu-s {tokens_seen / max(used, 1e-9):.0f}", flush=True)
         if a.eval_every and step % a.eval_every == 0:
             nll, n = evaluate(model, vwin, a.eval_windows)
-            rec = {"step": step, "cpu_min": used / 60, "loss_ema": loss_ema, "val_ppl_partial": math.exp(nll / n)}
+            rec = {"step": step, "cpu_min": used / 60, "loss_ema": loss_ema, "val_ppl_partial": math.exp(nll / n),
+                   "copy_second_over_first": copymix.second_over_first(model, vids, a.ctx)}
             history.append(rec)
             print("eval", json.dumps(rec), flush=True)
             if log:
@@ -244,10 +299,21 @@ def main(argv=None):
                 log.flush()
 
     train_cpu = time.process_time() - t_train0
+    if copy_record is not None:
+        copy_record["rows"] = sum(copymix.is_copy_row(k, a.copy_frac) for k in range(step * a.batch))
+        copy_record["rows_total"] = step * a.batch
+        copy_record["rejected_draws"] = mix.rejected
     export_mod.round_embeddings_(model)
     nll, n, per_win = evaluate(model, vwin, per_window=True)
     ppl = math.exp(nll / n)
+    ppl_256 = None
+    if a.ctx > 256:      # the shipped models' windows until 2026-12: compare a longer-context model with them
+        nll_256, n_256 = evaluate(model, valid_windows(vids, 256))
+        ppl_256 = math.exp(nll_256 / n_256)
     result = {
+        "val_ppl_256": ppl_256,
+        "copy_mix": copy_record,
+        "copy_second_over_first": copymix.second_over_first(model, vids, a.ctx),
         "val_ppl": ppl, "val_nll_sum": nll, "val_predicted_tokens": n, "val_tokens": len(vids),
         "val_file": "validation.txt", "val_file_sha256": hashlib.sha256(valid_text.encode()).hexdigest(),
         "windowing": WINDOWING, "val_window_nll": per_win,
@@ -257,7 +323,8 @@ def main(argv=None):
         "train_stream_tokens": int(len(stream)), "history": history,
     }
     print(f"FINAL val ppl {ppl:.4f} ({n} predicted tokens, {len(vwin)} windows) steps {step} "
-          f"cpu {train_cpu / 60:.1f} min", flush=True)
+          f"cpu {train_cpu / 60:.1f} min" + (f"; with 256-token windows {ppl_256:.4f}" if ppl_256 else "")
+          + f"; copy probe: second/first occurrence ppl {result['copy_second_over_first']:.3f}", flush=True)
     eot = tok.token_to_id(tok_mod.EOT)
     samples = []
     bos = tok.token_to_id(tok_mod.BOS)
