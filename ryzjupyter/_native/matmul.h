@@ -46,7 +46,14 @@ typedef struct {
     const float *x, *wp, *bias; /* bias may be NULL */
     int64_t M, K, N, P;         /* P = panels = ceil(N / 16) */
     int64_t ldx, ldo;           /* floats between rows of x, of out (K and N when packed) */
+    const uint16_t *wh;         /* gemm_f16: the panels in IEEE float16 bits (wp unused) */
 } ryz_gemm_f32_job;
+
+/* gemm_f16: gemm_f32 with the panels stored as IEEE float16 (wh[p][k][c], same layout), each
+ * weight widened to float32 exactly (F16C's vcvtph2ps; the reference in plain C) and then
+ * multiplied and added as in gemm_f32: the result equals gemm_f32 on the widened weights
+ * (bit for bit at the same ISA level). Half the weight bytes: the encoder's one-query call
+ * is bound by streaming its weights (docs/memory.md). */
 
 typedef struct {
     const char *name;
@@ -60,9 +67,12 @@ typedef struct {
     /* gemm_f32 items [i0, i1): item i = (row block i / P, panel i % P) */
     void (*gemm_f32)(const ryz_gemm_f32_job *j, int64_t i0, int64_t i1);
     const char *gemm_name; /* the variant gemm_f32 is (avx512vnni uses AVX2's) */
+    void (*gemm_f16)(const ryz_gemm_f32_job *j, int64_t i0, int64_t i1);
+    const char *gemm_f16_name;
 } ryz_matmul_kernels;
 
 void ryz_gemm_f32_avx2(const ryz_gemm_f32_job *j, int64_t i0, int64_t i1);
+void ryz_gemm_f16_avx2(const ryz_gemm_f32_job *j, int64_t i0, int64_t i1);
 
 static inline float ryz_i8_epilogue(int32_t acc, float xs, float ws) {
     return (float)acc / (xs * ws);

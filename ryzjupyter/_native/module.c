@@ -142,6 +142,19 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(set_thread_limit_doc,
+"set_thread_limit(n) -> int\n\n"
+"The calling Python thread's native jobs use at most n of the pool's threads (n <= 0: all of\n"
+"them) until it sets another limit; returns the previous limit (0: none). Other threads and\n"
+"the pool's size are not affected (the encoder runs a one-query call on one thread: on a\n"
+"shared machine a second thread's barrier costs more than it saves, docs/memory.md).");
+static PyObject *py_set_thread_limit(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    int n;
+    if (!PyArg_ParseTuple(args, "i:set_thread_limit", &n)) return NULL;
+    return PyLong_FromLong(ryz_set_thread_limit(n));
+}
+
 static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
     RYZ_UNUSED(self);
     RYZ_UNUSED(noargs);
@@ -153,6 +166,7 @@ static PyMethodDef core_methods[] = {
     {"set_isa", py_set_isa, METH_VARARGS, set_isa_doc},
     {"set_num_threads", py_set_num_threads, METH_VARARGS, set_num_threads_doc},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
+    {"set_thread_limit", py_set_thread_limit, METH_VARARGS, set_thread_limit_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -15,6 +15,7 @@ void ryz_matmul_select(ryz_isa isa) {
     ryz_register_kernel("matmul_i8", ryz_matmul->name);
     ryz_register_kernel("matmul_f32", ryz_matmul->name);
     ryz_register_kernel("gemm_f32", ryz_matmul->gemm_name);
+    ryz_register_kernel("gemm_f16", ryz_matmul->gemm_f16_name);
 }
 
 typedef struct {
@@ -126,10 +127,14 @@ fail:
     return NULL;
 }
 
-/* ---- gemm_f32: packed-panel float GEMM with bias (the encoder's linears) ------------- */
+/* ---- gemm_f32 / gemm_f16: packed-panel float GEMM with bias (the encoder's linears) --- */
 static void gemm_items(void *vctx, int64_t b, int64_t e, int tid) {
     RYZ_UNUSED(tid);
     ryz_matmul->gemm_f32((const ryz_gemm_f32_job *)vctx, b, e);
+}
+static void gemm_f16_items(void *vctx, int64_t b, int64_t e, int tid) {
+    RYZ_UNUSED(tid);
+    ryz_matmul->gemm_f16((const ryz_gemm_f32_job *)vctx, b, e);
 }
 
 PyDoc_STRVAR(gemm_f32_doc,
@@ -140,14 +145,20 @@ PyDoc_STRVAR(gemm_f32_doc,
 "increasing k order (FMA on AVX2; the AVX-512 level runs the AVX2 code). Threads split\n"
 "(96-row blocks of x, panels); GIL released; Ctrl-C checked between chunks.");
 
-static PyObject *py_gemm_f32(PyObject *self, PyObject *args) {
-    RYZ_UNUSED(self);
+PyDoc_STRVAR(gemm_f16_doc,
+"gemm_f16(out, x, wh, bias) -> None\n\n"
+"gemm_f32 with the panels in float16: wh float16 [ceil(N / 16), K, 16] (pack_panels, then\n"
+".astype(float16)). Each weight is widened to float32 exactly and the products are summed as\n"
+"gemm_f32 sums them, so the result equals gemm_f32(out, x, wh.astype(float32), bias) at the\n"
+"same ISA level, with half the weight bytes read. GIL released; Ctrl-C checked between chunks.");
+
+static PyObject *gemm_common(PyObject *args, const int f16) {
     PyObject *oo, *ox, *ow, *ob;
-    if (!PyArg_ParseTuple(args, "OOOO:gemm_f32", &oo, &ox, &ow, &ob)) return NULL;
+    if (!PyArg_ParseTuple(args, f16 ? "OOOO:gemm_f16" : "OOOO:gemm_f32", &oo, &ox, &ow, &ob)) return NULL;
     ryz_args a = {0};
     ryz_arr *out, *x, *wp, *bias = NULL;
     if (!(out = ryz_arr_get(&a, oo, "out", RYZ_F32, 2, 1)) || !(x = ryz_arr_get(&a, ox, "x", RYZ_F32, 2, 0)) ||
-        !(wp = ryz_arr_get(&a, ow, "wp", RYZ_F32, 3, 0)) ||
+        !(wp = ryz_arr_get(&a, ow, f16 ? "wh" : "wp", f16 ? RYZ_F16 : RYZ_F32, 3, 0)) ||
         (ob != Py_None && !(bias = ryz_arr_get(&a, ob, "bias", RYZ_F32, 1, 0))))
         goto fail;
     const int64_t M = ryz_dim(x, 0), K = ryz_dim(x, 1), N = ryz_dim(out, 1), P = (N + 15) / 16;
@@ -157,19 +168,30 @@ static PyObject *py_gemm_f32(PyObject *self, PyObject *args) {
         ryz_check_no_overlap(out, wp) || (bias && ryz_check_no_overlap(out, bias)))
         goto fail;
     if (M > 0 && N > 0) {
-        ryz_gemm_f32_job j = {ryz_data(out), ryz_data(x), ryz_data(wp), bias ? ryz_data(bias) : NULL, M, K, N, P, K, N};
+        ryz_gemm_f32_job j = {ryz_data(out), ryz_data(x), f16 ? NULL : ryz_data(wp), bias ? ryz_data(bias) : NULL,
+                              M, K, N, P, K, N, f16 ? ryz_data(wp) : NULL};
         const int64_t items = (M + RYZ_GEMM_MB - 1) / RYZ_GEMM_MB * P;
         /* chunks of about 2^28 multiply-adds between Ctrl-C checks */
         const int64_t per_item = RYZ_GEMM_MB * RYZ_GEMM_NR * (K > 0 ? K : 1);
         int64_t chunk = ((int64_t)1 << 28) / per_item;
         if (chunk < 4 * (int64_t)ryz_num_threads()) chunk = 4 * (int64_t)ryz_num_threads();
-        if (ryz_run_chunked(gemm_items, &j, items, chunk, 1) != 0) goto fail;
+        if (ryz_run_chunked(f16 ? gemm_f16_items : gemm_items, &j, items, chunk, 1) != 0) goto fail;
     }
     ryz_args_release(&a);
     Py_RETURN_NONE;
 fail:
     ryz_args_release(&a);
     return NULL;
+}
+
+static PyObject *py_gemm_f32(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    return gemm_common(args, 0);
+}
+
+static PyObject *py_gemm_f16(PyObject *self, PyObject *args) {
+    RYZ_UNUSED(self);
+    return gemm_common(args, 1);
 }
 
 /* ---- probes ------------------------------------------------------------------------ */
@@ -354,6 +376,7 @@ PyMethodDef ryz_matmul_methods[] = {
     {"matmul_i8", py_matmul_i8, METH_VARARGS, matmul_i8_doc},
     {"matmul_f32", py_matmul_f32, METH_VARARGS, matmul_f32_doc},
     {"gemm_f32", py_gemm_f32, METH_VARARGS, gemm_f32_doc},
+    {"gemm_f16", py_gemm_f16, METH_VARARGS, gemm_f16_doc},
     {"probe_read", py_probe_read, METH_VARARGS, probe_read_doc},
     {"probe_int8", py_probe_int8, METH_VARARGS, probe_int8_doc},
     {"probe_loops", py_probe_loops, METH_NOARGS, probe_loops_doc},

@@ -67,6 +67,9 @@ typedef void (*ryz_task_fn)(void *ctx, int64_t begin, int64_t end, int tid);
 int ryz_num_threads(void);        /* threads the pool uses (caller included) */
 int ryz_physical_cores(void);     /* physical cores this process may run on */
 int ryz_set_num_threads(int n);   /* 0 ok, -1 bad value; call with no job running */
+/* The calling OS thread's jobs use at most n threads of the pool (n <= 0: all of them), until it
+ * sets another limit; returns the previous limit (0: none). Other threads are not affected. */
+int ryz_set_thread_limit(int n);
 
 /* Run fn over [0, n) split into one contiguous range per thread, each range a
  * multiple of `grain` items (except the last). Blocks until all ranges are done.

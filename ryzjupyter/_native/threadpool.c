@@ -319,6 +319,14 @@ static unsigned publish(pool_t *p, ryz_task_fn fn, void *ctx, int64_t n, int64_t
  * parallel_for it calls meanwhile runs on the caller alone. */
 static _Thread_local int t_in_side = 0;
 
+/* ryz_set_thread_limit: the calling thread's jobs use at most this many threads (0: no limit) */
+static _Thread_local int t_limit = 0;
+int ryz_set_thread_limit(int n) {
+    const int old = t_limit;
+    t_limit = n > 0 ? n : 0;
+    return old;
+}
+
 void ryz_parallel_for_n(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int max_threads) {
     pool_t *p = &g_pool;
     if (n <= 0) return;
@@ -328,6 +336,7 @@ void ryz_parallel_for_n(ryz_task_fn fn, void *ctx, int64_t n, int64_t grain, int
     int64_t blocks = (n + grain - 1) / grain;
     int parts = p->nthreads;
     if (max_threads >= 1 && parts > max_threads) parts = max_threads;
+    if (t_limit >= 1 && parts > t_limit) parts = t_limit;
     if (parts > MAX_PARTS) parts = MAX_PARTS;
     if (parts > blocks) parts = (int)blocks;
     if (parts <= 1 || t_in_side) {

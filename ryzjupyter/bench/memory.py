@@ -138,8 +138,7 @@ def _bank_on(vectors: np.ndarray):
     class _Enc:
         dim = vectors.shape[1]
     b.encoder = _Enc()
-    b._vecs = np.empty((0, vectors.shape[1]), np.float32)
-    b._q8, b._s8 = np.empty((0, vectors.shape[1]), np.int8), np.empty(0, np.float32)
+    b._empty_mirror()
     b._mirror_put([str(i) for i in range(len(vectors))], vectors)
     return b
 

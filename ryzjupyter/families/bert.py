@@ -39,6 +39,11 @@ from ryzjupyter.engine.checkpoint import CheckpointError, resolve_model_path
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 # tokens per forward call at most (packed texts): bounds the activations (~20 MB at 4096)
 BATCH_TOKENS = 4096
+# a forward call of at most this many tokens (a search's question) runs on one thread: its
+# dozens of small jobs each end at a barrier, and on a shared machine a second thread that is
+# not running holds the barrier up (a 12-token query: 4.5 ms on one thread, 12 ms on two, with
+# the load average at 5.5 on 2 cores; docs/memory.md)
+ONE_THREAD_TOKENS = 64
 
 
 # ----------------------------------------------------------------------------
@@ -117,7 +122,14 @@ def _read_tensors(folder: Path) -> dict:
     return tensors
 
 
-def load_weights(folder: Path, c: Config) -> Weights:
+WEIGHT_FORMATS = ("f16", "f32")
+
+
+def load_weights(folder: Path, c: Config, weights: str = "f16") -> Weights:
+    """The encoder's weights; the blocks' matrices packed into panels, in float16 (``weights="f16"``,
+    gemm_f16: half the bytes a call streams) or float32 (``"f32"``, gemm_f32: the checkpoint's values)."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
     t = _read_tensors(folder)
 
     def get(name, shape):
@@ -126,7 +138,10 @@ def load_weights(folder: Path, c: Config) -> Weights:
         a = np.ascontiguousarray(t[name], dtype=np.float32)
         if a.shape != shape:
             raise CheckpointError(f"{folder}: {name} has shape {a.shape}, expected {shape}")
-        return pack_panels(a) if name.endswith(".weight") and len(shape) == 2 and ".layer." in name else a
+        if name.endswith(".weight") and len(shape) == 2 and ".layer." in name:
+            wp = pack_panels(a)
+            return wp.astype(np.float16) if weights == "f16" else wp
+        return a
 
     D, F = c.dim, c.hidden_dim
     layers = []
@@ -162,9 +177,10 @@ def pack_panels(w: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------
 # The blocks
 def linear(x: np.ndarray, wp: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """x @ w.T + b: fp32 GEMM with the bias on our kernels (wp: w packed by pack_panels)."""
+    """x @ w.T + b: fp32 GEMM with the bias on our kernels (wp: w packed by pack_panels, float32
+    for gemm_f32 or float16 for gemm_f16, which widens each weight exactly and sums in float32)."""
     out = np.empty((x.shape[0], b.shape[0]), np.float32)
-    _native.gemm_f32(out, x, wp, b)
+    (_native.gemm_f16 if wp.dtype == np.float16 else _native.gemm_f32)(out, x, wp, b)
     return out
 
 
@@ -249,9 +265,14 @@ def resolve_encoder_path(model=None) -> Path:
 
 
 class Encoder:
-    """A sentence encoder: ``Encoder(folder).encode(texts)`` -> float32 [n, dim], unit rows."""
+    """A sentence encoder: ``Encoder(folder).encode(texts)`` -> float32 [n, dim], unit rows.
 
-    def __init__(self, folder):
+    ``weights="f16"`` (the default) keeps the blocks' matrices in float16 and computes in float32
+    (gemm_f16): a one-query call streams 21 MB of weights instead of 42 MB, and the vectors equal
+    the float32 weights' to cosine >= 0.99999 on real sentences (tests/memory/test_embedding.py).
+    ``weights="f32"`` keeps the checkpoint's float32 values."""
+
+    def __init__(self, folder, weights: str = "f16"):
         folder = Path(folder)
         self.folder = folder
         self.config = Config.from_folder(folder)
@@ -261,7 +282,8 @@ class Encoder:
         self.tokenizer = Tokenizer.from_file(str(tok_file))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.config.max_seq_length)
-        self.weights = load_weights(folder, self.config)
+        self.weights = load_weights(folder, self.config, weights)
+        self.weight_format = weights
         self.name = folder.name if folder.name != "model" else DEFAULT_EMBEDDER.split("/")[1]
         self.dim = self.config.dim
 
@@ -284,7 +306,12 @@ class Encoder:
             packed = np.concatenate([ids[i] for i in batch])
             offsets = np.zeros(len(batch) + 1, np.int64)
             offsets[1:] = np.cumsum([len(ids[i]) for i in batch])
-            h = forward(self.weights, self.config, packed, offsets)
+            limit = _native.set_thread_limit(1) if tokens <= ONE_THREAD_TOKENS else None
+            try:
+                h = forward(self.weights, self.config, packed, offsets)
+            finally:
+                if limit is not None:
+                    _native.set_thread_limit(limit)
             out[batch] = mean_pool_normalize(h, offsets)
             start = stop
         return out

@@ -57,14 +57,27 @@ def _close_open_banks():
 
 
 EXACT_ROWS = 4096   # up to this many units a search scores all of them in float32
-RESCORE = 64        # past it, the int8 pass keeps this many candidates (at least 4k) for the float32 pass
+BLOCK = 64          # past it, the best int8 row of each block of this many rows sets the float32 pass's bar
+SLACK = 1e-4        # added to the int8 pass's error bound: the float rounding of both passes (~3e-5)
+
+
+def _quantize_rows(v: np.ndarray):
+    """int8 copies of the rows of v [n, dim] for the first search pass, q = round(v * s) with
+    s = 127 / max|v| per row, the scales s, and what the first pass's error bound needs: the norm
+    of each row's rounding error |v - q/s| and of its dequantized copy |q/s|."""
+    v = np.asarray(v, np.float32)
+    m = np.abs(v).max(axis=1) if v.shape[1] else np.zeros(len(v), np.float32)
+    s = np.where(m > 0, np.float32(127) / np.where(m > 0, m, 1), np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(v * s[:, None]), -127, 127).astype(np.int8)
+    deq = q.astype(np.float64) / s[:, None].astype(np.float64)
+    err = np.linalg.norm(v.astype(np.float64) - deq, axis=1).astype(np.float32)
+    return q, s, err, np.linalg.norm(deq, axis=1).astype(np.float32)
 
 
 def _quantize(v: np.ndarray):
-    """int8 copy of a vector for the first search pass: q = round(v * 127 / max|v|), and that scale."""
-    m = float(np.abs(v).max())
-    scale = 127.0 / m if m > 0 else 1.0
-    return np.clip(np.rint(v * scale), -127, 127).astype(np.int8), np.float32(scale)
+    """int8 copy of one vector and its scale (``_quantize_rows`` of one row)."""
+    q, s, _, _ = _quantize_rows(np.asarray(v, np.float32)[None])
+    return q[0], s[0]
 
 
 class BankError(ValueError):
@@ -179,10 +192,7 @@ class RecycleBank:
         _OPEN.add(self)
         self._ensure_collection()
         self._mirror = self.url is None
-        self._ids: list = []
-        self._pos: dict = {}
-        self._vecs = np.empty((0, self.encoder.dim), np.float32)
-        self._q8, self._s8 = np.empty((0, self.encoder.dim), np.int8), np.empty(0, np.float32)
+        self._empty_mirror()
         if self._mirror:
             self._load_mirror()
         self.expire()
@@ -222,36 +232,50 @@ class RecycleBank:
             if offset is None:
                 return
 
+    def _empty_mirror(self):
+        """The in-memory copy of the namespace's vectors, empty: ids and their rows, the float32
+        matrix, its int8 copy with the per-row scales, and the per-row norms of the int8 copy's
+        rounding error and of the dequantized rows (the first pass's error bound, ``_top``)."""
+        dim = self.encoder.dim
+        self._ids, self._pos = [], {}
+        self._vecs = np.empty((0, dim), np.float32)
+        self._q8, self._s8 = np.empty((0, dim), np.int8), np.empty(0, np.float32)
+        self._e8, self._h8 = np.empty(0, np.float32), np.empty(0, np.float32)
+
     def _load_mirror(self):
         ids, vecs = [], []
         for p in self._scroll(with_vectors=True):
             ids.append(str(p.id))
             vecs.append(np.asarray(p.vector, np.float32))
-        self._ids, self._pos = [], {}
-        self._vecs = np.empty((0, self.encoder.dim), np.float32)
-        self._q8, self._s8 = np.empty((0, self.encoder.dim), np.int8), np.empty(0, np.float32)
+        self._empty_mirror()
         if vecs:
             self._mirror_put(ids, np.stack(vecs))
 
     def _mirror_put(self, ids, vecs):
         """Add or overwrite rows of the in-memory matrices (their capacity doubles as they grow)."""
-        for i, v in zip(ids, vecs):
+        vecs = np.asarray(vecs, np.float32).reshape(len(ids), self.encoder.dim)
+        if not len(ids):
+            return
+        q8, s8, e8, h8 = _quantize_rows(vecs)
+        rows = np.empty(len(ids), np.int64)
+        for j, i in enumerate(ids):
             n = self._pos.get(i)
             if n is None:
                 n = len(self._ids)
                 if n == len(self._vecs):
-                    cap = max(64, 2 * n)
-                    grown = np.empty((cap, self.encoder.dim), np.float32)
-                    grown[:n] = self._vecs[:n]
-                    g8 = np.empty((cap, self.encoder.dim), np.int8)
-                    g8[:n] = self._q8[:n]
-                    gs = np.empty(cap, np.float32)
-                    gs[:n] = self._s8[:n]
-                    self._vecs, self._q8, self._s8 = grown, g8, gs
+                    self._grow(max(64, 2 * n, n + len(ids) - j))
                 self._pos[i] = n
                 self._ids.append(i)
-            self._vecs[n] = v
-            self._q8[n], self._s8[n] = _quantize(v)
+            rows[j] = n
+        self._vecs[rows], self._q8[rows], self._s8[rows], self._e8[rows], self._h8[rows] = vecs, q8, s8, e8, h8
+
+    def _grow(self, cap):
+        n = len(self._ids)
+        for name in ("_vecs", "_q8", "_s8", "_e8", "_h8"):
+            old = getattr(self, name)
+            grown = np.empty((cap,) + old.shape[1:], old.dtype)
+            grown[:n] = old[:n]
+            setattr(self, name, grown)
 
     def _mirror_drop(self, ids):
         drop = {self._pos[i] for i in ids if i in self._pos}
@@ -262,6 +286,8 @@ class RecycleBank:
         self._vecs = np.ascontiguousarray(self._vecs[keep])
         self._q8 = np.ascontiguousarray(self._q8[keep])
         self._s8 = np.ascontiguousarray(self._s8[keep])
+        self._e8 = np.ascontiguousarray(self._e8[keep])
+        self._h8 = np.ascontiguousarray(self._h8[keep])
         self._pos = {i: n for n, i in enumerate(self._ids)}
 
     def subscribe(self, fn):
@@ -412,9 +438,7 @@ class RecycleBank:
             n = self.count()
             self.client.delete_collection(self.collection)
             self._ensure_collection()
-            self._ids, self._pos = [], {}
-            self._vecs = np.empty((0, self.encoder.dim), np.float32)
-            self._q8, self._s8 = np.empty((0, self.encoder.dim), np.int8), np.empty(0, np.float32)
+            self._empty_mirror()
         self._changed("clear")
         return n
 
@@ -428,26 +452,50 @@ class RecycleBank:
         return out[0]
 
     def _top(self, q: np.ndarray, k: int):
-        """Rows and cosines of the k nearest mirrored vectors, best first. Up to EXACT_ROWS rows:
-        every cosine in float32. Past that, two stages: an int8 pass over every row (matmul_i8, a
-        quarter of the float matrix's memory traffic) picks the best max(RESCORE, 4k) candidates,
-        whose cosines are then computed exactly in float32 (docs/memory.md: its recall against the
-        exact search, and the latency at 10k and 100k units)."""
+        """Rows and cosines of the k nearest mirrored vectors, best first (equal cosines: the lower
+        row first), the same as scoring every row in float32 (``_scores``). Up to EXACT_ROWS rows
+        that is what it does. Past that, two passes: an int8 pass over every row (matmul_i8, a
+        quarter of the float matrix's bytes) gives each row an approximate cosine a and a bound e
+        on its error (|q.v - a| <= |q| |v - v8| + |q - q8| |v8|, with v8, q8 the dequantized int8
+        copies, plus SLACK for the float rounding). The k-th best lower bound a - e among some
+        rows (the best of each block of BLOCK rows: a cheap argmax, not a partition of all n) is a
+        bar no true top-k row can be under, so every row whose upper bound a + e reaches it gets
+        its exact float32 cosine, and the top k of those is the exact top k. docs/memory.md: how many rows that is, and the latency."""
         n = len(self._ids)
         if n <= EXACT_ROWS:
-            s = self._scores(q)
-            rows = np.arange(n)
+            return self._best(np.arange(n), self._scores(q), k)
+        q = np.asarray(q, np.float32)
+        xq, xs, _, _ = _quantize_rows(q[None])
+        approx = np.empty((1, n), np.float32)
+        _native.matmul_i8(approx, xq, xs, self._q8[:n], self._s8[:n])
+        a = approx[0]
+        qn = float(np.linalg.norm(q.astype(np.float64)))
+        dq = float(np.linalg.norm(q.astype(np.float64) - xq[0].astype(np.float64) / float(xs[0])))
+        e8, h8 = self._e8[:n], self._h8[:n]
+        slack = SLACK * qn * (1.0 + float(h8.max()))
+        nb = n // BLOCK
+        if nb >= k:      # the best row of each block of BLOCK rows: the top k are nearly always among them
+            pre = a[:nb * BLOCK].reshape(nb, BLOCK).argmax(axis=1) + np.arange(0, nb * BLOCK, BLOCK)
         else:
-            xq, xs = _quantize(q)
-            approx = np.empty((1, n), np.float32)
-            _native.matmul_i8(approx, xq[None], np.array([xs], np.float32), self._q8[:n], self._s8[:n])
-            c = min(n, max(RESCORE, 4 * k))
-            rows = np.argpartition(-approx[0], c - 1)[:c]
-            s = self._scores(q, rows)
+            pre = np.arange(n)
+        lo = a[pre] - (qn * e8[pre] + dq * h8[pre] + slack)
+        kk = min(k, len(pre))
+        bar = float(np.partition(lo, len(lo) - kk)[len(lo) - kk])     # the k-th best lower bound
+        widest = qn * float(e8.max()) + dq * float(h8.max()) + slack
+        rows = np.flatnonzero(a >= bar - widest)                          # every row that may reach it
+        rows = rows[a[rows] + (qn * e8[rows] + dq * h8[rows] + slack) >= bar]
+        return self._best(rows, self._scores(q, rows), k)
+
+    @staticmethod
+    def _best(rows: np.ndarray, s: np.ndarray, k: int):
+        """The k best of rows by score s, best first; equal scores: the lower row first."""
         kk = min(k, len(rows))
-        top = np.argpartition(-s, kk - 1)[:kk]
-        top = top[np.argsort(-s[top], kind="stable")]
-        return rows[top], s[top]
+        if kk < len(rows):
+            cut = np.partition(s, len(s) - kk)[len(s) - kk]
+            keep = np.flatnonzero(s >= cut)
+            rows, s = rows[keep], s[keep]
+        order = np.lexsort((rows, -s))[:kk]
+        return rows[order], s[order]
 
     def search(self, query: str, k: int = 5, min_score: float | None = None, count_use: bool = True) -> list:
         """The k RSUs most similar to ``query`` (cosine, best first), as Hit objects. A hit's uses

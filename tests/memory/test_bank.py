@@ -190,8 +190,8 @@ def test_bad_input_is_a_clear_error(tmp_path, bank):
 
 
 def test_two_stage_search_past_the_exact_size_finds_the_exact_top(tmp_path, monkeypatch):
-    """Past EXACT_ROWS the search is an int8 pass then a float32 rescoring of the best candidates:
-    on real embeddings its top hits are the exact search's."""
+    """Past EXACT_ROWS the search is an int8 pass then a float32 rescoring of the rows the int8
+    pass's error bound cannot rule out: on real embeddings its top hits are the exact search's."""
     from ryzjupyter.memory import bank as B
 
     with RecycleBank(tmp_path / "b", dedup=None) as b:
@@ -202,10 +202,98 @@ def test_two_stage_search_past_the_exact_size_finds_the_exact_top(tmp_path, monk
         q = b.encoder.encode(["reading rows of a csv file"])[0]
         exact = [h.id for h in b.search_vector(q, k=3, count_use=False)]
         monkeypatch.setattr(B, "EXACT_ROWS", 4)
-        monkeypatch.setattr(B, "RESCORE", 6)              # 12 of 16 candidates
+        monkeypatch.setattr(B, "BLOCK", 3)
         two = b.search_vector(q, k=3, count_use=False)
         assert [h.id for h in two] == exact
         assert two[0].score == pytest.approx(float(q @ b._vecs[b._pos[two[0].id]]), abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def real_vectors():
+    """Real embeddings: the lines of the demo model's held-back text, some of them twice (equal
+    vectors: ties), and a few paraphrase-like variants (near ties)."""
+    from ryzjupyter.memory.embedding import embed
+    from ryzjupyter.models import MODELS_DIR
+
+    lines = [l.strip() for l in (MODELS_DIR / "demo" / "validation.txt").read_text(encoding="utf-8").splitlines()
+             if l.strip()][:600]
+    lines += lines[:40] + [l + "." for l in lines[40:80]]
+    return embed(lines)
+
+
+def _mirror_of(vectors):
+    from ryzjupyter.bench.memory import _bank_on
+
+    return _bank_on(vectors)
+
+
+@pytest.mark.parametrize("kind", ["real", "random"])
+def test_two_stage_search_is_the_exact_ranking_on_every_isa(isa, monkeypatch, real_vectors, kind):
+    """Ids and scores of the two-stage top k equal the exact float32 ranking's (ties: the lower
+    row first) for k = 1, 5, 20, on real embeddings (with duplicates) and on random unit vectors,
+    with queries from the set and from outside it."""
+    from ryzjupyter.memory import bank as B
+
+    rng = np.random.default_rng(7)
+    if kind == "real":
+        v = real_vectors
+    else:
+        v = rng.standard_normal((3000, 384)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+    b = _mirror_of(v)
+    monkeypatch.setattr(B, "EXACT_ROWS", 0)
+    qs = np.concatenate([v[rng.choice(len(v), 25, replace=False)], rng.standard_normal((5, 384)).astype(np.float32)])
+    qs[-5:] /= np.linalg.norm(qs[-5:], axis=1, keepdims=True)
+    for block in (64, 8):
+        monkeypatch.setattr(B, "BLOCK", block)
+        for q in qs:
+            exact = b._scores(q)
+            for k in (1, 5, 20):
+                rows, s = b._top(q, k)
+                want = np.lexsort((np.arange(len(v)), -exact))[:k]
+                np.testing.assert_array_equal(rows, want)
+                np.testing.assert_array_equal(s, exact[want])
+
+
+def test_the_int8_pass_error_bound_holds(isa, real_vectors):
+    """|q.v - a| <= |q| |v - v8| + |q - q8| |v8| for every row (float64 dot products), the bound
+    the two-stage search relies on, on real embeddings and on vectors of other norms."""
+    from ryzjupyter import _native
+    from ryzjupyter.memory.bank import _quantize_rows
+
+    rng = np.random.default_rng(3)
+    for v in (real_vectors, rng.standard_normal((500, 384)).astype(np.float32) * 3,
+              rng.laplace(size=(500, 384)).astype(np.float32)):
+        q8, s8, e8, h8 = _quantize_rows(v)
+        for q in (v[0], v[5] * 0.5, rng.standard_normal(384).astype(np.float32)):
+            xq, xs, _, _ = _quantize_rows(q[None])
+            a = np.empty((1, len(v)), np.float32)
+            _native.matmul_i8(a, xq, xs, q8, s8)
+            q64 = q.astype(np.float64)
+            dq = np.linalg.norm(q64 - xq[0] / np.float64(xs[0]))
+            bound = np.linalg.norm(q64) * e8 + dq * h8
+            err = np.abs(v.astype(np.float64) @ q64 - a[0])
+            assert (err <= bound * (1 + 1e-5) + 1e-6).all()
+            assert err.max() > 0                                # the bound is about something
+
+
+def test_mirror_rows_follow_adds_overwrites_and_drops():
+    """The int8 copy, scales and bound norms of a row move with it when rows are dropped."""
+    from ryzjupyter.memory.bank import _quantize_rows
+
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal((70, 384)).astype(np.float32)
+    b = _mirror_of(v[:50])
+    b._mirror_put([str(i) for i in range(45, 70)], v[45:70])            # 5 overwritten, 20 new
+    b._mirror_drop([str(i) for i in range(0, 70, 3)])
+    q8, s8, e8, h8 = _quantize_rows(v)
+    assert len(b._ids) == 70 - len(range(0, 70, 3))
+    for n, i in enumerate(b._ids):
+        j = int(i)
+        assert b._pos[i] == n
+        np.testing.assert_array_equal(b._vecs[n], v[j])
+        np.testing.assert_array_equal(b._q8[n], q8[j])
+        assert (b._s8[n], b._e8[n], b._h8[n]) == (s8[j], e8[j], h8[j])
 
 
 def test_listeners_hear_every_change(bank):

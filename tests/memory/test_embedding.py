@@ -32,12 +32,69 @@ def reference():
     return model.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=True)
 
 
-def test_equals_sentence_transformers_on_every_isa(isa, reference):
-    got = ryzjupyter.embed(TEXTS)
-    assert got.shape == (len(TEXTS), 384) and got.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
-    cos = (got * reference).sum(1)
-    assert cos.min() >= 0.9999, dict(zip(TEXTS, cos))
+@pytest.fixture(scope="module")
+def f32_encoder():
+    return Encoder(resolve_encoder_path(), weights="f32")
+
+
+def test_equals_sentence_transformers_on_every_isa(isa, reference, f32_encoder):
+    """The default (float16 weights) and the float32 weights both."""
+    assert get_encoder().weight_format == "f16"
+    for got in (ryzjupyter.embed(TEXTS), f32_encoder.encode(TEXTS)):
+        assert got.shape == (len(TEXTS), 384) and got.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+        cos = (got * reference).sum(1)
+        assert cos.min() >= 0.9999, dict(zip(TEXTS, cos))
+
+
+@pytest.fixture(scope="module")
+def real_sentences(f32_encoder):
+    """Lines of the demo model's held-back text and paragraphs of the Python docs (when the
+    Debian package is there): real sentences of many lengths, with their float32-weight vectors
+    (computed once, at the best ISA level)."""
+    from pathlib import Path
+
+    from ryzjupyter.models import MODELS_DIR
+
+    lines = [l.strip() for l in (MODELS_DIR / "demo" / "validation.txt").read_text(encoding="utf-8").splitlines()
+             if l.strip()][:80]
+    docs = sorted(Path("/usr/share/doc/python3.11/html/_sources/library").glob("*.txt"))[:20]
+    paras = [p.strip()[:800] for f in docs for p in f.read_text(encoding="utf-8").split("\n\n")
+             if len(p.strip()) > 40][:40]
+    texts = lines + paras + TEXTS
+    return texts, f32_encoder.encode(texts)
+
+
+def test_float16_weights_equal_float32_weights_on_real_sentences_on_every_isa(isa, real_sentences):
+    """The lower-precision path against the float32 reference: cosine >= 0.99999 (the bar is 0.9999)
+    for every text, batched and one at a time (the search's one-query path, on one thread). The
+    scalar level (slow) takes every 12th text."""
+    texts, ref = real_sentences
+    step = 12 if isa == "scalar" else 1
+    texts, ref = texts[::step], ref[::step]
+    enc = get_encoder()
+    batched = enc.encode(texts)
+    one_by_one = np.stack([enc.encode([t])[0] for t in texts[::4]])
+    for got, want in ((batched, ref), (one_by_one, ref[::4])):
+        cos = (got * want).sum(1)
+        assert cos.min() >= 0.99999, cos.min()
+
+
+def test_a_short_query_runs_on_one_thread_and_gives_the_same_vector(monkeypatch, threads):
+    """At most ONE_THREAD_TOKENS tokens a forward call runs with the thread limit 1, restored after;
+    the vector does not depend on it."""
+    from ryzjupyter.families import bert
+
+    enc = get_encoder()
+    limits = []
+    real = bert._native.set_thread_limit
+    monkeypatch.setattr(bert._native, "set_thread_limit", lambda n: (limits.append(n), real(n))[1], raising=False)
+    one = enc.encode(["a short question"])
+    assert limits == [1, 0]
+    limits.clear()
+    monkeypatch.setattr(bert, "ONE_THREAD_TOKENS", 0)
+    np.testing.assert_array_equal(enc.encode(["a short question"]), one)
+    assert limits == []
 
 
 def test_long_texts_are_truncated_at_256_tokens():
@@ -81,5 +138,7 @@ def test_inputs_and_errors(tmp_path):
 
 def test_model_given_as_a_folder_or_encoder():
     folder = resolve_encoder_path()
+    with pytest.raises(ValueError, match="weights must be one of"):
+        Encoder(folder, weights="int8")
     enc = Encoder(folder)
     np.testing.assert_array_equal(ryzjupyter.embed("abc", model=enc), ryzjupyter.embed("abc", model=str(folder)))

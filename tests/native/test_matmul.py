@@ -39,11 +39,22 @@ def test_i8_matches_reference(isa, rng, M, N, K):
     np.testing.assert_array_equal(i8(*args), ref.matmul_i8(*args))
 
 
+@pytest.mark.parametrize("N,K", [(16, 384), (17, 64), (31, 7), (48, 100), (100, 384), (37, 1000), (64, 65)])
+def test_i8_one_query_matches_reference(isa, rng, N, K):
+    """M = 1 (the bank's scan) has its own path at the AVX-512 level: 16 rows a step, their sums
+    transposed into one vector; the tail rows go through the tiles."""
+    args = rand_i8(rng, 1, N, K)
+    np.testing.assert_array_equal(i8(*args), ref.matmul_i8(*args))
+    xq, xs, wq, ws = args                       # rows inside a bigger matrix: a slice's offset
+    np.testing.assert_array_equal(i8(xq, xs, wq[3:], ws[3:]), ref.matmul_i8(xq, xs, wq[3:], ws[3:]))
+
+
 @pytest.mark.parametrize("a,b", [(-128, -128), (-128, 127), (127, 127), (127, -128)])
-def test_i8_extremes(isa, a, b):
+@pytest.mark.parametrize("M,N", [(3, 5), (1, 37)])
+def test_i8_extremes(isa, a, b, M, N):
     K = 20000 + 33
-    xq, wq = np.full((3, K), a, np.int8), np.full((5, K), b, np.int8)
-    xs, ws = np.ones(3, np.float32), np.ones(5, np.float32)
+    xq, wq = np.full((M, K), a, np.int8), np.full((N, K), b, np.int8)
+    xs, ws = np.ones(M, np.float32), np.ones(N, np.float32)
     out = i8(xq, xs, wq, ws)
     np.testing.assert_array_equal(out, ref.matmul_i8(xq, xs, wq, ws))
     assert out[0, 0] == np.float32(a * b * K)
@@ -184,9 +195,85 @@ def test_gemm_f32_bad_arguments():
         _native.gemm_f32(out, x, wp[:, :, ::2], None)
 
 
+# ---- gemm_f16: the same panels in float16, widened exactly, summed as gemm_f32 sums ----------
+def gemm(fn, x, wp, b):
+    out = np.full((x.shape[0], wp.shape[0] * 16 if b is None else b.shape[0]), np.nan, np.float32)
+    fn(out, x, wp, b)
+    return out
+
+
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (1, 16, 8), (5, 17, 3), (6, 31, 257), (7, 33, 300),
+                                   (12, 384, 384), (12, 1536, 384), (12, 384, 1536), (97, 48, 40), (3, 5, 0)])
+def test_gemm_f16_equals_gemm_f32_on_the_widened_weights(isa, rng, M, N, K):
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = (rng.standard_normal((N, K)) * rng.choice([1e-6, 0.05, 3.0, 2e3], (N, K))).astype(np.float32)
+    wh = pack_panels(w).astype(np.float16)                # subnormal, small, large weights
+    b = rng.standard_normal(N).astype(np.float32)
+    got = gemm(_native.gemm_f16, x, wh, b)
+    np.testing.assert_array_equal(got, gemm(_native.gemm_f32, x, wh.astype(np.float32), b))
+    exact, bound = ref.matmul_f32_with_bound(x, w.astype(np.float16).astype(np.float32))
+    assert (np.abs(got - (exact + b)) <= bound + 2.0**-23 * (np.abs(exact) + np.abs(b))).all()
+    nob = np.full((M, N), np.nan, np.float32)
+    _native.gemm_f16(nob, x, wh, None)
+    np.testing.assert_array_equal(nob, gemm(_native.gemm_f32, x, wh.astype(np.float32), None)[:, :N])
+
+
+def test_gemm_f16_same_on_every_thread_count_and_limit(rng):
+    x = rng.standard_normal((300, 384)).astype(np.float32)
+    wh = pack_panels(rng.standard_normal((100, 384)).astype(np.float32)).astype(np.float16)
+    b = np.zeros(100, np.float32)
+    prev = _native.get_num_threads()
+    outs = []
+    try:
+        for t, limit in ((1, 0), (2, 0), (2, 1)):
+            _native.set_num_threads(t)
+            old = _native.set_thread_limit(limit)
+            try:
+                outs.append(gemm(_native.gemm_f16, x, wh, b))
+            finally:
+                _native.set_thread_limit(old)
+    finally:
+        _native.set_num_threads(prev)
+    assert outs[0].tobytes() == outs[1].tobytes() == outs[2].tobytes()
+
+
+def test_gemm_f16_bad_arguments():
+    x = np.zeros((4, 8), np.float32)
+    wh = np.zeros((2, 8, 16), np.float16)
+    out = np.zeros((4, 20), np.float32)
+    _native.gemm_f16(out, x, wh, None)
+    with pytest.raises(TypeError, match="wh must have dtype float16"):
+        _native.gemm_f16(out, x, wh.astype(np.float32), None)
+    with pytest.raises(ValueError, match="ceil"):
+        _native.gemm_f16(np.zeros((4, 40), np.float32), x, wh, None)
+    with pytest.raises(ValueError, match="panel width"):
+        _native.gemm_f16(out, x, np.zeros((2, 8, 8), np.float16), None)
+    with pytest.raises(ValueError, match="x.shape\\[1\\]"):
+        _native.gemm_f16(out, x, np.zeros((2, 9, 16), np.float16), None)
+    with pytest.raises(ValueError, match="out.shape\\[1\\]"):
+        _native.gemm_f16(out, x, wh, np.zeros(19, np.float32))
+    with pytest.raises(ValueError):
+        _native.gemm_f16(out, x, np.zeros((2, 8, 32), np.float16)[:, :, ::2], None)
+    with pytest.raises(TypeError):
+        _native.gemm_f16(out, x, wh)
+
+
+def test_thread_limit_is_per_thread_and_returns_the_previous_one():
+    import threading
+
+    assert _native.set_thread_limit(1) == 0
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(_native.set_thread_limit(0)))
+    t.start()
+    t.join()
+    assert seen == [0]                                  # another thread has no limit
+    assert _native.set_thread_limit(-3) == 1            # <= 0: no limit
+    assert _native.set_thread_limit(0) == 0
+
+
 def test_kernels_registered():
     kernels = _native.info()["kernels"]
-    for name in ("matmul_i8", "matmul_f32", "ternary_gemm_i2", "ternary_gemm_tl", "gemm_f32"):
+    for name in ("matmul_i8", "matmul_f32", "ternary_gemm_i2", "ternary_gemm_tl", "gemm_f32", "gemm_f16"):
         assert name in kernels
 
 

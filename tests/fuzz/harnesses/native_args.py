@@ -85,11 +85,17 @@ def _record():
         CALLS.setdefault("gemm_f32", [np.zeros((M, Nn), np.float32), r.standard_normal((M, Kk)).astype(np.float32),
                                       r.standard_normal(((Nn + 15) // 16, Kk, 16)).astype(np.float32),
                                       np.zeros(Nn, np.float32)])
+    if hasattr(_native, "gemm_f16"):          # gemm_f32 with the panels in float16
+        M, Nn, Kk = 3, 20, 8
+        CALLS.setdefault("gemm_f16", [np.zeros((M, Nn), np.float32), r.standard_normal((M, Kk)).astype(np.float32),
+                                      r.standard_normal(((Nn + 15) // 16, Kk, 16)).astype(np.float16),
+                                      np.zeros(Nn, np.float32)])
     H, Nh, T = 2, 8, 3
     CALLS.setdefault("rwkv7_wkv", [np.zeros((T, H * Nh), np.float32), np.zeros((H, Nh, Nh), np.float32)]
                      + [r.standard_normal((T, H * Nh)).astype(np.float32) for _ in range(6)])
     CALLS.setdefault("set_isa", ["scalar"])
     CALLS.setdefault("set_num_threads", [2])
+    CALLS.setdefault("set_thread_limit", [1])
     CALLS.setdefault("set_attention_variant", ["tiled"])
     missing = sorted(set(real) - set(CALLS) - SKIP)
     if missing:
@@ -246,3 +252,5 @@ def one_input(data: bytes):
     finally:
         _native.set_isa(previous[0])
         _native.set_num_threads(previous[1])
+        if hasattr(_native, "set_thread_limit"):
+            _native.set_thread_limit(0)
