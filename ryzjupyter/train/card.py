@@ -28,6 +28,13 @@ by an empty line):
 """
 
 
+NO_COPY_LIMITATION = """* They do not read their context: given a held-out passage and then its first 16 tokens again, greedy decoding
+  reproduces 3.0 % (`demo`) and 5.6 % (`demo-draft`) of the next 64 tokens, and the passage's second occurrence is
+  barely easier than its first (perplexity ratio 0.955 / 0.969); `python -m ryzjupyter.bench copy`, AMD EPYC Zen 4,
+  2026-12-07 (docs/performance.md, "In-context copying").
+"""
+
+
 def mib(path):
     return os.path.getsize(path) / 2**20
 
@@ -38,10 +45,109 @@ def cmdline(r):
     if a.get("tokenizer"):
         parts.append("--tokenizer /tmp/kjv/tokenizer.json")
     parts.append(f"--out {a['out']}")
-    for k in ("hidden", "layers", "heads", "kv_heads", "batch", "lr", "cpu_minutes", "wall_minutes", "seed", "threads"):
+    if a.get("ctx", 256) != 256:
+        parts.append(f"--ctx {a['ctx']}")
+    keys = ["hidden", "layers", "heads", "kv_heads", "batch", "lr"]
+    keys += ["steps"] if a.get("steps") else ["cpu_minutes", "wall_minutes"]
+    for k in keys + ["seed", "threads"]:
         if a.get(k) is not None:
             parts.append(f"--{k.replace('_', '-')} {a[k]}")
+    if a.get("copy_frac"):
+        parts.append(f"--copy-frac {a['copy_frac']}")
+        parts.append("--copy-sources " + " ".join(s if s == "kjv" else "/tmp/kjv/" + os.path.basename(s)
+                                                  for s in a["copy_sources"]))
+        if a.get("copy_exclude"):
+            parts.append("--copy-exclude " + " ".join("/tmp/kjv/" + os.path.basename(s) for s in a["copy_exclude"]))
     return " \\\n    ".join(parts)
+
+
+def copy_sources_table():
+    from .corpus import SOURCES
+    rows = ["| source | Debian package | text | licence |", "|---|---|---|---|",
+            "| `kjv` | `bible-kjv` + `bible-kjv-text` | the training chapters above (never the held-out ones) | public "
+            "domain (see above) |"]
+    for name, s in SOURCES.items():
+        rows.append(f"| `{name}` | `{s['package']}` | {s['title']}, `{s['path']}` | {s['licence']} |")
+    return "\n".join(rows)
+
+
+def copy_mix_paragraph(r):
+    cm = r.get("copy_mix")
+    if not cm:
+        return ""
+    src = ", ".join(f"`{s['name']}` ({s['tokens']:,} tokens)" for s in cm["sources"])
+    return (f"\n\nIn-context copy mix: {cm['frac']:.0%} of the rows ({cm['rows']:,} of {cm['rows_total']:,}) are copy "
+            f"sequences (a passage of {cm['min_passage']}..{cm['max_passage']} tokens from one of {src}, chosen "
+            f"uniformly, that recurs later in the row; rules in `ryzjupyter/train/copymix.py`); no copy row shares a "
+            f"{cm['exclude_run_tokens']}-token run with {', '.join(cm['excluded'])}. Copy probe at the end: the "
+            f"perplexity of a doubled validation passage's second occurrence over its first is "
+            f"{r['copy_second_over_first']:.3f}.")
+
+
+def wrapped(command: str) -> str:
+    """One option (with its values) a line, continued with backslashes."""
+    groups: list[list[str]] = []
+    for w in command.split(" "):
+        if not groups or w.startswith("--"):
+            groups.append([])
+        groups[-1].append(w)
+    return " \\\n    ".join(" ".join(g) for g in groups)
+
+
+def retrain_section():
+    from . import retrain
+    cmds = retrain.commands("/tmp/kjv", "/tmp/retrained")
+    runs = {t["model"]: t for t in json.load(open(retrain.THROUGHPUT))} if os.path.isfile(retrain.THROUGHPUT) else {}
+    lines = []
+    for name in retrain.PLAN:
+        n = retrain.steps(name)
+        t = runs.get(name)
+        if t:
+            lines.append(f"| `{name}` | {n:,} × {t['batch']} × {t['ctx'] + 1} tokens | {t['cpu_s_per_step']:.2f} "
+                         f"({t['steps']} steps, {t['tokens_per_cpu_s']:,.0f} tokens per CPU-second) | "
+                         f"{n * t['cpu_s_per_step'] / 3600:.1f} h |")
+        else:
+            lines.append(f"| `{name}` | {n:,} steps | not measured | |")
+    t0 = next(iter(runs.values()), None)
+    where = (f"measured with `{t0['command']}` on {t0['cpu']}, 1 thread, {t0['date']}, load average "
+             f"{t0['load_average_before_after'][0]:g} before / {t0['load_average_before_after'][1]:g} after (the "
+             f"machine was shared; on a quiet machine a step takes less). The expected time counts the training "
+             f"steps; the evaluation every 100 steps (12 windows and the copy probe) adds about 1-2 %, start-up "
+             f"(tokenizing the sources) and the final evaluation a few minutes; with `--parallel` on two free cores "
+             f"the wall time is about that of `demo`" if t0 else "not yet measured")
+    body = "\n".join(wrapped(retrain.shell(c)) for c in cmds.values())
+    return f"""
+## Retraining: context 1024 and the in-context copy mix
+
+One command (`ryzjupyter/train/retrain.py`) rebuilds the corpus with the copy sources, the tokenizer (the same
+file: it is deterministic), trains `demo` and `demo-draft` at context 1024 with 30 % copy rows and writes this card
+into the new folders; it never writes into `ryzjupyter/models/`:
+
+    apt-get install bible-kjv python3.11-doc jargon-text dict-devil
+    python -m ryzjupyter.train.retrain --work /tmp/kjv --out-dir /tmp/retrained --parallel
+
+which runs, in order (`--dry-run` prints them):
+
+```
+{body}
+```
+
+Texts the copy mix draws passages from (each source is cut into paragraphs and documents of up to ~3000
+characters; every 40th document is held out into `copy-valid.txt`, which the mix never draws from and which
+`python -m ryzjupyter.bench copy --file /tmp/kjv/copy-valid.txt` measures copying on):
+
+{copy_sources_table()}
+
+Expected CPU time (fixed step counts, so the result does not depend on the machine's speed; one thread per model,
+the two in parallel with `--parallel`):
+
+| model | steps × rows × tokens | CPU seconds per step | expected CPU time |
+|---|---|---|---|
+{chr(10).join(lines)}
+
+CPU seconds per step {where}. Validation perplexity at context 1024 is over 1024-token windows; the record's
+`val_ppl_256` is the same text with 256-token windows, the figure to compare with the context-256 models above.
+"""
 
 
 def model_section(name, folder, r):
@@ -139,8 +245,8 @@ transformers).
 Data: each training chapter is a document `<|begin_of_text|>` + verses + `<|end_of_text|>`; in addition two chat
 samples per chapter (user: one verse, sometimes with a prefix such as "Continue: " or a system prompt; assistant:
 the next 1-4 verses, then `<|eot_id|>`), tokenized exactly as at inference (rendered prompt with the generation prompt,
-then the answer). The documents are shuffled (seed 1234) and concatenated; each step draws 16 random windows of 257
-tokens. AdamW (β 0.9/0.95, weight decay 0.05 on the projection matrices), peak learning rate 3e-3, 3 % linear
+then the answer). The documents are shuffled (seed 1234) and concatenated; each step draws {rm['args']['batch']} random windows of {rm['n_ctx'] + 1}
+tokens.{copy_mix_paragraph(rm)} AdamW (β 0.9/0.95, weight decay 0.05 on the projection matrices), peak learning rate 3e-3, 3 % linear
 warmup, cosine decay to 5 % driven by the fraction of the CPU-time budget used (capped by a wall-clock budget on the
 busy machine), gradient clipping 1.0, float32, `torch.set_num_threads(1)`.
 
@@ -149,7 +255,7 @@ busy machine), gradient clipping 1.0, float32, `torch.set_num_threads(1)`.
 {rm['windowing']}.
 
 Concretely: `ids = Tokenizer.from_file("tokenizer.json").encode(open("validation.txt").read(),
-add_special_tokens=False).ids` ({rm['val_tokens']:,} tokens), windows `ids[0:256], ids[256:512], …`
+add_special_tokens=False).ids` ({rm['val_tokens']:,} tokens), windows `ids[0:{rm['n_ctx']}], ids[{rm['n_ctx']}:{2 * rm['n_ctx']}], …`
 ({rm['val_windows']} windows, the last one has {rm['val_tokens'] - (rm['val_windows'] - 1) * rm['n_ctx']} tokens),
 {rm['val_predicted_tokens']:,} predicted tokens in all. `validation_ppl.json` also lists the NLL of every window
 (`val_window_nll`) and the SHA-256 of the text.
@@ -199,14 +305,11 @@ perplexity. Throughput on 1 Zen 4 thread: ≈ 2,450 training tokens per CPU-seco
 
 * Tiny models trained for minutes: the text is KJV-flavoured but mostly incoherent beyond a sentence; facts, names
   and verse contents are not reliable; they do not answer questions, they continue in the style of the corpus.
-* The corpus is a single 17th-century religious text: archaic English, its worldview and biases; nothing else.
-* Context 256 tokens; trained only from position 0 of random windows (no BOS at most window starts).
+* The corpus is a single 17th-century religious text: archaic English, its worldview and biases; nothing else{
+  "" if not rm.get("copy_mix") else " but the passages of the copy mix (what the model learns from them is to copy)"}.
+* Context {rm['n_ctx']} tokens; trained only from position 0 of random windows (no BOS at most window starts).
 * The chat format is learned only superficially (user verse → assistant continues with following verses).
-* They do not read their context: given a held-out passage and then its first 16 tokens again, greedy decoding
-  reproduces 3.0 % (`demo`) and 5.6 % (`demo-draft`) of the next 64 tokens, and the passage's second occurrence is
-  barely easier than its first (perplexity ratio 0.955 / 0.969); `python -m ryzjupyter.bench copy`, AMD EPYC Zen 4,
-  2026-12-07 (docs/performance.md, "In-context copying").
-"""
+{"" if rm.get("copy_mix") else NO_COPY_LIMITATION}{retrain_section()}"""
     for folder, title in ((a.main, None), (a.draft, "demo-draft")):
         with open(os.path.join(folder, "MODEL_CARD.md"), "w", encoding="utf-8") as f:
             f.write(body)

@@ -171,7 +171,7 @@ def lr_at(progress: float, base: float, warmup_frac: float, min_frac: float) -> 
     return base * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", required=True, help="training text (kjv-train.txt from ryzjupyter.train.corpus)")
     ap.add_argument("--valid", required=True, help="held-out text for validation perplexity")
@@ -215,7 +215,11 @@ def main(argv=None):
     ap.add_argument("--log", help="append JSON lines of progress here")
     ap.add_argument("--save-torch", help="also save the float (latent) weights here (.pt) for later re-export")
     ap.add_argument("--verify-hf", action="store_true", help="after export, compare with transformers' BitNet")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)

@@ -229,6 +229,18 @@ def test_end_to_end_ctx_1024_engine_equals_trainer(tmp_path, valid_text, docs_ch
     assert 0 < r["copy_second_over_first"] < 2 and r["val_ppl_256"] > 1
     assert r["val_windows"] >= 2 and r["val_tokens"] > 1024
 
+    # the card of a copy-mix run: the mix stated, and its training command re-parses to the run's own settings
+    from ryzjupyter.train import card
+    card.main(["--main", str(out), "--draft", str(out)])
+    text = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "In-context copy mix: 50% of the rows (3 of 6)" in text and "They do not read their context" not in text
+    cmd = text.split("Training command:\n\n```\n")[1].split("\n```")[0].replace("\\\n", " ").split()
+    assert cmd[:3] == ["python", "-m", "ryzjupyter.train.train"]
+    again = train.build_parser().parse_args(cmd[3:])
+    for k in ("ctx", "hidden", "layers", "heads", "kv_heads", "batch", "steps", "seed", "copy_frac"):
+        assert getattr(again, k) == r["args"][k], k
+    assert again.copy_sources == ["kjv", "/tmp/kjv/copy-docs-train.txt"]
+
     model = ryzjupyter.load(str(out))
     assert model.max_context == 1024
     ids = model.tokenizer.encode(valid, add_special_tokens=False)
@@ -236,3 +248,49 @@ def test_end_to_end_ctx_1024_engine_equals_trainer(tmp_path, valid_text, docs_ch
     assert len(ids) == r["val_tokens"] and len(wins) == r["val_windows"] and len(wins[0]) == 1024
     for i, w in enumerate(wins):
         assert ppl.window_nll(model, w) == pytest.approx(r["val_window_nll"][i], rel=1e-4), i
+
+
+def test_retrain_plan_parses_and_never_writes_the_shipped_models(capsys):
+    """The one-command retrain: every training command parses with the trainer's own parser, at context 1024 with
+    the copy mix from the three Debian sources and the KJV chapters, the sources' held-out part excluded."""
+    from ryzjupyter.train import retrain, train
+
+    cmds = retrain.commands("/w", "/o")
+    assert list(cmds) == ["corpus", "tokenizer", "demo", "demo-draft", "card"]
+    for name in ("demo", "demo-draft"):
+        a = train.build_parser().parse_args(cmds[name][3:])
+        assert a.ctx == 1024 and a.copy_frac == 0.3 and a.out == f"/o/{name}" and a.steps == retrain.steps(name)
+        assert a.copy_sources == ["kjv"] + [f"/w/copy-{s}-train.txt" for s in ("pydoc", "jargon", "devil")]
+        assert a.copy_exclude == ["/w/copy-valid.txt"] and a.tokenizer == "/w/tokenizer.json"
+    assert train.build_parser().parse_args(cmds["demo"][3:]).hidden == 256
+    assert train.build_parser().parse_args(cmds["demo-draft"][3:]).hidden == 128
+    assert retrain.main(["--work", "/w", "--out-dir", "/o", "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("ryzjupyter.train.train") == 2
+    with pytest.raises(SystemExit, match="shipped"):
+        retrain.main(["--out-dir", os.path.join(ROOT, "ryzjupyter", "models"), "--dry-run"])
+
+
+def test_shipped_model_card_is_what_card_py_writes(tmp_path):
+    """MODEL_CARD.md is card.py's rendering of the shipped records (so the retrain section, with its sources,
+    licences and expected time, is in the shipped card and stays in step with retrain.py)."""
+    import shutil
+
+    from ryzjupyter.train import card, corpus, retrain
+
+    for name in ("demo", "demo-draft"):
+        (tmp_path / name).mkdir()
+        for f in ("validation_ppl.json", "model.safetensors"):
+            shutil.copy(os.path.join(ROOT, "ryzjupyter", "models", name, f), tmp_path / name / f)
+    card.main(["--main", str(tmp_path / "demo"), "--draft", str(tmp_path / "demo-draft")])
+    for name in ("demo", "demo-draft"):
+        want = open(os.path.join(ROOT, "ryzjupyter", "models", name, "MODEL_CARD.md"), encoding="utf-8").read()
+        assert (tmp_path / name / "MODEL_CARD.md").read_text(encoding="utf-8") == want, name
+    text = (tmp_path / "demo" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "python -m ryzjupyter.train.retrain --work /tmp/kjv --out-dir /tmp/retrained --parallel" in text
+    for s in corpus.SOURCES.values():
+        assert s["package"] in text and s["licence"] in text
+    runs = json.load(open(retrain.THROUGHPUT))
+    assert [r["model"] for r in runs] == ["demo", "demo-draft"]
+    for r in runs:
+        hours = retrain.steps(r["model"]) * r["cpu_s_per_step"] / 3600
+        assert f"| {hours:.1f} h |" in text
