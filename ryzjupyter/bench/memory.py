@@ -1,7 +1,8 @@
 """`python -m ryzjupyter.bench memory`: the RSU bank's retrieval quality and search latency.
 
     python -m ryzjupyter.bench memory [--docs DIR] [--modules 20] [--questions 200]
-                                      [--sizes 10000 100000] [--json FILE]
+                                      [--sizes 10000 100000] [--listing N] [--use-counting]
+                                      [--json FILE]
 
 Retrieval, on a labelled set built from real, openly licensed text: the Python 3.11 library
 reference as Debian's python3.11-doc ships it (reStructuredText sources under
@@ -20,6 +21,9 @@ on the values): the bank's search (an int8 pass over every unit on our kernels, 
 rescored exactly in float32; all exact up to 4096 units) against qdrant-client's local mode
 (``QdrantClient(":memory:")``, the embedded store's own search), p50 / p99 over the queries. And
 the recall at 5 of the two-stage search against the exact one on the real RSU embeddings.
+
+The sidebar's listing (--listing N): the newest 20 units and the count on a bank of N units
+(adds of 1-8 units at increasing times), bank.newest() against reading every unit and sorting.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import re
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -352,12 +357,81 @@ def use_counting(rec, units=200, queries=30):
         texts = [f"{QUESTIONS[i % len(QUESTIONS)]} ({i})" for i in range(queries)]
         off = _timed(lambda t: bank.search(t, k=5, count_use=False), texts)
         on = _timed(lambda t: bank.search(t, k=5, count_use=True), texts)
+        # the write alone, side by side on the same 5 units, alternating: the bank's one
+        # batch_update_points call against one set_payload call per unit (what it did before)
+        hits = bank.search(texts[0], k=5, count_use=False)
+
+        def one_by_one():
+            now = time.time()
+            for h in hits:
+                bank.client.set_payload(bank.collection, payload={"last_used": now, "uses": h.uses + 1},
+                                        points=[h.id], wait=True)
+        batch, loop = [], []
+        for _ in range(queries):
+            for fn, ts in ((lambda: bank._count(hits), batch), (one_by_one, loop)):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
         n = len(bank)
         bank.close()
     r = rec(kind="memory_use_count", units=n, queries=queries, k=5, p50_off_ms=_ms(off, 50),
-            p50_on_ms=_ms(on, 50), p99_on_ms=_ms(on, 99), load_avg=os.getloadavg()[0])
+            p50_on_ms=_ms(on, 50), p99_on_ms=_ms(on, 99), write_batch_p50_ms=_ms(batch, 50),
+            write_loop_p50_ms=_ms(loop, 50), load_avg=os.getloadavg()[0])
     print(f"use counting on a persisted bank of {n} units: search p50 {r['p50_off_ms']:.1f} ms without, "
-          f"{r['p50_on_ms']:.1f} ms with (k=5)")
+          f"{r['p50_on_ms']:.1f} ms with (k=5); the 5 counts written in one batch p50 {r['write_batch_p50_ms']:.1f} ms, "
+          f"one call per unit {r['write_loop_p50_ms']:.1f} ms")
+
+
+def fill_units(bank, n_units, seed=0, max_per_add=8):
+    """Store `n_units` units in `bank` as its add() stores them (the same payload fields), without
+    embedding anything: adds of 1..max_per_add units at increasing times (the units of one add
+    share its time, as add() writes them), random unit vectors. Returns the ids in the order the
+    listing shows them (newest add first, one add's units in their order)."""
+    from qdrant_client import models
+
+    rng = np.random.default_rng(seed)
+    t, points, adds = 1.7e9, [], []
+    while len(points) < n_units:
+        k = min(int(rng.integers(1, max_per_add + 1)), n_units - len(points))
+        t += float(rng.uniform(0.5, 30.0))
+        ids = []
+        for order in range(k):
+            v = rng.standard_normal(bank.encoder.dim).astype(np.float32)
+            pid = str(uuid.UUID(int=int(rng.integers(0, 2**63)) << 64 | len(points)))
+            points.append(models.PointStruct(id=pid, vector=(v / np.linalg.norm(v)).tolist(), payload={
+                "text": f"unit {len(points)} of add {len(adds)}", "source": "text", "model": bank.model_name,
+                "namespace": bank.namespace, "time": t, "order": order, "last_used": t, "uses": 0, "meta": {}}))
+            ids.append(pid)
+        adds.append(ids)
+    for i in range(0, len(points), 1024):
+        bank.client.upsert(bank.collection, points=points[i:i + 1024], wait=True)
+    return [pid for ids in reversed(adds) for pid in ids]
+
+
+def listing(rec, units=20_000, limit=20, reps=5):
+    """The sidebar's Memory request at `units` units: the newest `limit` units (bank.newest: a
+    scroll ordered by time) and the count, against reading every unit and sorting them (what
+    list() without a limit does, and what the sidebar did before), alternating, p50 of `reps`."""
+    from ryzjupyter.memory.bank import RecycleBank
+
+    with RecycleBank(":memory:", namespace="listing", dedup=None) as bank:
+        order = fill_units(bank, units)
+        assert [h.id for h in bank.newest(limit)] == order[:limit]
+        assert [h.id for h in bank.list()][:limit] == order[:limit]
+        new, full = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            bank.newest(limit)
+            bank.count()
+            new.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            bank.list()[:limit]
+            bank.count()
+            full.append(time.perf_counter() - t0)
+    r = rec(kind="memory_listing", units=units, limit=limit, reps=reps, newest_p50_ms=_ms(new, 50),
+            all_p50_ms=_ms(full, 50), speedup=float(np.median(full) / np.median(new)), load_avg=os.getloadavg()[0])
+    print(f"the newest {limit} of {units} units and the count: p50 {r['newest_p50_ms']:.0f} ms, reading every unit "
+          f"{r['all_p50_ms']:.0f} ms ({r['speedup']:.1f}x; load {r['load_avg']:.1f})")
 
 
 def _answer_nll(model, context_ids, answer_ids):
@@ -432,6 +506,10 @@ def add_parser(sub) -> None:
     p.add_argument("--no-edge", action="store_true", help="do not measure qdrant-edge-py even when it is installed")
     p.add_argument("--edge-real", type=int, default=0, metavar="N",
                    help="qdrant-edge-py's HNSW recall and latency on N real paragraph embeddings of --docs (0: skip)")
+    p.add_argument("--listing", type=int, default=0, metavar="N",
+                   help="time the sidebar's newest-units request on a bank of N units (0: skip)")
+    p.add_argument("--use-counting", action="store_true",
+                   help="time counting uses on a persisted bank even without --sizes")
     p.add_argument("--json", metavar="FILE", help="write the records (and the machine) to FILE")
     p.set_defaults(run=run)
 
@@ -464,6 +542,10 @@ def run(args) -> int:
     if args.sizes:
         latency(args.sizes, rec, threads=args.threads, edge=not args.no_edge)
         use_counting(rec)
+    elif args.use_counting:
+        use_counting(rec)
+    if args.listing > 0:
+        listing(rec, units=args.listing)
     if args.edge_real > 0 and not args.no_edge:
         edge_on_real(Path(args.docs), args.edge_real, rec, threads=args.threads)
     load1 = os.getloadavg()
@@ -533,8 +615,18 @@ def memory_tables(d: dict) -> list:
                         f"qdrant-edge-py exact p50 {r['edge_exact_p50_ms']:.2f} ms, HNSW p50 "
                         f"{r['edge_hnsw_p50_ms']:.2f} ms with recall at 5 **{r['edge_hnsw_recall_at_5']:.3f}** "
                         f"(index built in {r['edge_index_s']:.1f} s; load average {r['load_avg']:.1f})."]
+        if r["kind"] == "memory_listing":
+            out += ["", f"The sidebar's Memory request (the newest {r['limit']} units and the count) on a bank of "
+                        f"{r['units']:,} units: p50 **{r['newest_p50_ms']:.0f} ms** with `bank.newest()` (a scroll "
+                        f"ordered by time), {r['all_p50_ms']:.0f} ms reading every unit and sorting them "
+                        f"({r['speedup']:.1f}x; {r['reps']} runs each, alternating; load average {r['load_avg']:.1f})."]
         if r["kind"] == "memory_use_count":
             out += ["", f"Counting uses on a bank persisted in a folder ({r['units']} units, k = {r['k']}): "
                         f"search p50 {r['p50_off_ms']:.1f} ms without, {r['p50_on_ms']:.1f} ms with "
                         f"(qdrant-client's local mode commits each unit's payload update to its SQLite file)."]
+            if "write_batch_p50_ms" in r:
+                out[-1] += (f" The {r['k']} counts alone: one `batch_update_points` call p50 "
+                            f"{r['write_batch_p50_ms']:.1f} ms, one `set_payload` call per unit "
+                            f"{r['write_loop_p50_ms']:.1f} ms (alternating, {r['queries']} each; load average "
+                            f"{r['load_avg']:.1f}).")
     return out

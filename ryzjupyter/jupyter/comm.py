@@ -26,7 +26,7 @@ Ops:
                                  the memory bank of %ryz memory (the magics' RecycleBank, a thin
                                  client): action "status" (default) says what the bank is ("magics":
                                  false before %load_ext ryzjupyter) and, if it is open in this
-                                 kernel, its count and newest `limit` units; "open"
+                                 kernel, its count and newest `limit` units (RecycleBank.newest); "open"
                                  opens it (as %ryz memory does) and answers like status; "search"
                                  adds the `k` units most similar to `query` (their uses unchanged).
                                  Units: {"id", "text" (first 400 characters), "source", "time",
@@ -454,7 +454,7 @@ def _op_memory(data):
         except UsageError as e:        # another kernel holds it, or the folder is not a bank
             raise RequestError(str(e)) from None
     with bank._lock:                   # a cell may be adding units on the main thread meanwhile
-        units = bank.list(limit)
+        units = bank.newest(limit)     # reads only these units, not the whole bank
         info = {"open": True, "namespace": bank.namespace, "store": bank.store,
                 "rsus": bank.count(), "model": bank.model_name}
     out = {"memory": info, "units": [_unit(u) for u in units]}

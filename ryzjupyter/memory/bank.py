@@ -17,8 +17,9 @@ in memory (loaded from the store when the bank opens, updated with every write) 
 them with one matrix product on our kernels: exact, the same ranking the store would give.
 With ``url=`` the server searches (its own index).
 
-Writes are Qdrant upserts: each one is committed before ``add`` returns, so a crash loses at
-most the call in progress. One process at a time may open an embedded store (Qdrant's lock);
+The listing the sidebar shows (``newest(n)``) reads only those n units: a scroll ordered by the
+stored time. Writes are Qdrant upserts: each one is committed before ``add`` returns, so a crash
+loses at most the call in progress; a call's use counts go to the store in one batch. One process at a time may open an embedded store (Qdrant's lock);
 a second kernel opening the same folder gets a BankBusyError saying what to do (use a server,
 or another path). The bank folder holds a ``ryz_bank.json`` marker; a folder that has files but
 no marker is refused rather than written into.
@@ -78,6 +79,11 @@ def _quantize(v: np.ndarray):
     """int8 copy of one vector and its scale (``_quantize_rows`` of one row)."""
     q, s, _, _ = _quantize_rows(np.asarray(v, np.float32)[None])
     return q[0], s[0]
+
+
+def _newest_first(p):
+    """Sort key of the bank's listing: newest add first, one add's units in the text's order."""
+    return (-p.payload.get("time", 0), p.payload.get("order", 0))
 
 
 class BankError(ValueError):
@@ -219,9 +225,24 @@ class RecycleBank:
             if size != self.encoder.dim:
                 raise BankError(f"namespace {self.namespace!r} holds {size}-dimensional vectors but the embedder "
                                 f"{self.model_name} gives {self.encoder.dim}; use the model the bank was built with")
+            if self.url is not None and "time" not in (info.payload_schema or {}):
+                self._index_time()
             return
         self.client.create_collection(self.collection, vectors_config=models.VectorParams(
             size=self.encoder.dim, distance=models.Distance.COSINE))
+        if self.url is not None:
+            self._index_time()
+
+    def _index_time(self):
+        """A server orders a scroll by a payload key only with an index on it (newest() uses it);
+        the embedded store needs none (it would warn that indexes have no effect there)."""
+        from qdrant_client import models
+
+        try:
+            self.client.create_payload_index(self.collection, "time", field_schema=models.PayloadSchemaType.FLOAT,
+                                             wait=True)
+        except Exception:          # a read-only key: newest() then reads every unit instead
+            pass
 
     def _scroll(self, with_vectors=False, flt=None):
         offset = None
@@ -364,8 +385,9 @@ class RecycleBank:
                 self._mirror_put([pid], v[None])
         if points:
             self.client.upsert(self.collection, points=points, wait=True)
-        for pid in set(merged):
-            self._touch(pid, now)
+        if merged:                       # merged into stored units: they count as just used
+            self.client.set_payload(self.collection, payload={"last_used": now}, points=sorted(set(merged)),
+                                    wait=True)
         self._enforce_cap()
         return ids
 
@@ -377,15 +399,6 @@ class RecycleBank:
             return self._ids[int(rows[0])], float(s[0])
         res = self.client.query_points(self.collection, query=v.tolist(), limit=1, with_payload=False).points
         return (str(res[0].id), float(res[0].score)) if res else None
-
-    def _touch(self, pid, now, used=False):
-        got = self.client.retrieve(self.collection, [pid], with_payload=["uses"])
-        if not got:
-            return
-        upd = {"last_used": now}
-        if used:
-            upd["uses"] = int(got[0].payload.get("uses", 0)) + 1
-        self.client.set_payload(self.collection, payload=upd, points=[pid], wait=True)
 
     def _enforce_cap(self):
         if self.max_items is None:
@@ -531,10 +544,10 @@ class RecycleBank:
     def count_uses(self, ids) -> int:
         """Count one use of each RSU in ``ids`` (and set its last-used time, which the TTL and the
         size cap go by); returns how many were there. recycle= counts the units it put into a
-        prompt this way, not every unit its search looked at. On an embedded bank each unit's
-        update is one commit of the store."""
+        prompt this way, not every unit its search looked at. The new counts are one write
+        (_count)."""
         self._check_open()
-        ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
+        ids = [ids] if isinstance(ids, str) else list(dict.fromkeys(str(i) for i in ids))   # each id once
         with self._lock:
             found = self.client.retrieve(self.collection, ids, with_payload=["uses"]) if ids else []
             self._count([Hit(id=str(r.id), text="", score=0.0, source="", uses=int((r.payload or {}).get("uses", 0)))
@@ -542,10 +555,22 @@ class RecycleBank:
         return len(found)
 
     def _count(self, hits):
+        """One more use for each hit (the uses the search already read: a hit shows them before
+        this one), as one batch_update_points call: one request to a server; the embedded store
+        applies the batch's updates in that one call (qdrant-client's local mode still commits
+        each point to its SQLite file by itself, docs/memory.md)."""
+        from qdrant_client import models
+
+        if not hits:
+            return
         now = time.time()
-        for h in hits:                   # the uses the search already read (a hit shows them before this one)
-            self.client.set_payload(self.collection, payload={"last_used": now, "uses": h.uses + 1}, points=[h.id],
-                                    wait=True)
+        uses: dict = {}
+        for h in hits:                   # an id twice in one call: one use (as one set_payload each did)
+            uses.setdefault(h.id, h.uses + 1)
+        ops = [models.SetPayloadOperation(set_payload=models.SetPayload(payload={"last_used": now, "uses": n},
+                                                                        points=[pid]))
+               for pid, n in uses.items()]
+        self.client.batch_update_points(self.collection, update_operations=ops, wait=True)
 
     def _hit(self, r, score) -> Hit:
         p = r.payload or {}
@@ -555,11 +580,45 @@ class RecycleBank:
 
     def list(self, limit: int | None = None) -> list:
         """The stored RSUs (newest add first; one add's RSUs in the text's order) as Hit objects with
-        score 0."""
+        score 0. With a ``limit`` only the newest ``limit`` units are read (newest()); without one,
+        every unit."""
+        if limit is not None:
+            return self.newest(limit)
         self._check_open()
         with self._lock:
-            pts = sorted(self._scroll(), key=lambda p: (-p.payload.get("time", 0), p.payload.get("order", 0)))
-        return [self._hit(p, 0.0) for p in pts[:limit]]
+            pts = sorted(self._scroll(), key=_newest_first)
+        return [self._hit(p, 0.0) for p in pts]
+
+    def newest(self, limit: int = 20) -> list:
+        """The ``limit`` newest RSUs (what the sidebar shows), reading only those: a Qdrant scroll
+        ordered by the stored time, newest first (the embedded store sorts the time values, not
+        whole units; a server uses its index on ``time``). The units of one add share its time;
+        the scroll reads ``limit + 64`` so that one add cut at the boundary is read whole, and
+        reads twice as many again in the rare case a longer add is cut there."""
+        from qdrant_client import models
+
+        self._check_open()
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise BankError(f"limit must be a positive int, got {limit!r}")
+        order = models.OrderBy(key="time", direction=models.Direction.DESC)
+        want = limit + 64
+        with self._lock:
+            while True:
+                try:
+                    pts, _ = self.client.scroll(self.collection, limit=want, with_payload=True,
+                                                with_vectors=False, order_by=order)
+                except Exception:
+                    if self.url is None:
+                        raise
+                    pts = sorted(self._scroll(), key=_newest_first)   # a server that has no index on time
+                    break
+                if len(pts) < want or len(pts) <= limit:
+                    break              # every unit was read
+                edge = pts[limit - 1].payload.get("time", 0)
+                if pts[-1].payload.get("time", 0) != edge:
+                    break              # the add at the boundary was read whole (a unit past it is older)
+                want *= 2
+        return [self._hit(p, 0.0) for p in sorted(pts, key=_newest_first)[:limit]]
 
     def count(self) -> int:
         return self.client.count(self.collection, exact=True).count

@@ -90,3 +90,22 @@ def test_bench_memory_record_and_report(tmp_path):
     assert rep.returncode == 0, rep.stderr
     assert "hit rate at 5" in rep.stdout and "| 5,000 |" in rep.stdout and "recycling off" in rep.stdout
     assert "bank search(text)" in rep.stdout and "Counting uses" in rep.stdout
+
+
+def test_bench_memory_listing_and_use_counting_records(tmp_path):
+    """--listing N and --use-counting alone: the newest units side by side with reading every unit
+    (the listing's ids checked inside), the counts' write batched against one call per unit."""
+    out = tmp_path / "listing.json"
+    r = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "memory", "--modules", "0", "--ppl-verses", "0",
+                        "--sizes", "--listing", "3000", "--use-counting", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    kinds = {x["kind"]: x for x in json.loads(out.read_text())["records"]}
+    lst = kinds["memory_listing"]
+    assert lst["units"] == 3000 and lst["limit"] == 20 and 0 < lst["newest_p50_ms"] and lst["speedup"] > 1
+    uses = kinds["memory_use_count"]
+    assert uses["write_batch_p50_ms"] > 0 and uses["write_loop_p50_ms"] > 0
+    rep = subprocess.run([sys.executable, "-m", "ryzjupyter.bench", "report", str(out)], capture_output=True,
+                         text=True, timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    assert "on a bank of 3,000 units" in rep.stdout and "one `batch_update_points` call" in rep.stdout

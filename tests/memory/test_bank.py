@@ -320,3 +320,114 @@ def test_an_in_memory_bank_writes_nothing(tmp_path, monkeypatch):
         assert b.search("comma separated rows", k=1)[0].id == ids[0]
         assert b.stats()["store"] == ":memory:" and "':memory:'" in repr(b)
     assert list(tmp_path.iterdir()) == []                 # no folder, no marker, no data directory
+
+
+def test_newest_units_in_the_listing_order(bank):
+    """newest(n) and list(n) give the first n units of the full listing (newest add first, one
+    add's units in the text's order), for every n, including an add cut at the boundary."""
+    bank.add(DOCS["csv"], source="file", segment_text=False)
+    time.sleep(0.01)
+    bank.add("\n\n".join(DOCS[k] for k in ("asyncio", "pickle", "bread")), source="text")   # several units
+    time.sleep(0.01)
+    bank.add(DOCS["pickle"] + " Also: pickles are cucumbers.", source="cell", segment_text=False, meta={"n": 3})
+    full = bank.list()
+    assert len(full) == bank.count() >= 4
+    assert len({h.time for h in full[1:-1]}) == 1 and len(full) - 2 >= 2     # the middle add: one time, cut below
+    for n in range(1, len(full) + 2):
+        got = bank.newest(n)
+        assert [h.id for h in got] == [h.id for h in full[:n]], n
+        assert [h.id for h in bank.list(n)] == [h.id for h in full[:n]]
+    assert got[0].meta == {"n": 3} and got[0].source == "cell"
+    for bad in (0, -1, "3", True):
+        with pytest.raises(BankError, match="limit must be a positive int"):
+            bank.newest(bad)
+
+
+def test_newest_reads_a_long_add_cut_at_the_boundary_whole():
+    """An add of 300 units, stored last-first, then one newer unit: newest(10) is the new unit and
+    the long add's first 9 units in order (the scroll reads more until it is past that add)."""
+    from ryzjupyter.bench.memory import fill_units
+
+    with RecycleBank(":memory:", namespace="long", dedup=None) as b:
+        older = fill_units(b, 50, seed=1)
+        from qdrant_client import models
+        t = b.newest(1)[0].time + 10
+        pts = [models.PointStruct(id=f"00000000-0000-0000-0000-{o:012d}", vector=[1.0] + [0.0] * (b.encoder.dim - 1),
+                                  payload={"text": f"long {o}", "source": "text", "time": t, "order": o, "uses": 0,
+                                           "last_used": t, "meta": {}})
+               for o in reversed(range(300))]
+        b.client.upsert(b.collection, points=pts, wait=True)
+        b.client.upsert(b.collection, points=[models.PointStruct(
+            id="ffffffff-0000-0000-0000-000000000000", vector=[0.0, 1.0] + [0.0] * (b.encoder.dim - 2),
+            payload={"text": "newest", "source": "cell", "time": t + 1, "order": 0, "uses": 0, "last_used": t + 1})],
+            wait=True)
+        got = b.newest(10)
+        assert [h.text for h in got] == ["newest"] + [f"long {o}" for o in range(9)]
+        assert [h.id for h in b.newest(400)][301:] == older[:50][:99]
+
+
+@pytest.mark.slow
+def test_the_sidebars_listing_reads_only_what_it_shows_at_20k_units(monkeypatch):
+    """A bank of 20 000 units: newest(20) returns the 20 newest in order, reading 84 units from the
+    store (not 20 000), and it is several times faster than reading every unit (side by side,
+    alternating, medians: a ratio, so a loaded machine does not fail it)."""
+    from ryzjupyter.bench.memory import fill_units
+
+    with RecycleBank(":memory:", namespace="big", dedup=None) as b:
+        order = fill_units(b, 20_000)
+        assert b.count() == 20_000
+        read = []
+        real_scroll = b.client.scroll
+
+        def counting_scroll(*a, **kw):               # the store's own scroll, its records counted
+            pts, nxt = real_scroll(*a, **kw)
+            read.append(len(pts))
+            return pts, nxt
+        monkeypatch.setattr(b.client, "scroll", counting_scroll)
+        got = b.newest(20)
+        assert [h.id for h in got] == order[:20]
+        assert sum(read) <= 20 + 64
+        read.clear()
+        assert [h.id for h in b.list()][:20] == order[:20] and sum(read) == 20_000
+        monkeypatch.setattr(b.client, "scroll", real_scroll)
+        new, full = [], []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            b.newest(20)
+            new.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            b.list()
+            full.append(time.perf_counter() - t0)
+        assert np.median(full) > 4 * np.median(new), (new, full)
+
+
+def test_counting_uses_is_one_batch_write_and_counts_stay_right(tmp_path, monkeypatch):
+    """count_uses and search(count_use=True) write every unit's new count in one
+    batch_update_points call (no set_payload per unit); the counts add up across calls, survive
+    reopening, and a missing id or one given twice counts once at most."""
+    b = RecycleBank(tmp_path / "bank", dedup=None)
+    ids = [b.add(t, segment_text=False)[0] for t in DOCS.values()]
+    calls = []
+    for name in ("set_payload", "batch_update_points"):
+        real = getattr(b.client, name)
+
+        def spy(*a, _real=real, _name=name, **kw):   # the store's own method, its calls noted
+            calls.append((_name, len(kw.get("update_operations", ()))))
+            return _real(*a, **kw)
+        monkeypatch.setattr(b.client, name, spy)
+    assert b.count_uses(ids[:3] + [ids[0], "00000000-0000-0000-0000-000000000000"]) == 3
+    assert calls == [("batch_update_points", 3)]
+    calls.clear()
+    hits = b.search(DOCS["csv"], k=4)
+    assert calls == [("batch_update_points", 4)]
+    calls.clear()
+    assert b.count_uses([]) == 0 and b.search("x", k=1, count_use=False) and calls == []
+    b.count_uses(ids[2])
+    want = {ids[0]: 2, ids[1]: 2, ids[2]: 3, ids[3]: 1}
+    assert {h.id: h.uses for h in b.list()} == want
+    assert all(h.uses == want[h.id] - 1 - (h.id == ids[2]) for h in hits)   # what the search read, before it
+    last = {h.id: b.client.retrieve(b.collection, [h.id])[0].payload["last_used"] for h in b.list()}
+    assert len(set(last.values())) == 2                 # one time per call: the search's and the last count's
+    b.close()
+    with RecycleBank(tmp_path / "bank", dedup=None) as again:
+        assert {h.id: h.uses for h in again.list()} == want

@@ -74,3 +74,42 @@ def test_sidebar_shows_and_searches_the_bank(lab, page):  # noqa: F811
     bank.scroll_into_view_if_needed()
     _shot(page, "sidebar-memory.png", bank)
     assert not [e for e in page.errors if "ryz" in e.lower()], page.errors
+
+
+@pytest.mark.slow
+def test_sidebar_lists_the_newest_units_of_a_large_bank(lab, page):  # noqa: F811
+    """A bank of 20 000 units (kept in memory) and then one new note: the Memory section shows the
+    count and the 20 newest units, the note first, then the newest of the 20 000 in order (the
+    request reads those units only: bank.newest)."""
+    (lab["root"] / "large.ipynb").write_text(json.dumps(_notebook([
+        "%load_ext ryzjupyter\n%config RyzMagics.memory_path = ':memory:'\n"
+        "%config RyzMagics.memory_namespace = 'large'\n"
+        "from ryzjupyter.bench.memory import fill_units\n"
+        "b = get_ipython()._ryz_magics.bank()\nORDER = fill_units(b, 20000)\n"
+        f"b.add({TEXTS[0]!r}, source='cell', segment_text=False)\n"
+        "print('FILLED', len(b), '|'.join(h.text for h in b.list()[1:20]))",
+    ])))
+    page.goto(f"{lab['base']}/lab/tree/large.ipynb?token={lab['token']}&reset")
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").wait_for()
+    side = _open_sidebar(page)
+    page.locator('#ryzjupyter-sidebar[data-state="ready"]').wait_for(timeout=60000)
+    out = _run_cell(page, 0).locator(".jp-OutputArea-output").filter(has_text="FILLED 20001")
+    out.wait_for(timeout=240000)
+    newest = out.inner_text().split("FILLED 20001 ", 1)[1].strip().split("|")   # the full listing's, in the kernel
+    bank = side.locator(".ryz-bank")
+    bank.locator(".ryz-bank-info").filter(has_text="20001 units").wait_for(timeout=60000)
+    units = bank.locator(".ryz-bank-units .ryz-unit")
+    units.nth(19).wait_for(timeout=30000)
+    texts = [units.nth(i).locator(".ryz-unit-text").inner_text() for i in range(units.count())]
+    assert texts == [TEXTS[0]] + newest and len(texts) == 20
+    # the request itself, from the browser, as the section sends it
+    ms = page.evaluate("""async () => {
+        const w = [...window.jupyterapp.shell.widgets('left')].find(w => w.id === 'ryzjupyter-sidebar');
+        const t0 = performance.now();
+        const r = await w.link.request('memory', {action: 'status', limit: 20});
+        return [performance.now() - t0, r.ok, r.units.length, r.memory.rsus]; }""")
+    assert ms[1:] == [True, 20, 20001], ms
+    print(f"the Memory request at 20001 units took {ms[0]:.0f} ms in the browser")
+    bank.scroll_into_view_if_needed()
+    _shot(page, "sidebar-memory-20k.png", side)
+    assert not [e for e in page.errors if "ryz" in e.lower()], page.errors
