@@ -17,8 +17,8 @@ RSUs), precision at 5 (the share of the top 5 RSUs from the answer section) and 
 reciprocal rank of the first RSU from it, over the top 10).
 
 Latency, at each --sizes number of units (random unit vectors: the scan's cost does not depend
-on the values): the bank's search (an int8 pass over every unit on our kernels, then the best 64
-rescored exactly in float32; all exact up to 4096 units) against qdrant-client's local mode
+on the values): the bank's search (an int8 pass over every unit on our kernels, then the units
+its error bound cannot rule out rescored in float32: the exact top k; all in float32 up to 4096) against qdrant-client's local mode
 (``QdrantClient(":memory:")``, the embedded store's own search), p50 / p99 over the queries. And
 the recall at 5 of the two-stage search against the exact one on the real RSU embeddings.
 
@@ -168,7 +168,7 @@ def recall_two_stage(real: np.ndarray, rec, n_queries=200, source="the retrieval
     finally:
         B.EXACT_ROWS = saved
     r = rec(kind="memory_recall", vectors=len(real), queries=len(queries), recall_at_5=float(np.mean(agree)),
-            source=source)
+            source=source, method="bound")
     print(f"two-stage vs exact search on {len(real)} real embeddings ({source}): recall@5 {r['recall_at_5']:.4f}")
 
 
@@ -321,11 +321,13 @@ def latency(sizes, rec, n_queries=50, qdrant_queries=10, threads=2, edge=True):
         qs = rng.standard_normal((n_queries, 384)).astype(np.float32)
         qs /= np.linalg.norm(qs, axis=1, keepdims=True)
         ts = _timed(lambda q: bank._top(q, 5), list(qs))
+        rescored = [(bank._top(q, 5), getattr(bank, "rescored", n))[1] for q in qs]
         qe_qs = qs[:qdrant_queries] if n > 20_000 else qs          # qdrant-edge's exact scan is slow past that
         top = [[bank._ids[int(r)] for r in bank._top(q, 5)[0]] for q in qe_qs]
         texts = [f"{QUESTIONS[i % len(QUESTIONS)]} ({i})" for i in range(n_queries)]
         tenc = _timed(lambda t: bank.encoder.encode([t]), texts)
         tsearch = _timed(lambda t: bank.search(t, k=5, count_use=False), texts)
+        ab = _side_by_side(bank, qs, texts)
         tq = _timed(lambda q: bank.client.query_points(bank.collection, query=q.tolist(), limit=5, with_payload=False),
                     list(qs[:qdrant_queries]))
         bank.close()
@@ -334,14 +336,77 @@ def latency(sizes, rec, n_queries=50, qdrant_queries=10, threads=2, edge=True):
                 search_queries=len(tsearch), search_p50_ms=_ms(tsearch, 50), search_p99_ms=_ms(tsearch, 99),
                 encode_p50_ms=_ms(tenc, 50), qdrant_local_queries=len(tq), qdrant_local_p50_ms=_ms(tq, 50),
                 qdrant_local_p99_ms=_ms(tq, 99), qdrant_client_version=_version("qdrant-client"),
-                fill_s=fill_s, threads=threads, **extra, load_avg=os.getloadavg()[0])
+                fill_s=fill_s, threads=threads, method="bound", rescored_p50=float(np.median(rescored)),
+                rescored_max=int(np.max(rescored)), encoder_weights=bank.encoder.weight_format, **ab, **extra,
+                load_avg=os.getloadavg()[0])
         line = (f"{n:>7} units: bank scan p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms; search(text) end to end "
                 f"p50 {r['search_p50_ms']:.1f} ms p99 {r['search_p99_ms']:.1f} ms (query embedding p50 "
                 f"{r['encode_p50_ms']:.1f} ms); qdrant-client local p50 {r['qdrant_local_p50_ms']:.0f} ms")
         if extra:
             line += (f"; qdrant-edge exact p50 {r['edge_exact_p50_ms']:.1f} ms, HNSW p50 {r['edge_hnsw_p50_ms']:.2f} ms "
                      f"(recall@5 {r['edge_hnsw_recall_at_5']:.3f}, index built in {r['edge_index_s']:.1f} s)")
-        print(line + f" (load {r['load_avg']:.1f})")
+        e = r["ab_encode_p50_ms"]
+        print(line + f" (load {r['load_avg']:.1f}); side by side: embedding default {e['default']:.2f} ms, float32 all "
+              f"threads {e['f32_all_threads']:.2f} ms; scan {r['ab_scan_p50_ms']} (all threads {r['ab_scan_all_threads_p50_ms']}); "
+              f"search {r['ab_search_p50_ms']}")
+
+
+def _side_by_side(bank, qs, texts):
+    """Measured in one process, alternating query by query (the machine is shared, so only figures
+    taken side by side compare): the question's embedding with the default encoder (float16
+    weights, one thread up to 64 tokens) and with float32 weights on all threads (the encoder
+    before them); the scan and search(text) end to end at every ISA level this CPU has."""
+    from ryzjupyter import _native
+    from ryzjupyter.families import bert
+    from ryzjupyter.memory import bank as B
+
+    f32 = bert.Encoder(bank.encoder.folder, weights="f32")
+    one_thread = bert.ONE_THREAD_TOKENS
+
+    def f32_all_threads(t):
+        bert.ONE_THREAD_TOKENS = 0
+        try:
+            f32.encode([t])
+        finally:
+            bert.ONE_THREAD_TOKENS = one_thread
+
+    enc = {"default": [], "f32_all_threads": []}
+    f32_all_threads(texts[0])
+    for t in texts:
+        for name, fn in (("default", lambda t: bank.encoder.encode([t])), ("f32_all_threads", f32_all_threads)):
+            t0 = time.perf_counter()
+            fn(t)
+            enc[name].append(time.perf_counter() - t0)
+    levels = _native.info()["supported_isas"]
+    levels = [l for l in levels if l != "scalar"] or levels
+    previous = _native.info()["isa"]
+    scan = {l: [] for l in levels}
+    scan_all = {l: [] for l in levels}
+    search = {l: [] for l in levels}
+    try:
+        for q, t in zip(qs, texts):
+            for l in levels:
+                _native.set_isa(l)
+                t0 = time.perf_counter()
+                bank._top(q, 5)
+                scan[l].append(time.perf_counter() - t0)
+                one_thread, B.ONE_THREAD_ROWS = B.ONE_THREAD_ROWS, 0
+                try:
+                    t0 = time.perf_counter()
+                    bank._top(q, 5)
+                    scan_all[l].append(time.perf_counter() - t0)
+                finally:
+                    B.ONE_THREAD_ROWS = one_thread
+                t0 = time.perf_counter()
+                bank.search(t, k=5, count_use=False)
+                search[l].append(time.perf_counter() - t0)
+    finally:
+        _native.set_isa(previous)
+    return {"ab_queries": len(texts), "ab_encode_p50_ms": {k: _ms(v, 50) for k, v in enc.items()},
+            "ab_scan_p50_ms": {l: _ms(v, 50) for l, v in scan.items()},
+            "ab_scan_all_threads_p50_ms": {l: _ms(v, 50) for l, v in scan_all.items()},
+            "ab_search_p50_ms": {l: _ms(v, 50) for l, v in search.items()},
+            "ab_search_p99_ms": {l: _ms(v, 99) for l, v in search.items()}}
 
 
 def use_counting(rec, units=200, queries=30):
@@ -568,7 +633,9 @@ def memory_tables(d: dict) -> list:
                     f"{r['modules']} pages of the Python 3.11 library reference, {r['rsus']} RSUs: hit rate at 5 "
                     f"**{r['hit_at_5']:.3f}**, precision at 5 {r['precision_at_5']:.3f}, MRR {r['mrr']:.3f}.", ""]
         elif r["kind"] == "memory_recall":
-            out += [f"Two-stage search (int8 pass, best 64 rescored in float32) against the exact search on "
+            how = ("int8 pass with an error bound, the rows it cannot rule out rescored in float32"
+                   if r.get("method") == "bound" else "int8 pass, best 64 rescored in float32")
+            out += [f"Two-stage search ({how}) against the exact search on "
                     f"{r['vectors']} real embeddings ({r.get('source', 'RSUs')}): recall at 5 "
                     f"**{r['recall_at_5']:.4f}** ({r['queries']} queries; a unit as close as the exact 5th counts).", ""]
         elif r["kind"] == "memory_ppl":
@@ -606,6 +673,21 @@ def memory_tables(d: dict) -> list:
             out += ["", f"qdrant-client {lat[0].get('qdrant_client_version')}, qdrant-edge-py {v} "
                         f"(`max_search_threads` {lat[0].get('threads')}); the bank's top 5 equal qdrant-edge's exact "
                         f"top 5 ({same} of them)."]
+        for r in lat:
+            if "ab_encode_p50_ms" not in r:
+                continue
+            e, sc, se, s99 = r["ab_encode_p50_ms"], r["ab_scan_p50_ms"], r["ab_search_p50_ms"], r["ab_search_p99_ms"]
+            out += ["", f"At {r['units']:,} units, side by side in one process ({r['ab_queries']} questions, "
+                        f"alternating): the question's embedding p50 {e['default']:.2f} ms with the default encoder "
+                        f"({r['encoder_weights']} weights, one thread up to 64 tokens) against "
+                        f"{e['f32_all_threads']:.2f} ms with float32 weights on all threads; per ISA level, the scan "
+                        "p50 " + ", ".join(f"{l} {v:.2f} ms" for l, v in sc.items())
+                        + " (on one thread, the default up to 10^6 units; on all threads: "
+                        + ", ".join(f"{l} {v:.2f} ms" for l, v in r["ab_scan_all_threads_p50_ms"].items())
+                        + ") and `search(text)` p50 / p99 "
+                        + ", ".join(f"{l} {se[l]:.1f} / {s99[l]:.1f} ms" for l in se) + f". Rows rescored in float32 "
+                        f"after the int8 pass (the rows its error bound cannot rule out): median "
+                        f"{r['rescored_p50']:.0f}, at most {r['rescored_max']}."]
         out += ["", "Load average during the runs: " + ", ".join(f"{r['load_avg']:.1f}" for r in lat) + "."]
     for r in d["records"]:
         if r["kind"] == "memory_edge_real":

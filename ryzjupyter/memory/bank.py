@@ -13,8 +13,9 @@ the embedding model's name, its time, its uses, and the caller's meta.
 
 Searching the embedded store: qdrant-client's local mode scans every point in Python (537 ms
 at 100k RSUs, docs/memory.md), so the bank keeps the namespace's vectors in one float32 matrix
-in memory (loaded from the store when the bank opens, updated with every write) and scores
-them with one matrix product on our kernels: exact, the same ranking the store would give.
+in memory (loaded from the store when the bank opens, updated with every write) with an int8
+copy, and scores them on our kernels: an int8 pass over all, then float32 for the rows its error
+bound cannot rule out (``_top``): exact, the same ranking as a float32 scan of every row.
 With ``url=`` the server searches (its own index).
 
 The listing the sidebar shows (``newest(n)``) reads only those n units: a scroll ordered by the
@@ -60,6 +61,11 @@ def _close_open_banks():
 EXACT_ROWS = 4096   # up to this many units a search scores all of them in float32
 BLOCK = 64          # past it, the best int8 row of each block of this many rows sets the float32 pass's bar
 SLACK = 1e-4        # added to the int8 pass's error bound: the float rounding of both passes (~3e-5)
+# A search of up to this many units runs its products on one thread: the int8 pass over 100k
+# units is ~1.3 ms on one core (DRAM-bound), and on a machine shared with other jobs a second
+# thread that is not running holds the barrier up (bench memory, side by side: 1.9 ms on one
+# thread, 4.8 ms on two, load 5 on 2 cores)
+ONE_THREAD_ROWS = 1_000_000
 
 
 def _quantize_rows(v: np.ndarray):
@@ -461,7 +467,12 @@ class RecycleBank:
         matrix product on our kernels."""
         w = self._vecs[:len(self._ids)] if rows is None else np.ascontiguousarray(self._vecs[rows])
         out = np.empty((1, len(w)), np.float32)
-        _native.matmul_f32(out, np.ascontiguousarray(q[None], np.float32), w)
+        limit = _native.set_thread_limit(1) if len(w) <= ONE_THREAD_ROWS else None
+        try:
+            _native.matmul_f32(out, np.ascontiguousarray(q[None], np.float32), w)
+        finally:
+            if limit is not None:
+                _native.set_thread_limit(limit)
         return out[0]
 
     def _top(self, q: np.ndarray, k: int):
@@ -480,7 +491,12 @@ class RecycleBank:
         q = np.asarray(q, np.float32)
         xq, xs, _, _ = _quantize_rows(q[None])
         approx = np.empty((1, n), np.float32)
-        _native.matmul_i8(approx, xq, xs, self._q8[:n], self._s8[:n])
+        limit = _native.set_thread_limit(1) if n <= ONE_THREAD_ROWS else None
+        try:
+            _native.matmul_i8(approx, xq, xs, self._q8[:n], self._s8[:n])
+        finally:
+            if limit is not None:
+                _native.set_thread_limit(limit)
         a = approx[0]
         qn = float(np.linalg.norm(q.astype(np.float64)))
         dq = float(np.linalg.norm(q.astype(np.float64) - xq[0].astype(np.float64) / float(xs[0])))
@@ -497,6 +513,7 @@ class RecycleBank:
         widest = qn * float(e8.max()) + dq * float(h8.max()) + slack
         rows = np.flatnonzero(a >= bar - widest)                          # every row that may reach it
         rows = rows[a[rows] + (qn * e8[rows] + dq * h8[rows] + slack) >= bar]
+        self.rescored = len(rows)                                          # for the bench
         return self._best(rows, self._scores(q, rows), k)
 
     @staticmethod

@@ -230,7 +230,7 @@ def _mirror_of(vectors):
 @pytest.mark.parametrize("kind", ["real", "random"])
 def test_two_stage_search_is_the_exact_ranking_on_every_isa(isa, monkeypatch, real_vectors, kind):
     """Ids and scores of the two-stage top k equal the exact float32 ranking's (ties: the lower
-    row first) for k = 1, 5, 20, on real embeddings (with duplicates) and on random unit vectors,
+    row first) for k = 1, 5, 20, on one thread and on all, on real embeddings (with duplicates) and on random unit vectors,
     with queries from the set and from outside it."""
     from ryzjupyter.memory import bank as B
 
@@ -244,8 +244,9 @@ def test_two_stage_search_is_the_exact_ranking_on_every_isa(isa, monkeypatch, re
     monkeypatch.setattr(B, "EXACT_ROWS", 0)
     qs = np.concatenate([v[rng.choice(len(v), 25, replace=False)], rng.standard_normal((5, 384)).astype(np.float32)])
     qs[-5:] /= np.linalg.norm(qs[-5:], axis=1, keepdims=True)
-    for block in (64, 8):
+    for block, one_thread_rows in ((64, B.ONE_THREAD_ROWS), (8, 0)):       # one thread, then all of them
         monkeypatch.setattr(B, "BLOCK", block)
+        monkeypatch.setattr(B, "ONE_THREAD_ROWS", one_thread_rows)
         for q in qs:
             exact = b._scores(q)
             for k in (1, 5, 20):
