@@ -139,6 +139,39 @@ def test_load_use_unload_recurrent_models(client, kernel):
     assert client.stray == []
 
 
+def test_a_1024_token_context_through_the_sidebar(client, kernel, tmp_path):
+    """A model whose context is 1024 tokens, loaded from the sidebar with max_context 1024: a
+    prompt of 900+ tokens answered in the kernel, the sidebar's stats of that generation, then the
+    prefix reused by a longer prompt (only the new tokens prefilled)."""
+    from pathlib import Path
+
+    import ryzjupyter
+    from ryzjupyter.families.random_bitnet import write_random_bitnet
+    folder = write_random_bitnet(tmp_path / "ctx1024", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=4096,
+                                 max_position_embeddings=1024, seed=11,
+                                 tokenizer_from=Path(ryzjupyter.__file__).parent / "models" / "demo")
+    km, kc = kernel
+    r = client.request("load", model=str(folder), options={"max_context": 1024})
+    assert r["ok"] is True, r
+    name = r["name"]
+    words = "and the LORD said unto Moses go up into the mountain of the city ".split()
+    rep = execute(kc, "from ryzjupyter.manager import MANAGER\n"
+                      f"_m = MANAGER.get({name!r}); assert _m.max_context == 1024\n"
+                      f"_w = {words!r}\n"
+                      "_p = ' '.join(_w[i % len(_w)] for i in range(2000))\n"
+                      "_ids = _m.tokenizer.encode(_p)[:900]\n"
+                      "_r1 = MANAGER.generate(_ids, 8, temperature=0, ignore_eos=True)\n"
+                      "_r2 = MANAGER.generate(_ids + _ids[:40], 8, temperature=0, ignore_eos=True)\n"
+                      "assert _r1.stats.n_prompt == 900 and _r2.stats.n_prompt == 940, (_r1.stats, _r2.stats)\n"
+                      "assert _r2.stats.n_cached >= 899 and _r2.stats.n_prefill <= 41, _r2.stats", timeout=120)
+    assert rep["status"] == "ok", rep
+    r = client.request("stats")
+    assert r["ok"] and r["last"]["model"] == name and r["last"]["tokens"] == 8
+    assert client.request("unload", model=name)["ok"]
+    assert client.stray == []
+
+
 def test_load_refused_for_memory(client, kernel):
     km, kc = kernel
     r = client.request("load", model="packed")
