@@ -7,6 +7,7 @@ A model engine (bitnet.py, ...) provides four things and inherits the rest from 
     forward(token_ids, cache, all_logits) -> float32 logits [M, vocab] (or [1, vocab] for the last
                                              token only); runs the tokens at positions len(cache)...,
                                              writes their keys/values and appends them to cache.tokens
+                                             (its tokens checked by forward_tokens(tokens, cache, vocab))
 
 and may override the verify pass of speculative decoding (``verify``, ``verify_tree``: row i of
 their logits must be bitwise what a one-token forward() gives for token i after its ancestors; the
@@ -537,6 +538,21 @@ class TextStream:
 # what every engine's model class inherits
 
 _LOCK_INIT = threading.Lock()
+
+
+def forward_tokens(tokens, cache, vocab_size) -> np.ndarray:
+    """The token ids an engine's forward() runs after the cached ones, as int64 [M]; ValueError
+    when there are none, when they do not fit in the cache's context (``cache.max_len``) or when
+    one is outside 0..vocab_size-1 (checked before any of them runs)."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
+    M, pos0 = tokens.size, len(cache)
+    if M == 0:
+        raise ValueError("forward() needs at least one token")
+    if pos0 + M > cache.max_len:
+        raise ValueError(f"{pos0} cached + {M} new tokens exceed the context of {cache.max_len}")
+    if tokens.min() < 0 or tokens.max() >= vocab_size:
+        raise ValueError(f"token ids must be in 0..{vocab_size - 1}")
+    return tokens
 
 
 class LanguageModel:

@@ -39,7 +39,7 @@ import numpy as np
 
 from ryzjupyter import _native
 from ryzjupyter.engine.checkpoint import Checkpoint, CheckpointError, ModelKind, detect_kind, rope_theta, to_f32
-from ryzjupyter.decoding.generation import LanguageModel
+from ryzjupyter.decoding.generation import LanguageModel, forward_tokens
 from ryzjupyter.engine.kv_cache import KV_FORMATS, KVCache, check_kv_format
 from ryzjupyter.engine.profiling import PROFILER, InstrumentedKernels
 from ryzjupyter.engine.ternary import LAYOUTS
@@ -672,14 +672,8 @@ class BitNetModel(LanguageModel):
         """Run `tokens` at positions len(cache).. ; write their keys/values; return float32 logits
         [len(tokens), vocab] (all_logits) or [1, vocab] for the last token."""
         cfg, w, s = self.config, self.weights, self.state
-        tokens = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
+        tokens = forward_tokens(tokens, cache, cfg.vocab_size)
         M, pos0 = tokens.size, len(cache)
-        if M == 0:
-            raise ValueError("forward() needs at least one token")
-        if pos0 + M > cache.max_len:
-            raise ValueError(f"{pos0} cached + {M} new tokens exceed the context of {cache.max_len}")
-        if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
-            raise ValueError(f"token ids must be in 0..{cfg.vocab_size - 1}")
         if M == 1 and self.fused_decode:                # decode: one C call per layer (bitnet_decode.py),
             if bitnet_decode.supported(self, cache):    # bitwise the same logits and cache rows
                 return bitnet_decode.forward_one(self, tokens, cache)   # (books its own profile phases)

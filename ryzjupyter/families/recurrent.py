@@ -23,7 +23,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ryzjupyter import _native
-from ryzjupyter.decoding.generation import LanguageModel
+from ryzjupyter.decoding.generation import LanguageModel, forward_tokens
 from ryzjupyter.engine.checkpoint import Checkpoint, CheckpointError
 from ryzjupyter.engine.kv_cache import common_prefix
 from ryzjupyter.engine.profiling import PROFILER, InstrumentedKernels
@@ -310,14 +310,8 @@ class RecurrentModel(LanguageModel):
         ``prefill_chunk`` tokens aligned to multiples of it (a snapshot at each boundary) and
         its last token alone (a snapshot before it: re-running the prompt reuses all but that
         token); one token runs as one C call (the fused decode) when the family has one."""
-        tokens = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
+        tokens = forward_tokens(tokens, cache, self.vocab_size)
         M, pos0 = tokens.size, len(cache)
-        if M == 0:
-            raise ValueError("forward() needs at least one token")
-        if pos0 + M > cache.max_len:
-            raise ValueError(f"{pos0} cached + {M} new tokens exceed the context of {cache.max_len}")
-        if tokens.min() < 0 or tokens.max() >= self.vocab_size:
-            raise ValueError(f"token ids must be in 0..{self.vocab_size - 1}")
         if M == 1 and self.fused_decode:
             try:
                 out = self._decode_one(int(tokens[0]), cache.state)

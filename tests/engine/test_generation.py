@@ -202,3 +202,25 @@ def test_chat_reuses_the_cache_when_the_template_trims_a_reply():
             assert r.stats.n_cached >= len(prev.prompt_tokens), (t, repr(prev.text[-6:]))
         prev = r
     assert any(m["content"] != m["content"].strip() for m in s.history if m["role"] == "assistant")
+
+
+@pytest.mark.parametrize("folder", ["bitnet/packed", "recurrent/mamba_f32", "recurrent/rwkv_f32"])
+def test_forward_refuses_bad_tokens_before_running_any(folder):
+    """Every engine's forward() checks its tokens with decoding.generation.forward_tokens: none,
+    too many for the cache's context, or one outside the vocabulary is a ValueError, and the cache
+    is left as it was."""
+    from pathlib import Path
+
+    import ryzjupyter
+    m = ryzjupyter.load(str(Path(__file__).resolve().parents[1] / "fixtures" / folder))
+    c = m.new_cache(8)
+    m.forward(np.array([1, 2, 3]), c)
+    V = m.vocab_size
+    for bad, match in [([], r"^forward\(\) needs at least one token$"),
+                       ([1] * 6, r"^3 cached \+ 6 new tokens exceed the context of 8$"),
+                       ([4, V], rf"^token ids must be in 0\.\.{V - 1}$"),
+                       ([-1], rf"^token ids must be in 0\.\.{V - 1}$")]:
+        with pytest.raises(ValueError, match=match):
+            m.forward(np.array(bad, np.int64), c)
+        assert c.tokens == [1, 2, 3]
+    assert m.forward([[4], [5]], c).shape == (1, V) and c.tokens == [1, 2, 3, 4, 5]   # any shape, flattened
