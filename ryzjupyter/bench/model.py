@@ -151,6 +151,18 @@ def ternary_params(model) -> int:
                for n in LINEARS)
 
 
+def pass_floor(model, n: int, layers_s: float, head_s: float, peak_gops: float) -> dict:
+    """The least time a forward pass of n tokens can take on this machine with int8 multiply-adds:
+    each phase (the layers, then the head) at least as long as that phase of a one-token pass
+    (layers_s, head_s: it reads the same weights once) and at least its n tokens' multiply-adds at
+    the int8 peak (GOPS = 2 x multiply-adds a second). Used by `bench serve` (the ceiling of
+    batching) and `bench speculative` (the floor of r)."""
+    lm, hm = ternary_params(model), model.config.vocab_size * model.config.dim
+    cl, ch = 2 * n * lm / (peak_gops * 1e9), 2 * n * hm / (peak_gops * 1e9)
+    return {"int8_peak_gops": peak_gops, "layer_macs": lm, "head_macs": hm, "compute_floor_s": cl + ch,
+            "floor_s": max(layers_s, cl) + max(head_s, ch), "layers_compute_s": cl, "head_compute_s": ch}
+
+
 def decode_bytes(model, kv_rows: float, kv=None) -> dict:
     """Bytes one decode step reads: every packed weight, the norms, the lm_head (and its row
     scales), one embedding row and kv_rows rows of keys and values in every layer, in the KV

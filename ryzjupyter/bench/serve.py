@@ -124,23 +124,23 @@ def step_ceiling(model, steps, threads, seconds):
     int8 peak probed right after the steps, for as long as they took. B x t(1) / the sum of the two
     floors bounds what any kernel of this kind reaches here; recorded in each serve_step record."""
     from ryzjupyter.bench import probes
-    from ryzjupyter.bench.model import ternary_params
+    from ryzjupyter.bench.model import pass_floor
     peak = probes.peak_for(threads, seconds)
     if not peak or not steps or steps[0]["streams"] != 1:
         return
     l1, h1 = steps[0]["layers_s"], steps[0]["head_s"]
-    lm, hm = ternary_params(model), model.config.vocab_size * model.config.dim
+    one = pass_floor(model, 1, l1, h1, peak)
     print(f"\n== the ceiling: int8 peak {peak:.0f} GOPS ({threads} threads, probed right after); a token's "
-          f"multiply-adds: layers {lm / 1e9:.2f} G, head {hm / 1e9:.2f} G ==")
+          f"multiply-adds: layers {one['layer_macs'] / 1e9:.2f} G, head {one['head_macs'] / 1e9:.2f} G ==")
     for r in steps:
         B = r["streams"]
-        cl, ch = 2 * B * lm / (peak * 1e9), 2 * B * hm / (peak * 1e9)
-        floor = max(l1, cl) + max(h1, ch)
-        r.update(int8_peak_gops=peak, layer_macs=lm, head_macs=hm, compute_floor_s=cl + ch, step_floor_s=floor,
-                 ceiling_vs_1=B * (l1 + h1) / floor)
-        print(f"  {B:2d} streams: multiply-adds at the peak: layers {cl * 1e3:6.1f} ms, head {ch * 1e3:5.1f} ms; "
-              f"step at least {floor * 1e3:6.1f} ms; at most {B * (l1 + h1) / floor:.2f}x one stream "
-              f"(measured {B * (l1 + h1) / (r['layers_s'] + r['head_s']):.2f}x)", flush=True)
+        f = pass_floor(model, B, l1, h1, peak)
+        r.update(int8_peak_gops=peak, layer_macs=f["layer_macs"], head_macs=f["head_macs"],
+                 compute_floor_s=f["compute_floor_s"], step_floor_s=f["floor_s"], ceiling_vs_1=B * (l1 + h1) / f["floor_s"])
+        print(f"  {B:2d} streams: multiply-adds at the peak: layers {f['layers_compute_s'] * 1e3:6.1f} ms, head "
+              f"{f['head_compute_s'] * 1e3:5.1f} ms; step at least {f['floor_s'] * 1e3:6.1f} ms; at most "
+              f"{r['ceiling_vs_1']:.2f}x one stream (measured {B * (l1 + h1) / (r['layers_s'] + r['head_s']):.2f}x)",
+              flush=True)
 
 
 def run_batching(args, rec):

@@ -146,17 +146,16 @@ def verify_floor(model, positions, split, threads, seconds) -> dict | None:
     Per n: int8_peak_gops, layer_macs / head_macs (a token's), compute_floor_s (both phases'
     multiply-adds at the peak), ratio_floor. None at the scalar level (no SIMD peak)."""
     from ryzjupyter.bench import probes
-    from ryzjupyter.bench.model import ternary_params
+    from ryzjupyter.bench.model import pass_floor
     peak = probes.peak_for(threads, seconds)
     sl, sh = split["step"]
     if not peak or not sl + sh:
         return None
-    lm, hm = ternary_params(model), model.config.vocab_size * model.config.dim
     out = {}
     for n in positions:
-        cl, ch = 2 * n * lm / (peak * 1e9), 2 * n * hm / (peak * 1e9)
-        out[n] = {"int8_peak_gops": peak, "layer_macs": lm, "head_macs": hm, "compute_floor_s": cl + ch,
-                  "ratio_floor": (max(sl, cl) + max(sh, ch)) / (sl + sh)}
+        f = pass_floor(model, n, sl, sh, peak)
+        out[n] = {"int8_peak_gops": peak, "layer_macs": f["layer_macs"], "head_macs": f["head_macs"],
+                  "compute_floor_s": f["compute_floor_s"], "ratio_floor": f["floor_s"] / (sl + sh)}
     return out
 
 
