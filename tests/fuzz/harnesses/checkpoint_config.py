@@ -1,7 +1,8 @@
 """config.json and model.safetensors.index.json as ryzjupyter.load reads them: the first byte picks
 the file and the tiny fixture it goes into (the packed BitNet, the 1bitLLM and the float fixtures'
 config.json; the sharded fixture's index), the rest is that file's text. A model that loads must
-also run: two greedy tokens of a short prompt. Allowed: the tokens, or a CheckpointError."""
+also run: two greedy tokens of a short prompt. Allowed: the tokens, or a CheckpointError; where the
+config's context (max_position_embeddings) is shorter than the prompt, the ValueError that says so."""
 
 import os
 import shutil
@@ -33,7 +34,11 @@ def _folder(fixture):
 def _load_and_run(folder):
     model = ryzjupyter.load(str(folder), convert_cache=False)
     try:
-        out = model.generate([1, 2, 3], max_new_tokens=2, temperature=0)
+        prompt = [1, 2, 3]
+        if model.max_context < len(prompt):     # a legal if useless config: the prompt must be refused
+            expect(lambda: model.generate(prompt, max_new_tokens=2, temperature=0), ValueError)
+            return
+        out = model.generate(prompt, max_new_tokens=2, temperature=0)
     finally:
         model.close()
     if not isinstance(out, (str, list)) and not hasattr(out, "tokens"):
