@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ryzjupyter.models import MODELS_DIR, bundled_names, is_bundled
+from ryzjupyter.models import DEFAULT_MODEL, MODELS_DIR, bundled_names, is_bundled
 
 __all__ = ["ModelManager", "ModelInfo", "ModelBusyError", "MemoryBudgetError", "MANAGER",
            "parse_bytes", "format_bytes", "estimate_model_bytes", "finish_info", "token_text"]
@@ -534,7 +534,7 @@ class ModelManager:
                 self._check_swap_allowed(name)
             self._models[name] = model
             self._sources[name] = source or name
-            folder = Path(str(source)).expanduser() if source else None
+            folder = Path(os.path.expanduser(str(source))) if source else None
             if folder is not None and (folder / "config.json").is_file():
                 self._folders[name] = folder.resolve()
             w = _nbytes(model)
@@ -554,7 +554,8 @@ class ModelManager:
         used first, until it fits the budget. If it cannot fit, MemoryBudgetError says how much it
         needs, the budget, and what is loaded or busy; nothing is unloaded in that case."""
         with self._lock:
-            found = self.find(spec) if spec is not None else None
+            # spec None is the bundled default model: loaded twice it would be held twice
+            found = self.find(spec if spec is not None else DEFAULT_MODEL)
             if found is not None and (name is None or name == found):
                 self._check_swap_allowed(found)
                 self._current = found
@@ -662,7 +663,12 @@ class ModelManager:
     def register(self, folder, name=None) -> str:
         """Make a model folder (config.json + weights) available by name, or every model folder
         inside `folder`. Returns the (first) name."""
-        folder = Path(folder).expanduser()
+        folder = Path(os.path.expanduser(folder))
+        try:
+            folder.is_dir()
+        except OSError as e:                 # a path the system cannot look up (a name too long...)
+            raise FileNotFoundError(f"{str(folder)[:200]} cannot be read ({e.strerror}); pass a model folder "
+                                    "(config.json + weights) or a folder of them") from None
         if (folder / "config.json").is_file():
             key = name or folder.name
             with self._lock:
@@ -684,7 +690,7 @@ class ModelManager:
         for name in bundled_names():
             out[name] = MODELS_DIR / name
         for entry in filter(None, os.environ.get("RYZ_MODEL_DIRS", "").split(os.pathsep)):
-            d = Path(entry).expanduser()
+            d = Path(os.path.expanduser(entry))
             if (d / "config.json").is_file():
                 out.setdefault(d.name, d)
             elif d.is_dir():
@@ -738,9 +744,12 @@ class ModelManager:
         cands = self._candidates()
         if spec in cands:
             return cands[spec]
-        p = Path(spec).expanduser()
-        if (p / "config.json").is_file():
-            return p
+        p = Path(os.path.expanduser(spec))
+        try:
+            if (p / "config.json").is_file():
+                return p
+        except (OSError, ValueError):        # a name no file can have (too long, NUL): not a local folder
+            pass
         return None
 
     def _name_for(self, spec, folder):
@@ -955,7 +964,7 @@ def _close(model):
 
 def _same_path(a: str, b: str) -> bool:
     try:
-        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        pa, pb = Path(os.path.expanduser(a)), Path(os.path.expanduser(b))
         return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
     except (OSError, ValueError):
         return False

@@ -78,6 +78,18 @@ def test_registry_interface_and_hot_swap(mgr):
     assert "matmul" in prof and "python" in prof and all(v >= 0 for v in prof.values())
 
 
+def test_loading_the_default_twice_holds_it_once(mgr):
+    """load() with no spec is the bundled demo: a second call returns the loaded one (a sidebar that
+    sent "load" a hundred times held a hundred copies, demo-2 ... demo-100, until memory ran out)."""
+    name, model = mgr.load()
+    mgr.load(fx("packed"))
+    again, same = mgr.load()
+    assert (again, same) == (name, model) and mgr.current_name == name
+    assert sorted(mgr.names()) == sorted([name, "packed"])
+    other, copy = mgr.load(name="demo-copy")          # a second copy only when asked for by name
+    assert other == "demo-copy" and copy is not model
+
+
 def test_refusal_names_the_size_and_unloads_nothing(mgr):
     mgr.load(fx("packed"))
     need = estimate_model_bytes(fx("float_noquant"))["total"]
