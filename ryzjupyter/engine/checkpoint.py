@@ -46,10 +46,15 @@ def resolve_model_path(path_or_id, *, revision=None, allow_pickle=False, local_f
         raise CheckpointError("no model given: pass a folder path or a hub id such as "
                               "'microsoft/bitnet-b1.58-2B-4T'")
     text = os.fspath(path_or_id)
-    p = Path(text).expanduser()
-    if p.is_dir():
+    p = Path(os.path.expanduser(text))
+    try:
+        is_dir, is_file = p.is_dir(), p.is_file()
+    except OSError as e:                # a path the system cannot even look up (a name too long...)
+        raise CheckpointError(f"model folder {text[:200]!r} cannot be read ({e.strerror}); pass an existing "
+                              "folder with config.json + *.safetensors, or a hub id like 'owner/name'") from None
+    if is_dir:
         return p.resolve()
-    if p.is_file():
+    if is_file:
         raise CheckpointError(f"{text!r} is a file; pass the folder that holds config.json and the "
                               f"*.safetensors files (here: {str(p.parent)!r})")
     if not _HUB_ID.match(text):  # not "owner/name": a local path that is not there

@@ -24,4 +24,4 @@ def bundled_names() -> list[str]:
 
 def is_bundled(name) -> bool:
     """True when `name` is the name of a bundled model."""
-    return isinstance(name, str) and "/" not in name and (MODELS_DIR / name / "config.json").is_file()
+    return isinstance(name, str) and name in bundled_names()

@@ -134,6 +134,8 @@ def test_detect_kind(tiny_folder):
 def test_resolve_paths(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="does not exist"):
         resolve_model_path(str(tmp_path / "nope"))
+    with pytest.raises(CheckpointError, match="cannot be read"):   # ENAMETOOLONG from stat(): not an OSError
+        resolve_model_path(str(tmp_path / ("x" * 300) / "folder"))
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(CheckpointError, match="is a file"):
         resolve_model_path(tmp_path / "f.txt")

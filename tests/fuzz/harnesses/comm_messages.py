@@ -9,6 +9,13 @@ import json
 import re
 
 from ryzjupyter.jupyter import comm
+from ryzjupyter.manager import MANAGER
+
+# Loads under differently fuzzed names each hold a model: a budget well inside the fuzzer's memory
+# limit (RYZ_FUZZ_RSS_MB) makes the manager unload the least recently used, as it would in a kernel.
+# Set again before every input: a fuzzed "budget" message may have raised it. (The budget counts
+# weights and KV cache; a tiny model's tokenizer and objects take ~3x that in RSS.)
+BUDGET = "256MiB"
 
 from ..common import Finding, json_from_bytes
 
@@ -19,6 +26,7 @@ BARE = re.compile(r"^(KeyError|IndexError|TypeError|AttributeError|NameError|Unb
 
 
 def one_input(data: bytes):
+    MANAGER.set_memory_budget(BUDGET)
     value, text = json_from_bytes(data)
     request = value if value is not None else text
     try:
