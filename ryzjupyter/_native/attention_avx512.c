@@ -11,7 +11,8 @@
  *           16 accumulators, partial sums between blocks in scratch.
  * Both passes prefetch the rows they will read next (software prefetch in address order).
  * Over a float cache, a decode unit (every kv head of its rows) takes seq_scores / seq_v
- * instead: the same sums, the rows read one after the other without prefetch (Zen 4).
+ * instead: the same sums, the rows read in address order, each SEQ_PF_ROWS rows ahead
+ * prefetched, the v pass SEQ_V_ROWS rows at a time.
  * Prefill over a float cache uses attend_block instead (blocks of query rows, scores against
  * transposed keys: see attention.h and the comment above it). 
  * Whole vectors use plain loads: masked loads that miss the cache stream about 4x
@@ -33,6 +34,14 @@
 #endif
 #ifndef RYZ_ATTN_PF_HINT
 #define RYZ_ATTN_PF_HINT _MM_HINT_T0
+#endif
+/* decode passes over a float / 16-bit cache (seq_scores, seq_v): software prefetch of the row
+ * this many rows ahead, one line per line read. Intel Xeon (2.8 GHz, AVX-512 VNNI, ~23 GB/s), 2
+ * threads, 30 layers of 2B-4T heads at 2k rows: 14.3 GB/s without, 19.8 with 4 rows, 18.2 with 2,
+ * 18.6 with 8, 17.9 with 16 (1 thread: 9.3 -> 11.8). Zen 4 read the rows at 21-23 GB/s a core
+ * without it (not re-measured with it). 0 turns it off. */
+#ifndef SEQ_PF_ROWS
+#define SEQ_PF_ROWS 4
 #endif
 
 /* 16 cache values from column j of a row, as floats (`m` = the columns left, as a mask) */
@@ -108,6 +117,9 @@ static void seq_scores(const ryz_attn_unit *u, float *RYZ_RESTRICT sc, int64_t L
                     int64_t j = 0;
                     for (; j + 16 <= hd; j += 16) {
                         const __m512 kv = _mm512_loadu_ps(row + h * hd + j);
+#if SEQ_PF_ROWS
+                        if (g0 == 0) _mm_prefetch((const char *)(row + SEQ_PF_ROWS * kstride + h * hd + j), _MM_HINT_T0);
+#endif
                         for (int gg = 0; gg < 4; gg++) a[gg] = _mm512_fmadd_ps(_mm512_loadu_ps(qh[gg] + j), kv, a[gg]);
                     }
                     if (j < hd) {
@@ -126,29 +138,49 @@ static void seq_scores(const ryz_attn_unit *u, float *RYZ_RESTRICT sc, int64_t L
     }
 }
 
-/* seq_v: out[hg] = inv[hg] * sum_t p[hg][t] v[t, h], the rows one after the other, the partial
- * sums in acc (L1): per lane the same FMAs in the same order (t ascending) as the blocked
- * pass, so the same outputs. */
-static void seq_v(const ryz_attn_unit *u, const float *RYZ_RESTRICT sc, int64_t Lp, float *RYZ_RESTRICT acc,
-                  const float *RYZ_RESTRICT inv) {
+/* seq_v: out[hg] = inv[hg] * sum_t p[hg][t] v[t, h] over a float (fmt RYZ_KV_F32) or 16-bit
+ * cache, the partial sums in acc (L1). Rows go SEQ_V_ROWS at a time: per (kv head, 16
+ * columns) the block's SEQ_V_ROWS value vectors are loaded once and each of the G heads'
+ * partial sums is loaded, takes the block's FMAs in row order and is stored once, so the pass
+ * does SEQ_V_ROWS times fewer loads and stores of acc than FMAs (one row at a time it was
+ * bound by them: 3 memory operations per FMA). Per lane the same FMAs in the same order
+ * (t ascending) as the blocked pass, so the same outputs. */
+#ifndef SEQ_V_ROWS
+#define SEQ_V_ROWS 4
+#endif
+static inline __attribute__((always_inline)) __m512 ld_kv(const void *p, int64_t i, __mmask16 m, const int fmt) {
+    return fmt == RYZ_KV_F32 ? ryz_ld16((const float *)p + i, m) : ld_16((const uint16_t *)p + i, m, fmt);
+}
+static inline __attribute__((always_inline)) void
+seq_v_impl(const ryz_attn_unit *u, const float *RYZ_RESTRICT sc, int64_t Lp, float *RYZ_RESTRICT acc,
+           const float *RYZ_RESTRICT inv, const int fmt) {
     const int64_t G = u->G, H = u->H, hd = u->hd, L = u->L, kstride = u->kstride, HG = H * G;
-    const float *RYZ_RESTRICT vf = u->v;
+    const int64_t esz = fmt == RYZ_KV_F32 ? 4 : 2;
+    const char *RYZ_RESTRICT vb = fmt == RYZ_KV_F32 ? (const char *)u->v : (const char *)u->v16;
     memset(acc, 0, sizeof(float) * (size_t)(HG * hd));  /* exactly: inv follows acc */
     const __mmask16 mt = ryz_tail16(hd % 16);
-    for (int64_t t = 0; t < L; t++) {
-        const float *row = vf + t * kstride;
-        for (int64_t h = 0, hg = 0; h < H; h++) {
-            const float *vr = row + h * hd;
-            for (int64_t g = 0; g < G; g++, hg++) {
-                const __m512 pg = _mm512_set1_ps(sc[hg * Lp + t]);
-                float *a = acc + hg * hd;
-                int64_t j = 0;
-                for (; j + 16 <= hd; j += 16)
-                    _mm512_storeu_ps(a + j, _mm512_fmadd_ps(pg, _mm512_loadu_ps(vr + j), _mm512_loadu_ps(a + j)));
-                if (j < hd) _mm512_mask_storeu_ps(a + j, mt, _mm512_fmadd_ps(pg, ryz_ld16(vr + j, mt), ryz_ld16(a + j, mt)));
-            }
-        }
+    int64_t t = 0;
+#define SEQ_V_BLOCK(NR)                                                                            \
+    for (int64_t h = 0; h < H; h++) {                                                              \
+        const char *vr[NR];                                                                        \
+        for (int r = 0; r < NR; r++) vr[r] = vb + ((t + r) * kstride + h * hd) * esz;              \
+        for (int64_t j = 0; j < hd; j += 16) {                                                     \
+            const __mmask16 m = hd - j >= 16 ? (__mmask16)0xffff : mt;                             \
+            __m512 v[NR];                                                                          \
+            for (int r = 0; r < NR; r++) v[r] = ld_kv(vr[r], j, m, fmt);                           \
+            if (SEQ_PF_ROWS && (j * esz) % 64 == 0)         /* a line at a time */                   \
+                for (int r = 0; r < NR; r++) _mm_prefetch(vr[r] + (SEQ_PF_ROWS * kstride + j) * esz, _MM_HINT_T0); \
+            for (int64_t g = 0, hg = h * G; g < G; g++, hg++) {                                     \
+                float *a = acc + hg * hd + j;                                                      \
+                __m512 x = ryz_ld16(a, m);                                                         \
+                for (int r = 0; r < NR; r++) x = _mm512_fmadd_ps(_mm512_set1_ps(sc[hg * Lp + t + r]), v[r], x); \
+                if (m == 0xffff) _mm512_storeu_ps(a, x); else _mm512_mask_storeu_ps(a, m, x);        \
+            }                                                                                      \
+        }                                                                                          \
     }
+    for (; t + SEQ_V_ROWS <= L; t += SEQ_V_ROWS) SEQ_V_BLOCK(SEQ_V_ROWS)
+    for (; t < L; t++) SEQ_V_BLOCK(1)
+#undef SEQ_V_BLOCK
     for (int64_t hg = 0; hg < HG; hg++) {
         const __m512 s = _mm512_set1_ps(inv[hg]);
         int64_t j = 0;
@@ -181,6 +213,10 @@ seq_scores16(const ryz_attn_unit *u, float *RYZ_RESTRICT sc, int64_t Lp, const i
                     int64_t j = 0;
                     for (; j + 16 <= hd; j += 16) {
                         const __m512 kv = ld_16(row + h * hd + j, (__mmask16)0xffff, fmt);
+#if SEQ_PF_ROWS
+                        if (g0 == 0 && (j & 31) == 0)  /* a line at a time */
+                            _mm_prefetch((const char *)(row + SEQ_PF_ROWS * kstride + h * hd + j), _MM_HINT_T0);
+#endif
                         for (int gg = 0; gg < 4; gg++) a[gg] = _mm512_fmadd_ps(_mm512_loadu_ps(qh[gg] + j), kv, a[gg]);
                     }
                     if (j < hd) {
@@ -196,38 +232,6 @@ seq_scores16(const ryz_attn_unit *u, float *RYZ_RESTRICT sc, int64_t Lp, const i
                 const int64_t gn = G - g0 < 4 ? G - g0 : 4;
                 store_scores(sc + (h * G + g0) * Lp + t, Lp, gn, _mm512_mul_ps(reduce16(blk[h * NG + g0 / 4]), kscale));
             }
-    }
-}
-
-/* seq_v: out[hg] = inv[hg] * sum_t p[hg][t] v[t, h], the rows one after the other, the partial
- * sums in acc (L1): per lane the same FMAs in the same order (t ascending) as the blocked
- * pass, so the same outputs. */
-static inline __attribute__((always_inline)) void
-seq_v16(const ryz_attn_unit *u, const float *RYZ_RESTRICT sc, int64_t Lp, float *RYZ_RESTRICT acc,
-        const float *RYZ_RESTRICT inv, const int fmt) {
-    const int64_t G = u->G, H = u->H, hd = u->hd, L = u->L, kstride = u->kstride, HG = H * G;
-    const uint16_t *RYZ_RESTRICT vf = u->v16;
-    memset(acc, 0, sizeof(float) * (size_t)(HG * hd));  /* exactly: inv follows acc */
-    const __mmask16 mt = ryz_tail16(hd % 16);
-    for (int64_t t = 0; t < L; t++) {
-        const uint16_t *row = vf + t * kstride;
-        for (int64_t h = 0, hg = 0; h < H; h++) {
-            const uint16_t *vr = row + h * hd;
-            for (int64_t g = 0; g < G; g++, hg++) {
-                const __m512 pg = _mm512_set1_ps(sc[hg * Lp + t]);
-                float *a = acc + hg * hd;
-                int64_t j = 0;
-                for (; j + 16 <= hd; j += 16)
-                    _mm512_storeu_ps(a + j, _mm512_fmadd_ps(pg, ld_16(vr + j, (__mmask16)0xffff, fmt), _mm512_loadu_ps(a + j)));
-                if (j < hd) _mm512_mask_storeu_ps(a + j, mt, _mm512_fmadd_ps(pg, ld_16(vr + j, mt, fmt), ryz_ld16(a + j, mt)));
-            }
-        }
-    }
-    for (int64_t hg = 0; hg < HG; hg++) {
-        const __m512 s = _mm512_set1_ps(inv[hg]);
-        int64_t j = 0;
-        for (; j + 16 <= hd; j += 16) _mm512_storeu_ps(u->o + hg * hd + j, _mm512_mul_ps(_mm512_loadu_ps(acc + hg * hd + j), s));
-        if (j < hd) _mm512_mask_storeu_ps(u->o + hg * hd + j, mt, _mm512_mul_ps(ryz_ld16(acc + hg * hd + j, mt), s));
     }
 }
 
@@ -261,7 +265,7 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int fmt) 
                                : ld_f32(vf + (t) * kstride + (h) * hd + (j), m))
 
     /* Float cache, every kv head of each row (decode units): both passes read the rows in
-     * address order, row after row, without software prefetch (seq_scores, seq_v below). On
+     * address order (seq_scores, seq_v_impl above; prefetch: SEQ_PF_ROWS). On
      * Zen 4 the blocked passes, which read 4 or 16 rows 2.5 KB apart column block by column
      * block, streamed ~12 GB/s a core; one row after the other 21-23 (the probe: 23-24;
      * standalone loop). Same float operations in the same order: same results. */
@@ -344,8 +348,7 @@ attend_impl(const ryz_attn_unit *u, float *RYZ_RESTRICT scratch, const int fmt) 
      * the next block is one stretch of memory and is prefetched in address order, pstep bytes per
      * step (as the GEMVs do): 41 -> 28 us for 128 rows of 2B-4T heads from DRAM, 1 thread. */
     const int rows_contig = H * hd == kstride;
-    if (seq && h16) seq_v16(u, sc, Lp, acc, inv, fmt);
-    else if (seq) seq_v(u, sc, Lp, acc, inv);
+    if (seq) seq_v_impl(u, sc, Lp, acc, inv, fmt);
     for (int64_t tb = 0; tb < (seq ? 0 : L); tb += RYZ_ATTN_VBLOCK) {
         const int64_t te = L - tb < RYZ_ATTN_VBLOCK ? L : tb + RYZ_ATTN_VBLOCK;
         const int64_t ne = L - te < RYZ_ATTN_VBLOCK ? L : te + RYZ_ATTN_VBLOCK;
