@@ -22,7 +22,9 @@ SHAPES = [(1, 1, 1), (1, 7, 300), (1, 1, 2560), (2, 5, 17), (3, 9, 256), (4, 4, 
           (70, 301, 2560),
           # the few-token kernels of the verify pass (M = 2..16): token groups of 4 with a tail, row pairs
           # with an odd row, tiles with 1-3 rows, several 64-row chunks, a K tail past 8 blocks
-          (8, 37, 513), (10, 5, 64), (12, 130, 2560), (13, 21, 640), (15, 3, 2049), (16, 67, 257)]
+          (8, 37, 513), (10, 5, 64), (12, 130, 2560), (13, 21, 640), (15, 3, 2049), (16, 67, 257),
+          # the 5-token tile (4 + 1 tokens as one pass): alone with 1-3 row tails, after a 64-token block
+          (5, 7, 2560), (5, 6, 257), (69, 10, 300)]
 
 
 def packed_of(lay, t):
