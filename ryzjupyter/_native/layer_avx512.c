@@ -57,8 +57,10 @@ static void gemv_i8(float *out, const int8_t *w, const float *ws, int64_t K, con
  * K = 2560) ahead took 8 tokens over the 2B-4T head (128256 x 2560, one thread, Zen 4) from
  * 49.7 to 27.3 ms, 4 tokens from 43.6 to 30.2 (median of 15, alternating builds in one
  * process, machine shared). Rows of 2 sharing each activation load ran the same with it and
- * slower without. A prefetch past the end of w is harmless (prefetches never fault). */
-#define GEMM_TOKENS 8
+ * slower without. A prefetch past the end of w is harmless (prefetches never fault).
+ * Up to 16 tokens a pass (16 accumulators): with 8, the 9 positions of a verify of 8 drafted
+ * tokens read the head twice (5 + 4), 1.56x a decode step's head time on an Intel Xeon. */
+#define GEMM_TOKENS 16
 #define GEMM_PREFETCH_BYTES 65536
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -81,22 +83,22 @@ static ALWAYS_INLINE void gemm_row(float *out, int64_t ldo, const int8_t *w, con
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     const int8_t *r = w + n * K, *xm = x + m0 * ldx;
     __m512i acc[GEMM_TOKENS];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_si512();
     int64_t k = 0;
     for (; k + 64 <= K; k += 64) {
         _mm_prefetch((const char *)(r + k + GEMM_PREFETCH_BYTES), _MM_HINT_T1);
         const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(r + k), flip);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int t = 0; t < NT; t++) RYZ_DPBUSD_M(acc[t], wv, xm + t * ldx + k);
     }
     if (k < K) {  /* masked tail: masked-off lanes meet x = 0 */
         const __mmask64 mk = ((__mmask64)1 << (K - k)) - 1;
         const __m512i wv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, r + k), flip);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int t = 0; t < NT; t++) acc[t] = _mm512_dpbusd_epi32(acc[t], wv, _mm512_maskz_loadu_epi8(mk, xm + t * ldx + k));
     }
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int t = 0; t < NT; t++) {
         const uint32_t s = (uint32_t)_mm512_reduce_add_epi32(acc[t]) - 128u * (uint32_t)xsum[m0 + t];
         out[(m0 + t) * ldo + n] = ryz_i8_epilogue((int32_t)s, xs[m0 + t], ws[n]);
@@ -110,9 +112,11 @@ static ALWAYS_INLINE void gemm_row(float *out, int64_t ldo, const int8_t *w, con
         for (int64_t n = c0; n < c1; n++) gemm_row(out, ldo, w, ws, K, x, ldx, xs, xsum, m0, NT, n);       \
     }
 GEMM_NT(1) GEMM_NT(2) GEMM_NT(3) GEMM_NT(4) GEMM_NT(5) GEMM_NT(6) GEMM_NT(7) GEMM_NT(8)
+GEMM_NT(9) GEMM_NT(10) GEMM_NT(11) GEMM_NT(12) GEMM_NT(13) GEMM_NT(14) GEMM_NT(15) GEMM_NT(16)
 typedef void (*gemm_fn)(float *, int64_t, const int8_t *, const float *, int64_t, const int8_t *, int64_t,
                         const float *, const int32_t *, int64_t, int64_t, int64_t);
-static const gemm_fn gemm_nt[GEMM_TOKENS] = {gemm_1, gemm_2, gemm_3, gemm_4, gemm_5, gemm_6, gemm_7, gemm_8};
+static const gemm_fn gemm_nt[GEMM_TOKENS] = {gemm_1, gemm_2,  gemm_3,  gemm_4,  gemm_5,  gemm_6,  gemm_7,  gemm_8,
+                                             gemm_9, gemm_10, gemm_11, gemm_12, gemm_13, gemm_14, gemm_15, gemm_16};
 
 /* rows per pass over one token group: their weights (64 x K bytes) stay in L2 for the next group */
 #define GEMM_CHUNK_ROWS 64
@@ -132,7 +136,7 @@ static void gemm_i8(float *out, int64_t ldo, const int8_t *w, const float *ws, i
         return;
     }
     for (int64_t m = 0; m < M; m++) xsum[m] = sum_i8(x + m * ldx, K);
-    const int64_t groups = (M + GEMM_TOKENS - 1) / GEMM_TOKENS;   /* as even as can be: 9 = 5 + 4 */
+    const int64_t groups = (M + GEMM_TOKENS - 1) / GEMM_TOKENS;   /* as even as can be: 17 = 9 + 8 */
     for (int64_t c0 = n0; c0 < n1; c0 += GEMM_CHUNK_ROWS) {
         const int64_t c1 = c0 + GEMM_CHUNK_ROWS < n1 ? c0 + GEMM_CHUNK_ROWS : n1;
         for (int64_t g = 0, m0 = 0; g < groups; g++) {

@@ -18,7 +18,8 @@ def _case(rng, M, N, K):
 
 
 @pytest.mark.parametrize("M,N,K", [(1, 5, 16), (2, 37, 2560), (3, 17, 33), (4, 64, 256), (7, 65, 15),
-                                   (8, 130, 100), (9, 33, 2561), (16, 100, 64), (17, 9, 48)])
+                                   (8, 130, 100), (9, 33, 2561), (12, 70, 300), (16, 100, 64), (17, 9, 48),
+                                   (33, 20, 129)])   # 16 tokens a pass: one group up to 16, then 9 + 8, 11 + 11 + 11
 def test_tokens_head_equals_reference_and_decode_head(isa, threads, rng, M, N, K):
     xq, xs, wq, ws = _case(rng, M, N, K)
     out = np.full((M, N), np.nan, np.float32)
