@@ -204,6 +204,23 @@ class BitNetLM(nn.Module):
         return {"total": tot, "embedding": emb, "ternary": lin, "norms": tot - emb - lin}
 
 
+def trainable_from_packed(folder: str, max_position_embeddings: int | None = None) -> BitNetLM:
+    """load_packed's model made trainable again (train.py --init): each BitLinear's latent weight is
+    w = t / (s_w mean|t|), whose ternarize() is the stored (t, s_w) again (mean|w| = 1 / s_w, and w s_w =
+    t / mean|t| rounds to t), so training starts from the exported model's exact function.
+    `max_position_embeddings` replaces the context (RoPE has no table)."""
+    m = load_packed(folder).train()
+    if max_position_embeddings:
+        m.config.max_position_embeddings = int(max_position_embeddings)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, BitLinear) and mod.fixed is not None:
+                t, sw = mod.fixed
+                mod.weight.copy_(t / (sw * t.abs().mean().clamp(min=1e-8)))
+                mod.fixed = None
+    return m
+
+
 def load_packed(folder: str) -> BitNetLM:
     """Build a BitNetLM (inference only, float32) from a packed ``bitlinear`` checkpoint folder written by
     ryzjupyter.train.export: ternary weights and weight_scale are used as stored."""

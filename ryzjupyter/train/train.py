@@ -46,7 +46,7 @@ from . import copymix
 from . import corpus as corpus_mod
 from . import export as export_mod
 from . import tok as tok_mod
-from .model import BitNetConfig, BitNetLM
+from .model import BitNetConfig, BitNetLM, trainable_from_packed
 
 WINDOWING = ("ids = tokenizer.encode(text, add_special_tokens=False) (no BOS/EOS); consecutive non-overlapping "
              "windows ids[i*n_ctx:(i+1)*n_ctx] starting at 0, n_ctx = max_position_embeddings; the last window keeps "
@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--valid", required=True, help="held-out text for validation perplexity")
     ap.add_argument("--out", help="export folder (config.json, model.safetensors, tokenizer*, ...)")
     ap.add_argument("--tokenizer", help="reuse this tokenizer.json (e.g. the main model's, for the draft)")
+    ap.add_argument("--init", help="continue from a model this trainer exported (a folder: its weights, shape and "
+                                   "tokenizer; --hidden/--layers/--heads/--kv-heads/--inter/--vocab are taken from "
+                                   "it, --ctx may extend its context)")
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--inter", type=int, default=0, help="FFN size (default: 2.5*hidden rounded to 64)")
@@ -232,6 +235,8 @@ def main(argv=None):
     train_text = open(a.corpus, encoding="utf-8").read()
     valid_text = open(a.valid, encoding="utf-8").read()
     chapters = corpus_mod.text_to_chapters(train_text)
+    if a.init and not a.tokenizer:
+        a.tokenizer = os.path.join(a.init, "tokenizer.json")
     if a.tokenizer:
         from tokenizers import Tokenizer
         tok = Tokenizer.from_file(a.tokenizer)
@@ -250,12 +255,21 @@ def main(argv=None):
     print(f"tokenizer vocab {vocab}; train stream {len(stream)} tokens ({len(train_text)} chars of text); "
           f"valid {len(vids)} tokens in {len(vwin)} windows of {a.ctx}", flush=True)
 
-    inter = a.inter or int(round(a.hidden * 2.5 / 64)) * 64
-    cfg = BitNetConfig(vocab_size=vocab, hidden_size=a.hidden, intermediate_size=inter,
-                       num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
-                       max_position_embeddings=a.ctx, rope_theta=a.rope_theta,
-                       bos_token_id=tok.token_to_id(tok_mod.BOS), eos_token_id=tok.token_to_id(tok_mod.EOS))
-    model = BitNetLM(cfg)
+    if a.init:
+        model = trainable_from_packed(a.init, max_position_embeddings=a.ctx)
+        cfg = model.config
+        if cfg.vocab_size != vocab:
+            raise SystemExit(f"--init {a.init}: its embedding has {cfg.vocab_size} rows, the tokenizer {vocab} tokens")
+        a.hidden, a.layers, a.heads, a.kv_heads, a.inter = (cfg.hidden_size, cfg.num_hidden_layers,
+                                                            cfg.num_attention_heads, cfg.num_key_value_heads,
+                                                            cfg.intermediate_size)
+    else:
+        inter = a.inter or int(round(a.hidden * 2.5 / 64)) * 64
+        cfg = BitNetConfig(vocab_size=vocab, hidden_size=a.hidden, intermediate_size=inter,
+                           num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
+                           max_position_embeddings=a.ctx, rope_theta=a.rope_theta,
+                           bos_token_id=tok.token_to_id(tok_mod.BOS), eos_token_id=tok.token_to_id(tok_mod.EOS))
+        model = BitNetLM(cfg)
     print("config", cfg, "params", model.num_params(), flush=True)
 
     decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n]
@@ -288,7 +302,8 @@ def main(argv=None):
         opt.step()
         step += 1
         tokens_seen += a.batch * a.ctx
-        loss_ema = float(loss) if loss_ema is None else 0.95 * loss_ema + 0.05 * float(loss)
+        lv = loss.item()
+        loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
         if step % 10 == 0:
             print(f"step {step} loss {float(loss):.3f} ema {loss_ema:.3f} lr {lr:.2e} "
                   f"cpu {used / 60:.1f}m tok/cpu-s {tokens_seen / max(used, 1e-9):.0f}", flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+from pathlib import Path
 import math
 import os
 import random
@@ -294,3 +295,28 @@ def test_shipped_model_card_is_what_card_py_writes(tmp_path):
     for r in runs:
         hours = retrain.steps(r["model"]) * r["cpu_s_per_step"] / 3600
         assert f"| {hours:.1f} h |" in text
+
+
+def test_init_continues_the_bundled_draft(tmp_path, valid_text, docs_chapters):
+    """--init FOLDER: the shape and tokenizer come from the folder, --ctx extends the context, and the
+    first evaluation (before any step changes much) is the bundled model's own perplexity region."""
+    pytest.importorskip("torch")
+    from ryzjupyter.train import train
+
+    (tmp_path / "train.txt").write_text(corpus.documents_to_text(docs_chapters), encoding="utf-8")
+    valid = "\n\n".join(valid_text.split("\n\n")[:4]) + "\n"
+    (tmp_path / "valid.txt").write_text(valid, encoding="utf-8")
+    out = tmp_path / "model"
+    draft = os.path.join(ROOT, "ryzjupyter", "models", "demo-draft")
+    train.main(["--corpus", str(tmp_path / "train.txt"), "--valid", str(tmp_path / "valid.txt"), "--init", draft,
+                "--out", str(out), "--ctx", "512", "--batch", "2", "--steps", "1", "--lr", "1e-6",
+                "--eval-every", "0"])
+    cfg, shipped = (json.loads((Path(d) / "config.json").read_text()) for d in (out, draft))
+    for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "intermediate_size", "vocab_size"):
+        assert cfg[k] == shipped[k], k
+    assert cfg["max_position_embeddings"] == 512
+    assert (out / "tokenizer.json").read_text() == (Path(draft) / "tokenizer.json").read_text()
+    r = json.loads((out / "validation_ppl.json").read_text())
+    base = json.loads((Path(draft) / "validation_ppl.json").read_text())["val_ppl"]
+    assert r["val_ppl_256"] < 1.2 * base     # one step at lr 1e-6 from the shipped weights: still that model

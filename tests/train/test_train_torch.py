@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from ryzjupyter.train.export import export, pack_ternary, round_embeddings_, unpack_ternary  # noqa: E402
 from ryzjupyter.train.model import (BitNetConfig, BitNetLM, _BitLinearFn, act_quant_int, load_packed,  # noqa: E402
-                                    ternarize)
+                                    ternarize, trainable_from_packed)
 
 TINY = BitNetConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
@@ -71,3 +71,26 @@ def test_export_round_trip_and_transformers(tmp_path):
         ref = m(ids)
         got = hf(input_ids=ids).logits
     assert float((got - ref).abs().max() / ref.abs().max()) <= 1e-4
+
+
+def test_trainable_from_packed_starts_from_the_exported_function(tmp_path):
+    """train.py --init: the latent weights rebuilt from a packed export ternarize to the stored trits and
+    scales, so the trainable model computes what the export does (and a longer context only moves RoPE)."""
+    torch.manual_seed(2)
+    m = BitNetLM(TINY)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    round_embeddings_(m)
+    export(m, str(tmp_path))
+    fixed = load_packed(str(tmp_path))
+    again = trainable_from_packed(str(tmp_path), max_position_embeddings=64)
+    assert again.config.max_position_embeddings == 64 and again.training
+    for (name, a), b in zip(fixed.named_modules(), again.modules()):
+        if hasattr(a, "fixed") and a.fixed is not None:
+            t, s = ternarize(b.weight.detach())
+            assert b.fixed is None and torch.equal(t, a.fixed[0]), name
+            assert torch.allclose(s, a.fixed[1], rtol=1e-6), name
+    ids = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(ids), fixed(ids), rtol=1e-5, atol=1e-5)
