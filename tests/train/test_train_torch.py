@@ -48,14 +48,20 @@ def test_pack_layout_blocked_along_rows():
     assert torch.equal(unpack_ternary(pack_ternary(r)), r)
 
 
-def test_export_round_trip_and_transformers(tmp_path):
-    torch.manual_seed(1)
+def _exported_tiny(folder, seed):
+    """A TINY model with perturbed weights, its embedding rounded as shipped, exported to `folder`."""
+    torch.manual_seed(seed)
     m = BitNetLM(TINY)
     with torch.no_grad():
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     round_embeddings_(m)
-    export(m, str(tmp_path))
+    export(m, str(folder))
+    return m
+
+
+def test_export_round_trip_and_transformers(tmp_path):
+    m = _exported_tiny(tmp_path, 1)
     cfg = json.load(open(os.path.join(tmp_path, "config.json")))
     assert cfg["quantization_config"]["linear_class"] == "bitlinear"
     ids = torch.randint(0, 64, (2, 16))
@@ -76,13 +82,7 @@ def test_export_round_trip_and_transformers(tmp_path):
 def test_trainable_from_packed_starts_from_the_exported_function(tmp_path):
     """train.py --init: the latent weights rebuilt from a packed export ternarize to the stored trits and
     scales, so the trainable model computes what the export does (and a longer context only moves RoPE)."""
-    torch.manual_seed(2)
-    m = BitNetLM(TINY)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    round_embeddings_(m)
-    export(m, str(tmp_path))
+    _exported_tiny(tmp_path, 2)
     fixed = load_packed(str(tmp_path))
     again = trainable_from_packed(str(tmp_path), max_position_embeddings=64)
     assert again.config.max_position_embeddings == 64 and again.training
