@@ -201,8 +201,10 @@ def _model_spec(model):
             raise TypeError("model must be what ryzjupyter.load takes (a folder, a hub id, a bundled "
                             f"name or None), or a model loaded from a folder; got {type(model).__name__}")
         model = path
-    if isinstance(model, os.PathLike) or (isinstance(model, str) and (Path(os.path.expanduser(model)) / "config.json").is_file()):
-        return str(Path(os.path.expanduser(model)).resolve())   # a model folder here: the same path on the workers
+    if isinstance(model, (str, os.PathLike)):
+        folder = Path(os.path.expanduser(model))
+        if isinstance(model, os.PathLike) or (folder / "config.json").is_file():
+            return str(folder.resolve())   # a model folder here: the same path on the workers
     return model
 
 
@@ -359,9 +361,9 @@ def generate_many(prompts, model=None, client=None, *, batch_size=None, out=None
 
 
 def _read_text(i, x) -> tuple[str, str]:
-    if isinstance(x, os.PathLike) or (isinstance(x, str) and "\n" not in x and len(x) < 4096
-                                      and Path(os.path.expanduser(x)).is_file()):
-        p = Path(os.path.expanduser(x))
+    maybe_path = isinstance(x, os.PathLike) or (isinstance(x, str) and "\n" not in x and len(x) < 4096)
+    p = Path(os.path.expanduser(x)) if maybe_path else None
+    if isinstance(x, os.PathLike) or (p is not None and p.is_file()):
         try:
             return p.read_text(encoding="utf-8"), str(p)
         except OSError as e:
@@ -455,8 +457,9 @@ def embed_many(texts, model=None, client=None, *, batch_size=None, out=None, pro
         raise ValueError(f"out has {len(out)} entries for {n} texts")
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise TypeError("model must be what ryzjupyter.embed takes as a name: None, a folder or a hub id")
-    if model is not None and Path(os.path.expanduser(model)).is_dir():
-        model = str(Path(os.path.expanduser(model)).resolve())   # a folder here: the same path on the workers
+    folder = Path(os.path.expanduser(model)) if model is not None else None
+    if folder is not None and folder.is_dir():
+        model = str(folder.resolve())   # a folder here: the same path on the workers
     todo = [i for i in range(n) if out[i] is None]
     if todo:
         client = _client(client)

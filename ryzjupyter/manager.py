@@ -665,24 +665,24 @@ class ModelManager:
         inside `folder`. Returns the (first) name."""
         folder = Path(os.path.expanduser(folder))
         try:
-            folder.is_dir()
+            is_model = (folder / "config.json").is_file()
+            subs = [] if is_model or not folder.is_dir() else \
+                sorted(p for p in folder.iterdir() if (p / "config.json").is_file())
         except OSError as e:                 # a path the system cannot look up (a name too long...)
             raise FileNotFoundError(f"{str(folder)[:200]} cannot be read ({e.strerror}); pass a model folder "
                                     "(config.json + weights) or a folder of them") from None
-        if (folder / "config.json").is_file():
+        if is_model:
             key = name or folder.name
             with self._lock:
                 self._registered[key] = folder.resolve()
             self._emit({"event": "changed"})
             return key
-        if folder.is_dir():
-            subs = sorted(p for p in folder.iterdir() if (p / "config.json").is_file())
-            if subs:
-                with self._lock:
-                    for p in subs:
-                        self._registered[p.name] = p.resolve()
-                self._emit({"event": "changed"})
-                return subs[0].name
+        if subs:
+            with self._lock:
+                for p in subs:
+                    self._registered[p.name] = p.resolve()
+            self._emit({"event": "changed"})
+            return subs[0].name
         raise FileNotFoundError(f"{folder} is not a model folder (no config.json) and holds none")
 
     def _candidates(self) -> dict[str, Path]:

@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", help="export folder (config.json, model.safetensors, tokenizer*, ...)")
     ap.add_argument("--tokenizer", help="reuse this tokenizer.json (e.g. the main model's, for the draft)")
     ap.add_argument("--init", help="continue from a model this trainer exported (a folder: its weights, shape and "
-                                   "tokenizer; --hidden/--layers/--heads/--kv-heads/--inter/--vocab are taken from "
+                                   "tokenizer; --hidden/--layers/--heads/--kv-heads/--inter/--vocab/--rope-theta are taken from "
                                    "it, --ctx may extend its context)")
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--hidden", type=int, default=256)
@@ -260,9 +260,10 @@ def main(argv=None):
         cfg = model.config
         if cfg.vocab_size != vocab:
             raise SystemExit(f"--init {a.init}: its embedding has {cfg.vocab_size} rows, the tokenizer {vocab} tokens")
-        a.hidden, a.layers, a.heads, a.kv_heads, a.inter = (cfg.hidden_size, cfg.num_hidden_layers,
-                                                            cfg.num_attention_heads, cfg.num_key_value_heads,
-                                                            cfg.intermediate_size)
+        # the record's args say the shape that was trained
+        a.hidden, a.layers, a.heads, a.kv_heads, a.inter, a.vocab, a.rope_theta = (
+            cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
+            cfg.intermediate_size, cfg.vocab_size, cfg.rope_theta)
     else:
         inter = a.inter or int(round(a.hidden * 2.5 / 64)) * 64
         cfg = BitNetConfig(vocab_size=vocab, hidden_size=a.hidden, intermediate_size=inter,
@@ -305,7 +306,7 @@ def main(argv=None):
         lv = loss.item()
         loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
         if step % 10 == 0:
-            print(f"step {step} loss {float(loss):.3f} ema {loss_ema:.3f} lr {lr:.2e} "
+            print(f"step {step} loss {lv:.3f} ema {loss_ema:.3f} lr {lr:.2e} "
                   f"cpu {used / 60:.1f}m tok/cpu-s {tokens_seen / max(used, 1e-9):.0f}", flush=True)
         if a.eval_every and step % a.eval_every == 0:
             nll, n = evaluate(model, vwin, a.eval_windows)

@@ -162,3 +162,11 @@ def test_estimate_counts_each_lm_head_format():
     head = {h: sum(a.nbytes for a in load(folder, lm_head=h).weights.head_arrays()) for h in est}
     assert est["f32"] - est["int4"] == head["f32"] - head["int4"]
     assert est["int8"] - est["int4"] == head["int8"] - head["int4"] > 0
+
+
+def test_register_refuses_paths_that_cannot_be_read(mgr, tmp_path):
+    with pytest.raises(FileNotFoundError, match="cannot be read"):      # stat() fails: ENAMETOOLONG
+        mgr.register(str(tmp_path / ("x" * 300)))
+    with pytest.raises(FileNotFoundError, match="is not a model folder"):
+        mgr.register(str(tmp_path))
+    assert mgr.register(fx("packed")) == "packed"
